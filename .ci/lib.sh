@@ -1,0 +1,101 @@
+# Shared helpers for the .ci scripts: idempotent installs, a running Docker
+# engine and a Redis 7 image for testcontainers. Sourced, never run.
+
+# The label every test container carries, so leftovers of a killed run can be removed.
+SMS_TEST_LABEL="sms-alerts-test=1"
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+# apt_install PKG... installs the Debian packages that are missing, quietly.
+apt_install() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
+# ensure_redis_server makes sure redis-server and redis-cli are on PATH.
+ensure_redis_server() {
+  command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+  apt_install redis-server redis-tools
+  # Debian starts a system-wide redis on 6379 on install; we only want the binary.
+  if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
+    systemctl stop redis-server || true
+  fi
+}
+
+# ensure_docker makes sure a Docker engine answers, starting dockerd if needed.
+ensure_docker() {
+  if ! command -v dockerd >/dev/null; then
+    apt_install docker.io
+  fi
+  docker info >/dev/null 2>&1 && return 0
+  log "starting dockerd"
+  nohup dockerd >/tmp/sms-alerts-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 0.5
+  done
+  log "dockerd did not start; see /tmp/sms-alerts-dockerd.log"
+  tail -20 /tmp/sms-alerts-dockerd.log >&2
+  return 1
+}
+
+# build_local_redis_image NAME builds a Redis image without a registry: the host's
+# redis-server and the shared libraries it links, imported as a root filesystem.
+build_local_redis_image() {
+  local image=$1 dir
+  ensure_redis_server
+  dir=$(mktemp -d)
+  mkdir -p "$dir/usr/bin" "$dir/data" "$dir/tmp"
+  cp "$(command -v redis-server)" "$dir/usr/bin/redis-server"
+  ldd "$(command -v redis-server)" | grep -o '/[^ ]*' | while read -r lib; do
+    mkdir -p "$dir$(dirname "$lib")"
+    cp -L "$lib" "$dir$lib"
+  done
+  tar -C "$dir" -c . | docker import \
+    --change 'ENTRYPOINT ["/usr/bin/redis-server"]' \
+    --change 'WORKDIR /data' \
+    --change 'EXPOSE 6379' - "$image" >/dev/null
+  rm -rf "$dir"
+}
+
+# ensure_redis_image picks the Redis image the tests run on and exports it as
+# SMS_TEST_REDIS_IMAGE: the caller's choice if set, else the official redis:7 if it
+# is here or can be pulled, else one built locally from the host's redis-server.
+ensure_redis_image() {
+  if [ -n "${SMS_TEST_REDIS_IMAGE:-}" ]; then
+    docker image inspect "$SMS_TEST_REDIS_IMAGE" >/dev/null 2>&1 || docker pull -q "$SMS_TEST_REDIS_IMAGE" >/dev/null
+    export SMS_TEST_REDIS_IMAGE
+    return 0
+  fi
+  local official="redis:7" local_image="sms-alerts/redis:7-local"
+  if docker image inspect "$official" >/dev/null 2>&1; then
+    export SMS_TEST_REDIS_IMAGE=$official
+  elif docker image inspect "$local_image" >/dev/null 2>&1; then
+    export SMS_TEST_REDIS_IMAGE=$local_image
+  elif timeout 20 docker pull -q "$official" >/dev/null 2>&1; then
+    export SMS_TEST_REDIS_IMAGE=$official
+  else
+    log "no registry reachable: building $local_image from the host's redis-server"
+    build_local_redis_image "$local_image"
+    export SMS_TEST_REDIS_IMAGE=$local_image
+  fi
+  log "tests run on the Redis image $SMS_TEST_REDIS_IMAGE"
+}
+
+# remove_leftover_containers removes test containers a killed run left behind.
+remove_leftover_containers() {
+  local ids
+  ids=$(docker ps -aq --filter "label=$SMS_TEST_LABEL")
+  [ -z "$ids" ] && return 0
+  log "removing $(echo "$ids" | wc -l) leftover test container(s)"
+  # shellcheck disable=SC2086
+  docker rm -f $ids >/dev/null
+}

@@ -1,0 +1,311 @@
+#!lua name=sms_alerts
+--[[
+  sms-alerts Redis Functions library, version 1 (migration 0001).
+
+  Every multi-step update that must be atomic runs here, server-side:
+  acknowledging and counting a batch of send results, claiming stale work or
+  dead-lettering it, renewing leases, and reading a consistent snapshot for
+  the monitor. Every key a function touches is passed in KEYS and all of them
+  share one hash tag (e.g. {sms:0}), so the library runs unchanged on Redis
+  Cluster.
+
+  Counters live in two hashes: the totals (`stats`) and one per sender
+  (`stats:<consumer>`). Fields, all integers:
+    sent          messages acknowledged for the first time (XACK returned 1)
+    duplicates    successful sends of a message someone had already settled
+    failed        failed send attempts
+    attempts      send attempts of any outcome
+    send_time_us  sum of the simulated send times of all attempts
+    dead          messages moved to the dead stream
+    dead_<reason> the same, by reason (max_attempts, malformed, deleted)
+]]
+
+local LIBRARY_VERSION = 1
+
+-- A dead-letter entry keeps at most this many original field/value pairs, so
+-- that a poison entry with thousands of fields cannot overflow Lua's stack.
+local MAX_DEAD_FIELDS = 64
+
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- Fields of a stream entry as a flat list, or nil when the entry is gone.
+local function entry_fields(stream, id)
+  local found = redis.call('XRANGE', stream, id, id)
+  if #found == 0 then return nil end
+  return found[1][2]
+end
+
+-- Moves one pending entry to the dead stream and acknowledges it. Returns 1
+-- if it did, 0 if the entry was no longer pending (already settled by someone
+-- else), so a message can never be dead-lettered twice.
+local function dead_letter(stream, dead, group, id, reason, attempts, consumer)
+  if redis.call('XACK', stream, group, id) == 0 then return 0 end
+  local fields = entry_fields(stream, id) or {}
+  local args = { dead, '*' }
+  local pairs_kept = math.min(#fields, MAX_DEAD_FIELDS * 2)
+  for i = 1, pairs_kept do args[#args + 1] = fields[i] end
+  if pairs_kept < #fields then
+    args[#args + 1] = 'dead_truncated_fields'
+    args[#args + 1] = tostring((#fields - pairs_kept) / 2)
+  end
+  for _, v in ipairs({
+    'dead_reason', reason,
+    'dead_attempts', tostring(attempts),
+    'dead_consumer', consumer,
+    'dead_message_id', id,
+    'dead_at_ms', tostring(now_ms()),
+  }) do args[#args + 1] = v end
+  redis.call('XADD', unpack(args))
+  return 1
+end
+
+-- Adds each non-zero delta to both the totals hash and the sender's hash.
+local function count(stats, cstats, deltas)
+  for field, delta in pairs(deltas) do
+    if delta ~= 0 then
+      redis.call('HINCRBY', stats, field, delta)
+      redis.call('HINCRBY', cstats, field, delta)
+    end
+  end
+end
+
+-- The pending-list row of one id: owner and delivery count, or nil.
+local function pending_row(stream, group, id)
+  local row = redis.call('XPENDING', stream, group, id, id, 1)
+  if #row == 0 then return nil end
+  return { owner = row[1][2], deliveries = tonumber(row[1][4]) }
+end
+
+--[[
+  sms_report: acknowledge and count a batch of send results, atomically.
+  KEYS: 1 stream, 2 dead stream, 3 stats, 4 stats:<consumer>
+  ARGV: 1 group, 2 consumer, 3 max_attempts, 4 retry_idle_ms,
+        5 batch_token, 6 batch_seq,
+        then one triple per result: outcome ('ok' | 'fail' | 'malformed'), id,
+        send_time_us (ignored for 'malformed': nothing was sent)
+  Returns: { sent, duplicates, failed, dead, replayed }
+  A success counts as sent only if XACK returned 1; otherwise it is a
+  duplicate. A failure stays pending with its idle time set to retry_idle_ms,
+  so it becomes claimable after (lease - retry_idle) = the retry backoff; at
+  max_attempts deliveries it is dead-lettered instead. (batch_token,
+  batch_seq) make a retried call idempotent: a batch whose reply was lost is
+  not applied twice.
+]]
+local function sms_report(keys, args)
+  local stream, dead, stats, cstats = keys[1], keys[2], keys[3], keys[4]
+  local group, consumer = args[1], args[2]
+  local max_attempts, retry_idle = tonumber(args[3]), args[4]
+  local token, seq = args[5], tonumber(args[6])
+
+  local last = redis.call('HMGET', cstats, 'batch_token', 'batch_seq')
+  if last[1] == token and tonumber(last[2]) and tonumber(last[2]) >= seq then
+    return { 0, 0, 0, 0, 1 }
+  end
+
+  local d = { sent = 0, duplicates = 0, failed = 0, attempts = 0,
+              send_time_us = 0, dead = 0, dead_max_attempts = 0, dead_deleted = 0,
+              dead_malformed = 0 }
+  for i = 7, #args, 3 do
+    local outcome, id, us = args[i], args[i + 1], tonumber(args[i + 2])
+    if outcome == 'malformed' then
+      local row = pending_row(stream, group, id)
+      local deliveries = 0
+      if row then deliveries = row.deliveries end
+      local n = dead_letter(stream, dead, group, id, 'malformed', deliveries, consumer)
+      d.dead, d.dead_malformed = d.dead + n, d.dead_malformed + n
+    elseif outcome == 'ok' then
+      d.attempts = d.attempts + 1
+      d.send_time_us = d.send_time_us + us
+      if redis.call('XACK', stream, group, id) == 1 then
+        d.sent = d.sent + 1
+      else
+        d.duplicates = d.duplicates + 1
+      end
+    else
+      d.attempts = d.attempts + 1
+      d.send_time_us = d.send_time_us + us
+      d.failed = d.failed + 1
+      local row = pending_row(stream, group, id)
+      -- Not pending any more, or reclaimed by another sender: its fate is
+      -- theirs now; only the failed attempt is ours to count.
+      if row and row.owner == consumer then
+        if entry_fields(stream, id) == nil then
+          local n = dead_letter(stream, dead, group, id, 'deleted', row.deliveries, consumer)
+          d.dead, d.dead_deleted = d.dead + n, d.dead_deleted + n
+        elseif row.deliveries >= max_attempts then
+          local n = dead_letter(stream, dead, group, id, 'max_attempts', row.deliveries, consumer)
+          d.dead, d.dead_max_attempts = d.dead + n, d.dead_max_attempts + n
+        else
+          redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', retry_idle, 'JUSTID')
+        end
+      end
+    end
+  end
+  count(stats, cstats, d)
+  redis.call('HSET', cstats, 'batch_token', token, 'batch_seq', seq)
+  return { d.sent, d.duplicates, d.failed, d.dead, 0 }
+end
+
+--[[
+  sms_claim: take over pending entries idle for at least min_idle_ms, or
+  dead-letter them when they have used up their attempts.
+  KEYS: 1 stream, 2 dead stream, 3 stats, 4 stats:<consumer>
+  ARGV: 1 group, 2 consumer, 3 min_idle_ms, 4 start id (a cursor: '-' or
+        '(<id>'), 5 count, 6 max_attempts,
+        7 owner: '' for any consumer, or one consumer's name (a restarted
+          sender recovering its own pending list, with min_idle_ms 0)
+  Returns: { next_cursor ('0' when the scan reached the end), dead,
+             { id, deliveries, { field, value, ... } }, ... }
+  `deliveries` counts this claim: it is the attempt the claimer now makes.
+  An entry deleted from the stream while pending is dead-lettered with
+  reason 'deleted', so it is accounted for instead of vanishing.
+]]
+local function sms_claim(keys, args)
+  local stream, dead, stats, cstats = keys[1], keys[2], keys[3], keys[4]
+  local group, consumer, min_idle = args[1], args[2], args[3]
+  local start, batch, max_attempts, owner = args[4], tonumber(args[5]), tonumber(args[6]), args[7]
+
+  local query = { 'XPENDING', stream, group, 'IDLE', min_idle, start, '+', batch }
+  if owner ~= '' then query[#query + 1] = owner end
+  local rows = redis.call(unpack(query))
+
+  local d = { dead = 0, dead_max_attempts = 0, dead_deleted = 0 }
+  local claimed = {}
+  for _, row in ipairs(rows) do
+    local id, holder, deliveries = row[1], row[2], tonumber(row[4])
+    local n = 0
+    if entry_fields(stream, id) == nil then
+      n = dead_letter(stream, dead, group, id, 'deleted', deliveries, holder)
+      d.dead_deleted = d.dead_deleted + n
+    elseif deliveries >= max_attempts then
+      n = dead_letter(stream, dead, group, id, 'max_attempts', deliveries, holder)
+      d.dead_max_attempts = d.dead_max_attempts + n
+    else
+      local got = redis.call('XCLAIM', stream, group, consumer, min_idle, id)
+      if #got == 1 then
+        claimed[#claimed + 1] = { id, deliveries + 1, got[1][2] }
+      end
+    end
+    d.dead = d.dead + n
+  end
+  count(stats, cstats, d)
+
+  local cursor = '0'
+  if #rows == batch then cursor = '(' .. rows[#rows][1] end
+  return { cursor, d.dead, unpack(claimed) }
+end
+
+--[[
+  sms_renew: extend the lease of entries this sender is still working on, by
+  resetting their idle time, so other senders do not reclaim live work.
+  KEYS: 1 stream
+  ARGV: 1 group, 2 consumer, then ids
+  Returns: the ids that are no longer this sender's (settled or reclaimed).
+]]
+local function sms_renew(keys, args)
+  local stream, group, consumer = keys[1], args[1], args[2]
+  local lost = {}
+  for i = 3, #args do
+    local id = args[i]
+    local row = pending_row(stream, group, id)
+    -- XCLAIM drops a deleted entry from the pending list; leave those for
+    -- sms_report / sms_claim to account for.
+    if row and row.owner == consumer and entry_fields(stream, id) ~= nil then
+      redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
+    else
+      lost[#lost + 1] = id
+    end
+  end
+  return lost
+end
+
+--[[
+  sms_hold_name: take or renew a sender's liveness lease on its name.
+  KEYS: 1 the name's lease key
+  ARGV: 1 token of this process, 2 ttl_ms
+  Returns: { 1, ttl_ms } when this process holds the name,
+           { 0, remaining_ttl_ms } when another live process does.
+]]
+local function sms_hold_name(keys, args)
+  local key, token, ttl = keys[1], args[1], args[2]
+  local holder = redis.call('GET', key)
+  if holder == false or holder == token then
+    redis.call('SET', key, token, 'PX', ttl)
+    return { 1, tonumber(ttl) }
+  end
+  return { 0, redis.call('PTTL', key) }
+end
+
+--[[
+  sms_release_name: give a sender's name back on a clean exit.
+  KEYS: 1 the name's lease key
+  ARGV: 1 token of this process
+  Returns: 1 if released, 0 if the name was not held by this process.
+]]
+local function sms_release_name(keys, args)
+  if redis.call('GET', keys[1]) == args[1] then
+    return redis.call('DEL', keys[1])
+  end
+  return 0
+end
+
+--[[
+  sms_snapshot: everything the monitor shows, read in one consistent call.
+  KEYS: 1 stream, 2 dead stream, 3 stats
+  ARGV: 1 group
+  Returns: a flat list of name, integer pairs: the stats hash's fields, plus
+  entries_added, length, group_exists, pending, lag (-1 when Redis does not
+  know it), dead_length.
+]]
+local function sms_snapshot(keys, args)
+  local stream, dead, stats, group = keys[1], keys[2], keys[3], args[1]
+  local out = redis.call('HGETALL', stats)
+  local function put(name, value)
+    out[#out + 1] = name
+    out[#out + 1] = value
+  end
+
+  local info = redis.pcall('XINFO', 'STREAM', stream)
+  local added, length = 0, 0
+  if type(info) == 'table' and not info.err then
+    for i = 1, #info, 2 do
+      if info[i] == 'entries-added' then added = info[i + 1] end
+      if info[i] == 'length' then length = info[i + 1] end
+    end
+  end
+  put('entries_added', added)
+  put('length', length)
+
+  local exists, pending, lag = 0, 0, -1
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if type(groups) == 'table' and not groups.err then
+    for _, g in ipairs(groups) do
+      local fields = {}
+      for i = 1, #g, 2 do fields[g[i]] = g[i + 1] end
+      if fields['name'] == group then
+        exists, pending = 1, fields['pending']
+        if type(fields['lag']) == 'number' then lag = fields['lag'] end
+      end
+    end
+  end
+  put('group_exists', exists)
+  put('pending', pending)
+  put('lag', lag)
+  put('dead_length', redis.call('XLEN', dead))
+  return out
+end
+
+local function sms_version()
+  return LIBRARY_VERSION
+end
+
+redis.register_function('sms_report', sms_report)
+redis.register_function('sms_claim', sms_claim)
+redis.register_function('sms_renew', sms_renew)
+redis.register_function('sms_hold_name', sms_hold_name)
+redis.register_function('sms_release_name', sms_release_name)
+redis.register_function { function_name = 'sms_snapshot', callback = sms_snapshot, flags = { 'no-writes' } }
+redis.register_function { function_name = 'sms_version', callback = sms_version, flags = { 'no-writes' } }

@@ -1,0 +1,173 @@
+//! What the user typed: the command line, with `SMS_*` environment overrides.
+//!
+//! Every option is optional here so that an option not given on the command
+//! line or in the environment can still come from the config file; defaults
+//! are applied in [`crate::settings`]. Values are parsed and range-checked by
+//! the same functions that check the config file, so a bad flag is a clap usage
+//! error (exit code 2) naming the option and the value.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::settings::check;
+
+/// sms-alerts: a persistent job queue on Redis Streams that simulates sending very
+/// large numbers of SMS alerts.
+///
+/// Start one producer, one monitor and any number of senders, each with its own
+/// send time and failure rate. Every option can also be set in the environment
+/// (SMS_<OPTION>) or in a TOML config file (--config); flags win over the
+/// environment, which wins over the file, which wins over the defaults.
+#[derive(Debug, Parser)]
+#[command(name = "sms-alerts", version, propagate_version = true)]
+pub struct Cli {
+    /// Options every subcommand takes.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// What to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options shared by every subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Redis to use; a password in it is never printed. Also read from REDIS_URL.
+    /// [default: redis://127.0.0.1:6379]
+    #[arg(
+        long,
+        global = true,
+        env = "SMS_REDIS_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    pub redis_url: Option<String>,
+
+    /// Prefix of every Redis key, so several queues can share one Redis. [default: sms]
+    #[arg(long, global = true, env = "SMS_PREFIX", value_parser = check::key_part)]
+    pub prefix: Option<String>,
+
+    /// Consumer group the senders form on the stream. [default: senders]
+    #[arg(long, global = true, env = "SMS_GROUP", value_parser = check::key_part)]
+    pub group: Option<String>,
+
+    /// TOML file with settings (see config/ for documented examples).
+    #[arg(long, global = true, env = "SMS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log line format on stderr; the level comes from RUST_LOG. [default: text]
+    #[arg(long, global = true, env = "SMS_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the Redis Functions library and any later schema steps that are missing.
+    Migrate,
+    /// Generate random messages and add them to the stream.
+    Produce(ProduceArgs),
+    /// Run one sender: read messages as a member of the consumer group and simulate sending them.
+    Send(SendArgs),
+    /// Print progress every interval: sent, failed, average time per message and more.
+    Monitor(MonitorArgs),
+}
+
+/// Options of `produce`.
+#[derive(Debug, Args)]
+pub struct ProduceArgs {
+    /// How many messages to generate. [default: 1000]
+    #[arg(long, env = "SMS_COUNT", value_parser = check::count, allow_hyphen_values = true)]
+    pub count: Option<u64>,
+    /// Seed of the random generator: the same seed produces the same messages.
+    /// [default: random]
+    #[arg(long, env = "SMS_SEED")]
+    pub seed: Option<u64>,
+    /// Messages per pipelined write. [default: 1000]
+    #[arg(long, env = "SMS_BATCH", value_parser = check::batch, allow_hyphen_values = true)]
+    pub batch: Option<usize>,
+}
+
+/// Options of `send`.
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    /// This sender's name in the consumer group. A sender restarted under the same
+    /// name resumes its pending messages; two live processes cannot share one.
+    /// [default: sender-<hostname>-<pid>]
+    #[arg(long, env = "SMS_NAME", value_parser = check::key_part)]
+    pub name: Option<String>,
+    /// Mean simulated send time, e.g. 200ms, 2s; 0ms sends without delay. [default: 200ms]
+    #[arg(long, env = "SMS_MEAN", value_parser = check::duration, allow_hyphen_values = true)]
+    pub mean: Option<Duration>,
+    /// Standard deviation of the send time (normal and uniform distributions).
+    /// [default: a quarter of the mean]
+    #[arg(long, env = "SMS_STDDEV", value_parser = check::duration, allow_hyphen_values = true)]
+    pub stddev: Option<Duration>,
+    /// Shape of the send-time distribution around the mean. [default: normal]
+    #[arg(long, env = "SMS_DISTRIBUTION", value_enum)]
+    pub distribution: Option<Distribution>,
+    /// Probability in [0, 1] that one send attempt fails. [default: 0]
+    #[arg(long, env = "SMS_FAILURE_RATE", value_parser = check::failure_rate, allow_hyphen_values = true)]
+    pub failure_rate: Option<f64>,
+    /// Most simulated sends in progress at once. [default: 64]
+    #[arg(long, env = "SMS_CONCURRENCY", value_parser = check::concurrency, allow_hyphen_values = true)]
+    pub concurrency: Option<usize>,
+    /// Deliveries after which a message that still fails goes to the dead stream. [default: 3]
+    #[arg(long, env = "SMS_MAX_ATTEMPTS", value_parser = check::max_attempts, allow_hyphen_values = true)]
+    pub max_attempts: Option<u32>,
+    /// How long a message may sit pending without progress before another sender
+    /// may take it over; a live sender renews the lease of its own work. [default: 10s]
+    #[arg(long, env = "SMS_LEASE", value_parser = check::lease, allow_hyphen_values = true)]
+    pub lease: Option<Duration>,
+    /// Wait before a failed message may be retried; at most the lease. [default: 1s]
+    #[arg(long, env = "SMS_RETRY_BACKOFF", value_parser = check::duration, allow_hyphen_values = true)]
+    pub retry_backoff: Option<Duration>,
+    /// On Ctrl-C/SIGTERM, how long in-flight sends may take to finish. [default: 10s]
+    #[arg(long, env = "SMS_SHUTDOWN_TIMEOUT", value_parser = check::duration, allow_hyphen_values = true)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Seed for send times and failures: the same seed and input give the same run.
+    /// [default: random]
+    #[arg(long, env = "SMS_SEED")]
+    pub seed: Option<u64>,
+}
+
+/// Options of `monitor`.
+#[derive(Debug, Args)]
+pub struct MonitorArgs {
+    /// Time between two reports, e.g. 1s, 500ms. [default: 5s]
+    #[arg(long, env = "SMS_INTERVAL", value_parser = check::interval, allow_hyphen_values = true)]
+    pub interval: Option<Duration>,
+    /// Exit 0 once the producer has finished and every message is sent or dead.
+    #[arg(long, env = "SMS_UNTIL_DONE")]
+    pub until_done: bool,
+    /// Print one JSON object per line instead of text.
+    #[arg(long, env = "SMS_JSON")]
+    pub json: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Shape of the simulated send-time distribution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Distribution {
+    /// Normal around the mean with the given standard deviation, truncated at 0.
+    Normal,
+    /// Exponential with the given mean (memoryless, long tail).
+    Exponential,
+    /// Uniform over mean ± stddev·√3 (so its standard deviation is stddev), truncated at 0.
+    Uniform,
+    /// Always exactly the mean.
+    Constant,
+}

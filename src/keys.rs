@@ -1,0 +1,83 @@
+//! The only place Redis key names are built.
+//!
+//! Every key that one Function call touches carries the same hash tag,
+//! `{<prefix>:<partition>}`, so that all of them hash to one Redis Cluster slot
+//! and the same code runs unchanged on a cluster.
+
+/// The key names of one queue: a prefix and a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    tag: String,
+}
+
+impl Keys {
+    /// The keys of partition 0 under `prefix` (the only partition for now).
+    pub fn new(prefix: &str) -> Self {
+        Self::for_partition(prefix, 0)
+    }
+
+    /// The keys of one partition under `prefix`.
+    pub fn for_partition(prefix: &str, partition: u32) -> Self {
+        Self {
+            tag: format!("{{{prefix}:{partition}}}"),
+        }
+    }
+
+    /// The stream of messages waiting to be sent.
+    pub fn messages(&self) -> String {
+        format!("{}:messages", self.tag)
+    }
+
+    /// The dead-letter stream: messages that used up their attempts or could not be decoded.
+    pub fn dead(&self) -> String {
+        format!("{}:dead", self.tag)
+    }
+
+    /// The hash of queue-wide counters.
+    pub fn stats(&self) -> String {
+        format!("{}:stats", self.tag)
+    }
+
+    /// The hash of one sender's counters.
+    pub fn sender_stats(&self, consumer: &str) -> String {
+        format!("{}:stats:{consumer}", self.tag)
+    }
+
+    /// The liveness lease that keeps two live processes from sharing a sender name.
+    pub fn sender_lease(&self, consumer: &str) -> String {
+        format!("{}:lease:{consumer}", self.tag)
+    }
+
+    /// The hash in which one producer run records the batches it has written,
+    /// so that a batch retried after a lost reply is not written twice.
+    pub fn producer_run(&self, run_id: &str) -> String {
+        format!("{}:producer:{run_id}", self.tag)
+    }
+
+    /// The hash of migration versions applied to this Redis.
+    pub fn migrations(&self) -> String {
+        format!("{}:migrations", self.tag)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_shares_one_hash_tag() {
+        let keys = Keys::new("sms");
+        for key in [
+            keys.messages(),
+            keys.dead(),
+            keys.stats(),
+            keys.sender_stats("a"),
+            keys.sender_lease("a"),
+            keys.producer_run("r"),
+            keys.migrations(),
+        ] {
+            assert!(key.starts_with("{sms:0}:"), "{key} lacks the hash tag");
+        }
+        assert_eq!(keys.messages(), "{sms:0}:messages");
+    }
+}

@@ -1,0 +1,44 @@
+//! sms-alerts: a persistent job queue on Redis Streams that simulates sending
+//! very large numbers of SMS alerts, correct under crashes.
+//!
+//! # Layout
+//! Each layer knows only the ones below it.
+//!
+//! - [`cli`]: what the user typed (clap, `SMS_*` environment overrides);
+//!   [`config_file`]: the TOML file; [`settings`]: what the program uses,
+//!   validated once, defaults as named constants.
+//! - [`keys`]: the only place Redis key names are built (hash-tagged, cluster-safe).
+//! - [`message`]: the SMS message type, encoded to and decoded from stream
+//!   fields; [`generator`]: seeded random messages.
+//! - [`store`]: Redis: pool and dedicated blocking connections, stream
+//!   operations, typed wrappers of the Functions library in `migrations/`, the
+//!   migrations, and the one retry loop for transient failures.
+//! - [`produce`]: the producer; [`send`]: one sender (dispatch, simulate,
+//!   batched results, reclaim, name lease); [`stats`]: snapshots of the
+//!   counters; [`monitor`]: reports rendered to a writer.
+//! - [`exit`]: the process exit codes.
+//!
+//! Every long-running function takes its shutdown signal as a parameter
+//! (a [`tokio_util::sync::CancellationToken`]): the binary wires it to
+//! Ctrl-C/SIGTERM, tests cancel it themselves.
+//!
+//! # Guarantees
+//! At-least-once delivery with exactly-once counting: a message is counted as
+//! sent only by the call whose XACK removed it from the pending list, in the
+//! same atomic Function call that counts it; a message left pending by a dead
+//! sender is reclaimed after its lease; one that keeps failing moves to the
+//! dead stream atomically. So `produced = sent + dead + pending` holds at every
+//! moment a snapshot is taken.
+
+pub mod cli;
+pub mod config_file;
+pub mod exit;
+pub mod generator;
+pub mod keys;
+pub mod message;
+pub mod monitor;
+pub mod produce;
+pub mod send;
+pub mod settings;
+pub mod stats;
+pub mod store;

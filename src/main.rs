@@ -1,0 +1,135 @@
+//! The `sms-alerts` binary: parses, sets up logging and signals, runs one
+//! subcommand from the library and maps the result to an exit code.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::Parser;
+use sms_alerts::cli::{Cli, LogFormat};
+use sms_alerts::exit::ExitStatus;
+use sms_alerts::settings::{self, Settings, Task};
+use sms_alerts::store::{Store, StoreError};
+use sms_alerts::{monitor, produce, send};
+use tokio_util::sync::CancellationToken;
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    // Usage errors print clap's message and exit with 2.
+    let cli = Cli::parse();
+    let settings = match settings::resolve(&cli, std::env::var("REDIS_URL").ok()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitStatus::Usage.into();
+        }
+    };
+    init_tracing(settings.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitStatus::Failure.into();
+        }
+    };
+    let status = runtime.block_on(run(settings));
+    // Do not wait for detached tasks (e.g. a result writer giving up).
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    status.into()
+}
+
+async fn run(settings: Settings) -> ExitStatus {
+    let shutdown = CancellationToken::new();
+    watch_signals(shutdown.clone());
+    match execute(settings, &shutdown).await {
+        Ok(()) => ExitStatus::Success,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            match err.downcast_ref::<StoreError>() {
+                Some(StoreError::InvalidUrl { .. }) => ExitStatus::Usage,
+                _ => ExitStatus::Failure,
+            }
+        }
+    }
+}
+
+async fn execute(settings: Settings, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    let store = Store::connect(&settings.queue).await?;
+    let migrations = store.prepare().await?;
+    match settings.task {
+        Task::Migrate => {
+            if migrations.applied.is_empty() {
+                println!(
+                    "up to date: Functions library version {}",
+                    migrations.library_version
+                );
+            } else {
+                println!(
+                    "applied {}: Functions library version {}",
+                    migrations.applied.join(", "),
+                    migrations.library_version
+                );
+            }
+        }
+        Task::Produce(produce_settings) => {
+            let summary = produce::run(&store, &produce_settings, shutdown).await?;
+            println!(
+                "produced {} messages in {:.3}s ({:.0} msg/s){}",
+                summary.count,
+                summary.elapsed.as_secs_f64(),
+                summary.rate_per_s(),
+                if summary.interrupted {
+                    ", stopped early by a signal"
+                } else {
+                    ""
+                }
+            );
+        }
+        Task::Send(send_settings) => {
+            send::run(store, send_settings, shutdown.clone()).await?;
+        }
+        Task::Monitor(monitor_settings) => {
+            let mut stdout = std::io::stdout();
+            monitor::run(&store, &monitor_settings, &mut stdout, shutdown).await?;
+            stdout.flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// First Ctrl-C or SIGTERM: cancel `shutdown` (drain and exit 0). Second: exit
+/// 130 at once.
+fn watch_signals(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    tokio::spawn(async move {
+        let (Ok(mut interrupt), Ok(mut terminate)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) else {
+            tracing::warn!("cannot listen for signals; Ctrl-C will stop the process at once");
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = interrupt.recv() => {}
+                _ = terminate.recv() => {}
+            }
+            if shutdown.is_cancelled() {
+                eprintln!("second signal: exiting now");
+                std::process::exit(i32::from(ExitStatus::Interrupted.code()));
+            }
+            tracing::info!("shutting down gracefully; send the signal again to exit at once");
+            shutdown.cancel();
+        }
+    });
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,209 @@
+//! The SMS message: the one type that is generated, encoded to stream fields and
+//! decoded from them.
+
+use thiserror::Error;
+
+/// The longest body a message may have, in characters.
+pub const MAX_BODY_CHARS: usize = 100;
+
+/// Field names of a message entry in the stream, readable with redis-cli.
+pub mod field {
+    /// The recipient's phone number in E.164 form.
+    pub const RECIPIENT: &str = "recipient";
+    /// The text, 1 to 100 characters of UTF-8.
+    pub const BODY: &str = "body";
+    /// When the message was created, in milliseconds since the Unix epoch.
+    pub const CREATED_MS: &str = "created_ms";
+}
+
+/// One SMS alert to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The recipient's phone number in E.164 form, e.g. `+447700900123`.
+    pub recipient: String,
+    /// The text: 1 to 100 characters.
+    pub body: String,
+    /// Creation time in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+/// Why a stream entry is not a valid message; such an entry is dead-lettered
+/// with reason `malformed`.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// A required field is absent.
+    #[error("missing field '{0}'")]
+    MissingField(&'static str),
+    /// A field's value is not valid UTF-8.
+    #[error("field '{0}' is not valid UTF-8")]
+    NotUtf8(&'static str),
+    /// The recipient is not an E.164 phone number.
+    #[error("recipient '{0}' is not an E.164 phone number")]
+    InvalidRecipient(String),
+    /// The body is empty or longer than [`MAX_BODY_CHARS`].
+    #[error("body has {0} characters, expected 1 to {MAX_BODY_CHARS}")]
+    InvalidBodyLength(usize),
+    /// The creation time is not a whole number of milliseconds.
+    #[error("created_ms '{0}' is not a whole number")]
+    InvalidCreatedMs(String),
+}
+
+impl Message {
+    /// The stream fields of this message, in a fixed order.
+    pub fn to_fields(&self) -> [(&'static str, String); 3] {
+        [
+            (field::RECIPIENT, self.recipient.clone()),
+            (field::BODY, self.body.clone()),
+            (field::CREATED_MS, self.created_ms.to_string()),
+        ]
+    }
+
+    /// Decodes and validates a stream entry's fields (raw bytes, as stored).
+    pub fn from_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Self, DecodeError> {
+        let text = |name: &'static str| -> Result<&str, DecodeError> {
+            let raw = fields
+                .iter()
+                .find(|(key, _)| key.as_slice() == name.as_bytes())
+                .map(|(_, value)| value.as_slice())
+                .ok_or(DecodeError::MissingField(name))?;
+            std::str::from_utf8(raw).map_err(|_| DecodeError::NotUtf8(name))
+        };
+        let recipient = text(field::RECIPIENT)?;
+        if !is_e164(recipient) {
+            return Err(DecodeError::InvalidRecipient(truncated(recipient)));
+        }
+        let body = text(field::BODY)?;
+        let chars = body.chars().count();
+        if !(1..=MAX_BODY_CHARS).contains(&chars) {
+            return Err(DecodeError::InvalidBodyLength(chars));
+        }
+        let created = text(field::CREATED_MS)?;
+        let created_ms = created
+            .parse()
+            .map_err(|_| DecodeError::InvalidCreatedMs(truncated(created)))?;
+        Ok(Self {
+            recipient: recipient.to_owned(),
+            body: body.to_owned(),
+            created_ms,
+        })
+    }
+}
+
+/// Whether `number` is an E.164 phone number: `+`, a non-zero digit, then 6 to
+/// 14 more digits (8 to 15 digits in all would be stricter than some national
+/// plans allow, so the floor is 7).
+pub fn is_e164(number: &str) -> bool {
+    let Some(digits) = number.strip_prefix('+') else {
+        return false;
+    };
+    (7..=15).contains(&digits.len())
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && !digits.starts_with('0')
+}
+
+/// Keeps error messages short when the bad value is a huge poison field.
+fn truncated(value: &str) -> String {
+    const LIMIT: usize = 40;
+    match value.char_indices().nth(LIMIT) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn round_trips_through_fields() {
+        let message = Message {
+            recipient: "+447700900123".into(),
+            body: "Évacuez la zone 🚨".into(),
+            created_ms: 1_700_000_000_000,
+        };
+        let encoded: Vec<_> = message
+            .to_fields()
+            .iter()
+            .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(Message::from_fields(&encoded), Ok(message));
+    }
+
+    #[test]
+    fn rejects_each_kind_of_bad_entry() {
+        let ok_body: &[u8] = b"hello";
+        let cases: Vec<(Vec<(Vec<u8>, Vec<u8>)>, DecodeError)> = vec![
+            (
+                fields(&[("body", ok_body), ("created_ms", b"1")]),
+                DecodeError::MissingField("recipient"),
+            ),
+            (
+                fields(&[
+                    ("recipient", b"+15551234567"),
+                    ("body", b"\xff\xfe"),
+                    ("created_ms", b"1"),
+                ]),
+                DecodeError::NotUtf8("body"),
+            ),
+            (
+                fields(&[
+                    ("recipient", b"555-1234"),
+                    ("body", ok_body),
+                    ("created_ms", b"1"),
+                ]),
+                DecodeError::InvalidRecipient("555-1234".into()),
+            ),
+            (
+                fields(&[
+                    ("recipient", b"+15551234567"),
+                    ("body", &[b'a'; 101]),
+                    ("created_ms", b"1"),
+                ]),
+                DecodeError::InvalidBodyLength(101),
+            ),
+            (
+                fields(&[
+                    ("recipient", b"+15551234567"),
+                    ("body", b""),
+                    ("created_ms", b"1"),
+                ]),
+                DecodeError::InvalidBodyLength(0),
+            ),
+            (
+                fields(&[
+                    ("recipient", b"+15551234567"),
+                    ("body", ok_body),
+                    ("created_ms", b"x"),
+                ]),
+                DecodeError::InvalidCreatedMs("x".into()),
+            ),
+        ];
+        for (entry, expected) in cases {
+            assert_eq!(Message::from_fields(&entry), Err(expected));
+        }
+    }
+
+    #[test]
+    fn e164_rules() {
+        for good in ["+15551234567", "+447700900123", "+4930123"] {
+            assert!(is_e164(good), "{good} should be valid");
+        }
+        for bad in [
+            "15551234567",
+            "+0123456789",
+            "+1234",
+            "+1234567890123456",
+            "+1555x234567",
+            "",
+        ] {
+            assert!(!is_e164(bad), "{bad} should be invalid");
+        }
+    }
+}

@@ -1,0 +1,169 @@
+//! The sender: one member of the consumer group.
+//!
+//! - [`name`]: the liveness lease on the sender's name;
+//! - `dispatch`: takes messages into free concurrency slots and starts sends;
+//! - [`simulate`]: the simulated send time and failure;
+//! - `flush`: writes results in batches and renews in-flight leases.
+//!
+//! A result is written (acknowledged or marked for retry) before its slot is
+//! freed. On shutdown the sender stops taking messages, lets in-flight sends
+//! finish until the deadline, writes their results and gives its name back;
+//! whatever is unfinished stays pending and is delivered again.
+
+mod dispatch;
+mod flush;
+mod name;
+pub mod simulate;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt;
+use thiserror::Error;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use dispatch::DispatchTotals;
+pub use flush::FlushTotals;
+
+use crate::settings::SendSettings;
+use crate::store::{Store, StoreError};
+use dispatch::Dispatcher;
+use flush::{Flusher, InFlight};
+use simulate::Simulator;
+
+/// How long results may take to be written after the shutdown deadline.
+const FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// Why a sender stopped with an error.
+#[derive(Debug, Error)]
+pub enum SendError {
+    /// Another live process uses this name.
+    #[error(
+        "sender name '{name}' is in use by another live process: give this sender another --name, \
+         or stop the other one first"
+    )]
+    NameInUse {
+        /// The name.
+        name: String,
+    },
+    /// Redis failed in a way retrying cannot fix.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What one sender did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendSummary {
+    /// How messages came in.
+    pub dispatched: DispatchTotals,
+    /// What the written results counted.
+    pub flushed: FlushTotals,
+}
+
+/// Runs one sender until `shutdown` fires (or its name is taken over), then
+/// drains as described in the module docs. Expects [`Store::prepare`] to have
+/// run.
+pub async fn run(
+    store: Store,
+    settings: SendSettings,
+    shutdown: CancellationToken,
+) -> Result<SendSummary, SendError> {
+    let token = format!("{:016x}", rand::rng().random::<u64>());
+    let stop = shutdown.child_token();
+    if !name::acquire(&store, &settings.name, &token, settings.lease, &stop).await? {
+        return Ok(SendSummary::default());
+    }
+    tracing::info!(
+        name = settings.name,
+        concurrency = settings.concurrency,
+        mean_ms = settings.delay.mean.as_millis() as u64,
+        failure_rate = settings.failure_rate,
+        "sender started"
+    );
+    let keeper = tokio::spawn(name::keep(
+        store.clone(),
+        settings.name.clone(),
+        token.clone(),
+        settings.lease,
+        stop.clone(),
+    ));
+
+    let in_flight = InFlight::default();
+    let (results_tx, results_rx) = mpsc::unbounded_channel();
+    let give_up = CancellationToken::new();
+    let flusher = tokio::spawn(
+        Flusher {
+            store: store.clone(),
+            consumer: settings.name.clone(),
+            max_attempts: settings.max_attempts,
+            retry_idle: settings.lease.saturating_sub(settings.retry_backoff),
+            lease: settings.lease,
+            token: token.clone(),
+            in_flight: in_flight.clone(),
+        }
+        .run(results_rx, give_up.clone()),
+    );
+
+    let sends = TaskTracker::new();
+    let abort_sends = CancellationToken::new();
+    let mut dispatcher = Dispatcher {
+        store: store.clone(),
+        simulator: Simulator::new(settings.delay, settings.failure_rate, settings.seed),
+        permits: Arc::new(Semaphore::new(settings.concurrency)),
+        in_flight,
+        results: results_tx,
+        sends: sends.clone(),
+        abort_sends: abort_sends.clone(),
+        totals: DispatchTotals::default(),
+        settings: settings.clone(),
+    };
+    let outcome = dispatcher.run(&stop).await;
+    stop.cancel();
+    let dispatched = dispatcher.totals;
+    drop(dispatcher);
+
+    sends.close();
+    if tokio::time::timeout(settings.shutdown_timeout, sends.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            in_flight = sends.len(),
+            "shutdown deadline passed; abandoning unfinished sends (they stay pending and will be retried)"
+        );
+        abort_sends.cancel();
+        sends.wait().await;
+    }
+    let flushed = match tokio::time::timeout(FLUSH_GRACE, flusher).await {
+        Ok(Ok(totals)) => totals,
+        Ok(Err(join_err)) => {
+            tracing::error!(error = %join_err, "result writer failed");
+            FlushTotals::default()
+        }
+        Err(_) => {
+            give_up.cancel();
+            tracing::warn!(
+                "could not write every result in time; those messages stay pending and will be retried"
+            );
+            FlushTotals::default()
+        }
+    };
+    if flushed.unwritten > 0 {
+        tracing::warn!(
+            unwritten = flushed.unwritten,
+            "results not written; their messages will be delivered again"
+        );
+    }
+    let _ = keeper.await;
+    if let Err(err) = store.release_name(&settings.name, &token).await {
+        tracing::warn!(error = %err, "could not release the sender name; it frees itself when its lease runs out");
+    }
+    let summary = SendSummary {
+        dispatched,
+        flushed,
+    };
+    tracing::info!(?summary, "sender stopped");
+    outcome.map(|()| summary).map_err(SendError::from)
+}

@@ -1,0 +1,152 @@
+//! The simulated send: a delay drawn around the mean, then success or failure.
+//!
+//! Draws happen in the dispatcher, one per message in the order messages
+//! arrive, from one seeded generator, so a seed makes a run reproducible.
+
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use rand_distr::{Distribution as _, Exp, Normal, Uniform};
+
+use crate::cli::Distribution;
+use crate::settings::DelayModel;
+
+/// What one simulated attempt will do.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Attempt {
+    /// How long the send takes.
+    pub delay: Duration,
+    /// Whether it fails.
+    pub fails: bool,
+}
+
+/// Draws attempts from a delay model and a failure rate.
+#[derive(Debug)]
+pub struct Simulator {
+    rng: StdRng,
+    delay: Sampler,
+    failure_rate: f64,
+}
+
+#[derive(Debug)]
+enum Sampler {
+    Zero,
+    Constant(f64),
+    Normal(Normal<f64>),
+    Exponential(Exp<f64>),
+    Uniform(Uniform<f64>),
+}
+
+impl Simulator {
+    /// A simulator for `model` failing with probability `failure_rate`; `seed`
+    /// fixes the sequence of attempts (`None`: seeded from the OS).
+    pub fn new(model: DelayModel, failure_rate: f64, seed: Option<u64>) -> Self {
+        let rng = match seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => rand::make_rng::<StdRng>(),
+        };
+        let mean = model.mean.as_secs_f64();
+        let stddev = model.stddev.as_secs_f64();
+        // Parameters are finite and non-negative here, so the constructors
+        // cannot fail; fall back to the constant mean rather than panic anyway.
+        let delay = if model.mean.is_zero() {
+            Sampler::Zero
+        } else {
+            match model.distribution {
+                Distribution::Constant => Some(Sampler::Constant(mean)),
+                Distribution::Normal => Normal::new(mean, stddev).ok().map(Sampler::Normal),
+                Distribution::Exponential => Exp::new(1.0 / mean).ok().map(Sampler::Exponential),
+                Distribution::Uniform => {
+                    let half_width = stddev * 3f64.sqrt();
+                    Uniform::new_inclusive(mean - half_width, mean + half_width)
+                        .ok()
+                        .map(Sampler::Uniform)
+                }
+            }
+            .unwrap_or(Sampler::Constant(mean))
+        };
+        Self {
+            rng,
+            delay,
+            failure_rate,
+        }
+    }
+
+    /// The next attempt.
+    pub fn next_attempt(&mut self) -> Attempt {
+        let seconds = match &self.delay {
+            Sampler::Zero => 0.0,
+            Sampler::Constant(mean) => *mean,
+            Sampler::Normal(d) => d.sample(&mut self.rng),
+            Sampler::Exponential(d) => d.sample(&mut self.rng),
+            Sampler::Uniform(d) => d.sample(&mut self.rng),
+        };
+        Attempt {
+            // Truncated at zero: a send cannot take negative time.
+            delay: Duration::from_secs_f64(seconds.max(0.0)),
+            fails: self.failure_rate > 0.0 && self.rng.random_bool(self.failure_rate),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(distribution: Distribution, mean_ms: u64, stddev_ms: u64) -> DelayModel {
+        DelayModel {
+            distribution,
+            mean: Duration::from_millis(mean_ms),
+            stddev: Duration::from_millis(stddev_ms),
+        }
+    }
+
+    #[test]
+    fn every_distribution_centres_on_the_mean() {
+        for distribution in [
+            Distribution::Normal,
+            Distribution::Exponential,
+            Distribution::Uniform,
+            Distribution::Constant,
+        ] {
+            let mut sim = Simulator::new(model(distribution, 200, 50), 0.0, Some(42));
+            let n = 20_000;
+            let total: f64 = (0..n).map(|_| sim.next_attempt().delay.as_secs_f64()).sum();
+            let mean_ms = total / f64::from(n) * 1000.0;
+            assert!(
+                (mean_ms - 200.0).abs() < 200.0 * 0.03,
+                "{distribution:?}: mean {mean_ms} ms"
+            );
+        }
+    }
+
+    #[test]
+    fn failure_rate_and_seed() {
+        let mut a = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, Some(9));
+        let mut b = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, Some(9));
+        let draws: Vec<_> = (0..10_000).map(|_| a.next_attempt()).collect();
+        assert!(
+            draws
+                .iter()
+                .zip((0..).map(|_| b.next_attempt()))
+                .all(|(x, y)| *x == y)
+        );
+        let failures = draws.iter().filter(|d| d.fails).count();
+        assert!(
+            (2_300..=2_700).contains(&failures),
+            "{failures} failures of 10000"
+        );
+        assert!(draws.iter().all(|d| d.delay >= Duration::ZERO));
+    }
+
+    #[test]
+    fn zero_mean_means_no_delay_and_rate_bounds_hold() {
+        let mut sim = Simulator::new(model(Distribution::Normal, 0, 0), 1.0, Some(1));
+        let attempt = sim.next_attempt();
+        assert_eq!(attempt.delay, Duration::ZERO);
+        assert!(attempt.fails);
+        let mut never = Simulator::new(model(Distribution::Constant, 5, 0), 0.0, Some(1));
+        assert!((0..1000).all(|_| !never.next_attempt().fails));
+    }
+}

@@ -1,0 +1,558 @@
+//! What the program uses: validated settings, one struct per subcommand, with
+//! the defaults as named constants.
+//!
+//! [`resolve`] merges the command line and environment (already merged by clap)
+//! with the config file and the defaults, in that order of precedence, and
+//! checks every value once. Nothing downstream sees a raw argument.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::cli::{
+    Cli, Command, Distribution, GlobalArgs, LogFormat, MonitorArgs, ProduceArgs, SendArgs,
+};
+use crate::config_file::ConfigFile;
+
+/// Default Redis URL.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+/// Default key prefix.
+pub const DEFAULT_PREFIX: &str = "sms";
+/// Default consumer group.
+pub const DEFAULT_GROUP: &str = "senders";
+/// Default number of messages a producer generates.
+pub const DEFAULT_COUNT: u64 = 1000;
+/// Default messages per pipelined write.
+pub const DEFAULT_BATCH: usize = 1000;
+/// Default mean send time.
+pub const DEFAULT_MEAN: Duration = Duration::from_millis(200);
+/// Default sends in progress at once.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+/// Default deliveries before a failing message is dead-lettered.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Default lease on a message being worked on.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(10);
+/// Default wait before a failed message may be retried.
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// Default time in-flight sends get to finish on shutdown.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default monitor interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A bad setting. Every one is a usage error: exit code 2.
+#[derive(Debug, Error)]
+pub enum SettingsError {
+    /// A value is out of range or does not parse.
+    #[error("invalid value '{value}' for '{option}'{origin}: {reason}")]
+    Invalid {
+        /// The option, as named where it was found.
+        option: String,
+        /// The bad value.
+        value: String,
+        /// Where the value came from, e.g. ` in config file 'x.toml'`.
+        origin: String,
+        /// What a valid value looks like.
+        reason: String,
+    },
+    /// The config file cannot be read or parsed (includes unknown keys).
+    #[error("cannot use config file '{path}': {reason}")]
+    ConfigUnreadable {
+        /// The file.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two settings contradict each other.
+    #[error("{0}")]
+    Conflict(String),
+}
+
+/// Where the queue lives: shared by every subcommand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueSettings {
+    /// Redis URL (may hold a password: print it only through [`crate::store::redact_url`]).
+    pub redis_url: String,
+    /// Key prefix.
+    pub prefix: String,
+    /// Consumer group.
+    pub group: String,
+}
+
+/// Settings of `produce`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProduceSettings {
+    /// Messages to generate (at least 1).
+    pub count: u64,
+    /// Generator seed; `None` for a random one.
+    pub seed: Option<u64>,
+    /// Messages per pipelined write (at least 1).
+    pub batch: usize,
+}
+
+/// The simulated send time: a distribution around a mean.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DelayModel {
+    /// Shape of the distribution.
+    pub distribution: Distribution,
+    /// Mean send time; zero means no delay at all.
+    pub mean: Duration,
+    /// Standard deviation (normal and uniform).
+    pub stddev: Duration,
+}
+
+/// Settings of `send`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SendSettings {
+    /// Consumer name in the group.
+    pub name: String,
+    /// Simulated send time.
+    pub delay: DelayModel,
+    /// Probability that one attempt fails, in [0, 1].
+    pub failure_rate: f64,
+    /// Most sends in progress at once (at least 1).
+    pub concurrency: usize,
+    /// Deliveries before a failing message is dead-lettered (at least 1).
+    pub max_attempts: u32,
+    /// Lease on a message being worked on.
+    pub lease: Duration,
+    /// Wait before a failed message may be retried (at most the lease).
+    pub retry_backoff: Duration,
+    /// Time in-flight sends get to finish on shutdown.
+    pub shutdown_timeout: Duration,
+    /// Seed of send times and failures; `None` for a random one.
+    pub seed: Option<u64>,
+}
+
+/// Settings of `monitor`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MonitorSettings {
+    /// Time between two reports.
+    pub interval: Duration,
+    /// Exit once everything produced is settled.
+    pub until_done: bool,
+    /// JSON lines instead of text.
+    pub json: bool,
+}
+
+/// The subcommand to run, with its validated settings.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Task {
+    /// `migrate`.
+    Migrate,
+    /// `produce`.
+    Produce(ProduceSettings),
+    /// `send`.
+    Send(SendSettings),
+    /// `monitor`.
+    Monitor(MonitorSettings),
+}
+
+/// Everything the binary needs to run one invocation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// Where the queue lives.
+    pub queue: QueueSettings,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// What to run.
+    pub task: Task,
+}
+
+/// Merges flags and environment (`cli`), the config file and the defaults, and
+/// validates the result. `redis_url_env` is the plain `REDIS_URL` variable, which
+/// ranks below `--redis-url` and `SMS_REDIS_URL`.
+pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, SettingsError> {
+    let file = match &cli.global.config {
+        Some(path) => Some((ConfigFile::load(path)?, path.clone())),
+        None => None,
+    };
+    let (file, path) = match file {
+        Some((file, path)) => (file, Some(path)),
+        None => (ConfigFile::default(), None),
+    };
+    let from = FileOrigin(path);
+    let queue = resolve_queue(&cli.global, redis_url_env, &file, &from)?;
+    let log_format = cli
+        .global
+        .log_format
+        .or(file.log_format)
+        .unwrap_or(LogFormat::Text);
+    let task = match &cli.command {
+        Command::Migrate => Task::Migrate,
+        Command::Produce(args) => Task::Produce(resolve_produce(args, &file, &from)?),
+        Command::Send(args) => Task::Send(resolve_send(args, &file, &from)?),
+        Command::Monitor(args) => Task::Monitor(resolve_monitor(args, &file, &from)?),
+    };
+    Ok(Settings {
+        queue,
+        log_format,
+        task,
+    })
+}
+
+/// Names the config file in error messages.
+struct FileOrigin(Option<PathBuf>);
+
+impl FileOrigin {
+    /// Checks a value read from the file with the same check a flag gets.
+    fn check<T, R>(
+        &self,
+        option: &str,
+        value: Option<R>,
+        check: impl Fn(&str) -> Result<T, String>,
+    ) -> Result<Option<T>, SettingsError>
+    where
+        R: ToString,
+    {
+        let Some(raw) = value else { return Ok(None) };
+        let raw = raw.to_string();
+        check(&raw)
+            .map(Some)
+            .map_err(|reason| SettingsError::Invalid {
+                option: option.to_owned(),
+                value: raw,
+                origin: match &self.0 {
+                    Some(path) => format!(" in config file '{}'", path.display()),
+                    None => String::new(),
+                },
+                reason,
+            })
+    }
+}
+
+fn resolve_queue(
+    args: &GlobalArgs,
+    redis_url_env: Option<String>,
+    file: &ConfigFile,
+    from: &FileOrigin,
+) -> Result<QueueSettings, SettingsError> {
+    let file_prefix = from.check("prefix", file.prefix.as_ref(), check::key_part)?;
+    let file_group = from.check("group", file.group.as_ref(), check::key_part)?;
+    Ok(QueueSettings {
+        redis_url: args
+            .redis_url
+            .clone()
+            .or(redis_url_env)
+            .or_else(|| file.redis_url.clone())
+            .unwrap_or_else(|| DEFAULT_REDIS_URL.to_owned()),
+        prefix: args
+            .prefix
+            .clone()
+            .or(file_prefix)
+            .unwrap_or_else(|| DEFAULT_PREFIX.to_owned()),
+        group: args
+            .group
+            .clone()
+            .or(file_group)
+            .unwrap_or_else(|| DEFAULT_GROUP.to_owned()),
+    })
+}
+
+fn resolve_produce(
+    args: &ProduceArgs,
+    file: &ConfigFile,
+    from: &FileOrigin,
+) -> Result<ProduceSettings, SettingsError> {
+    let f = &file.produce;
+    Ok(ProduceSettings {
+        count: args
+            .count
+            .or(from.check("produce.count", f.count, check::count)?)
+            .unwrap_or(DEFAULT_COUNT),
+        seed: args.seed.or(f.seed),
+        batch: args
+            .batch
+            .or(from.check("produce.batch", f.batch, check::batch)?)
+            .unwrap_or(DEFAULT_BATCH),
+    })
+}
+
+fn resolve_send(
+    args: &SendArgs,
+    file: &ConfigFile,
+    from: &FileOrigin,
+) -> Result<SendSettings, SettingsError> {
+    let f = &file.send;
+    let duration = |option: &str, flag: Option<Duration>, value: &Option<String>| {
+        Ok::<_, SettingsError>(flag.or(from.check(option, value.as_ref(), check::duration)?))
+    };
+    let mean = duration("send.mean", args.mean, &f.mean)?.unwrap_or(DEFAULT_MEAN);
+    let stddev = duration("send.stddev", args.stddev, &f.stddev)?.unwrap_or(mean / 4);
+    let lease = args
+        .lease
+        .or(from.check("send.lease", f.lease.as_ref(), check::lease)?)
+        .unwrap_or(DEFAULT_LEASE);
+    let retry_backoff = duration("send.retry_backoff", args.retry_backoff, &f.retry_backoff)?
+        .unwrap_or(DEFAULT_RETRY_BACKOFF);
+    if retry_backoff > lease {
+        return Err(SettingsError::Conflict(format!(
+            "invalid value '{}' for '--retry-backoff': must not exceed the lease ({}), \
+             because a failed message waits out its backoff as part of its lease",
+            humantime::format_duration(retry_backoff),
+            humantime::format_duration(lease)
+        )));
+    }
+    let name = match args.name.clone() {
+        Some(name) => name,
+        None => match from.check("send.name", f.name.as_ref(), check::key_part)? {
+            Some(name) => name,
+            None => default_sender_name(),
+        },
+    };
+    Ok(SendSettings {
+        name,
+        delay: DelayModel {
+            distribution: args
+                .distribution
+                .or(f.distribution)
+                .unwrap_or(Distribution::Normal),
+            mean,
+            stddev,
+        },
+        failure_rate: args
+            .failure_rate
+            .or(from.check("send.failure_rate", f.failure_rate, check::failure_rate)?)
+            .unwrap_or(0.0),
+        concurrency: args
+            .concurrency
+            .or(from.check("send.concurrency", f.concurrency, check::concurrency)?)
+            .unwrap_or(DEFAULT_CONCURRENCY),
+        max_attempts: args
+            .max_attempts
+            .or(from.check("send.max_attempts", f.max_attempts, check::max_attempts)?)
+            .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+        lease,
+        retry_backoff,
+        shutdown_timeout: duration(
+            "send.shutdown_timeout",
+            args.shutdown_timeout,
+            &f.shutdown_timeout,
+        )?
+        .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        seed: args.seed.or(f.seed),
+    })
+}
+
+fn resolve_monitor(
+    args: &MonitorArgs,
+    file: &ConfigFile,
+    from: &FileOrigin,
+) -> Result<MonitorSettings, SettingsError> {
+    let f = &file.monitor;
+    Ok(MonitorSettings {
+        interval: args
+            .interval
+            .or(from.check("monitor.interval", f.interval.as_ref(), check::interval)?)
+            .unwrap_or(DEFAULT_INTERVAL),
+        until_done: args.until_done || f.until_done.unwrap_or(false),
+        json: args.json || f.json.unwrap_or(false),
+    })
+}
+
+/// A name that is unique per process, for senders started without `--name`.
+fn default_sender_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && check::key_part(h).is_ok())
+        .unwrap_or_else(|| "local".to_owned());
+    format!("sender-{host}-{}", std::process::id())
+}
+
+/// Value checks shared by the command line (as clap value parsers) and the
+/// config file. Each returns a one-line reason on failure.
+pub mod check {
+    use std::time::Duration;
+
+    /// A duration such as `0ms`, `250ms`, `2s`, `1m`.
+    pub fn duration(value: &str) -> Result<Duration, String> {
+        humantime::parse_duration(value.trim())
+            .map_err(|_| "expected a non-negative duration such as 0ms, 250ms, 2s or 1m".to_owned())
+    }
+
+    /// A lease: a duration of at least 100ms.
+    pub fn lease(value: &str) -> Result<Duration, String> {
+        let lease = duration(value)?;
+        if lease < Duration::from_millis(100) {
+            return Err("the lease must be at least 100ms".to_owned());
+        }
+        Ok(lease)
+    }
+
+    /// A monitor interval: a duration of at least 10ms.
+    pub fn interval(value: &str) -> Result<Duration, String> {
+        let interval = duration(value)?;
+        if interval < Duration::from_millis(10) {
+            return Err("the interval must be at least 10ms".to_owned());
+        }
+        Ok(interval)
+    }
+
+    /// A probability in [0, 1].
+    pub fn failure_rate(value: &str) -> Result<f64, String> {
+        let rate: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| "expected a number between 0 and 1".to_owned())?;
+        if !(0.0..=1.0).contains(&rate) {
+            return Err("expected a number between 0 and 1".to_owned());
+        }
+        Ok(rate)
+    }
+
+    fn positive(value: &str, what: &str) -> Result<u64, String> {
+        match value.trim().parse::<u64>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!("{what} must be a whole number of at least 1")),
+        }
+    }
+
+    /// A message count of at least 1.
+    pub fn count(value: &str) -> Result<u64, String> {
+        positive(value, "the count")
+    }
+
+    /// A batch size from 1 to 100,000.
+    pub fn batch(value: &str) -> Result<usize, String> {
+        let n = positive(value, "the batch size")?;
+        if n > 100_000 {
+            return Err("the batch size must be at most 100000".to_owned());
+        }
+        Ok(n as usize)
+    }
+
+    /// A concurrency from 1 to 1,000,000.
+    pub fn concurrency(value: &str) -> Result<usize, String> {
+        let n = positive(value, "the concurrency")?;
+        if n > 1_000_000 {
+            return Err("the concurrency must be at most 1000000".to_owned());
+        }
+        Ok(n as usize)
+    }
+
+    /// Max attempts from 1 to 1,000.
+    pub fn max_attempts(value: &str) -> Result<u32, String> {
+        let n = positive(value, "max attempts")?;
+        u32::try_from(n)
+            .ok()
+            .filter(|n| *n <= 1000)
+            .ok_or_else(|| "max attempts must be at most 1000".to_owned())
+    }
+
+    /// A part of a Redis key (prefix, group, sender name): 1 to 64 characters of
+    /// letters, digits, `-`, `_` and `.`, so it cannot break the key layout.
+    pub fn key_part(value: &str) -> Result<String, String> {
+        let ok = (1..=64).contains(&value.len())
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+        if ok {
+            Ok(value.to_owned())
+        } else {
+            Err("expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn resolve_args(args: &[&str]) -> Result<Settings, SettingsError> {
+        let cli = Cli::try_parse_from(args).expect("arguments parse");
+        resolve(&cli, None)
+    }
+
+    #[test]
+    fn defaults_apply_when_nothing_is_given() {
+        let settings = resolve_args(&["sms-alerts", "send", "--name", "a"]).expect("valid");
+        let Task::Send(send) = settings.task else {
+            panic!("not send")
+        };
+        assert_eq!(send.delay.mean, DEFAULT_MEAN);
+        assert_eq!(send.delay.stddev, DEFAULT_MEAN / 4);
+        assert_eq!(send.concurrency, DEFAULT_CONCURRENCY);
+        assert_eq!(settings.queue.redis_url, DEFAULT_REDIS_URL);
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = std::env::temp_dir().join(format!("sms-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(
+            &path,
+            "prefix = \"filepfx\"\n[send]\nmean = \"50ms\"\nconcurrency = 8\n",
+        )
+        .expect("write");
+        let p = path.to_str().expect("utf-8 path");
+        let settings = resolve_args(&[
+            "sms-alerts",
+            "--config",
+            p,
+            "send",
+            "--name",
+            "a",
+            "--concurrency",
+            "3",
+        ])
+        .expect("valid");
+        let Task::Send(send) = settings.task else {
+            panic!("not send")
+        };
+        assert_eq!(send.concurrency, 3, "flag wins over file");
+        assert_eq!(
+            send.delay.mean,
+            Duration::from_millis(50),
+            "file wins over default"
+        );
+        assert_eq!(settings.queue.prefix, "filepfx");
+    }
+
+    #[test]
+    fn bad_file_values_name_option_and_value() {
+        let dir = std::env::temp_dir().join(format!("sms-settings-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("c.toml");
+        std::fs::write(&path, "[send]\nfailure_rate = 1.5\n").expect("write");
+        let p = path.to_str().expect("utf-8 path");
+        let err = resolve_args(&["sms-alerts", "--config", p, "send"]).expect_err("invalid");
+        let text = err.to_string();
+        assert!(
+            text.contains("send.failure_rate") && text.contains("1.5"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn backoff_longer_than_lease_is_refused() {
+        let err = resolve_args(&[
+            "sms-alerts",
+            "send",
+            "--lease",
+            "1s",
+            "--retry-backoff",
+            "2s",
+        ])
+        .expect_err("conflict");
+        assert!(err.to_string().contains("--retry-backoff"), "{err}");
+    }
+
+    #[test]
+    fn checks() {
+        assert_eq!(check::duration("0ms"), Ok(Duration::ZERO));
+        assert_eq!(check::duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(check::duration("-5ms").is_err());
+        assert!(check::duration("5 parsecs").is_err());
+        assert!(check::failure_rate("1.01").is_err());
+        assert!(check::failure_rate("NaN").is_err());
+        assert_eq!(check::failure_rate("0"), Ok(0.0));
+        assert!(check::count("0").is_err());
+        assert!(check::concurrency("0").is_err());
+        assert!(check::max_attempts("0").is_err());
+        assert!(check::key_part("a b").is_err());
+        assert!(check::key_part("{x}").is_err());
+    }
+}

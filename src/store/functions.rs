@@ -1,0 +1,287 @@
+//! Typed wrappers of the Functions library in `migrations/`: each builds one
+//! FCALL with every key it touches declared, and decodes the reply into a
+//! struct. The Lua side documents KEYS, ARGV and the reply of each function.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Value;
+
+use super::reply::{array, bad, bytes, field_pairs, int, text};
+use super::streams::StreamEntry;
+use super::{Store, StoreError};
+
+/// How one send attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Sent: acknowledge and count it.
+    Sent,
+    /// Failed: count the attempt, retry after the backoff or dead-letter it.
+    Failed,
+    /// Not a valid message: dead-letter it with reason `malformed`.
+    Malformed,
+}
+
+impl Outcome {
+    fn as_arg(self) -> &'static str {
+        match self {
+            Self::Sent => "ok",
+            Self::Failed => "fail",
+            Self::Malformed => "malformed",
+        }
+    }
+}
+
+/// One result to report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportItem {
+    /// The message id.
+    pub id: String,
+    /// How the attempt ended.
+    pub outcome: Outcome,
+    /// How long the simulated send took, in microseconds.
+    pub send_time_us: u64,
+}
+
+/// What one report call counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReportReply {
+    /// Messages acknowledged for the first time.
+    pub sent: u64,
+    /// Successful sends of messages already settled elsewhere.
+    pub duplicates: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// Messages moved to the dead stream.
+    pub dead: u64,
+    /// Whether this batch had been applied already (a retry after a lost reply).
+    pub replayed: bool,
+}
+
+/// An entry this sender now holds, and how many deliveries it has had,
+/// counting this one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimedEntry {
+    /// The entry.
+    pub entry: StreamEntry,
+    /// Deliveries so far, this one included.
+    pub deliveries: u64,
+}
+
+/// The result of one claim call.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimReply {
+    /// Where the next call continues, or `None` when the scan reached the end.
+    pub cursor: Option<String>,
+    /// Entries dead-lettered instead of claimed (attempts used up, or deleted).
+    pub dead: u64,
+    /// Entries now held by this sender.
+    pub claimed: Vec<ClaimedEntry>,
+}
+
+/// Whether this process holds a sender name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NameHold {
+    /// This process holds the name for the lease's length.
+    Held,
+    /// Another process holds it; its lease runs out in this long unless renewed.
+    HeldByOther(Duration),
+}
+
+impl Store {
+    async fn fcall(
+        &self,
+        name: &'static str,
+        keys: &[String],
+        args: Vec<Vec<u8>>,
+    ) -> Result<Value, StoreError> {
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(name).arg(keys.len()).arg(keys).arg(args);
+        let mut conn = self.conn().await?;
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(name))
+    }
+
+    /// Acknowledges and counts a batch of results in one atomic call
+    /// (`sms_report`). `(token, seq)` identify the batch, so that a retry after
+    /// a lost reply is not applied twice: `token` is unique per process and
+    /// `seq` grows with every batch.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn report(
+        &self,
+        consumer: &str,
+        max_attempts: u32,
+        retry_idle: Duration,
+        token: &str,
+        seq: u64,
+        items: &[ReportItem],
+    ) -> Result<ReportReply, StoreError> {
+        const NAME: &str = "sms_report";
+        let keys = [
+            self.keys.messages(),
+            self.keys.dead(),
+            self.keys.stats(),
+            self.keys.sender_stats(consumer),
+        ];
+        let mut args = Vec::with_capacity(6 + items.len() * 3);
+        args.push(self.group.as_bytes().to_vec());
+        args.push(consumer.as_bytes().to_vec());
+        args.push(max_attempts.to_string().into_bytes());
+        args.push(retry_idle.as_millis().to_string().into_bytes());
+        args.push(token.as_bytes().to_vec());
+        args.push(seq.to_string().into_bytes());
+        for item in items {
+            args.push(item.outcome.as_arg().as_bytes().to_vec());
+            args.push(item.id.as_bytes().to_vec());
+            args.push(item.send_time_us.to_string().into_bytes());
+        }
+        let reply = array(NAME, self.fcall(NAME, &keys, args).await?)?;
+        let mut counts = reply
+            .into_iter()
+            .map(|v| int(NAME, v).map(|n| n.max(0) as u64));
+        let mut next = || {
+            counts
+                .next()
+                .unwrap_or_else(|| Err(bad(NAME, "reply too short")))
+        };
+        Ok(ReportReply {
+            sent: next()?,
+            duplicates: next()?,
+            failed: next()?,
+            dead: next()?,
+            replayed: next()? == 1,
+        })
+    }
+
+    /// Claims pending entries idle for at least `min_idle`, starting at
+    /// `cursor` (`None` for the start), or dead-letters those whose attempts are
+    /// used up (`sms_claim`). With `owner`, only that consumer's entries are
+    /// scanned: a restarted sender recovering its own work passes its own name
+    /// and a zero `min_idle`.
+    pub async fn claim(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+        cursor: Option<&str>,
+        count: usize,
+        max_attempts: u32,
+        owner: Option<&str>,
+    ) -> Result<ClaimReply, StoreError> {
+        const NAME: &str = "sms_claim";
+        let keys = [
+            self.keys.messages(),
+            self.keys.dead(),
+            self.keys.stats(),
+            self.keys.sender_stats(consumer),
+        ];
+        let args = vec![
+            self.group.as_bytes().to_vec(),
+            consumer.as_bytes().to_vec(),
+            min_idle.as_millis().to_string().into_bytes(),
+            cursor.unwrap_or("-").as_bytes().to_vec(),
+            count.max(1).to_string().into_bytes(),
+            max_attempts.to_string().into_bytes(),
+            owner.unwrap_or("").as_bytes().to_vec(),
+        ];
+        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
+        let cursor = text(NAME, reply.next().unwrap_or(Value::Nil))?;
+        let dead = int(NAME, reply.next().unwrap_or(Value::Nil))?.max(0) as u64;
+        let mut claimed = Vec::new();
+        for item in reply {
+            let mut parts = array(NAME, item)?.into_iter();
+            let id = text(NAME, parts.next().unwrap_or(Value::Nil))?;
+            let deliveries = int(NAME, parts.next().unwrap_or(Value::Nil))?.max(0) as u64;
+            let fields = field_pairs(NAME, parts.next().unwrap_or(Value::Array(Vec::new())))?;
+            claimed.push(ClaimedEntry {
+                entry: StreamEntry { id, fields },
+                deliveries,
+            });
+        }
+        Ok(ClaimReply {
+            cursor: (cursor != "0").then_some(cursor),
+            dead,
+            claimed,
+        })
+    }
+
+    /// Renews the lease of entries this sender is working on (`sms_renew`).
+    /// Returns the ids that are no longer this sender's.
+    pub async fn renew(&self, consumer: &str, ids: &[String]) -> Result<Vec<String>, StoreError> {
+        const NAME: &str = "sms_renew";
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut args = Vec::with_capacity(2 + ids.len());
+        args.push(self.group.as_bytes().to_vec());
+        args.push(consumer.as_bytes().to_vec());
+        args.extend(ids.iter().map(|id| id.as_bytes().to_vec()));
+        let reply = self.fcall(NAME, &[self.keys.messages()], args).await?;
+        array(NAME, reply)?
+            .into_iter()
+            .map(|v| text(NAME, v))
+            .collect()
+    }
+
+    /// Takes or renews this process's liveness lease on a sender name
+    /// (`sms_hold_name`).
+    pub async fn hold_name(
+        &self,
+        consumer: &str,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<NameHold, StoreError> {
+        const NAME: &str = "sms_hold_name";
+        let args = vec![
+            token.as_bytes().to_vec(),
+            ttl.as_millis().to_string().into_bytes(),
+        ];
+        let mut reply = array(
+            NAME,
+            self.fcall(NAME, &[self.keys.sender_lease(consumer)], args)
+                .await?,
+        )?
+        .into_iter();
+        let held = int(NAME, reply.next().unwrap_or(Value::Nil))?;
+        let remaining = int(NAME, reply.next().unwrap_or(Value::Nil))?;
+        Ok(if held == 1 {
+            NameHold::Held
+        } else {
+            NameHold::HeldByOther(Duration::from_millis(remaining.max(0) as u64))
+        })
+    }
+
+    /// Gives a sender name back (`sms_release_name`), if this process holds it.
+    pub async fn release_name(&self, consumer: &str, token: &str) -> Result<(), StoreError> {
+        const NAME: &str = "sms_release_name";
+        let args = vec![token.as_bytes().to_vec()];
+        self.fcall(NAME, &[self.keys.sender_lease(consumer)], args)
+            .await?;
+        Ok(())
+    }
+
+    /// Everything the monitor shows, read in one call (`sms_snapshot`): the
+    /// totals hash plus stream and group figures, by name.
+    pub async fn snapshot_fields(&self) -> Result<HashMap<String, i64>, StoreError> {
+        const NAME: &str = "sms_snapshot";
+        let keys = [self.keys.messages(), self.keys.dead(), self.keys.stats()];
+        let mut cmd = redis::cmd("FCALL_RO");
+        cmd.arg(NAME).arg(keys.len()).arg(&keys).arg(&self.group);
+        let mut conn = self.conn().await?;
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(NAME))?;
+        let items = array(NAME, reply)?;
+        let mut fields = HashMap::with_capacity(items.len() / 2);
+        let mut items = items.into_iter();
+        while let (Some(name), Some(value)) = (items.next(), items.next()) {
+            let name = String::from_utf8_lossy(&bytes(NAME, name)?).into_owned();
+            // Counters we do not know (written by a newer version) are skipped.
+            if let Ok(value) = int(NAME, value) {
+                fields.insert(name, value);
+            }
+        }
+        Ok(fields)
+    }
+}

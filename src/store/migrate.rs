@@ -1,0 +1,144 @@
+//! Versioned schema steps from `migrations/`, applied on every start.
+//!
+//! Every step is idempotent, so concurrent starts are safe without a lock:
+//! ten processes loading the same library with `FUNCTION LOAD REPLACE` leave
+//! the same library behind. The library reports its own version
+//! (`sms_version`), so a step is applied only when Redis holds an older one,
+//! and a binary never replaces a newer library with an older one.
+
+use super::{Store, StoreError};
+
+/// One schema step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Load (or replace) the Functions library with this source.
+    FunctionLibrary(&'static str),
+}
+
+/// A versioned schema step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Migration {
+    /// Ordered version; a library's source declares the same `LIBRARY_VERSION`.
+    pub version: u32,
+    /// The file's name, recorded in the migrations hash.
+    pub name: &'static str,
+    /// What it does.
+    pub step: Step,
+}
+
+/// Every migration, oldest first.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "0001_functions",
+    step: Step::FunctionLibrary(include_str!("../../migrations/0001_functions.lua")),
+}];
+
+/// What [`Store::migrate`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MigrationReport {
+    /// Migrations this call applied.
+    pub applied: Vec<&'static str>,
+    /// The library version Redis holds now.
+    pub library_version: u32,
+}
+
+impl Store {
+    /// Applies the migrations Redis is missing and records them in the
+    /// migrations hash.
+    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+        let loaded = self.library_version().await?;
+        let mut report = MigrationReport {
+            applied: Vec::new(),
+            library_version: u32::try_from(loaded).unwrap_or(0),
+        };
+        let latest = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
+        if loaded > i64::from(latest) {
+            return Err(StoreError::NewerLibrary {
+                found: loaded,
+                ours: latest,
+            });
+        }
+        let mut conn = self.conn().await?;
+        for migration in MIGRATIONS {
+            if i64::from(migration.version) <= loaded {
+                continue;
+            }
+            match migration.step {
+                Step::FunctionLibrary(source) => {
+                    // Only the newest library matters: each one is complete.
+                    if migration.version == latest {
+                        redis::cmd("FUNCTION")
+                            .arg("LOAD")
+                            .arg("REPLACE")
+                            .arg(source)
+                            .query_async::<()>(&mut conn)
+                            .await
+                            .map_err(StoreError::redis("FUNCTION LOAD"))?;
+                    }
+                }
+            }
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            redis::cmd("HSETNX")
+                .arg(self.keys.migrations())
+                .arg(migration.name)
+                .arg(now_ms)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(StoreError::redis("HSETNX"))?;
+            report.applied.push(migration.name);
+            report.library_version = migration.version;
+            tracing::info!(migration = migration.name, "applied migration");
+        }
+        Ok(report)
+    }
+
+    /// The version of the Functions library Redis holds; 0 when none is loaded.
+    pub async fn library_version(&self) -> Result<i64, StoreError> {
+        let mut conn = self.conn().await?;
+        let version = redis::cmd("FCALL_RO")
+            .arg("sms_version")
+            .arg(0)
+            .query_async::<i64>(&mut conn)
+            .await;
+        match version {
+            Ok(version) => Ok(version),
+            Err(err)
+                if err
+                    .detail()
+                    .is_some_and(|d| d.contains("Function not found")) =>
+            {
+                Ok(0)
+            }
+            Err(err) => Err(StoreError::redis("FCALL_RO sms_version")(err)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_are_ordered_and_libraries_declare_theirs() {
+        for pair in MIGRATIONS.windows(2) {
+            assert!(pair[0].version < pair[1].version, "{pair:?}");
+        }
+        for migration in MIGRATIONS {
+            assert!(
+                migration
+                    .name
+                    .starts_with(&format!("{:04}_", migration.version))
+            );
+            let Step::FunctionLibrary(source) = migration.step;
+            let declared = format!("local LIBRARY_VERSION = {}\n", migration.version);
+            assert!(
+                source.contains(&declared),
+                "{} must declare {declared}",
+                migration.name
+            );
+        }
+    }
+}

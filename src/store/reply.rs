@@ -1,0 +1,67 @@
+//! Decoding of raw Redis replies, for the replies redis-rs has no type for
+//! (Function results) or decodes too strictly (stream fields must stay bytes:
+//! a poison entry with invalid UTF-8 must not make a whole read fail).
+
+use redis::Value;
+
+use super::StoreError;
+
+/// A reply that had the wrong shape, naming the command.
+pub(super) fn bad(command: &'static str, detail: impl Into<String>) -> StoreError {
+    StoreError::Reply {
+        command,
+        detail: detail.into(),
+    }
+}
+
+/// The elements of an array reply.
+pub(super) fn array(command: &'static str, value: Value) -> Result<Vec<Value>, StoreError> {
+    match value {
+        Value::Array(items) | Value::Set(items) => Ok(items),
+        other => Err(bad(command, format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// A string reply as bytes.
+pub(super) fn bytes(command: &'static str, value: Value) -> Result<Vec<u8>, StoreError> {
+    match value {
+        Value::BulkString(bytes) => Ok(bytes),
+        Value::SimpleString(text) => Ok(text.into_bytes()),
+        Value::Okay => Ok(b"OK".to_vec()),
+        other => Err(bad(command, format!("expected a string, got {other:?}"))),
+    }
+}
+
+/// A string reply as UTF-8 text (ids, names: never user data).
+pub(super) fn text(command: &'static str, value: Value) -> Result<String, StoreError> {
+    String::from_utf8(bytes(command, value)?).map_err(|_| bad(command, "expected UTF-8 text"))
+}
+
+/// An integer reply (Lua numbers arrive as integers).
+pub(super) fn int(command: &'static str, value: Value) -> Result<i64, StoreError> {
+    match value {
+        Value::Int(n) => Ok(n),
+        Value::BulkString(ref raw) => std::str::from_utf8(raw)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad(command, format!("expected an integer, got {value:?}"))),
+        other => Err(bad(command, format!("expected an integer, got {other:?}"))),
+    }
+}
+
+/// A flat `field, value, field, value…` list of byte strings as pairs.
+pub(super) fn field_pairs(
+    command: &'static str,
+    value: Value,
+) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    let items = array(command, value)?;
+    if items.len() % 2 != 0 {
+        return Err(bad(command, "odd number of field/value items"));
+    }
+    let mut pairs = Vec::with_capacity(items.len() / 2);
+    let mut items = items.into_iter();
+    while let (Some(field), Some(value)) = (items.next(), items.next()) {
+        pairs.push((bytes(command, field)?, bytes(command, value)?));
+    }
+    Ok(pairs)
+}

@@ -1,0 +1,148 @@
+//! Stream operations: the producer's pipelined writes, the sender's group reads,
+//! and creating the consumer group.
+
+use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use super::reply::{array, field_pairs, text};
+use super::{Store, StoreError};
+use crate::message::Message;
+
+/// How long a producer run's record of written batches is kept, in seconds.
+const PRODUCER_RUN_TTL_S: i64 = 24 * 3600;
+
+/// One stream entry, its fields kept as raw bytes until decoded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamEntry {
+    /// The entry id, which is also the message id.
+    pub id: String,
+    /// Field/value pairs as stored.
+    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl Store {
+    /// Creates the stream and the consumer group if missing. The group starts at
+    /// id 0, so messages produced before the first sender are not skipped.
+    pub async fn ensure_group(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        let created: Result<(), _> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.keys.messages())
+            .arg(&self.group)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut conn)
+            .await;
+        match created {
+            Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
+            other => other.map_err(StoreError::redis("XGROUP CREATE")),
+        }
+    }
+
+    /// Adds `messages` to the stream and the produced counter in one MULTI/EXEC,
+    /// and records batch `seq` of producer run `run_id` as written, so that
+    /// [`Store::batch_written`] can tell whether a batch whose reply was lost
+    /// needs writing again.
+    pub async fn write_batch(
+        &self,
+        run_id: &str,
+        seq: u64,
+        messages: &[Message],
+    ) -> Result<(), StoreError> {
+        let stream = self.keys.messages();
+        let run_key = self.keys.producer_run(run_id);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for message in messages {
+            pipe.xadd(&stream, "*", &message.to_fields()).ignore();
+        }
+        pipe.hincr(self.keys.stats(), "produced", messages.len())
+            .ignore()
+            .hset(&run_key, seq, messages.len())
+            .ignore()
+            .expire(&run_key, PRODUCER_RUN_TTL_S)
+            .ignore();
+        let mut conn = self.conn().await?;
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(StoreError::redis("XADD batch"))
+    }
+
+    /// Whether batch `seq` of producer run `run_id` was written.
+    pub async fn batch_written(&self, run_id: &str, seq: u64) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("HEXISTS")
+            .arg(self.keys.producer_run(run_id))
+            .arg(seq)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("HEXISTS"))
+    }
+
+    /// Adds `delta` to one field of the totals hash.
+    pub async fn add_to_stat(&self, field: &str, delta: i64) -> Result<(), StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("HINCRBY")
+            .arg(self.keys.stats())
+            .arg(field)
+            .arg(delta)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(StoreError::redis("HINCRBY"))
+    }
+
+    /// Reads up to `count` never-delivered entries for `consumer`, waiting up to
+    /// `block_ms` for the first one. Runs on a dedicated connection.
+    pub async fn read_new(
+        &self,
+        conn: &mut MultiplexedConnection,
+        consumer: &str,
+        count: usize,
+        block_ms: u64,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        const COMMAND: &str = "XREADGROUP";
+        let reply: Value = redis::cmd(COMMAND)
+            .arg("GROUP")
+            .arg(&self.group)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(block_ms)
+            .arg("STREAMS")
+            .arg(self.keys.messages())
+            .arg(">")
+            .query_async(conn)
+            .await
+            .map_err(StoreError::redis(COMMAND))?;
+        let streams = match reply {
+            Value::Nil => return Ok(Vec::new()),
+            other => array(COMMAND, other)?,
+        };
+        let mut entries = Vec::new();
+        for stream in streams {
+            let mut parts = array(COMMAND, stream)?.into_iter();
+            let items = parts.nth(1).unwrap_or(Value::Nil);
+            if matches!(items, Value::Nil) {
+                continue;
+            }
+            for item in array(COMMAND, items)? {
+                entries.push(entry(COMMAND, item)?);
+            }
+        }
+        Ok(entries)
+    }
+}
+
+/// Decodes `[id, [field, value, ...]]`; an entry deleted from the stream has
+/// a nil field list and decodes with no fields (it then fails message decoding
+/// and is dead-lettered rather than lost).
+pub(super) fn entry(command: &'static str, value: Value) -> Result<StreamEntry, StoreError> {
+    let mut parts = array(command, value)?.into_iter();
+    let id = text(command, parts.next().unwrap_or(Value::Nil))?;
+    let fields = match parts.next() {
+        None | Some(Value::Nil) => Vec::new(),
+        Some(fields) => field_pairs(command, fields)?,
+    };
+    Ok(StreamEntry { id, fields })
+}
