@@ -1,0 +1,135 @@
+//! Counting exactly once: duplicate deliveries, idempotent batch replays,
+//! dead-lettering after max attempts, malformed entries.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sms_alerts::produce;
+use sms_alerts::settings::ProduceSettings;
+use sms_alerts::stats::Snapshot;
+use sms_alerts::store::{Outcome, ReportItem};
+use tokio_util::sync::CancellationToken;
+
+async fn produce_n(store: &sms_alerts::store::Store, count: u64) {
+    let settings = ProduceSettings {
+        count,
+        seed: Some(5),
+        batch: 100,
+    };
+    produce::run(store, &settings, &CancellationToken::new()).await.expect("produces");
+}
+
+#[tokio::test]
+async fn a_duplicate_delivery_is_counted_once() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("dup")).await;
+    produce_n(&store, 1).await;
+
+    // Sender x reads the message; sender y takes it over (as after a lease
+    // lapse); both then succeed.
+    let mut conn = store.dedicated_connection(Duration::from_secs(1)).await.expect("conn");
+    let read = store.read_new(&mut conn, "x", 10, 100).await.expect("read");
+    assert_eq!(read.len(), 1);
+    let id = read[0].id.clone();
+    let claimed = store
+        .claim("y", Duration::ZERO, None, 10, 5, None)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.claimed.len(), 1);
+    assert_eq!(claimed.claimed[0].deliveries, 2, "the takeover is the second delivery");
+
+    let ok = |id: &str| ReportItem {
+        id: id.to_owned(),
+        outcome: Outcome::Sent,
+        send_time_us: 1_000,
+    };
+    let first = store.report("y", 5, Duration::ZERO, "tok-y", 1, &[ok(&id)]).await.expect("report y");
+    let second = store.report("x", 5, Duration::ZERO, "tok-x", 1, &[ok(&id)]).await.expect("report x");
+    assert_eq!((first.sent, first.duplicates), (1, 0));
+    assert_eq!((second.sent, second.duplicates), (0, 1));
+
+    // A batch retried after a lost reply is not applied twice.
+    let replay = store.report("x", 5, Duration::ZERO, "tok-x", 1, &[ok(&id)]).await.expect("replay");
+    assert!(replay.replayed, "the same (token, seq) is recognised");
+
+    let snapshot = Snapshot::read(&store).await.expect("snapshot");
+    assert_eq!((snapshot.sent, snapshot.duplicates, snapshot.attempts), (1, 1, 2));
+    let scan = scan(&redis.url, &store).await;
+    assert_eq!(scan.pending, 0);
+    assert_eq!(scan.stat("sent"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_that_keep_failing_go_to_the_dead_stream_after_max_attempts() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("maxatt")).await;
+    produce_n(&store, 20).await;
+    let mut settings = send_settings("hopeless", 1, 1.0);
+    settings.max_attempts = 3;
+    let sender = RunningSender::start(&store, settings);
+    wait_until("all 20 are dead", Duration::from_secs(30), || async {
+        Snapshot::read(&store).await.map(|s| s.dead == 20 && s.pending == 0).unwrap_or(false)
+    })
+    .await;
+    sender.stop().await;
+
+    let scan = scan(&redis.url, &store).await;
+    assert_eq!(scan.stat("failed"), 60, "three failed attempts each");
+    assert_eq!(scan.stat("sent"), 0);
+    assert_eq!(scan.stat("dead_max_attempts"), 20);
+    assert_eq!(scan.dead_length, 20);
+    for entry in dead_entries(&redis.url, &store).await {
+        assert_eq!(entry.get("dead_reason").map(String::as_str), Some("max_attempts"), "{entry:?}");
+        assert_eq!(entry.get("dead_attempts").map(String::as_str), Some("3"), "{entry:?}");
+        assert_eq!(entry.get("dead_consumer").map(String::as_str), Some("hopeless"), "{entry:?}");
+        assert!(entry.get("recipient").is_some_and(|r| r.starts_with('+')), "original fields kept: {entry:?}");
+        assert!(entry.contains_key("body") && entry.contains_key("dead_message_id"), "{entry:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_entries_go_to_the_dead_stream_and_the_sender_carries_on() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("malformed")).await;
+    produce_n(&store, 10).await;
+    let mut conn = raw(&redis.url).await;
+    let stream = store.keys().messages();
+    let long_body = "x".repeat(101);
+    let bad: Vec<Vec<(&[u8], &[u8])>> = vec![
+        vec![(b"recipient", b"+15551234567"), (b"created_ms", b"1")],
+        vec![(b"recipient", b"not-a-number"), (b"body", b"hi"), (b"created_ms", b"1")],
+        vec![(b"recipient", b"+15551234567"), (b"body", b"\xff\xfe\xfd"), (b"created_ms", b"1")],
+        vec![(b"recipient", b"+15551234567"), (b"body", long_body.as_bytes()), (b"created_ms", b"1")],
+        vec![(b"\xffodd-field", b"x")],
+    ];
+    for fields in &bad {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(&stream).arg("*");
+        for (k, v) in fields {
+            cmd.arg(*k).arg(*v);
+        }
+        let _: String = cmd.query_async(&mut conn).await.expect("XADD");
+    }
+    produce_n(&store, 10).await;
+
+    let sender = RunningSender::start(&store, send_settings("tolerant", 1, 0.0));
+    wait_until("everything is settled", Duration::from_secs(30), || async {
+        Snapshot::read(&store)
+            .await
+            .map(|s| s.pending == 0 && s.lag == Some(0) && s.settled() == 25)
+            .unwrap_or(false)
+    })
+    .await;
+    sender.stop().await;
+
+    let scan = scan(&redis.url, &store).await;
+    assert_eq!(scan.entries_added, 25);
+    assert_eq!(scan.stat("sent"), 20, "the good messages around the bad ones were sent");
+    assert_eq!(scan.stat("dead_malformed"), 5);
+    assert_eq!(scan.dead_length, 5);
+    let dead = dead_entries(&redis.url, &store).await;
+    assert!(dead.iter().all(|e| e.get("dead_reason").map(String::as_str) == Some("malformed")), "{dead:?}");
+    assert!(dead.iter().any(|e| e.get("recipient").map(String::as_str) == Some("not-a-number")), "fields kept");
+}

@@ -1,0 +1,330 @@
+//! Shared integration-test harness: a real Redis per test from testcontainers
+//! (image from `SMS_TEST_REDIS_IMAGE`), a unique key prefix per test, waiting on
+//! conditions with a deadline, running senders in-process or as processes, and
+//! an independent scan of Redis to check the counters against.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use sms_alerts::cli::Distribution;
+use sms_alerts::send::{self, SendError, SendSummary};
+use sms_alerts::settings::{DelayModel, QueueSettings, SendSettings};
+use sms_alerts::store::Store;
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The image the tests run Redis on; `.ci/test` sets it (official `redis:7`
+/// where a registry is reachable, otherwise one built from the host's redis-server).
+pub fn redis_image() -> (String, String) {
+    let image = std::env::var("SMS_TEST_REDIS_IMAGE").unwrap_or_else(|_| "redis:7".to_owned());
+    match image.rsplit_once(':') {
+        Some((name, tag)) if !tag.contains('/') => (name.to_owned(), tag.to_owned()),
+        _ => (image, "latest".to_owned()),
+    }
+}
+
+/// A Redis container for one test.
+pub struct TestRedis {
+    pub container: ContainerAsync<GenericImage>,
+    pub port: u16,
+    pub url: String,
+}
+
+/// Options for [`start_redis_with`].
+#[derive(Default)]
+pub struct RedisOptions {
+    /// AOF with `appendfsync always`, so a restart keeps everything.
+    pub durable: bool,
+    /// Publish on this host port (stays the same across a restart).
+    pub host_port: Option<u16>,
+}
+
+/// Starts a throwaway Redis.
+pub async fn start_redis() -> TestRedis {
+    start_redis_with(RedisOptions::default()).await
+}
+
+/// Starts a Redis with `options`.
+pub async fn start_redis_with(options: RedisOptions) -> TestRedis {
+    let (name, tag) = redis_image();
+    let mut args = vec!["--protected-mode", "no"];
+    if options.durable {
+        args.extend(["--appendonly", "yes", "--appendfsync", "always", "--dir", "/data"]);
+    } else {
+        args.extend(["--save", "", "--appendonly", "no"]);
+    }
+    let mut request = GenericImage::new(name.clone(), tag.clone())
+        .with_exposed_port(6379.tcp())
+        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+        .with_cmd(args)
+        .with_label("sms-alerts-test", "1")
+        .with_startup_timeout(Duration::from_secs(60));
+    if let Some(port) = options.host_port {
+        request = request.with_mapped_port(port, 6379.tcp());
+    }
+    let container = request.start().await.unwrap_or_else(|err| {
+        panic!(
+            "cannot start Redis image {name}:{tag}: {err}. Run the suite with `bash .ci/test`, \
+             which provides an image, or set SMS_TEST_REDIS_IMAGE"
+        )
+    });
+    let port = container.get_host_port_ipv4(6379).await.expect("Redis port is published");
+    TestRedis {
+        container,
+        port,
+        url: format!("redis://127.0.0.1:{port}"),
+    }
+}
+
+/// A host port nobody listens on now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A key prefix no other test uses.
+pub fn unique_prefix(test: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("t{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), test)
+}
+
+/// Queue settings for `url` and `prefix`, default group.
+pub fn queue(url: &str, prefix: &str) -> QueueSettings {
+    QueueSettings {
+        redis_url: url.to_owned(),
+        prefix: prefix.to_owned(),
+        group: "senders".to_owned(),
+    }
+}
+
+/// A connected, prepared store.
+pub async fn store(url: &str, prefix: &str) -> Store {
+    let store = Store::connect(&queue(url, prefix)).await.expect("connects");
+    store.prepare().await.expect("migrations apply");
+    store
+}
+
+/// Sender settings for tests: fast, short leases, seeded.
+pub fn send_settings(name: &str, mean_ms: u64, failure_rate: f64) -> SendSettings {
+    SendSettings {
+        name: name.to_owned(),
+        delay: DelayModel {
+            distribution: Distribution::Normal,
+            mean: Duration::from_millis(mean_ms),
+            stddev: Duration::from_millis(mean_ms / 4),
+        },
+        failure_rate,
+        concurrency: 64,
+        max_attempts: 3,
+        lease: Duration::from_secs(2),
+        retry_backoff: Duration::from_millis(50),
+        shutdown_timeout: Duration::from_secs(10),
+        seed: Some(7),
+    }
+}
+
+/// A sender running in this process.
+pub struct RunningSender {
+    handle: JoinHandle<Result<SendSummary, SendError>>,
+    stop: CancellationToken,
+}
+
+impl RunningSender {
+    /// Starts `settings` against `store`.
+    pub fn start(store: &Store, settings: SendSettings) -> Self {
+        let stop = CancellationToken::new();
+        let handle = tokio::spawn(send::run(store.clone(), settings, stop.clone()));
+        Self { handle, stop }
+    }
+
+    /// Graceful stop; returns what it did.
+    pub async fn stop(self) -> SendSummary {
+        self.stop.cancel();
+        tokio::time::timeout(Duration::from_secs(30), self.handle)
+            .await
+            .expect("sender stops within 30s")
+            .expect("sender task did not panic")
+            .expect("sender ended without error")
+    }
+}
+
+/// Polls `condition` until it holds; panics naming `what` after `deadline`.
+pub async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let until = Instant::now() + deadline;
+    loop {
+        if condition().await {
+            return;
+        }
+        assert!(Instant::now() < until, "timed out after {deadline:?} waiting until {what}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Redis read directly, without the library's Functions: the independent check.
+pub struct Scan {
+    pub entries_added: u64,
+    pub stream_length: u64,
+    pub pending: u64,
+    pub dead_length: u64,
+    pub stats: std::collections::HashMap<String, i64>,
+}
+
+impl Scan {
+    pub fn stat(&self, field: &str) -> u64 {
+        self.stats.get(field).copied().unwrap_or(0).max(0) as u64
+    }
+}
+
+/// A plain connection for raw commands in tests.
+pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(url)
+        .expect("valid url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects")
+}
+
+/// Reads the stream, group and dead stream with plain commands.
+pub async fn scan(url: &str, store: &Store) -> Scan {
+    let mut conn = raw(url).await;
+    let keys = store.keys();
+    let info: redis::Value = redis::cmd("XINFO")
+        .arg("STREAM")
+        .arg(keys.messages())
+        .query_async(&mut conn)
+        .await
+        .expect("XINFO STREAM");
+    let info: std::collections::HashMap<String, redis::Value> = redis::FromRedisValue::from_redis_value(info)
+        .expect("XINFO STREAM is a map");
+    let int = |v: Option<&redis::Value>| match v {
+        Some(redis::Value::Int(n)) => *n as u64,
+        other => panic!("expected an integer, got {other:?}"),
+    };
+    let pending: redis::Value = redis::cmd("XPENDING")
+        .arg(keys.messages())
+        .arg(store.group())
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
+    let pending = match pending {
+        redis::Value::Array(items) => int(items.first()),
+        other => panic!("unexpected XPENDING reply {other:?}"),
+    };
+    let dead_length: u64 = redis::cmd("XLEN")
+        .arg(keys.dead())
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    let stats: std::collections::HashMap<String, i64> = redis::cmd("HGETALL")
+        .arg(keys.stats())
+        .query_async(&mut conn)
+        .await
+        .expect("HGETALL");
+    Scan {
+        entries_added: int(info.get("entries-added")),
+        stream_length: int(info.get("length")),
+        pending,
+        dead_length,
+        stats,
+    }
+}
+
+/// The dead stream's entries as field maps (lossy UTF-8).
+pub async fn dead_entries(url: &str, store: &Store) -> Vec<std::collections::HashMap<String, String>> {
+    let mut conn = raw(url).await;
+    let entries: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+        .arg(store.keys().dead())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .expect("XRANGE dead");
+    entries
+        .into_iter()
+        .map(|(_, fields)| {
+            fields
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+                .collect()
+        })
+        .collect()
+}
+
+/// Pending entries of one consumer.
+pub async fn pending_of(url: &str, store: &Store, consumer: &str) -> u64 {
+    let mut conn = raw(url).await;
+    let rows: Vec<redis::Value> = redis::cmd("XPENDING")
+        .arg(store.keys().messages())
+        .arg(store.group())
+        .arg("-")
+        .arg("+")
+        .arg(1_000_000)
+        .arg(consumer)
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING consumer");
+    rows.len() as u64
+}
+
+/// The built binary, with logs quiet unless asked for.
+pub fn bin() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_sms-alerts"));
+    cmd.env_remove("REDIS_URL")
+        .env("RUST_LOG", std::env::var("SMS_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned()))
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Starts the binary as a sender process; its stderr goes to a file named after `name`.
+pub fn spawn_sender_process(url: &str, prefix: &str, name: &str, args: &[&str]) -> Child {
+    let log = log_path(&format!("{prefix}-{name}"));
+    bin()
+        .args(["--redis-url", url, "--prefix", prefix, "send", "--name", name])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("sender process starts")
+}
+
+/// Where a child process's stderr is kept, for reading after a failure.
+pub fn log_path(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"))
+}
+
+/// Sends SIGTERM to a child.
+pub fn terminate(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -TERM failed");
+}
+
+/// Waits for a child to exit, with a deadline.
+pub async fn wait_exit(child: &mut Child, deadline: Duration) -> std::process::ExitStatus {
+    let until = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if Instant::now() > until {
+            let _ = child.kill();
+            panic!("process {} did not exit within {deadline:?}", child.id());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

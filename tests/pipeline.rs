@@ -1,0 +1,185 @@
+//! The whole pipeline: producer, several senders and the monitor, checked
+//! against an independent scan of Redis.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sms_alerts::cli::Distribution;
+use sms_alerts::monitor::{self, MonitorOutcome};
+use sms_alerts::produce;
+use sms_alerts::settings::{MonitorSettings, ProduceSettings};
+use sms_alerts::stats::Snapshot;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_senders_until_done_match_an_independent_scan() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("full");
+    let store = store(&redis.url, &prefix).await;
+    let never = CancellationToken::new();
+
+    let produced = produce::run(
+        &store,
+        &ProduceSettings {
+            count: 3_000,
+            seed: Some(11),
+            batch: 500,
+        },
+        &never,
+    )
+    .await
+    .expect("produces");
+    assert_eq!(produced.count, 3_000);
+
+    let senders = vec![
+        RunningSender::start(&store, send_settings("fast", 2, 0.0)),
+        RunningSender::start(&store, send_settings("medium", 5, 0.1)),
+        RunningSender::start(&store, {
+            let mut s = send_settings("flaky", 10, 0.3);
+            s.delay.distribution = Distribution::Exponential;
+            s
+        }),
+    ];
+
+    let mut output = Vec::new();
+    let settings = MonitorSettings {
+        interval: Duration::from_millis(100),
+        until_done: true,
+        json: true,
+    };
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(90),
+        monitor::run(&store, &settings, &mut output, &never),
+    )
+    .await
+    .expect("the run finishes within 90s")
+    .expect("the monitor runs");
+    let MonitorOutcome::Done(done) = outcome else {
+        panic!("monitor stopped without finishing: {outcome:?}")
+    };
+    let mut summaries = Vec::new();
+    for sender in senders {
+        summaries.push(sender.stop().await);
+    }
+
+    let scan = scan(&redis.url, &store).await;
+    assert_eq!(scan.entries_added, 3_000, "entries added to the stream");
+    assert_eq!(scan.pending, 0, "nothing pending");
+    assert_eq!(scan.dead_length, scan.stat("dead"), "dead stream length = dead counter");
+    assert_eq!(scan.stat("sent") + scan.stat("dead"), 3_000, "sent + dead = produced");
+    assert_eq!(scan.stat("produced"), 3_000, "the producer's own record");
+    assert!(scan.stat("failed") > 0, "failures happened and were retried");
+    assert_eq!(
+        scan.stat("attempts"),
+        scan.stat("sent") + scan.stat("failed") + scan.stat("duplicates"),
+        "every attempt is a send, a failure or a duplicate"
+    );
+    assert_eq!(done.sent, scan.stat("sent"));
+    let per_sender: u64 = summaries.iter().map(|s| s.flushed.sent).sum();
+    assert_eq!(per_sender, scan.stat("sent"), "per-sender results add up to the total");
+    assert!(summaries.iter().all(|s| s.flushed.sent > 0), "every sender did work: {summaries:?}");
+
+    // The monitor printed JSON lines with the documented fields, the last one done.
+    let text = String::from_utf8(output).expect("utf-8 output");
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().expect("a line")).expect("json line");
+    for key in ["produced", "sent", "failed", "dead", "pending", "duplicates", "avg_send_ms", "rate_per_s", "elapsed_s"] {
+        assert!(last.get(key).is_some(), "missing {key} in {last}");
+    }
+    assert_eq!(last["produced"], 3_000);
+    assert_eq!(last["done"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn average_send_time_is_within_five_percent_of_the_mean() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("avg")).await;
+    let never = CancellationToken::new();
+    let settings = ProduceSettings {
+        count: 2_000,
+        seed: Some(3),
+        batch: 1_000,
+    };
+    produce::run(&store, &settings, &never).await.expect("produces");
+    let mut sender = send_settings("timer", 200, 0.0);
+    sender.concurrency = 1_000;
+    sender.seed = Some(1234);
+    let sender = RunningSender::start(&store, sender);
+    wait_until("all 2000 are sent", Duration::from_secs(60), || async {
+        Snapshot::read(&store).await.map(|s| s.sent == 2_000).unwrap_or(false)
+    })
+    .await;
+    sender.stop().await;
+    let snapshot = Snapshot::read(&store).await.expect("snapshot");
+    assert_eq!(snapshot.attempts, 2_000);
+    let avg = snapshot.avg_send_ms().expect("an average");
+    assert!((avg - 200.0).abs() <= 10.0, "average {avg:.2} ms is not within 5% of 200 ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_seed_produces_the_same_messages() {
+    let redis = start_redis().await;
+    let never = CancellationToken::new();
+    let mut runs = Vec::new();
+    for run in 0..2 {
+        let store = store(&redis.url, &unique_prefix(&format!("seed{run}"))).await;
+        let settings = ProduceSettings {
+            count: 200,
+            seed: Some(99),
+            batch: 64,
+        };
+        produce::run(&store, &settings, &never).await.expect("produces");
+        let mut conn = raw(&redis.url).await;
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(store.keys().messages())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE");
+        let content: Vec<Vec<(String, String)>> = entries
+            .into_iter()
+            .map(|(_, fields)| fields.into_iter().filter(|(k, _)| k != "created_ms").collect())
+            .collect();
+        runs.push(content);
+    }
+    assert_eq!(runs[0].len(), 200);
+    assert_eq!(runs[0], runs[1], "same seed, same recipients and bodies");
+    let lengths: std::collections::BTreeSet<usize> = runs[0]
+        .iter()
+        .map(|fields| fields.iter().find(|(k, _)| k == "body").expect("body").1.chars().count())
+        .collect();
+    assert!(lengths.len() > 20, "body lengths vary: {lengths:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_starts_on_an_empty_redis_are_safe() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("migrate");
+    let mut starts = Vec::new();
+    for _ in 0..10 {
+        let url = redis.url.clone();
+        let prefix = prefix.clone();
+        starts.push(tokio::spawn(async move {
+            let store = sms_alerts::store::Store::connect(&queue(&url, &prefix)).await.expect("connects");
+            store.prepare().await.expect("prepare succeeds under concurrency");
+            store
+        }));
+    }
+    let mut stores = Vec::new();
+    for start in starts {
+        stores.push(start.await.expect("no panic"));
+    }
+    let store = &stores[0];
+    assert_eq!(store.library_version().await.expect("version"), 1);
+    let mut conn = raw(&redis.url).await;
+    let recorded: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
+        .arg(store.keys().migrations())
+        .query_async(&mut conn)
+        .await
+        .expect("HGETALL");
+    assert!(recorded.contains_key("0001_functions"), "recorded: {recorded:?}");
+    let again = store.migrate().await.expect("migrate again");
+    assert!(again.applied.is_empty(), "nothing left to apply: {again:?}");
+}
