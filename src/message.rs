@@ -16,6 +16,10 @@ pub mod field {
     pub const CREATED_MS: &str = "created_ms";
 }
 
+/// A stream entry's field/value pairs as stored: raw bytes, because a poison
+/// entry may hold anything and must still be read (then dead-lettered).
+pub type RawFields = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// One SMS alert to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
@@ -59,7 +63,7 @@ impl Message {
     }
 
     /// Decodes and validates a stream entry's fields (raw bytes, as stored).
-    pub fn from_fields(fields: &[(Vec<u8>, Vec<u8>)]) -> Result<Self, DecodeError> {
+    pub fn from_fields(fields: &RawFields) -> Result<Self, DecodeError> {
         let text = |name: &'static str| -> Result<&str, DecodeError> {
             let raw = fields
                 .iter()
@@ -114,7 +118,7 @@ fn truncated(value: &str) -> String {
 mod tests {
     use super::*;
 
-    fn fields(pairs: &[(&str, &[u8])]) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn fields(pairs: &[(&str, &[u8])]) -> RawFields {
         pairs
             .iter()
             .map(|(k, v)| (k.as_bytes().to_vec(), v.to_vec()))
@@ -139,7 +143,7 @@ mod tests {
     #[test]
     fn rejects_each_kind_of_bad_entry() {
         let ok_body: &[u8] = b"hello";
-        let cases: Vec<(Vec<(Vec<u8>, Vec<u8>)>, DecodeError)> = vec![
+        let cases: Vec<(RawFields, DecodeError)> = vec![
             (
                 fields(&[("body", ok_body), ("created_ms", b"1")]),
                 DecodeError::MissingField("recipient"),

@@ -18,7 +18,9 @@ async fn produce_n(store: &sms_alerts::store::Store, count: u64) {
         seed: Some(5),
         batch: 100,
     };
-    produce::run(store, &settings, &CancellationToken::new()).await.expect("produces");
+    produce::run(store, &settings, &CancellationToken::new())
+        .await
+        .expect("produces");
 }
 
 #[tokio::test]
@@ -29,7 +31,10 @@ async fn a_duplicate_delivery_is_counted_once() {
 
     // Sender x reads the message; sender y takes it over (as after a lease
     // lapse); both then succeed.
-    let mut conn = store.dedicated_connection(Duration::from_secs(1)).await.expect("conn");
+    let mut conn = store
+        .dedicated_connection(Duration::from_secs(1))
+        .await
+        .expect("conn");
     let read = store.read_new(&mut conn, "x", 10, 100).await.expect("read");
     assert_eq!(read.len(), 1);
     let id = read[0].id.clone();
@@ -38,24 +43,39 @@ async fn a_duplicate_delivery_is_counted_once() {
         .await
         .expect("claim");
     assert_eq!(claimed.claimed.len(), 1);
-    assert_eq!(claimed.claimed[0].deliveries, 2, "the takeover is the second delivery");
+    assert_eq!(
+        claimed.claimed[0].deliveries, 2,
+        "the takeover is the second delivery"
+    );
 
     let ok = |id: &str| ReportItem {
         id: id.to_owned(),
         outcome: Outcome::Sent,
         send_time_us: 1_000,
     };
-    let first = store.report("y", 5, Duration::ZERO, "tok-y", 1, &[ok(&id)]).await.expect("report y");
-    let second = store.report("x", 5, Duration::ZERO, "tok-x", 1, &[ok(&id)]).await.expect("report x");
+    let first = store
+        .report("y", 5, Duration::ZERO, "tok-y", 1, &[ok(&id)])
+        .await
+        .expect("report y");
+    let second = store
+        .report("x", 5, Duration::ZERO, "tok-x", 1, &[ok(&id)])
+        .await
+        .expect("report x");
     assert_eq!((first.sent, first.duplicates), (1, 0));
     assert_eq!((second.sent, second.duplicates), (0, 1));
 
     // A batch retried after a lost reply is not applied twice.
-    let replay = store.report("x", 5, Duration::ZERO, "tok-x", 1, &[ok(&id)]).await.expect("replay");
+    let replay = store
+        .report("x", 5, Duration::ZERO, "tok-x", 1, &[ok(&id)])
+        .await
+        .expect("replay");
     assert!(replay.replayed, "the same (token, seq) is recognised");
 
     let snapshot = Snapshot::read(&store).await.expect("snapshot");
-    assert_eq!((snapshot.sent, snapshot.duplicates, snapshot.attempts), (1, 1, 2));
+    assert_eq!(
+        (snapshot.sent, snapshot.duplicates, snapshot.attempts),
+        (1, 1, 2)
+    );
     let scan = scan(&redis.url, &store).await;
     assert_eq!(scan.pending, 0);
     assert_eq!(scan.stat("sent"), 1);
@@ -70,7 +90,10 @@ async fn messages_that_keep_failing_go_to_the_dead_stream_after_max_attempts() {
     settings.max_attempts = 3;
     let sender = RunningSender::start(&store, settings);
     wait_until("all 20 are dead", Duration::from_secs(30), || async {
-        Snapshot::read(&store).await.map(|s| s.dead == 20 && s.pending == 0).unwrap_or(false)
+        Snapshot::read(&store)
+            .await
+            .map(|s| s.dead == 20 && s.pending == 0)
+            .unwrap_or(false)
     })
     .await;
     sender.stop().await;
@@ -81,11 +104,29 @@ async fn messages_that_keep_failing_go_to_the_dead_stream_after_max_attempts() {
     assert_eq!(scan.stat("dead_max_attempts"), 20);
     assert_eq!(scan.dead_length, 20);
     for entry in dead_entries(&redis.url, &store).await {
-        assert_eq!(entry.get("dead_reason").map(String::as_str), Some("max_attempts"), "{entry:?}");
-        assert_eq!(entry.get("dead_attempts").map(String::as_str), Some("3"), "{entry:?}");
-        assert_eq!(entry.get("dead_consumer").map(String::as_str), Some("hopeless"), "{entry:?}");
-        assert!(entry.get("recipient").is_some_and(|r| r.starts_with('+')), "original fields kept: {entry:?}");
-        assert!(entry.contains_key("body") && entry.contains_key("dead_message_id"), "{entry:?}");
+        assert_eq!(
+            entry.get("dead_reason").map(String::as_str),
+            Some("max_attempts"),
+            "{entry:?}"
+        );
+        assert_eq!(
+            entry.get("dead_attempts").map(String::as_str),
+            Some("3"),
+            "{entry:?}"
+        );
+        assert_eq!(
+            entry.get("dead_consumer").map(String::as_str),
+            Some("hopeless"),
+            "{entry:?}"
+        );
+        assert!(
+            entry.get("recipient").is_some_and(|r| r.starts_with('+')),
+            "original fields kept: {entry:?}"
+        );
+        assert!(
+            entry.contains_key("body") && entry.contains_key("dead_message_id"),
+            "{entry:?}"
+        );
     }
 }
 
@@ -99,9 +140,21 @@ async fn malformed_entries_go_to_the_dead_stream_and_the_sender_carries_on() {
     let long_body = "x".repeat(101);
     let bad: Vec<Vec<(&[u8], &[u8])>> = vec![
         vec![(b"recipient", b"+15551234567"), (b"created_ms", b"1")],
-        vec![(b"recipient", b"not-a-number"), (b"body", b"hi"), (b"created_ms", b"1")],
-        vec![(b"recipient", b"+15551234567"), (b"body", b"\xff\xfe\xfd"), (b"created_ms", b"1")],
-        vec![(b"recipient", b"+15551234567"), (b"body", long_body.as_bytes()), (b"created_ms", b"1")],
+        vec![
+            (b"recipient", b"not-a-number"),
+            (b"body", b"hi"),
+            (b"created_ms", b"1"),
+        ],
+        vec![
+            (b"recipient", b"+15551234567"),
+            (b"body", b"\xff\xfe\xfd"),
+            (b"created_ms", b"1"),
+        ],
+        vec![
+            (b"recipient", b"+15551234567"),
+            (b"body", long_body.as_bytes()),
+            (b"created_ms", b"1"),
+        ],
         vec![(b"\xffodd-field", b"x")],
     ];
     for fields in &bad {
@@ -126,10 +179,22 @@ async fn malformed_entries_go_to_the_dead_stream_and_the_sender_carries_on() {
 
     let scan = scan(&redis.url, &store).await;
     assert_eq!(scan.entries_added, 25);
-    assert_eq!(scan.stat("sent"), 20, "the good messages around the bad ones were sent");
+    assert_eq!(
+        scan.stat("sent"),
+        20,
+        "the good messages around the bad ones were sent"
+    );
     assert_eq!(scan.stat("dead_malformed"), 5);
     assert_eq!(scan.dead_length, 5);
     let dead = dead_entries(&redis.url, &store).await;
-    assert!(dead.iter().all(|e| e.get("dead_reason").map(String::as_str) == Some("malformed")), "{dead:?}");
-    assert!(dead.iter().any(|e| e.get("recipient").map(String::as_str) == Some("not-a-number")), "fields kept");
+    assert!(
+        dead.iter()
+            .all(|e| e.get("dead_reason").map(String::as_str) == Some("malformed")),
+        "{dead:?}"
+    );
+    assert!(
+        dead.iter()
+            .any(|e| e.get("recipient").map(String::as_str) == Some("not-a-number")),
+        "fields kept"
+    );
 }

@@ -8,30 +8,51 @@ use common::bin;
 
 fn run(args: &[&str]) -> (Option<i32>, String) {
     let output = bin().args(args).output().expect("the binary runs");
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 fn assert_usage_error(args: &[&str], must_name: &[&str]) {
     let (code, stderr) = run(args);
     assert_eq!(code, Some(2), "{args:?} should exit 2; stderr: {stderr}");
     for needle in must_name {
-        assert!(stderr.contains(needle), "{args:?}: stderr should name {needle:?}: {stderr}");
+        assert!(
+            stderr.contains(needle),
+            "{args:?}: stderr should name {needle:?}: {stderr}"
+        );
     }
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{args:?}: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{args:?}: {stderr}"
+    );
 }
 
 #[test]
 fn every_bad_flag_exits_2_naming_option_and_value() {
     let cases: &[(&[&str], &[&str])] = &[
-        (&["send", "--failure-rate", "1.5"], &["--failure-rate", "1.5"]),
-        (&["send", "--failure-rate", "-0.1"], &["--failure-rate", "-0.1"]),
+        (
+            &["send", "--failure-rate", "1.5"],
+            &["--failure-rate", "1.5"],
+        ),
+        (
+            &["send", "--failure-rate", "-0.1"],
+            &["--failure-rate", "-0.1"],
+        ),
         (&["send", "--mean", "-5ms"], &["--mean", "-5ms"]),
         (&["send", "--stddev", "-1ms"], &["--stddev", "-1ms"]),
         (&["send", "--mean", "5 parsecs"], &["--mean", "5 parsecs"]),
         (&["send", "--concurrency", "0"], &["--concurrency", "0"]),
         (&["send", "--max-attempts", "0"], &["--max-attempts", "0"]),
-        (&["send", "--distribution", "pareto"], &["--distribution", "pareto"]),
-        (&["send", "--lease", "1s", "--retry-backoff", "5s"], &["--retry-backoff", "5s"]),
+        (
+            &["send", "--distribution", "pareto"],
+            &["--distribution", "pareto"],
+        ),
+        (
+            &["send", "--lease", "1s", "--retry-backoff", "5s"],
+            &["--retry-backoff", "5s"],
+        ),
         (&["produce", "--count", "0"], &["--count", "0"]),
         (&["produce", "--count", "many"], &["--count", "many"]),
         (&["monitor", "--interval", "soon"], &["--interval", "soon"]),
@@ -51,7 +72,10 @@ fn bad_environment_values_are_usage_errors_too() {
         .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("--failure-rate") && stderr.contains('2'), "{stderr}");
+    assert!(
+        stderr.contains("--failure-rate") && stderr.contains('2'),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -65,9 +89,18 @@ fn config_file_problems_exit_2_naming_the_file_and_key() {
     std::fs::write(&broken, "[send\nmean = ").expect("write");
 
     let path = |p: &std::path::Path| p.to_str().expect("utf-8").to_owned();
-    assert_usage_error(&["--config", "/nonexistent/sms.toml", "send"], &["/nonexistent/sms.toml"]);
-    assert_usage_error(&["--config", &path(&unknown), "send"], &["failure_rat", "cli-unknown-key.toml"]);
-    assert_usage_error(&["--config", &path(&bad_value), "send"], &["send.concurrency", "'0'"]);
+    assert_usage_error(
+        &["--config", "/nonexistent/sms.toml", "send"],
+        &["/nonexistent/sms.toml"],
+    );
+    assert_usage_error(
+        &["--config", &path(&unknown), "send"],
+        &["failure_rat", "cli-unknown-key.toml"],
+    );
+    assert_usage_error(
+        &["--config", &path(&bad_value), "send"],
+        &["send.concurrency", "'0'"],
+    );
     assert_usage_error(&["--config", &path(&broken), "send"], &["cli-broken.toml"]);
 }
 
@@ -77,7 +110,10 @@ fn an_unreachable_redis_exits_1_naming_the_url_without_its_password() {
     let url = format!("redis://:hunter2@127.0.0.1:{port}");
     let (code, stderr) = run(&["--redis-url", &url, "migrate"]);
     assert_eq!(code, Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("redis://:***@127.0.0.1:{port}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("redis://:***@127.0.0.1:{port}")),
+        "{stderr}"
+    );
     assert!(!stderr.contains("hunter2"), "the password leaked: {stderr}");
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
 }

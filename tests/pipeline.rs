@@ -67,10 +67,21 @@ async fn three_senders_until_done_match_an_independent_scan() {
     let scan = scan(&redis.url, &store).await;
     assert_eq!(scan.entries_added, 3_000, "entries added to the stream");
     assert_eq!(scan.pending, 0, "nothing pending");
-    assert_eq!(scan.dead_length, scan.stat("dead"), "dead stream length = dead counter");
-    assert_eq!(scan.stat("sent") + scan.stat("dead"), 3_000, "sent + dead = produced");
+    assert_eq!(
+        scan.dead_length,
+        scan.stat("dead"),
+        "dead stream length = dead counter"
+    );
+    assert_eq!(
+        scan.stat("sent") + scan.stat("dead"),
+        3_000,
+        "sent + dead = produced"
+    );
     assert_eq!(scan.stat("produced"), 3_000, "the producer's own record");
-    assert!(scan.stat("failed") > 0, "failures happened and were retried");
+    assert!(
+        scan.stat("failed") > 0,
+        "failures happened and were retried"
+    );
     assert_eq!(
         scan.stat("attempts"),
         scan.stat("sent") + scan.stat("failed") + scan.stat("duplicates"),
@@ -78,13 +89,31 @@ async fn three_senders_until_done_match_an_independent_scan() {
     );
     assert_eq!(done.sent, scan.stat("sent"));
     let per_sender: u64 = summaries.iter().map(|s| s.flushed.sent).sum();
-    assert_eq!(per_sender, scan.stat("sent"), "per-sender results add up to the total");
-    assert!(summaries.iter().all(|s| s.flushed.sent > 0), "every sender did work: {summaries:?}");
+    assert_eq!(
+        per_sender,
+        scan.stat("sent"),
+        "per-sender results add up to the total"
+    );
+    assert!(
+        summaries.iter().all(|s| s.flushed.sent > 0),
+        "every sender did work: {summaries:?}"
+    );
 
     // The monitor printed JSON lines with the documented fields, the last one done.
     let text = String::from_utf8(output).expect("utf-8 output");
-    let last: serde_json::Value = serde_json::from_str(text.lines().last().expect("a line")).expect("json line");
-    for key in ["produced", "sent", "failed", "dead", "pending", "duplicates", "avg_send_ms", "rate_per_s", "elapsed_s"] {
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a line")).expect("json line");
+    for key in [
+        "produced",
+        "sent",
+        "failed",
+        "dead",
+        "pending",
+        "duplicates",
+        "avg_send_ms",
+        "rate_per_s",
+        "elapsed_s",
+    ] {
         assert!(last.get(key).is_some(), "missing {key} in {last}");
     }
     assert_eq!(last["produced"], 3_000);
@@ -101,20 +130,28 @@ async fn average_send_time_is_within_five_percent_of_the_mean() {
         seed: Some(3),
         batch: 1_000,
     };
-    produce::run(&store, &settings, &never).await.expect("produces");
+    produce::run(&store, &settings, &never)
+        .await
+        .expect("produces");
     let mut sender = send_settings("timer", 200, 0.0);
     sender.concurrency = 1_000;
     sender.seed = Some(1234);
     let sender = RunningSender::start(&store, sender);
     wait_until("all 2000 are sent", Duration::from_secs(60), || async {
-        Snapshot::read(&store).await.map(|s| s.sent == 2_000).unwrap_or(false)
+        Snapshot::read(&store)
+            .await
+            .map(|s| s.sent == 2_000)
+            .unwrap_or(false)
     })
     .await;
     sender.stop().await;
     let snapshot = Snapshot::read(&store).await.expect("snapshot");
     assert_eq!(snapshot.attempts, 2_000);
     let avg = snapshot.avg_send_ms().expect("an average");
-    assert!((avg - 200.0).abs() <= 10.0, "average {avg:.2} ms is not within 5% of 200 ms");
+    assert!(
+        (avg - 200.0).abs() <= 10.0,
+        "average {avg:.2} ms is not within 5% of 200 ms"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,7 +166,9 @@ async fn the_same_seed_produces_the_same_messages() {
             seed: Some(99),
             batch: 64,
         };
-        produce::run(&store, &settings, &never).await.expect("produces");
+        produce::run(&store, &settings, &never)
+            .await
+            .expect("produces");
         let mut conn = raw(&redis.url).await;
         let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
             .arg(store.keys().messages())
@@ -140,7 +179,12 @@ async fn the_same_seed_produces_the_same_messages() {
             .expect("XRANGE");
         let content: Vec<Vec<(String, String)>> = entries
             .into_iter()
-            .map(|(_, fields)| fields.into_iter().filter(|(k, _)| k != "created_ms").collect())
+            .map(|(_, fields)| {
+                fields
+                    .into_iter()
+                    .filter(|(k, _)| k != "created_ms")
+                    .collect()
+            })
             .collect();
         runs.push(content);
     }
@@ -148,7 +192,15 @@ async fn the_same_seed_produces_the_same_messages() {
     assert_eq!(runs[0], runs[1], "same seed, same recipients and bodies");
     let lengths: std::collections::BTreeSet<usize> = runs[0]
         .iter()
-        .map(|fields| fields.iter().find(|(k, _)| k == "body").expect("body").1.chars().count())
+        .map(|fields| {
+            fields
+                .iter()
+                .find(|(k, _)| k == "body")
+                .expect("body")
+                .1
+                .chars()
+                .count()
+        })
         .collect();
     assert!(lengths.len() > 20, "body lengths vary: {lengths:?}");
 }
@@ -162,8 +214,13 @@ async fn ten_concurrent_starts_on_an_empty_redis_are_safe() {
         let url = redis.url.clone();
         let prefix = prefix.clone();
         starts.push(tokio::spawn(async move {
-            let store = sms_alerts::store::Store::connect(&queue(&url, &prefix)).await.expect("connects");
-            store.prepare().await.expect("prepare succeeds under concurrency");
+            let store = sms_alerts::store::Store::connect(&queue(&url, &prefix))
+                .await
+                .expect("connects");
+            store
+                .prepare()
+                .await
+                .expect("prepare succeeds under concurrency");
             store
         }));
     }
@@ -179,7 +236,10 @@ async fn ten_concurrent_starts_on_an_empty_redis_are_safe() {
         .query_async(&mut conn)
         .await
         .expect("HGETALL");
-    assert!(recorded.contains_key("0001_functions"), "recorded: {recorded:?}");
+    assert!(
+        recorded.contains_key("0001_functions"),
+        "recorded: {recorded:?}"
+    );
     let again = store.migrate().await.expect("migrate again");
     assert!(again.applied.is_empty(), "nothing left to apply: {again:?}");
 }

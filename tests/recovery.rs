@@ -19,7 +19,9 @@ async fn produce_n(store: &Store, count: u64) {
         seed: Some(21),
         batch: 200,
     };
-    produce::run(store, &settings, &CancellationToken::new()).await.expect("produces");
+    produce::run(store, &settings, &CancellationToken::new())
+        .await
+        .expect("produces");
 }
 
 async fn all_settled(store: &Store, total: u64) -> bool {
@@ -35,23 +37,42 @@ async fn a_killed_sender_restarted_under_its_name_resumes_its_work() {
     let prefix = unique_prefix("resume");
     let store = store(&redis.url, &prefix).await;
     produce_n(&store, 400).await;
-    let args = ["--mean", "300ms", "--concurrency", "100", "--lease", "2s", "--seed", "1"];
+    let args = [
+        "--mean",
+        "300ms",
+        "--concurrency",
+        "100",
+        "--lease",
+        "2s",
+        "--seed",
+        "1",
+    ];
 
     let mut first = spawn_sender_process(&redis.url, &prefix, "alpha", &args);
-    wait_until("alpha holds work and has sent some", Duration::from_secs(30), || async {
-        let snapshot = Snapshot::read(&store).await.expect("snapshot");
-        snapshot.sent > 0 && pending_of(&redis.url, &store, "alpha").await >= 50
-    })
+    wait_until(
+        "alpha holds work and has sent some",
+        Duration::from_secs(30),
+        || async {
+            let snapshot = Snapshot::read(&store).await.expect("snapshot");
+            snapshot.sent > 0 && pending_of(&redis.url, &store, "alpha").await >= 50
+        },
+    )
     .await;
     first.kill().expect("SIGKILL");
     first.wait().expect("reaped");
     let left = pending_of(&redis.url, &store, "alpha").await;
-    assert!(left >= 50, "the killed sender left its work pending ({left})");
+    assert!(
+        left >= 50,
+        "the killed sender left its work pending ({left})"
+    );
 
     // Restarted at once under the same name: it waits for the dead process's
     // name lease, then finishes that work first.
     let mut second = spawn_sender_process(&redis.url, &prefix, "alpha", &args);
-    wait_until("everything is settled", Duration::from_secs(60), || all_settled(&store, 400)).await;
+    wait_until("everything is settled", Duration::from_secs(60), || {
+        all_settled(&store, 400)
+    })
+    .await;
     terminate(&second);
     let status = wait_exit(&mut second, Duration::from_secs(15)).await;
     assert!(status.success(), "graceful exit, got {status:?}");
@@ -59,7 +80,11 @@ async fn a_killed_sender_restarted_under_its_name_resumes_its_work() {
     let scan = scan(&redis.url, &store).await;
     assert_eq!(scan.pending, 0);
     assert_eq!(scan.stat("sent") + scan.stat("dead"), 400, "nothing lost");
-    assert_eq!(scan.stat("duplicates"), 0, "killed work was never acknowledged, so nothing is a duplicate");
+    assert_eq!(
+        scan.stat("duplicates"),
+        0,
+        "killed work was never acknowledged, so nothing is a duplicate"
+    );
     let mut conn = raw(&redis.url).await;
     let consumers: Vec<redis::Value> = redis::cmd("XINFO")
         .arg("CONSUMERS")
@@ -68,7 +93,11 @@ async fn a_killed_sender_restarted_under_its_name_resumes_its_work() {
         .query_async(&mut conn)
         .await
         .expect("XINFO CONSUMERS");
-    assert_eq!(consumers.len(), 1, "only 'alpha' ever worked: the restart resumed its own work");
+    assert_eq!(
+        consumers.len(),
+        1,
+        "only 'alpha' ever worked: the restart resumed its own work"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -78,11 +107,22 @@ async fn another_sender_reclaims_a_dead_senders_messages_after_the_lease() {
     let store = store(&redis.url, &prefix).await;
     produce_n(&store, 60).await;
 
-    let args = ["--mean", "60s", "--distribution", "constant", "--concurrency", "30", "--lease", "1s"];
+    let args = [
+        "--mean",
+        "60s",
+        "--distribution",
+        "constant",
+        "--concurrency",
+        "30",
+        "--lease",
+        "1s",
+    ];
     let mut doomed = spawn_sender_process(&redis.url, &prefix, "doomed", &args);
-    wait_until("doomed holds 30 messages", Duration::from_secs(30), || async {
-        pending_of(&redis.url, &store, "doomed").await == 30
-    })
+    wait_until(
+        "doomed holds 30 messages",
+        Duration::from_secs(30),
+        || async { pending_of(&redis.url, &store, "doomed").await == 30 },
+    )
     .await;
     doomed.kill().expect("SIGKILL");
     doomed.wait().expect("reaped");
@@ -91,14 +131,23 @@ async fn another_sender_reclaims_a_dead_senders_messages_after_the_lease() {
     rescuer.lease = Duration::from_secs(1);
     let killed_at = std::time::Instant::now();
     let rescuer = RunningSender::start(&store, rescuer);
-    wait_until("everything is settled", Duration::from_secs(30), || all_settled(&store, 60)).await;
+    wait_until("everything is settled", Duration::from_secs(30), || {
+        all_settled(&store, 60)
+    })
+    .await;
     let took = killed_at.elapsed();
     let summary = rescuer.stop().await;
 
-    assert_eq!(summary.dispatched.reclaimed, 30, "the dead sender's 30 were reclaimed: {summary:?}");
+    assert_eq!(
+        summary.dispatched.reclaimed, 30,
+        "the dead sender's 30 were reclaimed: {summary:?}"
+    );
     assert_eq!(summary.flushed.sent, 60);
     assert_eq!(pending_of(&redis.url, &store, "doomed").await, 0);
-    assert!(took < Duration::from_secs(10), "recovered within a few leases, took {took:?}");
+    assert!(
+        took < Duration::from_secs(10),
+        "recovered within a few leases, took {took:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -119,13 +168,22 @@ async fn a_live_sender_keeps_its_slow_sends_by_renewing_their_lease() {
     let mut thief = send_settings("thief", 1, 0.0);
     thief.lease = Duration::from_secs(1);
     let thief = RunningSender::start(&store, thief);
-    wait_until("all 10 are sent", Duration::from_secs(20), || all_settled(&store, 10)).await;
+    wait_until("all 10 are sent", Duration::from_secs(20), || {
+        all_settled(&store, 10)
+    })
+    .await;
     let thief = thief.stop().await;
     let slow = slow.stop().await;
 
-    assert_eq!(thief.dispatched.reclaimed, 0, "live work was not reclaimed: {thief:?}");
+    assert_eq!(
+        thief.dispatched.reclaimed, 0,
+        "live work was not reclaimed: {thief:?}"
+    );
     assert_eq!(slow.flushed.sent, 10);
-    assert_eq!(Snapshot::read(&store).await.expect("snapshot").duplicates, 0);
+    assert_eq!(
+        Snapshot::read(&store).await.expect("snapshot").duplicates,
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,11 +196,20 @@ async fn sigterm_drains_in_flight_sends_and_leaves_nothing_unaccounted() {
         &redis.url,
         &prefix,
         "graceful",
-        &["--mean", "400ms", "--concurrency", "200", "--failure-rate", "0"],
+        &[
+            "--mean",
+            "400ms",
+            "--concurrency",
+            "200",
+            "--failure-rate",
+            "0",
+        ],
     );
-    wait_until("at least 150 sends in flight", Duration::from_secs(30), || async {
-        pending_of(&redis.url, &store, "graceful").await >= 150
-    })
+    wait_until(
+        "at least 150 sends in flight",
+        Duration::from_secs(30),
+        || async { pending_of(&redis.url, &store, "graceful").await >= 150 },
+    )
     .await;
     terminate(&child);
     let status = wait_exit(&mut child, Duration::from_secs(15)).await;
@@ -151,13 +218,24 @@ async fn sigterm_drains_in_flight_sends_and_leaves_nothing_unaccounted() {
     let scan = scan(&redis.url, &store).await;
     let snapshot = Snapshot::read(&store).await.expect("snapshot");
     assert_eq!(scan.pending, 0, "in-flight sends finished and were written");
-    assert!(scan.stat("sent") >= 150, "the in-flight sends completed: {}", scan.stat("sent"));
+    assert!(
+        scan.stat("sent") >= 150,
+        "the in-flight sends completed: {}",
+        scan.stat("sent")
+    );
     let unread = snapshot.lag.expect("lag is known");
-    assert_eq!(scan.stat("sent") + unread, 1_000, "sent + never read = produced");
+    assert_eq!(
+        scan.stat("sent") + unread,
+        1_000,
+        "sent + never read = produced"
+    );
 
     // Nothing was lost: a new sender finishes the rest.
     let rest = RunningSender::start(&store, send_settings("finisher", 1, 0.0));
-    wait_until("everything is settled", Duration::from_secs(30), || all_settled(&store, 1_000)).await;
+    wait_until("everything is settled", Duration::from_secs(30), || {
+        all_settled(&store, 1_000)
+    })
+    .await;
     rest.stop().await;
 }
 
@@ -167,7 +245,12 @@ async fn a_second_signal_exits_at_once_with_130() {
     let prefix = unique_prefix("sigtwice");
     let store = store(&redis.url, &prefix).await;
     produce_n(&store, 10).await;
-    let mut child = spawn_sender_process(&redis.url, &prefix, "stubborn", &["--mean", "60s", "--distribution", "constant"]);
+    let mut child = spawn_sender_process(
+        &redis.url,
+        &prefix,
+        "stubborn",
+        &["--mean", "60s", "--distribution", "constant"],
+    );
     wait_until("10 sends in flight", Duration::from_secs(30), || async {
         pending_of(&redis.url, &store, "stubborn").await == 10
     })
@@ -177,7 +260,11 @@ async fn a_second_signal_exits_at_once_with_130() {
     terminate(&child);
     let status = wait_exit(&mut child, Duration::from_secs(5)).await;
     assert_eq!(status.code(), Some(130));
-    assert_eq!(pending_of(&redis.url, &store, "stubborn").await, 10, "unfinished work stays pending");
+    assert_eq!(
+        pending_of(&redis.url, &store, "stubborn").await,
+        10,
+        "unfinished work stays pending"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -196,12 +283,25 @@ async fn a_name_held_by_a_live_process_is_refused() {
     })
     .await;
     let output = bin()
-        .args(["--redis-url", &redis.url, "--prefix", &prefix, "send", "--name", "taken", "--lease", "2s"])
+        .args([
+            "--redis-url",
+            &redis.url,
+            "--prefix",
+            &prefix,
+            "send",
+            "--name",
+            "taken",
+            "--lease",
+            "2s",
+        ])
         .output()
         .expect("runs");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "stderr: {stderr}");
-    assert!(stderr.contains("'taken' is in use by another live process"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("'taken' is in use by another live process"),
+        "stderr: {stderr}"
+    );
     live.stop().await;
 }
 
@@ -216,21 +316,42 @@ async fn processes_ride_out_a_redis_restart_without_losing_anything() {
     let prefix = unique_prefix("restart");
     let store = store(&redis.url, &prefix).await;
     produce_n(&store, 2_000).await;
-    let mut child = spawn_sender_process(&redis.url, &prefix, "survivor", &["--mean", "5ms", "--concurrency", "20"]);
+    let mut child = spawn_sender_process(
+        &redis.url,
+        &prefix,
+        "survivor",
+        &["--mean", "5ms", "--concurrency", "20"],
+    );
     wait_until("some are sent", Duration::from_secs(30), || async {
-        Snapshot::read(&store).await.map(|s| s.sent > 100).unwrap_or(false)
+        Snapshot::read(&store)
+            .await
+            .map(|s| s.sent > 100)
+            .unwrap_or(false)
     })
     .await;
     redis.container.stop().await.expect("redis stops");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(child.try_wait().expect("try_wait").is_none(), "the sender did not exit while Redis was down");
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the sender did not exit while Redis was down"
+    );
     redis.container.start().await.expect("redis starts again");
-    wait_until("everything is settled", Duration::from_secs(60), || all_settled(&store, 2_000)).await;
-    assert!(child.try_wait().expect("try_wait").is_none(), "the sender is still running");
+    wait_until("everything is settled", Duration::from_secs(60), || {
+        all_settled(&store, 2_000)
+    })
+    .await;
+    assert!(
+        child.try_wait().expect("try_wait").is_none(),
+        "the sender is still running"
+    );
     terminate(&child);
     let status = wait_exit(&mut child, Duration::from_secs(15)).await;
     assert!(status.success(), "{status:?}");
     let scan = scan(&redis.url, &store).await;
     assert_eq!(scan.entries_added, 2_000);
-    assert_eq!(scan.stat("sent") + scan.stat("dead"), 2_000, "nothing lost across the restart");
+    assert_eq!(
+        scan.stat("sent") + scan.stat("dead"),
+        2_000,
+        "nothing lost across the restart"
+    );
 }

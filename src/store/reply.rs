@@ -5,6 +5,7 @@
 use redis::Value;
 
 use super::StoreError;
+use crate::message::RawFields;
 
 /// A reply that had the wrong shape, naming the command.
 pub(super) fn bad(command: &'static str, detail: impl Into<String>) -> StoreError {
@@ -50,10 +51,7 @@ pub(super) fn int(command: &'static str, value: Value) -> Result<i64, StoreError
 }
 
 /// A flat `field, value, field, value…` list of byte strings as pairs.
-pub(super) fn field_pairs(
-    command: &'static str,
-    value: Value,
-) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+pub(super) fn field_pairs(command: &'static str, value: Value) -> Result<RawFields, StoreError> {
     let items = array(command, value)?;
     if items.len() % 2 != 0 {
         return Err(bad(command, "odd number of field/value items"));

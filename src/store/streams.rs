@@ -6,7 +6,7 @@ use redis::aio::MultiplexedConnection;
 
 use super::reply::{array, field_pairs, text};
 use super::{Store, StoreError};
-use crate::message::Message;
+use crate::message::{Message, RawFields};
 
 /// How long a producer run's record of written batches is kept, in seconds.
 const PRODUCER_RUN_TTL_S: i64 = 24 * 3600;
@@ -17,7 +17,7 @@ pub struct StreamEntry {
     /// The entry id, which is also the message id.
     pub id: String,
     /// Field/value pairs as stored.
-    pub fields: Vec<(Vec<u8>, Vec<u8>)>,
+    pub fields: RawFields,
 }
 
 impl Store {

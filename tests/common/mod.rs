@@ -56,7 +56,14 @@ pub async fn start_redis_with(options: RedisOptions) -> TestRedis {
     let (name, tag) = redis_image();
     let mut args = vec!["--protected-mode", "no"];
     if options.durable {
-        args.extend(["--appendonly", "yes", "--appendfsync", "always", "--dir", "/data"]);
+        args.extend([
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            "/data",
+        ]);
     } else {
         args.extend(["--save", "", "--appendonly", "no"]);
     }
@@ -75,7 +82,10 @@ pub async fn start_redis_with(options: RedisOptions) -> TestRedis {
              which provides an image, or set SMS_TEST_REDIS_IMAGE"
         )
     });
-    let port = container.get_host_port_ipv4(6379).await.expect("Redis port is published");
+    let port = container
+        .get_host_port_ipv4(6379)
+        .await
+        .expect("Redis port is published");
     TestRedis {
         container,
         port,
@@ -94,7 +104,12 @@ pub fn free_port() -> u16 {
 /// A key prefix no other test uses.
 pub fn unique_prefix(test: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    format!("t{}-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed), test)
+    format!(
+        "t{}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed),
+        test
+    )
 }
 
 /// Queue settings for `url` and `prefix`, default group.
@@ -168,7 +183,10 @@ where
         if condition().await {
             return;
         }
-        assert!(Instant::now() < until, "timed out after {deadline:?} waiting until {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {deadline:?} waiting until {what}"
+        );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }
@@ -207,8 +225,8 @@ pub async fn scan(url: &str, store: &Store) -> Scan {
         .query_async(&mut conn)
         .await
         .expect("XINFO STREAM");
-    let info: std::collections::HashMap<String, redis::Value> = redis::FromRedisValue::from_redis_value(info)
-        .expect("XINFO STREAM is a map");
+    let info: std::collections::HashMap<String, redis::Value> =
+        redis::FromRedisValue::from_redis_value(info).expect("XINFO STREAM is a map");
     let int = |v: Option<&redis::Value>| match v {
         Some(redis::Value::Int(n)) => *n as u64,
         other => panic!("expected an integer, got {other:?}"),
@@ -243,9 +261,12 @@ pub async fn scan(url: &str, store: &Store) -> Scan {
 }
 
 /// The dead stream's entries as field maps (lossy UTF-8).
-pub async fn dead_entries(url: &str, store: &Store) -> Vec<std::collections::HashMap<String, String>> {
+pub async fn dead_entries(
+    url: &str,
+    store: &Store,
+) -> Vec<std::collections::HashMap<String, String>> {
     let mut conn = raw(url).await;
-    let entries: Vec<(String, Vec<(Vec<u8>, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let entries: Vec<(String, sms_alerts::message::RawFields)> = redis::cmd("XRANGE")
         .arg(store.keys().dead())
         .arg("-")
         .arg("+")
@@ -257,7 +278,12 @@ pub async fn dead_entries(url: &str, store: &Store) -> Vec<std::collections::Has
         .map(|(_, fields)| {
             fields
                 .into_iter()
-                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), String::from_utf8_lossy(&v).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(&k).into_owned(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
                 .collect()
         })
         .collect()
@@ -283,7 +309,10 @@ pub async fn pending_of(url: &str, store: &Store, consumer: &str) -> u64 {
 pub fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sms-alerts"));
     cmd.env_remove("REDIS_URL")
-        .env("RUST_LOG", std::env::var("SMS_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned()))
+        .env(
+            "RUST_LOG",
+            std::env::var("SMS_TEST_CHILD_LOG").unwrap_or_else(|_| "warn".to_owned()),
+        )
         .stdin(Stdio::null());
     cmd
 }
@@ -292,7 +321,15 @@ pub fn bin() -> Command {
 pub fn spawn_sender_process(url: &str, prefix: &str, name: &str, args: &[&str]) -> Child {
     let log = log_path(&format!("{prefix}-{name}"));
     bin()
-        .args(["--redis-url", url, "--prefix", prefix, "send", "--name", name])
+        .args([
+            "--redis-url",
+            url,
+            "--prefix",
+            prefix,
+            "send",
+            "--name",
+            name,
+        ])
         .args(args)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).expect("log file"))

@@ -1,0 +1,38 @@
+//! Every example in config/ parses, uses only known keys and passes validation.
+
+use clap::Parser;
+use sms_alerts::cli::Cli;
+use sms_alerts::settings::{self, Task};
+
+fn config_files(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).expect("config/ is readable") {
+        let path = entry.expect("entry").path();
+        if path.is_dir() {
+            config_files(&path, found);
+        } else if path.extension().is_some_and(|e| e == "toml") {
+            found.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_example_config_is_valid_for_every_subcommand() {
+    let mut files = Vec::new();
+    config_files(
+        &std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("config"),
+        &mut files,
+    );
+    assert!(files.len() >= 4, "examples found: {files:?}");
+    for file in files {
+        let path = file.to_str().expect("utf-8 path");
+        for subcommand in ["migrate", "produce", "send", "monitor"] {
+            let cli =
+                Cli::try_parse_from(["sms-alerts", "--config", path, subcommand]).expect("parses");
+            let resolved = settings::resolve(&cli, None)
+                .unwrap_or_else(|err| panic!("{path} is not valid for {subcommand}: {err}"));
+            if let Task::Send(send) = resolved.task {
+                assert!(send.concurrency >= 1 && send.max_attempts >= 1);
+            }
+        }
+    }
+}
