@@ -148,6 +148,22 @@ pub struct MonitorArgs {
     pub json: bool,
 }
 
+/// Folds clap's multi-line usage error into the one line operators and scripts
+/// expect, keeping what helps (possible values, tips) and dropping the generic
+/// usage and "--help" hints.
+pub fn one_line_error(rendered: &str) -> String {
+    rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| {
+            !line.is_empty()
+                && !line.starts_with("Usage:")
+                && !line.starts_with("For more information")
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -170,4 +186,21 @@ pub enum Distribution {
     Uniform,
     /// Always exactly the mean.
     Constant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usage_errors_fold_into_one_line() {
+        let err = Cli::try_parse_from(["sms-alerts", "send", "--distribution", "pareto"])
+            .expect_err("invalid");
+        let line = one_line_error(&err.render().to_string());
+        assert_eq!(
+            line,
+            "error: invalid value 'pareto' for '--distribution <DISTRIBUTION>' \
+             [possible values: normal, exponential, uniform, constant]"
+        );
+    }
 }

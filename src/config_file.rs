@@ -98,8 +98,17 @@ impl ConfigFile {
         })
     }
 
-    /// Parses the text of a config file; the error is one line.
+    /// Parses the text of a config file; the error is one line: `line N: what`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|err| err.to_string().replace('\n', " ").trim().to_owned())
+        toml::from_str(text).map_err(|err| {
+            let message = err.message().replace('\n', " ");
+            match err.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    format!("line {line}: {}", message.trim())
+                }
+                None => message.trim().to_owned(),
+            }
+        })
     }
 }

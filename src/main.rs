@@ -14,8 +14,18 @@ use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
-    // Usage errors print clap's message and exit with 2.
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) if err.use_stderr() => {
+            eprintln!(
+                "{}",
+                sms_alerts::cli::one_line_error(&err.render().to_string())
+            );
+            return ExitStatus::Usage.into();
+        }
+        // --help and --version.
+        Err(err) => err.exit(),
+    };
     let settings = match settings::resolve(&cli, std::env::var("REDIS_URL").ok()) {
         Ok(settings) => settings,
         Err(err) => {
