@@ -23,11 +23,9 @@ apt_install() {
 # ensure_redis_server makes sure redis-server and redis-cli are on PATH.
 ensure_redis_server() {
   command -v redis-server >/dev/null && command -v redis-cli >/dev/null && return 0
+  # Only the binaries are used: the demo and the tests start Redis on ports of
+  # their own, so a system-wide service Debian may start on 6379 is left alone.
   apt_install redis-server redis-tools
-  # Debian starts a system-wide redis on 6379 on install; we only want the binary.
-  if command -v systemctl >/dev/null && systemctl is-active --quiet redis-server 2>/dev/null; then
-    systemctl stop redis-server || true
-  fi
 }
 
 # ensure_docker makes sure a Docker engine answers, starting dockerd if needed.

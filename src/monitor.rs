@@ -189,18 +189,6 @@ mod tests {
             "{text}"
         );
         let json = serde_json::to_value(&report).expect("serializes");
-        for key in [
-            "produced",
-            "sent",
-            "failed",
-            "dead",
-            "pending",
-            "duplicates",
-            "avg_send_ms",
-            "rate_per_s",
-            "elapsed_s",
-        ] {
-            assert!(json.get(key).is_some(), "missing {key}");
-        }
+        assert_eq!(json["avg_send_ms"], 200.0);
     }
 }

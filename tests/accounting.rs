@@ -6,28 +6,14 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sms_alerts::produce;
-use sms_alerts::settings::ProduceSettings;
 use sms_alerts::stats::Snapshot;
 use sms_alerts::store::{Outcome, ReportItem};
-use tokio_util::sync::CancellationToken;
-
-async fn produce_n(store: &sms_alerts::store::Store, count: u64) {
-    let settings = ProduceSettings {
-        count,
-        seed: Some(5),
-        batch: 100,
-    };
-    produce::run(store, &settings, &CancellationToken::new())
-        .await
-        .expect("produces");
-}
 
 #[tokio::test]
 async fn a_duplicate_delivery_is_counted_once() {
     let redis = start_redis().await;
     let store = store(&redis.url, &unique_prefix("dup")).await;
-    produce_n(&store, 1).await;
+    produce_n(&store, 5, 1).await;
 
     // Sender x reads the message; sender y takes it over (as after a lease
     // lapse); both then succeed.
@@ -85,7 +71,7 @@ async fn a_duplicate_delivery_is_counted_once() {
 async fn messages_that_keep_failing_go_to_the_dead_stream_after_max_attempts() {
     let redis = start_redis().await;
     let store = store(&redis.url, &unique_prefix("maxatt")).await;
-    produce_n(&store, 20).await;
+    produce_n(&store, 5, 20).await;
     let mut settings = send_settings("hopeless", 1, 1.0);
     settings.max_attempts = 3;
     let sender = RunningSender::start(&store, settings);
@@ -134,7 +120,7 @@ async fn messages_that_keep_failing_go_to_the_dead_stream_after_max_attempts() {
 async fn malformed_entries_go_to_the_dead_stream_and_the_sender_carries_on() {
     let redis = start_redis().await;
     let store = store(&redis.url, &unique_prefix("malformed")).await;
-    produce_n(&store, 10).await;
+    produce_n(&store, 5, 10).await;
     let mut conn = raw(&redis.url).await;
     let stream = store.keys().messages();
     let long_body = "x".repeat(101);
@@ -165,7 +151,7 @@ async fn malformed_entries_go_to_the_dead_stream_and_the_sender_carries_on() {
         }
         let _: String = cmd.query_async(&mut conn).await.expect("XADD");
     }
-    produce_n(&store, 10).await;
+    produce_n(&store, 5, 10).await;
 
     let sender = RunningSender::start(&store, send_settings("tolerant", 1, 0.0));
     wait_until("everything is settled", Duration::from_secs(30), || async {

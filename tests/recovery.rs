@@ -7,22 +7,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sms_alerts::produce;
-use sms_alerts::settings::ProduceSettings;
 use sms_alerts::stats::Snapshot;
 use sms_alerts::store::Store;
-use tokio_util::sync::CancellationToken;
-
-async fn produce_n(store: &Store, count: u64) {
-    let settings = ProduceSettings {
-        count,
-        seed: Some(21),
-        batch: 200,
-    };
-    produce::run(store, &settings, &CancellationToken::new())
-        .await
-        .expect("produces");
-}
 
 async fn all_settled(store: &Store, total: u64) -> bool {
     Snapshot::read(store)
@@ -36,7 +22,7 @@ async fn a_killed_sender_restarted_under_its_name_resumes_its_work() {
     let redis = start_redis().await;
     let prefix = unique_prefix("resume");
     let store = store(&redis.url, &prefix).await;
-    produce_n(&store, 400).await;
+    produce_n(&store, 21, 400).await;
     let args = [
         "--mean",
         "300ms",
@@ -105,7 +91,7 @@ async fn another_sender_reclaims_a_dead_senders_messages_after_the_lease() {
     let redis = start_redis().await;
     let prefix = unique_prefix("reclaim");
     let store = store(&redis.url, &prefix).await;
-    produce_n(&store, 60).await;
+    produce_n(&store, 21, 60).await;
 
     let args = [
         "--mean",
@@ -154,7 +140,7 @@ async fn another_sender_reclaims_a_dead_senders_messages_after_the_lease() {
 async fn a_live_sender_keeps_its_slow_sends_by_renewing_their_lease() {
     let redis = start_redis().await;
     let store = store(&redis.url, &unique_prefix("renew")).await;
-    produce_n(&store, 10).await;
+    produce_n(&store, 21, 10).await;
 
     // Sends take 3 leases; a second, idle sender must not steal them.
     let mut slow = send_settings("slow", 3_000, 0.0);
@@ -191,7 +177,7 @@ async fn sigterm_drains_in_flight_sends_and_leaves_nothing_unaccounted() {
     let redis = start_redis().await;
     let prefix = unique_prefix("sigterm");
     let store = store(&redis.url, &prefix).await;
-    produce_n(&store, 1_000).await;
+    produce_n(&store, 21, 1_000).await;
     let mut child = spawn_sender_process(
         &redis.url,
         &prefix,
@@ -244,7 +230,7 @@ async fn a_second_signal_exits_at_once_with_130() {
     let redis = start_redis().await;
     let prefix = unique_prefix("sigtwice");
     let store = store(&redis.url, &prefix).await;
-    produce_n(&store, 10).await;
+    produce_n(&store, 21, 10).await;
     let mut child = spawn_sender_process(
         &redis.url,
         &prefix,
@@ -315,7 +301,7 @@ async fn processes_ride_out_a_redis_restart_without_losing_anything() {
     .await;
     let prefix = unique_prefix("restart");
     let store = store(&redis.url, &prefix).await;
-    produce_n(&store, 2_000).await;
+    produce_n(&store, 21, 2_000).await;
     let mut child = spawn_sender_process(
         &redis.url,
         &prefix,

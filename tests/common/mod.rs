@@ -128,6 +128,18 @@ pub async fn store(url: &str, prefix: &str) -> Store {
     store
 }
 
+/// Produces `count` seeded messages in batches of 100.
+pub async fn produce_n(store: &Store, seed: u64, count: u64) {
+    let settings = sms_alerts::settings::ProduceSettings {
+        count,
+        seed: Some(seed),
+        batch: 100,
+    };
+    sms_alerts::produce::run(store, &settings, &CancellationToken::new())
+        .await
+        .expect("produces");
+}
+
 /// Sender settings for tests: fast, short leases, seeded.
 pub fn send_settings(name: &str, mean_ms: u64, failure_rate: f64) -> SendSettings {
     SendSettings {
