@@ -64,7 +64,10 @@ async fn run(settings: Settings) -> ExitStatus {
 
 async fn execute(settings: Settings, shutdown: &CancellationToken) -> anyhow::Result<()> {
     let store = Store::connect(&settings.queue).await?;
-    let migrations = store.prepare().await?;
+    // Reachable a moment ago: from here on, Redis failures are waited out.
+    let migrations = store
+        .retrying("apply migrations", || store.prepare())
+        .await?;
     match settings.task {
         Task::Migrate => {
             if migrations.applied.is_empty() {

@@ -341,3 +341,37 @@ async fn processes_ride_out_a_redis_restart_without_losing_anything() {
         "nothing lost across the restart"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sender_whose_name_is_taken_over_stops_with_an_error() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("takeover")).await;
+    let mut settings = send_settings("paused", 1, 0.0);
+    settings.lease = std::time::Duration::from_millis(600);
+    let sender = RunningSender::start(&store, settings);
+    let lease_key = store.keys().sender_lease("paused");
+    wait_until("the name is held", Duration::from_secs(10), || async {
+        let mut conn = raw(&redis.url).await;
+        redis::cmd("EXISTS")
+            .arg(&lease_key)
+            .query_async::<bool>(&mut conn)
+            .await
+            .unwrap_or(false)
+    })
+    .await;
+    // What another process does once this one's lease has run out.
+    let mut conn = raw(&redis.url).await;
+    let _: () = redis::cmd("SET")
+        .arg(&lease_key)
+        .arg("someone-else")
+        .arg("PX")
+        .arg(60_000)
+        .query_async(&mut conn)
+        .await
+        .expect("SET");
+    let result = sender.join(Duration::from_secs(10)).await;
+    assert!(
+        matches!(result, Err(sms_alerts::send::SendError::NameLost { ref name }) if name == "paused"),
+        "{result:?}"
+    );
+}

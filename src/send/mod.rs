@@ -48,6 +48,15 @@ pub enum SendError {
         /// The name.
         name: String,
     },
+    /// Another process took this sender's name while it ran (it was paused for
+    /// longer than its lease); it stopped after draining.
+    #[error(
+        "sender name '{name}' was taken over by another process; stopped after finishing in-flight sends"
+    )]
+    NameLost {
+        /// The name.
+        name: String,
+    },
     /// Redis failed in a way retrying cannot fix.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -156,7 +165,7 @@ pub async fn run(
             "results not written; their messages will be delivered again"
         );
     }
-    let _ = keeper.await;
+    let name_lost = keeper.await.unwrap_or(false);
     if let Err(err) = store.release_name(&settings.name, &token).await {
         tracing::warn!(error = %err, "could not release the sender name; it frees itself when its lease runs out");
     }
@@ -165,5 +174,11 @@ pub async fn run(
         flushed,
     };
     tracing::info!(?summary, "sender stopped");
-    outcome.map(|()| summary).map_err(SendError::from)
+    outcome?;
+    if name_lost {
+        return Err(SendError::NameLost {
+            name: settings.name,
+        });
+    }
+    Ok(summary)
 }

@@ -56,27 +56,27 @@ pub(super) async fn acquire(
 
 /// Renews the name every third of its lease until `stop` fires. If another
 /// process has taken the name (we were paused longer than the lease), this
-/// sender must not go on under it: cancel `stop`.
+/// sender must not go on under it: cancel `stop` and return true.
 pub(super) async fn keep(
     store: Store,
     name: String,
     token: String,
     ttl: Duration,
     stop: CancellationToken,
-) {
+) -> bool {
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = stop.cancelled() => return,
+            () = stop.cancelled() => return false,
         }
         match store.hold_name(&name, &token, ttl).await {
             Ok(NameHold::Held) => {}
             Ok(NameHold::HeldByOther(_)) => {
                 tracing::error!(name, "another process took this sender's name; stopping");
                 stop.cancel();
-                return;
+                return true;
             }
             Err(err) => {
                 tracing::warn!(name, error = %err, "could not renew the sender name; will retry")

@@ -173,6 +173,14 @@ impl RunningSender {
         Self { handle, stop }
     }
 
+    /// Waits for the sender to end on its own, with a deadline.
+    pub async fn join(self, deadline: Duration) -> Result<SendSummary, SendError> {
+        tokio::time::timeout(deadline, self.handle)
+            .await
+            .expect("sender ends before the deadline")
+            .expect("sender task did not panic")
+    }
+
     /// Graceful stop; returns what it did.
     pub async fn stop(self) -> SendSummary {
         self.stop.cancel();
