@@ -74,6 +74,47 @@ pub enum Command {
     Send(SendArgs),
     /// Print progress every interval: sent, failed, average time per message and more.
     Monitor(MonitorArgs),
+    /// Reconcile the counters with the stream, the pending list and the dead stream,
+    /// entry by entry; exit 0 when consistent, 1 when not. Run it on a quiet queue.
+    Audit(AuditArgs),
+    /// List the group's senders (pending messages, idle time, whether live); `prune`
+    /// removes dead ones that hold nothing.
+    Senders(SendersArgs),
+}
+
+/// Options of `audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Print the report as one JSON object.
+    #[arg(long, env = "SMS_JSON")]
+    pub json: bool,
+    /// Entries read per round trip. [default: 10000]
+    #[arg(long, env = "SMS_PAGE", value_parser = check::batch, allow_hyphen_values = true)]
+    pub page: Option<usize>,
+}
+
+/// Options of `senders`.
+#[derive(Debug, Args)]
+pub struct SendersArgs {
+    /// Print JSON instead of a table.
+    #[arg(long, env = "SMS_JSON")]
+    pub json: bool,
+    /// What to do; lists the senders when omitted.
+    #[command(subcommand)]
+    pub action: Option<SendersAction>,
+}
+
+/// Actions of `senders`.
+#[derive(Debug, Subcommand)]
+pub enum SendersAction {
+    /// Remove senders that no live process holds, that hold no messages and that
+    /// were idle at least --idle. Senders still holding messages are kept until
+    /// live senders have reclaimed them, so pruning never loses a message.
+    Prune {
+        /// Least idle time of a sender to remove, e.g. 10m. [default: 10m]
+        #[arg(long, env = "SMS_IDLE", value_parser = check::duration, allow_hyphen_values = true)]
+        idle: Option<Duration>,
+    },
 }
 
 /// Options of `produce`.

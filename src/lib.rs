@@ -16,6 +16,9 @@
 //! - [`produce`]: the producer; [`send`]: one sender (dispatch, simulate,
 //!   batched results, reclaim, name lease); [`stats`]: snapshots of the
 //!   counters; [`monitor`]: reports rendered to a writer.
+//! - [`audit`]: an independent, memory-bounded reconciliation of the counters
+//!   against the stream, the pending list and the dead stream;
+//!   [`senders`]: listing the group's senders and pruning dead ones safely.
 //! - [`exit`]: the process exit codes.
 //!
 //! Every long-running function takes its shutdown signal as a parameter
@@ -30,6 +33,7 @@
 //! dead stream atomically. So `produced = sent + dead + pending` holds at every
 //! moment a snapshot is taken.
 
+pub mod audit;
 pub mod cli;
 pub mod config_file;
 pub mod exit;
@@ -39,6 +43,7 @@ pub mod message;
 pub mod monitor;
 pub mod produce;
 pub mod send;
+pub mod senders;
 pub mod settings;
 pub mod stats;
 pub mod store;

@@ -9,7 +9,7 @@ use sms_alerts::cli::{Cli, LogFormat};
 use sms_alerts::exit::ExitStatus;
 use sms_alerts::settings::{self, Settings, Task};
 use sms_alerts::store::{Store, StoreError};
-use sms_alerts::{monitor, produce, send};
+use sms_alerts::{audit, monitor, produce, send, senders};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -51,7 +51,7 @@ async fn run(settings: Settings) -> ExitStatus {
     let shutdown = CancellationToken::new();
     watch_signals(shutdown.clone());
     match execute(settings, &shutdown).await {
-        Ok(()) => ExitStatus::Success,
+        Ok(status) => status,
         Err(err) => {
             eprintln!("error: {err:#}");
             match err.downcast_ref::<StoreError>() {
@@ -62,7 +62,7 @@ async fn run(settings: Settings) -> ExitStatus {
     }
 }
 
-async fn execute(settings: Settings, shutdown: &CancellationToken) -> anyhow::Result<()> {
+async fn execute(settings: Settings, shutdown: &CancellationToken) -> anyhow::Result<ExitStatus> {
     let store = Store::connect(&settings.queue).await?;
     // Reachable a moment ago: from here on, Redis failures are waited out.
     let migrations = store
@@ -105,8 +105,35 @@ async fn execute(settings: Settings, shutdown: &CancellationToken) -> anyhow::Re
             monitor::run(&store, &monitor_settings, &mut stdout, shutdown).await?;
             stdout.flush()?;
         }
+        Task::Audit { json, page } => {
+            let report = audit::run(&store, page).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+            if !report.is_consistent() {
+                return Ok(ExitStatus::Failure);
+            }
+        }
+        Task::ListSenders { json } => {
+            let rows = senders::list(&store).await?;
+            if json {
+                println!("{}", serde_json::to_string(&rows)?);
+            } else {
+                print!("{}", senders::to_table(&rows));
+            }
+        }
+        Task::PruneSenders { json, idle } => {
+            let report = senders::prune(&store, idle).await?;
+            if json {
+                println!("{}", serde_json::to_string(&report)?);
+            } else {
+                print!("{}", report.to_text());
+            }
+        }
     }
-    Ok(())
+    Ok(ExitStatus::Success)
 }
 
 /// First Ctrl-C or SIGTERM: cancel `shutdown` (drain and exit 0). Second: exit

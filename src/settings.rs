@@ -12,6 +12,7 @@ use thiserror::Error;
 
 use crate::cli::{
     Cli, Command, Distribution, GlobalArgs, LogFormat, MonitorArgs, ProduceArgs, SendArgs,
+    SendersAction,
 };
 use crate::config_file::ConfigFile;
 
@@ -39,6 +40,8 @@ pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_secs(1);
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default monitor interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
+/// Default idle time before `senders prune` removes a dead sender.
+pub const DEFAULT_PRUNE_IDLE: Duration = Duration::from_secs(600);
 
 /// A bad setting. Every one is a usage error: exit code 2.
 #[derive(Debug, Error)]
@@ -146,6 +149,25 @@ pub enum Task {
     Send(SendSettings),
     /// `monitor`.
     Monitor(MonitorSettings),
+    /// `audit`: JSON output, entries per round trip.
+    Audit {
+        /// JSON instead of text.
+        json: bool,
+        /// Entries read per round trip.
+        page: usize,
+    },
+    /// `senders`: list them.
+    ListSenders {
+        /// JSON instead of a table.
+        json: bool,
+    },
+    /// `senders prune`.
+    PruneSenders {
+        /// JSON instead of text.
+        json: bool,
+        /// Least idle time of a sender to remove.
+        idle: Duration,
+    },
 }
 
 /// Everything the binary needs to run one invocation.
@@ -183,6 +205,17 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
         Command::Produce(args) => Task::Produce(resolve_produce(args, &file, &from)?),
         Command::Send(args) => Task::Send(resolve_send(args, &file, &from)?),
         Command::Monitor(args) => Task::Monitor(resolve_monitor(args, &file, &from)?),
+        Command::Audit(args) => Task::Audit {
+            json: args.json,
+            page: args.page.unwrap_or(crate::audit::DEFAULT_PAGE),
+        },
+        Command::Senders(args) => match args.action {
+            None => Task::ListSenders { json: args.json },
+            Some(SendersAction::Prune { idle }) => Task::PruneSenders {
+                json: args.json,
+                idle: idle.unwrap_or(DEFAULT_PRUNE_IDLE),
+            },
+        },
     };
     Ok(Settings {
         queue,

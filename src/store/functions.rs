@@ -88,6 +88,21 @@ pub enum NameHold {
     HeldByOther(Duration),
 }
 
+/// What [`Store::prune`] did with one consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PruneOutcome {
+    /// Removed from the group.
+    Pruned,
+    /// Kept: a live process holds the name.
+    Live,
+    /// Kept: it still holds pending entries (they are reclaimed after the lease).
+    Pending,
+    /// Kept: active more recently than the idle threshold.
+    Recent,
+    /// No such consumer.
+    Missing,
+}
+
 impl Store {
     async fn fcall(
         &self,
@@ -258,6 +273,32 @@ impl Store {
         self.fcall(NAME, &[self.keys.sender_lease(consumer)], args)
             .await?;
         Ok(())
+    }
+
+    /// Removes `consumer` from the group if no live process holds its name, it
+    /// has no pending entries and it was idle for at least `min_idle`
+    /// (`sms_prune`, atomic).
+    pub async fn prune(
+        &self,
+        consumer: &str,
+        min_idle: Duration,
+    ) -> Result<PruneOutcome, StoreError> {
+        const NAME: &str = "sms_prune";
+        let keys = [self.keys.messages(), self.keys.sender_lease(consumer)];
+        let args = vec![
+            self.group.as_bytes().to_vec(),
+            consumer.as_bytes().to_vec(),
+            min_idle.as_millis().to_string().into_bytes(),
+        ];
+        let outcome = text(NAME, self.fcall(NAME, &keys, args).await?)?;
+        Ok(match outcome.as_str() {
+            "pruned" => PruneOutcome::Pruned,
+            "live" => PruneOutcome::Live,
+            "pending" => PruneOutcome::Pending,
+            "recent" => PruneOutcome::Recent,
+            "missing" => PruneOutcome::Missing,
+            other => return Err(bad(NAME, format!("unknown outcome '{other}'"))),
+        })
     }
 
     /// Everything the monitor shows, read in one call (`sms_snapshot`): the

@@ -26,12 +26,23 @@ pub struct Migration {
     pub step: Step,
 }
 
-/// Every migration, oldest first.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_functions",
-    step: Step::FunctionLibrary(include_str!("../../migrations/0001_functions.lua")),
-}];
+/// The Functions library as this binary knows it (the newest version).
+const LIBRARY: &str = include_str!("../../migrations/functions.lua");
+
+/// Every migration, oldest first. A library step names the version it brings;
+/// loading the current library brings all of them at once.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_functions",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
+    Migration {
+        version: 2,
+        name: "0002_sender_prune",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
+];
 
 /// What [`Store::migrate`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -4,6 +4,7 @@
 
 mod error;
 mod functions;
+mod inspect;
 mod migrate;
 mod reply;
 mod retry;
@@ -16,7 +17,10 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
 pub use error::StoreError;
-pub use functions::{ClaimReply, ClaimedEntry, NameHold, Outcome, ReportItem, ReportReply};
+pub use functions::{
+    ClaimReply, ClaimedEntry, NameHold, Outcome, PruneOutcome, ReportItem, ReportReply,
+};
+pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use retry::Backoff;
 pub use streams::StreamEntry;

@@ -1,6 +1,13 @@
 #!lua name=sms_alerts
 --[[
-  sms-alerts Redis Functions library, version 1 (migration 0001).
+  sms-alerts Redis Functions library.
+
+  FUNCTION LOAD replaces a whole library, so this one file is the library and
+  LIBRARY_VERSION is its version; every migration step that changes it bumps
+  the version (see MIGRATIONS in src/store/migrate.rs):
+    1  0001_functions     sms_report, sms_claim, sms_renew, sms_hold_name,
+                          sms_release_name, sms_snapshot, sms_version
+    2  0002_sender_prune  sms_prune
 
   Every multi-step update that must be atomic runs here, server-side:
   acknowledging and counting a batch of send results, claiming stale work or
@@ -20,7 +27,7 @@
     dead_<reason> the same, by reason (max_attempts, malformed, deleted)
 ]]
 
-local LIBRARY_VERSION = 1
+local LIBRARY_VERSION = 2
 
 -- A dead-letter entry keeps at most this many original field/value pairs, so
 -- that a poison entry with thousands of fields cannot overflow Lua's stack.
@@ -298,6 +305,32 @@ local function sms_snapshot(keys, args)
   return out
 end
 
+--[[
+  sms_prune: remove a consumer from the group, only if that loses nothing:
+  no live process holds its name, it has no pending entries (XGROUP
+  DELCONSUMER would drop them, unclaimable), and it has been idle long enough.
+  Checked and done in one atomic call, so nothing can change in between.
+  KEYS: 1 stream, 2 the consumer's name lease
+  ARGV: 1 group, 2 consumer, 3 min_idle_ms
+  Returns: 'pruned', or why not: 'live', 'pending', 'recent', 'missing'.
+]]
+local function sms_prune(keys, args)
+  local stream, lease = keys[1], keys[2]
+  local group, consumer, min_idle = args[1], args[2], tonumber(args[3])
+  if redis.call('EXISTS', lease) == 1 then return 'live' end
+  for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
+    local f = {}
+    for i = 1, #row, 2 do f[row[i]] = row[i + 1] end
+    if f['name'] == consumer then
+      if f['pending'] > 0 then return 'pending' end
+      if f['idle'] < min_idle then return 'recent' end
+      redis.call('XGROUP', 'DELCONSUMER', stream, group, consumer)
+      return 'pruned'
+    end
+  end
+  return 'missing'
+end
+
 local function sms_version()
   return LIBRARY_VERSION
 end
@@ -307,5 +340,6 @@ redis.register_function('sms_claim', sms_claim)
 redis.register_function('sms_renew', sms_renew)
 redis.register_function('sms_hold_name', sms_hold_name)
 redis.register_function('sms_release_name', sms_release_name)
+redis.register_function('sms_prune', sms_prune)
 redis.register_function { function_name = 'sms_snapshot', callback = sms_snapshot, flags = { 'no-writes' } }
 redis.register_function { function_name = 'sms_version', callback = sms_version, flags = { 'no-writes' } }

@@ -1,0 +1,228 @@
+//! Read-only inspection for operators: pages of a stream and of the pending
+//! list, group and consumer figures, which sender names are held live. Used
+//! by `audit` and `senders`; never on a hot path.
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use super::reply::{array, int, text};
+use super::streams::{StreamEntry, entry};
+use super::{Store, StoreError};
+
+/// One row of the group's pending list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingRow {
+    /// The message id.
+    pub id: String,
+    /// The consumer that holds it.
+    pub consumer: String,
+    /// Milliseconds since it was last delivered.
+    pub idle_ms: u64,
+    /// Times it was delivered.
+    pub deliveries: u64,
+}
+
+/// The consumer group's figures (XINFO GROUPS).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Whether the group exists.
+    pub exists: bool,
+    /// Id of the last entry delivered to the group.
+    pub last_delivered_id: String,
+    /// Entries in the pending list.
+    pub pending: u64,
+    /// Entries never delivered, when Redis knows.
+    pub lag: Option<u64>,
+}
+
+/// One consumer of the group (XINFO CONSUMERS).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsumerInfo {
+    /// The sender name.
+    pub name: String,
+    /// Entries it holds.
+    pub pending: u64,
+    /// Milliseconds since it last interacted with the group.
+    pub idle_ms: u64,
+}
+
+/// A stream's figures (XINFO STREAM).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamInfo {
+    /// Entries in the stream now.
+    pub length: u64,
+    /// Entries ever added.
+    pub entries_added: u64,
+}
+
+/// A flat `name, value, ...` reply as a map.
+fn fields(command: &'static str, value: Value) -> Result<HashMap<String, Value>, StoreError> {
+    let items = array(command, value)?;
+    let mut map = HashMap::with_capacity(items.len() / 2);
+    let mut items = items.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        map.insert(text(command, name)?, value);
+    }
+    Ok(map)
+}
+
+fn count(
+    command: &'static str,
+    map: &mut HashMap<String, Value>,
+    name: &str,
+) -> Result<u64, StoreError> {
+    int(command, map.remove(name).unwrap_or(Value::Int(0))).map(|n| n.max(0) as u64)
+}
+
+impl Store {
+    /// Up to `count` entries of `key` after `after` (from the start when `None`).
+    pub async fn range_page(
+        &self,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        const COMMAND: &str = "XRANGE";
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd(COMMAND)
+            .arg(key)
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(COMMAND))?;
+        array(COMMAND, reply)?
+            .into_iter()
+            .map(|item| entry(COMMAND, item))
+            .collect()
+    }
+
+    /// Up to `count` rows of the group's pending list after `after`.
+    pub async fn pending_page(
+        &self,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<PendingRow>, StoreError> {
+        const COMMAND: &str = "XPENDING";
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd(COMMAND)
+            .arg(self.keys.messages())
+            .arg(&self.group)
+            .arg(start)
+            .arg("+")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(COMMAND))?;
+        array(COMMAND, reply)?
+            .into_iter()
+            .map(|row| {
+                let mut parts = array(COMMAND, row)?.into_iter();
+                let mut next = || parts.next().unwrap_or(Value::Nil);
+                Ok(PendingRow {
+                    id: text(COMMAND, next())?,
+                    consumer: text(COMMAND, next())?,
+                    idle_ms: int(COMMAND, next())?.max(0) as u64,
+                    deliveries: int(COMMAND, next())?.max(0) as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// Figures of stream `key`; zeros when it does not exist.
+    pub async fn stream_info(&self, key: &str) -> Result<StreamInfo, StoreError> {
+        const COMMAND: &str = "XINFO STREAM";
+        let mut conn = self.conn().await?;
+        let reply: Result<Value, _> = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(key)
+            .query_async(&mut conn)
+            .await;
+        let reply = match reply {
+            Err(err) if err.detail().is_some_and(|d| d.contains("no such key")) => {
+                return Ok(StreamInfo::default());
+            }
+            other => other.map_err(StoreError::redis(COMMAND))?,
+        };
+        let mut map = fields(COMMAND, reply)?;
+        Ok(StreamInfo {
+            length: count(COMMAND, &mut map, "length")?,
+            entries_added: count(COMMAND, &mut map, "entries-added")?,
+        })
+    }
+
+    /// This queue's group figures.
+    pub async fn group_info(&self) -> Result<GroupInfo, StoreError> {
+        const COMMAND: &str = "XINFO GROUPS";
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.keys.messages())
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(COMMAND))?;
+        for group in array(COMMAND, reply)? {
+            let mut map = fields(COMMAND, group)?;
+            if text(COMMAND, map.remove("name").unwrap_or(Value::Nil))? != self.group {
+                continue;
+            }
+            return Ok(GroupInfo {
+                exists: true,
+                last_delivered_id: text(
+                    COMMAND,
+                    map.remove("last-delivered-id").unwrap_or(Value::Nil),
+                )?,
+                pending: count(COMMAND, &mut map, "pending")?,
+                lag: match map.remove("lag") {
+                    Some(Value::Int(lag)) => u64::try_from(lag).ok(),
+                    _ => None,
+                },
+            });
+        }
+        Ok(GroupInfo::default())
+    }
+
+    /// The group's consumers.
+    pub async fn consumers(&self) -> Result<Vec<ConsumerInfo>, StoreError> {
+        const COMMAND: &str = "XINFO CONSUMERS";
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(self.keys.messages())
+            .arg(&self.group)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(COMMAND))?;
+        array(COMMAND, reply)?
+            .into_iter()
+            .map(|consumer| {
+                let mut map = fields(COMMAND, consumer)?;
+                Ok(ConsumerInfo {
+                    name: text(COMMAND, map.remove("name").unwrap_or(Value::Nil))?,
+                    pending: count(COMMAND, &mut map, "pending")?,
+                    idle_ms: count(COMMAND, &mut map, "idle")?,
+                })
+            })
+            .collect()
+    }
+
+    /// For each name, whether a live process holds it (its liveness lease exists).
+    pub async fn live_names(&self, names: &[String]) -> Result<Vec<bool>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in names {
+            pipe.exists(self.keys.sender_lease(name));
+        }
+        let mut conn = self.conn().await?;
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("EXISTS"))
+    }
+}
