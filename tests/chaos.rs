@@ -63,7 +63,10 @@ async fn random_sigkills_and_restarts_lose_nothing() {
         tokio::time::sleep(Duration::from_millis(rng.random_range(500..=2_000))).await;
         let slot = rng.random_range(0..senders.len());
         let (name, child) = &mut senders[slot];
-        assert!(child.try_wait().expect("try_wait").is_none(), "{name} exited on its own");
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "{name} exited on its own"
+        );
         child.kill().expect("SIGKILL");
         child.wait().expect("reaped");
         kills += 1;
@@ -78,7 +81,16 @@ async fn random_sigkills_and_restarts_lose_nothing() {
     }
 
     let monitor = bin()
-        .args(["--redis-url", &redis.url, "--prefix", &prefix, "monitor", "--interval", "200ms", "--until-done"])
+        .args([
+            "--redis-url",
+            &redis.url,
+            "--prefix",
+            &prefix,
+            "monitor",
+            "--interval",
+            "200ms",
+            "--until-done",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -97,7 +109,11 @@ async fn random_sigkills_and_restarts_lose_nothing() {
         .output()
         .expect("audit runs");
     let audit_text = String::from_utf8_lossy(&audit_run.stdout);
-    assert_eq!(audit_run.status.code(), Some(0), "audit passes:\n{audit_text}");
+    assert_eq!(
+        audit_run.status.code(),
+        Some(0),
+        "audit passes:\n{audit_text}"
+    );
 
     let report = audit::run(&store, 10_000).await.expect("audit");
     let c = &report.counters;
@@ -123,7 +139,10 @@ async fn random_sigkills_and_restarts_lose_nothing() {
 fn poison(rng: &mut StdRng, kind: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
     let good = |rng: &mut StdRng| -> Vec<(Vec<u8>, Vec<u8>)> {
         vec![
-            (b"recipient".to_vec(), format!("+1555{:07}", rng.random_range(0..10_000_000)).into_bytes()),
+            (
+                b"recipient".to_vec(),
+                format!("+1555{:07}", rng.random_range(0..10_000_000)).into_bytes(),
+            ),
             (b"body".to_vec(), b"evacuate now".to_vec()),
             (b"created_ms".to_vec(), b"1700000000000".to_vec()),
         ]
@@ -134,8 +153,12 @@ fn poison(rng: &mut StdRng, kind: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
         0 => {
             fields = (0..rng.random_range(1..6))
                 .map(|_| {
-                    let name: Vec<u8> = (0..rng.random_range(1..12)).map(|_| rng.random::<u8>()).collect();
-                    let value: Vec<u8> = (0..rng.random_range(0..40)).map(|_| rng.random::<u8>()).collect();
+                    let name: Vec<u8> = (0..rng.random_range(1..12))
+                        .map(|_| rng.random::<u8>())
+                        .collect();
+                    let value: Vec<u8> = (0..rng.random_range(0..40))
+                        .map(|_| rng.random::<u8>())
+                        .collect();
                     (name, value)
                 })
                 .collect();
@@ -202,7 +225,10 @@ async fn a_thousand_poison_entries_all_end_in_the_dead_stream() {
         "the good messages around the poison were all handled"
     );
     let dead = dead_entries(&redis.url, &store).await;
-    assert!(dead.iter().all(|e| e.contains_key("dead_reason")), "every dead letter has a reason");
+    assert!(
+        dead.iter().all(|e| e.contains_key("dead_reason")),
+        "every dead letter has a reason"
+    );
     assert!(
         dead.iter().any(|e| e.contains_key("dead_truncated_fields")),
         "an entry with thousands of fields is kept, truncated"

@@ -30,12 +30,23 @@ async fn the_audit_reconciles_across_pages_and_catches_tampering() {
         &redis.url,
         &prefix,
         "doomed",
-        &["--mean", "300ms", "--concurrency", "40", "--failure-rate", "0.2"],
+        &[
+            "--mean",
+            "300ms",
+            "--concurrency",
+            "40",
+            "--failure-rate",
+            "0.2",
+        ],
     );
-    wait_until("doomed has sent some and holds some", Duration::from_secs(30), || async {
-        let s = Snapshot::read(&store).await.expect("snapshot");
-        s.sent >= 40 && pending_of(&redis.url, &store, "doomed").await >= 20
-    })
+    wait_until(
+        "doomed has sent some and holds some",
+        Duration::from_secs(30),
+        || async {
+            let s = Snapshot::read(&store).await.expect("snapshot");
+            s.sent >= 40 && pending_of(&redis.url, &store, "doomed").await >= 20
+        },
+    )
     .await;
     doomed.kill().expect("SIGKILL");
     doomed.wait().expect("reaped");
@@ -45,14 +56,21 @@ async fn the_audit_reconciles_across_pages_and_catches_tampering() {
     let large = audit::run(&store, 10_000).await.expect("audit");
     assert_eq!(small, large, "paging does not change the result");
     assert!(small.is_consistent(), "{}", small.to_text());
-    assert!(small.pending >= 20 && small.queued > 0, "{}", small.to_text());
+    assert!(
+        small.pending >= 20 && small.queued > 0,
+        "{}",
+        small.to_text()
+    );
 
     let finisher = RunningSender::start(&store, {
         let mut s = send_settings("finisher", 1, 0.2);
         s.lease = Duration::from_secs(1);
         s
     });
-    wait_until("everything is settled", Duration::from_secs(60), || all_settled(&store, 500)).await;
+    wait_until("everything is settled", Duration::from_secs(60), || {
+        all_settled(&store, 500)
+    })
+    .await;
     finisher.stop().await;
     let done = audit::run(&store, 64).await.expect("audit");
     assert!(done.is_consistent(), "{}", done.to_text());
@@ -73,8 +91,14 @@ async fn the_audit_reconciles_across_pages_and_catches_tampering() {
         .query_async(&mut conn)
         .await
         .expect("XADD");
-    let mut reader = store.dedicated_connection(Duration::from_secs(1)).await.expect("conn");
-    let read = store.read_new(&mut reader, "rogue", 1, 100).await.expect("read");
+    let mut reader = store
+        .dedicated_connection(Duration::from_secs(1))
+        .await
+        .expect("conn");
+    let read = store
+        .read_new(&mut reader, "rogue", 1, 100)
+        .await
+        .expect("read");
     let _: u64 = redis::cmd("XACK")
         .arg(store.keys().messages())
         .arg(store.group())
@@ -85,7 +109,9 @@ async fn the_audit_reconciles_across_pages_and_catches_tampering() {
     let lost = audit::run(&store, 64).await.expect("audit");
     assert!(!lost.is_consistent());
     assert!(
-        lost.problems.iter().any(|p| p.contains("= 500, but 501 entries were produced")),
+        lost.problems
+            .iter()
+            .any(|p| p.contains("= 500, but 501 entries were produced")),
         "{:?}",
         lost.problems
     );
@@ -97,7 +123,10 @@ async fn the_audit_reconciles_across_pages_and_catches_tampering() {
         .expect("runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("INCONSISTENT") && stdout.contains("501 entries were produced"), "{stdout}");
+    assert!(
+        stdout.contains("INCONSISTENT") && stdout.contains("501 entries were produced"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -112,7 +141,16 @@ async fn pruning_removes_only_dead_empty_senders_and_loses_nothing() {
         &redis.url,
         &prefix,
         "ghost",
-        &["--mean", "60s", "--distribution", "constant", "--concurrency", "20", "--lease", "1s"],
+        &[
+            "--mean",
+            "60s",
+            "--distribution",
+            "constant",
+            "--concurrency",
+            "20",
+            "--lease",
+            "1s",
+        ],
     );
     wait_until("ghost holds 20", Duration::from_secs(30), || async {
         pending_of(&redis.url, &store, "ghost").await == 20
@@ -137,27 +175,47 @@ async fn pruning_removes_only_dead_empty_senders_and_loses_nothing() {
 
     let first = senders::prune(&store, Duration::ZERO).await.expect("prune");
     assert!(first.pruned.is_empty(), "{first:?}");
-    assert_eq!(first.holding_messages, vec!["ghost".to_owned()], "ghost still holds messages");
+    assert_eq!(
+        first.holding_messages,
+        vec!["ghost".to_owned()],
+        "ghost still holds messages"
+    );
     assert_eq!(first.live, vec!["busy".to_owned()]);
     let listed = senders::list(&store).await.expect("list");
-    let ghost_row = listed.iter().find(|r| r.name == "ghost").expect("ghost listed");
+    let ghost_row = listed
+        .iter()
+        .find(|r| r.name == "ghost")
+        .expect("ghost listed");
     assert_eq!((ghost_row.pending, ghost_row.live), (20, false));
 
     // A live sender reclaims ghost's work after the lease; then ghost can go.
     let mut rescuer = send_settings("rescuer", 1, 0.0);
     rescuer.lease = Duration::from_secs(1);
     let rescuer = RunningSender::start(&store, rescuer);
-    wait_until("all but busy's one are settled", Duration::from_secs(30), || async {
-        Snapshot::read(&store).await.map(|s| s.settled() == 99).unwrap_or(false)
-    })
+    wait_until(
+        "all but busy's one are settled",
+        Duration::from_secs(30),
+        || async {
+            Snapshot::read(&store)
+                .await
+                .map(|s| s.settled() == 99)
+                .unwrap_or(false)
+        },
+    )
     .await;
     let second = senders::prune(&store, Duration::ZERO).await.expect("prune");
     assert_eq!(second.pruned, vec!["ghost".to_owned()], "{second:?}");
-    assert!(second.live.contains(&"busy".to_owned()) && second.live.contains(&"rescuer".to_owned()));
+    assert!(
+        second.live.contains(&"busy".to_owned()) && second.live.contains(&"rescuer".to_owned())
+    );
 
     rescuer.stop().await;
     drop(busy); // its one message stays pending under a live-then-gone name
     let report = audit::run(&store, 1_000).await.expect("audit");
     assert!(report.is_consistent(), "{}", report.to_text());
-    assert_eq!(report.counters.sent + report.pending, 100, "nothing lost to pruning");
+    assert_eq!(
+        report.counters.sent + report.pending,
+        100,
+        "nothing lost to pruning"
+    );
 }

@@ -216,6 +216,9 @@ async fn sigterm_drains_in_flight_sends_and_leaves_nothing_unaccounted() {
         "sent + never read = produced"
     );
 
+    let report = sms_alerts::audit::run(&store, 1_000).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+
     // Nothing was lost: a new sender finishes the rest.
     let rest = RunningSender::start(&store, send_settings("finisher", 1, 0.0));
     wait_until("everything is settled", Duration::from_secs(30), || {
@@ -223,6 +226,12 @@ async fn sigterm_drains_in_flight_sends_and_leaves_nothing_unaccounted() {
     })
     .await;
     rest.stop().await;
+    let report = sms_alerts::audit::run(&store, 1_000).await.expect("audit");
+    assert!(
+        report.is_consistent() && report.acknowledged == 1_000,
+        "{}",
+        report.to_text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -289,57 +298,6 @@ async fn a_name_held_by_a_live_process_is_refused() {
         "stderr: {stderr}"
     );
     live.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn processes_ride_out_a_redis_restart_without_losing_anything() {
-    let port = free_port();
-    let redis = start_redis_with(RedisOptions {
-        durable: true,
-        host_port: Some(port),
-    })
-    .await;
-    let prefix = unique_prefix("restart");
-    let store = store(&redis.url, &prefix).await;
-    produce_n(&store, 21, 2_000).await;
-    let mut child = spawn_sender_process(
-        &redis.url,
-        &prefix,
-        "survivor",
-        &["--mean", "5ms", "--concurrency", "20"],
-    );
-    wait_until("some are sent", Duration::from_secs(30), || async {
-        Snapshot::read(&store)
-            .await
-            .map(|s| s.sent > 100)
-            .unwrap_or(false)
-    })
-    .await;
-    redis.container.stop().await.expect("redis stops");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(
-        child.try_wait().expect("try_wait").is_none(),
-        "the sender did not exit while Redis was down"
-    );
-    redis.container.start().await.expect("redis starts again");
-    wait_until("everything is settled", Duration::from_secs(60), || {
-        all_settled(&store, 2_000)
-    })
-    .await;
-    assert!(
-        child.try_wait().expect("try_wait").is_none(),
-        "the sender is still running"
-    );
-    terminate(&child);
-    let status = wait_exit(&mut child, Duration::from_secs(15)).await;
-    assert!(status.success(), "{status:?}");
-    let scan = scan(&redis.url, &store).await;
-    assert_eq!(scan.entries_added, 2_000);
-    assert_eq!(
-        scan.stat("sent") + scan.stat("dead"),
-        2_000,
-        "nothing lost across the restart"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

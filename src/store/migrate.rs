@@ -143,13 +143,22 @@ mod tests {
                     .name
                     .starts_with(&format!("{:04}_", migration.version))
             );
-            let Step::FunctionLibrary(source) = migration.step;
-            let declared = format!("local LIBRARY_VERSION = {}\n", migration.version);
+            assert_eq!(migration.step, Step::FunctionLibrary(LIBRARY));
             assert!(
-                source.contains(&declared),
-                "{} must declare {declared}",
+                LIBRARY.contains(migration.name),
+                "the library's changelog names {}",
                 migration.name
             );
         }
+        let latest = MIGRATIONS
+            .iter()
+            .map(|m| m.version)
+            .max()
+            .expect("migrations");
+        let declared = format!("local LIBRARY_VERSION = {latest}\n");
+        assert!(
+            LIBRARY.contains(&declared),
+            "the library must declare {declared}"
+        );
     }
 }

@@ -40,8 +40,8 @@ pub struct TestRedis {
 /// Options for [`start_redis_with`].
 #[derive(Default)]
 pub struct RedisOptions {
-    /// AOF with `appendfsync always`, so a restart keeps everything.
-    pub durable: bool,
+    /// AOF on with this fsync policy (`always`, `everysec`); off when `None`.
+    pub appendfsync: Option<&'static str>,
     /// Publish on this host port (stays the same across a restart).
     pub host_port: Option<u16>,
 }
@@ -55,12 +55,12 @@ pub async fn start_redis() -> TestRedis {
 pub async fn start_redis_with(options: RedisOptions) -> TestRedis {
     let (name, tag) = redis_image();
     let mut args = vec!["--protected-mode", "no"];
-    if options.durable {
+    if let Some(policy) = options.appendfsync {
         args.extend([
             "--appendonly",
             "yes",
             "--appendfsync",
-            "always",
+            policy,
             "--dir",
             "/data",
         ]);
@@ -360,6 +360,18 @@ pub fn spawn_sender_process(url: &str, prefix: &str, name: &str, args: &[&str]) 
 /// Where a child process's stderr is kept, for reading after a failure.
 pub fn log_path(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("{name}.log"))
+}
+
+/// Starts the binary with `args` after the connection options; stdout is
+/// captured, stderr goes to a log file named `log`.
+pub fn spawn_process(url: &str, prefix: &str, log: &str, args: &[&str]) -> Child {
+    bin()
+        .args(["--redis-url", url, "--prefix", prefix])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(log_path(&format!("{prefix}-{log}"))).expect("log file"))
+        .spawn()
+        .expect("process starts")
 }
 
 /// Sends SIGTERM to a child.

@@ -1,0 +1,250 @@
+//! Redis going away under load: a restart (SIGKILL) mid-run with the producer,
+//! the senders and the monitor working; a 10-second pause; and what a crash
+//! loses under `appendfsync everysec`.
+//!
+//! With `everysec`, Redis `write()`s the AOF to the kernel before it replies
+//! and only defers the `fsync`, so a crash of the Redis *process* loses
+//! nothing; what `everysec` can lose (about the last second) is lost only when
+//! the machine itself goes down, which a test on one machine cannot do.
+
+mod common;
+
+use std::io::Read;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sms_alerts::audit;
+use sms_alerts::stats::Snapshot;
+use sms_alerts::store::Store;
+
+async fn entries_added(store: &Store) -> u64 {
+    Snapshot::read(store).await.map(|s| s.produced).unwrap_or(0)
+}
+
+fn stdout_of(child: &mut Child) -> String {
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        let _ = stdout.read_to_string(&mut out);
+    }
+    out
+}
+
+fn assert_running(children: &mut [(&str, &mut Child)]) {
+    for (name, child) in children {
+        assert!(
+            child.try_wait().expect("try_wait").is_none(),
+            "{name} exited while Redis was away"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_crash_and_restart_mid_run_loses_nothing_with_appendfsync_always() {
+    let redis = start_redis_with(RedisOptions {
+        appendfsync: Some("always"),
+        host_port: Some(free_port()),
+    })
+    .await;
+    let prefix = unique_prefix("restart");
+    let store = store(&redis.url, &prefix).await;
+    const TOTAL: u64 = 50_000;
+
+    let mut producer = spawn_process(
+        &redis.url,
+        &prefix,
+        "producer",
+        &["produce", "--count", &TOTAL.to_string(), "--batch", "100"],
+    );
+    let mut monitor = spawn_process(
+        &redis.url,
+        &prefix,
+        "monitor",
+        &["monitor", "--interval", "200ms", "--until-done"],
+    );
+    let mut senders: Vec<Child> = (0..2)
+        .map(|i| {
+            spawn_sender_process(
+                &redis.url,
+                &prefix,
+                &format!("s{i}"),
+                &[
+                    "--mean",
+                    "0ms",
+                    "--failure-rate",
+                    "0.05",
+                    "--concurrency",
+                    "200",
+                ],
+            )
+        })
+        .collect();
+    wait_until(
+        "the producer is a tenth of the way",
+        Duration::from_secs(60),
+        || async { entries_added(&store).await >= TOTAL / 10 },
+    )
+    .await;
+    assert!(
+        producer.try_wait().expect("try_wait").is_none(),
+        "the producer is still producing"
+    );
+
+    // A crash, not a clean shutdown: SIGKILL.
+    redis
+        .container
+        .stop_with_timeout(Some(0))
+        .await
+        .expect("redis killed");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    {
+        let (a, b) = senders.split_at_mut(1);
+        assert_running(&mut [
+            ("producer", &mut producer),
+            ("monitor", &mut monitor),
+            ("sender s0", &mut a[0]),
+            ("sender s1", &mut b[0]),
+        ]);
+    }
+    redis.container.start().await.expect("redis starts again");
+
+    let status = wait_exit(&mut monitor, Duration::from_secs(120)).await;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "monitor --until-done finishes after the restart"
+    );
+    let status = wait_exit(&mut producer, Duration::from_secs(10)).await;
+    let said = stdout_of(&mut producer);
+    assert!(
+        status.success() && said.contains(&format!("produced {TOTAL} messages")),
+        "{status:?}: {said}"
+    );
+    for sender in &mut senders {
+        terminate(sender);
+        assert!(wait_exit(sender, Duration::from_secs(15)).await.success());
+    }
+
+    let report = audit::run(&store, 10_000).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+    assert_eq!(
+        report.produced, TOTAL,
+        "every acknowledged batch survived, none was written twice"
+    );
+    assert_eq!(report.counters.sent + report.counters.dead, TOTAL);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_second_pause_stops_nobody_and_work_resumes_quickly() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("pause");
+    let store = store(&redis.url, &prefix).await;
+    produce_n(&store, 3, 20_000).await;
+    let mut sender = spawn_sender_process(
+        &redis.url,
+        &prefix,
+        "patient",
+        &["--mean", "10ms", "--concurrency", "10"],
+    );
+    let mut monitor = spawn_process(
+        &redis.url,
+        &prefix,
+        "monitor",
+        &["monitor", "--interval", "200ms"],
+    );
+    wait_until("work is under way", Duration::from_secs(30), || async {
+        Snapshot::read(&store)
+            .await
+            .map(|s| s.sent >= 500)
+            .unwrap_or(false)
+    })
+    .await;
+
+    let before = Snapshot::read(&store).await.expect("snapshot").sent;
+    redis.container.pause().await.expect("pause");
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    assert_running(&mut [("sender", &mut sender), ("monitor", &mut monitor)]);
+    redis.container.unpause().await.expect("unpause");
+    let back = Instant::now();
+    // More than what was in flight at the pause: new messages are moving.
+    wait_until("sending resumes", Duration::from_secs(30), || async {
+        Snapshot::read(&store)
+            .await
+            .map(|s| s.sent > before + 100)
+            .unwrap_or(false)
+    })
+    .await;
+    let resumed_after = back.elapsed();
+    println!(
+        "pause: work resumed {:.0} ms after Redis came back",
+        resumed_after.as_secs_f64() * 1000.0
+    );
+    assert!(
+        resumed_after < Duration::from_secs(2),
+        "resumed after {resumed_after:?}"
+    );
+    assert_running(&mut [("sender", &mut sender), ("monitor", &mut monitor)]);
+    terminate(&sender);
+    terminate(&monitor);
+    assert!(
+        wait_exit(&mut sender, Duration::from_secs(15))
+            .await
+            .success()
+    );
+    assert!(
+        wait_exit(&mut monitor, Duration::from_secs(15))
+            .await
+            .success()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_process_crash_loses_nothing_even_with_appendfsync_everysec() {
+    let redis = start_redis_with(RedisOptions {
+        appendfsync: Some("everysec"),
+        host_port: Some(free_port()),
+    })
+    .await;
+    let prefix = unique_prefix("everysec");
+    let store = store(&redis.url, &prefix).await;
+    const TOTAL: u64 = 300_000;
+    let mut producer = spawn_process(
+        &redis.url,
+        &prefix,
+        "producer",
+        &["produce", "--count", &TOTAL.to_string()],
+    );
+    wait_until(
+        "the producer is under way",
+        Duration::from_secs(60),
+        || async { entries_added(&store).await >= 50_000 },
+    )
+    .await;
+    assert!(
+        producer.try_wait().expect("try_wait").is_none(),
+        "the producer is still producing"
+    );
+    redis
+        .container
+        .stop_with_timeout(Some(0))
+        .await
+        .expect("redis killed");
+    redis.container.start().await.expect("redis starts again");
+    let status = wait_exit(&mut producer, Duration::from_secs(60)).await;
+    let said = stdout_of(&mut producer);
+    assert!(
+        status.success() && said.contains(&format!("produced {TOTAL} messages")),
+        "{status:?}: {said}"
+    );
+
+    let report = audit::run(&store, 10_000).await.expect("audit");
+    println!(
+        "everysec: a SIGKILL of Redis lost {} of {TOTAL} messages the producer had been told were written",
+        TOTAL.saturating_sub(report.produced)
+    );
+    assert_eq!(
+        report.produced, TOTAL,
+        "no loss and no duplicate after a process crash"
+    );
+    assert_eq!(report.counters.produced_by_producers, TOTAL);
+}
