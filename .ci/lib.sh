@@ -98,11 +98,3 @@ remove_leftover_containers() {
   docker rm -f $ids >/dev/null
 }
 
-# free_local_port prints a TCP port on 127.0.0.1 that nothing listens on.
-free_local_port() {
-  local port
-  while :; do
-    port=$((20000 + RANDOM % 20000))
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || { echo "$port"; return; }
-  done
-}

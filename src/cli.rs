@@ -80,6 +80,25 @@ pub enum Command {
     /// List the group's senders (pending messages, idle time, whether live); `prune`
     /// removes dead ones that hold nothing.
     Senders(SendersArgs),
+    /// Run a whole simulation in one process: producer, the scenario's senders and the
+    /// monitor, until done, then a final report. Without --redis-url (or REDIS_URL) it
+    /// starts a private redis-server for the run and removes it afterwards.
+    Demo(DemoArgs),
+}
+
+/// Options of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Scenario file (see config/scenarios/). [default: the built-in copy of
+    /// config/scenarios/default.toml]
+    #[arg(long, env = "SMS_SCENARIO", value_name = "FILE")]
+    pub scenario: Option<PathBuf>,
+    /// Time between two progress reports. [default: the scenario's, else 1s]
+    #[arg(long, env = "SMS_INTERVAL", value_parser = check::interval, allow_hyphen_values = true)]
+    pub interval: Option<Duration>,
+    /// Print progress as JSON lines instead of text.
+    #[arg(long, env = "SMS_JSON")]
+    pub json: bool,
 }
 
 /// Options of `audit`.
@@ -133,7 +152,7 @@ pub struct ProduceArgs {
 }
 
 /// Options of `send`.
-#[derive(Debug, Args)]
+#[derive(Debug, Default, Args)]
 pub struct SendArgs {
     /// This sender's name in the consumer group. A sender restarted under the same
     /// name resumes its pending messages; two live processes cannot share one.

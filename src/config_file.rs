@@ -100,15 +100,43 @@ impl ConfigFile {
 
     /// Parses the text of a config file; the error is one line: `line N: what`.
     pub fn parse(text: &str) -> Result<Self, String> {
-        toml::from_str(text).map_err(|err| {
-            let message = err.message().replace('\n', " ");
-            match err.span() {
-                Some(span) => {
-                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-                    format!("line {line}: {}", message.trim())
-                }
-                None => message.trim().to_owned(),
-            }
-        })
+        toml::from_str(text).map_err(|err| one_line(text, &err))
+    }
+}
+
+/// A demo scenario: what to produce, the senders to run, how to report.
+/// Every key is optional; each sender table takes the keys of `[send]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioFile {
+    /// One line saying what the scenario shows.
+    pub description: Option<String>,
+    /// `[produce]` table.
+    #[serde(default)]
+    pub produce: ProduceFile,
+    /// `[[senders]]` tables.
+    #[serde(default)]
+    pub senders: Vec<SendFile>,
+    /// `[monitor]` table (`until_done` is always on in a demo).
+    #[serde(default)]
+    pub monitor: MonitorFile,
+}
+
+impl ScenarioFile {
+    /// Parses the text of a scenario; the error is one line: `line N: what`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|err| one_line(text, &err))
+    }
+}
+
+/// A TOML error as one line naming the line it is on.
+fn one_line(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().replace('\n', " ");
+    match err.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {}", message.trim())
+        }
+        None => message.trim().to_owned(),
     }
 }

@@ -19,6 +19,8 @@
 //! - [`audit`]: an independent, memory-bounded reconciliation of the counters
 //!   against the stream, the pending list and the dead stream;
 //!   [`senders`]: listing the group's senders and pruning dead ones safely.
+//! - [`demo`]: a whole simulation in one process, on a private Redis from
+//!   [`embedded`] unless one is given.
 //! - [`exit`]: the process exit codes.
 //!
 //! Every long-running function takes its shutdown signal as a parameter
@@ -36,6 +38,8 @@
 pub mod audit;
 pub mod cli;
 pub mod config_file;
+pub mod demo;
+pub mod embedded;
 pub mod exit;
 pub mod generator;
 pub mod keys;

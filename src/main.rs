@@ -6,10 +6,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use sms_alerts::cli::{Cli, LogFormat};
+use sms_alerts::embedded::EmbeddedRedis;
 use sms_alerts::exit::ExitStatus;
 use sms_alerts::settings::{self, Settings, Task};
 use sms_alerts::store::{Store, StoreError};
-use sms_alerts::{audit, monitor, produce, send, senders};
+use sms_alerts::{audit, demo, monitor, produce, send, senders};
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::EnvFilter;
 
@@ -33,7 +34,13 @@ fn main() -> ExitCode {
             return ExitStatus::Usage.into();
         }
     };
-    init_tracing(settings.log_format);
+    // The demo's own report is the output; routine logs would drown it.
+    let default_level = if matches!(settings.task, Task::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_tracing(settings.log_format, default_level);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -62,7 +69,30 @@ async fn run(settings: Settings) -> ExitStatus {
     }
 }
 
-async fn execute(settings: Settings, shutdown: &CancellationToken) -> anyhow::Result<ExitStatus> {
+async fn execute(
+    mut settings: Settings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<ExitStatus> {
+    // A demo without a Redis of the user's runs on a private one, removed afterwards.
+    let embedded = match (&settings.task, settings.redis_url_given) {
+        (Task::Demo(_), false) => {
+            let server = EmbeddedRedis::start().await?;
+            settings.queue.redis_url = server.url().to_owned();
+            Some(server)
+        }
+        _ => None,
+    };
+    let status = execute_on(settings, shutdown).await;
+    if let Some(server) = embedded {
+        server.stop().await;
+    }
+    status
+}
+
+async fn execute_on(
+    settings: Settings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<ExitStatus> {
     let store = Store::connect(&settings.queue).await?;
     // Reachable a moment ago: from here on, Redis failures are waited out.
     let migrations = store
@@ -116,6 +146,14 @@ async fn execute(settings: Settings, shutdown: &CancellationToken) -> anyhow::Re
                 return Ok(ExitStatus::Failure);
             }
         }
+        Task::Demo(demo_settings) => {
+            let mut stdout = std::io::stdout();
+            let report = demo::run(&store, &demo_settings, &mut stdout, shutdown).await?;
+            print!("{}", report.to_text());
+            if !report.audit.is_consistent() {
+                return Ok(ExitStatus::Failure);
+            }
+        }
         Task::ListSenders { json } => {
             let rows = senders::list(&store).await?;
             if json {
@@ -163,8 +201,9 @@ fn watch_signals(shutdown: CancellationToken) {
     });
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn init_tracing(format: LogFormat, default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -14,7 +14,7 @@ use crate::cli::{
     Cli, Command, Distribution, GlobalArgs, LogFormat, MonitorArgs, ProduceArgs, SendArgs,
     SendersAction,
 };
-use crate::config_file::ConfigFile;
+use crate::config_file::{ConfigFile, SendFile};
 
 /// Default Redis URL.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -138,6 +138,25 @@ pub struct MonitorSettings {
     pub json: bool,
 }
 
+/// Settings of `demo`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DemoSettings {
+    /// What the scenario shows.
+    pub description: String,
+    /// What to produce.
+    pub produce: ProduceSettings,
+    /// The senders to run, each with its own name.
+    pub senders: Vec<SendSettings>,
+    /// How to report (always until done).
+    pub monitor: MonitorSettings,
+}
+
+/// The scenario `demo` runs when none is given.
+pub const DEFAULT_SCENARIO: &str = include_str!("../config/scenarios/default.toml");
+
+/// Default demo report interval.
+pub const DEFAULT_DEMO_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The subcommand to run, with its validated settings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Task {
@@ -161,6 +180,8 @@ pub enum Task {
         /// JSON instead of a table.
         json: bool,
     },
+    /// `demo`.
+    Demo(DemoSettings),
     /// `senders prune`.
     PruneSenders {
         /// JSON instead of text.
@@ -175,6 +196,9 @@ pub enum Task {
 pub struct Settings {
     /// Where the queue lives.
     pub queue: QueueSettings,
+    /// Whether the Redis URL was given (flag, environment or file) rather than
+    /// defaulted: `demo` starts a private Redis when it was not.
+    pub redis_url_given: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// What to run.
@@ -194,6 +218,8 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
         None => (ConfigFile::default(), None),
     };
     let from = FileOrigin(path);
+    let redis_url_given =
+        cli.global.redis_url.is_some() || redis_url_env.is_some() || file.redis_url.is_some();
     let queue = resolve_queue(&cli.global, redis_url_env, &file, &from)?;
     let log_format = cli
         .global
@@ -203,12 +229,19 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
     let task = match &cli.command {
         Command::Migrate => Task::Migrate,
         Command::Produce(args) => Task::Produce(resolve_produce(args, &file, &from)?),
-        Command::Send(args) => Task::Send(resolve_send(args, &file, &from)?),
+        Command::Send(args) => Task::Send(resolve_send(
+            args,
+            &file.send,
+            "send",
+            &from,
+            default_sender_name,
+        )?),
         Command::Monitor(args) => Task::Monitor(resolve_monitor(args, &file, &from)?),
         Command::Audit(args) => Task::Audit {
             json: args.json,
             page: args.page.unwrap_or(crate::audit::DEFAULT_PAGE),
         },
+        Command::Demo(args) => Task::Demo(resolve_demo(args)?),
         Command::Senders(args) => match args.action {
             None => Task::ListSenders { json: args.json },
             Some(SendersAction::Prune { idle }) => Task::PruneSenders {
@@ -219,6 +252,7 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
     };
     Ok(Settings {
         queue,
+        redis_url_given,
         log_format,
         task,
     })
@@ -301,22 +335,30 @@ fn resolve_produce(
     })
 }
 
+/// Resolves one sender from its flags (`args`) and a `[send]`-shaped table `f`,
+/// whose keys are named `<table>.<key>` in errors.
 fn resolve_send(
     args: &SendArgs,
-    file: &ConfigFile,
+    f: &SendFile,
+    table: &str,
     from: &FileOrigin,
+    default_name: impl FnOnce() -> String,
 ) -> Result<SendSettings, SettingsError> {
-    let f = &file.send;
+    let key = |name: &str| format!("{table}.{name}");
     let duration = |option: &str, flag: Option<Duration>, value: &Option<String>| {
-        Ok::<_, SettingsError>(flag.or(from.check(option, value.as_ref(), check::duration)?))
+        Ok::<_, SettingsError>(flag.or(from.check(
+            &key(option),
+            value.as_ref(),
+            check::duration,
+        )?))
     };
-    let mean = duration("send.mean", args.mean, &f.mean)?.unwrap_or(DEFAULT_MEAN);
-    let stddev = duration("send.stddev", args.stddev, &f.stddev)?.unwrap_or(mean / 4);
+    let mean = duration("mean", args.mean, &f.mean)?.unwrap_or(DEFAULT_MEAN);
+    let stddev = duration("stddev", args.stddev, &f.stddev)?.unwrap_or(mean / 4);
     let lease = args
         .lease
-        .or(from.check("send.lease", f.lease.as_ref(), check::lease)?)
+        .or(from.check(&key("lease"), f.lease.as_ref(), check::lease)?)
         .unwrap_or(DEFAULT_LEASE);
-    let retry_backoff = duration("send.retry_backoff", args.retry_backoff, &f.retry_backoff)?
+    let retry_backoff = duration("retry_backoff", args.retry_backoff, &f.retry_backoff)?
         .unwrap_or(DEFAULT_RETRY_BACKOFF);
     if retry_backoff > lease {
         return Err(SettingsError::Conflict(format!(
@@ -328,9 +370,9 @@ fn resolve_send(
     }
     let name = match args.name.clone() {
         Some(name) => name,
-        None => match from.check("send.name", f.name.as_ref(), check::key_part)? {
+        None => match from.check(&key("name"), f.name.as_ref(), check::key_part)? {
             Some(name) => name,
-            None => default_sender_name(),
+            None => default_name(),
         },
     };
     Ok(SendSettings {
@@ -345,25 +387,98 @@ fn resolve_send(
         },
         failure_rate: args
             .failure_rate
-            .or(from.check("send.failure_rate", f.failure_rate, check::failure_rate)?)
+            .or(from.check(&key("failure_rate"), f.failure_rate, check::failure_rate)?)
             .unwrap_or(0.0),
         concurrency: args
             .concurrency
-            .or(from.check("send.concurrency", f.concurrency, check::concurrency)?)
+            .or(from.check(&key("concurrency"), f.concurrency, check::concurrency)?)
             .unwrap_or(DEFAULT_CONCURRENCY),
         max_attempts: args
             .max_attempts
-            .or(from.check("send.max_attempts", f.max_attempts, check::max_attempts)?)
+            .or(from.check(&key("max_attempts"), f.max_attempts, check::max_attempts)?)
             .unwrap_or(DEFAULT_MAX_ATTEMPTS),
         lease,
         retry_backoff,
         shutdown_timeout: duration(
-            "send.shutdown_timeout",
+            "shutdown_timeout",
             args.shutdown_timeout,
             &f.shutdown_timeout,
         )?
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
         seed: args.seed.or(f.seed),
+    })
+}
+
+fn resolve_demo(args: &crate::cli::DemoArgs) -> Result<DemoSettings, SettingsError> {
+    let (text, from) = match &args.scenario {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|err| SettingsError::ConfigUnreadable {
+                path: path.display().to_string(),
+                reason: err.to_string(),
+            })?,
+            FileOrigin(Some(path.clone())),
+        ),
+        None => (DEFAULT_SCENARIO.to_owned(), FileOrigin(None)),
+    };
+    let scenario = crate::config_file::ScenarioFile::parse(&text).map_err(|reason| {
+        SettingsError::ConfigUnreadable {
+            path: from.0.as_ref().map_or_else(
+                || "built-in default scenario".to_owned(),
+                |p| p.display().to_string(),
+            ),
+            reason,
+        }
+    })?;
+    let produce = ProduceSettings {
+        count: from
+            .check("produce.count", scenario.produce.count, check::count)?
+            .unwrap_or(DEFAULT_COUNT),
+        seed: scenario.produce.seed,
+        batch: from
+            .check("produce.batch", scenario.produce.batch, check::batch)?
+            .unwrap_or(DEFAULT_BATCH),
+    };
+    if scenario.senders.is_empty() {
+        return Err(SettingsError::Conflict(
+            "the scenario has no [[senders]]: nothing would send its messages".to_owned(),
+        ));
+    }
+    let mut senders = Vec::with_capacity(scenario.senders.len());
+    for (i, table) in scenario.senders.iter().enumerate() {
+        let sender = resolve_send(
+            &SendArgs::default(),
+            table,
+            &format!("senders[{}]", i + 1),
+            &from,
+            || format!("sender-{}", i + 1),
+        )?;
+        if senders.iter().any(|s: &SendSettings| s.name == sender.name) {
+            return Err(SettingsError::Conflict(format!(
+                "two senders in the scenario are named '{}': each needs its own name",
+                sender.name
+            )));
+        }
+        senders.push(sender);
+    }
+    let interval = match args.interval {
+        Some(interval) => interval,
+        None => from
+            .check(
+                "monitor.interval",
+                scenario.monitor.interval.as_ref(),
+                check::interval,
+            )?
+            .unwrap_or(DEFAULT_DEMO_INTERVAL),
+    };
+    Ok(DemoSettings {
+        description: scenario.description.unwrap_or_default(),
+        produce,
+        senders,
+        monitor: MonitorSettings {
+            interval,
+            until_done: true,
+            json: args.json || scenario.monitor.json.unwrap_or(false),
+        },
     })
 }
 
