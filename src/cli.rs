@@ -58,9 +58,35 @@ pub struct GlobalArgs {
     #[arg(long, global = true, env = "SMS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
-    /// Log line format on stderr; the level comes from RUST_LOG. [default: text]
+    /// Log line format; the level comes from RUST_LOG. [default: text]
     #[arg(long, global = true, env = "SMS_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
+
+    /// Write logs to this file (rotated, see --log-rotation) instead of stderr.
+    #[arg(long, global = true, env = "SMS_LOG_FILE", value_name = "PATH")]
+    pub log_file: Option<PathBuf>,
+
+    /// When --log-file starts a new file. [default: daily]
+    #[arg(long, global = true, env = "SMS_LOG_ROTATION", value_enum)]
+    pub log_rotation: Option<LogRotation>,
+
+    /// How many rotated log files to keep; older ones are deleted. [default: 7]
+    #[arg(long, global = true, env = "SMS_LOG_KEEP", value_parser = check::concurrency, allow_hyphen_values = true)]
+    pub log_keep: Option<usize>,
+}
+
+/// When a log file is rotated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogRotation {
+    /// A new file every minute (for testing rotation).
+    Minutely,
+    /// A new file every hour.
+    Hourly,
+    /// A new file every day.
+    Daily,
+    /// One file, never rotated.
+    Never,
 }
 
 /// The subcommands.
@@ -80,6 +106,13 @@ pub enum Command {
     /// List the group's senders (pending messages, idle time, whether live); `prune`
     /// removes dead ones that hold nothing.
     Senders(SendersArgs),
+    /// Print a shell completion script, e.g. `sms-alerts completions bash >
+    /// /etc/bash_completion.d/sms-alerts`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Run a whole simulation in one process: producer, the scenario's senders and the
     /// monitor, until done, then a final report. Without --redis-url (or REDIS_URL) it
     /// starts a private redis-server for the run and removes it afterwards.

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::cli::{Distribution, LogFormat};
+use crate::cli::{Distribution, LogFormat, LogRotation};
 use crate::settings::SettingsError;
 
 /// The whole file. Every key is optional.
@@ -21,6 +21,12 @@ pub struct ConfigFile {
     pub group: Option<String>,
     /// Log format.
     pub log_format: Option<LogFormat>,
+    /// Log file.
+    pub log_file: Option<std::path::PathBuf>,
+    /// Log rotation.
+    pub log_rotation: Option<LogRotation>,
+    /// Rotated log files to keep.
+    pub log_keep: Option<i64>,
     /// `[produce]` table.
     #[serde(default)]
     pub produce: ProduceFile,

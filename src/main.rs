@@ -4,14 +4,17 @@
 use std::io::Write;
 use std::process::ExitCode;
 
+use clap::CommandFactory;
 use clap::Parser;
-use sms_alerts::cli::{Cli, LogFormat};
+use sms_alerts::cli::{Cli, LogFormat, LogRotation};
 use sms_alerts::embedded::EmbeddedRedis;
 use sms_alerts::exit::ExitStatus;
+use sms_alerts::settings::LogSettings;
 use sms_alerts::settings::{self, Settings, Task};
 use sms_alerts::store::{Store, StoreError};
 use sms_alerts::{audit, demo, monitor, produce, send, senders};
 use tokio_util::sync::CancellationToken;
+use tracing_appender::rolling::Rotation;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -34,13 +37,29 @@ fn main() -> ExitCode {
             return ExitStatus::Usage.into();
         }
     };
+    if let Task::Completions(shell) = settings.task {
+        clap_complete::generate(
+            shell,
+            &mut Cli::command(),
+            "sms-alerts",
+            &mut std::io::stdout(),
+        );
+        return ExitStatus::Success.into();
+    }
     // The demo's own report is the output; routine logs would drown it.
     let default_level = if matches!(settings.task, Task::Demo(_)) {
         "warn"
     } else {
         "info"
     };
-    init_tracing(settings.log_format, default_level);
+    // Held until exit: dropping it flushes buffered log lines to the file.
+    let _log_guard = match init_tracing(&settings.log, default_level) {
+        Ok(guard) => guard,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitStatus::Usage.into();
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -154,6 +173,7 @@ async fn execute_on(
                 return Ok(ExitStatus::Failure);
             }
         }
+        Task::Completions(_) => {}
         Task::ListSenders { json } => {
             let rows = senders::list(&store).await?;
             if json {
@@ -201,14 +221,51 @@ fn watch_signals(shutdown: CancellationToken) {
     });
 }
 
-fn init_tracing(format: LogFormat, default_level: &str) {
+/// Sets up logging to stderr, or to a rotated file. Returns the guard that
+/// flushes the file writer when dropped.
+fn init_tracing(
+    log: &LogSettings,
+    default_level: &str,
+) -> Result<Option<tracing_appender::non_blocking::WorkerGuard>, String> {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let Some(path) = &log.file else {
+        let builder = builder.with_writer(std::io::stderr);
+        match log.format {
+            LogFormat::Text => builder.init(),
+            LogFormat::Json => builder.json().init(),
+        }
+        return Ok(None);
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)
+        .map_err(|err| format!("invalid value '{}' for '--log-file': {err}", path.display()))?;
+    let name = path.file_name().ok_or_else(|| {
+        format!(
+            "invalid value '{}' for '--log-file': not a file name",
+            path.display()
+        )
+    })?;
+    let appender = tracing_appender::rolling::RollingFileAppender::builder()
+        .rotation(match log.rotation {
+            LogRotation::Minutely => Rotation::MINUTELY,
+            LogRotation::Hourly => Rotation::HOURLY,
+            LogRotation::Daily => Rotation::DAILY,
+            LogRotation::Never => Rotation::NEVER,
+        })
+        .filename_prefix(name.to_string_lossy())
+        .max_log_files(log.keep)
+        .build(dir)
+        .map_err(|err| format!("invalid value '{}' for '--log-file': {err}", path.display()))?;
+    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let builder = builder.with_writer(writer).with_ansi(false);
+    match log.format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(Some(guard))
 }

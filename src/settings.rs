@@ -11,8 +11,8 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::cli::{
-    Cli, Command, Distribution, GlobalArgs, LogFormat, MonitorArgs, ProduceArgs, SendArgs,
-    SendersAction,
+    Cli, Command, Distribution, GlobalArgs, LogFormat, LogRotation, MonitorArgs, ProduceArgs,
+    SendArgs, SendersAction,
 };
 use crate::config_file::{ConfigFile, SendFile};
 
@@ -138,6 +138,22 @@ pub struct MonitorSettings {
     pub json: bool,
 }
 
+/// Where and how logs are written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogSettings {
+    /// Line format.
+    pub format: LogFormat,
+    /// A file instead of stderr.
+    pub file: Option<PathBuf>,
+    /// When the file is rotated.
+    pub rotation: LogRotation,
+    /// Rotated files kept.
+    pub keep: usize,
+}
+
+/// Default number of rotated log files kept.
+pub const DEFAULT_LOG_KEEP: usize = 7;
+
 /// Settings of `demo`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DemoSettings {
@@ -182,6 +198,8 @@ pub enum Task {
     },
     /// `demo`.
     Demo(DemoSettings),
+    /// `completions`: print a completion script; needs no Redis.
+    Completions(clap_complete::Shell),
     /// `senders prune`.
     PruneSenders {
         /// JSON instead of text.
@@ -199,8 +217,8 @@ pub struct Settings {
     /// Whether the Redis URL was given (flag, environment or file) rather than
     /// defaulted: `demo` starts a private Redis when it was not.
     pub redis_url_given: bool,
-    /// Log format.
-    pub log_format: LogFormat,
+    /// Where and how logs are written.
+    pub log: LogSettings,
     /// What to run.
     pub task: Task,
 }
@@ -221,11 +239,21 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
     let redis_url_given =
         cli.global.redis_url.is_some() || redis_url_env.is_some() || file.redis_url.is_some();
     let queue = resolve_queue(&cli.global, redis_url_env, &file, &from)?;
-    let log_format = cli
-        .global
-        .log_format
-        .or(file.log_format)
-        .unwrap_or(LogFormat::Text);
+    let g = &cli.global;
+    let log = LogSettings {
+        format: g.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+        file: g.log_file.clone().or_else(|| file.log_file.clone()),
+        rotation: g
+            .log_rotation
+            .or(file.log_rotation)
+            .unwrap_or(LogRotation::Daily),
+        keep: match g.log_keep {
+            Some(keep) => keep,
+            None => from
+                .check("log_keep", file.log_keep, check::concurrency)?
+                .unwrap_or(DEFAULT_LOG_KEEP),
+        },
+    };
     let task = match &cli.command {
         Command::Migrate => Task::Migrate,
         Command::Produce(args) => Task::Produce(resolve_produce(args, &file, &from)?),
@@ -242,6 +270,7 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
             page: args.page.unwrap_or(crate::audit::DEFAULT_PAGE),
         },
         Command::Demo(args) => Task::Demo(resolve_demo(args)?),
+        Command::Completions { shell } => Task::Completions(*shell),
         Command::Senders(args) => match args.action {
             None => Task::ListSenders { json: args.json },
             Some(SendersAction::Prune { idle }) => Task::PruneSenders {
@@ -253,7 +282,7 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
     Ok(Settings {
         queue,
         redis_url_given,
-        log_format,
+        log,
         task,
     })
 }

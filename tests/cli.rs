@@ -144,3 +144,65 @@ fn every_option_is_explained_in_help() {
         assert!(help.contains(option), "send --help lacks {option}:\n{help}");
     }
 }
+
+#[test]
+fn shell_completions_are_generated() {
+    for shell in ["bash", "zsh", "fish"] {
+        let output = bin().args(["completions", shell]).output().expect("runs");
+        let script = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "{shell}: {:?}", output.status);
+        assert!(
+            script.contains("sms-alerts") && script.contains("failure-rate"),
+            "{shell}: {script}"
+        );
+    }
+    assert_usage_error(&["completions", "powershell7"], &["powershell7"]);
+}
+
+#[test]
+fn logs_go_to_a_rotated_file_when_asked() {
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("logs-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let log = dir.join("sms.log");
+    let output = bin()
+        .args([
+            "--log-file",
+            log.to_str().expect("utf-8"),
+            "--log-format",
+            "json",
+            "demo",
+        ])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stderr.is_empty(),
+        "logs went to the file, not stderr: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let name = files[0]
+        .file_name()
+        .expect("name")
+        .to_string_lossy()
+        .into_owned();
+    assert!(
+        name.starts_with("sms.log."),
+        "rotated files carry the date: {name}"
+    );
+    let text = std::fs::read_to_string(&files[0]).expect("log text");
+    let first: serde_json::Value =
+        serde_json::from_str(text.lines().next().expect("a line")).expect("json lines");
+    assert!(first.get("level").is_some(), "{first}");
+    assert!(text.contains("sender started"), "{text}");
+}
