@@ -1,8 +1,12 @@
 # Shared helpers for the .ci scripts: idempotent installs, a running Docker
 # engine and a Redis 7 image for testcontainers. Sourced, never run.
 
-# The label every test container carries, so leftovers of a killed run can be removed.
+# Every test container carries the label sms-alerts-test=1 and the id of the run
+# that started it (sms-alerts-test.run, the PID of that .ci/test), so leftovers of a
+# killed run can be removed without touching a run still going on beside it.
 SMS_TEST_LABEL="sms-alerts-test=1"
+SMS_TEST_RUN_LABEL="sms-alerts-test.run"
+export SMS_TEST_RUN_ID="${SMS_TEST_RUN_ID:-$$}"
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -88,13 +92,17 @@ ensure_redis_image() {
   log "tests run on the Redis image $SMS_TEST_REDIS_IMAGE"
 }
 
-# remove_leftover_containers removes test containers a killed run left behind.
+# remove_leftover_containers removes test containers whose run is over: this
+# run's own (on exit), and those of runs whose process is gone (killed runs).
 remove_leftover_containers() {
-  local ids
-  ids=$(docker ps -aq --filter "label=$SMS_TEST_LABEL")
-  [ -z "$ids" ] && return 0
-  log "removing $(echo "$ids" | wc -l) leftover test container(s)"
-  # shellcheck disable=SC2086
-  docker rm -f $ids >/dev/null
+  local id run stale=()
+  while read -r id run; do
+    [ -n "$id" ] || continue
+    if [ "$run" = "$SMS_TEST_RUN_ID" ] || ! [[ "$run" =~ ^[0-9]+$ ]] || ! kill -0 "$run" 2>/dev/null; then
+      stale+=("$id")
+    fi
+  done < <(docker ps -a --filter "label=$SMS_TEST_LABEL" --format "{{.ID}} {{.Label \"$SMS_TEST_RUN_LABEL\"}}")
+  [ ${#stale[@]} -eq 0 ] && return 0
+  log "removing ${#stale[@]} test container(s) of finished or killed runs"
+  docker rm -f "${stale[@]}" >/dev/null
 }
-

@@ -72,6 +72,11 @@ pub async fn start_redis_with(options: RedisOptions) -> TestRedis {
         .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
         .with_cmd(args)
         .with_label("sms-alerts-test", "1")
+        // .ci/test removes a run's containers when that run is over.
+        .with_label(
+            "sms-alerts-test.run",
+            std::env::var("SMS_TEST_RUN_ID").unwrap_or_else(|_| "manual".to_owned()),
+        )
         .with_startup_timeout(Duration::from_secs(60));
     if let Some(port) = options.host_port {
         request = request.with_mapped_port(port, 6379.tcp());
