@@ -8,6 +8,9 @@
     1  0001_functions     sms_report, sms_claim, sms_renew, sms_hold_name,
                           sms_release_name, sms_snapshot, sms_version
     2  0002_sender_prune  sms_prune
+    3  0003_latency_histogram
+                          sms_report also counts send times into histogram
+                          buckets (KEYS[5]); sms_snapshot returns them
 
   Every multi-step update that must be atomic runs here, server-side:
   acknowledging and counting a batch of send results, claiming stale work or
@@ -27,7 +30,19 @@
     dead_<reason> the same, by reason (max_attempts, malformed, deleted)
 ]]
 
-local LIBRARY_VERSION = 2
+local LIBRARY_VERSION = 3
+
+-- Upper bounds (microseconds) of the send-time histogram buckets; the last
+-- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
+local LATENCY_BOUNDS = { 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000,
+                         500000, 1000000, 2000000, 5000000, 10000000 }
+
+local function latency_bucket(us)
+  for _, bound in ipairs(LATENCY_BOUNDS) do
+    if us <= bound then return 'le_' .. bound end
+  end
+  return 'le_inf'
+end
 
 -- A dead-letter entry keeps at most this many original field/value pairs, so
 -- that a poison entry with thousands of fields cannot overflow Lua's stack.
@@ -88,7 +103,7 @@ end
 
 --[[
   sms_report: acknowledge and count a batch of send results, atomically.
-  KEYS: 1 stream, 2 dead stream, 3 stats, 4 stats:<consumer>
+  KEYS: 1 stream, 2 dead stream, 3 stats, 4 stats:<consumer>, 5 latency histogram
   ARGV: 1 group, 2 consumer, 3 max_attempts, 4 retry_idle_ms,
         5 batch_token, 6 batch_seq,
         then one triple per result: outcome ('ok' | 'fail' | 'malformed'), id,
@@ -115,6 +130,7 @@ local function sms_report(keys, args)
   local d = { sent = 0, duplicates = 0, failed = 0, attempts = 0,
               send_time_us = 0, dead = 0, dead_max_attempts = 0, dead_deleted = 0,
               dead_malformed = 0 }
+  local buckets = {}
   for i = 7, #args, 3 do
     local outcome, id, us = args[i], args[i + 1], tonumber(args[i + 2])
     if outcome == 'malformed' then
@@ -126,6 +142,8 @@ local function sms_report(keys, args)
     elseif outcome == 'ok' then
       d.attempts = d.attempts + 1
       d.send_time_us = d.send_time_us + us
+      local b = latency_bucket(us)
+      buckets[b] = (buckets[b] or 0) + 1
       if redis.call('XACK', stream, group, id) == 1 then
         d.sent = d.sent + 1
       else
@@ -134,6 +152,8 @@ local function sms_report(keys, args)
     else
       d.attempts = d.attempts + 1
       d.send_time_us = d.send_time_us + us
+      local b = latency_bucket(us)
+      buckets[b] = (buckets[b] or 0) + 1
       d.failed = d.failed + 1
       local row = pending_row(stream, group, id)
       -- Not pending any more, or reclaimed by another sender: its fate is
@@ -152,6 +172,9 @@ local function sms_report(keys, args)
     end
   end
   count(stats, cstats, d)
+  if keys[5] then
+    for field, n in pairs(buckets) do redis.call('HINCRBY', keys[5], field, n) end
+  end
   redis.call('HSET', cstats, 'batch_token', token, 'batch_seq', seq)
   return { d.sent, d.duplicates, d.failed, d.dead, 0 }
 end
@@ -261,11 +284,11 @@ end
 
 --[[
   sms_snapshot: everything the monitor shows, read in one consistent call.
-  KEYS: 1 stream, 2 dead stream, 3 stats
+  KEYS: 1 stream, 2 dead stream, 3 stats, 4 latency histogram (optional)
   ARGV: 1 group
   Returns: a flat list of name, integer pairs: the stats hash's fields, plus
   entries_added, length, group_exists, pending, lag (-1 when Redis does not
-  know it), dead_length.
+  know it), dead_length, and latency_le_<bound> per histogram bucket.
 ]]
 local function sms_snapshot(keys, args)
   local stream, dead, stats, group = keys[1], keys[2], keys[3], args[1]
@@ -302,6 +325,10 @@ local function sms_snapshot(keys, args)
   put('pending', pending)
   put('lag', lag)
   put('dead_length', redis.call('XLEN', dead))
+  if keys[4] then
+    local hist = redis.call('HGETALL', keys[4])
+    for i = 1, #hist, 2 do put('latency_' .. hist[i], tonumber(hist[i + 1])) end
+  end
   return out
 end
 

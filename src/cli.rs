@@ -239,6 +239,14 @@ pub struct MonitorArgs {
     /// Print one JSON object per line instead of text.
     #[arg(long, env = "SMS_JSON")]
     pub json: bool,
+    /// Print an alert when the failure rate over the last interval exceeds this
+    /// fraction, e.g. 0.2. [default: off]
+    #[arg(long, env = "SMS_ALERT_FAILURE_RATE", value_parser = check::failure_rate, allow_hyphen_values = true)]
+    pub alert_failure_rate: Option<f64>,
+    /// Print an alert when no message was settled for this long while messages
+    /// wait, e.g. 30s. [default: off]
+    #[arg(long, env = "SMS_ALERT_STALLED", value_parser = check::duration, allow_hyphen_values = true)]
+    pub alert_stalled: Option<Duration>,
 }
 
 /// Folds clap's multi-line usage error into the one line operators and scripts

@@ -88,6 +88,10 @@ pub struct MonitorFile {
     pub until_done: Option<bool>,
     /// JSON lines.
     pub json: Option<bool>,
+    /// Failure-rate alert threshold.
+    pub alert_failure_rate: Option<f64>,
+    /// Stalled-progress alert delay.
+    pub alert_stalled: Option<String>,
 }
 
 impl ConfigFile {

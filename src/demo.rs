@@ -3,14 +3,13 @@
 //! report checked by the audit.
 
 use std::fmt::Write as _;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::audit::{self, AuditReport};
-use crate::monitor::{self, MonitorError, MonitorOutcome};
+use crate::monitor::{self, MonitorError, MonitorOutcome, Sink};
 use crate::produce;
 use crate::send::{self, SendError, SendSummary};
 use crate::settings::DemoSettings;
@@ -94,16 +93,16 @@ impl DemoReport {
     }
 }
 
-/// Runs `settings` against `store` (prepared), reporting progress to `out`.
+/// Runs `settings` against `store` (prepared), reporting progress to `sink`.
 pub async fn run(
     store: &Store,
     settings: &DemoSettings,
-    out: &mut (dyn Write + Send),
+    mut sink: Sink<'_>,
     shutdown: &CancellationToken,
 ) -> Result<DemoReport, DemoError> {
     let started = Instant::now();
     if !settings.description.is_empty() {
-        let _ = writeln!(out, "scenario: {}", settings.description);
+        let _ = sink.line(&format!("scenario: {}", settings.description));
     }
     let senders_stop = shutdown.child_token();
     let senders: Vec<_> = settings
@@ -121,14 +120,13 @@ pub async fn run(
         })
         .collect();
     let produced = produce::run(store, &settings.produce, shutdown).await?;
-    let _ = writeln!(
-        out,
+    let _ = sink.line(&format!(
         "produced {} messages in {:.2}s ({:.0} msg/s)",
         produced.count,
         produced.elapsed.as_secs_f64(),
         produced.rate_per_s()
-    );
-    let outcome = monitor::run(store, &settings.monitor, out, shutdown).await;
+    ));
+    let outcome = monitor::run(store, &settings.monitor, sink, shutdown).await;
     senders_stop.cancel();
     let mut summaries = Vec::with_capacity(senders.len());
     for (name, handle) in senders {

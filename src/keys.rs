@@ -43,6 +43,11 @@ impl Keys {
         format!("{}:stats:{consumer}", self.tag)
     }
 
+    /// The hash of send-time histogram buckets (`le_<µs>` fields), for percentiles.
+    pub fn latency(&self) -> String {
+        format!("{}:latency", self.tag)
+    }
+
     /// The liveness lease that keeps two live processes from sharing a sender name.
     pub fn sender_lease(&self, consumer: &str) -> String {
         format!("{}:lease:{consumer}", self.tag)
@@ -71,6 +76,7 @@ mod tests {
             keys.messages(),
             keys.dead(),
             keys.stats(),
+            keys.latency(),
             keys.sender_stats("a"),
             keys.sender_lease("a"),
             keys.producer_run("r"),

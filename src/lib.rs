@@ -15,7 +15,8 @@
 //!   migrations, and the one retry loop for transient failures.
 //! - [`produce`]: the producer; [`send`]: one sender (dispatch, simulate,
 //!   batched results, reclaim, name lease); [`stats`]: snapshots of the
-//!   counters; [`monitor`]: reports rendered to a writer.
+//!   counters, [`latency`] the send-time histogram; [`monitor`]: reports rendered
+//!   as lines, JSON or a live terminal display, with alerts.
 //! - [`audit`]: an independent, memory-bounded reconciliation of the counters
 //!   against the stream, the pending list and the dead stream;
 //!   [`senders`]: listing the group's senders and pruning dead ones safely.
@@ -43,6 +44,7 @@ pub mod embedded;
 pub mod exit;
 pub mod generator;
 pub mod keys;
+pub mod latency;
 pub mod message;
 pub mod monitor;
 pub mod produce;

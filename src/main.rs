@@ -1,7 +1,7 @@
 //! The `sms-alerts` binary: parses, sets up logging and signals, runs one
 //! subcommand from the library and maps the result to an exit code.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::CommandFactory;
@@ -9,6 +9,7 @@ use clap::Parser;
 use sms_alerts::cli::{Cli, LogFormat, LogRotation};
 use sms_alerts::embedded::EmbeddedRedis;
 use sms_alerts::exit::ExitStatus;
+use sms_alerts::monitor::Sink;
 use sms_alerts::settings::LogSettings;
 use sms_alerts::settings::{self, Settings, Task};
 use sms_alerts::store::{Store, StoreError};
@@ -38,12 +39,10 @@ fn main() -> ExitCode {
         }
     };
     if let Task::Completions(shell) = settings.task {
-        clap_complete::generate(
-            shell,
-            &mut Cli::command(),
-            "sms-alerts",
-            &mut std::io::stdout(),
-        );
+        let mut script = Vec::new();
+        clap_complete::generate(shell, &mut Cli::command(), "sms-alerts", &mut script);
+        // A closed pipe (`| head`) is not an error worth a message.
+        let _ = std::io::stdout().write_all(&script);
         return ExitStatus::Success.into();
     }
     // The demo's own report is the output; routine logs would drown it.
@@ -151,8 +150,8 @@ async fn execute_on(
         }
         Task::Monitor(monitor_settings) => {
             let mut stdout = std::io::stdout();
-            monitor::run(&store, &monitor_settings, &mut stdout, shutdown).await?;
-            stdout.flush()?;
+            let sink = sink_for(&mut stdout, monitor_settings.json);
+            monitor::run(&store, &monitor_settings, sink, shutdown).await?;
         }
         Task::Audit { json, page } => {
             let report = audit::run(&store, page).await?;
@@ -167,7 +166,8 @@ async fn execute_on(
         }
         Task::Demo(demo_settings) => {
             let mut stdout = std::io::stdout();
-            let report = demo::run(&store, &demo_settings, &mut stdout, shutdown).await?;
+            let sink = sink_for(&mut stdout, demo_settings.monitor.json);
+            let report = demo::run(&store, &demo_settings, sink, shutdown).await?;
             print!("{}", report.to_text());
             if !report.audit.is_consistent() {
                 return Ok(ExitStatus::Failure);
@@ -192,6 +192,15 @@ async fn execute_on(
         }
     }
     Ok(ExitStatus::Success)
+}
+
+/// The live display on a terminal; plain or JSON lines otherwise.
+fn sink_for(stdout: &mut std::io::Stdout, json: bool) -> Sink<'_> {
+    if !json && stdout.is_terminal() {
+        Sink::Terminal
+    } else {
+        Sink::Writer(stdout)
+    }
 }
 
 /// First Ctrl-C or SIGTERM: cancel `shutdown` (drain and exit 0). Second: exit

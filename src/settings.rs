@@ -136,6 +136,8 @@ pub struct MonitorSettings {
     pub until_done: bool,
     /// JSON lines instead of text.
     pub json: bool,
+    /// Alerts to raise.
+    pub alerts: crate::monitor::alerts::AlertRules,
 }
 
 /// Where and how logs are written.
@@ -507,6 +509,18 @@ fn resolve_demo(args: &crate::cli::DemoArgs) -> Result<DemoSettings, SettingsErr
             interval,
             until_done: true,
             json: args.json || scenario.monitor.json.unwrap_or(false),
+            alerts: crate::monitor::alerts::AlertRules {
+                failure_rate: from.check(
+                    "monitor.alert_failure_rate",
+                    scenario.monitor.alert_failure_rate,
+                    check::failure_rate,
+                )?,
+                stalled_after: from.check(
+                    "monitor.alert_stalled",
+                    scenario.monitor.alert_stalled.as_ref(),
+                    check::duration,
+                )?,
+            },
         },
     })
 }
@@ -524,6 +538,18 @@ fn resolve_monitor(
             .unwrap_or(DEFAULT_INTERVAL),
         until_done: args.until_done || f.until_done.unwrap_or(false),
         json: args.json || f.json.unwrap_or(false),
+        alerts: crate::monitor::alerts::AlertRules {
+            failure_rate: args.alert_failure_rate.or(from.check(
+                "monitor.alert_failure_rate",
+                f.alert_failure_rate,
+                check::failure_rate,
+            )?),
+            stalled_after: args.alert_stalled.or(from.check(
+                "monitor.alert_stalled",
+                f.alert_stalled.as_ref(),
+                check::duration,
+            )?),
+        },
     })
 }
 

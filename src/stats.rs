@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::latency::Histogram;
 use crate::store::{Store, StoreError};
 
 /// Counters and queue figures at one moment.
@@ -46,6 +47,8 @@ pub struct Snapshot {
     pub producer_runs_started: u64,
     /// Producer runs finished.
     pub producer_runs_finished: u64,
+    /// Send times of all attempts, by bucket.
+    pub latency: Histogram,
 }
 
 impl Snapshot {
@@ -76,6 +79,7 @@ impl Snapshot {
             dead_length: get("dead_length"),
             producer_runs_started: get("producer_runs_started"),
             producer_runs_finished: get("producer_runs_finished"),
+            latency: Histogram::from_fields(fields),
         }
     }
 
@@ -103,6 +107,61 @@ impl Snapshot {
             && self.pending == 0
             && self.lag.is_none_or(|lag| lag == 0)
             && self.settled() >= self.produced
+    }
+}
+
+/// One sender's figures: its counters and what it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SenderSnapshot {
+    /// The sender name.
+    pub name: String,
+    /// Messages it sent (first acknowledgements).
+    pub sent: u64,
+    /// Its failed attempts.
+    pub failed: u64,
+    /// Messages it dead-lettered.
+    pub dead: u64,
+    /// Its attempts of any outcome.
+    pub attempts: u64,
+    /// Sum of its send times, in microseconds.
+    pub send_time_us: u64,
+    /// Messages it holds now.
+    pub pending: u64,
+    /// Milliseconds since it last read or claimed.
+    pub idle_ms: u64,
+}
+
+impl SenderSnapshot {
+    /// Its mean send time per attempt, in milliseconds.
+    pub fn avg_send_ms(&self) -> Option<f64> {
+        (self.attempts > 0).then(|| self.send_time_us as f64 / self.attempts as f64 / 1000.0)
+    }
+
+    /// Every sender of the group with its counters: two round trips whatever
+    /// the number of messages.
+    pub async fn read_all(store: &Store) -> Result<Vec<Self>, StoreError> {
+        let consumers = store.consumers().await?;
+        let names: Vec<String> = consumers.iter().map(|c| c.name.clone()).collect();
+        let stats = store.sender_stats(&names).await?;
+        let mut senders: Vec<Self> = consumers
+            .into_iter()
+            .zip(stats)
+            .map(|(consumer, fields)| {
+                let get = |name: &str| fields.get(name).copied().unwrap_or(0).max(0) as u64;
+                Self {
+                    sent: get("sent"),
+                    failed: get("failed"),
+                    dead: get("dead"),
+                    attempts: get("attempts"),
+                    send_time_us: get("send_time_us"),
+                    pending: consumer.pending,
+                    idle_ms: consumer.idle_ms,
+                    name: consumer.name,
+                }
+            })
+            .collect();
+        senders.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(senders)
     }
 }
 

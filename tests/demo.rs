@@ -61,7 +61,12 @@ async fn a_scenario_runs_to_the_end_and_the_audit_agrees() {
     let mut output = Vec::new();
     let report = tokio::time::timeout(
         Duration::from_secs(60),
-        demo::run(&store, &settings, &mut output, &CancellationToken::new()),
+        demo::run(
+            &store,
+            &settings,
+            sms_alerts::monitor::Sink::Writer(&mut output),
+            &CancellationToken::new(),
+        ),
     )
     .await
     .expect("the demo finishes within 60s")

@@ -48,10 +48,16 @@ async fn three_senders_until_done_match_an_independent_scan() {
         interval: Duration::from_millis(100),
         until_done: true,
         json: true,
+        alerts: Default::default(),
     };
     let outcome = tokio::time::timeout(
         Duration::from_secs(90),
-        monitor::run(&store, &settings, &mut output, &never),
+        monitor::run(
+            &store,
+            &settings,
+            monitor::Sink::Writer(&mut output),
+            &never,
+        ),
     )
     .await
     .expect("the run finishes within 90s")

@@ -138,6 +138,7 @@ impl Store {
             self.keys.dead(),
             self.keys.stats(),
             self.keys.sender_stats(consumer),
+            self.keys.latency(),
         ];
         let mut args = Vec::with_capacity(6 + items.len() * 3);
         args.push(self.group.as_bytes().to_vec());
@@ -305,7 +306,12 @@ impl Store {
     /// totals hash plus stream and group figures, by name.
     pub async fn snapshot_fields(&self) -> Result<HashMap<String, i64>, StoreError> {
         const NAME: &str = "sms_snapshot";
-        let keys = [self.keys.messages(), self.keys.dead(), self.keys.stats()];
+        let keys = [
+            self.keys.messages(),
+            self.keys.dead(),
+            self.keys.stats(),
+            self.keys.latency(),
+        ];
         let mut cmd = redis::cmd("FCALL_RO");
         cmd.arg(NAME).arg(keys.len()).arg(&keys).arg(&self.group);
         let mut conn = self.conn().await?;

@@ -211,6 +211,34 @@ impl Store {
             .collect()
     }
 
+    /// Each sender's counters hash (integer fields only), in the order of `names`.
+    pub async fn sender_stats(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in names {
+            pipe.hgetall(self.keys.sender_stats(name));
+        }
+        let mut conn = self.conn().await?;
+        let replies: Vec<HashMap<String, String>> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("HGETALL"))?;
+        Ok(replies
+            .into_iter()
+            .map(|fields| {
+                fields
+                    .into_iter()
+                    .filter_map(|(k, v)| v.parse().ok().map(|n| (k, n)))
+                    .collect()
+            })
+            .collect())
+    }
+
     /// For each name, whether a live process holds it (its liveness lease exists).
     pub async fn live_names(&self, names: &[String]) -> Result<Vec<bool>, StoreError> {
         if names.is_empty() {

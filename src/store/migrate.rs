@@ -42,6 +42,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0002_sender_prune",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    Migration {
+        version: 3,
+        name: "0003_latency_histogram",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
 ];
 
 /// What [`Store::migrate`] did.

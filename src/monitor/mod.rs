@@ -1,0 +1,143 @@
+//! The monitor: every interval, a snapshot of the queue rendered as a text line
+//! or a JSON line to the writer it is given (stdout in the binary, a buffer in
+//! tests), or as a live display on a terminal.
+//!
+//! - `report`: one report's figures, text and JSON;
+//! - `alerts`: failure-rate and stalled-progress alerts;
+//! - `live`: the terminal display (progress bar, ETA, per-sender table).
+//!
+//! A refresh is one Function call (plus two for the per-sender rows): it never
+//! scans the stream, so its cost does not grow with the number of messages.
+
+pub mod alerts;
+mod live;
+pub mod report;
+
+use std::collections::HashMap;
+
+use std::io::Write;
+use std::time::Instant;
+
+use thiserror::Error;
+use tokio_util::sync::CancellationToken;
+
+use crate::settings::MonitorSettings;
+use crate::stats::{SenderSnapshot, Snapshot};
+use crate::store::{Store, StoreError};
+use alerts::AlertState;
+pub use report::{Report, SenderRow};
+
+/// Why the monitor stopped with an error.
+#[derive(Debug, Error)]
+pub enum MonitorError {
+    /// Redis failed in a way retrying cannot fix.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The output could not be written (e.g. a closed pipe).
+    #[error("cannot write the report: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+/// How the monitor ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MonitorOutcome {
+    /// `--until-done` and everything is settled.
+    Done(Snapshot),
+    /// Stopped by shutdown; the last snapshot, if any was read.
+    Stopped(Option<Snapshot>),
+}
+
+/// Where reports go.
+pub enum Sink<'a> {
+    /// Plain text lines (or JSON lines with `json`) to a writer.
+    Writer(&'a mut (dyn Write + Send)),
+    /// The live display on the terminal (stdout).
+    Terminal,
+}
+
+impl Sink<'_> {
+    /// Prints one line outside the reports (e.g. a demo's header).
+    pub fn line(&mut self, text: &str) -> std::io::Result<()> {
+        match self {
+            Self::Writer(out) => writeln!(out, "{text}"),
+            Self::Terminal => writeln!(std::io::stdout(), "{text}"),
+        }
+    }
+}
+
+/// Prints a report every interval until shutdown, or until done with
+/// `until_done`. Redis outages are retried and logged; the monitor never exits
+/// because of one.
+pub async fn run(
+    store: &Store,
+    settings: &MonitorSettings,
+    mut sink: Sink<'_>,
+    shutdown: &CancellationToken,
+) -> Result<MonitorOutcome, MonitorError> {
+    let started = Instant::now();
+    let mut live = matches!(sink, Sink::Terminal).then(live::Live::new);
+    // Per-sender rows cost two more round trips; only the displays that show them pay.
+    let per_sender = settings.json || live.is_some();
+    let mut previous: Option<(Snapshot, Instant)> = None;
+    let mut previous_senders: HashMap<String, u64> = HashMap::new();
+    let mut alerts = AlertState::default();
+    let mut tick = tokio::time::interval(settings.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let outcome = loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => break MonitorOutcome::Stopped(previous.map(|(s, _)| s)),
+        }
+        let read = store.retrying("read the queue's figures", || async {
+            let snapshot = Snapshot::read(store).await?;
+            let senders = if per_sender {
+                SenderSnapshot::read_all(store).await?
+            } else {
+                Vec::new()
+            };
+            Ok((snapshot, senders))
+        });
+        let (snapshot, senders) = tokio::select! {
+            read = read => read?,
+            () = shutdown.cancelled() => break MonitorOutcome::Stopped(previous.map(|(s, _)| s)),
+        };
+        let now = Instant::now();
+        let elapsed = now.duration_since(started);
+        let since = previous
+            .as_ref()
+            .map(|(s, at)| (s, now.duration_since(*at)));
+        let mut report = Report::new(&snapshot, since, elapsed).with_senders(
+            &senders,
+            &previous_senders,
+            since.map(|(_, dt)| dt),
+        );
+        if let Some((before, dt)) = since {
+            report.alerts = alerts.check(&settings.alerts, before, &snapshot, dt, elapsed);
+        }
+        match (&mut sink, &mut live) {
+            (_, Some(live)) => live.show(&report),
+            (Sink::Writer(out), None) if settings.json => {
+                serde_json::to_writer(&mut **out, &report).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+                out.flush()?;
+            }
+            (Sink::Writer(out), None) => {
+                for alert in &report.alerts {
+                    writeln!(out, "{alert}")?;
+                }
+                writeln!(out, "{}", report.to_text())?;
+                out.flush()?;
+            }
+            (Sink::Terminal, None) => {}
+        }
+        previous_senders = senders.into_iter().map(|s| (s.name, s.sent)).collect();
+        if settings.until_done && report.done {
+            break MonitorOutcome::Done(snapshot);
+        }
+        previous = Some((snapshot, now));
+    };
+    if let Some(live) = live {
+        live.finish();
+    }
+    Ok(outcome)
+}

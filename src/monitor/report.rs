@@ -1,0 +1,203 @@
+//! One report: the figures of a snapshot, rates over the last interval,
+//! percentiles, per-sender rows and alerts, as a text line or a JSON object.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::stats::{SenderSnapshot, Snapshot};
+
+/// One sender's row.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SenderRow {
+    /// The sender name.
+    pub name: String,
+    /// Messages it sent.
+    pub sent: u64,
+    /// Its failed attempts.
+    pub failed: u64,
+    /// Messages it dead-lettered.
+    pub dead: u64,
+    /// Messages it holds now.
+    pub pending: u64,
+    /// Its mean send time per attempt, in milliseconds.
+    pub avg_send_ms: Option<f64>,
+    /// Messages it sent per second over the last interval.
+    pub rate_per_s: f64,
+}
+
+/// One report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Report {
+    /// Entries ever added to the stream.
+    pub produced: u64,
+    /// Messages sent, each counted once.
+    pub sent: u64,
+    /// Failed send attempts.
+    pub failed: u64,
+    /// Messages in the dead stream.
+    pub dead: u64,
+    /// Messages delivered and not yet settled.
+    pub pending: u64,
+    /// Entries not delivered yet (`null` when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Redeliveries of already settled messages.
+    pub duplicates: u64,
+    /// Send attempts of any outcome.
+    pub attempts: u64,
+    /// Mean simulated send time per attempt, in milliseconds.
+    pub avg_send_ms: Option<f64>,
+    /// Median send time, in milliseconds, from the histogram.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile send time, in milliseconds.
+    pub p95_ms: Option<f64>,
+    /// 99th percentile send time, in milliseconds.
+    pub p99_ms: Option<f64>,
+    /// Messages settled (sent or dead) per second over the last interval.
+    pub rate_per_s: f64,
+    /// Seconds since the monitor started.
+    pub elapsed_s: f64,
+    /// Whether all the work is done.
+    pub done: bool,
+    /// Per-sender rows (JSON and the live display; empty in plain lines).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub senders: Vec<SenderRow>,
+    /// Alert and resolution lines raised by this report.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<String>,
+}
+
+fn round(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
+}
+
+impl Report {
+    /// The report for `now`, with rates measured against `previous`.
+    pub fn new(now: &Snapshot, previous: Option<(&Snapshot, Duration)>, elapsed: Duration) -> Self {
+        let rate_per_s = match previous {
+            Some((before, dt)) if !dt.is_zero() => {
+                now.settled().saturating_sub(before.settled()) as f64 / dt.as_secs_f64()
+            }
+            _ => 0.0,
+        };
+        let ms = |value: Option<f64>| value.map(|ms| round(ms, 3));
+        Self {
+            produced: now.produced,
+            sent: now.sent,
+            failed: now.failed,
+            dead: now.dead,
+            pending: now.pending,
+            lag: now.lag,
+            duplicates: now.duplicates,
+            attempts: now.attempts,
+            avg_send_ms: ms(now.avg_send_ms()),
+            p50_ms: ms(now.latency.quantile_ms(0.50)),
+            p95_ms: ms(now.latency.quantile_ms(0.95)),
+            p99_ms: ms(now.latency.quantile_ms(0.99)),
+            rate_per_s: round(rate_per_s, 1),
+            elapsed_s: round(elapsed.as_secs_f64(), 1),
+            done: now.is_done(),
+            senders: Vec::new(),
+            alerts: Vec::new(),
+        }
+    }
+
+    /// Adds per-sender rows, with rates against the senders' `previous` sent counts.
+    pub fn with_senders(
+        mut self,
+        senders: &[SenderSnapshot],
+        previous: &HashMap<String, u64>,
+        dt: Option<Duration>,
+    ) -> Self {
+        self.senders = senders
+            .iter()
+            .map(|s| SenderRow {
+                name: s.name.clone(),
+                sent: s.sent,
+                failed: s.failed,
+                dead: s.dead,
+                pending: s.pending,
+                avg_send_ms: s.avg_send_ms().map(|ms| round(ms, 3)),
+                rate_per_s: match (dt, previous.get(&s.name)) {
+                    (Some(dt), Some(before)) if !dt.is_zero() => {
+                        round(s.sent.saturating_sub(*before) as f64 / dt.as_secs_f64(), 1)
+                    }
+                    _ => 0.0,
+                },
+            })
+            .collect();
+        self
+    }
+
+    /// The percentiles as `p50/p95/p99 a/b/c ms`, or `-`.
+    pub fn percentiles_text(&self) -> String {
+        match (self.p50_ms, self.p95_ms, self.p99_ms) {
+            (Some(a), Some(b), Some(c)) => format!("p50/p95/p99 {a:.1}/{b:.1}/{c:.1} ms"),
+            _ => "p50/p95/p99 -".to_owned(),
+        }
+    }
+
+    /// One human-readable line.
+    pub fn to_text(&self) -> String {
+        let avg = self
+            .avg_send_ms
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"));
+        let lag = self
+            .lag
+            .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
+        format!(
+            "[{:>7.1}s] produced {} | sent {} | failed {} | dead {} | pending {} | queued {} | duplicates {} | \
+             avg {}/msg | {} | {:.1} msg/s{}",
+            self.elapsed_s,
+            self.produced,
+            self.sent,
+            self.failed,
+            self.dead,
+            self.pending,
+            lag,
+            self.duplicates,
+            avg,
+            self.percentiles_text(),
+            self.rate_per_s,
+            if self.done { " | done" } else { "" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn rate_and_text() {
+        let before = Snapshot {
+            sent: 100,
+            ..Snapshot::default()
+        };
+        let now = Snapshot {
+            produced: 1000,
+            sent: 300,
+            dead: 10,
+            attempts: 400,
+            send_time_us: 80_000_000,
+            ..Snapshot::default()
+        };
+        let report = Report::new(
+            &now,
+            Some((&before, Duration::from_secs(2))),
+            Duration::from_secs(4),
+        );
+        assert_eq!(report.rate_per_s, 105.0);
+        assert_eq!(report.avg_send_ms, Some(200.0));
+        let text = report.to_text();
+        assert!(
+            text.contains("sent 300") && text.contains("avg 200.0 ms/msg"),
+            "{text}"
+        );
+        let json = serde_json::to_value(&report).expect("serializes");
+        assert_eq!(json["avg_send_ms"], 200.0);
+    }
+}
