@@ -247,6 +247,9 @@ pub struct MonitorArgs {
     /// wait, e.g. 30s. [default: off]
     #[arg(long, env = "SMS_ALERT_STALLED", value_parser = check::duration, allow_hyphen_values = true)]
     pub alert_stalled: Option<Duration>,
+    /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9464. [default: off]
+    #[arg(long, env = "SMS_METRICS_ADDR", value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Folds clap's multi-line usage error into the one line operators and scripts

@@ -92,6 +92,8 @@ pub struct MonitorFile {
     pub alert_failure_rate: Option<f64>,
     /// Stalled-progress alert delay.
     pub alert_stalled: Option<String>,
+    /// Address to serve Prometheus metrics on.
+    pub metrics_addr: Option<String>,
 }
 
 impl ConfigFile {

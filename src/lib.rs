@@ -20,6 +20,7 @@
 //! - [`audit`]: an independent, memory-bounded reconciliation of the counters
 //!   against the stream, the pending list and the dead stream;
 //!   [`senders`]: listing the group's senders and pruning dead ones safely.
+//! - [`metrics`]: Prometheus `/metrics`, served by the monitor.
 //! - [`demo`]: a whole simulation in one process, on a private Redis from
 //!   [`embedded`] unless one is given.
 //! - [`exit`]: the process exit codes.
@@ -46,6 +47,7 @@ pub mod generator;
 pub mod keys;
 pub mod latency;
 pub mod message;
+pub mod metrics;
 pub mod monitor;
 pub mod produce;
 pub mod send;

@@ -13,7 +13,7 @@ use sms_alerts::monitor::Sink;
 use sms_alerts::settings::LogSettings;
 use sms_alerts::settings::{self, Settings, Task};
 use sms_alerts::store::{Store, StoreError};
-use sms_alerts::{audit, demo, monitor, produce, send, senders};
+use sms_alerts::{audit, demo, metrics, monitor, produce, send, senders};
 use tokio_util::sync::CancellationToken;
 use tracing_appender::rolling::Rotation;
 use tracing_subscriber::EnvFilter;
@@ -149,6 +149,12 @@ async fn execute_on(
             send::run(store, send_settings, shutdown.clone()).await?;
         }
         Task::Monitor(monitor_settings) => {
+            if let Some(addr) = monitor_settings.metrics_addr {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .map_err(|err| anyhow::anyhow!("cannot serve metrics on {addr}: {err}"))?;
+                tokio::spawn(metrics::serve(store.clone(), listener, shutdown.clone()));
+            }
             let mut stdout = std::io::stdout();
             let sink = sink_for(&mut stdout, monitor_settings.json);
             monitor::run(&store, &monitor_settings, sink, shutdown).await?;

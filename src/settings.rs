@@ -138,6 +138,8 @@ pub struct MonitorSettings {
     pub json: bool,
     /// Alerts to raise.
     pub alerts: crate::monitor::alerts::AlertRules,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// Where and how logs are written.
@@ -521,6 +523,11 @@ fn resolve_demo(args: &crate::cli::DemoArgs) -> Result<DemoSettings, SettingsErr
                     check::duration,
                 )?,
             },
+            metrics_addr: from.check(
+                "monitor.metrics_addr",
+                scenario.monitor.metrics_addr.as_ref(),
+                check::socket_addr,
+            )?,
         },
     })
 }
@@ -550,6 +557,11 @@ fn resolve_monitor(
                 check::duration,
             )?),
         },
+        metrics_addr: args.metrics_addr.or(from.check(
+            "monitor.metrics_addr",
+            f.metrics_addr.as_ref(),
+            check::socket_addr,
+        )?),
     })
 }
 
@@ -572,6 +584,14 @@ pub mod check {
     pub fn duration(value: &str) -> Result<Duration, String> {
         humantime::parse_duration(value.trim())
             .map_err(|_| "expected a non-negative duration such as 0ms, 250ms, 2s or 1m".to_owned())
+    }
+
+    /// A socket address such as `127.0.0.1:9464`.
+    pub fn socket_addr(value: &str) -> Result<std::net::SocketAddr, String> {
+        value
+            .trim()
+            .parse()
+            .map_err(|_| "expected an address such as 127.0.0.1:9464".to_owned())
     }
 
     /// A lease: a duration of at least 100ms.

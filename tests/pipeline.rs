@@ -49,6 +49,7 @@ async fn three_senders_until_done_match_an_independent_scan() {
         until_done: true,
         json: true,
         alerts: Default::default(),
+        metrics_addr: None,
     };
     let outcome = tokio::time::timeout(
         Duration::from_secs(90),
