@@ -49,23 +49,35 @@ ensure_docker() {
   return 1
 }
 
-# build_local_redis_image NAME builds a Redis image without a registry: the host's
-# redis-server and the shared libraries it links, imported as a root filesystem.
-build_local_redis_image() {
-  local image=$1 dir
-  ensure_redis_server
+# import_image NAME ENTRYPOINT SRC[:DEST]... builds an image without a registry:
+# each file or directory SRC at DEST (default: the same path), plus every
+# shared library the files link, imported as a root filesystem with ENTRYPOINT.
+import_image() {
+  local image=$1 entrypoint=$2 dir spec src dest lib
+  shift 2
   dir=$(mktemp -d)
-  mkdir -p "$dir/usr/bin" "$dir/data" "$dir/tmp"
-  cp "$(command -v redis-server)" "$dir/usr/bin/redis-server"
-  ldd "$(command -v redis-server)" | grep -o '/[^ ]*' | while read -r lib; do
-    mkdir -p "$dir$(dirname "$lib")"
-    cp -L "$lib" "$dir$lib"
+  mkdir -p "$dir/data" "$dir/tmp"
+  for spec in "$@"; do
+    src=${spec%%:*}
+    dest=${spec#*:}
+    mkdir -p "$dir$(dirname "$dest")"
+    cp -rL "$src" "$dir$dest"
+    [ -f "$src" ] || continue
+    ldd "$src" 2>/dev/null | grep -o '/[^ ]*' | while read -r lib; do
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done
   done
   tar -C "$dir" -c . | docker import \
-    --change 'ENTRYPOINT ["/usr/bin/redis-server"]' \
-    --change 'WORKDIR /data' \
-    --change 'EXPOSE 6379' - "$image" >/dev/null
+    --change "ENTRYPOINT [\"$entrypoint\"]" \
+    --change 'WORKDIR /data' - "$image" >/dev/null
   rm -rf "$dir"
+}
+
+# build_local_redis_image NAME builds a Redis image from the host's redis-server.
+build_local_redis_image() {
+  ensure_redis_server
+  import_image "$1" /usr/bin/redis-server "$(command -v redis-server)"
 }
 
 # ensure_redis_image picks the Redis image the tests run on and exports it as
