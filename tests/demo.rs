@@ -180,3 +180,38 @@ fn a_scenario_with_duplicate_sender_names_is_a_usage_error() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("'a'"), "{stderr}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_redis_url_the_demo_uses_that_redis() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("demo-url");
+    let path = scenario_file(&format!("{prefix}.toml"), SMALL);
+    let output = bin()
+        .args([
+            "--redis-url",
+            &redis.url,
+            "--prefix",
+            &prefix,
+            "demo",
+            "--scenario",
+        ])
+        .arg(&path)
+        .output()
+        .expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("audit: consistent"), "{stdout}");
+    let store = store(&redis.url, &prefix).await;
+    let snapshot = sms_alerts::stats::Snapshot::read(&store)
+        .await
+        .expect("snapshot");
+    assert_eq!(
+        snapshot.produced, 300,
+        "the run happened in the given Redis"
+    );
+    assert_eq!(snapshot.sent + snapshot.dead, 300);
+}
