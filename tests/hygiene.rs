@@ -9,14 +9,6 @@ use common::*;
 use sms_alerts::audit;
 use sms_alerts::senders;
 use sms_alerts::stats::Snapshot;
-use sms_alerts::store::Store;
-
-async fn all_settled(store: &Store, total: u64) -> bool {
-    Snapshot::read(store)
-        .await
-        .map(|s| s.pending == 0 && s.settled() == total)
-        .unwrap_or(false)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_audit_reconciles_across_pages_and_catches_tampering() {

@@ -8,14 +8,6 @@ use std::time::Duration;
 
 use common::*;
 use sms_alerts::stats::Snapshot;
-use sms_alerts::store::Store;
-
-async fn all_settled(store: &Store, total: u64) -> bool {
-    Snapshot::read(store)
-        .await
-        .map(|s| s.pending == 0 && s.settled() == total)
-        .unwrap_or(false)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_sender_restarted_under_its_name_resumes_its_work() {
@@ -272,13 +264,8 @@ async fn a_name_held_by_a_live_process_is_refused() {
     let prefix = unique_prefix("names");
     let store = store(&redis.url, &prefix).await;
     let live = RunningSender::start(&store, send_settings("taken", 1, 0.0));
-    wait_until("the name is held", Duration::from_secs(10), || async {
-        let mut conn = raw(&redis.url).await;
-        redis::cmd("EXISTS")
-            .arg(store.keys().sender_lease("taken"))
-            .query_async::<bool>(&mut conn)
-            .await
-            .unwrap_or(false)
+    wait_until("the name is held", Duration::from_secs(10), || {
+        name_is_held(&store, "taken")
     })
     .await;
     let output = bin()
@@ -312,13 +299,8 @@ async fn a_sender_whose_name_is_taken_over_stops_with_an_error() {
     settings.lease = std::time::Duration::from_millis(600);
     let sender = RunningSender::start(&store, settings);
     let lease_key = store.keys().sender_lease("paused");
-    wait_until("the name is held", Duration::from_secs(10), || async {
-        let mut conn = raw(&redis.url).await;
-        redis::cmd("EXISTS")
-            .arg(&lease_key)
-            .query_async::<bool>(&mut conn)
-            .await
-            .unwrap_or(false)
+    wait_until("the name is held", Duration::from_secs(10), || {
+        name_is_held(&store, "paused")
     })
     .await;
     // What another process does once this one's lease has run out.

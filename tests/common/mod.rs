@@ -216,6 +216,22 @@ where
     }
 }
 
+/// Whether nothing is pending and `total` messages are sent or dead.
+pub async fn all_settled(store: &Store, total: u64) -> bool {
+    sms_alerts::stats::Snapshot::read(store)
+        .await
+        .map(|s| s.pending == 0 && s.settled() == total)
+        .unwrap_or(false)
+}
+
+/// Whether a live process holds sender name `name`.
+pub async fn name_is_held(store: &Store, name: &str) -> bool {
+    store
+        .live_names(&[name.to_owned()])
+        .await
+        .is_ok_and(|live| live.first() == Some(&true))
+}
+
 /// Redis read directly, without the library's Functions: the independent check.
 pub struct Scan {
     pub entries_added: u64,
