@@ -113,6 +113,17 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Measure throughput, efficiency, memory and latency against Redis's own XADD
+    /// ceiling (redis-benchmark, same run). Without --redis-url it starts a private
+    /// redis-server; on a given Redis it uses fresh key prefixes and deletes them.
+    Bench {
+        /// Messages of the produce and drain runs. [default: 1000000]
+        #[arg(long, value_parser = check::count, allow_hyphen_values = true)]
+        messages: Option<u64>,
+        /// Messages of the simulation-efficiency run. [default: 200000]
+        #[arg(long, value_parser = check::count, allow_hyphen_values = true)]
+        simulation: Option<u64>,
+    },
     /// Run a whole simulation in one process: producer, the scenario's senders and the
     /// monitor, until done, then a final report. Without --redis-url (or REDIS_URL) it
     /// starts a private redis-server for the run and removes it afterwards.

@@ -35,6 +35,15 @@ impl Histogram {
         histogram
     }
 
+    /// Counts one value of `us` microseconds.
+    pub fn record_us(&mut self, us: u64) {
+        let bucket = BOUNDS_US
+            .iter()
+            .position(|bound| us <= *bound)
+            .unwrap_or(BOUNDS_US.len());
+        self.counts[bucket] += 1;
+    }
+
     /// Attempts counted.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()

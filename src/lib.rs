@@ -20,6 +20,8 @@
 //! - [`audit`]: an independent, memory-bounded reconciliation of the counters
 //!   against the stream, the pending list and the dead stream;
 //!   [`senders`]: listing the group's senders and pruning dead ones safely.
+//! - [`bench`]: throughput, efficiency, memory and latency against Redis's
+//!   own XADD ceiling.
 //! - [`metrics`]: Prometheus `/metrics`, served by the monitor.
 //! - [`demo`]: a whole simulation in one process, on a private Redis from
 //!   [`embedded`] unless one is given.
@@ -38,6 +40,7 @@
 //! moment a snapshot is taken.
 
 pub mod audit;
+pub mod bench;
 pub mod cli;
 pub mod config_file;
 pub mod demo;

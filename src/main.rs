@@ -13,7 +13,7 @@ use sms_alerts::monitor::Sink;
 use sms_alerts::settings::LogSettings;
 use sms_alerts::settings::{self, Settings, Task};
 use sms_alerts::store::{Store, StoreError};
-use sms_alerts::{audit, demo, metrics, monitor, produce, send, senders};
+use sms_alerts::{audit, bench, demo, metrics, monitor, produce, send, senders};
 use tokio_util::sync::CancellationToken;
 use tracing_appender::rolling::Rotation;
 use tracing_subscriber::EnvFilter;
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         return ExitStatus::Success.into();
     }
     // The demo's own report is the output; routine logs would drown it.
-    let default_level = if matches!(settings.task, Task::Demo(_)) {
+    let default_level = if matches!(settings.task, Task::Demo(_) | Task::Bench(_)) {
         "warn"
     } else {
         "info"
@@ -93,7 +93,7 @@ async fn execute(
 ) -> anyhow::Result<ExitStatus> {
     // A demo without a Redis of the user's runs on a private one, removed afterwards.
     let embedded = match (&settings.task, settings.redis_url_given) {
-        (Task::Demo(_), false) => {
+        (Task::Demo(_) | Task::Bench(_), false) => {
             let server = EmbeddedRedis::start().await?;
             settings.queue.redis_url = server.url().to_owned();
             Some(server)
@@ -180,6 +180,14 @@ async fn execute_on(
             }
         }
         Task::Completions(_) => {}
+        Task::Bench(sizes) => {
+            println!(
+                "sms-alerts bench on {} ({} cores)",
+                store.url(),
+                std::thread::available_parallelism().map_or(0, |n| n.get())
+            );
+            bench::run(&settings.queue.redis_url, sizes, &mut std::io::stdout()).await?;
+        }
         Task::ListSenders { json } => {
             let rows = senders::list(&store).await?;
             if json {

@@ -202,6 +202,8 @@ pub enum Task {
     },
     /// `demo`.
     Demo(DemoSettings),
+    /// `bench`.
+    Bench(crate::bench::BenchSizes),
     /// `completions`: print a completion script; needs no Redis.
     Completions(clap_complete::Shell),
     /// `senders prune`.
@@ -275,6 +277,16 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
         },
         Command::Demo(args) => Task::Demo(resolve_demo(args)?),
         Command::Completions { shell } => Task::Completions(*shell),
+        Command::Bench {
+            messages,
+            simulation,
+        } => {
+            let defaults = crate::bench::BenchSizes::default();
+            Task::Bench(crate::bench::BenchSizes {
+                messages: messages.unwrap_or(defaults.messages),
+                simulation: simulation.unwrap_or(defaults.simulation),
+            })
+        }
         Command::Senders(args) => match args.action {
             None => Task::ListSenders { json: args.json },
             Some(SendersAction::Prune { idle }) => Task::PruneSenders {

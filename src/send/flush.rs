@@ -70,6 +70,9 @@ pub struct FlushTotals {
     /// Results that could not be written before giving up at shutdown; their
     /// messages stay pending and will be delivered again.
     pub unwritten: u64,
+    /// Time from a message's XADD (its id's milliseconds) to the write of its
+    /// result, by histogram bucket: the end-to-end latency, measured in-process.
+    pub end_to_end: crate::latency::Histogram,
 }
 
 impl FlushTotals {
@@ -78,6 +81,24 @@ impl FlushTotals {
         self.duplicates += reply.duplicates;
         self.failed += reply.failed;
         self.dead += reply.dead;
+    }
+}
+
+/// Adds each item's produce-to-written time to `histogram`. A stream id starts
+/// with the milliseconds of its XADD, so this needs no extra round trip.
+fn record_end_to_end(histogram: &mut crate::latency::Histogram, items: &[ReportItem]) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for item in items {
+        let produced_ms = item
+            .id
+            .split('-')
+            .next()
+            .and_then(|ms| ms.parse::<u64>().ok());
+        if let Some(produced_ms) = produced_ms {
+            histogram.record_us(now_ms.saturating_sub(produced_ms) * 1000);
+        }
     }
 }
 
@@ -147,6 +168,7 @@ impl Flusher {
             match written {
                 Ok(reply) => {
                     totals.add(reply);
+                    record_end_to_end(&mut totals.end_to_end, &items);
                     self.in_flight
                         .remove_all(items.iter().map(|i| i.id.as_str()));
                     // Dropping the permits frees the slots for new messages.

@@ -239,6 +239,47 @@ impl Store {
             .collect())
     }
 
+    /// One section of INFO, as text.
+    pub async fn info(&self, section: &str) -> Result<String, StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("INFO"))
+    }
+
+    /// Deletes every key of this queue (its prefix and partition), by SCAN.
+    /// For benchmarks and tests; never on a hot path.
+    pub async fn delete_all_keys(&self) -> Result<(), StoreError> {
+        // Prefixes are validated key parts: no glob characters to escape.
+        let pattern = format!("{}*", self.keys.messages().trim_end_matches("messages"));
+        let mut conn = self.conn().await?;
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::redis("SCAN"))?;
+            if !keys.is_empty() {
+                redis::cmd("UNLINK")
+                    .arg(&keys)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(StoreError::redis("UNLINK"))?;
+            }
+            if next == 0 {
+                return Ok(());
+            }
+            cursor = next;
+        }
+    }
+
     /// For each name, whether a live process holds it (its liveness lease exists).
     pub async fn live_names(&self, names: &[String]) -> Result<Vec<bool>, StoreError> {
         if names.is_empty() {

@@ -1,0 +1,374 @@
+//! `sms-alerts bench`: throughput, efficiency, memory and latency, each next to
+//! Redis's own XADD ceiling measured with `redis-benchmark` in the same run, so
+//! the ratios hold on a busy machine. Every step runs on a fresh key prefix and
+//! deletes its keys afterwards, so it is safe on a Redis that holds other data.
+
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cli::Distribution;
+use crate::generator::MessageGenerator;
+use crate::produce;
+use crate::send::{self, SendSummary};
+use crate::settings::{DelayModel, ProduceSettings, QueueSettings, SendSettings};
+use crate::stats::Snapshot;
+use crate::store::{Store, StoreError};
+
+/// Sizes of the runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BenchSizes {
+    /// Messages of the produce and drain runs.
+    pub messages: u64,
+    /// Messages of the simulation-efficiency run.
+    pub simulation: u64,
+}
+
+impl Default for BenchSizes {
+    fn default() -> Self {
+        Self {
+            messages: 1_000_000,
+            simulation: 200_000,
+        }
+    }
+}
+
+/// Runs every measurement against `url`, writing a line per figure to `out`.
+pub async fn run(
+    url: &str,
+    sizes: BenchSizes,
+    out: &mut dyn std::io::Write,
+) -> Result<(), StoreError> {
+    let mut line = |text: String| {
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+    };
+    let ceiling = ceiling(url).await;
+    match ceiling {
+        Some(rate) => line(format!(
+            "ceiling   redis-benchmark XADD -P 64, entry of our size: {rate:>10.0} msg/s"
+        )),
+        None => line("ceiling   redis-benchmark is not installed: ratios are left out".to_owned()),
+    }
+    let ratio = |rate: f64, target: f64| match ceiling {
+        Some(c) => {
+            let r = rate / c;
+            format!(
+                "{r:.2} of ceiling (target >= {target:.2}: {})",
+                if r >= target { "met" } else { "NOT met" }
+            )
+        }
+        None => String::new(),
+    };
+
+    // Produce, and what it costs Redis per message.
+    let store = fresh(url, "produce").await?;
+    let before = used_memory(&store).await?;
+    let settings = ProduceSettings {
+        count: sizes.messages,
+        seed: Some(1),
+        batch: 1_000,
+    };
+    let produced = produce::run(&store, &settings, &CancellationToken::new()).await?;
+    let rate = produced.rate_per_s();
+    line(format!(
+        "produce   {} messages:            {rate:>10.0} msg/s  {}",
+        sizes.messages,
+        ratio(rate, 0.8)
+    ));
+    let per_message =
+        (used_memory(&store).await?.saturating_sub(before)) as f64 / sizes.messages as f64;
+    line(format!(
+        "memory    Redis per produced message:   {per_message:>10.0} B      (target <= 250: {})",
+        if per_message <= 250.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    ));
+
+    // Drain what was produced: one sender, then two on a fresh copy.
+    let rate = drain(&store, sizes.messages, &[1_000]).await?;
+    line(format!(
+        "drain     1 sender, mean 0ms:           {rate:>10.0} msg/s  {}",
+        ratio(rate, 0.4)
+    ));
+    clean(&store).await?;
+    let store = fresh(url, "drain2").await?;
+    produce::run(&store, &settings, &CancellationToken::new()).await?;
+    let rate = drain(&store, sizes.messages, &[500, 500]).await?;
+    line(format!(
+        "drain     2 senders, mean 0ms:          {rate:>10.0} msg/s  {}",
+        ratio(rate, 0.4)
+    ));
+    clean(&store).await?;
+
+    // Simulation efficiency: constant 20 ms sends, 2,000 slots over two senders.
+    let store = fresh(url, "simulate").await?;
+    let settings = ProduceSettings {
+        count: sizes.simulation,
+        seed: Some(2),
+        batch: 1_000,
+    };
+    produce::run(&store, &settings, &CancellationToken::new()).await?;
+    let started = Instant::now();
+    let senders = start(&store, &[1_000, 1_000], Duration::from_millis(20));
+    wait_settled(&store, sizes.simulation).await?;
+    let measured = started.elapsed().as_secs_f64();
+    stop(senders).await;
+    let ideal = sizes.simulation as f64 * 0.020 / 2_000.0;
+    let efficiency = measured / ideal;
+    line(format!(
+        "simulate  {} messages, 20ms, 2,000 slots: {measured:.2}s, ideal {ideal:.2}s, measured/ideal {efficiency:.3} (target <= 1.05: {})",
+        sizes.simulation,
+        if efficiency <= 1.05 { "met" } else { "NOT met" }
+    ));
+    clean(&store).await?;
+
+    // Sender memory at 10,000 sends in flight, in a process of its own.
+    let store = fresh(url, "rss").await?;
+    let settings = ProduceSettings {
+        count: 20_000,
+        seed: Some(4),
+        batch: 1_000,
+    };
+    produce::run(&store, &settings, &CancellationToken::new()).await?;
+    match sender_peak_rss_mb(url, &store).await {
+        Some(mb) => line(format!(
+            "memory    sender peak RSS, concurrency 10,000: {mb:>7.1} MB     (target <= 64: {})",
+            if mb <= 64.0 { "met" } else { "NOT met" }
+        )),
+        None => line("memory    sender peak RSS: could not be read (needs /proc)".to_owned()),
+    }
+    clean(&store).await?;
+
+    // End-to-end latency at a steady 20,000 msg/s with no send delay.
+    let store = fresh(url, "latency").await?;
+    let senders = start(&store, &[1_000], Duration::ZERO);
+    let total = steady_produce(&store, 20_000, Duration::from_secs(5)).await?;
+    wait_settled(&store, total).await?;
+    let summaries = stop(senders).await;
+    let mut e2e = crate::latency::Histogram::default();
+    for summary in &summaries {
+        for (all, one) in e2e.counts.iter_mut().zip(summary.flushed.end_to_end.counts) {
+            *all += one;
+        }
+    }
+    let q = |q: f64| {
+        e2e.quantile_ms(q)
+            .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"))
+    };
+    line(format!(
+        "latency   produce to acknowledged, 20,000 msg/s: p50 {}, p99 {} ({} messages; ms ids, bucket-interpolated)",
+        q(0.5),
+        q(0.99),
+        e2e.total()
+    ));
+    clean(&store).await?;
+    Ok(())
+}
+
+/// A store on a fresh prefix, migrated, with its group.
+async fn fresh(url: &str, step: &str) -> Result<Store, StoreError> {
+    let queue = QueueSettings {
+        redis_url: url.to_owned(),
+        prefix: format!("bench-{step}-{}", std::process::id()),
+        group: "senders".to_owned(),
+    };
+    let store = Store::connect(&queue).await?;
+    store.prepare().await?;
+    Ok(store)
+}
+
+fn sender(name: String, concurrency: usize, mean: Duration) -> SendSettings {
+    SendSettings {
+        name,
+        delay: DelayModel {
+            distribution: Distribution::Constant,
+            mean,
+            stddev: Duration::ZERO,
+        },
+        failure_rate: 0.0,
+        concurrency,
+        max_attempts: 3,
+        lease: Duration::from_secs(30),
+        retry_backoff: Duration::from_secs(1),
+        shutdown_timeout: Duration::from_secs(10),
+        seed: Some(1),
+    }
+}
+
+type Running = Vec<(
+    CancellationToken,
+    tokio::task::JoinHandle<Result<SendSummary, send::SendError>>,
+)>;
+
+fn start(store: &Store, concurrency: &[usize], mean: Duration) -> Running {
+    concurrency
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let stop = CancellationToken::new();
+            let settings = sender(format!("bench-{i}"), *c, mean);
+            (
+                stop.clone(),
+                tokio::spawn(send::run(store.clone(), settings, stop)),
+            )
+        })
+        .collect()
+}
+
+async fn stop(running: Running) -> Vec<SendSummary> {
+    let mut summaries = Vec::new();
+    for (stop, handle) in running {
+        stop.cancel();
+        if let Ok(Ok(summary)) = handle.await {
+            summaries.push(summary);
+        }
+    }
+    summaries
+}
+
+/// Messages per second to drain `total` produced messages with these senders.
+async fn drain(store: &Store, total: u64, concurrency: &[usize]) -> Result<f64, StoreError> {
+    let started = Instant::now();
+    let running = start(store, concurrency, Duration::ZERO);
+    wait_settled(store, total).await?;
+    let rate = total as f64 / started.elapsed().as_secs_f64();
+    stop(running).await;
+    Ok(rate)
+}
+
+async fn wait_settled(store: &Store, total: u64) -> Result<(), StoreError> {
+    loop {
+        let snapshot = Snapshot::read(store).await?;
+        if snapshot.settled() >= total && snapshot.pending == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Writes `rate` messages a second for `during`, in batches every 10 ms.
+async fn steady_produce(store: &Store, rate: u64, during: Duration) -> Result<u64, StoreError> {
+    let per_tick = rate / 100;
+    let mut generator = MessageGenerator::seeded(3);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    let started = Instant::now();
+    let mut seq = 0;
+    while started.elapsed() < during {
+        tick.tick().await;
+        seq += 1;
+        let batch: Vec<_> = (0..per_tick).map(|_| generator.next_message(0)).collect();
+        store.write_batch("bench-steady", seq, &batch).await?;
+    }
+    Ok(seq * per_tick)
+}
+
+async fn used_memory(store: &Store) -> Result<u64, StoreError> {
+    let info = store.info("memory").await?;
+    Ok(info
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0))
+}
+
+async fn clean(store: &Store) -> Result<(), StoreError> {
+    store.delete_all_keys().await
+}
+
+/// Runs this binary as a sender with 10,000 slow sends in flight and reads its
+/// peak resident memory (VmHWM).
+async fn sender_peak_rss_mb(url: &str, store: &Store) -> Option<f64> {
+    let exe = std::env::current_exe().ok()?;
+    let prefix = store.keys().messages();
+    let prefix = prefix.trim_start_matches('{').split(':').next()?.to_owned();
+    let mut child = tokio::process::Command::new(exe)
+        .args([
+            "--redis-url",
+            url,
+            "--prefix",
+            &prefix,
+            "send",
+            "--name",
+            "rss",
+        ])
+        .args([
+            "--concurrency",
+            "10000",
+            "--mean",
+            "2s",
+            "--distribution",
+            "constant",
+        ])
+        .env("RUST_LOG", "error")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let pid = child.id()?;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(30) {
+        let snapshot = Snapshot::read(store).await.ok()?;
+        if snapshot.pending >= 10_000 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Let the first wave finish and the next fill the slots again.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    let _ = child.kill().await;
+    Some(kb / 1024.0)
+}
+
+/// Redis's own XADD rate, from `redis-benchmark` against the same server.
+async fn ceiling(url: &str) -> Option<f64> {
+    let parsed = url::Url::parse(url).ok()?;
+    let host = parsed.host_str()?.to_owned();
+    let port = parsed.port().unwrap_or(6379).to_string();
+    // recipient, a body of the mean generated length (50), created_ms: our entry.
+    let body = "x".repeat(50);
+    let mut cmd = tokio::process::Command::new("redis-benchmark");
+    cmd.args(["-h", &host, "-p", &port, "-P", "64", "-n", "1000000", "-q"]);
+    if let Some(password) = parsed.password() {
+        cmd.args(["-a", password]);
+    }
+    let key = format!("bench-ceiling-{}", std::process::id());
+    cmd.args([
+        "XADD",
+        &key,
+        "*",
+        "recipient",
+        "+447700900123",
+        "body",
+        &body,
+        "created_ms",
+        "1700000000000",
+    ]);
+    let output = cmd.output().await.ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let last = text.rsplit('\r').next()?.trim().to_owned();
+    let rate = last
+        .split(": ")
+        .nth(1)?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    if let Ok(client) = redis::Client::open(url) {
+        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
+            let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+        }
+    }
+    Some(rate)
+}
