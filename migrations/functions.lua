@@ -11,6 +11,9 @@
     3  0003_latency_histogram
                           sms_report also counts send times into histogram
                           buckets (KEYS[5]); sms_snapshot returns them
+    4  0004_report_bucket_names
+                          bucket field names built once at load: formatting
+                          a number per result showed in the drain profile
 
   Every multi-step update that must be atomic runs here, server-side:
   acknowledging and counting a batch of send results, claiming stale work or
@@ -30,16 +33,20 @@
     dead_<reason> the same, by reason (max_attempts, malformed, deleted)
 ]]
 
-local LIBRARY_VERSION = 3
+local LIBRARY_VERSION = 4
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
 local LATENCY_BOUNDS = { 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000,
                          500000, 1000000, 2000000, 5000000, 10000000 }
 
+-- Built at load, where only plain Lua is available (no ipairs yet).
+local BUCKET_NAMES = {}
+for i = 1, #LATENCY_BOUNDS do BUCKET_NAMES[i] = 'le_' .. LATENCY_BOUNDS[i] end
+
 local function latency_bucket(us)
-  for _, bound in ipairs(LATENCY_BOUNDS) do
-    if us <= bound then return 'le_' .. bound end
+  for i, bound in ipairs(LATENCY_BOUNDS) do
+    if us <= bound then return BUCKET_NAMES[i] end
   end
   return 'le_inf'
 end

@@ -64,7 +64,31 @@ impl Message {
 
     /// Decodes and validates a stream entry's fields (raw bytes, as stored).
     pub fn from_fields(fields: &RawFields) -> Result<Self, DecodeError> {
-        let text = |name: &'static str| -> Result<&str, DecodeError> {
+        let view = MessageRef::from_fields(fields)?;
+        Ok(Self {
+            recipient: view.recipient.to_owned(),
+            body: view.body.to_owned(),
+            created_ms: view.created_ms,
+        })
+    }
+}
+
+/// A valid message borrowed from its stream fields: what the sender checks on
+/// its hot path, without allocating the recipient and body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageRef<'a> {
+    /// The recipient's phone number in E.164 form.
+    pub recipient: &'a str,
+    /// The text.
+    pub body: &'a str,
+    /// Creation time in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
+impl<'a> MessageRef<'a> {
+    /// Decodes and validates a stream entry's fields without copying them.
+    pub fn from_fields(fields: &'a RawFields) -> Result<Self, DecodeError> {
+        let text = |name: &'static str| -> Result<&'a str, DecodeError> {
             let raw = fields
                 .iter()
                 .find(|(key, _)| key.as_slice() == name.as_bytes())
@@ -86,8 +110,8 @@ impl Message {
             .parse()
             .map_err(|_| DecodeError::InvalidCreatedMs(truncated(created)))?;
         Ok(Self {
-            recipient: recipient.to_owned(),
-            body: body.to_owned(),
+            recipient,
+            body,
             created_ms,
         })
     }

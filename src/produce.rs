@@ -8,6 +8,7 @@ use rand::RngExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::generator::MessageGenerator;
+use crate::message::Message;
 use crate::settings::ProduceSettings;
 use crate::store::{Backoff, Store, StoreError};
 
@@ -47,25 +48,38 @@ pub async fn run(
             store.add_to_stat("producer_runs_started", 1)
         })
         .await?;
+    let mut generated: u64 = 0;
     let mut written: u64 = 0;
     let mut seq: u64 = 0;
     let mut interrupted = false;
-    let mut batch = Vec::with_capacity(settings.batch);
-    while written < settings.count {
+    // Several batches in flight keep Redis busy while the next one is generated;
+    // each is written exactly once on its own, so their order does not matter.
+    let mut in_flight = tokio::task::JoinSet::new();
+    while generated < settings.count {
         if shutdown.is_cancelled() {
             interrupted = true;
             break;
         }
-        let size = (settings.count - written).min(settings.batch as u64);
+        if in_flight.len() >= BATCHES_IN_FLIGHT {
+            written += joined(in_flight.join_next().await)?;
+        }
+        let size = (settings.count - generated).min(settings.batch as u64);
         let now_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        batch.clear();
-        batch.extend((0..size).map(|_| generator.next_message(now_ms)));
+        let batch: Vec<Message> = (0..size).map(|_| generator.next_message(now_ms)).collect();
         seq += 1;
-        write_once(store, &run_id, seq, &batch).await?;
-        written += size;
+        let (store, run_id) = (store.clone(), run_id.clone());
+        in_flight.spawn(async move {
+            write_once(&store, &run_id, seq, &batch)
+                .await
+                .map(|()| size)
+        });
+        generated += size;
+    }
+    while let Some(done) = in_flight.join_next().await {
+        written += joined(Some(done))?;
     }
     // Recorded on a clean stop too: this run will add nothing more.
     store
@@ -80,13 +94,30 @@ pub async fn run(
     })
 }
 
+/// Batches written concurrently by one producer.
+const BATCHES_IN_FLIGHT: usize = 4;
+
+/// The size of a finished batch write, or its error.
+fn joined(
+    done: Option<Result<Result<u64, StoreError>, tokio::task::JoinError>>,
+) -> Result<u64, StoreError> {
+    match done {
+        Some(Ok(result)) => result,
+        Some(Err(join_err)) => Err(StoreError::Reply {
+            command: "XADD batch",
+            detail: format!("batch writer failed: {join_err}"),
+        }),
+        None => Ok(0),
+    }
+}
+
 /// Writes one batch exactly once: after a failure, asks Redis whether the
 /// batch landed before writing it again.
 async fn write_once(
     store: &Store,
     run_id: &str,
     seq: u64,
-    batch: &[crate::message::Message],
+    batch: &[Message],
 ) -> Result<(), StoreError> {
     let mut backoff = Backoff::default();
     loop {

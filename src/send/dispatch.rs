@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 use super::flush::{Finished, InFlight};
 use super::simulate::Simulator;
-use crate::message::Message;
+use crate::message::MessageRef;
 use crate::settings::SendSettings;
 use crate::store::{Backoff, Outcome, ReportItem, Store, StoreError, StreamEntry};
 
@@ -212,7 +212,7 @@ impl Dispatcher {
         };
         self.in_flight.insert(&entry.id);
         let id = entry.id;
-        if let Err(err) = Message::from_fields(&entry.fields) {
+        if let Err(err) = MessageRef::from_fields(&entry.fields) {
             tracing::warn!(id, error = %err, "malformed entry; moving it to the dead stream");
             let item = ReportItem {
                 id,

@@ -24,7 +24,6 @@ pub(super) struct Finished {
     /// The result.
     pub item: ReportItem,
     /// The concurrency slot it occupies until written; dropping it frees the slot.
-    #[expect(dead_code, reason = "held only so that it is dropped after the write")]
     pub permit: OwnedSemaphorePermit,
 }
 
@@ -126,12 +125,18 @@ impl Flusher {
         let mut seq: u64 = 0;
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch: Vec<Finished> = Vec::new();
+        // Results and the slots they hold, kept apart so the results can be
+        // passed to the write as they are, without a copy.
+        let mut batch: Vec<ReportItem> = Vec::new();
+        let mut slots: Vec<OwnedSemaphorePermit> = Vec::new();
         loop {
             if batch.is_empty() {
                 tokio::select! {
                     next = results.recv() => match next {
-                        Some(finished) => batch.push(finished),
+                        Some(finished) => {
+                            batch.push(finished.item);
+                            slots.push(finished.permit);
+                        }
                         None => break,
                     },
                     _ = renew.tick() => {
@@ -142,12 +147,15 @@ impl Flusher {
             }
             while batch.len() < MAX_BATCH {
                 match results.try_recv() {
-                    Ok(finished) => batch.push(finished),
+                    Ok(finished) => {
+                        batch.push(finished.item);
+                        slots.push(finished.permit);
+                    }
                     Err(_) => break,
                 }
             }
             seq += 1;
-            let items: Vec<ReportItem> = batch.iter().map(|f| f.item.clone()).collect();
+            let items = &batch;
             let write = self.store.retrying("write send results", || {
                 self.store.report(
                     &self.consumer,
@@ -155,7 +163,7 @@ impl Flusher {
                     self.retry_idle,
                     &self.token,
                     seq,
-                    &items,
+                    items,
                 )
             });
             let written = tokio::select! {
@@ -168,11 +176,12 @@ impl Flusher {
             match written {
                 Ok(reply) => {
                     totals.add(reply);
-                    record_end_to_end(&mut totals.end_to_end, &items);
+                    record_end_to_end(&mut totals.end_to_end, items);
                     self.in_flight
                         .remove_all(items.iter().map(|i| i.id.as_str()));
-                    // Dropping the permits frees the slots for new messages.
                     batch.clear();
+                    // Dropping the permits frees the slots for new messages.
+                    slots.clear();
                 }
                 Err(err) => {
                     // Not transient (a bug or a changed schema): keep the results

@@ -27,8 +27,8 @@ pub enum StoreError {
     Redis {
         /// The command or Function that failed.
         command: &'static str,
-        /// The error from Redis or the connection.
-        #[source]
+        /// The error from Redis or the connection (part of the message, so
+        /// not also a `source`, which would print it twice in error chains).
         source: RedisError,
     },
     /// No pooled connection could be had.

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_latency_histogram",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    Migration {
+        version: 4,
+        name: "0004_report_bucket_names",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
 ];
 
 /// What [`Store::migrate`] did.
