@@ -52,16 +52,15 @@ pub async fn run(
     let mut written: u64 = 0;
     let mut seq: u64 = 0;
     let mut interrupted = false;
-    // Several batches in flight keep Redis busy while the next one is generated;
-    // each is written exactly once on its own, so their order does not matter.
+    // The next batch is generated while the previous one is being written, so
+    // Redis and the generator work at the same time. Only one write is in
+    // flight: batches written concurrently could reach Redis out of order, and
+    // the same seed must give the same stream.
     let mut in_flight = tokio::task::JoinSet::new();
     while generated < settings.count {
         if shutdown.is_cancelled() {
             interrupted = true;
             break;
-        }
-        if in_flight.len() >= BATCHES_IN_FLIGHT {
-            written += joined(in_flight.join_next().await)?;
         }
         let size = (settings.count - generated).min(settings.batch as u64);
         let now_ms = SystemTime::now()
@@ -69,6 +68,9 @@ pub async fn run(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let batch: Vec<Message> = (0..size).map(|_| generator.next_message(now_ms)).collect();
+        if !in_flight.is_empty() {
+            written += joined(in_flight.join_next().await)?;
+        }
         seq += 1;
         let (store, run_id) = (store.clone(), run_id.clone());
         in_flight.spawn(async move {
@@ -93,9 +95,6 @@ pub async fn run(
         interrupted,
     })
 }
-
-/// Batches written concurrently by one producer.
-const BATCHES_IN_FLIGHT: usize = 4;
 
 /// The size of a finished batch write, or its error.
 fn joined(
