@@ -59,6 +59,12 @@ impl Keys {
         format!("{}:producer:{run_id}", self.tag)
     }
 
+    /// A SCAN pattern matching every key of this partition. Prefixes are
+    /// validated key parts, so there are no glob characters to escape.
+    pub fn all_pattern(&self) -> String {
+        format!("{}:*", self.tag)
+    }
+
     /// The hash of migration versions applied to this Redis.
     pub fn migrations(&self) -> String {
         format!("{}:migrations", self.tag)

@@ -14,7 +14,7 @@ use crate::cli::{
     Cli, Command, Distribution, GlobalArgs, LogFormat, LogRotation, MonitorArgs, ProduceArgs,
     SendArgs, SendersAction,
 };
-use crate::config_file::{ConfigFile, SendFile};
+use crate::config_file::{ConfigFile, MonitorFile, SendFile};
 
 /// Default Redis URL.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -270,7 +270,12 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
             &from,
             default_sender_name,
         )?),
-        Command::Monitor(args) => Task::Monitor(resolve_monitor(args, &file, &from)?),
+        Command::Monitor(args) => Task::Monitor(resolve_monitor(
+            args,
+            &file.monitor,
+            &from,
+            DEFAULT_INTERVAL,
+        )?),
         Command::Audit(args) => Task::Audit {
             json: args.json,
             page: args.page.unwrap_or(crate::audit::DEFAULT_PAGE),
@@ -505,56 +510,38 @@ fn resolve_demo(args: &crate::cli::DemoArgs) -> Result<DemoSettings, SettingsErr
         }
         senders.push(sender);
     }
-    let interval = match args.interval {
-        Some(interval) => interval,
-        None => from
-            .check(
-                "monitor.interval",
-                scenario.monitor.interval.as_ref(),
-                check::interval,
-            )?
-            .unwrap_or(DEFAULT_DEMO_INTERVAL),
+    // The scenario's [monitor] table, checked as the monitor's own; a demo
+    // always runs until done and reports every second unless told otherwise.
+    let flags = MonitorArgs {
+        interval: args.interval,
+        until_done: true,
+        json: args.json,
+        alert_failure_rate: None,
+        alert_stalled: None,
+        metrics_addr: None,
     };
+    let monitor = resolve_monitor(&flags, &scenario.monitor, &from, DEFAULT_DEMO_INTERVAL)?;
     Ok(DemoSettings {
         description: scenario.description.unwrap_or_default(),
         produce,
         senders,
-        monitor: MonitorSettings {
-            interval,
-            until_done: true,
-            json: args.json || scenario.monitor.json.unwrap_or(false),
-            alerts: crate::monitor::alerts::AlertRules {
-                failure_rate: from.check(
-                    "monitor.alert_failure_rate",
-                    scenario.monitor.alert_failure_rate,
-                    check::failure_rate,
-                )?,
-                stalled_after: from.check(
-                    "monitor.alert_stalled",
-                    scenario.monitor.alert_stalled.as_ref(),
-                    check::duration,
-                )?,
-            },
-            metrics_addr: from.check(
-                "monitor.metrics_addr",
-                scenario.monitor.metrics_addr.as_ref(),
-                check::socket_addr,
-            )?,
-        },
+        monitor,
     })
 }
 
+/// Resolves the monitor from its flags and a `[monitor]` table (of the config
+/// file or of a demo scenario).
 fn resolve_monitor(
     args: &MonitorArgs,
-    file: &ConfigFile,
+    f: &MonitorFile,
     from: &FileOrigin,
+    default_interval: Duration,
 ) -> Result<MonitorSettings, SettingsError> {
-    let f = &file.monitor;
     Ok(MonitorSettings {
         interval: args
             .interval
             .or(from.check("monitor.interval", f.interval.as_ref(), check::interval)?)
-            .unwrap_or(DEFAULT_INTERVAL),
+            .unwrap_or(default_interval),
         until_done: args.until_done || f.until_done.unwrap_or(false),
         json: args.json || f.json.unwrap_or(false),
         alerts: crate::monitor::alerts::AlertRules {

@@ -252,8 +252,7 @@ impl Store {
     /// Deletes every key of this queue (its prefix and partition), by SCAN.
     /// For benchmarks and tests; never on a hot path.
     pub async fn delete_all_keys(&self) -> Result<(), StoreError> {
-        // Prefixes are validated key parts: no glob characters to escape.
-        let pattern = format!("{}*", self.keys.messages().trim_end_matches("messages"));
+        let pattern = self.keys.all_pattern();
         let mut conn = self.conn().await?;
         let mut cursor: u64 = 0;
         loop {
