@@ -2,7 +2,13 @@
 //! atomic batches. A batch whose reply is lost is checked before it is written
 //! again, so a Redis hiccup neither loses nor duplicates messages.
 
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redis::aio::MultiplexedConnection;
 
 use rand::RngExt;
 use tokio_util::sync::CancellationToken;
@@ -10,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 use crate::generator::MessageGenerator;
 use crate::message::Message;
 use crate::settings::ProduceSettings;
-use crate::store::{Backoff, Store, StoreError};
+use crate::store::{Backoff, PreparedBatch, Store, StoreError};
+
+/// Batches written at once. Enough to keep Redis busy while the producer
+/// generates and encodes the next one; more only adds memory.
+const WRITES_IN_FLIGHT: usize = 4;
 
 /// What a producer run did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -48,15 +58,20 @@ pub async fn run(
             store.add_to_stat("producer_runs_started", 1)
         })
         .await?;
+    let mut conn = store
+        .retrying("connect the producer", || {
+            store.dedicated_connection(Duration::ZERO)
+        })
+        .await?;
     let mut generated: u64 = 0;
     let mut written: u64 = 0;
     let mut seq: u64 = 0;
     let mut interrupted = false;
-    // The next batch is generated while the previous one is being written, so
-    // Redis and the generator work at the same time. Only one write is in
-    // flight: batches written concurrently could reach Redis out of order, and
-    // the same seed must give the same stream.
-    let mut in_flight = tokio::task::JoinSet::new();
+    // Several batches are on the wire at once, on one connection, so Redis
+    // never waits for the producer; the next batch is generated meanwhile.
+    // They are queued in order and one connection keeps that order, so the
+    // same seed gives the same stream.
+    let mut in_flight: VecDeque<Write> = VecDeque::with_capacity(WRITES_IN_FLIGHT);
     while generated < settings.count {
         if shutdown.is_cancelled() {
             interrupted = true;
@@ -68,20 +83,19 @@ pub async fn run(
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
         let batch: Vec<Message> = (0..size).map(|_| generator.next_message(now_ms)).collect();
-        if !in_flight.is_empty() {
-            written += joined(in_flight.join_next().await)?;
-        }
         seq += 1;
-        let (store, run_id) = (store.clone(), run_id.clone());
-        in_flight.spawn(async move {
-            write_once(&store, &run_id, seq, &batch)
-                .await
-                .map(|()| size)
-        });
+        let prepared = store.prepare_batch(&run_id, seq, &batch);
+        drop(batch);
+        in_flight.push_back(Write::start(store, &conn, prepared).await);
         generated += size;
+        while in_flight.len() >= WRITES_IN_FLIGHT {
+            if let Some(write) = in_flight.pop_front() {
+                written += write.finish(store, &mut conn).await?;
+            }
+        }
     }
-    while let Some(done) = in_flight.join_next().await {
-        written += joined(Some(done))?;
+    while let Some(write) = in_flight.pop_front() {
+        written += write.finish(store, &mut conn).await?;
     }
     // Recorded on a clean stop too: this run will add nothing more.
     store
@@ -96,34 +110,64 @@ pub async fn run(
     })
 }
 
-/// The size of a finished batch write, or its error.
-fn joined(
-    done: Option<Result<Result<u64, StoreError>, tokio::task::JoinError>>,
-) -> Result<u64, StoreError> {
-    match done {
-        Some(Ok(result)) => result,
-        Some(Err(join_err)) => Err(StoreError::Reply {
-            command: "XADD batch",
-            detail: format!("batch writer failed: {join_err}"),
-        }),
-        None => Ok(0),
+/// One batch on the wire.
+struct Write {
+    batch: PreparedBatch,
+    reply: Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>,
+    /// The reply, if it came on the first poll (an error).
+    early: Option<Result<(), StoreError>>,
+}
+
+impl Write {
+    /// Queues `batch` on `conn` now, before any batch started after it.
+    async fn start(store: &Store, conn: &MultiplexedConnection, batch: PreparedBatch) -> Self {
+        let mut reply = Box::pin(store.send_batch(conn, &batch));
+        // The first poll queues the request on the connection; polling it here,
+        // not when it is awaited, is what keeps the batches in order.
+        let early = match poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await {
+            Poll::Ready(result) => Some(result),
+            Poll::Pending => None,
+        };
+        Self {
+            batch,
+            reply,
+            early,
+        }
+    }
+
+    /// Waits for the reply; after a failure, writes the batch exactly once and
+    /// opens a fresh connection for the batches that follow. Returns its size.
+    async fn finish(
+        self,
+        store: &Store,
+        conn: &mut MultiplexedConnection,
+    ) -> Result<u64, StoreError> {
+        let result = match self.early {
+            Some(result) => result,
+            None => self.reply.await,
+        };
+        if let Err(err) = result {
+            retry(store, &self.batch, err).await?;
+            *conn = store
+                .retrying("reconnect the producer", || {
+                    store.dedicated_connection(Duration::ZERO)
+                })
+                .await?;
+        }
+        Ok(self.batch.len() as u64)
     }
 }
 
-/// Writes one batch exactly once: after a failure, asks Redis whether the
-/// batch landed before writing it again.
-async fn write_once(
+/// Writes a batch whose write failed with `err` exactly once: asks Redis
+/// whether it landed before writing it again. A batch retried here may land
+/// after batches sent later, if those succeeded where it failed.
+async fn retry(
     store: &Store,
-    run_id: &str,
-    seq: u64,
-    batch: &[Message],
+    batch: &PreparedBatch,
+    mut err: StoreError,
 ) -> Result<(), StoreError> {
     let mut backoff = Backoff::default();
     loop {
-        let err = match store.write_batch(run_id, seq, batch).await {
-            Ok(()) => return Ok(()),
-            Err(err) => err,
-        };
         if !err.is_transient() && !err.needs_prepare() {
             return Err(err);
         }
@@ -132,11 +176,15 @@ async fn write_once(
         tokio::time::sleep(wait).await;
         if store
             .retrying("check whether the batch landed", || {
-                store.batch_written(run_id, seq)
+                store.batch_written(batch.run_id(), batch.seq())
             })
             .await?
         {
             return Ok(());
+        }
+        match store.rewrite_batch(batch).await {
+            Ok(()) => return Ok(()),
+            Err(next) => err = next,
         }
     }
 }

@@ -168,10 +168,12 @@ async fn the_same_seed_produces_the_same_messages() {
     let mut runs = Vec::new();
     for run in 0..2 {
         let store = store(&redis.url, &unique_prefix(&format!("seed{run}"))).await;
+        // Many small batches, so that several are always in flight at once:
+        // the order of the stream is part of what must repeat.
         let settings = ProduceSettings {
-            count: 200,
+            count: 5_000,
             seed: Some(99),
-            batch: 64,
+            batch: 50,
         };
         produce::run(&store, &settings, &never)
             .await
@@ -195,7 +197,7 @@ async fn the_same_seed_produces_the_same_messages() {
             .collect();
         runs.push(content);
     }
-    assert_eq!(runs[0].len(), 200);
+    assert_eq!(runs[0].len(), 5_000);
     assert_eq!(runs[0], runs[1], "same seed, same recipients and bodies");
     let lengths: std::collections::BTreeSet<usize> = runs[0]
         .iter()

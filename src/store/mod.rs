@@ -23,7 +23,7 @@ pub use functions::{
 pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use retry::Backoff;
-pub use streams::StreamEntry;
+pub use streams::{PreparedBatch, StreamEntry};
 
 use crate::keys::Keys;
 use crate::settings::QueueSettings;

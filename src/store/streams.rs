@@ -1,15 +1,49 @@
 //! Stream operations: the producer's pipelined writes, the sender's group reads,
 //! and creating the consumer group.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use super::reply::{array, field_pairs, text};
 use super::{Store, StoreError};
-use crate::message::{Message, RawFields};
+use crate::message::{Message, RawFields, field};
 
 /// How long a producer run's record of written batches is kept, in seconds.
 const PRODUCER_RUN_TTL_S: i64 = 24 * 3600;
+
+/// A producer batch encoded for sending: cheap to send again after a failure.
+#[derive(Debug, Clone)]
+pub struct PreparedBatch {
+    pipe: Arc<redis::Pipeline>,
+    run_id: String,
+    seq: u64,
+    len: usize,
+}
+
+impl PreparedBatch {
+    /// The producer run it belongs to.
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+
+    /// Its number within the run.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// How many messages it holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no message.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
 
 /// One stream entry, its fields kept as raw bytes until decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,19 +76,35 @@ impl Store {
     /// Adds `messages` to the stream and the produced counter in one MULTI/EXEC,
     /// and records batch `seq` of producer run `run_id` as written, so that
     /// [`Store::batch_written`] can tell whether a batch whose reply was lost
-    /// needs writing again.
+    /// needs writing again. Runs on a pooled connection.
     pub async fn write_batch(
         &self,
         run_id: &str,
         seq: u64,
         messages: &[Message],
     ) -> Result<(), StoreError> {
+        self.rewrite_batch(&self.prepare_batch(run_id, seq, messages))
+            .await
+    }
+
+    /// Encodes the write of [`Store::write_batch`] once, so it can be sent on
+    /// an ordered connection and, after a failure, sent again.
+    pub fn prepare_batch(&self, run_id: &str, seq: u64, messages: &[Message]) -> PreparedBatch {
         let stream = self.keys.messages();
         let run_key = self.keys.producer_run(run_id);
         let mut pipe = redis::pipe();
         pipe.atomic();
         for message in messages {
-            pipe.xadd(&stream, "*", &message.to_fields()).ignore();
+            pipe.cmd("XADD")
+                .arg(&stream)
+                .arg("*")
+                .arg(field::RECIPIENT)
+                .arg(&message.recipient)
+                .arg(field::BODY)
+                .arg(&message.body)
+                .arg(field::CREATED_MS)
+                .arg(message.created_ms)
+                .ignore();
         }
         pipe.hincr(self.keys.stats(), "produced", messages.len())
             .ignore()
@@ -62,8 +112,39 @@ impl Store {
             .ignore()
             .expire(&run_key, PRODUCER_RUN_TTL_S)
             .ignore();
+        PreparedBatch {
+            pipe: Arc::new(pipe),
+            run_id: run_id.to_owned(),
+            seq,
+            len: messages.len(),
+        }
+    }
+
+    /// Sends `batch` on `conn` and waits for its reply. The request is queued
+    /// on the connection when the returned future is first polled, and one
+    /// connection sends its requests in the order they were queued: so batches
+    /// first polled in order reach Redis in order, however many are in flight.
+    pub fn send_batch(
+        &self,
+        conn: &MultiplexedConnection,
+        batch: &PreparedBatch,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+        let mut conn = conn.clone();
+        let pipe = Arc::clone(&batch.pipe);
+        async move {
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(StoreError::redis("XADD batch"))
+        }
+    }
+
+    /// Sends `batch` again on a pooled connection, after a failure. Check
+    /// [`Store::batch_written`] first: the failed write may have landed.
+    pub async fn rewrite_batch(&self, batch: &PreparedBatch) -> Result<(), StoreError> {
         let mut conn = self.conn().await?;
-        pipe.query_async::<()>(&mut conn)
+        batch
+            .pipe
+            .query_async::<()>(&mut conn)
             .await
             .map_err(StoreError::redis("XADD batch"))
     }
