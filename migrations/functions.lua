@@ -14,6 +14,14 @@
     4  0004_report_bucket_names
                           bucket field names built once at load: formatting
                           a number per result showed in the drain profile
+    5  0005_report_bulk_ack
+                          sms_report takes the ids grouped by outcome and the
+                          send times already bucketed by the sender, and
+                          acknowledges the successes with one XACK per chunk
+                          of ids instead of one per id (each XACK is also an
+                          AOF record): the drain profile showed the per-result
+                          Lua work and XACKs; a window of applied batch
+                          seqs lets a sender have several reports in flight
 
   Every multi-step update that must be atomic runs here, server-side:
   acknowledging and counting a batch of send results, claiming stale work or
@@ -33,27 +41,30 @@
     dead_<reason> the same, by reason (max_attempts, malformed, deleted)
 ]]
 
-local LIBRARY_VERSION = 4
+local LIBRARY_VERSION = 5
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
 local LATENCY_BOUNDS = { 1000, 2000, 5000, 10000, 20000, 50000, 100000, 200000,
                          500000, 1000000, 2000000, 5000000, 10000000 }
 
--- Built at load, where only plain Lua is available (no ipairs yet).
+-- The latency hash's field of each bucket, 'le_inf' last. Built at load,
+-- where only plain Lua is available (no ipairs yet).
 local BUCKET_NAMES = {}
 for i = 1, #LATENCY_BOUNDS do BUCKET_NAMES[i] = 'le_' .. LATENCY_BOUNDS[i] end
-
-local function latency_bucket(us)
-  for i, bound in ipairs(LATENCY_BOUNDS) do
-    if us <= bound then return BUCKET_NAMES[i] end
-  end
-  return 'le_inf'
-end
+BUCKET_NAMES[#LATENCY_BOUNDS + 1] = 'le_inf'
 
 -- A dead-letter entry keeps at most this many original field/value pairs, so
 -- that a poison entry with thousands of fields cannot overflow Lua's stack.
 local MAX_DEAD_FIELDS = 64
+
+-- Report batches of one sender process remembered below its highest one;
+-- a sender has far fewer in flight. 32: the width of Lua's bit operations.
+local BATCH_WINDOW = 32
+
+-- Most ids passed to one XACK: unpack() puts each on Lua's C stack, which
+-- holds 8000 slots.
+local ACK_CHUNK = 1000
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -113,15 +124,25 @@ end
   KEYS: 1 stream, 2 dead stream, 3 stats, 4 stats:<consumer>, 5 latency histogram
   ARGV: 1 group, 2 consumer, 3 max_attempts, 4 retry_idle_ms,
         5 batch_token, 6 batch_seq,
-        then one triple per result: outcome ('ok' | 'fail' | 'malformed'), id,
-        send_time_us (ignored for 'malformed': nothing was sent)
+        7 n_ok, 8 n_fail, 9 n_malformed,
+        10 send_time_us: the summed send times of the ok and failed attempts,
+        11 .. 10 + #BUCKET_NAMES: those attempts counted per histogram
+          bucket, in BUCKET_NAMES order,
+        then the ids: n_ok successes, then n_fail failures, then n_malformed
+        malformed entries.
   Returns: { sent, duplicates, failed, dead, replayed }
-  A success counts as sent only if XACK returned 1; otherwise it is a
-  duplicate. A failure stays pending with its idle time set to retry_idle_ms,
-  so it becomes claimable after (lease - retry_idle) = the retry backoff; at
-  max_attempts deliveries it is dead-lettered instead. (batch_token,
-  batch_seq) make a retried call idempotent: a batch whose reply was lost is
-  not applied twice.
+  Successes are acknowledged with one XACK per ACK_CHUNK ids (each XACK is
+  also one AOF record): those XACK acknowledged count as sent, the rest as
+  duplicates (someone settled them already). A failure stays pending with its
+  idle time set to retry_idle_ms, so it becomes claimable after
+  (lease - retry_idle) = the retry backoff; at max_attempts deliveries it is
+  dead-lettered instead. The sender buckets the send times it measured, so
+  the per-result work here is only the Redis commands each result needs.
+  (batch_token, batch_seq) make a retried call idempotent: a batch whose reply
+  was lost is not applied twice. The sender's hash keeps the highest seq
+  applied and a bitmap of the BATCH_WINDOW seqs below it, so batches may be
+  applied out of order (several are in flight, and a failed one is retried
+  after later ones landed) and each still applies exactly once.
 ]]
 local function sms_report(keys, args)
   local stream, dead, stats, cstats = keys[1], keys[2], keys[3], keys[4]
@@ -129,60 +150,78 @@ local function sms_report(keys, args)
   local max_attempts, retry_idle = tonumber(args[3]), args[4]
   local token, seq = args[5], tonumber(args[6])
 
-  local last = redis.call('HMGET', cstats, 'batch_token', 'batch_seq')
-  if last[1] == token and tonumber(last[2]) and tonumber(last[2]) >= seq then
-    return { 0, 0, 0, 0, 1 }
+  local last = redis.call('HMGET', cstats, 'batch_token', 'batch_seq', 'batch_window')
+  local high, window = 0, 0
+  if last[1] == token then
+    high = tonumber(last[2]) or 0
+    -- Written before the window existed: only the highest batch is known.
+    window = tonumber(last[3]) or 1
+  end
+  if seq <= high then
+    local back = high - seq
+    if back >= BATCH_WINDOW or bit.band(window, bit.lshift(1, back)) ~= 0 then
+      return { 0, 0, 0, 0, 1 }
+    end
   end
 
-  local d = { sent = 0, duplicates = 0, failed = 0, attempts = 0,
-              send_time_us = 0, dead = 0, dead_max_attempts = 0, dead_deleted = 0,
-              dead_malformed = 0 }
-  local buckets = {}
-  for i = 7, #args, 3 do
-    local outcome, id, us = args[i], args[i + 1], tonumber(args[i + 2])
-    if outcome == 'malformed' then
-      local row = pending_row(stream, group, id)
-      local deliveries = 0
-      if row then deliveries = row.deliveries end
-      local n = dead_letter(stream, dead, group, id, 'malformed', deliveries, consumer)
-      d.dead, d.dead_malformed = d.dead + n, d.dead_malformed + n
-    elseif outcome == 'ok' then
-      d.attempts = d.attempts + 1
-      d.send_time_us = d.send_time_us + us
-      local b = latency_bucket(us)
-      buckets[b] = (buckets[b] or 0) + 1
-      if redis.call('XACK', stream, group, id) == 1 then
-        d.sent = d.sent + 1
+  local n_ok, n_fail, n_malformed = tonumber(args[7]), tonumber(args[8]), tonumber(args[9])
+  local d = { sent = 0, duplicates = 0, failed = n_fail, attempts = n_ok + n_fail,
+              send_time_us = tonumber(args[10]), dead = 0, dead_max_attempts = 0,
+              dead_deleted = 0, dead_malformed = 0 }
+  local buckets_at = 11
+  local ids_at = buckets_at + #BUCKET_NAMES
+
+  local ok_end = ids_at + n_ok - 1
+  for first = ids_at, ok_end, ACK_CHUNK do
+    local last_id = math.min(first + ACK_CHUNK - 1, ok_end)
+    d.sent = d.sent + redis.call('XACK', stream, group, unpack(args, first, last_id))
+  end
+  d.duplicates = n_ok - d.sent
+
+  for i = ok_end + 1, ok_end + n_fail do
+    local id = args[i]
+    local row = pending_row(stream, group, id)
+    -- Not pending any more, or reclaimed by another sender: its fate is
+    -- theirs now; only the failed attempt is ours to count.
+    if row and row.owner == consumer then
+      if entry_fields(stream, id) == nil then
+        local n = dead_letter(stream, dead, group, id, 'deleted', row.deliveries, consumer)
+        d.dead, d.dead_deleted = d.dead + n, d.dead_deleted + n
+      elseif row.deliveries >= max_attempts then
+        local n = dead_letter(stream, dead, group, id, 'max_attempts', row.deliveries, consumer)
+        d.dead, d.dead_max_attempts = d.dead + n, d.dead_max_attempts + n
       else
-        d.duplicates = d.duplicates + 1
-      end
-    else
-      d.attempts = d.attempts + 1
-      d.send_time_us = d.send_time_us + us
-      local b = latency_bucket(us)
-      buckets[b] = (buckets[b] or 0) + 1
-      d.failed = d.failed + 1
-      local row = pending_row(stream, group, id)
-      -- Not pending any more, or reclaimed by another sender: its fate is
-      -- theirs now; only the failed attempt is ours to count.
-      if row and row.owner == consumer then
-        if entry_fields(stream, id) == nil then
-          local n = dead_letter(stream, dead, group, id, 'deleted', row.deliveries, consumer)
-          d.dead, d.dead_deleted = d.dead + n, d.dead_deleted + n
-        elseif row.deliveries >= max_attempts then
-          local n = dead_letter(stream, dead, group, id, 'max_attempts', row.deliveries, consumer)
-          d.dead, d.dead_max_attempts = d.dead + n, d.dead_max_attempts + n
-        else
-          redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', retry_idle, 'JUSTID')
-        end
+        redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', retry_idle, 'JUSTID')
       end
     end
   end
+
+  for i = ok_end + n_fail + 1, ok_end + n_fail + n_malformed do
+    local id = args[i]
+    local row = pending_row(stream, group, id)
+    local deliveries = 0
+    if row then deliveries = row.deliveries end
+    local n = dead_letter(stream, dead, group, id, 'malformed', deliveries, consumer)
+    d.dead, d.dead_malformed = d.dead + n, d.dead_malformed + n
+  end
+
   count(stats, cstats, d)
   if keys[5] then
-    for field, n in pairs(buckets) do redis.call('HINCRBY', keys[5], field, n) end
+    for i = 1, #BUCKET_NAMES do
+      local n = tonumber(args[buckets_at + i - 1])
+      if n ~= 0 then
+        redis.call('HINCRBY', keys[5], BUCKET_NAMES[i], n)
+      end
+    end
   end
-  redis.call('HSET', cstats, 'batch_token', token, 'batch_seq', seq)
+  if seq > high then
+    -- bit.lshift takes its shift modulo 32: a jump past the window clears it.
+    if seq - high >= BATCH_WINDOW then window = 0 else window = bit.lshift(window, seq - high) end
+    window, high = bit.bor(window, 1), seq
+  else
+    window = bit.bor(window, bit.lshift(1, high - seq))
+  end
+  redis.call('HSET', cstats, 'batch_token', token, 'batch_seq', high, 'batch_window', window)
   return { d.sent, d.duplicates, d.failed, d.dead, 0 }
 end
 

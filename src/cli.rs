@@ -123,6 +123,12 @@ pub enum Command {
         /// Messages of the simulation-efficiency run. [default: 200000]
         #[arg(long, value_parser = check::count, allow_hyphen_values = true)]
         simulation: Option<u64>,
+        /// Durability of the private redis-server: aof (append-only file, fsync every
+        /// second, as recommended for production) or none (no persistence, as Redis is
+        /// often benchmarked). Not with --redis-url: a given Redis keeps its own.
+        /// [default: aof]
+        #[arg(long, value_enum)]
+        persistence: Option<crate::embedded::Persistence>,
     },
     /// Run a whole simulation in one process: producer, the scenario's senders and the
     /// monitor, until done, then a final report. Without --redis-url (or REDIS_URL) it

@@ -37,6 +37,42 @@ pub enum EmbeddedError {
     },
 }
 
+/// How the private Redis keeps its data.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Persistence {
+    /// Append-only file, fsync every second: what we recommend in production.
+    #[default]
+    Aof,
+    /// No persistence at all.
+    None,
+}
+
+impl Persistence {
+    /// The redis-server options that set it up.
+    fn options(self) -> [&'static str; 6] {
+        let aof = match self {
+            Self::Aof => "yes",
+            Self::None => "no",
+        };
+        [
+            "--appendonly",
+            aof,
+            "--appendfsync",
+            "everysec",
+            "--save",
+            "",
+        ]
+    }
+
+    /// A few words for reports.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Aof => "AOF on, fsync every second",
+            Self::None => "no persistence",
+        }
+    }
+}
+
 /// A running private Redis. Dropping it kills the server and removes its data.
 #[derive(Debug)]
 pub struct EmbeddedRedis {
@@ -47,8 +83,9 @@ pub struct EmbeddedRedis {
 }
 
 impl EmbeddedRedis {
-    /// Starts `redis-server` from PATH and waits until it answers.
-    pub async fn start() -> Result<Self, EmbeddedError> {
+    /// Starts `redis-server` from PATH with `persistence` and waits until it
+    /// answers.
+    pub async fn start(persistence: Persistence) -> Result<Self, EmbeddedError> {
         let binary = find_on_path("redis-server").ok_or(EmbeddedError::NotInstalled)?;
         let start_err = |source| EmbeddedError::Start {
             path: binary.display().to_string(),
@@ -61,16 +98,8 @@ impl EmbeddedRedis {
         let port = free_port().map_err(start_err)?;
         let log = dir.path().join("redis.log");
         let child = Command::new(&binary)
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--appendonly",
-                "yes",
-                "--save",
-                "",
-            ])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(persistence.options())
             .arg("--dir")
             .arg(dir.path())
             .arg("--logfile")

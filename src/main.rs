@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::CommandFactory;
 use clap::Parser;
 use sms_alerts::cli::{Cli, LogFormat, LogRotation};
-use sms_alerts::embedded::EmbeddedRedis;
+use sms_alerts::embedded::{EmbeddedRedis, Persistence};
 use sms_alerts::exit::ExitStatus;
 use sms_alerts::monitor::Sink;
 use sms_alerts::settings::LogSettings;
@@ -46,7 +46,7 @@ fn main() -> ExitCode {
         return ExitStatus::Success.into();
     }
     // The demo's own report is the output; routine logs would drown it.
-    let default_level = if matches!(settings.task, Task::Demo(_) | Task::Bench(_)) {
+    let default_level = if matches!(settings.task, Task::Demo(_) | Task::Bench(..)) {
         "warn"
     } else {
         "info"
@@ -93,8 +93,13 @@ async fn execute(
 ) -> anyhow::Result<ExitStatus> {
     // A demo without a Redis of the user's runs on a private one, removed afterwards.
     let embedded = match (&settings.task, settings.redis_url_given) {
-        (Task::Demo(_) | Task::Bench(_), false) => {
-            let server = EmbeddedRedis::start().await?;
+        (Task::Demo(_), false) => {
+            let server = EmbeddedRedis::start(Persistence::Aof).await?;
+            settings.queue.redis_url = server.url().to_owned();
+            Some(server)
+        }
+        (Task::Bench(_, persistence), false) => {
+            let server = EmbeddedRedis::start(*persistence).await?;
             settings.queue.redis_url = server.url().to_owned();
             Some(server)
         }
@@ -180,9 +185,14 @@ async fn execute_on(
             }
         }
         Task::Completions(_) => {}
-        Task::Bench(sizes) => {
+        Task::Bench(sizes, persistence) => {
+            let server = if settings.redis_url_given {
+                "a given Redis".to_owned()
+            } else {
+                format!("a private redis-server, {}", persistence.describe())
+            };
             println!(
-                "sms-alerts bench on {} ({} cores)",
+                "sms-alerts bench on {} ({server}; {} cores)",
                 store.url(),
                 std::thread::available_parallelism().map_or(0, |n| n.get())
             );

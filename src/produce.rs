@@ -3,20 +3,16 @@
 //! again, so a Redis hiccup neither loses nor duplicates messages.
 
 use std::collections::VecDeque;
-use std::future::{Future, poll_fn};
-use std::pin::Pin;
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use redis::aio::MultiplexedConnection;
-
 use rand::RngExt;
+use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::generator::MessageGenerator;
 use crate::message::Message;
 use crate::settings::ProduceSettings;
-use crate::store::{Backoff, PreparedBatch, Store, StoreError};
+use crate::store::{Backoff, PreparedBatch, Queued, Store, StoreError};
 
 /// Batches written at once. Enough to keep Redis busy while the producer
 /// generates and encodes the next one; more only adds memory.
@@ -113,26 +109,14 @@ pub async fn run(
 /// One batch on the wire.
 struct Write {
     batch: PreparedBatch,
-    reply: Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send>>,
-    /// The reply, if it came on the first poll (an error).
-    early: Option<Result<(), StoreError>>,
+    reply: Queued<()>,
 }
 
 impl Write {
     /// Queues `batch` on `conn` now, before any batch started after it.
     async fn start(store: &Store, conn: &MultiplexedConnection, batch: PreparedBatch) -> Self {
-        let mut reply = Box::pin(store.send_batch(conn, &batch));
-        // The first poll queues the request on the connection; polling it here,
-        // not when it is awaited, is what keeps the batches in order.
-        let early = match poll_fn(|cx| Poll::Ready(reply.as_mut().poll(cx))).await {
-            Poll::Ready(result) => Some(result),
-            Poll::Pending => None,
-        };
-        Self {
-            batch,
-            reply,
-            early,
-        }
+        let reply = Queued::start(store.send_batch(conn, &batch)).await;
+        Self { batch, reply }
     }
 
     /// Waits for the reply; after a failure, writes the batch exactly once and
@@ -142,11 +126,7 @@ impl Write {
         store: &Store,
         conn: &mut MultiplexedConnection,
     ) -> Result<u64, StoreError> {
-        let result = match self.early {
-            Some(result) => result,
-            None => self.reply.await,
-        };
-        if let Err(err) = result {
+        if let Err(err) = self.reply.reply().await {
             retry(store, &self.batch, err).await?;
             *conn = store
                 .retrying("reconnect the producer", || {

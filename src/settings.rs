@@ -203,7 +203,7 @@ pub enum Task {
     /// `demo`.
     Demo(DemoSettings),
     /// `bench`.
-    Bench(crate::bench::BenchSizes),
+    Bench(crate::bench::BenchSizes, crate::embedded::Persistence),
     /// `completions`: print a completion script; needs no Redis.
     Completions(clap_complete::Shell),
     /// `senders prune`.
@@ -285,12 +285,23 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
         Command::Bench {
             messages,
             simulation,
+            persistence,
         } => {
+            if persistence.is_some() && redis_url_given {
+                return Err(SettingsError::Conflict(
+                    "--persistence sets up the private redis-server of the bench; a Redis given \
+                     with --redis-url (or REDIS_URL, or the config file) keeps its own settings"
+                        .to_owned(),
+                ));
+            }
             let defaults = crate::bench::BenchSizes::default();
-            Task::Bench(crate::bench::BenchSizes {
-                messages: messages.unwrap_or(defaults.messages),
-                simulation: simulation.unwrap_or(defaults.simulation),
-            })
+            Task::Bench(
+                crate::bench::BenchSizes {
+                    messages: messages.unwrap_or(defaults.messages),
+                    simulation: simulation.unwrap_or(defaults.simulation),
+                },
+                persistence.unwrap_or_default(),
+            )
         }
         Command::Senders(args) => match args.action {
             None => Task::ListSenders { json: args.json },

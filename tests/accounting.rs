@@ -17,11 +17,11 @@ async fn a_duplicate_delivery_is_counted_once() {
 
     // Sender x reads the message; sender y takes it over (as after a lease
     // lapse); both then succeed.
-    let mut conn = store
+    let conn = store
         .dedicated_connection(Duration::from_secs(1))
         .await
         .expect("conn");
-    let read = store.read_new(&mut conn, "x", 10, 100).await.expect("read");
+    let read = store.read_new(&conn, "x", 10, 100).await.expect("read");
     assert_eq!(read.len(), 1);
     let id = read[0].id.clone();
     let claimed = store
@@ -65,6 +65,61 @@ async fn a_duplicate_delivery_is_counted_once() {
     let scan = scan(&redis.url, &store).await;
     assert_eq!(scan.pending, 0);
     assert_eq!(scan.stat("sent"), 1);
+}
+
+#[tokio::test]
+async fn report_batches_landing_out_of_order_each_apply_exactly_once() {
+    // A sender has several report calls in flight, and retries a failed one
+    // after later ones landed: every batch must count once, in any order.
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("window")).await;
+    produce_n(&store, 40, 40).await;
+    let conn = store
+        .dedicated_connection(Duration::from_secs(1))
+        .await
+        .expect("conn");
+    let read = store.read_new(&conn, "w", 40, 100).await.expect("read");
+    assert_eq!(read.len(), 40);
+    let batch = |seq: usize| -> Vec<ReportItem> {
+        read[(seq - 1) * 4..seq * 4]
+            .iter()
+            .map(|entry| ReportItem {
+                id: entry.id.clone(),
+                outcome: Outcome::Sent,
+                send_time_us: 0,
+            })
+            .collect()
+    };
+    let report = |seq: usize| {
+        let store = store.clone();
+        let items = batch(seq);
+        async move {
+            store
+                .report("w", 5, Duration::ZERO, "tok-w", seq as u64, &items)
+                .await
+                .expect("report")
+        }
+    };
+    // 3 lands before 1 and 2 (they were retried); then 10 jumps ahead.
+    for seq in [3, 1, 2, 10, 5, 4] {
+        let reply = report(seq).await;
+        assert!(!reply.replayed, "batch {seq} is new");
+        assert_eq!(reply.sent, 4, "batch {seq} acknowledges its 4");
+    }
+    // Retries of any of them after a lost reply are recognised.
+    for seq in [1, 2, 3, 4, 5, 10] {
+        let reply = report(seq).await;
+        assert!(reply.replayed, "batch {seq} is a replay");
+        assert_eq!(reply.sent, 0);
+    }
+    // The gaps below the highest batch still apply once.
+    for seq in [9, 6, 8, 7] {
+        assert!(!report(seq).await.replayed, "batch {seq} is new");
+        assert!(report(seq).await.replayed, "batch {seq} again is a replay");
+    }
+    let snapshot = Snapshot::read(&store).await.expect("snapshot");
+    assert_eq!((snapshot.sent, snapshot.duplicates), (40, 0));
+    assert_eq!(scan(&redis.url, &store).await.pending, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -83,12 +83,12 @@ async fn the_audit_reconciles_across_pages_and_catches_tampering() {
         .query_async(&mut conn)
         .await
         .expect("XADD");
-    let mut reader = store
+    let reader = store
         .dedicated_connection(Duration::from_secs(1))
         .await
         .expect("conn");
     let read = store
-        .read_new(&mut reader, "rogue", 1, 100)
+        .read_new(&reader, "rogue", 1, 100)
         .await
         .expect("read");
     let _: u64 = redis::cmd("XACK")

@@ -2,6 +2,7 @@
 //! sender's own pending work, then stale work of others and new messages) and
 //! starts a simulated send for each.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,11 +16,14 @@ use super::flush::{Finished, InFlight};
 use super::simulate::Simulator;
 use crate::message::MessageRef;
 use crate::settings::SendSettings;
-use crate::store::{Backoff, Outcome, ReportItem, Store, StoreError, StreamEntry};
+use crate::store::{Backoff, Outcome, Queued, ReportItem, Store, StoreError, StreamEntry};
 
 /// Longest a read blocks, so the loop checks for work to reclaim and for
 /// shutdown at least this often.
 const MAX_BLOCK: Duration = Duration::from_secs(1);
+/// Reads out at once on the reader connection: while the sender takes in one
+/// reply, Redis already works on the next read.
+const READS_IN_FLIGHT: usize = 2;
 /// Bounds on how often stale pending entries are looked for.
 const MIN_RECLAIM_EVERY: Duration = Duration::from_millis(20);
 
@@ -36,12 +40,49 @@ pub struct DispatchTotals {
     pub dead_on_claim: u64,
 }
 
+/// A read sent to Redis and the slots its messages will take.
+struct PendingRead {
+    slots: Slots,
+    reply: Queued<Vec<StreamEntry>>,
+}
+
+/// Free capacity taken for a read or claim: as many send slots as hold slots.
+struct Slots {
+    send: OwnedSemaphorePermit,
+    hold: OwnedSemaphorePermit,
+}
+
+impl Slots {
+    /// How many messages these slots can take.
+    fn count(&self) -> usize {
+        self.send.num_permits().min(self.hold.num_permits())
+    }
+
+    /// At most `n` of these slots, split off; the rest are freed.
+    fn take(mut self, n: usize) -> Self {
+        let n = n.min(self.count());
+        match (self.send.split(n), self.hold.split(n)) {
+            (Some(send), Some(hold)) => Self { send, hold },
+            // Never happens: both hold at least `n`.
+            _ => self,
+        }
+    }
+
+    /// A send slot and a hold slot for one message.
+    fn take_one(&mut self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        Some((self.send.split(1)?, self.hold.split(1)?))
+    }
+}
+
 /// The dispatcher's state.
 pub(super) struct Dispatcher {
     pub store: Store,
     pub settings: SendSettings,
     pub simulator: Simulator,
-    pub permits: Arc<Semaphore>,
+    /// One per simulated send in progress: the concurrency.
+    pub send_slots: Arc<Semaphore>,
+    /// One per message held, from its read until its result is written.
+    pub hold_slots: Arc<Semaphore>,
     pub in_flight: InFlight,
     pub results: mpsc::UnboundedSender<Finished>,
     pub sends: TaskTracker,
@@ -56,83 +97,122 @@ impl Dispatcher {
             return Ok(());
         }
         let reclaim_every = (self.settings.retry_backoff / 2).clamp(MIN_RECLAIM_EVERY, MAX_BLOCK);
+        // Each read takes at most its share of the concurrency, so that the
+        // slots its messages free start the next read while one is still out.
+        let per_read = self.settings.concurrency.div_ceil(READS_IN_FLIGHT);
         let mut next_reclaim = Instant::now();
         let mut reclaim_cursor: Option<String> = None;
         let mut reader: Option<MultiplexedConnection> = None;
         let mut read_backoff = Backoff::default();
+        let mut reads: VecDeque<PendingRead> = VecDeque::with_capacity(READS_IN_FLIGHT);
         loop {
-            let Some(mut slots) = self.free_slots(stop).await else {
+            if stop.is_cancelled() {
+                // Entries of reads already sent are this sender's now: send
+                // them with the rest of the in-flight work.
+                while let Some(read) = reads.pop_front() {
+                    self.finish_read(read, &mut reader, &mut read_backoff, stop)
+                        .await?;
+                }
                 return Ok(());
+            }
+            // Wait for a free slot only when no read is out: otherwise its
+            // reply comes first.
+            let free = if reads.is_empty() {
+                self.free_slots(stop).await
+            } else {
+                self.try_free_slots()
             };
-            if Instant::now() >= next_reclaim {
-                let wanted = slots.num_permits();
-                let Some(reply) = self
-                    .until_stopped(
-                        stop,
-                        self.store.retrying("reclaim stale messages", || {
-                            self.store.claim(
-                                &self.settings.name,
-                                self.settings.lease,
-                                reclaim_cursor.as_deref(),
-                                wanted,
-                                self.settings.max_attempts,
-                                None,
-                            )
-                        }),
-                    )
-                    .await?
-                else {
-                    return Ok(());
-                };
-                if reply.cursor.is_none() {
-                    next_reclaim = Instant::now() + reclaim_every;
+            if let Some(mut slots) = free {
+                if Instant::now() >= next_reclaim {
+                    let wanted = slots.count();
+                    let Some(reply) = self
+                        .until_stopped(
+                            stop,
+                            self.store.retrying("reclaim stale messages", || {
+                                self.store.claim(
+                                    &self.settings.name,
+                                    self.settings.lease,
+                                    reclaim_cursor.as_deref(),
+                                    wanted,
+                                    self.settings.max_attempts,
+                                    None,
+                                )
+                            }),
+                        )
+                        .await?
+                    else {
+                        continue;
+                    };
+                    if reply.cursor.is_none() {
+                        next_reclaim = Instant::now() + reclaim_every;
+                    }
+                    reclaim_cursor = reply.cursor;
+                    self.totals.dead_on_claim += reply.dead;
+                    self.totals.reclaimed += reply.claimed.len() as u64;
+                    if !reply.claimed.is_empty() {
+                        tracing::debug!(count = reply.claimed.len(), "reclaimed stale messages");
+                    }
+                    for claimed in reply.claimed {
+                        self.dispatch(claimed.entry, &mut slots);
+                    }
                 }
-                reclaim_cursor = reply.cursor;
-                self.totals.dead_on_claim += reply.dead;
-                self.totals.reclaimed += reply.claimed.len() as u64;
-                if !reply.claimed.is_empty() {
-                    tracing::debug!(count = reply.claimed.len(), "reclaimed stale messages");
-                }
-                for claimed in reply.claimed {
-                    self.dispatch(claimed.entry, &mut slots);
-                }
-                if slots.num_permits() == 0 {
+                if slots.count() > 0 && reads.len() < READS_IN_FLIGHT {
+                    let conn = match reader.as_mut() {
+                        Some(conn) => conn,
+                        None => match self.store.dedicated_connection(MAX_BLOCK).await {
+                            Ok(conn) => reader.insert(conn),
+                            Err(err) => {
+                                self.wait_after_read_error(err, &mut read_backoff, stop)
+                                    .await?;
+                                continue;
+                            }
+                        },
+                    };
+                    let slots = slots.take(per_read);
+                    let block = next_reclaim
+                        .saturating_duration_since(Instant::now())
+                        .clamp(Duration::from_millis(1), MAX_BLOCK);
+                    let reply = Queued::start(self.store.read_new(
+                        conn,
+                        &self.settings.name,
+                        slots.count(),
+                        block.as_millis() as u64,
+                    ))
+                    .await;
+                    reads.push_back(PendingRead { slots, reply });
+                    // Another read may go out before the oldest is awaited.
                     continue;
                 }
             }
-            let block = next_reclaim
-                .saturating_duration_since(Instant::now())
-                .clamp(Duration::from_millis(1), MAX_BLOCK);
-            let conn = match reader.as_mut() {
-                Some(conn) => conn,
-                None => match self.store.dedicated_connection(MAX_BLOCK).await {
-                    Ok(conn) => reader.insert(conn),
-                    Err(err) => {
-                        self.wait_after_read_error(err, &mut read_backoff, stop)
-                            .await?;
-                        continue;
-                    }
-                },
-            };
-            let count = slots.num_permits();
-            match self
-                .store
-                .read_new(conn, &self.settings.name, count, block.as_millis() as u64)
-                .await
-            {
-                Ok(entries) => {
-                    read_backoff = Backoff::default();
-                    self.totals.read += entries.len() as u64;
-                    for entry in entries {
-                        self.dispatch(entry, &mut slots);
-                    }
+            if let Some(read) = reads.pop_front() {
+                self.finish_read(read, &mut reader, &mut read_backoff, stop)
+                    .await?;
+            }
+        }
+    }
+
+    /// Waits for a read's reply and starts its messages; after an error, drops
+    /// the connection (it may be broken) and backs off.
+    async fn finish_read(
+        &mut self,
+        read: PendingRead,
+        reader: &mut Option<MultiplexedConnection>,
+        backoff: &mut Backoff,
+        stop: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let PendingRead { mut slots, reply } = read;
+        match reply.reply().await {
+            Ok(entries) => {
+                *backoff = Backoff::default();
+                self.totals.read += entries.len() as u64;
+                for entry in entries {
+                    self.dispatch(entry, &mut slots);
                 }
-                Err(err) => {
-                    // The connection may be broken: open a fresh one next time.
-                    reader = None;
-                    self.wait_after_read_error(err, &mut read_backoff, stop)
-                        .await?;
-                }
+                Ok(())
+            }
+            Err(err) => {
+                *reader = None;
+                self.wait_after_read_error(err, backoff, stop).await
             }
         }
     }
@@ -146,7 +226,7 @@ impl Dispatcher {
             let Some(mut slots) = self.free_slots(stop).await else {
                 return Ok(false);
             };
-            let wanted = slots.num_permits();
+            let wanted = slots.count();
             let name = self.settings.name.clone();
             let Some(reply) = self
                 .until_stopped(
@@ -185,23 +265,56 @@ impl Dispatcher {
     }
 
     /// Waits for at least one free slot, then takes every free one.
-    async fn free_slots(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
-        let mut slots = tokio::select! {
-            permit = Arc::clone(&self.permits).acquire_owned() => permit.ok()?,
+    async fn free_slots(&self, stop: &CancellationToken) -> Option<Slots> {
+        let (mut send, mut hold) = tokio::select! {
+            pair = async {
+                let send = Arc::clone(&self.send_slots).acquire_owned().await;
+                let hold = Arc::clone(&self.hold_slots).acquire_owned().await;
+                (send, hold)
+            } => match pair {
+                (Ok(send), Ok(hold)) => (send, hold),
+                _ => return None,
+            },
             () = stop.cancelled() => return None,
         };
-        let more = self.permits.available_permits();
+        // Only this task takes slots, so what is free now stays free.
+        let more = self
+            .send_slots
+            .available_permits()
+            .min(self.hold_slots.available_permits()) as u32;
         if more > 0 {
-            if let Ok(extra) = Arc::clone(&self.permits).try_acquire_many_owned(more as u32) {
-                slots.merge(extra);
+            if let (Ok(more_send), Ok(more_hold)) = (
+                Arc::clone(&self.send_slots).try_acquire_many_owned(more),
+                Arc::clone(&self.hold_slots).try_acquire_many_owned(more),
+            ) {
+                send.merge(more_send);
+                hold.merge(more_hold);
             }
         }
-        Some(slots)
+        Some(Slots { send, hold })
+    }
+
+    /// Takes every free slot without waiting; `None` if none is free.
+    fn try_free_slots(&self) -> Option<Slots> {
+        let free = self
+            .send_slots
+            .available_permits()
+            .min(self.hold_slots.available_permits()) as u32;
+        if free == 0 {
+            return None;
+        }
+        let send = Arc::clone(&self.send_slots)
+            .try_acquire_many_owned(free)
+            .ok()?;
+        let hold = Arc::clone(&self.hold_slots)
+            .try_acquire_many_owned(free)
+            .ok()?;
+        Some(Slots { send, hold })
     }
 
     /// Starts one message in one of `slots`.
-    fn dispatch(&mut self, entry: StreamEntry, slots: &mut OwnedSemaphorePermit) {
-        let Some(permit) = slots.split(1) else {
+    fn dispatch(&mut self, entry: StreamEntry, slots: &mut Slots) {
+        let Some((send_slot, hold_slot)) = slots.take_one() else {
             // Never happens: each read or claim asks for at most as many
             // entries as there are slots. Leaving the entry pending is safe.
             tracing::warn!(
@@ -219,7 +332,7 @@ impl Dispatcher {
                 outcome: Outcome::Malformed,
                 send_time_us: 0,
             };
-            let _ = self.results.send(Finished { item, permit });
+            let _ = self.results.send(Finished { item, hold_slot });
             return;
         }
         let attempt = self.simulator.next_attempt();
@@ -234,7 +347,7 @@ impl Dispatcher {
                 outcome,
                 send_time_us: 0,
             };
-            let _ = self.results.send(Finished { item, permit });
+            let _ = self.results.send(Finished { item, hold_slot });
             return;
         }
         let results = self.results.clone();
@@ -252,7 +365,10 @@ impl Dispatcher {
                 outcome,
                 send_time_us: started.elapsed().as_micros() as u64,
             };
-            let _ = results.send(Finished { item, permit });
+            // The send is over: its slot takes the next message while the
+            // result waits to be written.
+            drop(send_slot);
+            let _ = results.send(Finished { item, hold_slot });
         });
     }
 

@@ -1,30 +1,37 @@
-//! Writes send results in batches (group commit): while one batch is being
-//! written, the next one gathers. Every result holds its concurrency permit
+//! Writes send results in batches (group commit): while a batch is being
+//! written, the next one gathers, and up to two report calls are in flight. Every result holds its concurrency permit
 //! until it is written, so unwritten results can never pile up beyond the
 //! concurrency, and nothing is released before Redis has it.
 //!
 //! The same task renews the leases of in-flight messages, so a renewal can
 //! never race with the write that sets a failed message's retry backoff.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{ReportItem, ReportReply, Store};
+use redis::aio::MultiplexedConnection;
+
+use crate::store::{PreparedReport, Queued, ReportItem, ReportReply, Store, StoreError};
 
 /// Most results in one report call.
 const MAX_BATCH: usize = 2_000;
+/// Report calls in flight at once: while Redis applies one batch, the next
+/// is encoded and sent.
+const REPORTS_IN_FLIGHT: usize = 2;
+/// Fewest results a report call needs to go out while another is in flight.
+const MIN_PIPELINED_BATCH: usize = 64;
 
 /// A finished attempt waiting to be written.
 #[derive(Debug)]
 pub(super) struct Finished {
     /// The result.
     pub item: ReportItem,
-    /// The concurrency slot it occupies until written; dropping it frees the slot.
-    pub permit: OwnedSemaphorePermit,
+    /// The hold slot it occupies until written; dropping it frees the slot.
+    pub hold_slot: OwnedSemaphorePermit,
 }
 
 /// Ids of the messages this sender holds: read or claimed, not yet written.
@@ -74,6 +81,12 @@ pub struct FlushTotals {
     pub end_to_end: crate::latency::Histogram,
 }
 
+impl PendingWrite {
+    async fn reply_now(&mut self) -> Result<ReportReply, StoreError> {
+        (&mut self.reply).await
+    }
+}
+
 impl FlushTotals {
     fn add(&mut self, reply: ReportReply) {
         self.sent += reply.sent;
@@ -113,6 +126,16 @@ pub(super) struct Flusher {
     pub in_flight: InFlight,
 }
 
+/// A batch of results whose report call is on the wire.
+struct PendingWrite {
+    items: Vec<ReportItem>,
+    /// The hold slots of its results: only held, and freed when the write
+    /// is dropped, once Redis has it.
+    _slots: Vec<OwnedSemaphorePermit>,
+    report: PreparedReport,
+    reply: Queued<ReportReply>,
+}
+
 impl Flusher {
     /// Runs until every sender of `results` is gone and all is written, or
     /// until `give_up` fires (shutdown deadline passed with Redis unreachable).
@@ -125,76 +148,97 @@ impl Flusher {
         let mut seq: u64 = 0;
         let mut renew = tokio::time::interval(self.lease / 3);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A connection of its own: its reports reach Redis without waiting
+        // for a pooled connection's health check, several at once.
+        let mut conn: Option<MultiplexedConnection> = None;
+        let mut writes: VecDeque<PendingWrite> = VecDeque::with_capacity(REPORTS_IN_FLIGHT);
         // Results and the slots they hold, kept apart so the results can be
-        // passed to the write as they are, without a copy.
+        // encoded as they are, without a copy.
         let mut batch: Vec<ReportItem> = Vec::new();
         let mut slots: Vec<OwnedSemaphorePermit> = Vec::new();
+        let mut open = true;
         loop {
-            if batch.is_empty() {
-                tokio::select! {
-                    next = results.recv() => match next {
-                        Some(finished) => {
-                            batch.push(finished.item);
-                            slots.push(finished.permit);
-                        }
-                        None => break,
-                    },
-                    _ = renew.tick() => {
-                        self.renew().await;
-                        continue;
-                    }
-                }
-            }
-            while batch.len() < MAX_BATCH {
+            while open && batch.len() < MAX_BATCH {
                 match results.try_recv() {
                     Ok(finished) => {
                         batch.push(finished.item);
-                        slots.push(finished.permit);
+                        slots.push(finished.hold_slot);
                     }
-                    Err(_) => break,
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
                 }
             }
-            seq += 1;
-            let items = &batch;
-            let write = self.store.retrying("write send results", || {
-                self.store.report(
+            // A write joins one in flight only with enough results to be worth
+            // its own call; otherwise the results wait for the next one.
+            let worth_writing = match writes.len() {
+                0 => !batch.is_empty(),
+                n => n < REPORTS_IN_FLIGHT && batch.len() >= MIN_PIPELINED_BATCH,
+            };
+            if worth_writing {
+                seq += 1;
+                let report = self.store.prepare_report(
                     &self.consumer,
                     self.max_attempts,
                     self.retry_idle,
                     &self.token,
                     seq,
-                    items,
-                )
-            });
-            let written = tokio::select! {
-                written = write => written,
-                () = give_up.cancelled() => {
-                    totals.unwritten += batch.len() as u64;
-                    break;
+                    &batch,
+                );
+                let reply = match self.connection(&mut conn).await {
+                    Ok(conn) => Queued::start(self.store.send_report(conn, &report)).await,
+                    // Goes the retry path of a failed write.
+                    Err(err) => Queued::start(async move { Err(err) }).await,
+                };
+                writes.push_back(PendingWrite {
+                    items: std::mem::take(&mut batch),
+                    _slots: std::mem::take(&mut slots),
+                    report,
+                    reply,
+                });
+                continue;
+            }
+            if !open && batch.is_empty() && writes.is_empty() {
+                break;
+            }
+            let settled = tokio::select! {
+                () = give_up.cancelled() => false,
+                reply = async { (&mut writes.front_mut().expect("checked").reply).await },
+                    if !writes.is_empty() =>
+                {
+                    let write = writes.pop_front().expect("checked");
+                    self.finish(write, reply, &mut conn, &mut totals, &give_up).await
+                }
+                next = results.recv(), if open && batch.len() < MAX_BATCH => {
+                    match next {
+                        Some(finished) => {
+                            batch.push(finished.item);
+                            slots.push(finished.hold_slot);
+                        }
+                        None => open = false,
+                    }
+                    true
+                }
+                _ = renew.tick() => {
+                    // Writes first: a renewal landing after the write that
+                    // set a failed message's retry backoff would undo it.
+                    let mut settled = true;
+                    while settled {
+                        let Some(mut write) = writes.pop_front() else {
+                            break;
+                        };
+                        let reply = write.reply_now().await;
+                        settled = self.finish(write, reply, &mut conn, &mut totals, &give_up).await;
+                    }
+                    if settled {
+                        self.renew().await;
+                    }
+                    settled
                 }
             };
-            match written {
-                Ok(reply) => {
-                    totals.add(reply);
-                    record_end_to_end(&mut totals.end_to_end, items);
-                    self.in_flight
-                        .remove_all(items.iter().map(|i| i.id.as_str()));
-                    batch.clear();
-                    // Dropping the permits frees the slots for new messages.
-                    slots.clear();
-                }
-                Err(err) => {
-                    // Not transient (a bug or a changed schema): keep the results
-                    // and their slots, and try again rather than lose them.
-                    tracing::error!(error = %err, results = batch.len(), "cannot write send results; will retry");
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                        () = give_up.cancelled() => {
-                            totals.unwritten += batch.len() as u64;
-                            break;
-                        }
-                    }
-                }
+            if !settled {
+                totals.unwritten +=
+                    batch.len() as u64 + writes.iter().map(|w| w.items.len() as u64).sum::<u64>();
+                break;
             }
         }
         // Whatever is still queued was never written.
@@ -202,6 +246,78 @@ impl Flusher {
             totals.unwritten += 1;
         }
         totals
+    }
+
+    /// The flusher's connection, opened if needed.
+    async fn connection<'a>(
+        &self,
+        conn: &'a mut Option<MultiplexedConnection>,
+    ) -> Result<&'a MultiplexedConnection, StoreError> {
+        if conn.is_none() {
+            *conn = Some(self.store.dedicated_connection(Duration::ZERO).await?);
+        }
+        Ok(conn.as_ref().expect("just set"))
+    }
+
+    /// Counts a write whose reply came, or writes it again after a failure
+    /// until it is written. Returns false if `give_up` fired first; the
+    /// write's results then count as unwritten.
+    async fn finish(
+        &self,
+        write: PendingWrite,
+        reply: Result<ReportReply, StoreError>,
+        conn: &mut Option<MultiplexedConnection>,
+        totals: &mut FlushTotals,
+        give_up: &CancellationToken,
+    ) -> bool {
+        let reply = match reply {
+            Ok(reply) => reply,
+            Err(err) => {
+                // The connection may be broken: the next write opens another.
+                *conn = None;
+                tracing::warn!(error = %err, results = write.items.len(), "writing send results failed; retrying");
+                match self.write_until_done(&write.report, give_up).await {
+                    Some(reply) => reply,
+                    None => {
+                        totals.unwritten += write.items.len() as u64;
+                        return false;
+                    }
+                }
+            }
+        };
+        totals.add(reply);
+        record_end_to_end(&mut totals.end_to_end, &write.items);
+        self.in_flight
+            .remove_all(write.items.iter().map(|i| i.id.as_str()));
+        // Dropping the slots (with `write`) frees them for new messages.
+        true
+    }
+
+    /// Sends `report` until Redis has it: transient errors are retried with
+    /// backoff, others (a bug or a changed schema) every second, rather than
+    /// lose the results. `None` if `give_up` fired first.
+    async fn write_until_done(
+        &self,
+        report: &PreparedReport,
+        give_up: &CancellationToken,
+    ) -> Option<ReportReply> {
+        loop {
+            let attempt = self
+                .store
+                .retrying("write send results", || self.store.rewrite_report(report));
+            let err = tokio::select! {
+                written = attempt => match written {
+                    Ok(reply) => return Some(reply),
+                    Err(err) => err,
+                },
+                () = give_up.cancelled() => return None,
+            };
+            tracing::error!(error = %err, "cannot write send results; will retry");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = give_up.cancelled() => return None,
+            }
+        }
     }
 
     async fn renew(&self) {

@@ -33,6 +33,11 @@ use dispatch::Dispatcher;
 use flush::{Flusher, InFlight};
 use simulate::Simulator;
 
+/// Messages a sender may hold per send slot, counting those whose results
+/// wait to be written: reading goes on while results are written, and the
+/// bound keeps memory in check while Redis is slow or away.
+const HOLD_PER_SEND_SLOT: usize = 2;
+
 /// How long results may take to be written after the shutdown deadline.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
 
@@ -120,7 +125,10 @@ pub async fn run(
     let mut dispatcher = Dispatcher {
         store: store.clone(),
         simulator: Simulator::new(settings.delay, settings.failure_rate, settings.seed),
-        permits: Arc::new(Semaphore::new(settings.concurrency)),
+        send_slots: Arc::new(Semaphore::new(settings.concurrency)),
+        hold_slots: Arc::new(Semaphore::new(
+            settings.concurrency.saturating_mul(HOLD_PER_SEND_SLOT),
+        )),
         in_flight,
         results: results_tx,
         sends: sends.clone(),

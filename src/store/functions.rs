@@ -3,33 +3,29 @@
 //! struct. The Lua side documents KEYS, ARGV and the reply of each function.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
+use redis::aio::MultiplexedConnection;
+
+use crate::latency::Histogram;
 
 use super::reply::{array, bad, bytes, field_pairs, int, text};
 use super::streams::StreamEntry;
 use super::{Store, StoreError};
 
-/// How one send attempt ended.
+/// How one send attempt ended. The order is that of the id groups of
+/// `sms_report`'s arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Sent: acknowledge and count it.
-    Sent,
+    Sent = 0,
     /// Failed: count the attempt, retry after the backoff or dead-letter it.
-    Failed,
+    Failed = 1,
     /// Not a valid message: dead-letter it with reason `malformed`.
-    Malformed,
-}
-
-impl Outcome {
-    fn as_arg(self) -> &'static str {
-        match self {
-            Self::Sent => "ok",
-            Self::Failed => "fail",
-            Self::Malformed => "malformed",
-        }
-    }
+    Malformed = 2,
 }
 
 /// One result to report.
@@ -103,6 +99,33 @@ pub enum PruneOutcome {
     Missing,
 }
 
+/// An `sms_report` call encoded for sending: cheap to send again.
+#[derive(Debug, Clone)]
+pub struct PreparedReport(Arc<redis::Cmd>);
+
+/// The name of the report function.
+const REPORT: &str = "sms_report";
+
+/// Decodes `sms_report`'s reply.
+fn report_reply(reply: redis::RedisResult<Value>) -> Result<ReportReply, StoreError> {
+    let reply = array(REPORT, reply.map_err(StoreError::redis(REPORT))?)?;
+    let mut counts = reply
+        .into_iter()
+        .map(|v| int(REPORT, v).map(|n| n.max(0) as u64));
+    let mut next = || {
+        counts
+            .next()
+            .unwrap_or_else(|| Err(bad(REPORT, "reply too short")))
+    };
+    Ok(ReportReply {
+        sent: next()?,
+        duplicates: next()?,
+        failed: next()?,
+        dead: next()?,
+        replayed: next()? == 1,
+    })
+}
+
 impl Store {
     async fn fcall(
         &self,
@@ -119,9 +142,10 @@ impl Store {
     }
 
     /// Acknowledges and counts a batch of results in one atomic call
-    /// (`sms_report`). `(token, seq)` identify the batch, so that a retry after
-    /// a lost reply is not applied twice: `token` is unique per process and
-    /// `seq` grows with every batch.
+    /// (`sms_report`) on a pooled connection. `(token, seq)` identify the
+    /// batch, so that a retry after a lost reply is not applied twice: `token`
+    /// is unique per process and `seq` grows with every batch; batches may
+    /// land in any order.
     #[allow(clippy::too_many_arguments)]
     pub async fn report(
         &self,
@@ -132,7 +156,22 @@ impl Store {
         seq: u64,
         items: &[ReportItem],
     ) -> Result<ReportReply, StoreError> {
-        const NAME: &str = "sms_report";
+        let report = self.prepare_report(consumer, max_attempts, retry_idle, token, seq, items);
+        self.rewrite_report(&report).await
+    }
+
+    /// Encodes the call of [`Store::report`] once, to send it on a connection
+    /// of the caller's and, after a failure, send it again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare_report(
+        &self,
+        consumer: &str,
+        max_attempts: u32,
+        retry_idle: Duration,
+        token: &str,
+        seq: u64,
+        items: &[ReportItem],
+    ) -> PreparedReport {
         let keys = [
             self.keys.messages(),
             self.keys.dead(),
@@ -140,34 +179,56 @@ impl Store {
             self.keys.sender_stats(consumer),
             self.keys.latency(),
         ];
-        let mut args = Vec::with_capacity(6 + items.len() * 3);
-        args.push(self.group.as_bytes().to_vec());
-        args.push(consumer.as_bytes().to_vec());
-        args.push(max_attempts.to_string().into_bytes());
-        args.push(retry_idle.as_millis().to_string().into_bytes());
-        args.push(token.as_bytes().to_vec());
-        args.push(seq.to_string().into_bytes());
+        // The ids go grouped by outcome and the send times already bucketed,
+        // so Redis does no per-result work beyond the commands each needs.
+        let mut histogram = Histogram::default();
+        let mut send_time_us: u64 = 0;
+        let mut by_outcome = [0usize; 3];
         for item in items {
-            args.push(item.outcome.as_arg().as_bytes().to_vec());
-            args.push(item.id.as_bytes().to_vec());
-            args.push(item.send_time_us.to_string().into_bytes());
+            by_outcome[item.outcome as usize] += 1;
+            if item.outcome != Outcome::Malformed {
+                histogram.record_us(item.send_time_us);
+                send_time_us += item.send_time_us;
+            }
         }
-        let reply = array(NAME, self.fcall(NAME, &keys, args).await?)?;
-        let mut counts = reply
-            .into_iter()
-            .map(|v| int(NAME, v).map(|n| n.max(0) as u64));
-        let mut next = || {
-            counts
-                .next()
-                .unwrap_or_else(|| Err(bad(NAME, "reply too short")))
-        };
-        Ok(ReportReply {
-            sent: next()?,
-            duplicates: next()?,
-            failed: next()?,
-            dead: next()?,
-            replayed: next()? == 1,
-        })
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(REPORT)
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(&self.group)
+            .arg(consumer)
+            .arg(max_attempts)
+            .arg(retry_idle.as_millis() as u64)
+            .arg(token)
+            .arg(seq)
+            .arg(&by_outcome[..])
+            .arg(send_time_us)
+            .arg(&histogram.counts[..]);
+        for outcome in [Outcome::Sent, Outcome::Failed, Outcome::Malformed] {
+            for item in items.iter().filter(|item| item.outcome == outcome) {
+                cmd.arg(&item.id);
+            }
+        }
+        PreparedReport(Arc::new(cmd))
+    }
+
+    /// Sends `report` on `conn`; queued on the first poll, like
+    /// [`Store::send_batch`], so several reports can be in flight.
+    pub fn send_report(
+        &self,
+        conn: &MultiplexedConnection,
+        report: &PreparedReport,
+    ) -> impl Future<Output = Result<ReportReply, StoreError>> + Send + 'static {
+        let mut conn = conn.clone();
+        let cmd = Arc::clone(&report.0);
+        async move { report_reply(cmd.query_async(&mut conn).await) }
+    }
+
+    /// Sends `report` on a pooled connection: the first time, or again after
+    /// a failure (the batch applies at most once).
+    pub async fn rewrite_report(&self, report: &PreparedReport) -> Result<ReportReply, StoreError> {
+        let mut conn = self.conn().await?;
+        report_reply(report.0.query_async(&mut conn).await)
     }
 
     /// Claims pending entries idle for at least `min_idle`, starting at

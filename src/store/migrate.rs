@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_report_bucket_names",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    Migration {
+        version: 5,
+        name: "0005_report_bulk_ack",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
 ];
 
 /// What [`Store::migrate`] did.

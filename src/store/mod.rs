@@ -6,6 +6,7 @@ mod error;
 mod functions;
 mod inspect;
 mod migrate;
+mod queued;
 mod reply;
 mod retry;
 mod streams;
@@ -18,10 +19,12 @@ use redis::aio::MultiplexedConnection;
 
 pub use error::StoreError;
 pub use functions::{
-    ClaimReply, ClaimedEntry, NameHold, Outcome, PruneOutcome, ReportItem, ReportReply,
+    ClaimReply, ClaimedEntry, NameHold, Outcome, PreparedReport, PruneOutcome, ReportItem,
+    ReportReply,
 };
 pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
+pub use queued::Queued;
 pub use retry::Backoff;
 pub use streams::{PreparedBatch, StreamEntry};
 

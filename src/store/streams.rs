@@ -173,17 +173,21 @@ impl Store {
     }
 
     /// Reads up to `count` never-delivered entries for `consumer`, waiting up to
-    /// `block_ms` for the first one. Runs on a dedicated connection.
-    pub async fn read_new(
+    /// `block_ms` for the first one, on `conn` (a dedicated connection: the
+    /// read may block). Like [`Store::send_batch`], the request is queued on
+    /// the connection when the future is first polled, so several reads can be
+    /// in flight, answered in order.
+    pub fn read_new(
         &self,
-        conn: &mut MultiplexedConnection,
+        conn: &MultiplexedConnection,
         consumer: &str,
         count: usize,
         block_ms: u64,
-    ) -> Result<Vec<StreamEntry>, StoreError> {
+    ) -> impl Future<Output = Result<Vec<StreamEntry>, StoreError>> + Send + 'static {
         const COMMAND: &str = "XREADGROUP";
-        let reply: Value = redis::cmd(COMMAND)
-            .arg("GROUP")
+        let mut conn = conn.clone();
+        let mut cmd = redis::cmd(COMMAND);
+        cmd.arg("GROUP")
             .arg(&self.group)
             .arg(consumer)
             .arg("COUNT")
@@ -192,26 +196,31 @@ impl Store {
             .arg(block_ms)
             .arg("STREAMS")
             .arg(self.keys.messages())
-            .arg(">")
-            .query_async(conn)
-            .await
-            .map_err(StoreError::redis(COMMAND))?;
-        let streams = match reply {
-            Value::Nil => return Ok(Vec::new()),
-            other => array(COMMAND, other)?,
-        };
-        let mut entries = Vec::new();
-        for stream in streams {
-            let mut parts = array(COMMAND, stream)?.into_iter();
-            let items = parts.nth(1).unwrap_or(Value::Nil);
-            if matches!(items, Value::Nil) {
-                continue;
+            .arg(">");
+        async move {
+            let reply: Value = cmd
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::redis(COMMAND))?;
+            let streams = match reply {
+                Value::Nil => return Ok(Vec::new()),
+                other => array(COMMAND, other)?,
+            };
+            let mut entries = Vec::new();
+            for stream in streams {
+                let mut parts = array(COMMAND, stream)?.into_iter();
+                let items = parts.nth(1).unwrap_or(Value::Nil);
+                if matches!(items, Value::Nil) {
+                    continue;
+                }
+                let items = array(COMMAND, items)?;
+                entries.reserve(items.len());
+                for item in items {
+                    entries.push(entry(COMMAND, item)?);
+                }
             }
-            for item in array(COMMAND, items)? {
-                entries.push(entry(COMMAND, item)?);
-            }
+            Ok(entries)
         }
-        Ok(entries)
     }
 }
 
