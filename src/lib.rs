@@ -12,7 +12,8 @@
 //!   fields; [`generator`]: seeded random messages.
 //! - [`store`]: Redis: pool and dedicated blocking connections, stream
 //!   operations, typed wrappers of the Functions library in `migrations/`, the
-//!   migrations, and the one retry loop for transient failures.
+//!   migrations, the one retry loop for transient failures, and requests
+//!   queued now and awaited later (several on the wire at once, in order).
 //! - [`produce`]: the producer; [`send`]: one sender (dispatch, simulate,
 //!   batched results, reclaim, name lease); [`stats`]: snapshots of the
 //!   counters, [`latency`] the send-time histogram; [`monitor`]: reports rendered
@@ -24,7 +25,7 @@
 //!   own XADD ceiling.
 //! - [`metrics`]: Prometheus `/metrics`, served by the monitor.
 //! - [`demo`]: a whole simulation in one process, on a private Redis from
-//!   [`embedded`] unless one is given.
+//!   [`embedded`] unless one is given (the bench uses it too).
 //! - [`exit`]: the process exit codes.
 //!
 //! Every long-running function takes its shutdown signal as a parameter

@@ -1,12 +1,16 @@
 //! The sender: one member of the consumer group.
 //!
 //! - [`name`]: the liveness lease on the sender's name;
-//! - `dispatch`: takes messages into free concurrency slots and starts sends;
+//! - `dispatch`: takes messages into free slots and starts sends, with two
+//!   reads on the wire at once;
 //! - [`simulate`]: the simulated send time and failure;
-//! - `flush`: writes results in batches and renews in-flight leases.
+//! - `flush`: writes results in batches, two report calls on the wire at once,
+//!   and renews in-flight leases.
 //!
-//! A result is written (acknowledged or marked for retry) before its slot is
-//! freed. On shutdown the sender stops taking messages, lets in-flight sends
+//! Each message takes two slots: a send slot (the concurrency), freed when its
+//! send ends, and a hold slot, freed once its result is written (acknowledged
+//! or marked for retry). Sends go on while results are written, and a sender
+//! never holds more than twice its concurrency in messages. On shutdown the sender stops taking messages, lets in-flight sends
 //! finish until the deadline, writes their results and gives its name back;
 //! whatever is unfinished stays pending and is delivered again.
 

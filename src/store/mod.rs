@@ -1,6 +1,8 @@
 //! The Redis layer: a connection pool plus dedicated connections for blocking
-//! reads, typed stream operations, typed wrappers of the Functions library, the
-//! migrations, and the one place where transient failures are retried.
+//! reads and pipelined writes, typed stream operations, typed wrappers of the
+//! Functions library, the migrations, the one place where transient failures
+//! are retried, and [`Queued`] requests: sent now, their replies awaited later,
+//! so several are on the wire at once.
 
 mod error;
 mod functions;
