@@ -68,6 +68,12 @@ impl Slots {
         }
     }
 
+    /// Adds `other`'s slots to these.
+    fn merge(&mut self, other: Self) {
+        self.send.merge(other.send);
+        self.hold.merge(other.hold);
+    }
+
     /// A send slot and a hold slot for one message.
     fn take_one(&mut self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
         Some((self.send.split(1)?, self.hold.split(1)?))
@@ -157,29 +163,16 @@ impl Dispatcher {
                     }
                 }
                 if slots.count() > 0 && reads.len() < READS_IN_FLIGHT {
-                    let conn = match reader.as_mut() {
-                        Some(conn) => conn,
-                        None => match self.store.dedicated_connection(MAX_BLOCK).await {
-                            Ok(conn) => reader.insert(conn),
-                            Err(err) => {
-                                self.wait_after_read_error(err, &mut read_backoff, stop)
-                                    .await?;
-                                continue;
-                            }
-                        },
-                    };
-                    let slots = slots.take(per_read);
                     let block = next_reclaim
                         .saturating_duration_since(Instant::now())
                         .clamp(Duration::from_millis(1), MAX_BLOCK);
-                    let reply = Queued::start(self.store.read_new(
-                        conn,
-                        &self.settings.name,
-                        slots.count(),
-                        block.as_millis() as u64,
-                    ))
-                    .await;
-                    reads.push_back(PendingRead { slots, reply });
+                    let slots = slots.take(per_read);
+                    if let Some(read) = self
+                        .start_read(slots, block, &mut reader, &mut read_backoff, stop)
+                        .await?
+                    {
+                        reads.push_back(read);
+                    }
                     // Another read may go out before the oldest is awaited.
                     continue;
                 }
@@ -189,6 +182,37 @@ impl Dispatcher {
                     .await?;
             }
         }
+    }
+
+    /// Sends a read for as many new messages as `slots` can take, waiting up to
+    /// `block` for the first, on the reader connection (opened if needed).
+    /// `None` if the connection could not be opened (after backing off).
+    async fn start_read(
+        &self,
+        slots: Slots,
+        block: Duration,
+        reader: &mut Option<MultiplexedConnection>,
+        backoff: &mut Backoff,
+        stop: &CancellationToken,
+    ) -> Result<Option<PendingRead>, StoreError> {
+        let conn = match reader {
+            Some(conn) => conn,
+            None => match self.store.dedicated_connection(MAX_BLOCK).await {
+                Ok(conn) => reader.insert(conn),
+                Err(err) => {
+                    self.wait_after_read_error(err, backoff, stop).await?;
+                    return Ok(None);
+                }
+            },
+        };
+        let reply = Queued::start(self.store.read_new(
+            conn,
+            &self.settings.name,
+            slots.count(),
+            block.as_millis() as u64,
+        ))
+        .await;
+        Ok(Some(PendingRead { slots, reply }))
     }
 
     /// Waits for a read's reply and starts its messages; after an error, drops
@@ -266,35 +290,25 @@ impl Dispatcher {
 
     /// Waits for at least one free slot, then takes every free one.
     async fn free_slots(&self, stop: &CancellationToken) -> Option<Slots> {
-        let (mut send, mut hold) = tokio::select! {
+        let mut slots = tokio::select! {
             pair = async {
                 let send = Arc::clone(&self.send_slots).acquire_owned().await;
                 let hold = Arc::clone(&self.hold_slots).acquire_owned().await;
                 (send, hold)
             } => match pair {
-                (Ok(send), Ok(hold)) => (send, hold),
+                (Ok(send), Ok(hold)) => Slots { send, hold },
                 _ => return None,
             },
             () = stop.cancelled() => return None,
         };
-        // Only this task takes slots, so what is free now stays free.
-        let more = self
-            .send_slots
-            .available_permits()
-            .min(self.hold_slots.available_permits()) as u32;
-        if more > 0 {
-            if let (Ok(more_send), Ok(more_hold)) = (
-                Arc::clone(&self.send_slots).try_acquire_many_owned(more),
-                Arc::clone(&self.hold_slots).try_acquire_many_owned(more),
-            ) {
-                send.merge(more_send);
-                hold.merge(more_hold);
-            }
+        if let Some(more) = self.try_free_slots() {
+            slots.merge(more);
         }
-        Some(Slots { send, hold })
+        Some(slots)
     }
 
-    /// Takes every free slot without waiting; `None` if none is free.
+    /// Takes every free slot without waiting; `None` if none is free. Only
+    /// this task takes slots, so what is free now stays free.
     fn try_free_slots(&self) -> Option<Slots> {
         let free = self
             .send_slots

@@ -1,7 +1,8 @@
 //! Writes send results in batches (group commit): while a batch is being
-//! written, the next one gathers, and up to two report calls are in flight. Every result holds its concurrency permit
-//! until it is written, so unwritten results can never pile up beyond the
-//! concurrency, and nothing is released before Redis has it.
+//! written, the next one gathers, and up to two report calls are in flight.
+//! Every result holds its hold slot until it is written, so unwritten results
+//! can never pile up beyond the sender's bound, and nothing is released before
+//! Redis has it.
 //!
 //! The same task renews the leases of in-flight messages, so a renewal can
 //! never race with the write that sets a failed message's retry backoff.
@@ -79,12 +80,6 @@ pub struct FlushTotals {
     /// Time from a message's XADD (its id's milliseconds) to the write of its
     /// result, by histogram bucket: the end-to-end latency, measured in-process.
     pub end_to_end: crate::latency::Histogram,
-}
-
-impl PendingWrite {
-    async fn reply_now(&mut self) -> Result<ReportReply, StoreError> {
-        (&mut self.reply).await
-    }
 }
 
 impl FlushTotals {
@@ -186,7 +181,7 @@ impl Flusher {
                 );
                 let reply = match self.connection(&mut conn).await {
                     Ok(conn) => Queued::start(self.store.send_report(conn, &report)).await,
-                    // Goes the retry path of a failed write.
+                    // Takes the retry path of a failed write.
                     Err(err) => Queued::start(async move { Err(err) }).await,
                 };
                 writes.push_back(PendingWrite {
@@ -226,7 +221,7 @@ impl Flusher {
                         let Some(mut write) = writes.pop_front() else {
                             break;
                         };
-                        let reply = write.reply_now().await;
+                        let reply = (&mut write.reply).await;
                         settled = self.finish(write, reply, &mut conn, &mut totals, &give_up).await;
                     }
                     if settled {

@@ -10,9 +10,11 @@
 //! Each message takes two slots: a send slot (the concurrency), freed when its
 //! send ends, and a hold slot, freed once its result is written (acknowledged
 //! or marked for retry). Sends go on while results are written, and a sender
-//! never holds more than twice its concurrency in messages. On shutdown the sender stops taking messages, lets in-flight sends
-//! finish until the deadline, writes their results and gives its name back;
-//! whatever is unfinished stays pending and is delivered again.
+//! never holds more than twice its concurrency in messages.
+//!
+//! On shutdown the sender stops taking messages, lets in-flight sends finish
+//! until the deadline, writes their results and gives its name back; whatever
+//! is unfinished stays pending and is delivered again.
 
 mod dispatch;
 mod flush;
