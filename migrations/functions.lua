@@ -22,6 +22,12 @@
                           AOF record): the drain profile showed the per-result
                           Lua work and XACKs; a window of applied batch
                           seqs lets a sender have several reports in flight
+    6  0006_produce_function
+                          sms_produce: a producer batch is written only if
+                          its (run, seq) marker is new, checked and set in the
+                          same atomic call. Before, the producer checked the
+                          marker and then wrote again; a batch still queued
+                          in Redis behind a timed-out reply landed twice
 
   Every multi-step update that must be atomic runs here, server-side:
   acknowledging and counting a batch of send results, claiming stale work or
@@ -41,7 +47,7 @@
     dead_<reason> the same, by reason (max_attempts, malformed, deleted)
 ]]
 
-local LIBRARY_VERSION = 5
+local LIBRARY_VERSION = 6
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
@@ -404,6 +410,31 @@ local function sms_prune(keys, args)
   return 'missing'
 end
 
+--[[
+  sms_produce: add one producer batch to the stream exactly once.
+  KEYS: 1 stream, 2 stats, 3 the producer run's hash of written batches
+  ARGV: 1 seq (the batch's number in the run), 2 ttl_s of the run hash,
+        3..5 the field names of recipient, body and created_ms,
+        then recipient, body, created_ms of each message
+  Returns: the messages added, or -1 when batch seq was already written (a
+  retry of a batch whose first try landed, or the first try landing after
+  its retry did). Checking the marker and adding the entries in one call is
+  what makes a retry safe however late the first try is executed.
+]]
+local function sms_produce(keys, args)
+  local stream, stats, run = keys[1], keys[2], keys[3]
+  local n = (#args - 5) / 3
+  if redis.call('HSETNX', run, args[1], n) == 0 then return -1 end
+  redis.call('EXPIRE', run, args[2])
+  local f_recipient, f_body, f_created = args[3], args[4], args[5]
+  for i = 6, #args, 3 do
+    redis.call('XADD', stream, '*', f_recipient, args[i], f_body, args[i + 1],
+               f_created, args[i + 2])
+  end
+  redis.call('HINCRBY', stats, 'produced', n)
+  return n
+end
+
 local function sms_version()
   return LIBRARY_VERSION
 end
@@ -414,5 +445,6 @@ redis.register_function('sms_renew', sms_renew)
 redis.register_function('sms_hold_name', sms_hold_name)
 redis.register_function('sms_release_name', sms_release_name)
 redis.register_function('sms_prune', sms_prune)
+redis.register_function('sms_produce', sms_produce)
 redis.register_function { function_name = 'sms_snapshot', callback = sms_snapshot, flags = { 'no-writes' } }
 redis.register_function { function_name = 'sms_version', callback = sms_version, flags = { 'no-writes' } }

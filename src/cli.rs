@@ -124,8 +124,8 @@ pub enum Command {
         #[arg(long, value_parser = check::count, allow_hyphen_values = true)]
         simulation: Option<u64>,
         /// Durability of the private redis-server: aof (append-only file, fsync every
-        /// second, as recommended for production) or none (no persistence, as Redis is
-        /// often benchmarked). Not with --redis-url: a given Redis keeps its own.
+        /// second, Redis's usual setting) or none (no persistence, as Redis is often
+        /// benchmarked). Not with --redis-url: a given Redis keeps its own.
         /// [default: aof]
         #[arg(long, value_enum)]
         persistence: Option<crate::embedded::Persistence>,

@@ -40,7 +40,10 @@ pub enum EmbeddedError {
 /// How the private Redis keeps its data.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Persistence {
-    /// Append-only file, fsync every second: what we recommend in production.
+    /// Append-only file, fsync every second.
+    // Fine for a demo or a benchmark; a deployment that must lose nothing
+    // acknowledged runs `appendfsync always`, as docker-compose.yml does
+    // (README, Guarantees).
     #[default]
     Aof,
     /// No persistence at all.

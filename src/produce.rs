@@ -1,6 +1,7 @@
 //! The producer: generates messages and adds them to the stream in pipelined,
-//! atomic batches. A batch whose reply is lost is checked before it is written
-//! again, so a Redis hiccup neither loses nor duplicates messages.
+//! atomic batches. A batch whose reply is lost is sent again; Redis adds each
+//! batch once (`sms_produce`), so a Redis hiccup neither loses nor duplicates
+//! messages.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::generator::MessageGenerator;
 use crate::message::Message;
 use crate::settings::ProduceSettings;
-use crate::store::{Backoff, PreparedBatch, Queued, Store, StoreError};
+use crate::store::{BatchWrite, PreparedBatch, Queued, Store, StoreError};
 
 /// Batches written at once. Enough to keep Redis busy while the producer
 /// generates and encodes the next one; more only adds memory.
@@ -109,7 +110,7 @@ pub async fn run(
 /// One batch on the wire.
 struct Write {
     batch: PreparedBatch,
-    reply: Queued<()>,
+    reply: Queued<BatchWrite>,
 }
 
 impl Write {
@@ -119,8 +120,9 @@ impl Write {
         Self { batch, reply }
     }
 
-    /// Waits for the reply; after a failure, writes the batch exactly once and
-    /// opens a fresh connection for the batches that follow. Returns its size.
+    /// Waits for the reply; after a failure, sends the batch again until
+    /// Redis has it and opens a fresh connection for the batches that follow.
+    /// Returns its size.
     async fn finish(
         self,
         store: &Store,
@@ -138,33 +140,24 @@ impl Write {
     }
 }
 
-/// Writes a batch whose write failed with `err` exactly once: asks Redis
-/// whether it landed before writing it again. A batch retried here may land
-/// after batches sent later, if those succeeded where it failed.
-async fn retry(
-    store: &Store,
-    batch: &PreparedBatch,
-    mut err: StoreError,
-) -> Result<(), StoreError> {
-    let mut backoff = Backoff::default();
-    loop {
-        if !err.is_transient() && !err.needs_prepare() {
-            return Err(err);
-        }
-        let wait = backoff.next_wait();
-        tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "writing a batch failed; retrying");
-        tokio::time::sleep(wait).await;
-        if store
-            .retrying("check whether the batch landed", || {
-                store.batch_written(batch.run_id(), batch.seq())
-            })
-            .await?
-        {
-            return Ok(());
-        }
-        match store.rewrite_batch(batch).await {
-            Ok(()) => return Ok(()),
-            Err(next) => err = next,
-        }
+/// Sends a batch whose write failed with `err` again until Redis has it. The
+/// first try may still be queued in Redis behind the timed-out reply and land
+/// later; `sms_produce` then finds the batch marked and adds nothing. A batch
+/// retried here may land after batches sent later, if those succeeded where it
+/// failed.
+async fn retry(store: &Store, batch: &PreparedBatch, err: StoreError) -> Result<(), StoreError> {
+    if !err.is_transient() && !err.needs_prepare() {
+        return Err(err);
     }
+    tracing::warn!(error = %err, seq = batch.seq(), "writing a batch failed; sending it again");
+    let outcome = store
+        .retrying("write a batch again", || store.rewrite_batch(batch))
+        .await?;
+    if outcome == BatchWrite::AlreadyWritten {
+        tracing::info!(
+            seq = batch.seq(),
+            "the batch had landed before the failure; not added again"
+        );
+    }
+    Ok(())
 }

@@ -2,10 +2,12 @@
 //! the senders and the monitor working; a 10-second pause; and what a crash
 //! loses under `appendfsync everysec`.
 //!
-//! With `everysec`, Redis `write()`s the AOF to the kernel before it replies
-//! and only defers the `fsync`, so a crash of the Redis *process* loses
-//! nothing; what `everysec` can lose (about the last second) is lost only when
-//! the machine itself goes down, which a test on one machine cannot do.
+//! With `everysec`, Redis usually `write()`s the AOF to the kernel before it
+//! replies, but while a background `fsync` is still running (a busy disk) it
+//! postpones that `write()` for up to two seconds and replies anyway. A crash
+//! of the Redis *process* in that window loses writes it acknowledged; CI hit
+//! exactly that (1,000 of 300,000). So the everysec test measures the loss and
+//! checks its shape: whole batches at the tail, counters still consistent.
 
 mod common;
 
@@ -17,6 +19,7 @@ use common::*;
 use sms_alerts::audit;
 use sms_alerts::stats::Snapshot;
 use sms_alerts::store::Store;
+use tokio_util::sync::CancellationToken;
 
 async fn entries_added(store: &Store) -> u64 {
     Snapshot::read(store).await.map(|s| s.produced).unwrap_or(0)
@@ -44,6 +47,7 @@ async fn a_redis_crash_and_restart_mid_run_loses_nothing_with_appendfsync_always
     let redis = start_redis_with(RedisOptions {
         appendfsync: Some("always"),
         host_port: Some(free_port()),
+        ..RedisOptions::default()
     })
     .await;
     let prefix = unique_prefix("restart");
@@ -198,21 +202,129 @@ async fn a_ten_second_pause_stops_nobody_and_work_resumes_quickly() {
     );
 }
 
+/// Calls of one command since Redis started, from `INFO commandstats`.
+async fn command_calls(url: &str, command: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut raw(url).await)
+        .await
+        .expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_redis_process_crash_loses_nothing_even_with_appendfsync_everysec() {
+async fn a_batch_sent_again_while_its_first_try_waits_in_a_stalled_redis_is_added_once() {
+    let redis = start_redis_with(RedisOptions {
+        debug_command: true,
+        ..RedisOptions::default()
+    })
+    .await;
+    let prefix = unique_prefix("stall");
+    let store = store(&redis.url, &prefix).await;
+    const TOTAL: u64 = 200_000;
+    const BATCH: usize = 100;
+    let producing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            let settings = sms_alerts::settings::ProduceSettings {
+                count: TOTAL,
+                seed: Some(7),
+                batch: BATCH,
+            };
+            sms_alerts::produce::run(&store, &settings, &CancellationToken::new()).await
+        }
+    });
+    wait_until(
+        "the producer is under way",
+        Duration::from_secs(60),
+        || async { entries_added(&store).await >= 2_000 },
+    )
+    .await;
+    // Redis stalls for longer than the producer's 10 s reply timeout, as it
+    // does behind a blocked disk: the batches on the wire time out while they
+    // wait in Redis's socket, and the producer sends them again. Both tries
+    // run once Redis wakes up.
+    let mut sleeper = raw(&redis.url).await;
+    let stall = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(12)
+            .query_async::<()>(&mut sleeper)
+            .await
+    });
+    let summary = tokio::time::timeout(Duration::from_secs(120), producing)
+        .await
+        .expect("the producer finishes")
+        .expect("the producer task")
+        .expect("the producer rides out the stall");
+    let _ = stall.await;
+    assert!(!summary.interrupted);
+    assert_eq!(summary.count, TOTAL);
+
+    let report = audit::run(&store, 10_000).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+    assert_eq!(report.produced, TOTAL, "every batch added exactly once");
+    assert_eq!(report.counters.produced_by_producers, TOTAL);
+    let calls = command_calls(&redis.url, "fcall").await;
+    let batches = TOTAL / BATCH as u64;
+    println!(
+        "stall: {} batch writes sent again; {batches} batches",
+        calls.saturating_sub(batches)
+    );
+    assert!(
+        calls > batches,
+        "the stall made the producer send batches again ({calls} FCALLs for {batches} batches)"
+    );
+}
+
+/// The batch seqs a producer run recorded, read from its run hash (there is
+/// exactly one run under `store`'s prefix in the test that calls this).
+async fn recorded_batches(url: &str, store: &Store) -> Vec<u64> {
+    let mut conn = raw(url).await;
+    let pattern = store.keys().producer_run("*");
+    let runs: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert_eq!(runs.len(), 1, "one producer run under {pattern}: {runs:?}");
+    let mut seqs: Vec<u64> = redis::cmd("HKEYS")
+        .arg(&runs[0])
+        .query_async(&mut conn)
+        .await
+        .expect("HKEYS");
+    seqs.sort_unstable();
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_process_crash_with_appendfsync_everysec_loses_at_most_a_tail_of_whole_batches() {
     let redis = start_redis_with(RedisOptions {
         appendfsync: Some("everysec"),
         host_port: Some(free_port()),
+        ..RedisOptions::default()
     })
     .await;
     let prefix = unique_prefix("everysec");
     let store = store(&redis.url, &prefix).await;
     const TOTAL: u64 = 300_000;
+    const BATCH: u64 = 1_000;
     let mut producer = spawn_process(
         &redis.url,
         &prefix,
         "producer",
-        &["produce", "--count", &TOTAL.to_string()],
+        &[
+            "produce",
+            "--count",
+            &TOTAL.to_string(),
+            "--batch",
+            &BATCH.to_string(),
+        ],
     );
     wait_until(
         "the producer is under way",
@@ -234,17 +346,41 @@ async fn a_redis_process_crash_loses_nothing_even_with_appendfsync_everysec() {
     let said = stdout_of(&mut producer);
     assert!(
         status.success() && said.contains(&format!("produced {TOTAL} messages")),
-        "{status:?}: {said}"
+        "the producer rides out the crash: {status:?}: {said}"
     );
 
     let report = audit::run(&store, 10_000).await.expect("audit");
+    let lost = TOTAL.saturating_sub(report.produced);
     println!(
-        "everysec: a SIGKILL of Redis lost {} of {TOTAL} messages the producer had been told were written",
-        TOTAL.saturating_sub(report.produced)
+        "everysec: a SIGKILL of Redis lost {lost} of {TOTAL} messages the producer had been told were written"
     );
+    assert!(report.is_consistent(), "{}", report.to_text());
     assert_eq!(
-        report.produced, TOTAL,
-        "no loss and no duplicate after a process crash"
+        report.counters.produced_by_producers, report.produced,
+        "a batch and its count are one atomic call: lost or kept together"
     );
-    assert_eq!(report.counters.produced_by_producers, TOTAL);
+    assert!(report.produced <= TOTAL, "no batch was written twice");
+
+    // What was lost is whole batches, one contiguous run of them: the tail
+    // of the AOF that Redis had acknowledged but not yet written. Every batch
+    // sent after the restart landed.
+    let seqs = recorded_batches(&redis.url, &store).await;
+    let batches = TOTAL / BATCH;
+    let missing: Vec<u64> = (1..=batches)
+        .filter(|s| seqs.binary_search(s).is_err())
+        .collect();
+    assert_eq!(
+        seqs.len() as u64 + missing.len() as u64,
+        batches,
+        "no unknown batch recorded: {seqs:?}"
+    );
+    assert_eq!(lost, missing.len() as u64 * BATCH, "loss is whole batches");
+    if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
+        assert_eq!(
+            last - first + 1,
+            missing.len() as u64,
+            "lost batches are one contiguous run: {missing:?}"
+        );
+        assert!(*last < batches, "the batches after the crash all landed");
+    }
 }

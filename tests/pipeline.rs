@@ -11,6 +11,7 @@ use sms_alerts::monitor::{self, MonitorOutcome};
 use sms_alerts::produce;
 use sms_alerts::settings::{MonitorSettings, ProduceSettings};
 use sms_alerts::stats::Snapshot;
+use sms_alerts::store::BatchWrite;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,6 +213,41 @@ async fn the_same_seed_produces_the_same_messages() {
         })
         .collect();
     assert!(lengths.len() > 20, "body lengths vary: {lengths:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_batch_sent_twice_is_added_once() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("batch-once")).await;
+    let mut generator = sms_alerts::generator::MessageGenerator::seeded(5);
+    let messages: Vec<_> = (0..250).map(|_| generator.next_message(0)).collect();
+    let batch = store.prepare_batch("run-a", 1, &messages);
+    // The second send stands for a retry after a lost reply, or for the first
+    // try landing late, after its retry: either way the batch lands once.
+    assert_eq!(
+        store.rewrite_batch(&batch).await.expect("first"),
+        BatchWrite::Added
+    );
+    assert_eq!(
+        store.rewrite_batch(&batch).await.expect("again"),
+        BatchWrite::AlreadyWritten
+    );
+    // The same seq of another run is another batch.
+    let other = store.prepare_batch("run-b", 1, &messages[..10]);
+    assert_eq!(
+        store.rewrite_batch(&other).await.expect("other"),
+        BatchWrite::Added
+    );
+
+    let snapshot = Snapshot::read(&store).await.expect("snapshot");
+    assert_eq!(snapshot.produced, 260);
+    let mut conn = raw(&redis.url).await;
+    let length: u64 = redis::cmd("XLEN")
+        .arg(store.keys().messages())
+        .query_async(&mut conn)
+        .await
+        .expect("XLEN");
+    assert_eq!(length, 260, "250 + 10 entries, none twice");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

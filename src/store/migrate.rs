@@ -57,6 +57,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_report_bulk_ack",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    Migration {
+        version: 6,
+        name: "0006_produce_function",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
 ];
 
 /// What [`Store::migrate`] did.

@@ -28,7 +28,7 @@ pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use queued::Queued;
 pub use retry::Backoff;
-pub use streams::{PreparedBatch, StreamEntry};
+pub use streams::{BatchWrite, PreparedBatch, StreamEntry};
 
 use crate::keys::Keys;
 use crate::settings::QueueSettings;

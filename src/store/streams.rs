@@ -17,7 +17,7 @@ const PRODUCER_RUN_TTL_S: i64 = 24 * 3600;
 /// A producer batch encoded for sending: cheap to send again after a failure.
 #[derive(Debug, Clone)]
 pub struct PreparedBatch {
-    pipe: Arc<redis::Pipeline>,
+    cmd: Arc<redis::Cmd>,
     run_id: String,
     seq: u64,
     len: usize,
@@ -42,6 +42,25 @@ impl PreparedBatch {
     /// Whether it holds no message.
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+}
+
+/// What sending a producer batch did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchWrite {
+    /// The batch was added now.
+    Added,
+    /// An earlier try of the same batch had already added it; nothing changed.
+    AlreadyWritten,
+}
+
+impl BatchWrite {
+    fn from_reply(added: i64) -> Self {
+        if added < 0 {
+            Self::AlreadyWritten
+        } else {
+            Self::Added
+        }
     }
 }
 
@@ -73,16 +92,17 @@ impl Store {
         }
     }
 
-    /// Adds `messages` to the stream and the produced counter in one MULTI/EXEC,
-    /// and records batch `seq` of producer run `run_id` as written, so that
-    /// [`Store::batch_written`] can tell whether a batch whose reply was lost
-    /// needs writing again. Runs on a pooled connection.
+    /// Adds `messages` to the stream and the produced counter in one atomic
+    /// call (`sms_produce`) that first marks batch `seq` of producer run
+    /// `run_id` as written, and does nothing if it already was: so a batch can
+    /// be sent again after any failure, however late the first try lands.
+    /// Runs on a pooled connection.
     pub async fn write_batch(
         &self,
         run_id: &str,
         seq: u64,
         messages: &[Message],
-    ) -> Result<(), StoreError> {
+    ) -> Result<BatchWrite, StoreError> {
         self.rewrite_batch(&self.prepare_batch(run_id, seq, messages))
             .await
     }
@@ -90,30 +110,24 @@ impl Store {
     /// Encodes the write of [`Store::write_batch`] once, so it can be sent on
     /// an ordered connection and, after a failure, sent again.
     pub fn prepare_batch(&self, run_id: &str, seq: u64, messages: &[Message]) -> PreparedBatch {
-        let stream = self.keys.messages();
-        let run_key = self.keys.producer_run(run_id);
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg("sms_produce")
+            .arg(3)
+            .arg(self.keys.messages())
+            .arg(self.keys.stats())
+            .arg(self.keys.producer_run(run_id))
+            .arg(seq)
+            .arg(PRODUCER_RUN_TTL_S)
+            .arg(field::RECIPIENT)
+            .arg(field::BODY)
+            .arg(field::CREATED_MS);
         for message in messages {
-            pipe.cmd("XADD")
-                .arg(&stream)
-                .arg("*")
-                .arg(field::RECIPIENT)
-                .arg(&message.recipient)
-                .arg(field::BODY)
+            cmd.arg(&message.recipient)
                 .arg(&message.body)
-                .arg(field::CREATED_MS)
-                .arg(message.created_ms)
-                .ignore();
+                .arg(message.created_ms);
         }
-        pipe.hincr(self.keys.stats(), "produced", messages.len())
-            .ignore()
-            .hset(&run_key, seq, messages.len())
-            .ignore()
-            .expire(&run_key, PRODUCER_RUN_TTL_S)
-            .ignore();
         PreparedBatch {
-            pipe: Arc::new(pipe),
+            cmd: Arc::new(cmd),
             run_id: run_id.to_owned(),
             seq,
             len: messages.len(),
@@ -128,36 +142,28 @@ impl Store {
         &self,
         conn: &MultiplexedConnection,
         batch: &PreparedBatch,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send + 'static {
+    ) -> impl Future<Output = Result<BatchWrite, StoreError>> + Send + 'static {
         let mut conn = conn.clone();
-        let pipe = Arc::clone(&batch.pipe);
+        let cmd = Arc::clone(&batch.cmd);
         async move {
-            pipe.query_async::<()>(&mut conn)
+            let added: i64 = cmd
+                .query_async(&mut conn)
                 .await
-                .map_err(StoreError::redis("XADD batch"))
+                .map_err(StoreError::redis("FCALL sms_produce"))?;
+            Ok(BatchWrite::from_reply(added))
         }
     }
 
-    /// Sends `batch` again on a pooled connection, after a failure. Check
-    /// [`Store::batch_written`] first: the failed write may have landed.
-    pub async fn rewrite_batch(&self, batch: &PreparedBatch) -> Result<(), StoreError> {
+    /// Sends `batch` again on a pooled connection. Safe after any failure:
+    /// `sms_produce` adds a batch only once.
+    pub async fn rewrite_batch(&self, batch: &PreparedBatch) -> Result<BatchWrite, StoreError> {
         let mut conn = self.conn().await?;
-        batch
-            .pipe
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(StoreError::redis("XADD batch"))
-    }
-
-    /// Whether batch `seq` of producer run `run_id` was written.
-    pub async fn batch_written(&self, run_id: &str, seq: u64) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("HEXISTS")
-            .arg(self.keys.producer_run(run_id))
-            .arg(seq)
+        let added: i64 = batch
+            .cmd
             .query_async(&mut conn)
             .await
-            .map_err(StoreError::redis("HEXISTS"))
+            .map_err(StoreError::redis("FCALL sms_produce"))?;
+        Ok(BatchWrite::from_reply(added))
     }
 
     /// Adds `delta` to one field of the totals hash.

@@ -44,6 +44,8 @@ pub struct RedisOptions {
     pub appendfsync: Option<&'static str>,
     /// Publish on this host port (stays the same across a restart).
     pub host_port: Option<u16>,
+    /// Allow `DEBUG` from any client (tests that stall Redis with `DEBUG SLEEP`).
+    pub debug_command: bool,
 }
 
 /// Starts a throwaway Redis.
@@ -66,6 +68,9 @@ pub async fn start_redis_with(options: RedisOptions) -> TestRedis {
         ]);
     } else {
         args.extend(["--save", "", "--appendonly", "no"]);
+    }
+    if options.debug_command {
+        args.extend(["--enable-debug-command", "yes"]);
     }
     let mut request = GenericImage::new(name.clone(), tag.clone())
         .with_exposed_port(6379.tcp())
