@@ -216,6 +216,42 @@ async fn the_same_seed_produces_the_same_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_sender_holds_no_more_than_it_sends_while_a_fast_one_takes_the_rest() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("fair")).await;
+    produce_n(&store, 12, 200).await;
+
+    // Reads ahead only for sends about to end: a sender whose sends take a
+    // minute holds just the ten it is sending, not ten more waiting behind.
+    let mut slow = send_settings("slow", 60_000, 0.0);
+    slow.delay.distribution = Distribution::Constant;
+    slow.concurrency = 10;
+    slow.lease = Duration::from_secs(30);
+    let slow = RunningSender::start(&store, slow);
+    wait_until("slow holds ten", Duration::from_secs(10), || async {
+        pending_of(&redis.url, &store, "slow").await == 10
+    })
+    .await;
+    let mut fast = send_settings("fast", 1, 0.0);
+    fast.concurrency = 10;
+    let fast = RunningSender::start(&store, fast);
+    wait_until(
+        "the fast sender settles all the rest",
+        Duration::from_secs(30),
+        || async {
+            Snapshot::read(&store)
+                .await
+                .map(|s| s.settled() == 190)
+                .unwrap_or(false)
+        },
+    )
+    .await;
+    assert_eq!(pending_of(&redis.url, &store, "slow").await, 10);
+    fast.stop().await;
+    drop(slow);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_producer_batch_sent_twice_is_added_once() {
     let redis = start_redis().await;
     let store = store(&redis.url, &unique_prefix("batch-once")).await;

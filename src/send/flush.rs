@@ -44,7 +44,7 @@ impl InFlight {
         self.lock().insert(id.to_owned());
     }
 
-    fn remove_all<'a>(&self, ids: impl Iterator<Item = &'a str>) {
+    pub(super) fn remove_all<'a>(&self, ids: impl Iterator<Item = &'a str>) {
         let mut set = self.lock();
         for id in ids {
             set.remove(id);

@@ -12,21 +12,24 @@
 //! or marked for retry). Sends go on while results are written, and a sender
 //! never holds more than twice its concurrency in messages.
 //!
-//! On shutdown the sender stops taking messages, lets in-flight sends finish
-//! until the deadline, writes their results and gives its name back; whatever
-//! is unfinished stays pending and is delivered again.
+//! On shutdown the sender stops reading, starts the messages it has read
+//! ahead and lets its sends finish until the deadline, writes their results
+//! and gives its name back; whatever is unfinished stays pending and is
+//! delivered again.
 
 mod dispatch;
+mod ending;
 mod flush;
 mod name;
 pub mod simulate;
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
 use thiserror::Error;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -136,6 +139,9 @@ pub async fn run(
             settings.concurrency.saturating_mul(HOLD_PER_SEND_SLOT),
         )),
         in_flight,
+        ready: VecDeque::new(),
+        ending: Default::default(),
+        send_ended: Arc::new(Notify::new()),
         results: results_tx,
         sends: sends.clone(),
         abort_sends: abort_sends.clone(),
@@ -144,11 +150,13 @@ pub async fn run(
     };
     let outcome = dispatcher.run(&stop).await;
     stop.cancel();
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    dispatcher.start_remaining(deadline).await;
     let dispatched = dispatcher.totals;
     drop(dispatcher);
 
     sends.close();
-    if tokio::time::timeout(settings.shutdown_timeout, sends.wait())
+    if tokio::time::timeout_at(deadline, sends.wait())
         .await
         .is_err()
     {
