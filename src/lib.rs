@@ -14,8 +14,8 @@
 //!   operations, typed wrappers of the Functions library in `migrations/`, the
 //!   migrations, the one retry loop for transient failures, and requests
 //!   queued now and awaited later (several on the wire at once, in order).
-//! - [`produce`]: the producer; [`send`]: one sender (dispatch, simulate,
-//!   batched results, reclaim, name lease); [`stats`]: snapshots of the
+//! - [`produce`]: the producer; [`send`]: one sender (dispatch with read-ahead,
+//!   simulate, batched results, reclaim, name lease); [`stats`]: snapshots of the
 //!   counters, [`latency`] the send-time histogram; [`monitor`]: reports rendered
 //!   as lines, JSON or a live terminal display, with alerts.
 //! - [`audit`]: an independent, memory-bounded reconciliation of the counters

@@ -2,7 +2,8 @@
 //!
 //! - [`name`]: the liveness lease on the sender's name;
 //! - `dispatch`: takes messages into free slots and starts sends, with two
-//!   reads on the wire at once;
+//!   reads on the wire at once, reading ahead for sends about to end;
+//! - `ending`: when the running sends end, which bounds the read-ahead;
 //! - [`simulate`]: the simulated send time and failure;
 //! - `flush`: writes results in batches, two report calls on the wire at once,
 //!   and renews in-flight leases.
