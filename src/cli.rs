@@ -6,6 +6,10 @@
 //! the same functions that check the config file, so a bad flag is a clap usage
 //! error (exit code 2) naming the option and the value.
 
+// The doc comments below are clap's --help text, where `<OPTION>` and
+// `<hostname>` are meant literally, not as HTML.
+#![allow(rustdoc::invalid_html_tags)]
+
 use std::path::PathBuf;
 use std::time::Duration;
 

@@ -21,7 +21,7 @@
 //! - [`audit`]: an independent, memory-bounded reconciliation of the counters
 //!   against the stream, the pending list and the dead stream;
 //!   [`senders`]: listing the group's senders and pruning dead ones safely.
-//! - [`bench`]: throughput, efficiency, memory and latency against Redis's
+//! - [`bench`](mod@bench): throughput, efficiency, memory and latency against Redis's
 //!   own XADD ceiling.
 //! - [`metrics`]: Prometheus `/metrics`, served by the monitor.
 //! - [`demo`]: a whole simulation in one process, on a private Redis from

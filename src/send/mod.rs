@@ -1,6 +1,6 @@
 //! The sender: one member of the consumer group.
 //!
-//! - [`name`]: the liveness lease on the sender's name;
+//! - `name`: the liveness lease on the sender's name;
 //! - `dispatch`: takes messages into free slots and starts sends, with two
 //!   reads on the wire at once, reading ahead for sends about to end;
 //! - `ending`: when the running sends end, which bounds the read-ahead;
