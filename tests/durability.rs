@@ -203,12 +203,8 @@ async fn a_ten_second_pause_stops_nobody_and_work_resumes_quickly() {
 }
 
 /// Calls of one command since Redis started, from `INFO commandstats`.
-async fn command_calls(url: &str, command: &str) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut raw(url).await)
-        .await
-        .expect("INFO commandstats");
+async fn command_calls(store: &Store, command: &str) -> u64 {
+    let info = store.info("commandstats").await.expect("INFO commandstats");
     let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
         .find_map(|line| line.strip_prefix(prefix.as_str()))
@@ -270,7 +266,7 @@ async fn a_batch_sent_again_while_its_first_try_waits_in_a_stalled_redis_is_adde
     assert!(report.is_consistent(), "{}", report.to_text());
     assert_eq!(report.produced, TOTAL, "every batch added exactly once");
     assert_eq!(report.counters.produced_by_producers, TOTAL);
-    let calls = command_calls(&redis.url, "fcall").await;
+    let calls = command_calls(&store, "fcall").await;
     let batches = TOTAL / BATCH as u64;
     println!(
         "stall: {} batch writes sent again; {batches} batches",

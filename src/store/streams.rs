@@ -18,17 +18,11 @@ const PRODUCER_RUN_TTL_S: i64 = 24 * 3600;
 #[derive(Debug, Clone)]
 pub struct PreparedBatch {
     cmd: Arc<redis::Cmd>,
-    run_id: String,
     seq: u64,
     len: usize,
 }
 
 impl PreparedBatch {
-    /// The producer run it belongs to.
-    pub fn run_id(&self) -> &str {
-        &self.run_id
-    }
-
     /// Its number within the run.
     pub fn seq(&self) -> u64 {
         self.seq
@@ -55,12 +49,14 @@ pub enum BatchWrite {
 }
 
 impl BatchWrite {
-    fn from_reply(added: i64) -> Self {
-        if added < 0 {
+    /// Reads `sms_produce`'s reply: the messages added, or -1.
+    fn from_reply(reply: redis::RedisResult<i64>) -> Result<Self, StoreError> {
+        let added = reply.map_err(StoreError::redis("FCALL sms_produce"))?;
+        Ok(if added < 0 {
             Self::AlreadyWritten
         } else {
             Self::Added
-        }
+        })
     }
 }
 
@@ -128,7 +124,6 @@ impl Store {
         }
         PreparedBatch {
             cmd: Arc::new(cmd),
-            run_id: run_id.to_owned(),
             seq,
             len: messages.len(),
         }
@@ -145,25 +140,14 @@ impl Store {
     ) -> impl Future<Output = Result<BatchWrite, StoreError>> + Send + 'static {
         let mut conn = conn.clone();
         let cmd = Arc::clone(&batch.cmd);
-        async move {
-            let added: i64 = cmd
-                .query_async(&mut conn)
-                .await
-                .map_err(StoreError::redis("FCALL sms_produce"))?;
-            Ok(BatchWrite::from_reply(added))
-        }
+        async move { BatchWrite::from_reply(cmd.query_async(&mut conn).await) }
     }
 
     /// Sends `batch` again on a pooled connection. Safe after any failure:
     /// `sms_produce` adds a batch only once.
     pub async fn rewrite_batch(&self, batch: &PreparedBatch) -> Result<BatchWrite, StoreError> {
         let mut conn = self.conn().await?;
-        let added: i64 = batch
-            .cmd
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("FCALL sms_produce"))?;
-        Ok(BatchWrite::from_reply(added))
+        BatchWrite::from_reply(batch.cmd.query_async(&mut conn).await)
     }
 
     /// Adds `delta` to one field of the totals hash.
