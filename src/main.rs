@@ -18,6 +18,13 @@ use tokio_util::sync::CancellationToken;
 use tracing_appender::rolling::Rotation;
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of glibc's malloc: the sender's hot path allocates a few
+/// short-lived buffers per message (reply parsing, the send task), and a
+/// profile of a 20 ms simulation showed glibc's malloc and free at about a
+/// fifth of the sender's CPU.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
