@@ -118,8 +118,14 @@ pub async fn run(
     stop(senders).await;
     let ideal = sizes.simulation as f64 * 0.020 / 2_000.0;
     let efficiency = measured / ideal;
+    // The average send time tells apart the two ways to lose: sends that
+    // run long (a late timer) and slots left idle between sends.
+    let avg_send = Snapshot::read(&store)
+        .await?
+        .avg_send_ms()
+        .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2} ms"));
     line(format!(
-        "simulate  {} messages, 20ms, 2,000 slots: {measured:.2}s, ideal {ideal:.2}s, measured/ideal {efficiency:.3} (target <= 1.05: {})",
+        "simulate  {} messages, 20ms, 2,000 slots: {measured:.2}s, ideal {ideal:.2}s, measured/ideal {efficiency:.3} (target <= 1.05: {}; average send {avg_send})",
         sizes.simulation,
         if efficiency <= 1.05 { "met" } else { "NOT met" }
     ));

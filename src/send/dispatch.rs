@@ -16,11 +16,11 @@ use redis::aio::MultiplexedConnection;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use super::ending::Ending;
 use super::flush::{Finished, InFlight};
-use super::simulate::Simulator;
+use super::gateway::InProgress;
+use super::simulate::{Attempt, Simulator};
 use crate::message::MessageRef;
 use crate::settings::SendSettings;
 use crate::store::{Backoff, Outcome, Queued, ReportItem, Store, StoreError, StreamEntry};
@@ -33,12 +33,6 @@ const MAX_BLOCK: Duration = Duration::from_secs(1);
 const READS_IN_FLIGHT: usize = 2;
 /// Bounds on how often stale pending entries are looked for.
 const MIN_RECLAIM_EVERY: Duration = Duration::from_millis(20);
-/// How late tokio's timer fires on average: it rounds a deadline up to its
-/// next millisecond tick and then wakes within the tick after that, so a
-/// sleep ends 0 to 2 ms after its deadline (a constant 20 ms send measured
-/// 21.1 ms on average). A simulated send aims this much early, so that its
-/// time centres on the drawn one instead of running long.
-const TIMER_LATENESS: Duration = Duration::from_millis(1);
 
 /// Counts of how messages came to this sender.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -59,9 +53,11 @@ struct PendingRead {
     reply: Queued<Vec<StreamEntry>>,
 }
 
-/// A message read ahead: it has its hold slot and waits for a send slot.
+/// A message read ahead, checked and its attempt drawn: it has its hold slot
+/// and waits for a send slot.
 pub(super) struct Ready {
-    entry: StreamEntry,
+    id: String,
+    attempt: Attempt,
     hold: OwnedSemaphorePermit,
 }
 
@@ -83,11 +79,6 @@ impl Slots {
         self.send.merge(other.send);
         self.hold.merge(other.hold);
     }
-
-    /// A send slot and a hold slot for one message.
-    fn take_one(&mut self) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
-        Some((self.send.split(1)?, self.hold.split(1)?))
-    }
 }
 
 /// The dispatcher's state.
@@ -106,9 +97,10 @@ pub(super) struct Dispatcher {
     pub ending: Ending,
     /// Signalled by each send as it ends and frees its send slot.
     pub send_ended: Arc<Notify>,
+    /// Results of messages that need no send (no delay, or malformed).
     pub results: mpsc::UnboundedSender<Finished>,
-    pub sends: TaskTracker,
-    pub abort_sends: CancellationToken,
+    /// Sends go here to wait out their time.
+    pub gateway: mpsc::UnboundedSender<InProgress>,
     pub totals: DispatchTotals,
 }
 
@@ -218,7 +210,7 @@ impl Dispatcher {
                 }
                 send = Arc::clone(&self.send_slots).acquire_owned(), if wants_send => {
                     if let (Ok(send), Some(next)) = (send, self.ready.pop_front()) {
-                        self.start(next.entry, send, next.hold);
+                        self.start(next, send);
                     }
                 }
                 // Freed again at once: the loop takes it with the others free.
@@ -257,7 +249,7 @@ impl Dispatcher {
                 }
             };
             match send {
-                Ok(send) => self.start(next.entry, send, next.hold),
+                Ok(send) => self.start(next, send),
                 Err(_) => {
                     self.ready.push_front(next);
                     break;
@@ -270,7 +262,7 @@ impl Dispatcher {
                 "shutdown deadline passed before every message read ahead started; they stay pending and will be delivered again"
             );
             self.in_flight
-                .remove_all(self.ready.iter().map(|r| r.entry.id.as_str()));
+                .remove_all(self.ready.iter().map(|r| r.id.as_str()));
             self.ready.clear();
         }
     }
@@ -282,7 +274,7 @@ impl Dispatcher {
                 return;
             };
             if let Some(next) = self.ready.pop_front() {
-                self.start(next.entry, send, next.hold);
+                self.start(next, send);
             }
         }
     }
@@ -344,7 +336,11 @@ impl Dispatcher {
         }
     }
 
-    /// Queues a message that was read or claimed, with one of `hold`'s slots.
+    /// Takes a message that was read or claimed, with one of `hold`'s slots:
+    /// checks it and draws its attempt now, so that starting it when a send
+    /// slot frees costs next to nothing. A malformed message, or one whose
+    /// send takes no time, has its result at once; the others wait in the
+    /// ready queue.
     fn read_ahead(&mut self, entry: StreamEntry, hold: &mut OwnedSemaphorePermit) {
         let Some(hold) = hold.split(1) else {
             // Never happens: each read or claim asks for at most as many
@@ -355,9 +351,30 @@ impl Dispatcher {
             );
             return;
         };
-        // Its lease is renewed from now on, while it waits to start.
+        // Its lease is renewed from now on, until its result is written.
         self.in_flight.insert(&entry.id);
-        self.ready.push_back(Ready { entry, hold });
+        let id = entry.id;
+        if let Err(err) = MessageRef::from_fields(&entry.fields) {
+            tracing::warn!(id, error = %err, "malformed entry; moving it to the dead stream");
+            self.finish_now(id, Outcome::Malformed, hold);
+            return;
+        }
+        let attempt = self.simulator.next_attempt();
+        if attempt.delay.is_zero() {
+            self.finish_now(id, outcome(attempt), hold);
+            return;
+        }
+        self.ready.push_back(Ready { id, attempt, hold });
+    }
+
+    /// Hands the result of a message that needs no send to the writer.
+    fn finish_now(&self, id: String, outcome: Outcome, hold_slot: OwnedSemaphorePermit) {
+        let item = ReportItem {
+            id,
+            outcome,
+            send_time_us: 0,
+        };
+        let _ = self.results.send(Finished { item, hold_slot });
     }
 
     /// Finishes the messages left pending under this sender's name by an
@@ -398,8 +415,11 @@ impl Dispatcher {
                 );
             }
             for claimed in reply.claimed {
-                self.dispatch(claimed.entry, &mut slots);
+                self.read_ahead(claimed.entry, &mut slots.hold);
             }
+            // The send slots taken with them start them now.
+            drop(slots);
+            self.start_ready();
             match reply.cursor {
                 Some(next) => cursor = Some(next),
                 None => return Ok(true),
@@ -457,82 +477,21 @@ impl Dispatcher {
             .ok()
     }
 
-    /// Starts one recovered message in one of `slots`.
-    fn dispatch(&mut self, entry: StreamEntry, slots: &mut Slots) {
-        let Some((send_slot, hold_slot)) = slots.take_one() else {
-            // Never happens: each claim asks for at most as many entries as
-            // there are slots. Leaving the entry pending is safe.
-            tracing::warn!(
-                id = entry.id,
-                "no free slot for a message; it stays pending"
-            );
-            return;
-        };
-        self.in_flight.insert(&entry.id);
-        self.start(entry, send_slot, hold_slot);
-    }
-
-    /// Starts the simulated send of one message in `send_slot`; `hold_slot`
-    /// goes with its result to the writer.
-    fn start(
-        &mut self,
-        entry: StreamEntry,
-        send_slot: OwnedSemaphorePermit,
-        hold_slot: OwnedSemaphorePermit,
-    ) {
-        let id = entry.id;
-        if let Err(err) = MessageRef::from_fields(&entry.fields) {
-            tracing::warn!(id, error = %err, "malformed entry; moving it to the dead stream");
-            let item = ReportItem {
-                id,
-                outcome: Outcome::Malformed,
-                send_time_us: 0,
-            };
-            let _ = self.results.send(Finished { item, hold_slot });
-            return;
-        }
-        let attempt = self.simulator.next_attempt();
-        let outcome = if attempt.fails {
-            Outcome::Failed
-        } else {
-            Outcome::Sent
-        };
-        if attempt.delay.is_zero() {
-            let item = ReportItem {
-                id,
-                outcome,
-                send_time_us: 0,
-            };
-            let _ = self.results.send(Finished { item, hold_slot });
-            return;
-        }
-        let results = self.results.clone();
-        let abort = self.abort_sends.clone();
-        let ended = Arc::clone(&self.send_ended);
+    /// Starts the send of a ready message in `send_slot`.
+    fn start(&mut self, ready: Ready, send_slot: OwnedSemaphorePermit) {
         let started = Instant::now();
-        let aim = if attempt.delay > TIMER_LATENESS {
-            attempt.delay - TIMER_LATENESS
-        } else {
-            attempt.delay
-        };
-        self.ending.add(started + aim);
-        self.sends.spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep_until(started + aim) => {}
-                // Past the shutdown deadline: drop it; it stays pending and is
-                // delivered again (to a restart of this name, or to another sender).
-                () = abort.cancelled() => return,
-            }
-            let item = ReportItem {
-                id,
-                outcome,
-                send_time_us: started.elapsed().as_micros() as u64,
-            };
-            // The send is over: its slot takes the next message while the
-            // result waits to be written.
-            drop(send_slot);
-            ended.notify_one();
-            let _ = results.send(Finished { item, hold_slot });
+        let ends_at = started + ready.attempt.delay;
+        self.ending.add(ends_at);
+        let _ = self.gateway.send(InProgress {
+            started,
+            ends_at,
+            item: ReportItem {
+                id: ready.id,
+                outcome: outcome(ready.attempt),
+                send_time_us: 0,
+            },
+            send_slot,
+            hold_slot: ready.hold,
         });
     }
 
@@ -569,5 +528,14 @@ impl Dispatcher {
             () = stop.cancelled() => {}
         }
         Ok(())
+    }
+}
+
+/// How an attempt ends.
+fn outcome(attempt: Attempt) -> Outcome {
+    if attempt.fails {
+        Outcome::Failed
+    } else {
+        Outcome::Sent
     }
 }

@@ -5,13 +5,14 @@
 //!   reads on the wire at once, reading ahead for sends about to end;
 //! - `ending`: when the running sends end, which bounds the read-ahead;
 //! - [`simulate`]: the simulated send time and failure;
+//! - `gateway`: the sends in progress, in one timer queue, until they end;
 //! - `flush`: writes results in batches, two report calls on the wire at once,
 //!   and renews in-flight leases.
 //!
 //! Each message takes two slots: a send slot (the concurrency), freed when its
 //! send ends, and a hold slot, freed once its result is written (acknowledged
 //! or marked for retry). Sends go on while results are written, and a sender
-//! never holds more than twice its concurrency in messages.
+//! never holds more than three times its concurrency in messages.
 //!
 //! On shutdown the sender stops reading, starts the messages it has read
 //! ahead and lets its sends finish until the deadline, writes their results
@@ -21,6 +22,7 @@
 mod dispatch;
 mod ending;
 mod flush;
+mod gateway;
 mod name;
 pub mod simulate;
 
@@ -32,7 +34,6 @@ use rand::RngExt;
 use thiserror::Error;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 pub use dispatch::DispatchTotals;
 pub use flush::FlushTotals;
@@ -41,12 +42,15 @@ use crate::settings::SendSettings;
 use crate::store::{Store, StoreError};
 use dispatch::Dispatcher;
 use flush::{Flusher, InFlight};
+use gateway::Gateway;
 use simulate::Simulator;
 
-/// Messages a sender may hold per send slot, counting those whose results
-/// wait to be written: reading goes on while results are written, and the
-/// bound keeps memory in check while Redis is slow or away.
-const HOLD_PER_SEND_SLOT: usize = 2;
+/// Messages a sender may hold per send slot: one sending, one read ahead and
+/// one whose result waits to be written. Reading goes on while results are
+/// written, and the bound keeps memory in check while Redis is slow or away.
+/// With two per slot, a read for the next sends often waited for the last
+/// ones' results to be written.
+const HOLD_PER_SEND_SLOT: usize = 3;
 
 /// How long results may take to be written after the shutdown deadline.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
@@ -130,8 +134,18 @@ pub async fn run(
         .run(results_rx, give_up.clone()),
     );
 
-    let sends = TaskTracker::new();
+    let send_ended = Arc::new(Notify::new());
     let abort_sends = CancellationToken::new();
+    let (gateway_tx, gateway_rx) = mpsc::unbounded_channel();
+    let mut gateway = tokio::spawn(
+        Gateway {
+            sends: gateway_rx,
+            results: results_tx.clone(),
+            send_ended: Arc::clone(&send_ended),
+            abort: abort_sends.clone(),
+        }
+        .run(),
+    );
     let mut dispatcher = Dispatcher {
         store: store.clone(),
         simulator: Simulator::new(settings.delay, settings.failure_rate, settings.seed),
@@ -142,10 +156,9 @@ pub async fn run(
         in_flight,
         ready: VecDeque::new(),
         ending: Default::default(),
-        send_ended: Arc::new(Notify::new()),
+        send_ended,
         results: results_tx,
-        sends: sends.clone(),
-        abort_sends: abort_sends.clone(),
+        gateway: gateway_tx,
         totals: DispatchTotals::default(),
         settings: settings.clone(),
     };
@@ -156,17 +169,16 @@ pub async fn run(
     let dispatched = dispatcher.totals;
     drop(dispatcher);
 
-    sends.close();
-    if tokio::time::timeout_at(deadline, sends.wait())
+    if tokio::time::timeout_at(deadline, &mut gateway)
         .await
         .is_err()
     {
+        abort_sends.cancel();
+        let abandoned = gateway.await.unwrap_or(0);
         tracing::warn!(
-            in_flight = sends.len(),
+            in_flight = abandoned,
             "shutdown deadline passed; abandoning unfinished sends (they stay pending and will be retried)"
         );
-        abort_sends.cancel();
-        sends.wait().await;
     }
     let flushed = match tokio::time::timeout(FLUSH_GRACE, flusher).await {
         Ok(Ok(totals)) => totals,
