@@ -255,7 +255,11 @@ async fn wait_settled(store: &Store, total: u64) -> Result<(), StoreError> {
         if settled >= total && snapshot.pending == 0 {
             return Ok(());
         }
-        let poll_ms = if settled >= total - total / 100 { 1 } else { 10 };
+        let poll_ms = if settled >= total - total / 100 {
+            1
+        } else {
+            10
+        };
         tokio::time::sleep(Duration::from_millis(poll_ms)).await;
     }
 }

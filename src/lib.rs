@@ -15,6 +15,7 @@
 //!   migrations, the one retry loop for transient failures, and requests
 //!   queued now and awaited later (several on the wire at once, in order).
 //! - [`produce`]: the producer; [`send`]: one sender (dispatch with read-ahead,
+//!   a gateway timing the sends in one timer queue,
 //!   simulate, batched results, reclaim, name lease); [`stats`]: snapshots of the
 //!   counters, [`latency`] the send-time histogram; [`monitor`]: reports rendered
 //!   as lines, JSON or a live terminal display, with alerts.

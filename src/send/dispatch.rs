@@ -1,26 +1,26 @@
-//! The dispatcher: takes messages into free concurrency slots (first the
-//! sender's own pending work, then stale work of others and new messages) and
-//! starts a simulated send for each.
+//! The dispatcher: reads and claims messages (first the sender's own pending
+//! work, then stale work of others and new messages), checks each, draws its
+//! attempt and hands it to the gateway, which sends it when a send slot frees.
 //!
-//! New and reclaimed messages are read ahead: a read needs only hold slots,
-//! and its messages wait in the ready queue until send slots free up. So a
-//! send slot that frees starts the next message at once instead of waiting
-//! for a read's round trip and parse (that wait took about a quarter of each
-//! 20 ms cycle at full load).
+//! Messages are read ahead: a read needs only hold slots, and its messages
+//! wait in the gateway's ready queue. So a send slot that frees starts the
+//! next message at once instead of waiting for a read's round trip and parse
+//! (that wait took about a quarter of each 20 ms cycle at full load). Reads
+//! go out for the send slots that are free or about to free, as the gateway's
+//! [`Load`] tells.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::ending::Ending;
 use super::flush::{Finished, InFlight};
-use super::gateway::InProgress;
-use super::simulate::{Attempt, Simulator};
+use super::gateway::{Load, Ready};
+use super::simulate::Simulator;
 use crate::message::MessageRef;
 use crate::settings::SendSettings;
 use crate::store::{Backoff, Outcome, Queued, ReportItem, Store, StoreError, StreamEntry};
@@ -53,60 +53,28 @@ struct PendingRead {
     reply: Queued<Vec<StreamEntry>>,
 }
 
-/// A message read ahead, checked and its attempt drawn: it has its hold slot
-/// and waits for a send slot.
-pub(super) struct Ready {
-    id: String,
-    attempt: Attempt,
-    hold: OwnedSemaphorePermit,
-}
-
-/// Free capacity taken to recover own pending messages, which start at once:
-/// as many send slots as hold slots.
-struct Slots {
-    send: OwnedSemaphorePermit,
-    hold: OwnedSemaphorePermit,
-}
-
-impl Slots {
-    /// How many messages these slots can take.
-    fn count(&self) -> usize {
-        self.send.num_permits().min(self.hold.num_permits())
-    }
-
-    /// Adds `other`'s slots to these.
-    fn merge(&mut self, other: Self) {
-        self.send.merge(other.send);
-        self.hold.merge(other.hold);
-    }
-}
-
 /// The dispatcher's state.
 pub(super) struct Dispatcher {
     pub store: Store,
     pub settings: SendSettings,
     pub simulator: Simulator,
-    /// One per simulated send in progress: the concurrency.
-    pub send_slots: Arc<Semaphore>,
     /// One per message held, from its read until its result is written.
     pub hold_slots: Arc<Semaphore>,
     pub in_flight: InFlight,
-    /// Messages read ahead, oldest first.
-    pub ready: VecDeque<Ready>,
-    /// When the sends in progress end, for how far to read ahead.
-    pub ending: Ending,
-    /// Signalled by each send as it ends and frees its send slot.
-    pub send_ended: Arc<Notify>,
+    /// How many messages the gateway holds and how many of its sends end
+    /// soon.
+    pub load: Arc<Load>,
     /// Results of messages that need no send (no delay, or malformed).
     pub results: mpsc::UnboundedSender<Finished>,
-    /// Sends go here to wait out their time.
-    pub gateway: mpsc::UnboundedSender<InProgress>,
+    /// Messages to send go to the gateway.
+    pub gateway: mpsc::UnboundedSender<Ready>,
     pub totals: DispatchTotals,
 }
 
 impl Dispatcher {
     /// Runs until `stop` fires. Only non-transient Redis errors end it early.
-    /// Messages still read ahead then are for [`Dispatcher::start_remaining`].
+    /// Messages already read stay with the gateway, which sends them until
+    /// the shutdown deadline.
     pub(super) async fn run(&mut self, stop: &CancellationToken) -> Result<(), StoreError> {
         if !self.recover_own(stop).await? {
             return Ok(());
@@ -121,10 +89,9 @@ impl Dispatcher {
         let mut read_backoff = Backoff::default();
         let mut reads: VecDeque<PendingRead> = VecDeque::with_capacity(READS_IN_FLIGHT);
         loop {
-            self.start_ready();
             if stop.is_cancelled() {
                 // Entries of reads already sent are this sender's now: they
-                // join the ready queue, started until the shutdown deadline.
+                // go to the gateway, sent until the shutdown deadline.
                 while let Some(read) = reads.pop_front() {
                     let reply = read.reply.reply().await;
                     self.take_read(read.hold, reply, &mut reader, &mut read_backoff, stop)
@@ -186,15 +153,13 @@ impl Dispatcher {
                 // Another read may go out before the oldest is awaited.
                 continue;
             }
-            // Nothing can start without waiting. Wait for the oldest read's
-            // reply, a send slot for a ready message, or, when another read
-            // could go out, for what it lacks: a hold slot, or sends that end
-            // (or come within the read-ahead horizon).
+            // Nothing can go out without waiting. Wait for the oldest read's
+            // reply, or, when another read could go out, for what it lacks: a
+            // hold slot, or sends that end (or come within the read-ahead
+            // horizon).
             let could_read = reads.len() < READS_IN_FLIGHT;
-            let wants_send = !self.ready.is_empty();
             let wants_hold = could_read && budget > 0;
             let wants_ends = could_read && budget == 0;
-            let next_change = self.ending.next_change();
             tokio::select! {
                 () = stop.cancelled() => {}
                 reply = async {
@@ -208,75 +173,21 @@ impl Dispatcher {
                             .await?;
                     }
                 }
-                send = Arc::clone(&self.send_slots).acquire_owned(), if wants_send => {
-                    if let (Ok(send), Some(next)) = (send, self.ready.pop_front()) {
-                        self.start(next, send);
-                    }
-                }
                 // Freed again at once: the loop takes it with the others free.
                 _hold = Arc::clone(&self.hold_slots).acquire_owned(), if wants_hold => {}
-                () = self.send_ended.notified(), if wants_ends => {}
-                () = async {
-                    match next_change {
-                        Some(at) => tokio::time::sleep_until(at).await,
-                        None => std::future::pending().await,
-                    }
-                }, if wants_ends => {}
+                () = self.load.changed.notified(), if wants_ends => {}
             }
         }
     }
 
     /// How many more messages to read or claim now: one per send slot free
     /// or about to free (its send ends within the read-ahead horizon), less
-    /// those already ready or asked for by reads on the wire.
-    fn read_budget(&mut self, reads: &VecDeque<PendingRead>) -> usize {
+    /// those already waiting for one or asked for by reads on the wire.
+    fn read_budget(&self, reads: &VecDeque<PendingRead>) -> usize {
         let asked: usize = reads.iter().map(|r| r.hold.num_permits()).sum();
-        (self.send_slots.available_permits() + self.ending.soon(Instant::now()))
-            .saturating_sub(self.ready.len() + asked)
-    }
-
-    /// After `run`: starts the messages still read ahead as send slots free,
-    /// until `deadline`. Those left then stay pending under this sender's name
-    /// and are delivered again (to a restart of this name at once, or to
-    /// another sender after the lease).
-    pub(super) async fn start_remaining(&mut self, deadline: Instant) {
-        while let Some(next) = self.ready.pop_front() {
-            let send = tokio::select! {
-                send = Arc::clone(&self.send_slots).acquire_owned() => send,
-                () = tokio::time::sleep_until(deadline) => {
-                    self.ready.push_front(next);
-                    break;
-                }
-            };
-            match send {
-                Ok(send) => self.start(next, send),
-                Err(_) => {
-                    self.ready.push_front(next);
-                    break;
-                }
-            }
-        }
-        if !self.ready.is_empty() {
-            tracing::warn!(
-                count = self.ready.len(),
-                "shutdown deadline passed before every message read ahead started; they stay pending and will be delivered again"
-            );
-            self.in_flight
-                .remove_all(self.ready.iter().map(|r| r.id.as_str()));
-            self.ready.clear();
-        }
-    }
-
-    /// Starts ready messages in the send slots free now.
-    fn start_ready(&mut self) {
-        while !self.ready.is_empty() {
-            let Ok(send) = Arc::clone(&self.send_slots).try_acquire_owned() else {
-                return;
-            };
-            if let Some(next) = self.ready.pop_front() {
-                self.start(next, send);
-            }
-        }
+        self.load
+            .wanted(self.settings.concurrency)
+            .saturating_sub(asked)
     }
 
     /// Sends a read for as many new messages as `hold` can take, waiting up to
@@ -361,10 +272,20 @@ impl Dispatcher {
         }
         let attempt = self.simulator.next_attempt();
         if attempt.delay.is_zero() {
-            self.finish_now(id, outcome(attempt), hold);
+            let outcome = if attempt.fails {
+                Outcome::Failed
+            } else {
+                Outcome::Sent
+            };
+            self.finish_now(id, outcome, hold);
             return;
         }
-        self.ready.push_back(Ready { id, attempt, hold });
+        self.load.add_held();
+        let _ = self.gateway.send(Ready {
+            id,
+            attempt,
+            hold_slot: hold,
+        });
     }
 
     /// Hands the result of a message that needs no send to the writer.
@@ -383,10 +304,10 @@ impl Dispatcher {
     async fn recover_own(&mut self, stop: &CancellationToken) -> Result<bool, StoreError> {
         let mut cursor: Option<String> = None;
         loop {
-            let Some(mut slots) = self.free_slots(stop).await else {
+            let Some(mut hold) = self.free_to_recover(stop).await else {
                 return Ok(false);
             };
-            let wanted = slots.count();
+            let wanted = hold.num_permits();
             let name = self.settings.name.clone();
             let Some(reply) = self
                 .until_stopped(
@@ -415,11 +336,8 @@ impl Dispatcher {
                 );
             }
             for claimed in reply.claimed {
-                self.read_ahead(claimed.entry, &mut slots.hold);
+                self.read_ahead(claimed.entry, &mut hold);
             }
-            // The send slots taken with them start them now.
-            drop(slots);
-            self.start_ready();
             match reply.cursor {
                 Some(next) => cursor = Some(next),
                 None => return Ok(true),
@@ -427,42 +345,24 @@ impl Dispatcher {
         }
     }
 
-    /// Waits for at least one free slot, then takes every free one.
-    async fn free_slots(&self, stop: &CancellationToken) -> Option<Slots> {
-        let mut slots = tokio::select! {
-            pair = async {
-                let send = Arc::clone(&self.send_slots).acquire_owned().await;
-                let hold = Arc::clone(&self.hold_slots).acquire_owned().await;
-                (send, hold)
-            } => match pair {
-                (Ok(send), Ok(hold)) => Slots { send, hold },
-                _ => return None,
-            },
-            () = stop.cancelled() => return None,
-        };
-        if let Some(more) = self.try_free_slots() {
-            slots.merge(more);
+    /// Waits until recovered messages would start at once (the gateway has
+    /// a free send slot) and a hold slot is free, then takes a hold slot for
+    /// each message that can start now.
+    async fn free_to_recover(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        loop {
+            let free = self.load.free_slots(self.settings.concurrency);
+            if let Some(hold) = self.try_free_hold(free) {
+                return Some(hold);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = self.load.changed.notified(), if free == 0 => {}
+                // Freed again at once: the loop takes it with the others free.
+                hold = Arc::clone(&self.hold_slots).acquire_owned(), if free > 0 => {
+                    drop(hold.ok()?);
+                }
+            }
         }
-        Some(slots)
-    }
-
-    /// Takes every free slot without waiting; `None` if none is free. Only
-    /// this task takes slots, so what is free now stays free.
-    fn try_free_slots(&self) -> Option<Slots> {
-        let free = self
-            .send_slots
-            .available_permits()
-            .min(self.hold_slots.available_permits()) as u32;
-        if free == 0 {
-            return None;
-        }
-        let send = Arc::clone(&self.send_slots)
-            .try_acquire_many_owned(free)
-            .ok()?;
-        let hold = Arc::clone(&self.hold_slots)
-            .try_acquire_many_owned(free)
-            .ok()?;
-        Some(Slots { send, hold })
     }
 
     /// Takes up to `most` free hold slots without waiting; `None` if none is
@@ -475,24 +375,6 @@ impl Dispatcher {
         Arc::clone(&self.hold_slots)
             .try_acquire_many_owned(free)
             .ok()
-    }
-
-    /// Starts the send of a ready message in `send_slot`.
-    fn start(&mut self, ready: Ready, send_slot: OwnedSemaphorePermit) {
-        let started = Instant::now();
-        let ends_at = started + ready.attempt.delay;
-        self.ending.add(ends_at);
-        let _ = self.gateway.send(InProgress {
-            started,
-            ends_at,
-            item: ReportItem {
-                id: ready.id,
-                outcome: outcome(ready.attempt),
-                send_time_us: 0,
-            },
-            send_slot,
-            hold_slot: ready.hold,
-        });
     }
 
     /// Races `work` against `stop`: `None` if stopped first.
@@ -528,14 +410,5 @@ impl Dispatcher {
             () = stop.cancelled() => {}
         }
         Ok(())
-    }
-}
-
-/// How an attempt ends.
-fn outcome(attempt: Attempt) -> Outcome {
-    if attempt.fails {
-        Outcome::Failed
-    } else {
-        Outcome::Sent
     }
 }

@@ -1,11 +1,12 @@
 //! The sender: one member of the consumer group.
 //!
 //! - `name`: the liveness lease on the sender's name;
-//! - `dispatch`: takes messages into free slots and starts sends, with two
-//!   reads on the wire at once, reading ahead for sends about to end;
+//! - `dispatch`: reads and claims messages, with two reads on the wire at
+//!   once, reading ahead for sends about to end, and draws each attempt;
+//! - `gateway`: starts each message read ahead as a send slot frees, and
+//!   holds the sends in progress in one timer queue until they end;
 //! - `ending`: when the running sends end, which bounds the read-ahead;
 //! - [`simulate`]: the simulated send time and failure;
-//! - `gateway`: the sends in progress, in one timer queue, until they end;
 //! - `flush`: writes results in batches, two report calls on the wire at once,
 //!   and renews in-flight leases.
 //!
@@ -26,13 +27,12 @@ mod gateway;
 mod name;
 pub mod simulate;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
 use thiserror::Error;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use dispatch::DispatchTotals;
@@ -42,7 +42,7 @@ use crate::settings::SendSettings;
 use crate::store::{Store, StoreError};
 use dispatch::Dispatcher;
 use flush::{Flusher, InFlight};
-use gateway::Gateway;
+use gateway::{Gateway, Load};
 use simulate::Simulator;
 
 /// Messages a sender may hold per send slot: one sending, one read ahead and
@@ -134,29 +134,27 @@ pub async fn run(
         .run(results_rx, give_up.clone()),
     );
 
-    let send_ended = Arc::new(Notify::new());
+    let load = Arc::new(Load::default());
     let abort_sends = CancellationToken::new();
     let (gateway_tx, gateway_rx) = mpsc::unbounded_channel();
     let mut gateway = tokio::spawn(
-        Gateway {
-            sends: gateway_rx,
-            results: results_tx.clone(),
-            send_ended: Arc::clone(&send_ended),
-            abort: abort_sends.clone(),
-        }
+        Gateway::new(
+            gateway_rx,
+            results_tx.clone(),
+            Arc::clone(&load),
+            settings.concurrency,
+            abort_sends.clone(),
+        )
         .run(),
     );
     let mut dispatcher = Dispatcher {
         store: store.clone(),
         simulator: Simulator::new(settings.delay, settings.failure_rate, settings.seed),
-        send_slots: Arc::new(Semaphore::new(settings.concurrency)),
         hold_slots: Arc::new(Semaphore::new(
             settings.concurrency.saturating_mul(HOLD_PER_SEND_SLOT),
         )),
-        in_flight,
-        ready: VecDeque::new(),
-        ending: Default::default(),
-        send_ended,
+        in_flight: in_flight.clone(),
+        load,
         results: results_tx,
         gateway: gateway_tx,
         totals: DispatchTotals::default(),
@@ -165,20 +163,21 @@ pub async fn run(
     let outcome = dispatcher.run(&stop).await;
     stop.cancel();
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-    dispatcher.start_remaining(deadline).await;
     let dispatched = dispatcher.totals;
+    // The gateway sends what it holds until the deadline.
     drop(dispatcher);
-
     if tokio::time::timeout_at(deadline, &mut gateway)
         .await
         .is_err()
     {
         abort_sends.cancel();
-        let abandoned = gateway.await.unwrap_or(0);
+        let abandoned = gateway.await.unwrap_or_default();
         tracing::warn!(
-            in_flight = abandoned,
-            "shutdown deadline passed; abandoning unfinished sends (they stay pending and will be retried)"
+            count = abandoned.len(),
+            "shutdown deadline passed; abandoning messages not sent yet (they stay pending and will be delivered again)"
         );
+        // Their leases are no longer renewed, so another sender can take them.
+        in_flight.remove_all(abandoned.iter().map(String::as_str));
     }
     let flushed = match tokio::time::timeout(FLUSH_GRACE, flusher).await {
         Ok(Ok(totals)) => totals,
