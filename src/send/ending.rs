@@ -1,7 +1,7 @@
 //! When the running sends end: the dispatcher reads ahead only for sends that
-//! end within [`HORIZON`], so a message waits in the ready queue for a few
-//! milliseconds at most, and a slow sender never hoards messages that other
-//! senders could start now.
+//! end within [`HORIZON`], so a message waits in the gateway's ready queue
+//! for about that long at most, and a slow sender never hoards messages that
+//! other senders could start now.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;

@@ -98,47 +98,47 @@ const MAX_EARLY: Duration = Duration::from_millis(5);
 const EARLY_GAIN: f64 = 0.1;
 
 /// A send in the queue: earliest end first, then in the order sends came.
-struct Queued {
+struct Scheduled {
     send: InProgress,
     order: u64,
 }
 
-impl Ord for Queued {
+impl Ord for Scheduled {
     fn cmp(&self, other: &Self) -> Ordering {
         // BinaryHeap pops the greatest: reversed, so the earliest comes first.
         (other.send.ends_at, other.order).cmp(&(self.send.ends_at, self.order))
     }
 }
 
-impl PartialOrd for Queued {
+impl PartialOrd for Scheduled {
     fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
         Some(self.cmp(other))
     }
 }
 
-impl PartialEq for Queued {
+impl PartialEq for Scheduled {
     fn eq(&self, other: &Self) -> bool {
         self.cmp(other) == Ordering::Equal
     }
 }
 
-impl Eq for Queued {}
+impl Eq for Scheduled {}
 
 /// The gateway task: its inputs, outputs and state.
 pub(super) struct Gateway {
     /// Messages to send, from the dispatcher; closed when it stops.
-    pub incoming: mpsc::UnboundedReceiver<Ready>,
+    incoming: mpsc::UnboundedReceiver<Ready>,
     /// Where results go when their sends end.
-    pub results: mpsc::UnboundedSender<Finished>,
+    results: mpsc::UnboundedSender<Finished>,
     /// Shared with the dispatcher.
-    pub load: Arc<Load>,
+    load: Arc<Load>,
     /// Sends at once.
-    pub concurrency: usize,
+    concurrency: usize,
     /// Fired when the shutdown deadline passes: messages not sent by then
     /// are dropped and stay pending, to be delivered again.
-    pub abort: CancellationToken,
+    abort: CancellationToken,
     ready: VecDeque<Ready>,
-    sending: BinaryHeap<Queued>,
+    sending: BinaryHeap<Scheduled>,
     ending: Ending,
     order: u64,
     /// How much earlier than a send's end the gateway wakes for it.
@@ -236,7 +236,7 @@ impl Gateway {
                 },
                 hold_slot: ready.hold_slot,
             };
-            self.sending.push(Queued {
+            self.sending.push(Scheduled {
                 send,
                 order: self.order,
             });
@@ -263,7 +263,7 @@ impl Gateway {
             .peek()
             .is_some_and(|q| q.send.ends_at <= now + self.early)
         {
-            let Some(Queued { send, .. }) = self.sending.pop() else {
+            let Some(Scheduled { send, .. }) = self.sending.pop() else {
                 break;
             };
             lateness_us += signed_us(now, send.ends_at);
@@ -399,7 +399,7 @@ mod tests {
                 hold_slot: Arc::clone(&slots).try_acquire_owned().unwrap(),
             };
             gateway.load.add_held();
-            gateway.sending.push(Queued { send, order: 0 });
+            gateway.sending.push(Scheduled { send, order: 0 });
             gateway.end_due();
             assert!(gateway.sending.is_empty());
             gateway.early
