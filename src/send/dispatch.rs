@@ -7,7 +7,7 @@
 //! next message at once instead of waiting for a read's round trip and parse
 //! (that wait took about a quarter of each 20 ms cycle at full load). Reads
 //! go out for the send slots that are free or about to free, as the gateway's
-//! [`Load`] tells.
+//! [`Load`](super::gateway::Load) tells.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::flush::{Finished, InFlight};
-use super::gateway::{Load, Ready};
+use super::gateway::{Inlet, Ready};
 use super::simulate::Simulator;
 use crate::message::MessageRef;
 use crate::settings::SendSettings;
@@ -61,13 +61,10 @@ pub(super) struct Dispatcher {
     /// One per message held, from its read until its result is written.
     pub hold_slots: Arc<Semaphore>,
     pub in_flight: InFlight,
-    /// How many messages the gateway holds and how many of its sends end
-    /// soon.
-    pub load: Arc<Load>,
     /// Results of messages that need no send (no delay, or malformed).
     pub results: mpsc::UnboundedSender<Finished>,
     /// Messages to send go to the gateway.
-    pub gateway: mpsc::UnboundedSender<Ready>,
+    pub gateway: Inlet,
     pub totals: DispatchTotals,
 }
 
@@ -175,7 +172,7 @@ impl Dispatcher {
                 }
                 // Freed again at once: the loop takes it with the others free.
                 _hold = Arc::clone(&self.hold_slots).acquire_owned(), if wants_hold => {}
-                () = self.load.changed.notified(), if wants_ends => {}
+                () = self.gateway.load.changed.notified(), if wants_ends => {}
             }
         }
     }
@@ -185,7 +182,8 @@ impl Dispatcher {
     /// those already waiting for one or asked for by reads on the wire.
     fn read_budget(&self, reads: &VecDeque<PendingRead>) -> usize {
         let asked: usize = reads.iter().map(|r| r.hold.num_permits()).sum();
-        self.load
+        self.gateway
+            .load
             .wanted(self.settings.concurrency)
             .saturating_sub(asked)
     }
@@ -272,16 +270,10 @@ impl Dispatcher {
         }
         let attempt = self.simulator.next_attempt();
         if attempt.delay.is_zero() {
-            let outcome = if attempt.fails {
-                Outcome::Failed
-            } else {
-                Outcome::Sent
-            };
-            self.finish_now(id, outcome, hold);
+            self.finish_now(id, attempt.outcome(), hold);
             return;
         }
-        self.load.add_held();
-        let _ = self.gateway.send(Ready {
+        self.gateway.hand_over(Ready {
             id,
             attempt,
             hold_slot: hold,
@@ -350,13 +342,13 @@ impl Dispatcher {
     /// each message that can start now.
     async fn free_to_recover(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
         loop {
-            let free = self.load.free_slots(self.settings.concurrency);
+            let free = self.gateway.load.free_slots(self.settings.concurrency);
             if let Some(hold) = self.try_free_hold(free) {
                 return Some(hold);
             }
             tokio::select! {
                 () = stop.cancelled() => return None,
-                () = self.load.changed.notified(), if free == 0 => {}
+                () = self.gateway.load.changed.notified(), if free == 0 => {}
                 // Freed again at once: the loop takes it with the others free.
                 hold = Arc::clone(&self.hold_slots).acquire_owned(), if free > 0 => {
                     drop(hold.ok()?);

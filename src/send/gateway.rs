@@ -19,8 +19,7 @@
 //! earlier, so send times centre on the drawn ones under any load.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
-use std::collections::VecDeque;
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
@@ -32,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 use super::ending::Ending;
 use super::flush::Finished;
 use super::simulate::Attempt;
-use crate::store::{Outcome, ReportItem};
+use crate::store::ReportItem;
 
 /// A message read ahead, checked and its attempt drawn, waiting for a send
 /// slot.
@@ -44,6 +43,23 @@ pub(super) struct Ready {
     pub attempt: Attempt,
     /// Its hold slot, which goes on with the result to the writer.
     pub hold_slot: OwnedSemaphorePermit,
+}
+
+/// The dispatcher's end of the gateway: hands messages over and counts them
+/// as held in the same step, so the read budget never misses one on its way.
+#[derive(Debug)]
+pub(super) struct Inlet {
+    sends: mpsc::UnboundedSender<Ready>,
+    /// What the gateway holds, for sizing reads.
+    pub load: Arc<Load>,
+}
+
+impl Inlet {
+    /// Hands a message to the gateway.
+    pub(super) fn hand_over(&self, ready: Ready) {
+        self.load.held.fetch_add(1, AtomicOrdering::Relaxed);
+        let _ = self.sends.send(ready);
+    }
 }
 
 /// What the dispatcher reads of the gateway to size its reads.
@@ -59,11 +75,6 @@ pub(super) struct Load {
 }
 
 impl Load {
-    /// Counts a message handed to the gateway.
-    pub(super) fn add_held(&self) {
-        self.held.fetch_add(1, AtomicOrdering::Relaxed);
-    }
-
     /// Messages to read for now: one per send slot that is free or about to
     /// free, less the messages already waiting for one.
     pub(super) fn wanted(&self, concurrency: usize) -> usize {
@@ -146,15 +157,20 @@ pub(super) struct Gateway {
 }
 
 impl Gateway {
-    /// A gateway with nothing to send yet.
+    /// A gateway with nothing to send yet, and the inlet to hand it
+    /// messages through.
     pub(super) fn new(
-        incoming: mpsc::UnboundedReceiver<Ready>,
         results: mpsc::UnboundedSender<Finished>,
-        load: Arc<Load>,
         concurrency: usize,
         abort: CancellationToken,
-    ) -> Self {
-        Self {
+    ) -> (Self, Inlet) {
+        let (sends, incoming) = mpsc::unbounded_channel();
+        let load = Arc::new(Load::default());
+        let inlet = Inlet {
+            sends,
+            load: Arc::clone(&load),
+        };
+        let gateway = Self {
             incoming,
             results,
             load,
@@ -165,7 +181,8 @@ impl Gateway {
             ending: Ending::default(),
             order: 0,
             early: Duration::from_millis(1),
-        }
+        };
+        (gateway, inlet)
     }
 
     /// Runs until the dispatcher has stopped and every message it handed
@@ -221,17 +238,12 @@ impl Gateway {
             let started = Instant::now();
             let ends_at = started + ready.attempt.delay;
             self.ending.add(ends_at);
-            let outcome = if ready.attempt.fails {
-                Outcome::Failed
-            } else {
-                Outcome::Sent
-            };
             let send = InProgress {
                 started,
                 ends_at,
                 item: ReportItem {
                     id: ready.id,
-                    outcome,
+                    outcome: ready.attempt.outcome(),
                     send_time_us: 0,
                 },
                 hold_slot: ready.hold_slot,
@@ -302,6 +314,7 @@ mod tests {
     use tokio::sync::Semaphore;
 
     use super::*;
+    use crate::store::Outcome;
 
     /// A message whose send takes `ms`, holding one of `slots`.
     fn ready(id: &str, slots: &Arc<Semaphore>, ms: u64) -> Ready {
@@ -315,45 +328,28 @@ mod tests {
         }
     }
 
-    /// A gateway with `concurrency` send slots, its input and output ends.
+    /// A gateway with `concurrency` send slots, its inlet and its results.
     fn gateway(
         concurrency: usize,
         abort: &CancellationToken,
-    ) -> (
-        Gateway,
-        mpsc::UnboundedSender<Ready>,
-        mpsc::UnboundedReceiver<Finished>,
-    ) {
-        let (incoming_tx, incoming) = mpsc::unbounded_channel();
+    ) -> (Gateway, Inlet, mpsc::UnboundedReceiver<Finished>) {
         let (results, results_rx) = mpsc::unbounded_channel();
-        let gateway = Gateway::new(
-            incoming,
-            results,
-            Arc::new(Load::default()),
-            concurrency,
-            abort.clone(),
-        );
-        (gateway, incoming_tx, results_rx)
-    }
-
-    /// Hands `ready` over the way the dispatcher does.
-    fn hand_over(gateway: &Gateway, tx: &mpsc::UnboundedSender<Ready>, ready: Ready) {
-        gateway.load.add_held();
-        tx.send(ready).unwrap();
+        let (gateway, inlet) = Gateway::new(results, concurrency, abort.clone());
+        (gateway, inlet, results_rx)
     }
 
     #[tokio::test(start_paused = true)]
     async fn sends_end_in_order_of_their_times_and_a_freed_slot_starts_the_next() {
         let slots = Arc::new(Semaphore::new(4));
-        let (gateway, tx, mut results_rx) = gateway(2, &CancellationToken::new());
-        let load = Arc::clone(&gateway.load);
+        let (gateway, inlet, mut results_rx) = gateway(2, &CancellationToken::new());
+        let load = Arc::clone(&inlet.load);
         for (id, ms) in [("slow", 30), ("fast", 10), ("queued", 15)] {
-            hand_over(&gateway, &tx, ready(id, &slots, ms));
+            inlet.hand_over(ready(id, &slots, ms));
         }
         assert_eq!(load.free_slots(2), 0);
         let started = Instant::now();
         let gateway = tokio::spawn(gateway.run());
-        drop(tx);
+        drop(inlet);
         let mut ended = Vec::new();
         while let Some(finished) = results_rx.recv().await {
             let at = started.elapsed().as_millis();
@@ -384,7 +380,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wakes_earlier_after_sends_end_late_and_later_after_they_end_early() {
         let slots = Arc::new(Semaphore::new(4));
-        let (mut gateway, _tx, _results_rx) = gateway(4, &CancellationToken::new());
+        let (mut gateway, _inlet, _results_rx) = gateway(4, &CancellationToken::new());
         tokio::time::advance(Duration::from_millis(10)).await;
         let now = Instant::now();
         let mut end_one = |started: Instant, ends_at: Instant| {
@@ -398,7 +394,7 @@ mod tests {
                 },
                 hold_slot: Arc::clone(&slots).try_acquire_owned().unwrap(),
             };
-            gateway.load.add_held();
+            gateway.load.held.fetch_add(1, AtomicOrdering::Relaxed);
             gateway.sending.push(Scheduled { send, order: 0 });
             gateway.end_due();
             assert!(gateway.sending.is_empty());
@@ -419,9 +415,9 @@ mod tests {
     async fn abort_abandons_the_messages_not_sent_yet() {
         let slots = Arc::new(Semaphore::new(4));
         let abort = CancellationToken::new();
-        let (gateway, tx, mut results_rx) = gateway(1, &abort);
+        let (gateway, inlet, mut results_rx) = gateway(1, &abort);
         for (id, ms) in [("quick", 5), ("endless", 60_000), ("waiting", 5)] {
-            hand_over(&gateway, &tx, ready(id, &slots, ms));
+            inlet.hand_over(ready(id, &slots, ms));
         }
         let gateway = tokio::spawn(gateway.run());
         let first = results_rx.recv().await.unwrap();

@@ -42,7 +42,7 @@ use crate::settings::SendSettings;
 use crate::store::{Store, StoreError};
 use dispatch::Dispatcher;
 use flush::{Flusher, InFlight};
-use gateway::{Gateway, Load};
+use gateway::Gateway;
 use simulate::Simulator;
 
 /// Messages a sender may hold per send slot: one sending, one read ahead and
@@ -134,19 +134,13 @@ pub async fn run(
         .run(results_rx, give_up.clone()),
     );
 
-    let load = Arc::new(Load::default());
     let abort_sends = CancellationToken::new();
-    let (gateway_tx, gateway_rx) = mpsc::unbounded_channel();
-    let mut gateway = tokio::spawn(
-        Gateway::new(
-            gateway_rx,
-            results_tx.clone(),
-            Arc::clone(&load),
-            settings.concurrency,
-            abort_sends.clone(),
-        )
-        .run(),
+    let (gateway, inlet) = Gateway::new(
+        results_tx.clone(),
+        settings.concurrency,
+        abort_sends.clone(),
     );
+    let mut gateway = tokio::spawn(gateway.run());
     let mut dispatcher = Dispatcher {
         store: store.clone(),
         simulator: Simulator::new(settings.delay, settings.failure_rate, settings.seed),
@@ -154,19 +148,17 @@ pub async fn run(
             settings.concurrency.saturating_mul(HOLD_PER_SEND_SLOT),
         )),
         in_flight: in_flight.clone(),
-        load,
         results: results_tx,
-        gateway: gateway_tx,
+        gateway: inlet,
         totals: DispatchTotals::default(),
         settings: settings.clone(),
     };
     let outcome = dispatcher.run(&stop).await;
     stop.cancel();
-    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
     let dispatched = dispatcher.totals;
     // The gateway sends what it holds until the deadline.
     drop(dispatcher);
-    if tokio::time::timeout_at(deadline, &mut gateway)
+    if tokio::time::timeout(settings.shutdown_timeout, &mut gateway)
         .await
         .is_err()
     {

@@ -11,6 +11,7 @@ use rand_distr::{Distribution as _, Exp, Normal, Uniform};
 
 use crate::cli::Distribution;
 use crate::settings::DelayModel;
+use crate::store::Outcome;
 
 /// What one simulated attempt will do.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,6 +20,17 @@ pub struct Attempt {
     pub delay: Duration,
     /// Whether it fails.
     pub fails: bool,
+}
+
+impl Attempt {
+    /// How the attempt ends: sent or failed.
+    pub fn outcome(self) -> Outcome {
+        if self.fails {
+            Outcome::Failed
+        } else {
+            Outcome::Sent
+        }
+    }
 }
 
 /// Draws attempts from a delay model and a failure rate.
