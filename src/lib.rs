@@ -10,7 +10,8 @@
 //! - [`keys`]: the only place Redis key names are built (hash-tagged, cluster-safe).
 //! - [`message`]: the SMS message type, encoded to and decoded from stream
 //!   fields; [`generator`]: seeded random messages.
-//! - [`store`]: Redis: pool and dedicated blocking connections, stream
+//! - [`store`]: Redis: pool and dedicated connections, the sender's read
+//!   connection (XREADGROUP replies decoded by `redis-protocol`), stream
 //!   operations, typed wrappers of the Functions library in `migrations/`, the
 //!   migrations, the one retry loop for transient failures, and requests
 //!   queued now and awaited later (several on the wire at once, in order).

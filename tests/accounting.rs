@@ -18,7 +18,7 @@ async fn a_duplicate_delivery_is_counted_once() {
     // Sender x reads the message; sender y takes it over (as after a lease
     // lapse); both then succeed.
     let conn = store
-        .dedicated_connection(Duration::from_secs(1))
+        .read_connection(Duration::from_secs(1))
         .await
         .expect("conn");
     let read = store.read_new(&conn, "x", 10, 100).await.expect("read");
@@ -75,7 +75,7 @@ async fn report_batches_landing_out_of_order_each_apply_exactly_once() {
     let store = store(&redis.url, &unique_prefix("window")).await;
     produce_n(&store, 40, 40).await;
     let conn = store
-        .dedicated_connection(Duration::from_secs(1))
+        .read_connection(Duration::from_secs(1))
         .await
         .expect("conn");
     let read = store.read_new(&conn, "w", 40, 100).await.expect("read");

@@ -84,7 +84,7 @@ async fn the_audit_reconciles_across_pages_and_catches_tampering() {
         .await
         .expect("XADD");
     let reader = store
-        .dedicated_connection(Duration::from_secs(1))
+        .read_connection(Duration::from_secs(1))
         .await
         .expect("conn");
     let read = store

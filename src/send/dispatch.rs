@@ -13,7 +13,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::MultiplexedConnection;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +22,9 @@ use super::gateway::{Inlet, Ready};
 use super::simulate::Simulator;
 use crate::message::MessageRef;
 use crate::settings::SendSettings;
-use crate::store::{Backoff, Outcome, Queued, ReportItem, Store, StoreError, StreamEntry};
+use crate::store::{
+    Backoff, Outcome, Queued, ReadConnection, ReportItem, Store, StoreError, StreamEntry,
+};
 
 /// Longest a read blocks, so the loop checks for work to reclaim and for
 /// shutdown at least this often.
@@ -82,7 +83,7 @@ impl Dispatcher {
         let per_read = self.settings.concurrency.div_ceil(READS_IN_FLIGHT);
         let mut next_reclaim = Instant::now();
         let mut reclaim_cursor: Option<String> = None;
-        let mut reader: Option<MultiplexedConnection> = None;
+        let mut reader: Option<ReadConnection> = None;
         let mut read_backoff = Backoff::default();
         let mut reads: VecDeque<PendingRead> = VecDeque::with_capacity(READS_IN_FLIGHT);
         loop {
@@ -195,13 +196,13 @@ impl Dispatcher {
         &self,
         hold: OwnedSemaphorePermit,
         block: Duration,
-        reader: &mut Option<MultiplexedConnection>,
+        reader: &mut Option<ReadConnection>,
         backoff: &mut Backoff,
         stop: &CancellationToken,
     ) -> Result<Option<PendingRead>, StoreError> {
         let conn = match reader {
             Some(conn) => conn,
-            None => match self.store.dedicated_connection(MAX_BLOCK).await {
+            None => match self.store.read_connection(MAX_BLOCK).await {
                 Ok(conn) => reader.insert(conn),
                 Err(err) => {
                     self.wait_after_read_error(err, backoff, stop).await?;
@@ -225,7 +226,7 @@ impl Dispatcher {
         &mut self,
         mut hold: OwnedSemaphorePermit,
         reply: Result<Vec<StreamEntry>, StoreError>,
-        reader: &mut Option<MultiplexedConnection>,
+        reader: &mut Option<ReadConnection>,
         backoff: &mut Backoff,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {

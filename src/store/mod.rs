@@ -1,14 +1,16 @@
-//! The Redis layer: a connection pool plus dedicated connections for blocking
-//! reads and pipelined writes, typed stream operations, typed wrappers of the
-//! Functions library, the migrations, the one place where transient failures
-//! are retried, and [`Queued`] requests: sent now, their replies awaited later,
-//! so several are on the wire at once.
+//! The Redis layer: a connection pool plus dedicated connections for pipelined
+//! writes, the sender's read connection (with its own, faster reply decoding),
+//! typed stream operations, typed wrappers of the Functions library, the
+//! migrations, the one place where transient failures are retried, and
+//! [`Queued`] requests: sent now, their replies awaited later, so several are
+//! on the wire at once.
 
 mod error;
 mod functions;
 mod inspect;
 mod migrate;
 mod queued;
+mod reader;
 mod reply;
 mod retry;
 mod streams;
@@ -27,6 +29,7 @@ pub use functions::{
 pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use queued::Queued;
+pub use reader::ReadConnection;
 pub use retry::Backoff;
 pub use streams::{BatchWrite, PreparedBatch, StreamEntry};
 
@@ -140,8 +143,9 @@ impl Store {
             .map_err(StoreError::redis("PING"))
     }
 
-    /// A connection of its own, for blocking reads that must not hold a pooled
-    /// connection: its reply timeout leaves room for `block`.
+    /// A connection of its own, for pipelined writes that must not share a
+    /// pooled connection (producer and report batches): its reply timeout
+    /// leaves room for `block`.
     pub async fn dedicated_connection(
         &self,
         block: Duration,
@@ -153,6 +157,17 @@ impl Store {
             .get_multiplexed_async_connection_with_config(&config)
             .await
             .map_err(StoreError::redis("connect"))
+    }
+
+    /// The sender's read connection (see [`ReadConnection`]): its reply
+    /// timeout leaves room for `block`.
+    pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, StoreError> {
+        ReadConnection::open(
+            self.client.get_connection_info(),
+            CONNECT_TIMEOUT,
+            block + RESPONSE_TIMEOUT,
+        )
+        .await
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {

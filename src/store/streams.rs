@@ -8,7 +8,7 @@ use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 use super::reply::{array, field_pairs, text};
-use super::{Store, StoreError};
+use super::{ReadConnection, Store, StoreError};
 use crate::message::{Message, RawFields, field};
 
 /// How long a producer run's record of written batches is kept, in seconds.
@@ -163,20 +163,17 @@ impl Store {
     }
 
     /// Reads up to `count` never-delivered entries for `consumer`, waiting up to
-    /// `block_ms` for the first one, on `conn` (a dedicated connection: the
-    /// read may block). Like [`Store::send_batch`], the request is queued on
-    /// the connection when the future is first polled, so several reads can be
-    /// in flight, answered in order.
+    /// `block_ms` for the first one, on `conn` (the sender's read connection:
+    /// the read may block). The request is on its way when this returns, so
+    /// several reads can be in flight, answered in order.
     pub fn read_new(
         &self,
-        conn: &MultiplexedConnection,
+        conn: &ReadConnection,
         consumer: &str,
         count: usize,
         block_ms: u64,
     ) -> impl Future<Output = Result<Vec<StreamEntry>, StoreError>> + Send + 'static {
-        const COMMAND: &str = "XREADGROUP";
-        let mut conn = conn.clone();
-        let mut cmd = redis::cmd(COMMAND);
+        let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)
             .arg(consumer)
@@ -187,30 +184,7 @@ impl Store {
             .arg("STREAMS")
             .arg(self.keys.messages())
             .arg(">");
-        async move {
-            let reply: Value = cmd
-                .query_async(&mut conn)
-                .await
-                .map_err(StoreError::redis(COMMAND))?;
-            let streams = match reply {
-                Value::Nil => return Ok(Vec::new()),
-                other => array(COMMAND, other)?,
-            };
-            let mut entries = Vec::new();
-            for stream in streams {
-                let mut parts = array(COMMAND, stream)?.into_iter();
-                let items = parts.nth(1).unwrap_or(Value::Nil);
-                if matches!(items, Value::Nil) {
-                    continue;
-                }
-                let items = array(COMMAND, items)?;
-                entries.reserve(items.len());
-                for item in items {
-                    entries.push(entry(COMMAND, item)?);
-                }
-            }
-            Ok(entries)
-        }
+        conn.read(&cmd)
     }
 }
 

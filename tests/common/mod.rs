@@ -46,6 +46,8 @@ pub struct RedisOptions {
     pub host_port: Option<u16>,
     /// Allow `DEBUG` from any client (tests that stall Redis with `DEBUG SLEEP`).
     pub debug_command: bool,
+    /// More `redis-server` arguments (e.g. `--requirepass`).
+    pub extra_args: Vec<&'static str>,
 }
 
 /// Starts a throwaway Redis.
@@ -72,6 +74,7 @@ pub async fn start_redis_with(options: RedisOptions) -> TestRedis {
     if options.debug_command {
         args.extend(["--enable-debug-command", "yes"]);
     }
+    args.extend(options.extra_args.iter().copied());
     let mut request = GenericImage::new(name.clone(), tag.clone())
         .with_exposed_port(6379.tcp())
         .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
