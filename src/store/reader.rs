@@ -39,8 +39,8 @@ struct Request {
     reply: oneshot::Sender<Result<Bytes, RedisError>>,
 }
 
-/// A connection for XREADGROUP. Cheap to clone; the socket closes when the
-/// last clone is dropped.
+/// A connection for XREADGROUP. Cheap to clone; once the last clone is
+/// dropped, the socket closes as soon as the reads already sent are answered.
 #[derive(Clone, Debug)]
 pub struct ReadConnection {
     requests: mpsc::UnboundedSender<Request>,
