@@ -1,6 +1,7 @@
-//! The sender's read connection (its own socket and reply decoding) logs in
-//! and selects the database exactly as the URL says, like every other
-//! connection: with a password, with an ACL user, on a database other than 0.
+//! The sender's read connection (its own socket and reply decoding) connects,
+//! logs in and selects the database exactly as the URL says, like every other
+//! connection: with a password, with an ACL user, on a database other than 0,
+//! over a Unix socket.
 
 mod common;
 
@@ -106,5 +107,41 @@ async fn a_wrong_password_is_refused_with_redis_own_error() {
     assert!(
         err.to_string().contains("WRONGPASS") || err.to_string().contains("invalid"),
         "Redis's own reason is kept: {err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn senders_work_over_a_unix_socket() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    // The container's redis user must be able to create the socket here.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let _redis = start_redis_with(RedisOptions {
+        extra_args: vec![
+            "--unixsocket",
+            "/shared/redis.sock",
+            "--unixsocketperm",
+            "777",
+        ],
+        shared_dir: Some(dir.path().to_owned()),
+        ..RedisOptions::default()
+    })
+    .await;
+    let url = format!("redis+unix://{}", dir.path().join("redis.sock").display());
+    const TOTAL: u64 = 300;
+    let store = store(&url, &unique_prefix("unix")).await;
+    produce_n(&store, 12, TOTAL).await;
+    let sender = RunningSender::start(&store, send_settings("over-unix", 1, 0.0));
+    wait_until("every message is sent", Duration::from_secs(60), || {
+        all_settled(&store, TOTAL)
+    })
+    .await;
+    let summary = sender.stop().await;
+    assert_eq!(
+        summary.flushed.sent, TOTAL,
+        "the sender read and sent them all"
     );
 }

@@ -14,7 +14,7 @@ use sms_alerts::cli::Distribution;
 use sms_alerts::send::{self, SendError, SendSummary};
 use sms_alerts::settings::{DelayModel, QueueSettings, SendSettings};
 use sms_alerts::store::Store;
-use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::core::{IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use tokio::task::JoinHandle;
@@ -48,6 +48,9 @@ pub struct RedisOptions {
     pub debug_command: bool,
     /// More `redis-server` arguments (e.g. `--requirepass`).
     pub extra_args: Vec<&'static str>,
+    /// A host directory mounted at `/shared` in the container (e.g. for a
+    /// Unix socket).
+    pub shared_dir: Option<PathBuf>,
 }
 
 /// Starts a throwaway Redis.
@@ -88,6 +91,9 @@ pub async fn start_redis_with(options: RedisOptions) -> TestRedis {
         .with_startup_timeout(Duration::from_secs(60));
     if let Some(port) = options.host_port {
         request = request.with_mapped_port(port, 6379.tcp());
+    }
+    if let Some(dir) = &options.shared_dir {
+        request = request.with_mount(Mount::bind_mount(dir.display().to_string(), "/shared"));
     }
     let container = request.start().await.unwrap_or_else(|err| {
         panic!(
