@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use sms_alerts::stats::Snapshot;
+use sms_alerts::store::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn senders_read_through_a_password_an_acl_user_and_a_database_number() {
@@ -41,18 +42,7 @@ async fn senders_read_through_a_password_an_acl_user_and_a_database_number() {
             "by-user",
         ),
     ] {
-        let store = store(&url, &unique_prefix(name)).await;
-        produce_n(&store, 11, TOTAL).await;
-        let sender = RunningSender::start(&store, send_settings(name, 1, 0.0));
-        wait_until("every message is sent", Duration::from_secs(60), || {
-            all_settled(&store, TOTAL)
-        })
-        .await;
-        let summary = sender.stop().await;
-        assert_eq!(
-            summary.flushed.sent, TOTAL,
-            "{name}: the sender sent them all"
-        );
+        let store = produce_and_send_all(&url, name, TOTAL).await;
         let snapshot = Snapshot::read(&store).await.expect("snapshot");
         assert_eq!(snapshot.sent, TOTAL, "{name}");
         assert_eq!(snapshot.duplicates, 0, "{name}");
@@ -131,17 +121,22 @@ async fn senders_work_over_a_unix_socket() {
     })
     .await;
     let url = format!("redis+unix://{}", dir.path().join("redis.sock").display());
-    const TOTAL: u64 = 300;
-    let store = store(&url, &unique_prefix("unix")).await;
-    produce_n(&store, 12, TOTAL).await;
-    let sender = RunningSender::start(&store, send_settings("over-unix", 1, 0.0));
+    produce_and_send_all(&url, "over-unix", 300).await;
+}
+
+/// Produces `total` messages through `url` and has one sender send them all.
+async fn produce_and_send_all(url: &str, name: &str, total: u64) -> Store {
+    let store = store(url, &unique_prefix(name)).await;
+    produce_n(&store, 11, total).await;
+    let sender = RunningSender::start(&store, send_settings(name, 1, 0.0));
     wait_until("every message is sent", Duration::from_secs(60), || {
-        all_settled(&store, TOTAL)
+        all_settled(&store, total)
     })
     .await;
     let summary = sender.stop().await;
     assert_eq!(
-        summary.flushed.sent, TOTAL,
-        "the sender read and sent them all"
+        summary.flushed.sent, total,
+        "{name}: the sender read and sent them all"
     );
+    store
 }
