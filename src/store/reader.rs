@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
-use super::reply::bad;
+use super::reply::{bad, pairs};
 use super::streams::StreamEntry;
 
 /// The command this connection carries, for errors.
@@ -372,21 +372,9 @@ fn stream_entries(frame: &Bytes) -> Result<Vec<StreamEntry>, StoreError> {
                 .map_err(|_| bad(COMMAND, "an entry id that is not UTF-8"))?;
             let fields = match parts.next() {
                 None | Some(RangeFrame::Null) => Vec::new(),
-                Some(fields) => {
-                    let fields = array(fields)?;
-                    if fields.len() % 2 != 0 {
-                        return Err(bad(COMMAND, "odd number of field/value items"));
-                    }
-                    let mut pairs = Vec::with_capacity(fields.len() / 2);
-                    let mut fields = fields.into_iter();
-                    while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
-                        pairs.push((
-                            string(frame, Some(field))?.to_vec(),
-                            string(frame, Some(value))?.to_vec(),
-                        ));
-                    }
-                    pairs
-                }
+                Some(fields) => pairs(COMMAND, array(fields)?, |item| {
+                    Ok(string(frame, Some(item))?.to_vec())
+                })?,
             };
             entries.push(StreamEntry { id, fields });
         }
