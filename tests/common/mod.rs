@@ -261,11 +261,15 @@ impl Scan {
     }
 }
 
-/// A plain connection for raw commands in tests.
+/// A plain connection for raw commands in tests. Its reply timeout is the
+/// library's (10 s), not redis-rs's default 500 ms: a debug build parsing a
+/// thousand dead entries on a loaded CI machine took longer than that.
 pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
+    let config =
+        redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
     redis::Client::open(url)
         .expect("valid url")
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(&config)
         .await
         .expect("connects")
 }
