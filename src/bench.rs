@@ -271,11 +271,13 @@ async fn steady_produce(store: &Store, rate: u64, during: Duration) -> Result<u6
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let started = Instant::now();
     let mut seq = 0;
+    let conn = store.batch_connection().await?;
     while started.elapsed() < during {
         tick.tick().await;
         seq += 1;
         let batch: Vec<_> = (0..per_tick).map(|_| generator.next_message(0)).collect();
-        store.write_batch("bench-steady", seq, &batch).await?;
+        conn.write(&store.prepare_batch("bench-steady", seq, &batch))
+            .await?;
     }
     Ok(seq * per_tick)
 }

@@ -1,23 +1,24 @@
 //! The producer: generates messages and adds them to the stream in pipelined,
-//! atomic batches. A batch whose reply is lost is sent again; Redis adds each
-//! batch once (`sms_produce`), so a Redis hiccup neither loses nor duplicates
-//! messages.
+//! atomic batches. A batch whose reply is lost is sent again; each batch lands
+//! once however often it is sent ([`crate::store::BatchConnection`]), so a
+//! Redis hiccup neither loses nor duplicates messages.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
-use redis::aio::MultiplexedConnection;
 use tokio_util::sync::CancellationToken;
 
 use crate::generator::MessageGenerator;
 use crate::message::Message;
 use crate::settings::ProduceSettings;
-use crate::store::{BatchWrite, PreparedBatch, Queued, Store, StoreError};
+use crate::store::{
+    BatchConnection, BatchWrite, CommittedBatch, PreparedBatch, StartedBatch, Store, StoreError,
+};
 
-/// Batches written at once. Enough to keep Redis busy while the producer
-/// generates and encodes the next one; more only adds memory.
-const WRITES_IN_FLIGHT: usize = 4;
+/// Committed batches whose outcome is still to come. The replies come in
+/// order, so this only bounds memory; two keep the socket busy.
+const COMMITTED_IN_FLIGHT: usize = 2;
 
 /// What a producer run did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -55,20 +56,10 @@ pub async fn run(
             store.add_to_stat("producer_runs_started", 1)
         })
         .await?;
-    let mut conn = store
-        .retrying("connect the producer", || {
-            store.dedicated_connection(Duration::ZERO)
-        })
-        .await?;
+    let mut writer = Writer::connect(store).await?;
     let mut generated: u64 = 0;
-    let mut written: u64 = 0;
     let mut seq: u64 = 0;
     let mut interrupted = false;
-    // Several batches are on the wire at once, on one connection, so Redis
-    // never waits for the producer; the next batch is generated meanwhile.
-    // They are queued in order and one connection keeps that order, so the
-    // same seed gives the same stream.
-    let mut in_flight: VecDeque<Write> = VecDeque::with_capacity(WRITES_IN_FLIGHT);
     while generated < settings.count {
         if shutdown.is_cancelled() {
             interrupted = true;
@@ -83,17 +74,10 @@ pub async fn run(
         seq += 1;
         let prepared = store.prepare_batch(&run_id, seq, &batch);
         drop(batch);
-        in_flight.push_back(Write::start(store, &conn, prepared).await);
+        writer.push(store, prepared).await?;
         generated += size;
-        while in_flight.len() >= WRITES_IN_FLIGHT {
-            if let Some(write) = in_flight.pop_front() {
-                written += write.finish(store, &mut conn).await?;
-            }
-        }
     }
-    while let Some(write) = in_flight.pop_front() {
-        written += write.finish(store, &mut conn).await?;
-    }
+    let written = writer.finish(store).await?;
     // Recorded on a clean stop too: this run will add nothing more.
     store
         .retrying("record the producer finish", || {
@@ -107,42 +91,102 @@ pub async fn run(
     })
 }
 
-/// One batch on the wire.
-struct Write {
-    batch: PreparedBatch,
-    reply: Queued<BatchWrite>,
+/// Writes batches in order on one connection. Each batch is started (check
+/// and queued commands sent) as soon as the one before it is committed, and
+/// generated while that one waits for its check: so Redis always has the
+/// next batch to queue while the producer turns around, and one connection
+/// keeps the batches in order, so the same seed gives the same stream.
+struct Writer {
+    conn: BatchConnection,
+    /// The newest batch, started on `conn`, not yet committed.
+    started: Option<(PreparedBatch, StartedBatch)>,
+    /// Committed batches, oldest first, their outcomes still to come.
+    committed: VecDeque<(PreparedBatch, CommittedBatch)>,
+    /// Messages written so far.
+    written: u64,
 }
 
-impl Write {
-    /// Queues `batch` on `conn` now, before any batch started after it.
-    async fn start(store: &Store, conn: &MultiplexedConnection, batch: PreparedBatch) -> Self {
-        let reply = Queued::start(store.send_batch(conn, &batch)).await;
-        Self { batch, reply }
+impl Writer {
+    async fn connect(store: &Store) -> Result<Self, StoreError> {
+        let conn = store
+            .retrying("connect the producer", || store.batch_connection())
+            .await?;
+        Ok(Self {
+            conn,
+            started: None,
+            committed: VecDeque::with_capacity(COMMITTED_IN_FLIGHT + 1),
+            written: 0,
+        })
     }
 
-    /// Waits for the reply; after a failure, sends the batch again until
-    /// Redis has it and opens a fresh connection for the batches that follow.
-    /// Returns its size.
-    async fn finish(
-        self,
-        store: &Store,
-        conn: &mut MultiplexedConnection,
-    ) -> Result<u64, StoreError> {
-        if let Err(err) = self.reply.reply().await {
-            retry(store, &self.batch, err).await?;
-            *conn = store
-                .retrying("reconnect the producer", || {
-                    store.dedicated_connection(Duration::ZERO)
-                })
-                .await?;
+    /// Commits the batch started before and starts `batch`.
+    async fn push(&mut self, store: &Store, batch: PreparedBatch) -> Result<(), StoreError> {
+        self.commit_started(store).await?;
+        self.started = Some((batch.clone(), self.conn.start(&batch)));
+        while self.committed.len() > COMMITTED_IN_FLIGHT {
+            self.settle_oldest(store).await?;
         }
-        Ok(self.batch.len() as u64)
+        Ok(())
+    }
+
+    /// Commits the started batch, and waits for every outcome. Returns the
+    /// messages written.
+    async fn finish(mut self, store: &Store) -> Result<u64, StoreError> {
+        self.commit_started(store).await?;
+        while !self.committed.is_empty() {
+            self.settle_oldest(store).await?;
+        }
+        Ok(self.written)
+    }
+
+    async fn commit_started(&mut self, store: &Store) -> Result<(), StoreError> {
+        let Some((batch, started)) = self.started.take() else {
+            return Ok(());
+        };
+        match started.commit().await {
+            Ok(committed) => self.committed.push_back((batch, committed)),
+            Err(err) => self.recover(store, batch, err).await?,
+        }
+        Ok(())
+    }
+
+    async fn settle_oldest(&mut self, store: &Store) -> Result<(), StoreError> {
+        let Some((batch, committed)) = self.committed.pop_front() else {
+            return Ok(());
+        };
+        match committed.outcome().await {
+            Ok(_) => self.written += batch.len() as u64,
+            Err(err) => self.recover(store, batch, err).await?,
+        }
+        Ok(())
+    }
+
+    /// After `batch` failed with `err`: writes it on a fresh connection, then
+    /// moves to a new connection (the old one may hold an open transaction),
+    /// starting there the batch started on the old one but never committed
+    /// (its `EXEC` was not sent, so it cannot land from there).
+    async fn recover(
+        &mut self,
+        store: &Store,
+        batch: PreparedBatch,
+        err: StoreError,
+    ) -> Result<(), StoreError> {
+        retry(store, &batch, err).await?;
+        self.written += batch.len() as u64;
+        self.conn = store
+            .retrying("reconnect the producer", || store.batch_connection())
+            .await?;
+        if let Some((pending, _)) = self.started.take() {
+            let restarted = self.conn.start(&pending);
+            self.started = Some((pending, restarted));
+        }
+        Ok(())
     }
 }
 
 /// Sends a batch whose write failed with `err` again until Redis has it. The
-/// first try may still be queued in Redis behind the timed-out reply and land
-/// later; `sms_produce` then finds the batch marked and adds nothing. A batch
+/// first try may still be queued in Redis behind the timed-out reply and run
+/// later; then one of the two lands and the other adds nothing. A batch
 /// retried here may land after batches sent later, if those succeeded where it
 /// failed.
 async fn retry(store: &Store, batch: &PreparedBatch, err: StoreError) -> Result<(), StoreError> {
@@ -151,7 +195,7 @@ async fn retry(store: &Store, batch: &PreparedBatch, err: StoreError) -> Result<
     }
     tracing::warn!(error = %err, seq = batch.seq(), "writing a batch failed; sending it again");
     let outcome = store
-        .retrying("write a batch again", || store.rewrite_batch(batch))
+        .retrying("write a batch again", || store.write_batch(batch))
         .await?;
     if outcome == BatchWrite::AlreadyWritten {
         tracing::info!(

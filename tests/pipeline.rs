@@ -261,17 +261,17 @@ async fn a_producer_batch_sent_twice_is_added_once() {
     // The second send stands for a retry after a lost reply, or for the first
     // try landing late, after its retry: either way the batch lands once.
     assert_eq!(
-        store.rewrite_batch(&batch).await.expect("first"),
+        store.write_batch(&batch).await.expect("first"),
         BatchWrite::Added
     );
     assert_eq!(
-        store.rewrite_batch(&batch).await.expect("again"),
+        store.write_batch(&batch).await.expect("again"),
         BatchWrite::AlreadyWritten
     );
     // The same seq of another run is another batch.
     let other = store.prepare_batch("run-b", 1, &messages[..10]);
     assert_eq!(
-        store.rewrite_batch(&other).await.expect("other"),
+        store.write_batch(&other).await.expect("other"),
         BatchWrite::Added
     );
 
@@ -284,6 +284,75 @@ async fn a_producer_batch_sent_twice_is_added_once() {
         .await
         .expect("XLEN");
     assert_eq!(length, 260, "250 + 10 entries, none twice");
+}
+
+/// WATCH calls since Redis started: one per try of a batch.
+async fn watches(store: &sms_alerts::store::Store) -> u64 {
+    let info = store.info("commandstats").await.expect("INFO commandstats");
+    info.lines()
+        .find_map(|line| line.strip_prefix("cmdstat_watch:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_first_try_of_a_batch_is_aborted_by_its_retry_and_a_connection_goes_on_after_a_discard()
+ {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("batch-fence")).await;
+    let mut generator = sms_alerts::generator::MessageGenerator::seeded(6);
+    let messages: Vec<_> = (0..300).map(|_| generator.next_message(0)).collect();
+    let batch = store.prepare_batch("run-f", 1, &messages[..200]);
+
+    // The first try has watched its run and queued its commands, but its
+    // EXEC is not sent yet: it stands for a try whose reply was lost.
+    let first = store.batch_connection().await.expect("connects");
+    let watched_before = watches(&store).await;
+    let late = first.start(&batch);
+    wait_until(
+        "the first try's WATCH ran",
+        Duration::from_secs(10),
+        || async { watches(&store).await > watched_before },
+    )
+    .await;
+    // Its retry lands meanwhile.
+    assert_eq!(
+        store.write_batch(&batch).await.expect("retry"),
+        BatchWrite::Added
+    );
+    // Now the first try's EXEC runs: its WATCH saw the retry's mark.
+    let outcome = late
+        .commit()
+        .await
+        .expect("the check had passed")
+        .outcome()
+        .await;
+    let err = outcome.expect_err("the late first try is aborted");
+    assert!(err.is_transient(), "tried again, it finds the mark: {err}");
+    assert_eq!(
+        store.write_batch(&batch).await.expect("once more"),
+        BatchWrite::AlreadyWritten
+    );
+
+    // A connection that found a batch marked (DISCARD) writes the next one.
+    let conn = store.batch_connection().await.expect("connects");
+    assert_eq!(
+        conn.write(&batch).await.expect("marked"),
+        BatchWrite::AlreadyWritten
+    );
+    let next = store.prepare_batch("run-f", 2, &messages[200..]);
+    assert_eq!(conn.write(&next).await.expect("next"), BatchWrite::Added);
+
+    let snapshot = Snapshot::read(&store).await.expect("snapshot");
+    assert_eq!(snapshot.produced, 300);
+    let mut raw_conn = raw(&redis.url).await;
+    let length: u64 = redis::cmd("XLEN")
+        .arg(store.keys().messages())
+        .query_async(&mut raw_conn)
+        .await
+        .expect("XLEN");
+    assert_eq!(length, 300, "each batch once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,6 +42,13 @@ pub enum StoreError {
         /// What was wrong.
         detail: String,
     },
+    /// A transaction was aborted because a key it watched changed meanwhile;
+    /// the next try checks again.
+    #[error("Redis {command} was aborted: a watched key changed meanwhile")]
+    Conflict {
+        /// The command that was aborted.
+        command: &'static str,
+    },
     /// Redis holds a newer Functions library than this binary knows.
     #[error(
         "Redis has version {found} of the sms-alerts Functions library, newer than this binary's {ours}: upgrade sms-alerts"
@@ -64,7 +71,7 @@ impl StoreError {
     /// timeouts, a Redis that is loading its data or failing over.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Pool(_) | Self::Unreachable { .. } => true,
+            Self::Pool(_) | Self::Unreachable { .. } | Self::Conflict { .. } => true,
             Self::Redis { source, .. } => is_transient(source),
             Self::InvalidUrl { .. } | Self::Reply { .. } | Self::NewerLibrary { .. } => false,
         }

@@ -5,6 +5,7 @@
 //! [`Queued`] requests: sent now, their replies awaited later, so several are
 //! on the wire at once.
 
+mod batches;
 mod error;
 mod functions;
 mod inspect;
@@ -12,6 +13,7 @@ mod migrate;
 mod queued;
 mod reader;
 mod reply;
+mod resp;
 mod retry;
 mod streams;
 
@@ -21,6 +23,7 @@ use deadpool_redis::{Manager, Pool, Runtime};
 use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
+pub use batches::{BatchConnection, BatchWrite, CommittedBatch, PreparedBatch, StartedBatch};
 pub use error::StoreError;
 pub use functions::{
     ClaimReply, ClaimedEntry, NameHold, Outcome, PreparedReport, PruneOutcome, ReportItem,
@@ -31,7 +34,7 @@ pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use queued::Queued;
 pub use reader::ReadConnection;
 pub use retry::Backoff;
-pub use streams::{BatchWrite, PreparedBatch, StreamEntry};
+pub use streams::StreamEntry;
 
 use crate::keys::Keys;
 use crate::settings::QueueSettings;
