@@ -10,9 +10,10 @@
 //! - [`keys`]: the only place Redis key names are built (hash-tagged, cluster-safe).
 //! - [`message`]: the SMS message type, encoded to and decoded from stream
 //!   fields; [`generator`]: seeded random messages.
-//! - [`store`]: Redis: pool and dedicated connections, the sender's read
-//!   connection (XREADGROUP replies decoded by `redis-protocol`), stream
-//!   operations, typed wrappers of the Functions library in `migrations/`, the
+//! - [`store`]: Redis: pool and dedicated connections, a minimal connection
+//!   of our own for the two hot paths (the sender's XREADGROUP replies,
+//!   decoded by `redis-protocol`, and the producer's exactly-once
+//!   `MULTI`/`EXEC` batches fenced by `WATCH`), stream operations, typed wrappers of the Functions library in `migrations/`, the
 //!   migrations, the one retry loop for transient failures, and requests
 //!   queued now and awaited later (several on the wire at once, in order).
 //! - [`produce`]: the producer; [`send`]: one sender (dispatch with read-ahead,

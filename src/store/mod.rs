@@ -1,6 +1,8 @@
 //! The Redis layer: a connection pool plus dedicated connections for pipelined
-//! writes, the sender's read connection (with its own, faster reply decoding),
-//! typed stream operations, typed wrappers of the Functions library, the
+//! writes, a minimal connection of our own (`resp.rs`: replies framed, not
+//! parsed by redis-rs) carrying the sender's reads ([`ReadConnection`]) and
+//! the producer's exactly-once batches ([`BatchConnection`]), typed stream
+//! operations, typed wrappers of the Functions library, the
 //! migrations, the one place where transient failures are retried, and
 //! [`Queued`] requests: sent now, their replies awaited later, so several are
 //! on the wire at once.
@@ -147,7 +149,7 @@ impl Store {
     }
 
     /// A connection of its own, for pipelined writes that must not share a
-    /// pooled connection (producer and report batches): its reply timeout
+    /// pooled connection (the sender's report batches): its reply timeout
     /// leaves room for `block`.
     pub async fn dedicated_connection(
         &self,
