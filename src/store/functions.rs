@@ -212,8 +212,8 @@ impl Store {
         PreparedReport(Arc::new(cmd))
     }
 
-    /// Sends `report` on `conn`; queued on the first poll, like
-    /// [`Store::send_batch`], so several reports can be in flight.
+    /// Sends `report` on `conn`; queued on the first poll (start it with
+    /// [`crate::store::Queued::start`]), so several reports can be in flight.
     pub fn send_report(
         &self,
         conn: &MultiplexedConnection,
