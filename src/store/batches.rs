@@ -197,13 +197,11 @@ impl CommittedBatch {
     /// Waits for the outcome. An error from a queued command (which makes
     /// Redis refuse the whole transaction) is reported as itself.
     pub async fn outcome(self) -> Result<BatchWrite, StoreError> {
-        let queued = self.queued.await;
-        let last = self.last.await;
-        let queued = queued?;
+        let queued = self.queued.await?;
         for reply in replies(QUEUE, &queued) {
             server_error(reply?).map_err(StoreError::redis(QUEUE))?;
         }
-        let last = last?;
+        let last = self.last.await?;
         if self.discarded {
             server_error(&last).map_err(StoreError::redis(DISCARD))?;
             return Ok(BatchWrite::AlreadyWritten);
