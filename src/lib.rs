@@ -13,7 +13,8 @@
 //! - [`store`]: Redis: pool and dedicated connections, a minimal connection
 //!   of our own for the two hot paths (the sender's XREADGROUP replies,
 //!   decoded by `redis-protocol`, and the producer's exactly-once
-//!   `MULTI`/`EXEC` batches fenced by `WATCH`), stream operations, typed wrappers of the Functions library in `migrations/`, the
+//!   `MULTI`/`EXEC` batches fenced by `WATCH`), stream operations, typed
+//!   wrappers of the Functions library in `migrations/`, the
 //!   migrations, the one retry loop for transient failures, and requests
 //!   queued now and awaited later (several on the wire at once, in order).
 //! - [`produce`]: the producer; [`send`]: one sender (dispatch with read-ahead,

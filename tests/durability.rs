@@ -202,17 +202,6 @@ async fn a_ten_second_pause_stops_nobody_and_work_resumes_quickly() {
     );
 }
 
-/// Calls of one command since Redis started, from `INFO commandstats`.
-async fn command_calls(store: &Store, command: &str) -> u64 {
-    let info = store.info("commandstats").await.expect("INFO commandstats");
-    let prefix = format!("cmdstat_{command}:calls=");
-    info.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_sent_again_while_its_first_try_waits_in_a_stalled_redis_is_added_once() {
     let redis = start_redis_with(RedisOptions {

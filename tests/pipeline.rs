@@ -277,23 +277,8 @@ async fn a_producer_batch_sent_twice_is_added_once() {
 
     let snapshot = Snapshot::read(&store).await.expect("snapshot");
     assert_eq!(snapshot.produced, 260);
-    let mut conn = raw(&redis.url).await;
-    let length: u64 = redis::cmd("XLEN")
-        .arg(store.keys().messages())
-        .query_async(&mut conn)
-        .await
-        .expect("XLEN");
+    let length = stream_length(&redis.url, &store.keys().messages()).await;
     assert_eq!(length, 260, "250 + 10 entries, none twice");
-}
-
-/// WATCH calls since Redis started: one per try of a batch.
-async fn watches(store: &sms_alerts::store::Store) -> u64 {
-    let info = store.info("commandstats").await.expect("INFO commandstats");
-    info.lines()
-        .find_map(|line| line.strip_prefix("cmdstat_watch:calls="))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|calls| calls.parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,12 +293,12 @@ async fn a_late_first_try_of_a_batch_is_aborted_by_its_retry_and_a_connection_go
     // The first try has watched its run and queued its commands, but its
     // EXEC is not sent yet: it stands for a try whose reply was lost.
     let first = store.batch_connection().await.expect("connects");
-    let watched_before = watches(&store).await;
+    let watched_before = command_calls(&store, "watch").await;
     let late = first.start(&batch);
     wait_until(
         "the first try's WATCH ran",
         Duration::from_secs(10),
-        || async { watches(&store).await > watched_before },
+        || async { command_calls(&store, "watch").await > watched_before },
     )
     .await;
     // Its retry lands meanwhile.
@@ -346,12 +331,7 @@ async fn a_late_first_try_of_a_batch_is_aborted_by_its_retry_and_a_connection_go
 
     let snapshot = Snapshot::read(&store).await.expect("snapshot");
     assert_eq!(snapshot.produced, 300);
-    let mut raw_conn = raw(&redis.url).await;
-    let length: u64 = redis::cmd("XLEN")
-        .arg(store.keys().messages())
-        .query_async(&mut raw_conn)
-        .await
-        .expect("XLEN");
+    let length = stream_length(&redis.url, &store.keys().messages()).await;
     assert_eq!(length, 300, "each batch once");
 }
 

@@ -274,6 +274,26 @@ pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("connects")
 }
 
+/// Entries in the stream `key`, read on a connection of its own.
+pub async fn stream_length(url: &str, key: &str) -> u64 {
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut raw(url).await)
+        .await
+        .expect("XLEN")
+}
+
+/// Calls of one command since Redis started, from `INFO commandstats`.
+pub async fn command_calls(store: &Store, command: &str) -> u64 {
+    let info = store.info("commandstats").await.expect("INFO commandstats");
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|calls| calls.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Reads the stream, group and dead stream with plain commands.
 pub async fn scan(url: &str, store: &Store) -> Scan {
     let mut conn = raw(url).await;
