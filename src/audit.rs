@@ -10,6 +10,7 @@
 //! show up as differences.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -167,16 +168,17 @@ pub async fn run(store: &Store, page: usize) -> Result<AuditReport, StoreError> 
 
     let (mut acknowledged, mut pending, mut queued, mut dangling) = (0u64, 0u64, 0u64, 0u64);
     let mut cursor = PendingCursor::new(store, page);
+    let ids = store.read_connection(Duration::ZERO).await?;
     let mut after: Option<String> = None;
     loop {
         let entries = store
-            .range_page(&store.keys().messages(), after.as_deref(), page)
+            .range_ids(&ids, &store.keys().messages(), after.as_deref(), page)
             .await?;
         let Some(last) = entries.last() else { break };
-        after = Some(last.id.clone());
+        after = Some(last.clone());
         let full_page = entries.len() == page;
         for entry in entries {
-            let id = id_key(&entry.id);
+            let id = id_key(&entry);
             let mut is_pending = false;
             while let Some(row) = cursor.peek().await? {
                 let row_id = id_key(&row.id);

@@ -8,7 +8,7 @@ use redis::Value;
 
 use super::reply::{array, int, text};
 use super::streams::{StreamEntry, entry};
-use super::{Store, StoreError};
+use super::{ReadConnection, Store, StoreError};
 
 /// One row of the group's pending list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,6 +99,23 @@ impl Store {
             .into_iter()
             .map(|item| entry(COMMAND, item))
             .collect()
+    }
+
+    /// The ids of up to `count` entries of `key` after `after` (from the
+    /// start when `None`), read on `conn` (see [`Store::read_connection`]).
+    /// For walks that need no fields: their bytes are skipped, not decoded,
+    /// so a page of hostile entries costs no more than any other.
+    pub async fn range_ids(
+        &self,
+        conn: &ReadConnection,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
+        conn.range_ids(&cmd).await
     }
 
     /// Up to `count` rows of the group's pending list after `after`.

@@ -1,9 +1,9 @@
 //! The Redis layer: a connection pool plus dedicated connections for pipelined
 //! writes, a minimal connection of our own (`resp.rs`: replies framed, not
-//! parsed by redis-rs) carrying the sender's reads ([`ReadConnection`]) and
-//! the producer's exactly-once batches ([`BatchConnection`]), typed stream
-//! operations, typed wrappers of the Functions library, the
-//! migrations, the one place where transient failures are retried, and
+//! parsed by redis-rs) carrying the sender's reads and the audit's walk over
+//! stream ids ([`ReadConnection`]) and the producer's exactly-once batches
+//! ([`BatchConnection`]), typed stream operations, typed wrappers of the
+//! Functions library, the migrations, the one place where transient failures are retried, and
 //! [`Queued`] requests: sent now, their replies awaited later, so several are
 //! on the wire at once.
 
@@ -164,8 +164,8 @@ impl Store {
             .map_err(StoreError::redis("connect"))
     }
 
-    /// The sender's read connection (see [`ReadConnection`]): its reply
-    /// timeout leaves room for `block`.
+    /// A read connection (see [`ReadConnection`]): its reply timeout leaves
+    /// room for `block` (zero for reads that never block).
     pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, StoreError> {
         ReadConnection::open(
             self.client.get_connection_info(),

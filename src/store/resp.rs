@@ -403,6 +403,26 @@ pub(super) fn array_elements<'a>(
     }
 }
 
+/// The bytes of a bulk string reply (`$<n>` then `n` bytes). Anything else,
+/// nil included, is an error.
+pub(super) fn bulk_string<'a>(
+    command: &'static str,
+    reply: &'a [u8],
+) -> Result<&'a [u8], StoreError> {
+    let header_end = reply
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .ok_or_else(|| bad(command, "an incomplete reply"))?;
+    let len = match reply.split_first() {
+        Some((b'$', _)) => length(&reply[1..header_end]).map_err(|detail| bad(command, detail))?,
+        _ => return Err(bad(command, "expected a string")),
+    };
+    usize::try_from(len)
+        .ok()
+        .and_then(|len| reply.get(header_end + 2..header_end + 2 + len))
+        .ok_or_else(|| bad(command, "expected a string"))
+}
+
 /// An error reply as redis-rs would report it (so that NOGROUP and the like
 /// are told apart exactly as on other connections); `Ok` for anything else.
 pub(super) fn server_error(reply: &[u8]) -> Result<(), RedisError> {
