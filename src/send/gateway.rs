@@ -231,29 +231,32 @@ impl Gateway {
 
     /// Starts ready messages in the free send slots.
     fn start_ready(&mut self) {
-        while self.sending.len() < self.concurrency {
-            let Some(ready) = self.ready.pop_front() else {
-                return;
-            };
-            let started = Instant::now();
-            let ends_at = started + ready.attempt.delay;
-            self.ending.add(ends_at);
-            let send = InProgress {
-                started,
-                ends_at,
-                item: ReportItem {
-                    id: ready.id,
-                    outcome: ready.attempt.outcome(),
-                    send_time_us: 0,
-                },
-                hold_slot: ready.hold_slot,
-            };
-            self.sending.push(Scheduled {
-                send,
-                order: self.order,
-            });
-            self.order += 1;
-        }
+        while self.sending.len() < self.concurrency && self.start_next(Instant::now()) {}
+    }
+
+    /// Starts the first ready message at `now`, if there is one.
+    fn start_next(&mut self, now: Instant) -> bool {
+        let Some(ready) = self.ready.pop_front() else {
+            return false;
+        };
+        let ends_at = now + ready.attempt.delay;
+        self.ending.add(ends_at);
+        let send = InProgress {
+            started: now,
+            ends_at,
+            item: ReportItem {
+                id: ready.id,
+                outcome: ready.attempt.outcome(),
+                send_time_us: 0,
+            },
+            hold_slot: ready.hold_slot,
+        };
+        self.sending.push(Scheduled {
+            send,
+            order: self.order,
+        });
+        self.order += 1;
+        true
     }
 
     /// Gives up every message not sent yet; their ids.
@@ -263,21 +266,29 @@ impl Gateway {
         ready.chain(sending).collect()
     }
 
-    /// Ends every send due by now, counting `early` as already passed, and
-    /// hands its result to the writer. Then moves `early` by how late (or
-    /// early) those sends ended on average.
+    /// Ends every send due by now, counting `early` as already passed, hands
+    /// its result to the writer and starts the next ready message in its slot
+    /// at that moment. Then moves `early` by how late (or early) those sends
+    /// ended on average.
+    ///
+    /// Each slot restarts as its own send is ended, not after the whole batch:
+    /// ending a thousand sends takes a few hundred microseconds, and
+    /// restarting them all only afterwards made sends of equal length, which
+    /// end together, wait that long once per round (1.5% of the slots' time
+    /// at 20 ms).
     fn end_due(&mut self) {
-        let now = Instant::now();
+        let due_by = Instant::now() + self.early;
         let mut ended = 0u32;
         let mut lateness_us = 0i64;
         while self
             .sending
             .peek()
-            .is_some_and(|q| q.send.ends_at <= now + self.early)
+            .is_some_and(|q| q.send.ends_at <= due_by)
         {
             let Some(Scheduled { send, .. }) = self.sending.pop() else {
                 break;
             };
+            let now = Instant::now();
             lateness_us += signed_us(now, send.ends_at);
             let mut item = send.item;
             item.send_time_us = now.duration_since(send.started).as_micros() as u64;
@@ -286,6 +297,7 @@ impl Gateway {
                 item,
                 hold_slot: send.hold_slot,
             });
+            self.start_next(now);
         }
         if ended > 0 {
             self.load
@@ -409,6 +421,30 @@ mod tests {
         // A send ended 1.2 ms before its end (all of `early`): wake later.
         let early = end_one(now, now + early);
         assert_eq!(early, Duration::from_micros(1_080));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_is_refilled_as_its_send_ends_not_after_the_whole_batch() {
+        let slots = Arc::new(Semaphore::new(4));
+        let (mut gateway, inlet, mut results_rx) = gateway(2, &CancellationToken::new());
+        for (id, ms) in [("a", 10), ("b", 10), ("next", 10)] {
+            inlet.hand_over(ready(id, &slots, ms));
+        }
+        while let Ok(ready) = gateway.incoming.try_recv() {
+            gateway.ready.push_back(ready);
+        }
+        gateway.start_ready();
+        assert_eq!(gateway.sending.len(), 2);
+        tokio::time::advance(Duration::from_millis(10)).await;
+        gateway.end_due();
+        // Both ended; the waiting message took the first freed slot inside
+        // the same pass, at the moment that send was ended.
+        assert_eq!(results_rx.recv().await.unwrap().item.id, "a");
+        assert_eq!(results_rx.recv().await.unwrap().item.id, "b");
+        assert!(gateway.ready.is_empty());
+        let started = gateway.sending.peek().map(|q| q.send.started);
+        assert_eq!(started, Some(Instant::now()));
+        assert_eq!(inlet.load.free_slots(2), 1, "one sending, none waiting");
     }
 
     #[tokio::test(start_paused = true)]
