@@ -15,10 +15,45 @@ use crate::settings::{DelayModel, ProduceSettings, QueueSettings, SendSettings};
 use crate::stats::Snapshot;
 use crate::store::{Store, StoreError};
 
+/// Rounds the produce run is split into, each after a round of the ceiling
+/// of the same size. This machine's speed, and its disk's under AOF, swing by
+/// a third or more within seconds, so a ceiling measured once and then
+/// produce gave ratios from 0.61 to 1.00 within an hour; five rounds of each
+/// still gave 0.65 to 1.03. Interleaved finely, both see the same swings. The
+/// ceiling's stream is kept across its rounds, so it grows to the same length
+/// as ours, with the same cost of fresh memory.
+const ROUNDS: u64 = 20;
+
+/// The ceiling over its rounds: the overall rate, and the slowest and fastest
+/// round, which show how much the machine moved.
+#[derive(Debug, Clone, Copy)]
+struct CeilingRounds {
+    rate: f64,
+    lowest: f64,
+    highest: f64,
+}
+
+impl From<&[(u64, f64)]> for CeilingRounds {
+    /// From each round's XADDs and rate.
+    fn from(rounds: &[(u64, f64)]) -> Self {
+        let count: u64 = rounds.iter().map(|(count, _)| count).sum();
+        let seconds: f64 = rounds
+            .iter()
+            .map(|(count, rate)| *count as f64 / rate)
+            .sum();
+        let rates = rounds.iter().map(|(_, rate)| *rate);
+        Self {
+            rate: count as f64 / seconds,
+            lowest: rates.clone().fold(f64::INFINITY, f64::min),
+            highest: rates.fold(0.0, f64::max),
+        }
+    }
+}
+
 /// Sizes of the runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BenchSizes {
-    /// Messages of the produce and drain runs.
+    /// Messages of the produce and drain runs (and XADDs of the ceiling).
     pub messages: u64,
     /// Messages of the simulation-efficiency run.
     pub simulation: u64,
@@ -43,16 +78,49 @@ pub async fn run(
         let _ = writeln!(out, "{text}");
         let _ = out.flush();
     };
-    let ceiling = ceiling(url).await;
-    match ceiling {
-        Some(rate) => line(format!(
-            "ceiling   redis-benchmark XADD -P 64, entry of our size: {rate:>10.0} msg/s"
-        )),
-        None => line("ceiling   redis-benchmark is not installed: ratios are left out".to_owned()),
+    // Produce, interleaved with the ceiling: see `ROUNDS`.
+    let store = fresh(url, "produce").await?;
+    let ceiling_key = format!("bench-ceiling-{}", std::process::id());
+    let rounds = ROUNDS.min(sizes.messages).max(1);
+    let mut ceiling_rounds = Some(Vec::new());
+    let mut produce_time = Duration::ZERO;
+    let mut produce_memory = 0;
+    for round in 0..rounds {
+        let count = sizes.messages / rounds + u64::from(round < sizes.messages % rounds);
+        let rate = ceiling(url, &ceiling_key, count).await;
+        match (&mut ceiling_rounds, rate) {
+            (Some(rounds), Some(rate)) => rounds.push((count, rate)),
+            _ => ceiling_rounds = None,
+        }
+        let settings = ProduceSettings {
+            count,
+            seed: Some(1 + round),
+            batch: 1_000,
+        };
+        let before = used_memory(&store).await?;
+        produce_time += produce::run(&store, &settings, &CancellationToken::new())
+            .await?
+            .elapsed;
+        produce_memory += used_memory(&store).await?.saturating_sub(before);
     }
-    let ratio = |rate: f64, target: f64| match ceiling {
+    delete_key(url, &ceiling_key).await;
+    let ceiling = ceiling_rounds
+        .as_deref()
+        .filter(|rounds| !rounds.is_empty())
+        .map(CeilingRounds::from);
+    match &ceiling {
+        Some(c) => line(format!(
+            "ceiling   redis-benchmark XADD -P 64, entry of our size: {:>10.0} msg/s  ({rounds} rounds between produce's: {:.0} to {:.0})",
+            c.rate, c.lowest, c.highest
+        )),
+        None => line(
+            "ceiling   redis-benchmark is not installed or gave no rate: ratios are left out"
+                .to_owned(),
+        ),
+    }
+    let ratio = |rate: f64, target: f64| match &ceiling {
         Some(c) => {
-            let r = rate / c;
+            let r = rate / c.rate;
             format!(
                 "{r:.2} of ceiling (target >= {target:.2}: {})",
                 if r >= target { "met" } else { "NOT met" }
@@ -60,24 +128,13 @@ pub async fn run(
         }
         None => String::new(),
     };
-
-    // Produce, and what it costs Redis per message.
-    let store = fresh(url, "produce").await?;
-    let before = used_memory(&store).await?;
-    let settings = ProduceSettings {
-        count: sizes.messages,
-        seed: Some(1),
-        batch: 1_000,
-    };
-    let produced = produce::run(&store, &settings, &CancellationToken::new()).await?;
-    let rate = produced.rate_per_s();
+    let rate = sizes.messages as f64 / produce_time.as_secs_f64();
     line(format!(
         "produce   {} messages:            {rate:>10.0} msg/s  {}",
         sizes.messages,
         ratio(rate, 0.8)
     ));
-    let per_message =
-        (used_memory(&store).await?.saturating_sub(before)) as f64 / sizes.messages as f64;
+    let per_message = produce_memory as f64 / sizes.messages as f64;
     line(format!(
         "memory    Redis per produced message:   {per_message:>10.0} B      (target <= 250: {})",
         if per_message <= 250.0 {
@@ -95,6 +152,11 @@ pub async fn run(
     ));
     clean(&store).await?;
     let store = fresh(url, "drain2").await?;
+    let settings = ProduceSettings {
+        count: sizes.messages,
+        seed: Some(1),
+        batch: 1_000,
+    };
     produce::run(&store, &settings, &CancellationToken::new()).await?;
     let rate = drain(&store, sizes.messages, &[500, 500]).await?;
     line(format!(
@@ -348,22 +410,23 @@ async fn sender_peak_rss_mb(url: &str, store: &Store) -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Redis's own XADD rate, from `redis-benchmark` against the same server.
-async fn ceiling(url: &str) -> Option<f64> {
+/// Redis's own XADD rate over `count` XADDs to `key`, from `redis-benchmark`
+/// against the same server; `None` if it is not installed or gives no rate.
+async fn ceiling(url: &str, key: &str, count: u64) -> Option<f64> {
     let parsed = url::Url::parse(url).ok()?;
     let host = parsed.host_str()?.to_owned();
     let port = parsed.port().unwrap_or(6379).to_string();
     // recipient, a body of the mean generated length (50), created_ms: our entry.
     let body = "x".repeat(50);
     let mut cmd = tokio::process::Command::new("redis-benchmark");
-    cmd.args(["-h", &host, "-p", &port, "-P", "64", "-n", "1000000", "-q"]);
+    let count = count.to_string();
+    cmd.args(["-h", &host, "-p", &port, "-P", "64", "-n", &count, "-q"]);
     if let Some(password) = parsed.password() {
         cmd.args(["-a", password]);
     }
-    let key = format!("bench-ceiling-{}", std::process::id());
     cmd.args([
         "XADD",
-        &key,
+        key,
         "*",
         "recipient",
         "+447700900123",
@@ -375,17 +438,22 @@ async fn ceiling(url: &str) -> Option<f64> {
     let output = cmd.output().await.ok()?;
     let text = String::from_utf8_lossy(&output.stdout);
     let last = text.rsplit('\r').next()?.trim().to_owned();
-    let rate = last
+    let rate: f64 = last
         .split(": ")
         .nth(1)?
         .split_whitespace()
         .next()?
         .parse()
         .ok()?;
+    rate.is_finite().then_some(rate)
+}
+
+/// Deletes `key`, which the ceiling's rounds wrote; best effort, as the
+/// figures are already taken.
+async fn delete_key(url: &str, key: &str) {
     if let Ok(client) = redis::Client::open(url) {
         if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let _: Result<(), _> = redis::cmd("DEL").arg(&key).query_async(&mut conn).await;
+            let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
         }
     }
-    Some(rate)
 }

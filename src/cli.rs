@@ -121,7 +121,8 @@ pub enum Command {
     /// ceiling (redis-benchmark, same run). Without --redis-url it starts a private
     /// redis-server; on a given Redis it uses fresh key prefixes and deletes them.
     Bench {
-        /// Messages of the produce and drain runs. [default: 1000000]
+        /// Messages of the produce and drain runs; the ceiling runs as many XADDs, in 20
+        /// rounds between produce's. [default: 1000000]
         #[arg(long, value_parser = check::count, allow_hyphen_values = true)]
         messages: Option<u64>,
         /// Messages of the simulation-efficiency run. [default: 200000]
