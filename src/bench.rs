@@ -82,16 +82,13 @@ pub async fn run(
     let store = fresh(url, "produce").await?;
     let ceiling_key = format!("bench-ceiling-{}", std::process::id());
     let rounds = ROUNDS.min(sizes.messages).max(1);
-    let mut ceiling_rounds = Some(Vec::new());
+    let mut ceiling_rounds = Vec::new();
     let mut produce_time = Duration::ZERO;
     let mut produce_memory = 0;
     for round in 0..rounds {
         let count = sizes.messages / rounds + u64::from(round < sizes.messages % rounds);
         let rate = ceiling(url, &ceiling_key, count).await;
-        match (&mut ceiling_rounds, rate) {
-            (Some(rounds), Some(rate)) => rounds.push((count, rate)),
-            _ => ceiling_rounds = None,
-        }
+        ceiling_rounds.push(rate.map(|rate| (count, rate)));
         let settings = ProduceSettings {
             count,
             seed: Some(1 + round),
@@ -104,10 +101,11 @@ pub async fn run(
         produce_memory += used_memory(&store).await?.saturating_sub(before);
     }
     delete_key(url, &ceiling_key).await;
+    // Any round without a rate leaves the ratios out.
     let ceiling = ceiling_rounds
-        .as_deref()
-        .filter(|rounds| !rounds.is_empty())
-        .map(CeilingRounds::from);
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .map(|rounds| CeilingRounds::from(rounds.as_slice()));
     match &ceiling {
         Some(c) => line(format!(
             "ceiling   redis-benchmark XADD -P 64, entry of our size: {:>10.0} msg/s  ({rounds} rounds between produce's: {:.0} to {:.0})",
