@@ -4,40 +4,32 @@
 
   FUNCTION LOAD replaces a whole library, so this one file is the library and
   LIBRARY_VERSION is its version; every migration step that changes it bumps
-  the version (see MIGRATIONS in src/store/migrate.rs):
-    1  0001_functions     sms_report, sms_claim, sms_renew, sms_hold_name,
-                          sms_release_name, sms_snapshot, sms_version
-    2  0002_sender_prune  sms_prune
-    3  0003_latency_histogram
-                          sms_report also counts send times into histogram
-                          buckets (KEYS[5]); sms_snapshot returns them
-    4  0004_report_bucket_names
-                          bucket field names built once at load: formatting
-                          a number per result showed in the drain profile
-    5  0005_report_bulk_ack
-                          sms_report takes the ids grouped by outcome and the
-                          send times already bucketed by the sender, and
-                          acknowledges the successes with one XACK per chunk
-                          of ids instead of one per id (each XACK is also an
-                          AOF record): the drain profile showed the per-result
-                          Lua work and XACKs; a window of applied batch
-                          seqs lets a sender have several reports in flight
-    6  0006_produce_function
-                          sms_produce: a producer batch is written only if
-                          its (run, seq) marker is new, checked and set in the
-                          same atomic call. Before, the producer checked the
-                          marker and then wrote again; a batch still queued
-                          in Redis behind a timed-out reply landed twice
+  the version (see MIGRATIONS in src/store/migrate.rs, which names each step:
+  0001_functions, 0002_sender_prune, 0003_latency_histogram,
+  0004_report_bucket_names, 0005_report_bulk_ack, 0006_produce_function,
+  0007_queue_identity).
 
-  Every multi-step update that must be atomic runs here, server-side:
-  acknowledging and counting a batch of send results, claiming stale work or
-  dead-lettering it, renewing leases, and reading a consistent snapshot for
-  the monitor. Every key a function touches is passed in KEYS and all of them
-  share one hash tag (e.g. {sms:0}), so the library runs unchanged on Redis
-  Cluster.
+  Every multi-step update that must be atomic runs here, server-side. Every
+  key a function touches is passed in KEYS and all of them share one hash tag
+  (e.g. {sms:0}), so the library runs unchanged on Redis Cluster.
 
-  Counters live in two hashes: the totals (`stats`) and one per sender
+  Identity. A queue is created once (sms_create, run by `migrate`): its
+  `queue` hash holds a random epoch. Every function that writes takes the
+  queue hash as KEYS[1] and the epoch its caller started with as ARGV[1], and
+  refuses with an error starting `LOST` when the identity is gone (FLUSHALL,
+  a Redis restarted without its data, another Redis behind the address) or
+  differs. Nothing here ever re-creates lost state: that is `migrate` on an
+  empty Redis, or `repair`, by an operator.
+
+  Check, then write. Redis does not roll a function back when a command in
+  it fails, so every function checks the type of each key it writes and
+  that every counter it increments holds an integer before its first write,
+  and refuses with an error starting `DAMAGED` that names the key. A failed
+  call therefore changes nothing.
+
+  Counters live in the `stats` hash (totals) and one hash per sender
   (`stats:<consumer>`). Fields, all integers:
+    produced      messages producers wrote
     sent          messages acknowledged for the first time (XACK returned 1)
     duplicates    successful sends of a message someone had already settled
     failed        failed send attempts
@@ -45,9 +37,14 @@
     send_time_us  sum of the simulated send times of all attempts
     dead          messages moved to the dead stream
     dead_<reason> the same, by reason (max_attempts, malformed, deleted)
+    trimmed       settled entries removed from the stream by retention
+    dead_trimmed  dead letters removed by the dead stream's retention
+    dead_purged   dead letters removed by `dead purge`
+    requeued      dead letters moved back into the stream by `dead requeue`
+    abandoned     messages `repair` gave up when it re-created a lost group
 ]]
 
-local LIBRARY_VERSION = 6
+local LIBRARY_VERSION = 7
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
@@ -60,9 +57,21 @@ local BUCKET_NAMES = {}
 for i = 1, #LATENCY_BOUNDS do BUCKET_NAMES[i] = 'le_' .. LATENCY_BOUNDS[i] end
 BUCKET_NAMES[#LATENCY_BOUNDS + 1] = 'le_inf'
 
+-- The counters a settling call (report, claim) may increment.
+local SETTLE_COUNTERS = { 'sent', 'duplicates', 'failed', 'attempts', 'send_time_us',
+                          'dead', 'dead_max_attempts', 'dead_deleted', 'dead_malformed' }
+
 -- A dead-letter entry keeps at most this many original field/value pairs, so
--- that a poison entry with thousands of fields cannot overflow Lua's stack.
+-- that a poison entry with thousands of fields cannot overflow Lua's stack,
+-- and at most this many bytes of each name or value.
 local MAX_DEAD_FIELDS = 64
+local MAX_DEAD_VALUE_BYTES = 4096
+
+-- A stream entry larger than this (names and values together), or with more
+-- fields, cannot be a message: it is dead-lettered as malformed instead of
+-- being handed to a sender whole.
+local MAX_ENTRY_BYTES = 65536
+local MAX_ENTRY_FIELDS = 64
 
 -- Report batches of one sender process remembered below its highest one;
 -- a sender has far fewer in flight. 32: the width of Lua's bit operations.
@@ -72,16 +81,147 @@ local BATCH_WINDOW = 32
 -- holds 8000 slots.
 local ACK_CHUNK = 1000
 
+-- Most pending-list rows one sms_claim call looks at, whatever the size of
+-- the pending list: the call's cost is bounded, and the caller walks the
+-- list with the cursor it returns.
+local CLAIM_SCAN = 1000
+
+-- Most entries one sms_trim call removes from each stream (approximate
+-- trimming removes whole nodes of ~100 entries), so that a call after a
+-- long pause does bounded work; the next call goes on.
+local TRIM_LIMIT = 100000
+
+-- Most dead letters sms_dead_purge deletes one by one (those left in a
+-- partly old stream node) per call.
+local PURGE_EXACT = 1000
+
+-- ---------------------------------------------------------------------------
+-- Errors and checks. Each check returns nil when all is well, else the error
+-- reply to return before anything was written.
+
+local function lost(text) return redis.error_reply('LOST ' .. text) end
+local function damaged(text) return redis.error_reply('DAMAGED ' .. text) end
+
+local function key_type(key) return redis.call('TYPE', key)['ok'] end
+
+-- A value as it may be printed in an error: short, and quoted.
+local function shown(value)
+  if #value > 40 then value = string.sub(value, 1, 40) .. '...' end
+  return string.format('%q', value)
+end
+
+local function expect_type(key, want, may_be_missing)
+  local t = key_type(key)
+  if t == want or (may_be_missing and t == 'none') then return nil end
+  if t == 'none' then return damaged(key .. ' is missing') end
+  return damaged(key .. ' is a ' .. t .. ', not a ' .. want)
+end
+
+-- The queue's identity: its hash must hold the epoch the caller started with.
+local function check_identity(queue, epoch)
+  local t = key_type(queue)
+  if t == 'none' then
+    return lost('the queue identity ' .. queue .. ' is gone: Redis was flushed, ' ..
+                'restarted without its data, or is another Redis')
+  end
+  if t ~= 'hash' then return damaged(queue .. ' is a ' .. t .. ', not a hash') end
+  local current = redis.call('HGET', queue, 'epoch')
+  if not current then
+    return lost(queue .. ' holds no epoch: the queue identity was removed')
+  end
+  if current ~= epoch then
+    return lost('the queue was created anew (epoch ' .. current ..
+                ', this process started with ' .. epoch .. '): its earlier state is gone')
+  end
+  return nil
+end
+
+-- Whether a hash field's value is an integer HINCRBY accepts.
+local function is_integer(value)
+  if not string.match(value, '^%-?%d+$') then return false end
+  local digits = string.gsub(value, '^%-', '')
+  return #digits < 19 or (#digits == 19 and digits <= '9223372036854775807')
+end
+
+local function check_counters(key, fields)
+  local values = redis.call('HMGET', key, unpack(fields))
+  for i = 1, #fields do
+    local value = values[i]
+    if value and not is_integer(value) then
+      return damaged('counter ' .. fields[i] .. ' of ' .. key .. ' is not a number: ' .. shown(value))
+    end
+  end
+  return nil
+end
+
+local function group_exists(stream, group)
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    for i = 1, #g, 2 do
+      if g[i] == 'name' and g[i + 1] == group then return true end
+    end
+  end
+  return false
+end
+
+local function check_group(stream, group)
+  if group_exists(stream, group) then return nil end
+  return damaged('consumer group ' .. group .. ' of ' .. stream .. ' is gone; it is not ' ..
+                 're-created by itself, which would send every message in the stream again')
+end
+
+-- Runs each check (a function returning nil or an error reply) in order;
+-- the first error wins.
+local function first_error(...)
+  for _, check in ipairs({ ... }) do
+    local err = check()
+    if err then return err end
+  end
+  return nil
+end
+
+-- ---------------------------------------------------------------------------
+-- Stream ids, compared exactly (Lua numbers cannot hold every 64-bit part).
+
+local function id_parts(id)
+  return string.match(id, '^(%d+)%-(%d+)$')
+end
+
+local function number_less(a, b)
+  if #a ~= #b then return #a < #b end
+  return a < b
+end
+
+local function id_less(a, b)
+  local am, as = id_parts(a)
+  local bm, bs = id_parts(b)
+  if am ~= bm then return number_less(am, bm) end
+  return number_less(as, bs)
+end
+
+local function id_ms(id)
+  return tonumber((id_parts(id)))
+end
+
 local function now_ms()
   local t = redis.call('TIME')
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
+
+-- ---------------------------------------------------------------------------
+-- Shared steps.
 
 -- Fields of a stream entry as a flat list, or nil when the entry is gone.
 local function entry_fields(stream, id)
   local found = redis.call('XRANGE', stream, id, id)
   if #found == 0 then return nil end
   return found[1][2]
+end
+
+local function too_big(fields)
+  if #fields > MAX_ENTRY_FIELDS * 2 then return true end
+  local bytes = 0
+  for i = 1, #fields do bytes = bytes + #fields[i] end
+  return bytes > MAX_ENTRY_BYTES
 end
 
 -- Moves one pending entry to the dead stream and acknowledges it. Returns 1
@@ -91,11 +231,22 @@ local function dead_letter(stream, dead, group, id, reason, attempts, consumer)
   if redis.call('XACK', stream, group, id) == 0 then return 0 end
   local fields = entry_fields(stream, id) or {}
   local args = { dead, '*' }
-  local pairs_kept = math.min(#fields, MAX_DEAD_FIELDS * 2)
-  for i = 1, pairs_kept do args[#args + 1] = fields[i] end
-  if pairs_kept < #fields then
+  local kept = math.min(#fields, MAX_DEAD_FIELDS * 2)
+  local cut = 0
+  for i = 1, kept do
+    local value = fields[i]
+    if #value > MAX_DEAD_VALUE_BYTES then
+      value, cut = string.sub(value, 1, MAX_DEAD_VALUE_BYTES), cut + 1
+    end
+    args[#args + 1] = value
+  end
+  if kept < #fields then
     args[#args + 1] = 'dead_truncated_fields'
-    args[#args + 1] = tostring((#fields - pairs_kept) / 2)
+    args[#args + 1] = tostring((#fields - kept) / 2)
+  end
+  if cut > 0 then
+    args[#args + 1] = 'dead_truncated_values'
+    args[#args + 1] = tostring(cut)
   end
   for _, v in ipairs({
     'dead_reason', reason,
@@ -125,14 +276,104 @@ local function pending_row(stream, group, id)
   return { owner = row[1][2], deliveries = tonumber(row[1][4]) }
 end
 
+-- The checks of a call that settles messages: identity, key types, group,
+-- and every counter it may increment.
+local function check_settling(queue, epoch, stream, dead, stats, cstats, group)
+  return first_error(
+    function() return check_identity(queue, epoch) end,
+    function() return expect_type(stream, 'stream') end,
+    function() return expect_type(dead, 'stream', true) end,
+    function() return expect_type(stats, 'hash') end,
+    function() return expect_type(cstats, 'hash', true) end,
+    function() return check_group(stream, group) end,
+    function() return check_counters(stats, SETTLE_COUNTERS) end,
+    function() return check_counters(cstats, SETTLE_COUNTERS) end)
+end
+
+-- ---------------------------------------------------------------------------
+
+--[[
+  sms_create: create the queue, or adopt one made before queues had an
+  identity, or check an existing one; set its retention. Run by `migrate`.
+  KEYS: 1 queue, 2 stream, 3 stats, 4 dead, 5 migrations
+  ARGV: 1 group, 2 a new random epoch (used only if the queue is created),
+        3 retention_ms ('' keeps the current one; -1 keeps entries forever),
+        4 dead_retention_ms (same), 5 default retention_ms,
+        6 default dead_retention_ms, 7 the identity step's migration name
+  Returns: { 'created' | 'adopted' | 'existing', epoch, retention_ms,
+             dead_retention_ms }
+  A queue whose identity was recorded (the migration name in the migrations
+  hash) but is gone while other keys remain is refused (LOST): that is
+  damage for `repair`, not a new queue. So is a stream with history whose
+  group is gone.
+]]
+local function sms_create(keys, args)
+  local queue, stream, stats, dead, migrations = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local group, new_epoch = args[1], args[2]
+  local retention, dead_retention = args[3], args[4]
+  local identity_step = args[7]
+
+  local err = first_error(
+    function() return expect_type(queue, 'hash', true) end,
+    function() return expect_type(stream, 'stream', true) end,
+    function() return expect_type(stats, 'hash', true) end,
+    function() return expect_type(dead, 'stream', true) end,
+    function() return expect_type(migrations, 'hash', true) end,
+    function() return check_counters(stats, SETTLE_COUNTERS) end)
+  if err then return err end
+
+  local epoch = redis.call('HGET', queue, 'epoch')
+  local status = 'existing'
+  local has_stream = key_type(stream) == 'stream'
+  if epoch and has_stream and key_type(stats) == 'none' then
+    return damaged(stats .. ' is missing while the queue has history: see `sms-alerts repair`')
+  end
+  if not epoch then
+    local had_identity = redis.call('HEXISTS', migrations, identity_step) == 1
+    local has_data = has_stream or key_type(stats) == 'hash' or key_type(dead) == 'stream'
+    if had_identity and has_data then
+      return lost('the queue identity ' .. queue .. ' is gone while its data remains: ' ..
+                  'see `sms-alerts repair`')
+    end
+    if has_data then status = 'adopted' else status = 'created' end
+    epoch = new_epoch
+  end
+  if has_stream and not group_exists(stream, group) then
+    local info = redis.call('XINFO', 'STREAM', stream)
+    local added = 0
+    for i = 1, #info, 2 do
+      if info[i] == 'entries-added' then added = info[i + 1] end
+    end
+    if added > 0 then return check_group(stream, group) end
+  end
+
+  if status ~= 'existing' then
+    redis.call('HSET', queue, 'epoch', epoch, 'created_ms', tostring(now_ms()))
+    redis.call('HSETNX', queue, 'retention_ms', args[5])
+    redis.call('HSETNX', queue, 'dead_retention_ms', args[6])
+    redis.call('HSETNX', migrations, identity_step, tostring(now_ms()))
+  end
+  if retention ~= '' then redis.call('HSET', queue, 'retention_ms', retention) end
+  if dead_retention ~= '' then redis.call('HSET', queue, 'dead_retention_ms', dead_retention) end
+  if not has_stream or not group_exists(stream, group) then
+    redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+  end
+  -- The totals hash exists from the start, so that its disappearance is
+  -- seen as damage rather than as a fresh queue.
+  redis.call('HSETNX', stats, 'produced', '0')
+  local current = redis.call('HMGET', queue, 'retention_ms', 'dead_retention_ms')
+  return { status, epoch, current[1], current[2] }
+end
+
 --[[
   sms_report: acknowledge and count a batch of send results, atomically.
-  KEYS: 1 stream, 2 dead stream, 3 stats, 4 stats:<consumer>, 5 latency histogram
-  ARGV: 1 group, 2 consumer, 3 max_attempts, 4 retry_idle_ms,
-        5 batch_token, 6 batch_seq,
-        7 n_ok, 8 n_fail, 9 n_malformed,
-        10 send_time_us: the summed send times of the ok and failed attempts,
-        11 .. 10 + #BUCKET_NAMES: those attempts counted per histogram
+  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats, 5 stats:<consumer>,
+        6 latency histogram
+  ARGV: 1 epoch, 2 group, 3 consumer, 4 max_attempts, 5 retry_idle_ms,
+        6 batch_token, 7 batch_seq,
+        8 n_ok, 9 n_fail, 10 n_malformed,
+        11 send_time_us: the summed send times of the ok and failed attempts,
+        12 .. 11 + #BUCKET_NAMES: those attempts counted per histogram
           bucket, in BUCKET_NAMES order,
         then the ids: n_ok successes, then n_fail failures, then n_malformed
         malformed entries.
@@ -151,16 +392,23 @@ end
   after later ones landed) and each still applies exactly once.
 ]]
 local function sms_report(keys, args)
-  local stream, dead, stats, cstats = keys[1], keys[2], keys[3], keys[4]
-  local group, consumer = args[1], args[2]
-  local max_attempts, retry_idle = tonumber(args[3]), args[4]
-  local token, seq = args[5], tonumber(args[6])
+  local queue, stream, dead, stats, cstats, latency =
+    keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
+  local epoch, group, consumer = args[1], args[2], args[3]
+  local max_attempts, retry_idle = tonumber(args[4]), args[5]
+  local token, seq = args[6], tonumber(args[7])
+
+  local err = first_error(
+    function() return check_settling(queue, epoch, stream, dead, stats, cstats, group) end,
+    function() return expect_type(latency, 'hash', true) end,
+    function() return check_counters(latency, BUCKET_NAMES) end,
+    function() return check_counters(cstats, { 'batch_seq', 'batch_window' }) end)
+  if err then return err end
 
   local last = redis.call('HMGET', cstats, 'batch_token', 'batch_seq', 'batch_window')
   local high, window = 0, 0
   if last[1] == token then
     high = tonumber(last[2]) or 0
-    -- Written before the window existed: only the highest batch is known.
     window = tonumber(last[3]) or 1
   end
   if seq <= high then
@@ -170,11 +418,11 @@ local function sms_report(keys, args)
     end
   end
 
-  local n_ok, n_fail, n_malformed = tonumber(args[7]), tonumber(args[8]), tonumber(args[9])
+  local n_ok, n_fail, n_malformed = tonumber(args[8]), tonumber(args[9]), tonumber(args[10])
   local d = { sent = 0, duplicates = 0, failed = n_fail, attempts = n_ok + n_fail,
-              send_time_us = tonumber(args[10]), dead = 0, dead_max_attempts = 0,
+              send_time_us = tonumber(args[11]), dead = 0, dead_max_attempts = 0,
               dead_deleted = 0, dead_malformed = 0 }
-  local buckets_at = 11
+  local buckets_at = 12
   local ids_at = buckets_at + #BUCKET_NAMES
 
   local ok_end = ids_at + n_ok - 1
@@ -212,12 +460,10 @@ local function sms_report(keys, args)
   end
 
   count(stats, cstats, d)
-  if keys[5] then
-    for i = 1, #BUCKET_NAMES do
-      local n = tonumber(args[buckets_at + i - 1])
-      if n ~= 0 then
-        redis.call('HINCRBY', keys[5], BUCKET_NAMES[i], n)
-      end
+  for i = 1, #BUCKET_NAMES do
+    local n = tonumber(args[buckets_at + i - 1])
+    if n ~= 0 then
+      redis.call('HINCRBY', latency, BUCKET_NAMES[i], n)
     end
   end
   if seq > high then
@@ -233,64 +479,85 @@ end
 
 --[[
   sms_claim: take over pending entries idle for at least min_idle_ms, or
-  dead-letter them when they have used up their attempts.
-  KEYS: 1 stream, 2 dead stream, 3 stats, 4 stats:<consumer>
-  ARGV: 1 group, 2 consumer, 3 min_idle_ms, 4 start id (a cursor: '-' or
-        '(<id>'), 5 count, 6 max_attempts,
-        7 owner: '' for any consumer, or one consumer's name (a restarted
+  dead-letter them when they have used up their attempts, are gone from the
+  stream, or are too big to be a message.
+  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats, 5 stats:<consumer>
+  ARGV: 1 epoch, 2 group, 3 consumer, 4 min_idle_ms, 5 start id (a cursor:
+        '-' or '(<id>'), 6 count, 7 max_attempts,
+        8 owner: '' for any consumer, or one consumer's name (a restarted
           sender recovering its own pending list, with min_idle_ms 0)
   Returns: { next_cursor ('0' when the scan reached the end), dead,
              { id, deliveries, { field, value, ... } }, ... }
+  Each call looks at no more than CLAIM_SCAN rows of the pending list from
+  the cursor and claims no more than `count` entries, so its cost does not
+  grow with the pending list; the caller walks the list with the cursor.
   `deliveries` counts this claim: it is the attempt the claimer now makes.
-  An entry deleted from the stream while pending is dead-lettered with
-  reason 'deleted', so it is accounted for instead of vanishing.
 ]]
 local function sms_claim(keys, args)
-  local stream, dead, stats, cstats = keys[1], keys[2], keys[3], keys[4]
-  local group, consumer, min_idle = args[1], args[2], args[3]
-  local start, batch, max_attempts, owner = args[4], tonumber(args[5]), tonumber(args[6]), args[7]
+  local queue, stream, dead, stats, cstats = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local epoch, group, consumer, min_idle = args[1], args[2], args[3], tonumber(args[4])
+  local start, batch, max_attempts, owner = args[5], tonumber(args[6]), tonumber(args[7]), args[8]
 
-  local query = { 'XPENDING', stream, group, 'IDLE', min_idle, start, '+', batch }
+  local err = check_settling(queue, epoch, stream, dead, stats, cstats, group)
+  if err then return err end
+
+  local query = { 'XPENDING', stream, group, start, '+', CLAIM_SCAN }
   if owner ~= '' then query[#query + 1] = owner end
   local rows = redis.call(unpack(query))
 
-  local d = { dead = 0, dead_max_attempts = 0, dead_deleted = 0 }
+  local d = { dead = 0, dead_max_attempts = 0, dead_deleted = 0, dead_malformed = 0 }
   local claimed = {}
-  for _, row in ipairs(rows) do
-    local id, holder, deliveries = row[1], row[2], tonumber(row[4])
-    local n = 0
-    if entry_fields(stream, id) == nil then
-      n = dead_letter(stream, dead, group, id, 'deleted', deliveries, holder)
-      d.dead_deleted = d.dead_deleted + n
-    elseif deliveries >= max_attempts then
-      n = dead_letter(stream, dead, group, id, 'max_attempts', deliveries, holder)
-      d.dead_max_attempts = d.dead_max_attempts + n
-    else
-      local got = redis.call('XCLAIM', stream, group, consumer, min_idle, id)
-      if #got == 1 then
-        claimed[#claimed + 1] = { id, deliveries + 1, got[1][2] }
+  local cursor = '0'
+  if #rows == CLAIM_SCAN then cursor = '(' .. rows[#rows][1] end
+  for i, row in ipairs(rows) do
+    if #claimed >= batch then
+      cursor = '(' .. rows[i - 1][1]
+      break
+    end
+    local id, holder, idle, deliveries = row[1], row[2], tonumber(row[3]), tonumber(row[4])
+    if idle >= min_idle then
+      local fields = entry_fields(stream, id)
+      local n, reason = 0, nil
+      if fields == nil then
+        reason = 'deleted'
+      elseif too_big(fields) then
+        reason = 'malformed'
+      elseif deliveries >= max_attempts then
+        reason = 'max_attempts'
+      end
+      if reason then
+        n = dead_letter(stream, dead, group, id, reason, deliveries, holder)
+        d['dead_' .. reason] = d['dead_' .. reason] + n
+        d.dead = d.dead + n
+      else
+        local got = redis.call('XCLAIM', stream, group, consumer, min_idle, id)
+        if #got == 1 then
+          claimed[#claimed + 1] = { id, deliveries + 1, got[1][2] }
+        end
       end
     end
-    d.dead = d.dead + n
   end
   count(stats, cstats, d)
-
-  local cursor = '0'
-  if #rows == batch then cursor = '(' .. rows[#rows][1] end
   return { cursor, d.dead, unpack(claimed) }
 end
 
 --[[
   sms_renew: extend the lease of entries this sender is still working on, by
   resetting their idle time, so other senders do not reclaim live work.
-  KEYS: 1 stream
-  ARGV: 1 group, 2 consumer, then ids
+  KEYS: 1 queue, 2 stream
+  ARGV: 1 epoch, 2 group, 3 consumer, then ids
   Returns: the ids that are no longer this sender's (settled or reclaimed).
 ]]
 local function sms_renew(keys, args)
-  local stream, group, consumer = keys[1], args[1], args[2]
-  local lost = {}
-  for i = 3, #args do
+  local queue, stream = keys[1], keys[2]
+  local group, consumer = args[2], args[3]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(stream, 'stream') end,
+    function() return check_group(stream, group) end)
+  if err then return err end
+  local lost_ids = {}
+  for i = 4, #args do
     local id = args[i]
     local row = pending_row(stream, group, id)
     -- XCLAIM drops a deleted entry from the pending list; leave those for
@@ -298,21 +565,26 @@ local function sms_renew(keys, args)
     if row and row.owner == consumer and entry_fields(stream, id) ~= nil then
       redis.call('XCLAIM', stream, group, consumer, 0, id, 'JUSTID')
     else
-      lost[#lost + 1] = id
+      lost_ids[#lost_ids + 1] = id
     end
   end
-  return lost
+  return lost_ids
 end
 
 --[[
-  sms_hold_name: take or renew a sender's liveness lease on its name.
-  KEYS: 1 the name's lease key
-  ARGV: 1 token of this process, 2 ttl_ms
-  Returns: { 1, ttl_ms } when this process holds the name,
+  sms_hold_name: take or renew a liveness lease: a sender's on its name, or a
+  producer's on its run.
+  KEYS: 1 queue, 2 the lease key
+  ARGV: 1 epoch, 2 token of this process, 3 ttl_ms
+  Returns: { 1, ttl_ms } when this process holds the lease,
            { 0, remaining_ttl_ms } when another live process does.
 ]]
 local function sms_hold_name(keys, args)
-  local key, token, ttl = keys[1], args[1], args[2]
+  local queue, key, token, ttl = keys[1], keys[2], args[2], args[3]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(key, 'string', true) end)
+  if err then return err end
   local holder = redis.call('GET', key)
   if holder == false or holder == token then
     redis.call('SET', key, token, 'PX', ttl)
@@ -322,12 +594,13 @@ local function sms_hold_name(keys, args)
 end
 
 --[[
-  sms_release_name: give a sender's name back on a clean exit.
-  KEYS: 1 the name's lease key
+  sms_release_name: give a lease back on a clean exit.
+  KEYS: 1 the lease key
   ARGV: 1 token of this process
-  Returns: 1 if released, 0 if the name was not held by this process.
+  Returns: 1 if released, 0 if the lease was not held by this process.
 ]]
 local function sms_release_name(keys, args)
+  if key_type(keys[1]) ~= 'string' then return 0 end
   if redis.call('GET', keys[1]) == args[1] then
     return redis.call('DEL', keys[1])
   end
@@ -336,51 +609,136 @@ end
 
 --[[
   sms_snapshot: everything the monitor shows, read in one consistent call.
-  KEYS: 1 stream, 2 dead stream, 3 stats, 4 latency histogram (optional)
-  ARGV: 1 group
-  Returns: a flat list of name, integer pairs: the stats hash's fields, plus
-  entries_added, length, group_exists, pending, lag (-1 when Redis does not
-  know it), dead_length, and latency_le_<bound> per histogram bucket.
+  Never fails on damaged keys: it reports them.
+  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats, 5 latency histogram
+  ARGV: 1 group, 2 the epoch the caller started with ('' for none)
+  Returns: a flat list of name, value pairs: the stats hash's integer fields,
+  plus entries_added, length, group_exists, pending, lag (-1 when Redis does
+  not know it), dead_length, latency_le_<bound> per histogram bucket,
+  retention_ms and dead_retention_ms (-1: forever; -2: unset), now_ms,
+  oldest_pending_ms and oldest_queued_ms (ids' times; -1 when none),
+  floor_ms (the oldest entry retention must keep for some group; -1 when
+  none) and floor_group (its group), state (0 sound, 1 identity gone,
+  2 identity changed, 3 group gone, 4 damaged) with state_detail, and epoch.
 ]]
 local function sms_snapshot(keys, args)
-  local stream, dead, stats, group = keys[1], keys[2], keys[3], args[1]
-  local out = redis.call('HGETALL', stats)
+  local queue, stream, dead, stats, latency = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local group, epoch = args[1], args[2]
+  local out = {}
   local function put(name, value)
     out[#out + 1] = name
     out[#out + 1] = value
   end
+  local state, detail = 0, ''
+  local function problem(code, text)
+    if state == 0 then state, detail = code, text end
+  end
 
-  local info = redis.pcall('XINFO', 'STREAM', stream)
-  local added, length = 0, 0
-  if type(info) == 'table' and not info.err then
+  local qtype = key_type(queue)
+  local current = false
+  if qtype == 'hash' then
+    current = redis.call('HGET', queue, 'epoch')
+    local retention = redis.call('HMGET', queue, 'retention_ms', 'dead_retention_ms')
+    put('retention_ms', tonumber(retention[1] or '-2') or -2)
+    put('dead_retention_ms', tonumber(retention[2] or '-2') or -2)
+  end
+  if not current then
+    problem(1, 'the queue identity ' .. queue .. ' is gone: Redis was flushed, restarted ' ..
+               'without its data, or is another Redis')
+  elseif epoch ~= '' and current ~= epoch then
+    problem(2, 'the queue was created anew (epoch ' .. current .. ', this process started with ' ..
+               epoch .. '): its earlier state is gone')
+  end
+  put('epoch', current or '')
+
+  if key_type(stats) == 'hash' then
+    local values = redis.call('HGETALL', stats)
+    for i = 1, #values, 2 do
+      local name, value = values[i], values[i + 1]
+      if is_integer(value) then
+        put(name, tonumber(value))
+      elseif name ~= 'batch_token' then
+        problem(4, 'counter ' .. name .. ' of ' .. stats .. ' is not a number: ' .. shown(value))
+      end
+    end
+  elseif key_type(stats) ~= 'none' then
+    problem(4, stats .. ' is a ' .. key_type(stats) .. ', not a hash')
+  elseif current then
+    problem(4, stats .. ' is missing')
+  end
+
+  local now = now_ms()
+  put('now_ms', now)
+  local stype = key_type(stream)
+  local added, length, exists, pending, lag = 0, 0, 0, 0, -1
+  local oldest_pending, oldest_queued, floor_ms, floor_group = -1, -1, -1, ''
+  if stype == 'stream' then
+    local info = redis.call('XINFO', 'STREAM', stream)
     for i = 1, #info, 2 do
       if info[i] == 'entries-added' then added = info[i + 1] end
       if info[i] == 'length' then length = info[i + 1] end
     end
+    for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+      local f = {}
+      for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+      local floor = f['last-delivered-id']
+      if f['pending'] > 0 then
+        local summary = redis.call('XPENDING', stream, f['name'])
+        floor = summary[2]
+        if f['name'] == group then oldest_pending = id_ms(summary[2]) end
+      end
+      if floor_ms == -1 or id_ms(floor) < floor_ms then
+        floor_ms, floor_group = id_ms(floor), f['name']
+      end
+      if f['name'] == group then
+        exists, pending = 1, f['pending']
+        if type(f['lag']) == 'number' then lag = f['lag'] end
+        local next_entry = redis.call('XRANGE', stream, '(' .. f['last-delivered-id'], '+', 'COUNT', 1)
+        if #next_entry == 1 then oldest_queued = id_ms(next_entry[1][1]) end
+      end
+    end
+    if exists == 0 then
+      problem(3, 'consumer group ' .. group .. ' of ' .. stream .. ' is gone')
+    end
+  elseif stype ~= 'none' then
+    problem(4, stream .. ' is a ' .. stype .. ', not a stream')
+  elseif current then
+    problem(3, stream .. ' and its consumer group ' .. group .. ' are gone')
   end
   put('entries_added', added)
   put('length', length)
-
-  local exists, pending, lag = 0, 0, -1
-  local groups = redis.pcall('XINFO', 'GROUPS', stream)
-  if type(groups) == 'table' and not groups.err then
-    for _, g in ipairs(groups) do
-      local fields = {}
-      for i = 1, #g, 2 do fields[g[i]] = g[i + 1] end
-      if fields['name'] == group then
-        exists, pending = 1, fields['pending']
-        if type(fields['lag']) == 'number' then lag = fields['lag'] end
-      end
-    end
-  end
   put('group_exists', exists)
   put('pending', pending)
   put('lag', lag)
-  put('dead_length', redis.call('XLEN', dead))
-  if keys[4] then
-    local hist = redis.call('HGETALL', keys[4])
-    for i = 1, #hist, 2 do put('latency_' .. hist[i], tonumber(hist[i + 1])) end
+  put('oldest_pending_ms', oldest_pending)
+  put('oldest_queued_ms', oldest_queued)
+  put('floor_ms', floor_ms)
+  put('floor_group', floor_group)
+
+  local dead_length = 0
+  local dtype = key_type(dead)
+  if dtype == 'stream' then
+    dead_length = redis.call('XLEN', dead)
+  elseif dtype ~= 'none' then
+    problem(4, dead .. ' is a ' .. dtype .. ', not a stream')
   end
+  put('dead_length', dead_length)
+  local ltype = key_type(latency)
+  if ltype == 'hash' then
+    local hist = redis.call('HGETALL', latency)
+    for i = 1, #hist, 2 do
+      if is_integer(hist[i + 1]) then
+        put('latency_' .. hist[i], tonumber(hist[i + 1]))
+      else
+        problem(4, 'counter ' .. hist[i] .. ' of ' .. latency .. ' is not a number: ' ..
+                   shown(hist[i + 1]))
+      end
+    end
+  elseif ltype ~= 'none' then
+    problem(4, latency .. ' is a ' .. ltype .. ', not a hash')
+  end
+  put('state', state)
+  put('state_detail', detail)
   return out
 end
 
@@ -389,13 +747,18 @@ end
   no live process holds its name, it has no pending entries (XGROUP
   DELCONSUMER would drop them, unclaimable), and it has been idle long enough.
   Checked and done in one atomic call, so nothing can change in between.
-  KEYS: 1 stream, 2 the consumer's name lease
-  ARGV: 1 group, 2 consumer, 3 min_idle_ms
+  KEYS: 1 queue, 2 stream, 3 the consumer's name lease
+  ARGV: 1 epoch, 2 group, 3 consumer, 4 min_idle_ms
   Returns: 'pruned', or why not: 'live', 'pending', 'recent', 'missing'.
 ]]
 local function sms_prune(keys, args)
-  local stream, lease = keys[1], keys[2]
-  local group, consumer, min_idle = args[1], args[2], tonumber(args[3])
+  local queue, stream, lease = keys[1], keys[2], keys[3]
+  local group, consumer, min_idle = args[2], args[3], tonumber(args[4])
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(stream, 'stream') end,
+    function() return check_group(stream, group) end)
+  if err then return err end
   if redis.call('EXISTS', lease) == 1 then return 'live' end
   for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', stream, group)) do
     local f = {}
@@ -410,34 +773,238 @@ local function sms_prune(keys, args)
   return 'missing'
 end
 
---[[
-  sms_produce: add one producer batch to the stream exactly once.
-  No longer called: producers since the change after version 6 write a batch
-  as MULTI/EXEC fenced by WATCH (src/store/batches.rs), which costs Redis
-  about 2 us less per message than a redis.call per entry. Kept so that
-  producers of the previous release still work against a Redis this one has
-  migrated; the same run hash marks the batches either way. A later library
-  version may drop it.
-  KEYS: 1 stream, 2 stats, 3 the producer run's hash of written batches
-  ARGV: 1 seq (the batch's number in the run), 2 ttl_s of the run hash,
-        3..5 the field names of recipient, body and created_ms,
-        then recipient, body, created_ms of each message
-  Returns: the messages added, or -1 when batch seq was already written (a
-  retry of a batch whose first try landed, or the first try landing after
-  its retry did). Checking the marker and adding the entries in one call is
-  what makes a retry safe however late the first try is executed.
-]]
-local function sms_produce(keys, args)
-  local stream, stats, run = keys[1], keys[2], keys[3]
-  local n = (#args - 5) / 3
-  if redis.call('HSETNX', run, args[1], n) == 0 then return -1 end
-  redis.call('EXPIRE', run, args[2])
-  local f_recipient, f_body, f_created = args[3], args[4], args[5]
-  for i = 6, #args, 3 do
-    redis.call('XADD', stream, '*', f_recipient, args[i], f_body, args[i + 1],
-               f_created, args[i + 2])
+-- The entry id every group still needs, at the lowest: its oldest pending
+-- entry, or else its last delivered one (kept: MINID removes only entries
+-- below it). nil when the stream has no group.
+local function trim_floor(stream)
+  local floor = nil
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local f = {}
+    for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
+    local needed = f['last-delivered-id']
+    if f['pending'] > 0 then needed = redis.call('XPENDING', stream, f['name'])[2] end
+    if floor == nil or id_less(needed, floor) then floor = needed end
   end
-  redis.call('HINCRBY', stats, 'produced', n)
+  return floor
+end
+
+--[[
+  sms_trim: apply the queue's retention: remove settled entries older than
+  retention_ms from the stream, and dead letters older than
+  dead_retention_ms from the dead stream, counting what was removed.
+  Safe for every consumer group: nothing at or above any group's oldest
+  pending entry or last delivered entry is removed (MINID below the lowest of
+  them), and only whole stream nodes go (`~`), at most TRIM_LIMIT entries
+  per stream per call. Harmless when several processes trim at once.
+  Allowed when Redis is out of memory: it only frees memory.
+  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats
+  ARGV: 1 epoch, 2 group
+  Returns: { trimmed, dead_trimmed }
+]]
+local function sms_trim(keys, args)
+  local queue, stream, dead, stats = keys[1], keys[2], keys[3], keys[4]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(stream, 'stream') end,
+    function() return expect_type(dead, 'stream', true) end,
+    function() return expect_type(stats, 'hash') end,
+    function() return check_group(stream, args[2]) end,
+    function() return check_counters(stats, { 'trimmed', 'dead_trimmed' }) end)
+  if err then return err end
+  local retention = redis.call('HMGET', queue, 'retention_ms', 'dead_retention_ms')
+  local keep, dead_keep = tonumber(retention[1] or '-1') or -1, tonumber(retention[2] or '-1') or -1
+  local now = now_ms()
+  local trimmed, dead_trimmed = 0, 0
+  if keep >= 0 then
+    local threshold = tostring(math.max(now - keep, 0)) .. '-0'
+    local floor = trim_floor(stream)
+    if floor ~= nil then
+      if id_less(floor, threshold) then threshold = floor end
+      trimmed = redis.call('XTRIM', stream, 'MINID', '~', threshold, 'LIMIT', TRIM_LIMIT)
+    end
+  end
+  if dead_keep >= 0 and key_type(dead) == 'stream' then
+    local threshold = tostring(math.max(now - dead_keep, 0)) .. '-0'
+    dead_trimmed = redis.call('XTRIM', dead, 'MINID', '~', threshold, 'LIMIT', TRIM_LIMIT)
+  end
+  if trimmed > 0 then redis.call('HINCRBY', stats, 'trimmed', trimmed) end
+  if dead_trimmed > 0 then redis.call('HINCRBY', stats, 'dead_trimmed', dead_trimmed) end
+  return { trimmed, dead_trimmed }
+end
+
+--[[
+  sms_run_start: record a new producer run and take its liveness lease.
+  KEYS: 1 queue, 2 runs (zset of run ids by start time), 3 open runs (set),
+        4 the run's record (hash), 5 the run's lease
+  ARGV: 1 epoch, 2 run id, 3 token, 4 lease_ms, 5 count, 6 seed, 7 batch,
+        8 batches, 9 keep_ms (finished runs older than this leave `runs`)
+  Returns: 1, or an error starting BUSYRUN when the run id is taken.
+]]
+local function sms_run_start(keys, args)
+  local queue, runs, open, run, lease = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(runs, 'zset', true) end,
+    function() return expect_type(open, 'set', true) end,
+    function() return expect_type(lease, 'string', true) end)
+  if err then return err end
+  if key_type(run) ~= 'none' then
+    return redis.error_reply('BUSYRUN producer run ' .. args[2] .. ' exists already')
+  end
+  local now = now_ms()
+  redis.call('HSET', run, 'count', args[5], 'seed', args[6], 'batch', args[7],
+             'batches', args[8], 'state', 'running', 'started_ms', tostring(now))
+  redis.call('ZREMRANGEBYSCORE', runs, '-inf', '(' .. tostring(now - tonumber(args[9])))
+  redis.call('ZADD', runs, now, args[2])
+  redis.call('SADD', open, args[2])
+  redis.call('SET', lease, args[3], 'PX', args[4])
+  return 1
+end
+
+--[[
+  sms_run_resume: take over a run whose producer is gone, to finish it.
+  KEYS: 1 queue, 2 runs, 3 open runs, 4 the run's record, 5 the run's lease
+  ARGV: 1 epoch, 2 run id, 3 token, 4 lease_ms
+  Returns: the run's record as a flat list, or an error: NORUN (no such
+  run), FINISHED (nothing left to do), BUSYRUN (its producer is alive).
+]]
+local function sms_run_resume(keys, args)
+  local queue, runs, open, run, lease = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(runs, 'zset', true) end,
+    function() return expect_type(open, 'set', true) end,
+    function() return expect_type(run, 'hash', true) end,
+    function() return expect_type(lease, 'string', true) end)
+  if err then return err end
+  if key_type(run) == 'none' then
+    return redis.error_reply('NORUN no producer run ' .. args[2] .. ' in this queue')
+  end
+  if redis.call('HGET', run, 'state') == 'finished' then
+    return redis.error_reply('FINISHED producer run ' .. args[2] .. ' has finished already')
+  end
+  local holder = redis.call('GET', lease)
+  if holder and holder ~= args[3] then
+    return redis.error_reply('BUSYRUN producer run ' .. args[2] ..
+                             ' is held by a live producer (lease ' .. redis.call('PTTL', lease) .. ' ms)')
+  end
+  redis.call('SET', lease, args[3], 'PX', args[4])
+  redis.call('HSET', run, 'state', 'running')
+  redis.call('SADD', open, args[2])
+  redis.call('ZADD', runs, 'NX', now_ms(), args[2])
+  return redis.call('HGETALL', run)
+end
+
+--[[
+  sms_run_end: end a producer run: `finished` when every batch is written,
+  or `stopped` (interrupted; `produce --resume` finishes it later).
+  KEYS: 1 queue, 2 open runs, 3 the run's record, 4 the run's lease,
+        5 the run's written batches (hash: seq -> messages)
+  ARGV: 1 epoch, 2 run id, 3 token, 4 state, 5 batches expected written,
+        6 keep_ms (how long a finished run's record is kept)
+  Returns: { 1 } when recorded; { 0, seq, ... } with the batches missing
+  when fewer than expected are recorded written: they were lost.
+]]
+local function sms_run_end(keys, args)
+  local queue, open, run, lease, batches = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(open, 'set', true) end,
+    function() return expect_type(run, 'hash') end,
+    function() return expect_type(lease, 'string', true) end,
+    function() return expect_type(batches, 'hash', true) end)
+  if err then return err end
+  local expected = tonumber(args[5])
+  if redis.call('HLEN', batches) < expected then
+    local missing = { 0 }
+    for seq = 1, expected do
+      if redis.call('HEXISTS', batches, seq) == 0 then missing[#missing + 1] = seq end
+    end
+    return missing
+  end
+  local state = args[4]
+  redis.call('HSET', run, 'state', state, 'ended_ms', tostring(now_ms()))
+  if state == 'finished' then
+    redis.call('SREM', open, args[2])
+    redis.call('PEXPIRE', run, args[6])
+    redis.call('PEXPIRE', batches, args[6])
+  end
+  if redis.call('GET', lease) == args[3] then redis.call('DEL', lease) end
+  return { 1 }
+end
+
+--[[
+  sms_requeue: move dead letters back into the stream, to be sent again.
+  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats
+  ARGV: 1 epoch, then dead-letter ids
+  Returns: { requeued, id of each new stream entry ..., 'missing', ids not in
+  the dead stream (or holding no message) ... }
+  Each dead letter's original fields (those not starting 'dead_') go back
+  with field requeued_from naming the dead letter, which is deleted; counted
+  as `requeued`, so produced + requeued = entries added still balances.
+]]
+local function sms_requeue(keys, args)
+  local queue, stream, dead, stats = keys[1], keys[2], keys[3], keys[4]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(stream, 'stream') end,
+    function() return expect_type(dead, 'stream', true) end,
+    function() return expect_type(stats, 'hash') end,
+    function() return check_counters(stats, { 'requeued' }) end)
+  if err then return err end
+  local moves, missing = {}, {}
+  for i = 2, #args do
+    local fields = nil
+    if key_type(dead) == 'stream' then fields = entry_fields(dead, args[i]) end
+    local message = {}
+    for j = 1, #(fields or {}), 2 do
+      if string.sub(fields[j], 1, 5) ~= 'dead_' then
+        message[#message + 1] = fields[j]
+        message[#message + 1] = fields[j + 1]
+      end
+    end
+    if #message == 0 then
+      missing[#missing + 1] = args[i]
+    else
+      message[#message + 1] = 'requeued_from'
+      message[#message + 1] = args[i]
+      moves[#moves + 1] = { args[i], message }
+    end
+  end
+  local out = { #moves }
+  for _, move in ipairs(moves) do
+    out[#out + 1] = redis.call('XADD', stream, '*', unpack(move[2]))
+    redis.call('XDEL', dead, move[1])
+  end
+  if #moves > 0 then redis.call('HINCRBY', stats, 'requeued', #moves) end
+  out[#out + 1] = 'missing'
+  for _, id in ipairs(missing) do out[#out + 1] = id end
+  return out
+end
+
+--[[
+  sms_dead_purge: remove dead letters older than a given id, counted as
+  dead_purged. At most TRIM_LIMIT per call (whole nodes first, then at most
+  PURGE_EXACT one by one): the caller repeats until a call returns 0.
+  KEYS: 1 queue, 2 dead stream, 3 stats
+  ARGV: 1 epoch, 2 min_id (entries below it go)
+  Returns: the number of dead letters removed.
+]]
+local function sms_dead_purge(keys, args)
+  local queue, dead, stats = keys[1], keys[2], keys[3]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(dead, 'stream', true) end,
+    function() return expect_type(stats, 'hash') end,
+    function() return check_counters(stats, { 'dead_purged' }) end)
+  if err then return err end
+  if key_type(dead) ~= 'stream' then return 0 end
+  local n = redis.call('XTRIM', dead, 'MINID', '~', args[2], 'LIMIT', TRIM_LIMIT)
+  if n == 0 then
+    local rest = redis.call('XRANGE', dead, '-', '(' .. args[2], 'COUNT', PURGE_EXACT)
+    for _, entry in ipairs(rest) do n = n + redis.call('XDEL', dead, entry[1]) end
+  end
+  if n > 0 then redis.call('HINCRBY', stats, 'dead_purged', n) end
   return n
 end
 
@@ -445,12 +1012,18 @@ local function sms_version()
   return LIBRARY_VERSION
 end
 
+redis.register_function('sms_create', sms_create)
 redis.register_function('sms_report', sms_report)
 redis.register_function('sms_claim', sms_claim)
 redis.register_function('sms_renew', sms_renew)
 redis.register_function('sms_hold_name', sms_hold_name)
 redis.register_function('sms_release_name', sms_release_name)
 redis.register_function('sms_prune', sms_prune)
-redis.register_function('sms_produce', sms_produce)
+redis.register_function('sms_run_start', sms_run_start)
+redis.register_function('sms_run_resume', sms_run_resume)
+redis.register_function('sms_run_end', sms_run_end)
+redis.register_function('sms_requeue', sms_requeue)
+redis.register_function('sms_dead_purge', sms_dead_purge)
+redis.register_function { function_name = 'sms_trim', callback = sms_trim, flags = { 'allow-oom' } }
 redis.register_function { function_name = 'sms_snapshot', callback = sms_snapshot, flags = { 'no-writes' } }
 redis.register_function { function_name = 'sms_version', callback = sms_version, flags = { 'no-writes' } }

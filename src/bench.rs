@@ -13,7 +13,7 @@ use crate::produce;
 use crate::send::{self, SendSummary};
 use crate::settings::{DelayModel, ProduceSettings, QueueSettings, SendSettings};
 use crate::stats::Snapshot;
-use crate::store::{Store, StoreError};
+use crate::store::{QueueOptions, Store, StoreError};
 
 /// Rounds the produce run is split into, each after a round of the ceiling
 /// of the same size. This machine's speed, and its disk's under AOF, swing by
@@ -93,6 +93,7 @@ pub async fn run(
             count,
             seed: Some(1 + round),
             batch: 1_000,
+            ..ProduceSettings::default()
         };
         let before = used_memory(&store).await?;
         produce_time += produce::run(&store, &settings, &CancellationToken::new())
@@ -154,6 +155,7 @@ pub async fn run(
         count: sizes.messages,
         seed: Some(1),
         batch: 1_000,
+        ..ProduceSettings::default()
     };
     produce::run(&store, &settings, &CancellationToken::new()).await?;
     let rate = drain(&store, sizes.messages, &[500, 500]).await?;
@@ -169,6 +171,7 @@ pub async fn run(
         count: sizes.simulation,
         seed: Some(2),
         batch: 1_000,
+        ..ProduceSettings::default()
     };
     produce::run(&store, &settings, &CancellationToken::new()).await?;
     let started = Instant::now();
@@ -197,6 +200,7 @@ pub async fn run(
         count: 20_000,
         seed: Some(4),
         batch: 1_000,
+        ..ProduceSettings::default()
     };
     produce::run(&store, &settings, &CancellationToken::new()).await?;
     match sender_peak_rss_mb(url, &store).await {
@@ -242,7 +246,7 @@ async fn fresh(url: &str, step: &str) -> Result<Store, StoreError> {
         group: "senders".to_owned(),
     };
     let store = Store::connect(&queue).await?;
-    store.prepare().await?;
+    let (store, _, _) = store.migrate(&QueueOptions::default()).await?;
     Ok(store)
 }
 

@@ -96,8 +96,10 @@ pub enum LogRotation {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Apply the Redis Functions library and any later schema steps that are missing.
-    Migrate,
+    /// Create the queue (its identity, consumer group and counters) if Redis holds none
+    /// under this prefix, load the Redis Functions library and later schema steps, and
+    /// set the queue's retention. Safe to run again: an existing queue is kept.
+    Migrate(MigrateArgs),
     /// Generate random messages and add them to the stream.
     Produce(ProduceArgs),
     /// Run one sender: read messages as a member of the consumer group and simulate sending them.
@@ -110,6 +112,28 @@ pub enum Command {
     /// List the group's senders (pending messages, idle time, whether live); `prune`
     /// removes dead ones that hold nothing.
     Senders(SendersArgs),
+    /// Apply the queue's retention now: remove settled entries and dead letters older
+    /// than it (never one a consumer group still needs) and print what was removed.
+    /// Senders do this in passing; this is for a queue without running senders.
+    Trim {
+        /// Print JSON instead of text.
+        #[arg(long, env = "SMS_JSON")]
+        json: bool,
+    },
+    /// List producer runs: id, state (running, finished, stopped, died) and batches
+    /// written of total. A stopped or died run is finished by `produce --resume RUN`.
+    Runs {
+        /// Print JSON instead of a table.
+        #[arg(long, env = "SMS_JSON")]
+        json: bool,
+    },
+    /// Inspect and handle dead letters: list them, move them back into the stream,
+    /// or purge old ones.
+    Dead(DeadArgs),
+    /// Diagnose lost or damaged queue state (gone identity, destroyed consumer
+    /// group, counters that are not numbers) and print the repair; with --yes, do it.
+    /// Nothing is ever repaired without --yes.
+    Repair(RepairArgs),
     /// Print a shell completion script, e.g. `sms-alerts completions bash >
     /// /etc/bash_completion.d/sms-alerts`.
     Completions {
@@ -154,6 +178,74 @@ pub struct DemoArgs {
     /// Print progress as JSON lines instead of text.
     #[arg(long, env = "SMS_JSON")]
     pub json: bool,
+}
+
+/// Options of `migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// How long settled messages are kept before retention removes them, e.g. 1h, 0s
+    /// (as soon as every consumer group is done with them) or `forever`. Stored in
+    /// Redis with the queue. [default: the queue's, 1h for a new queue]
+    #[arg(long, env = "SMS_RETENTION", value_parser = check::retention, value_name = "AGE")]
+    pub retention: Option<crate::store::Retention>,
+    /// How long dead letters are kept, e.g. 7d or `forever`.
+    /// [default: the queue's, 7d for a new queue]
+    #[arg(long, env = "SMS_DEAD_RETENTION", value_parser = check::retention, value_name = "AGE")]
+    pub dead_retention: Option<crate::store::Retention>,
+}
+
+/// Options of `dead`.
+#[derive(Debug, Args)]
+pub struct DeadArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub action: DeadAction,
+}
+
+/// Actions of `dead`.
+#[derive(Debug, Subcommand)]
+pub enum DeadAction {
+    /// List dead letters, newest first: id, reason, attempts, message id, recipient.
+    List {
+        /// Only dead letters with this reason (max_attempts, malformed, deleted).
+        #[arg(long, value_parser = check::key_part)]
+        reason: Option<String>,
+        /// Most dead letters to list. [default: 100]
+        #[arg(long, value_parser = check::count, allow_hyphen_values = true)]
+        limit: Option<u64>,
+        /// Print JSON lines instead of a table.
+        #[arg(long, env = "SMS_JSON")]
+        json: bool,
+    },
+    /// Move dead letters back into the stream to be sent again, each atomically
+    /// (counted as `requeued`). Dead letters that hold no valid message are left.
+    Requeue {
+        /// Requeue every dead letter with this reason.
+        #[arg(long, value_parser = check::key_part, conflicts_with = "id", required_unless_present = "id")]
+        reason: Option<String>,
+        /// Requeue these dead letters (ids of the dead stream).
+        #[arg(long, num_args = 1.., value_parser = check::stream_id)]
+        id: Vec<String>,
+    },
+    /// Delete dead letters older than AGE (counted as `dead_purged`).
+    Purge {
+        /// Age of the youngest dead letter to delete, e.g. 30d.
+        #[arg(long, value_parser = check::duration, allow_hyphen_values = true, value_name = "AGE")]
+        older_than: Duration,
+    },
+}
+
+/// Options of `repair`.
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Do the repair printed; without it nothing is changed.
+    #[arg(long)]
+    pub yes: bool,
+    /// Where a re-created consumer group starts: `end` (after the newest entry: nothing
+    /// is sent again; messages the lost group had not settled are counted as abandoned)
+    /// or an entry id (entries after it are delivered again). [default: end]
+    #[arg(long, value_parser = check::group_start, value_name = "ID|end")]
+    pub group_start: Option<String>,
 }
 
 /// Options of `audit`.
@@ -204,6 +296,19 @@ pub struct ProduceArgs {
     /// Messages per pipelined write. [default: 1000]
     #[arg(long, env = "SMS_BATCH", value_parser = check::batch, allow_hyphen_values = true)]
     pub batch: Option<usize>,
+    /// Id of this run, printed at start and end and listed by `runs`. [default: random]
+    #[arg(long, env = "SMS_RUN_ID", value_parser = check::key_part, conflicts_with = "resume")]
+    pub run_id: Option<String>,
+    /// Finish the run RUN whose producer died or was stopped: its count, seed and
+    /// batch size come from its record, and only the batches not yet written are
+    /// written, so the run ends with exactly its count.
+    #[arg(long, value_parser = check::key_part, value_name = "RUN",
+          conflicts_with_all = ["count", "seed", "batch"])]
+    pub resume: Option<String>,
+    /// How long a producer may be silent before its run counts as died (a live
+    /// producer renews it). [default: 10s]
+    #[arg(long, env = "SMS_LEASE", value_parser = check::lease, allow_hyphen_values = true)]
+    pub lease: Option<Duration>,
 }
 
 /// Options of `send`.
@@ -269,6 +374,10 @@ pub struct MonitorArgs {
     /// wait, e.g. 30s. [default: off]
     #[arg(long, env = "SMS_ALERT_STALLED", value_parser = check::duration, allow_hyphen_values = true)]
     pub alert_stalled: Option<Duration>,
+    /// Print an alert when a consumer group holds trimming back: the oldest entry it
+    /// still needs is older than the retention by more than this, e.g. 5m. [default: 5m]
+    #[arg(long, env = "SMS_ALERT_HELD_BACK", value_parser = check::duration, allow_hyphen_values = true)]
+    pub alert_held_back: Option<Duration>,
     /// Serve Prometheus metrics on http://ADDR/metrics, e.g. 127.0.0.1:9464. [default: off]
     #[arg(long, env = "SMS_METRICS_ADDR", value_name = "ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,

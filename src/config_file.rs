@@ -48,6 +48,8 @@ pub struct ProduceFile {
     pub seed: Option<u64>,
     /// Messages per pipelined write.
     pub batch: Option<i64>,
+    /// The run's liveness lease.
+    pub lease: Option<String>,
 }
 
 /// The `[send]` table. Durations are strings such as `"200ms"`.
@@ -92,6 +94,8 @@ pub struct MonitorFile {
     pub alert_failure_rate: Option<f64>,
     /// Stalled-progress alert delay.
     pub alert_stalled: Option<String>,
+    /// Slack beyond the retention before a group holding trimming back alerts.
+    pub alert_held_back: Option<String>,
     /// Address to serve Prometheus metrics on.
     pub metrics_addr: Option<String>,
 }

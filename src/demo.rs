@@ -29,6 +29,18 @@ pub enum DemoError {
     Monitor(#[from] MonitorError),
 }
 
+impl DemoError {
+    /// The Redis error behind this one, if any (to tell lost or damaged
+    /// queue state apart).
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Self::Store(err) => Some(err),
+            Self::Send(err) => err.store_error(),
+            Self::Monitor(err) => err.store_error(),
+        }
+    }
+}
+
 /// What a demo did.
 #[derive(Debug, Clone)]
 pub struct DemoReport {

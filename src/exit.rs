@@ -9,6 +9,10 @@ pub enum ExitStatus {
     Failure,
     /// Bad command line, environment or config file.
     Usage,
+    /// The queue's state is lost (a flushed Redis, one restarted without its
+    /// data, another Redis) or damaged (a destroyed group, a counter that is
+    /// not a number): the process stopped rather than repair by guessing.
+    QueueState,
     /// A second Ctrl-C/SIGTERM: stopped at once.
     Interrupted,
 }
@@ -20,6 +24,7 @@ impl ExitStatus {
             Self::Success => 0,
             Self::Failure => 1,
             Self::Usage => 2,
+            Self::QueueState => 3,
             Self::Interrupted => 130,
         }
     }
@@ -40,6 +45,7 @@ mod tests {
         assert_eq!(ExitStatus::Success.code(), 0);
         assert_eq!(ExitStatus::Failure.code(), 1);
         assert_eq!(ExitStatus::Usage.code(), 2);
+        assert_eq!(ExitStatus::QueueState.code(), 3);
         assert_eq!(ExitStatus::Interrupted.code(), 130);
     }
 }

@@ -53,10 +53,37 @@ impl Keys {
         format!("{}:lease:{consumer}", self.tag)
     }
 
-    /// The hash in which one producer run records the batches it has written,
-    /// so that a batch retried after a lost reply is not written twice.
-    pub fn producer_run(&self, run_id: &str) -> String {
-        format!("{}:producer:{run_id}", self.tag)
+    /// The queue's identity and settings: its epoch, creation time and
+    /// retention. Written once by `migrate`; every writing Function checks it.
+    pub fn queue(&self) -> String {
+        format!("{}:queue", self.tag)
+    }
+
+    /// Producer run ids by start time (a sorted set), for `runs`.
+    pub fn runs(&self) -> String {
+        format!("{}:runs", self.tag)
+    }
+
+    /// The producer runs not finished yet (a set): running, stopped or died.
+    pub fn open_runs(&self) -> String {
+        format!("{}:runs:open", self.tag)
+    }
+
+    /// One producer run's record: count, seed, batch size, state.
+    pub fn run(&self, run_id: &str) -> String {
+        format!("{}:run:{run_id}", self.tag)
+    }
+
+    /// The liveness lease of the producer writing one run.
+    pub fn run_lease(&self, run_id: &str) -> String {
+        format!("{}:run:{run_id}:lease", self.tag)
+    }
+
+    /// The hash in which one producer run records the batches it has written
+    /// (seq -> messages), so that a batch retried after a lost reply, or by
+    /// `produce --resume`, is not written twice.
+    pub fn run_batches(&self, run_id: &str) -> String {
+        format!("{}:run:{run_id}:batches", self.tag)
     }
 
     /// A SCAN pattern matching every key of this partition. Prefixes are
@@ -85,7 +112,12 @@ mod tests {
             keys.latency(),
             keys.sender_stats("a"),
             keys.sender_lease("a"),
-            keys.producer_run("r"),
+            keys.queue(),
+            keys.runs(),
+            keys.open_runs(),
+            keys.run("r"),
+            keys.run_lease("r"),
+            keys.run_batches("r"),
             keys.migrations(),
         ] {
             assert!(key.starts_with("{sms:0}:"), "{key} lacks the hash tag");

@@ -7,13 +7,18 @@ use std::process::ExitCode;
 use clap::CommandFactory;
 use clap::Parser;
 use sms_alerts::cli::{Cli, LogFormat, LogRotation};
+use sms_alerts::demo::DemoError;
 use sms_alerts::embedded::{EmbeddedRedis, Persistence};
 use sms_alerts::exit::ExitStatus;
+use sms_alerts::monitor::MonitorError;
 use sms_alerts::monitor::Sink;
+use sms_alerts::send::SendError;
 use sms_alerts::settings::LogSettings;
-use sms_alerts::settings::{self, Settings, Task};
-use sms_alerts::store::{Store, StoreError};
-use sms_alerts::{audit, bench, demo, metrics, monitor, produce, send, senders};
+use sms_alerts::settings::{self, DeadTask, Settings, Task};
+use sms_alerts::store::{
+    MigrationReport, QueueIdentity, QueueOptions, QueueStatus, Store, StoreError,
+};
+use sms_alerts::{audit, bench, dead, demo, metrics, monitor, produce, repair, send, senders};
 use tokio_util::sync::CancellationToken;
 use tracing_appender::rolling::Rotation;
 use tracing_subscriber::EnvFilter;
@@ -86,11 +91,23 @@ async fn run(settings: Settings) -> ExitStatus {
         Ok(status) => status,
         Err(err) => {
             eprintln!("error: {err:#}");
-            match err.downcast_ref::<StoreError>() {
-                Some(StoreError::InvalidUrl { .. }) => ExitStatus::Usage,
-                _ => ExitStatus::Failure,
-            }
+            exit_status(&err)
         }
+    }
+}
+
+/// The exit code an error calls for: 3 for lost or damaged queue state, 2 for
+/// a bad URL or a request the queue refuses (an unknown run id), else 1.
+fn exit_status(err: &anyhow::Error) -> ExitStatus {
+    let store_error = err
+        .downcast_ref::<StoreError>()
+        .or_else(|| err.downcast_ref::<SendError>()?.store_error())
+        .or_else(|| err.downcast_ref::<MonitorError>()?.store_error())
+        .or_else(|| err.downcast_ref::<DemoError>()?.store_error());
+    match store_error {
+        Some(err) if err.is_queue_state() => ExitStatus::QueueState,
+        Some(StoreError::InvalidUrl { .. } | StoreError::Refused(_)) => ExitStatus::Usage,
+        _ => ExitStatus::Failure,
     }
 }
 
@@ -119,41 +136,100 @@ async fn execute(
     status
 }
 
+/// Connects and opens the queue as the task needs it: `migrate`, `demo` and
+/// `bench` create it; inspection tools open it without writing (they must
+/// work on a Redis at `maxmemory`); `audit` and `repair` take it as it is
+/// (lost state is what they report); every other task opens it, so its
+/// writes are checked against the queue's identity. Redis failures are
+/// waited out; `None` if a signal came first.
+async fn open(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Result<Option<Store>> {
+    let start = async {
+        let store = Store::connect(&settings.queue).await?;
+        // Reachable a moment ago: from here on, Redis failures are waited out.
+        let store = match &settings.task {
+            Task::Migrate(options) => {
+                let (store, report, identity) = store
+                    .retrying("create the queue", || store.migrate(options))
+                    .await?;
+                print_migration(&store, &report, &identity);
+                store
+            }
+            Task::Demo(_) | Task::Bench(..) => {
+                let options = QueueOptions::default();
+                store
+                    .retrying("create the queue", || store.migrate(&options))
+                    .await?
+                    .0
+            }
+            Task::Audit { .. } | Task::Repair { .. } | Task::Completions(_) => store,
+            task if task.is_read_only() => {
+                store
+                    .retrying("open the queue", || store.open_read_only())
+                    .await?
+            }
+            _ => store.retrying("open the queue", || store.open()).await?,
+        };
+        Ok::<_, StoreError>(store)
+    };
+    // The first signal stops a process still starting at once: it has
+    // started nothing yet.
+    tokio::select! {
+        store = start => Ok(Some(store?)),
+        () = shutdown.cancelled() => Ok(None),
+    }
+}
+
+fn print_migration(store: &Store, report: &MigrationReport, identity: &QueueIdentity) {
+    let what = match identity.status {
+        QueueStatus::Created => "created queue",
+        QueueStatus::Adopted => "gave an identity to queue",
+        QueueStatus::Existing => "queue",
+    };
+    let applied = if report.applied.is_empty() {
+        "up to date".to_owned()
+    } else {
+        format!("applied {}", report.applied.join(", "))
+    };
+    println!(
+        "{what} '{}' (epoch {}): settled messages kept {}, dead letters kept {}; {applied}: \
+         Functions library version {}",
+        store.keys().messages(),
+        identity.epoch,
+        identity.retention,
+        identity.dead_retention,
+        report.library_version
+    );
+}
+
 async fn execute_on(
     settings: Settings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ExitStatus> {
-    let store = Store::connect(&settings.queue).await?;
-    // Reachable a moment ago: from here on, Redis failures are waited out.
-    let migrations = store
-        .retrying("apply migrations", || store.prepare())
-        .await?;
+    let Some(store) = open(&settings, shutdown).await? else {
+        return Ok(ExitStatus::Success);
+    };
     match settings.task {
-        Task::Migrate => {
-            if migrations.applied.is_empty() {
-                println!(
-                    "up to date: Functions library version {}",
-                    migrations.library_version
-                );
-            } else {
-                println!(
-                    "applied {}: Functions library version {}",
-                    migrations.applied.join(", "),
-                    migrations.library_version
-                );
-            }
-        }
+        Task::Migrate(_) | Task::Completions(_) => {}
         Task::Produce(produce_settings) => {
             let summary = produce::run(&store, &produce_settings, shutdown).await?;
             println!(
-                "produced {} messages in {:.3}s ({:.0} msg/s){}",
+                "produced {} messages in {:.3}s ({:.0} msg/s), run {}{}",
                 summary.count,
                 summary.elapsed.as_secs_f64(),
                 summary.rate_per_s(),
+                summary.run_id,
                 if summary.interrupted {
-                    ", stopped early by a signal"
+                    format!(
+                        "; stopped early by a signal: `sms-alerts produce --resume {}` finishes it",
+                        summary.run_id
+                    )
+                } else if summary.already_written > 0 {
+                    format!(
+                        "; {} more were written before it was resumed",
+                        summary.already_written
+                    )
                 } else {
-                    ""
+                    String::new()
                 }
             );
         }
@@ -191,7 +267,6 @@ async fn execute_on(
                 return Ok(ExitStatus::Failure);
             }
         }
-        Task::Completions(_) => {}
         Task::Bench(sizes, persistence) => {
             let server = if settings.redis_url_given {
                 "a given Redis".to_owned()
@@ -220,6 +295,107 @@ async fn execute_on(
             } else {
                 print!("{}", report.to_text());
             }
+        }
+        Task::Trim { json } => {
+            let trimmed = trim(&store).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "trimmed": trimmed.entries,
+                        "dead_trimmed": trimmed.dead_letters,
+                    })
+                );
+            } else {
+                println!(
+                    "trimmed {} settled entries and {} dead letters",
+                    trimmed.entries, trimmed.dead_letters
+                );
+            }
+        }
+        Task::Runs { json } => {
+            let runs = store.all_runs().await?;
+            if json {
+                println!("{}", serde_json::to_string(&runs)?);
+            } else {
+                print!("{}", runs_table(&runs));
+            }
+        }
+        Task::Dead(task) => return dead_task(&store, task).await,
+        Task::Repair { yes, group_start } => {
+            let plan = repair::plan(&store, &group_start).await?;
+            print!("{}", plan.to_text());
+            if plan.steps.is_empty() {
+                return Ok(ExitStatus::Success);
+            }
+            if !yes {
+                println!("nothing was changed: run `sms-alerts repair --yes` to do the above");
+                return Ok(ExitStatus::Failure);
+            }
+            repair::apply(&store, &plan).await?;
+            println!("repaired: restart every sms-alerts process of this queue");
+        }
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// Trims until a call removes nothing (each call does a bounded amount).
+async fn trim(store: &Store) -> Result<sms_alerts::store::Trimmed, StoreError> {
+    let mut total = sms_alerts::store::Trimmed::default();
+    loop {
+        let once = store.retrying("trim the stream", || store.trim()).await?;
+        total.entries += once.entries;
+        total.dead_letters += once.dead_letters;
+        if once.entries + once.dead_letters == 0 {
+            return Ok(total);
+        }
+    }
+}
+
+fn runs_table(runs: &[sms_alerts::store::RunInfo]) -> String {
+    let mut out = format!(
+        "{:<20}  {:<9}  {:>12}  {:>10}\n",
+        "run", "state", "batches", "messages"
+    );
+    for run in runs {
+        out.push_str(&format!(
+            "{:<20}  {:<9}  {:>12}  {:>10}\n",
+            run.id,
+            run.state.to_string(),
+            format!("{}/{}", run.batches_written, run.batches),
+            run.count
+        ));
+    }
+    out
+}
+
+async fn dead_task(store: &Store, task: DeadTask) -> anyhow::Result<ExitStatus> {
+    match task {
+        DeadTask::List {
+            reason,
+            limit,
+            json,
+        } => {
+            let letters = dead::list(store, reason.as_deref(), limit).await?;
+            if json {
+                for letter in &letters {
+                    println!("{}", serde_json::to_string(letter)?);
+                }
+            } else {
+                print!("{}", dead::to_table(&letters));
+            }
+        }
+        DeadTask::Requeue { reason, ids } => {
+            let selection = match reason {
+                Some(reason) => dead::Selection::Reason(reason),
+                None => dead::Selection::Ids(ids),
+            };
+            let report = dead::requeue(store, &selection).await?;
+            print!("{}", report.to_text());
+        }
+        DeadTask::Purge { older_than } => {
+            let purged = dead::purge(store, older_than).await?;
+            println!("purged {purged} dead letters");
         }
     }
     Ok(ExitStatus::Success)

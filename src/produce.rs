@@ -1,9 +1,18 @@
 //! The producer: generates messages and adds them to the stream in pipelined,
-//! atomic batches. A batch whose reply is lost is sent again; each batch lands
-//! once however often it is sent ([`crate::store::BatchConnection`]), so a
-//! Redis hiccup neither loses nor duplicates messages.
+//! atomic batches, as one run. A batch whose reply is lost is sent again;
+//! each batch lands once however often it is sent
+//! ([`crate::store::BatchConnection`]), so a Redis hiccup neither loses nor
+//! duplicates messages.
+//!
+//! A run is recorded in Redis (count, seed, batch size) and held by a
+//! liveness lease while its producer writes it. A producer killed mid-run
+//! leaves a run that died: the monitor stops waiting for it, and
+//! `produce --resume RUN` finishes it, generating the same messages from the
+//! recorded seed and writing only the batches not yet written. At the end of
+//! a run the producer checks that every batch of the run is still recorded,
+//! so a queue flushed or restarted empty under it is reported, not counted.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
@@ -14,7 +23,8 @@ use crate::generator::MessageGenerator;
 use crate::message::Message;
 use crate::settings::ProduceSettings;
 use crate::store::{
-    BatchConnection, BatchWrite, CommittedBatch, PreparedBatch, StartedBatch, Store, StoreError,
+    BatchConnection, BatchWrite, CommittedBatch, NameHold, PreparedBatch, RunEnd, RunPlan,
+    StartedBatch, Store, StoreError,
 };
 
 /// Batches generated ahead of the writer: enough that the next is always
@@ -26,10 +36,14 @@ const GENERATED_AHEAD: usize = 2;
 const COMMITTED_IN_FLIGHT: usize = 2;
 
 /// What a producer run did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProduceSummary {
-    /// Messages written.
+    /// The run's id.
+    pub run_id: String,
+    /// Messages written by this process.
     pub count: u64,
+    /// Messages of the run written before (by the producer of a resumed run).
+    pub already_written: u64,
     /// Time taken.
     pub elapsed: Duration,
     /// Whether shutdown stopped the run early.
@@ -43,31 +57,122 @@ impl ProduceSummary {
     }
 }
 
-/// Produces `settings.count` messages, stopping early (between batches) if
-/// `shutdown` fires. Expects [`Store::prepare`] to have run.
+/// Produces one run: `settings.count` new messages, or what a run being
+/// resumed still lacks. Stops early (between batches) if `shutdown` fires,
+/// recording the run as stopped. Expects a store opened on the queue
+/// ([`Store::open`]).
 pub async fn run(
     store: &Store,
     settings: &ProduceSettings,
     shutdown: &CancellationToken,
 ) -> Result<ProduceSummary, StoreError> {
     let started = Instant::now();
-    let run_id = format!("{:016x}", rand::rng().random::<u64>());
-    let generator = match settings.seed {
-        Some(seed) => MessageGenerator::seeded(seed),
-        None => MessageGenerator::from_entropy(),
+    let token = format!("{:016x}", rand::rng().random::<u64>());
+    let (run_id, plan, skip) = begin(store, settings, &token).await?;
+    tracing::info!(
+        run = run_id,
+        count = plan.count,
+        seed = plan.seed,
+        "producer run started"
+    );
+    let lost_lease = CancellationToken::new();
+    let keeper = tokio::spawn(keep_lease(
+        store.clone(),
+        run_id.clone(),
+        token.clone(),
+        settings.lease,
+        lost_lease.clone(),
+    ));
+    let outcome = write_run(store, &run_id, &plan, &skip, shutdown, &lost_lease).await;
+    keeper.abort();
+    let (written, interrupted) = outcome?;
+    let end = if interrupted {
+        RunEnd::Stopped
+    } else {
+        RunEnd::Finished
     };
-    store
-        .retrying("record the producer start", || {
-            store.add_to_stat("producer_runs_started", 1)
+    let missing = store
+        .retrying("record the end of the run", || {
+            store.end_run(&run_id, &token, end, plan.batches())
         })
         .await?;
+    if !missing.is_empty() {
+        return Err(StoreError::Lost(format!(
+            "producer run {run_id}: batches {} of {} are no longer recorded: Redis lost writes \
+             it had acknowledged (flushed, or restarted without its data)",
+            ranges(&missing),
+            plan.batches()
+        )));
+    }
+    Ok(ProduceSummary {
+        already_written: skip.len() as u64 * plan.batch,
+        run_id,
+        count: written,
+        elapsed: started.elapsed(),
+        interrupted,
+    })
+}
+
+/// Starts a new run, or takes over the one to resume: its id, plan, and the
+/// batches already written.
+async fn begin(
+    store: &Store,
+    settings: &ProduceSettings,
+    token: &str,
+) -> Result<(String, RunPlan, HashSet<u64>), StoreError> {
+    if let Some(run_id) = &settings.resume {
+        let plan = store
+            .retrying("resume the producer run", || {
+                store.resume_run(run_id, token, settings.lease)
+            })
+            .await?;
+        let written = store
+            .retrying("read the run's written batches", || {
+                store.written_batches(run_id)
+            })
+            .await?;
+        return Ok((run_id.clone(), plan, written));
+    }
+    let run_id = settings
+        .run_id
+        .clone()
+        .unwrap_or_else(|| format!("{:016x}", rand::rng().random::<u64>()));
+    let plan = RunPlan {
+        count: settings.count,
+        seed: settings.seed.unwrap_or_else(|| rand::rng().random()),
+        batch: settings.batch as u64,
+    };
+    store
+        .retrying("record the producer run", || {
+            store.start_run(&run_id, &plan, token, settings.lease)
+        })
+        .await?;
+    Ok((run_id, plan, HashSet::new()))
+}
+
+/// Writes the run's batches not in `skip`. Returns the messages written and
+/// whether `shutdown` stopped it early.
+async fn write_run(
+    store: &Store,
+    run_id: &str,
+    plan: &RunPlan,
+    skip: &HashSet<u64>,
+    shutdown: &CancellationToken,
+    lost_lease: &CancellationToken,
+) -> Result<(u64, bool), StoreError> {
     let mut writer = Writer::connect(store).await?;
-    let (mut batches, generating) = generate(store.clone(), generator, settings, run_id);
+    let (mut batches, generating) = generate(store.clone(), plan, skip.clone(), run_id.to_owned());
     let mut interrupted = false;
     loop {
         if shutdown.is_cancelled() {
             interrupted = true;
             break;
+        }
+        if lost_lease.is_cancelled() {
+            return Err(StoreError::Refused(format!(
+                "producer run {run_id} was taken over by another producer (this one was paused \
+                 longer than its lease); stopped"
+            )));
         }
         let Some(prepared) = batches.recv().await else {
             break;
@@ -82,53 +187,101 @@ pub async fn run(
             std::panic::resume_unwind(err.into_panic());
         }
     }
-    let written = writer.finish(store).await?;
-    // Recorded on a clean stop too: this run will add nothing more.
-    store
-        .retrying("record the producer finish", || {
-            store.add_to_stat("producer_runs_finished", 1)
-        })
-        .await?;
-    Ok(ProduceSummary {
-        count: written,
-        elapsed: started.elapsed(),
-        interrupted,
-    })
+    Ok((writer.finish(store).await?, interrupted))
+}
+
+/// Renews the run's lease every third of `ttl`; cancels `lost` if another
+/// producer took the run over. Lost or damaged queue state is left for the
+/// writes to report.
+async fn keep_lease(
+    store: Store,
+    run_id: String,
+    token: String,
+    ttl: Duration,
+    lost: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(ttl / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match store.hold_run(&run_id, &token, ttl).await {
+            Ok(NameHold::Held) => {}
+            Ok(NameHold::HeldByOther(_)) => {
+                tracing::error!(
+                    run = run_id,
+                    "another producer took this run over; stopping"
+                );
+                lost.cancel();
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(run = run_id, error = %err, "could not renew the run's lease; will retry")
+            }
+        }
+    }
+}
+
+/// `[3, 4, 5, 9]` as `3-5, 9`.
+fn ranges(seqs: &[u64]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < seqs.len() {
+        let first = seqs[i];
+        let mut last = first;
+        while i + 1 < seqs.len() && seqs[i + 1] == last + 1 {
+            i += 1;
+            last = seqs[i];
+        }
+        out.push(if first == last {
+            first.to_string()
+        } else {
+            format!("{first}-{last}")
+        });
+        i += 1;
+    }
+    out.join(", ")
 }
 
 /// Generates and encodes the run's batches, in order, on a thread of its own,
-/// up to [`GENERATED_AHEAD`] ahead of the writer; stops when the receiver is
-/// dropped. Generating in the writer's task held each batch's `EXEC` until
+/// up to [`GENERATED_AHEAD`] ahead of the writer, leaving out those in
+/// `skip`; stops when the receiver is dropped. Generating in the writer's task held each batch's `EXEC` until
 /// the next batch was generated, and Redis waited for it whenever that took
 /// longer than Redis's work on the batch before (without persistence, produce
 /// was 0.74-0.85 of the ceiling in interleaved bench runs, and is 0.84-0.86).
 fn generate(
     store: Store,
-    mut generator: MessageGenerator,
-    settings: &ProduceSettings,
+    plan: &RunPlan,
+    skip: HashSet<u64>,
     run_id: String,
 ) -> (mpsc::Receiver<PreparedBatch>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(GENERATED_AHEAD);
-    let count = settings.count;
-    let batch_size = settings.batch as u64;
+    let RunPlan { count, seed, batch } = *plan;
     let handle = tokio::task::spawn_blocking(move || {
+        let mut generator = MessageGenerator::seeded(seed);
         let mut generated: u64 = 0;
         let mut seq: u64 = 0;
         while generated < count {
-            let size = (count - generated).min(batch_size);
+            let size = (count - generated).min(batch);
             let now_ms = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0);
-            let batch: Vec<Message> = (0..size).map(|_| generator.next_message(now_ms)).collect();
+            let messages: Vec<Message> =
+                (0..size).map(|_| generator.next_message(now_ms)).collect();
             seq += 1;
+            generated += size;
+            // A resumed run draws the batches written before too, so that the
+            // generator is where the first producer's was.
+            if skip.contains(&seq) {
+                continue;
+            }
             if tx
-                .blocking_send(store.prepare_batch(&run_id, seq, &batch))
+                .blocking_send(store.prepare_batch(&run_id, seq, &messages))
                 .is_err()
             {
                 return;
             }
-            generated += size;
         }
     });
     (rx, handle)
@@ -233,7 +386,7 @@ impl Writer {
 /// retried here may land after batches sent later, if those succeeded where it
 /// failed.
 async fn retry(store: &Store, batch: &PreparedBatch, err: StoreError) -> Result<(), StoreError> {
-    if !err.is_transient() && !err.needs_prepare() {
+    if !err.is_transient() && !err.needs_library() {
         return Err(err);
     }
     tracing::warn!(error = %err, seq = batch.seq(), "writing a batch failed; sending it again");
@@ -247,4 +400,16 @@ async fn retry(store: &Store, batch: &PreparedBatch, err: StoreError) -> Result<
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ranges;
+
+    #[test]
+    fn missing_batches_read_as_ranges() {
+        assert_eq!(ranges(&[3, 4, 5, 9, 11, 12]), "3-5, 9, 11-12");
+        assert_eq!(ranges(&[7]), "7");
+        assert_eq!(ranges(&[]), "");
+    }
 }

@@ -11,10 +11,11 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::cli::{
-    Cli, Command, Distribution, GlobalArgs, LogFormat, LogRotation, MonitorArgs, ProduceArgs,
-    SendArgs, SendersAction,
+    Cli, Command, DeadAction, Distribution, GlobalArgs, LogFormat, LogRotation, MonitorArgs,
+    ProduceArgs, SendArgs, SendersAction,
 };
 use crate::config_file::{ConfigFile, MonitorFile, SendFile};
+use crate::store::QueueOptions;
 
 /// Default Redis URL.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -42,6 +43,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
 /// Default idle time before `senders prune` removes a dead sender.
 pub const DEFAULT_PRUNE_IDLE: Duration = Duration::from_secs(600);
+/// Default slack beyond the retention before a group holding trimming back
+/// raises an alert.
+pub const DEFAULT_ALERT_HELD_BACK: Duration = Duration::from_secs(300);
+/// Default number of dead letters `dead list` shows.
+pub const DEFAULT_DEAD_LIMIT: u64 = 100;
 
 /// A bad setting. Every one is a usage error: exit code 2.
 #[derive(Debug, Error)]
@@ -87,10 +93,30 @@ pub struct QueueSettings {
 pub struct ProduceSettings {
     /// Messages to generate (at least 1).
     pub count: u64,
-    /// Generator seed; `None` for a random one.
+    /// Generator seed; `None` for a random one (recorded with the run).
     pub seed: Option<u64>,
     /// Messages per pipelined write (at least 1).
     pub batch: usize,
+    /// The new run's id; `None` for a random one.
+    pub run_id: Option<String>,
+    /// A run to finish instead of starting one: its count, seed and batch
+    /// size come from its record.
+    pub resume: Option<String>,
+    /// The liveness lease on the run: a producer gone this long is dead.
+    pub lease: Duration,
+}
+
+impl Default for ProduceSettings {
+    fn default() -> Self {
+        Self {
+            count: DEFAULT_COUNT,
+            seed: None,
+            batch: DEFAULT_BATCH,
+            run_id: None,
+            resume: None,
+            lease: DEFAULT_LEASE,
+        }
+    }
 }
 
 /// The simulated send time: a distribution around a mean.
@@ -177,11 +203,37 @@ pub const DEFAULT_SCENARIO: &str = include_str!("../config/scenarios/default.tom
 /// Default demo report interval.
 pub const DEFAULT_DEMO_INTERVAL: Duration = Duration::from_secs(1);
 
+/// What `dead` does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadTask {
+    /// List dead letters.
+    List {
+        /// Only this reason.
+        reason: Option<String>,
+        /// Most to list.
+        limit: u64,
+        /// JSON lines.
+        json: bool,
+    },
+    /// Move dead letters back into the stream: those with a reason, or by id.
+    Requeue {
+        /// Every dead letter with this reason.
+        reason: Option<String>,
+        /// These dead letters.
+        ids: Vec<String>,
+    },
+    /// Delete dead letters older than this.
+    Purge {
+        /// Age of the youngest to delete.
+        older_than: Duration,
+    },
+}
+
 /// The subcommand to run, with its validated settings.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Task {
     /// `migrate`.
-    Migrate,
+    Migrate(QueueOptions),
     /// `produce`.
     Produce(ProduceSettings),
     /// `send`.
@@ -213,6 +265,40 @@ pub enum Task {
         /// Least idle time of a sender to remove.
         idle: Duration,
     },
+    /// `trim`.
+    Trim {
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// `runs`.
+    Runs {
+        /// JSON instead of a table.
+        json: bool,
+    },
+    /// `dead ...`.
+    Dead(DeadTask),
+    /// `repair`.
+    Repair {
+        /// Do it, rather than only print it.
+        yes: bool,
+        /// Where a re-created group starts: `end` or an entry id.
+        group_start: String,
+    },
+}
+
+impl Task {
+    /// Whether the task only reads the queue, so it must start and work on
+    /// a Redis that refuses writes (at `maxmemory`).
+    pub fn is_read_only(&self) -> bool {
+        matches!(
+            self,
+            Self::Monitor(_)
+                | Self::Audit { .. }
+                | Self::ListSenders { .. }
+                | Self::Runs { .. }
+                | Self::Dead(DeadTask::List { .. })
+        )
+    }
 }
 
 /// Everything the binary needs to run one invocation.
@@ -261,7 +347,34 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
         },
     };
     let task = match &cli.command {
-        Command::Migrate => Task::Migrate,
+        Command::Migrate(args) => Task::Migrate(QueueOptions {
+            retention: args.retention,
+            dead_retention: args.dead_retention,
+        }),
+        Command::Trim { json } => Task::Trim { json: *json },
+        Command::Runs { json } => Task::Runs { json: *json },
+        Command::Dead(args) => Task::Dead(match &args.action {
+            DeadAction::List {
+                reason,
+                limit,
+                json,
+            } => DeadTask::List {
+                reason: reason.clone(),
+                limit: limit.unwrap_or(DEFAULT_DEAD_LIMIT),
+                json: *json,
+            },
+            DeadAction::Requeue { reason, id } => DeadTask::Requeue {
+                reason: reason.clone(),
+                ids: id.clone(),
+            },
+            DeadAction::Purge { older_than } => DeadTask::Purge {
+                older_than: *older_than,
+            },
+        }),
+        Command::Repair(args) => Task::Repair {
+            yes: args.yes,
+            group_start: args.group_start.clone().unwrap_or_else(|| "end".to_owned()),
+        },
         Command::Produce(args) => Task::Produce(resolve_produce(args, &file, &from)?),
         Command::Send(args) => Task::Send(resolve_send(
             args,
@@ -393,6 +506,12 @@ fn resolve_produce(
             .batch
             .or(from.check("produce.batch", f.batch, check::batch)?)
             .unwrap_or(DEFAULT_BATCH),
+        run_id: args.run_id.clone(),
+        resume: args.resume.clone(),
+        lease: args
+            .lease
+            .or(from.check("produce.lease", f.lease.as_ref(), check::lease)?)
+            .unwrap_or(DEFAULT_LEASE),
     })
 }
 
@@ -498,6 +617,7 @@ fn resolve_demo(args: &crate::cli::DemoArgs) -> Result<DemoSettings, SettingsErr
         batch: from
             .check("produce.batch", scenario.produce.batch, check::batch)?
             .unwrap_or(DEFAULT_BATCH),
+        ..ProduceSettings::default()
     };
     if scenario.senders.is_empty() {
         return Err(SettingsError::Conflict(
@@ -529,6 +649,7 @@ fn resolve_demo(args: &crate::cli::DemoArgs) -> Result<DemoSettings, SettingsErr
         json: args.json,
         alert_failure_rate: None,
         alert_stalled: None,
+        alert_held_back: None,
         metrics_addr: None,
     };
     let monitor = resolve_monitor(&flags, &scenario.monitor, &from, DEFAULT_DEMO_INTERVAL)?;
@@ -566,6 +687,14 @@ fn resolve_monitor(
                 f.alert_stalled.as_ref(),
                 check::duration,
             )?),
+            held_back: args
+                .alert_held_back
+                .or(from.check(
+                    "monitor.alert_held_back",
+                    f.alert_held_back.as_ref(),
+                    check::duration,
+                )?)
+                .unwrap_or(DEFAULT_ALERT_HELD_BACK),
         },
         metrics_addr: args.metrics_addr.or(from.check(
             "monitor.metrics_addr",
@@ -594,6 +723,37 @@ pub mod check {
     pub fn duration(value: &str) -> Result<Duration, String> {
         humantime::parse_duration(value.trim())
             .map_err(|_| "expected a non-negative duration such as 0ms, 250ms, 2s or 1m".to_owned())
+    }
+
+    /// A retention: a duration such as `0s`, `1h`, `7d`, or `forever`.
+    pub fn retention(value: &str) -> Result<crate::store::Retention, String> {
+        if value.trim().eq_ignore_ascii_case("forever") {
+            return Ok(crate::store::Retention::Forever);
+        }
+        humantime::parse_duration(value.trim())
+            .map(crate::store::Retention::Keep)
+            .map_err(|_| "expected a duration such as 0s, 1h or 7d, or 'forever'".to_owned())
+    }
+
+    /// A stream entry id such as `1700000000000-0`.
+    pub fn stream_id(value: &str) -> Result<String, String> {
+        let valid = value
+            .split_once('-')
+            .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok());
+        if valid {
+            Ok(value.to_owned())
+        } else {
+            Err("expected a stream entry id such as 1700000000000-0".to_owned())
+        }
+    }
+
+    /// Where a re-created group starts: `end` or a stream entry id.
+    pub fn group_start(value: &str) -> Result<String, String> {
+        if value == "end" {
+            return Ok(value.to_owned());
+        }
+        stream_id(value)
+            .map_err(|_| "expected 'end' or a stream entry id such as 1700000000000-0".to_owned())
     }
 
     /// A socket address such as `127.0.0.1:9464`.
@@ -787,5 +947,18 @@ mod tests {
         assert!(check::max_attempts("0").is_err());
         assert!(check::key_part("a b").is_err());
         assert!(check::key_part("{x}").is_err());
+        assert_eq!(
+            check::retention("forever"),
+            Ok(crate::store::Retention::Forever)
+        );
+        assert_eq!(
+            check::retention("0s"),
+            Ok(crate::store::Retention::Keep(Duration::ZERO))
+        );
+        assert!(check::retention("-1h").is_err());
+        assert!(check::stream_id("12-3").is_ok());
+        assert!(check::stream_id("12").is_err());
+        assert!(check::group_start("end").is_ok());
+        assert!(check::group_start("start").is_err());
     }
 }

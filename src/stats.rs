@@ -1,15 +1,83 @@
 //! A point-in-time view of the queue, read in one round trip, with the figures
 //! derived from it. Averages come from sums and counts; no float lives in Redis.
 
-use std::collections::HashMap;
+use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::latency::Histogram;
-use crate::store::{Store, StoreError};
+use crate::store::{Retention, RunInfo, RunState, SnapshotFields, Store, StoreError};
+
+/// Whether the queue's state is sound, as the last snapshot found it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueueState {
+    /// Identity, keys and counters in place.
+    #[default]
+    Sound,
+    /// The queue identity is gone (flushed, restarted empty, another Redis).
+    Lost,
+    /// The queue was created anew since this process started.
+    Changed,
+    /// The consumer group (or the stream) is gone.
+    GroupGone,
+    /// A key has the wrong type or a counter is not a number.
+    Damaged,
+}
+
+impl QueueState {
+    fn from_code(code: i64) -> Self {
+        match code {
+            0 => Self::Sound,
+            1 => Self::Lost,
+            2 => Self::Changed,
+            3 => Self::GroupGone,
+            _ => Self::Damaged,
+        }
+    }
+
+    /// Whether the state was lost (rather than damaged).
+    pub fn is_lost(self) -> bool {
+        matches!(self, Self::Lost | Self::Changed)
+    }
+}
+
+/// Redis's memory, from `INFO memory`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Memory {
+    /// Bytes in use.
+    pub used: u64,
+    /// The limit (`maxmemory`); 0 for none.
+    pub max: u64,
+    /// What Redis does at the limit (`maxmemory-policy`).
+    pub policy: String,
+}
+
+impl Memory {
+    /// From the text of `INFO memory`.
+    pub fn from_info(info: &str) -> Self {
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+        };
+        Self {
+            used: field("used_memory")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+            max: field("maxmemory").and_then(|v| v.parse().ok()).unwrap_or(0),
+            policy: field("maxmemory_policy").unwrap_or_default().to_owned(),
+        }
+    }
+
+    /// Whether writes may be refused: at least 95% of a set limit in use.
+    pub fn is_full(&self) -> bool {
+        self.max > 0 && self.used.saturating_mul(100) >= self.max.saturating_mul(95)
+    }
+}
 
 /// Counters and queue figures at one moment.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
     /// Entries ever added to the stream, by anyone (XINFO STREAM entries-added).
     pub produced: u64,
@@ -21,7 +89,7 @@ pub struct Snapshot {
     pub sent: u64,
     /// Failed send attempts.
     pub failed: u64,
-    /// Messages in the dead stream, by the counter.
+    /// Messages moved to the dead stream.
     pub dead: u64,
     /// Messages dead-lettered because their attempts ran out.
     pub dead_max_attempts: u64,
@@ -43,23 +111,86 @@ pub struct Snapshot {
     pub group_exists: bool,
     /// Length of the dead stream.
     pub dead_length: u64,
-    /// Producer runs started.
-    pub producer_runs_started: u64,
-    /// Producer runs finished.
-    pub producer_runs_finished: u64,
+    /// Settled entries removed by retention.
+    pub trimmed: u64,
+    /// Dead letters removed by the dead stream's retention.
+    pub dead_trimmed: u64,
+    /// Dead letters removed by `dead purge`.
+    pub dead_purged: u64,
+    /// Dead letters moved back into the stream.
+    pub requeued: u64,
+    /// Messages `repair` gave up when it re-created a lost group.
+    pub abandoned: u64,
     /// Send times of all attempts, by bucket.
     pub latency: Histogram,
+    /// How long settled entries are kept; `None` when the queue has no identity.
+    #[serde(serialize_with = "serialize_retention")]
+    pub retention: Option<Retention>,
+    /// How long dead letters are kept.
+    #[serde(serialize_with = "serialize_retention")]
+    pub dead_retention: Option<Retention>,
+    /// Age of the oldest message never delivered, in ms.
+    pub oldest_queued_age_ms: Option<u64>,
+    /// Age of the oldest pending message, in ms.
+    pub oldest_pending_age_ms: Option<u64>,
+    /// The group that holds trimming back the most, and the age of the
+    /// oldest entry it still needs, in ms.
+    pub floor: Option<(String, u64)>,
+    /// Whether the queue's state is sound.
+    pub state: QueueState,
+    /// What is wrong when it is not.
+    pub state_detail: String,
+    /// The queue's epoch.
+    pub epoch: String,
+    /// Producer runs not finished (running, stopped or died).
+    pub open_runs: Vec<RunInfo>,
+    /// Whether any producer run is recorded at all.
+    pub any_run: bool,
+    /// Senders whose process is alive (it holds its name's lease).
+    pub live_senders: u64,
+    /// Redis's memory.
+    pub memory: Memory,
+}
+
+fn serialize_retention<S: serde::Serializer>(
+    value: &Option<Retention>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        None => serializer.serialize_none(),
+        Some(Retention::Forever) => serializer.serialize_i64(-1),
+        Some(Retention::Keep(age)) => serializer.serialize_u64(age.as_millis() as u64),
+    }
 }
 
 impl Snapshot {
-    /// Reads a snapshot: one Function call, whatever the queue's size.
+    /// Reads a snapshot: a few round trips whatever the queue's size (one
+    /// Function call for the counters and figures, then the open producer
+    /// runs, the live senders and Redis's memory). Nothing is written.
     pub async fn read(store: &Store) -> Result<Self, StoreError> {
-        Ok(Self::from_fields(&store.snapshot_fields().await?))
+        let mut snapshot = Self::from_fields(&store.snapshot_fields().await?);
+        snapshot.open_runs = store.open_runs().await?;
+        snapshot.any_run = !snapshot.open_runs.is_empty() || store.any_run().await?;
+        snapshot.live_senders = store.live_sender_count().await?;
+        snapshot.memory = Memory::from_info(&store.info("memory").await?);
+        Ok(snapshot)
     }
 
     /// Builds a snapshot from the named figures `sms_snapshot` returns.
-    pub fn from_fields(fields: &HashMap<String, i64>) -> Self {
-        let get = |name: &str| fields.get(name).copied().unwrap_or(0).max(0) as u64;
+    pub fn from_fields(fields: &SnapshotFields) -> Self {
+        let numbers = &fields.numbers;
+        let get = |name: &str| numbers.get(name).copied().unwrap_or(0).max(0) as u64;
+        let known = |name: &str| numbers.get(name).and_then(|n| u64::try_from(*n).ok());
+        let now_ms = get("now_ms");
+        let age = |name: &str| known(name).map(|at| now_ms.saturating_sub(at));
+        let retention = |name: &str| {
+            numbers
+                .get(name)
+                .filter(|ms| **ms != -2)
+                .map(|ms| Retention::from_millis(*ms))
+        };
+        let text = |name: &str| fields.texts.get(name).cloned().unwrap_or_default();
+        let floor_group = text("floor_group");
         Self {
             produced: get("entries_added"),
             produced_by_producers: get("produced"),
@@ -74,12 +205,29 @@ impl Snapshot {
             attempts: get("attempts"),
             send_time_us: get("send_time_us"),
             pending: get("pending"),
-            lag: fields.get("lag").and_then(|lag| u64::try_from(*lag).ok()),
+            lag: known("lag"),
             group_exists: get("group_exists") == 1,
             dead_length: get("dead_length"),
-            producer_runs_started: get("producer_runs_started"),
-            producer_runs_finished: get("producer_runs_finished"),
-            latency: Histogram::from_fields(fields),
+            trimmed: get("trimmed"),
+            dead_trimmed: get("dead_trimmed"),
+            dead_purged: get("dead_purged"),
+            requeued: get("requeued"),
+            abandoned: get("abandoned"),
+            latency: Histogram::from_fields(numbers),
+            retention: retention("retention_ms"),
+            dead_retention: retention("dead_retention_ms"),
+            oldest_queued_age_ms: age("oldest_queued_ms"),
+            oldest_pending_age_ms: age("oldest_pending_ms"),
+            floor: age("floor_ms")
+                .filter(|_| !floor_group.is_empty())
+                .map(|age| (floor_group, age)),
+            state: QueueState::from_code(get("state") as i64),
+            state_detail: text("state_detail"),
+            epoch: text("epoch"),
+            open_runs: Vec::new(),
+            any_run: false,
+            live_senders: 0,
+            memory: Memory::default(),
         }
     }
 
@@ -88,25 +236,48 @@ impl Snapshot {
         (self.attempts > 0).then(|| self.send_time_us as f64 / self.attempts as f64 / 1000.0)
     }
 
-    /// Messages settled for good: sent or dead.
+    /// Messages settled for good: sent, dead, or given up by `repair`.
     pub fn settled(&self) -> u64 {
-        self.sent + self.dead
+        self.sent + self.dead + self.abandoned
     }
 
-    /// Whether at least one producer ran and none is still running.
+    /// Whether at least one producer ran and none is still running (those
+    /// that stopped or died add nothing more).
     pub fn producers_finished(&self) -> bool {
-        self.producer_runs_finished >= 1
-            && self.producer_runs_finished >= self.producer_runs_started
+        self.any_run
+            && self
+                .open_runs
+                .iter()
+                .all(|run| run.state != RunState::Running)
+    }
+
+    /// The runs that ended without finishing: stopped by a signal, or whose
+    /// producer died.
+    pub fn unfinished_runs(&self) -> impl Iterator<Item = &RunInfo> {
+        self.open_runs
+            .iter()
+            .filter(|run| matches!(run.state, RunState::Died | RunState::Stopped))
     }
 
     /// Whether all the work is done: producers finished, every entry delivered,
-    /// nothing pending, and every produced message sent or dead.
+    /// nothing pending, and every produced message settled.
     pub fn is_done(&self) -> bool {
         self.producers_finished()
             && self.group_exists
             && self.pending == 0
             && self.lag.is_none_or(|lag| lag == 0)
             && self.settled() >= self.produced
+    }
+
+    /// The group holding trimming back beyond the retention by more than
+    /// `grace`, with the age of the oldest entry it keeps.
+    pub fn held_back(&self, grace: Duration) -> Option<(&str, u64)> {
+        let Some(Retention::Keep(keep)) = self.retention else {
+            return None;
+        };
+        let (group, age) = self.floor.as_ref()?;
+        let limit = (keep + grace).as_millis() as u64;
+        (*age > limit && self.stream_length > 0).then_some((group.as_str(), *age))
     }
 }
 
@@ -167,15 +338,37 @@ impl SenderSnapshot {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::collections::HashMap;
 
-    fn fields(pairs: &[(&str, i64)]) -> HashMap<String, i64> {
-        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    use super::*;
+    use crate::store::RunPlan;
+
+    fn fields(pairs: &[(&str, i64)]) -> SnapshotFields {
+        SnapshotFields {
+            numbers: pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            texts: HashMap::new(),
+        }
     }
 
-    #[test]
-    fn derived_figures() {
-        let snap = Snapshot::from_fields(&fields(&[
+    fn run(state: RunState) -> RunInfo {
+        let plan = RunPlan {
+            count: 10,
+            seed: 1,
+            batch: 10,
+        };
+        RunInfo {
+            id: "r".to_owned(),
+            state,
+            plan,
+            count: 10,
+            batches_written: 1,
+            batches: 1,
+            started_ms: 0,
+        }
+    }
+
+    fn done_base() -> Snapshot {
+        let mut snap = Snapshot::from_fields(&fields(&[
             ("entries_added", 10),
             ("sent", 7),
             ("dead", 3),
@@ -183,39 +376,83 @@ mod tests {
             ("send_time_us", 2_400_000),
             ("group_exists", 1),
             ("lag", 0),
-            ("producer_runs_started", 1),
-            ("producer_runs_finished", 1),
         ]));
+        snap.any_run = true;
+        snap
+    }
+
+    #[test]
+    fn derived_figures() {
+        let snap = done_base();
         assert_eq!(snap.avg_send_ms(), Some(200.0));
         assert!(snap.is_done());
         let unknown_lag = Snapshot::from_fields(&fields(&[("lag", -1)]));
         assert_eq!(unknown_lag.lag, None);
         assert_eq!(unknown_lag.avg_send_ms(), None);
+        assert_eq!(unknown_lag.retention, None);
     }
 
     #[test]
     fn not_done_while_work_remains() {
-        let base = [
-            ("entries_added", 10),
-            ("sent", 10),
-            ("group_exists", 1),
-            ("lag", 0),
-            ("producer_runs_started", 1),
-            ("producer_runs_finished", 1),
-        ];
-        assert!(Snapshot::from_fields(&fields(&base)).is_done());
-        for (field, value) in [
-            ("pending", 1),
-            ("lag", 2),
-            ("producer_runs_started", 2),
-            ("sent", 9),
-        ] {
-            let mut changed = fields(&base);
-            changed.insert(field.to_string(), value);
-            assert!(
-                !Snapshot::from_fields(&changed).is_done(),
-                "{field}={value} should not be done"
-            );
+        assert!(done_base().is_done());
+        for (field, value) in [("pending", 1), ("lag", 2), ("sent", 6)] {
+            let mut changed = fields(&[
+                ("entries_added", 10),
+                ("sent", 7),
+                ("dead", 3),
+                ("group_exists", 1),
+                ("lag", 0),
+            ]);
+            changed.numbers.insert(field.to_string(), value);
+            let mut snap = Snapshot::from_fields(&changed);
+            snap.any_run = true;
+            assert!(!snap.is_done(), "{field}={value} should not be done");
         }
+        let mut running = done_base();
+        running.open_runs.push(run(RunState::Running));
+        assert!(!running.is_done(), "a live producer may add more");
+        let mut died = done_base();
+        died.open_runs.push(run(RunState::Died));
+        assert!(died.is_done(), "a dead producer adds nothing more");
+        assert_eq!(died.unfinished_runs().count(), 1);
+        let mut no_run = done_base();
+        no_run.any_run = false;
+        assert!(!no_run.is_done(), "nothing was produced yet");
+    }
+
+    #[test]
+    fn ages_and_retention_come_from_the_server_clock() {
+        let mut with_floor = fields(&[
+            ("now_ms", 10_000),
+            ("oldest_pending_ms", 4_000),
+            ("oldest_queued_ms", -1),
+            ("floor_ms", 1_000),
+            ("retention_ms", 2_000),
+            ("length", 5),
+        ]);
+        with_floor
+            .texts
+            .insert("floor_group".to_owned(), "analytics".to_owned());
+        let snap = Snapshot::from_fields(&with_floor);
+        assert_eq!(snap.oldest_pending_age_ms, Some(6_000));
+        assert_eq!(snap.oldest_queued_age_ms, None);
+        assert_eq!(
+            snap.retention,
+            Some(Retention::Keep(Duration::from_secs(2)))
+        );
+        assert_eq!(
+            snap.held_back(Duration::from_secs(1)),
+            Some(("analytics", 9_000))
+        );
+        assert_eq!(snap.held_back(Duration::from_secs(8)), None);
+    }
+
+    #[test]
+    fn memory_is_full_near_its_limit() {
+        let info = "# Memory\r\nused_memory:96\r\nmaxmemory:100\r\nmaxmemory_policy:noeviction\r\n";
+        let memory = Memory::from_info(info);
+        assert_eq!(memory.policy, "noeviction");
+        assert!(memory.is_full());
+        assert!(!Memory::from_info("used_memory:96\r\nmaxmemory:0\r\n").is_full());
     }
 }

@@ -220,6 +220,7 @@ async fn a_batch_sent_again_while_its_first_try_waits_in_a_stalled_redis_is_adde
                 count: TOTAL,
                 seed: Some(7),
                 batch: BATCH,
+                ..sms_alerts::settings::ProduceSettings::default()
             };
             sms_alerts::produce::run(&store, &settings, &CancellationToken::new()).await
         }
@@ -272,7 +273,7 @@ async fn a_batch_sent_again_while_its_first_try_waits_in_a_stalled_redis_is_adde
 /// exactly one run under `store`'s prefix in the test that calls this).
 async fn recorded_batches(url: &str, store: &Store) -> Vec<u64> {
     let mut conn = raw(url).await;
-    let pattern = store.keys().producer_run("*");
+    let pattern = store.keys().run_batches("*");
     let runs: Vec<String> = redis::cmd("KEYS")
         .arg(&pattern)
         .query_async(&mut conn)

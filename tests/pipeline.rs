@@ -27,6 +27,7 @@ async fn three_senders_until_done_match_an_independent_scan() {
             count: 3_000,
             seed: Some(11),
             batch: 500,
+            ..ProduceSettings::default()
         },
         &never,
     )
@@ -137,6 +138,7 @@ async fn average_send_time_is_within_five_percent_of_the_mean() {
         count: 2_000,
         seed: Some(3),
         batch: 1_000,
+        ..ProduceSettings::default()
     };
     produce::run(&store, &settings, &never)
         .await
@@ -175,6 +177,7 @@ async fn the_same_seed_produces_the_same_messages() {
             count: 5_000,
             seed: Some(99),
             batch: 50,
+            ..ProduceSettings::default()
         };
         produce::run(&store, &settings, &never)
             .await
@@ -348,10 +351,10 @@ async fn ten_concurrent_starts_on_an_empty_redis_are_safe() {
                 .await
                 .expect("connects");
             store
-                .prepare()
+                .migrate(&sms_alerts::store::QueueOptions::default())
                 .await
-                .expect("prepare succeeds under concurrency");
-            store
+                .expect("migrate succeeds under concurrency")
+                .0
         }));
     }
     let mut stores = Vec::new();
@@ -378,6 +381,13 @@ async fn ten_concurrent_starts_on_an_empty_redis_are_safe() {
         recorded.contains_key("0001_functions"),
         "recorded: {recorded:?}"
     );
-    let again = store.migrate().await.expect("migrate again");
+    let epochs: std::collections::HashSet<&str> = stores.iter().map(|s| s.epoch()).collect();
+    assert_eq!(epochs.len(), 1, "one queue, one identity: {epochs:?}");
+    let (_, again, identity) = store
+        .migrate(&sms_alerts::store::QueueOptions::default())
+        .await
+        .expect("migrate again");
     assert!(again.applied.is_empty(), "nothing left to apply: {again:?}");
+    assert_eq!(identity.status, sms_alerts::store::QueueStatus::Existing);
+    assert_eq!(identity.epoch, store.epoch());
 }

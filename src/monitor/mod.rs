@@ -22,7 +22,7 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::settings::MonitorSettings;
-use crate::stats::{SenderSnapshot, Snapshot};
+use crate::stats::{QueueState, SenderSnapshot, Snapshot};
 use crate::store::{Store, StoreError};
 use alerts::AlertState;
 pub use report::{Report, SenderRow};
@@ -38,8 +38,19 @@ pub enum MonitorError {
     Output(#[from] std::io::Error),
 }
 
+impl MonitorError {
+    /// The Redis error behind this one, if any (to tell lost or damaged
+    /// queue state apart).
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Self::Store(err) => Some(err),
+            Self::Output(_) => None,
+        }
+    }
+}
+
 /// How the monitor ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MonitorOutcome {
     /// `--until-done` and everything is settled.
     Done(Snapshot),
@@ -67,7 +78,9 @@ impl Sink<'_> {
 
 /// Prints a report every interval until shutdown, or until done with
 /// `until_done`. Redis outages are retried and logged; the monitor never exits
-/// because of one.
+/// because of one. Lost or damaged queue state is an alert; with
+/// `until_done` the monitor then ends with that error (the work can never be
+/// done). Nothing is written to Redis.
 pub async fn run(
     store: &Store,
     settings: &MonitorSettings,
@@ -111,8 +124,11 @@ pub async fn run(
             &previous_senders,
             since.map(|(_, dt)| dt),
         );
-        if let Some((before, dt)) = since {
-            report.alerts = alerts.check(&settings.alerts, before, &snapshot, dt, elapsed);
+        report.alerts = alerts.check(&settings.alerts, since, &snapshot, elapsed);
+        if previous.is_none() && !settings.json && live.is_none() {
+            if let Sink::Writer(out) = &mut sink {
+                writeln!(out, "{}", queue_line(store, &snapshot))?;
+            }
         }
         match (&mut sink, &mut live) {
             (_, Some(live)) => live.show(&report),
@@ -131,6 +147,17 @@ pub async fn run(
             (Sink::Terminal, None) => {}
         }
         previous_senders = senders.into_iter().map(|s| (s.name, s.sent)).collect();
+        if settings.until_done && snapshot.state != QueueState::Sound {
+            if let Some(live) = live {
+                live.finish();
+            }
+            let detail = snapshot.state_detail;
+            return Err(MonitorError::Store(if snapshot.state.is_lost() {
+                StoreError::Lost(detail)
+            } else {
+                StoreError::Damaged(detail)
+            }));
+        }
         if settings.until_done && report.done {
             break MonitorOutcome::Done(snapshot);
         }
@@ -140,4 +167,23 @@ pub async fn run(
         live.finish();
     }
     Ok(outcome)
+}
+
+/// The line naming the queue and its retention, printed once at the start.
+fn queue_line(store: &Store, snapshot: &Snapshot) -> String {
+    let kept = |retention: Option<crate::store::Retention>| {
+        retention.map_or_else(|| "-".to_owned(), |r| r.to_string())
+    };
+    format!(
+        "queue '{}' at {} (epoch {}): settled messages kept {}, dead letters kept {}",
+        store.keys().messages(),
+        store.url(),
+        if snapshot.epoch.is_empty() {
+            "-"
+        } else {
+            &snapshot.epoch
+        },
+        kept(snapshot.retention),
+        kept(snapshot.dead_retention)
+    )
 }

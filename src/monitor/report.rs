@@ -1,12 +1,13 @@
 //! One report: the figures of a snapshot, rates over the last interval,
 //! percentiles, per-sender rows and alerts, as a text line or a JSON object.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::stats::{SenderSnapshot, Snapshot};
+use crate::stats::{Memory, QueueState, SenderSnapshot, Snapshot};
+use crate::store::{Retention, RunInfo};
 
 /// One sender's row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,6 +61,34 @@ pub struct Report {
     pub elapsed_s: f64,
     /// Whether all the work is done.
     pub done: bool,
+    /// Dead letters by reason (max_attempts, malformed, deleted).
+    pub dead_by_reason: BTreeMap<&'static str, u64>,
+    /// Settled entries removed by retention.
+    pub trimmed: u64,
+    /// Dead letters removed by their retention.
+    pub dead_trimmed: u64,
+    /// Dead letters moved back into the stream.
+    pub requeued: u64,
+    /// How long settled entries are kept, in ms (-1: forever).
+    pub retention_ms: Option<i64>,
+    /// How long dead letters are kept, in ms (-1: forever).
+    pub dead_retention_ms: Option<i64>,
+    /// Age of the oldest message never delivered, in ms.
+    pub oldest_queued_age_ms: Option<u64>,
+    /// Age of the oldest pending message, in ms.
+    pub oldest_pending_age_ms: Option<u64>,
+    /// Senders whose process is alive.
+    pub live_senders: u64,
+    /// Whether the queue's state is sound.
+    pub state: QueueState,
+    /// What is wrong when it is not.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub state_detail: String,
+    /// Producer runs not finished: running, stopped or died.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub runs: Vec<RunInfo>,
+    /// Redis's memory.
+    pub memory: Memory,
     /// Per-sender rows (JSON and the live display; empty in plain lines).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub senders: Vec<SenderRow>,
@@ -99,6 +128,23 @@ impl Report {
             rate_per_s: round(rate_per_s, 1),
             elapsed_s: round(elapsed.as_secs_f64(), 1),
             done: now.is_done(),
+            dead_by_reason: BTreeMap::from([
+                ("max_attempts", now.dead_max_attempts),
+                ("malformed", now.dead_malformed),
+                ("deleted", now.dead_deleted),
+            ]),
+            trimmed: now.trimmed,
+            dead_trimmed: now.dead_trimmed,
+            requeued: now.requeued,
+            retention_ms: now.retention.map(Retention::to_millis),
+            dead_retention_ms: now.dead_retention.map(Retention::to_millis),
+            oldest_queued_age_ms: now.oldest_queued_age_ms,
+            oldest_pending_age_ms: now.oldest_pending_age_ms,
+            live_senders: now.live_senders,
+            state: now.state,
+            state_detail: now.state_detail.clone(),
+            runs: now.open_runs.clone(),
+            memory: now.memory.clone(),
             senders: Vec::new(),
             alerts: Vec::new(),
         }
@@ -139,6 +185,22 @@ impl Report {
         }
     }
 
+    /// The ages of the oldest queued and oldest pending messages, as
+    /// `oldest queued 1.2s, pending 0.3s`.
+    pub fn ages_text(&self) -> String {
+        let age = |ms: Option<u64>| {
+            ms.map_or_else(
+                || "-".to_owned(),
+                |ms| format!("{:.1}s", ms as f64 / 1000.0),
+            )
+        };
+        format!(
+            "oldest queued {}, pending {}",
+            age(self.oldest_queued_age_ms),
+            age(self.oldest_pending_age_ms)
+        )
+    }
+
     /// One human-readable line.
     pub fn to_text(&self) -> String {
         let avg = self
@@ -149,7 +211,7 @@ impl Report {
             .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
         format!(
             "[{:>7.1}s] produced {} | sent {} | failed {} | dead {} | pending {} | queued {} | duplicates {} | \
-             avg {}/msg | {} | {:.1} msg/s{}",
+             avg {}/msg | {} | {:.1} msg/s | {} | senders {}{}",
             self.elapsed_s,
             self.produced,
             self.sent,
@@ -161,6 +223,8 @@ impl Report {
             avg,
             self.percentiles_text(),
             self.rate_per_s,
+            self.ages_text(),
+            self.live_senders,
             if self.done { " | done" } else { "" }
         )
     }

@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -67,6 +67,8 @@ pub(super) struct Dispatcher {
     /// Messages to send go to the gateway.
     pub gateway: Inlet,
     pub totals: DispatchTotals,
+    /// True while the writer cannot write results: no new work is read.
+    pub writes_blocked: watch::Receiver<bool>,
 }
 
 impl Dispatcher {
@@ -97,6 +99,15 @@ impl Dispatcher {
                 }
                 return Ok(());
             }
+            if *self.writes_blocked.borrow() {
+                // Results cannot be written (Redis away or full): taking more
+                // work would only add to what waits.
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = self.writes_blocked.changed() => {}
+                }
+                continue;
+            }
             let budget = self.read_budget(&reads);
             if budget > 0
                 && Instant::now() >= next_reclaim
@@ -121,8 +132,13 @@ impl Dispatcher {
                 else {
                     continue;
                 };
+                // A pass over the pending list goes on a bounded slice per
+                // call; between slices that found nothing it pauses, so a
+                // long list is walked without hammering Redis.
                 if reply.cursor.is_none() {
                     next_reclaim = Instant::now() + reclaim_every;
+                } else if reply.claimed.is_empty() && reply.dead == 0 {
+                    next_reclaim = Instant::now() + MIN_RECLAIM_EVERY;
                 }
                 reclaim_cursor = reply.cursor;
                 self.totals.dead_on_claim += reply.dead;
@@ -382,17 +398,17 @@ impl Dispatcher {
         }
     }
 
+    /// After a failed read: a missing stream or group is diagnosed (lost
+    /// or damaged queue state ends the sender; nothing is re-created), other
+    /// lasting errors end it too; transient ones are waited out.
     async fn wait_after_read_error(
         &self,
         err: StoreError,
         backoff: &mut Backoff,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
-        if err.needs_prepare() {
-            tracing::warn!(error = %err, "stream or group missing; applying migrations");
-            if let Err(prepare_err) = self.store.prepare().await {
-                tracing::warn!(error = %prepare_err, "could not apply migrations");
-            }
+        if err.is_no_group() {
+            self.store.diagnose().await?;
         } else if !err.is_transient() {
             return Err(err);
         }

@@ -11,12 +11,15 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use redis::aio::MultiplexedConnection;
 
-use crate::store::{PreparedReport, Queued, ReportItem, ReportReply, Store, StoreError};
+use super::fatal::Fatal;
+use crate::store::{
+    FailureLog, PreparedReport, Queued, ReportItem, ReportReply, Store, StoreError,
+};
 
 /// Most results in one report call.
 const MAX_BATCH: usize = 2_000;
@@ -119,6 +122,10 @@ pub(super) struct Flusher {
     pub lease: Duration,
     pub token: String,
     pub in_flight: InFlight,
+    /// Where lost or damaged queue state is raised.
+    pub fatal: Fatal,
+    /// True while results cannot be written: the dispatcher reads no new work.
+    pub writes_blocked: watch::Sender<bool>,
 }
 
 /// A batch of results whose report call is on the wire.
@@ -288,31 +295,42 @@ impl Flusher {
         true
     }
 
-    /// Sends `report` until Redis has it: transient errors are retried with
-    /// backoff, others (a bug or a changed schema) every second, rather than
-    /// lose the results. `None` if `give_up` fired first.
+    /// Sends `report` until Redis has it: transient errors (Redis away, or
+    /// out of memory) are retried with backoff, others (a bug or a changed
+    /// schema) every second, rather than lose the results; meanwhile the
+    /// dispatcher reads no new work. Lost or damaged queue state is raised
+    /// instead: those results can no longer be written truthfully. `None` if
+    /// `give_up` fired first.
     async fn write_until_done(
         &self,
         report: &PreparedReport,
         give_up: &CancellationToken,
     ) -> Option<ReportReply> {
-        loop {
+        let _ = self.writes_blocked.send(true);
+        let mut log = FailureLog::default();
+        let written = loop {
             let attempt = self
                 .store
                 .retrying("write send results", || self.store.rewrite_report(report));
             let err = tokio::select! {
                 written = attempt => match written {
-                    Ok(reply) => return Some(reply),
+                    Ok(reply) => break Some(reply),
                     Err(err) => err,
                 },
-                () = give_up.cancelled() => return None,
+                () = give_up.cancelled() => break None,
             };
-            tracing::error!(error = %err, "cannot write send results; will retry");
+            if err.is_queue_state() {
+                self.fatal.raise(err);
+                break None;
+            }
+            log.failed("write send results", &err, Duration::from_secs(1));
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                () = give_up.cancelled() => return None,
+                () = give_up.cancelled() => break None,
             }
-        }
+        };
+        let _ = self.writes_blocked.send(false);
+        written
     }
 
     async fn renew(&self) {

@@ -8,7 +8,10 @@
 //! - `ending`: when the running sends end, which bounds the read-ahead;
 //! - [`simulate`]: the simulated send time and failure;
 //! - `flush`: writes results in batches, two report calls on the wire at once,
-//!   and renews in-flight leases.
+//!   and renews in-flight leases;
+//! - `trim`: applies the queue's retention in passing;
+//! - `fatal`: stops every task at once when one finds the queue's state lost
+//!   or damaged (a flushed Redis, a destroyed group, a tampered counter).
 //!
 //! Each message takes two slots: a send slot (the concurrency), freed when its
 //! send ends, and a hold slot, freed once its result is written (acknowledged
@@ -18,21 +21,26 @@
 //! On shutdown the sender stops reading, starts the messages it has read
 //! ahead and lets its sends finish until the deadline, writes their results
 //! and gives its name back; whatever is unfinished stays pending and is
-//! delivered again.
+//! delivered again. While its results cannot be written (Redis away or out
+//! of memory) it reads no new work. When the queue's state is lost or
+//! damaged it stops at once and ends with that error: nothing it could still
+//! write would be true.
 
 mod dispatch;
 mod ending;
+mod fatal;
 mod flush;
 mod gateway;
 mod name;
 pub mod simulate;
+mod trim;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::RngExt;
 use thiserror::Error;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use dispatch::DispatchTotals;
@@ -41,6 +49,7 @@ pub use flush::FlushTotals;
 use crate::settings::SendSettings;
 use crate::store::{Store, StoreError};
 use dispatch::Dispatcher;
+use fatal::Fatal;
 use flush::{Flusher, InFlight};
 use gateway::Gateway;
 use simulate::Simulator;
@@ -81,6 +90,17 @@ pub enum SendError {
     Store(#[from] StoreError),
 }
 
+impl SendError {
+    /// The Redis error behind this one, if any (to tell lost or damaged
+    /// queue state apart).
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Self::Store(err) => Some(err),
+            _ => None,
+        }
+    }
+}
+
 /// What one sender did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SendSummary {
@@ -91,8 +111,8 @@ pub struct SendSummary {
 }
 
 /// Runs one sender until `shutdown` fires (or its name is taken over), then
-/// drains as described in the module docs. Expects [`Store::prepare`] to have
-/// run.
+/// drains as described in the module docs. Expects a store opened on the
+/// queue ([`Store::open`]).
 pub async fn run(
     store: Store,
     settings: SendSettings,
@@ -103,6 +123,7 @@ pub async fn run(
     if !name::acquire(&store, &settings.name, &token, settings.lease, &stop).await? {
         return Ok(SendSummary::default());
     }
+    let fatal = Fatal::new(stop.clone());
     tracing::info!(
         name = settings.name,
         concurrency = settings.concurrency,
@@ -116,11 +137,18 @@ pub async fn run(
         token.clone(),
         settings.lease,
         stop.clone(),
+        fatal.clone(),
+    ));
+    let trimmer = tokio::spawn(trim::keep_trimmed(
+        store.clone(),
+        stop.clone(),
+        fatal.clone(),
     ));
 
     let in_flight = InFlight::default();
     let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let give_up = CancellationToken::new();
+    let (writes_blocked_tx, writes_blocked) = watch::channel(false);
+    let give_up = fatal.raised.child_token();
     let flusher = tokio::spawn(
         Flusher {
             store: store.clone(),
@@ -130,6 +158,8 @@ pub async fn run(
             lease: settings.lease,
             token: token.clone(),
             in_flight: in_flight.clone(),
+            fatal: fatal.clone(),
+            writes_blocked: writes_blocked_tx,
         }
         .run(results_rx, give_up.clone()),
     );
@@ -152,16 +182,26 @@ pub async fn run(
         gateway: inlet,
         totals: DispatchTotals::default(),
         settings: settings.clone(),
+        writes_blocked,
     };
     let outcome = dispatcher.run(&stop).await;
     stop.cancel();
     let dispatched = dispatcher.totals;
-    // The gateway sends what it holds until the deadline.
+    // The gateway sends what it holds until the deadline; nothing more is
+    // sent once the queue's state is lost or damaged.
     drop(dispatcher);
-    if tokio::time::timeout(settings.shutdown_timeout, &mut gateway)
-        .await
-        .is_err()
-    {
+    let deadline = async {
+        tokio::select! {
+            () = tokio::time::sleep(settings.shutdown_timeout) => {}
+            () = fatal.raised.cancelled() => {}
+        }
+    };
+    let drained = tokio::select! {
+        biased;
+        _ = &mut gateway => true,
+        () = deadline => false,
+    };
+    if !drained {
         abort_sends.cancel();
         let abandoned = gateway.await.unwrap_or_default();
         tracing::warn!(
@@ -192,6 +232,7 @@ pub async fn run(
         );
     }
     let name_lost = keeper.await.unwrap_or(false);
+    let _ = trimmer.await;
     if let Err(err) = store.release_name(&settings.name, &token).await {
         tracing::warn!(error = %err, "could not release the sender name; it frees itself when its lease runs out");
     }
@@ -200,6 +241,9 @@ pub async fn run(
         flushed,
     };
     tracing::info!(?summary, "sender stopped");
+    if let Some(err) = fatal.take() {
+        return Err(SendError::Store(err));
+    }
     outcome?;
     if name_lost {
         return Err(SendError::NameLost {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::SendError;
+use super::fatal::Fatal;
 use crate::store::{NameHold, Store};
 
 /// Longest wait between two looks at a name held by someone else.
@@ -56,13 +57,15 @@ pub(super) async fn acquire(
 
 /// Renews the name every third of its lease until `stop` fires. If another
 /// process has taken the name (we were paused longer than the lease), this
-/// sender must not go on under it: cancel `stop` and return true.
+/// sender must not go on under it: cancel `stop` and return true. Lost or
+/// damaged queue state is raised through `fatal`.
 pub(super) async fn keep(
     store: Store,
     name: String,
     token: String,
     ttl: Duration,
     stop: CancellationToken,
+    fatal: Fatal,
 ) -> bool {
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -77,6 +80,10 @@ pub(super) async fn keep(
                 tracing::error!(name, "another process took this sender's name; stopping");
                 stop.cancel();
                 return true;
+            }
+            Err(err) if err.is_queue_state() => {
+                fatal.raise(err);
+                return false;
             }
             Err(err) => {
                 tracing::warn!(name, error = %err, "could not renew the sender name; will retry")

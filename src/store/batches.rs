@@ -3,12 +3,20 @@
 //!
 //! A batch is one `MULTI`/`EXEC` transaction that adds its messages, counts
 //! them and marks the batch (field `seq` of its producer run's hash), fenced
-//! by `WATCH` on that hash:
+//! by `WATCH` on that hash and on the queue's identity:
 //!
-//! 1. `WATCH run`, `HEXISTS run seq`, then `MULTI` and the queued commands,
-//!    sent at once;
-//! 2. once the `WATCH` and `HEXISTS` replies are back: `EXEC` if the batch is
-//!    not marked, else `DISCARD`.
+//! 1. `WATCH run queue`, `HEXISTS run seq`, the checks (the queue's epoch,
+//!    the stream's type, the `produced` counter), then `MULTI` and the queued
+//!    commands, sent at once;
+//! 2. once the check replies are back: `EXEC` if the batch is not marked
+//!    and the queue is sound, else `DISCARD`.
+//!
+//! The checks make a batch all-or-nothing in effect, as a Function call is:
+//! a transaction does not roll back a command that fails in `EXEC`, so a
+//! batch is never started on a queue whose identity is gone
+//! ([`StoreError::Lost`]) or whose keys are damaged
+//! ([`StoreError::Damaged`]); a flush between the check and `EXEC` touches
+//! the watched identity and aborts the transaction.
 //!
 //! Why this is exactly-once: `EXEC` is sent only after the client has seen
 //! its `WATCH` executed, so a try that is sent again after a failure starts
@@ -38,15 +46,14 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use super::resp::{RespConnection, array_elements, encode, replies, server_error};
+use super::resp::{RespConnection, array_elements, bulk_string, encode, replies, server_error};
 use super::{Store, StoreError};
 use crate::message::{Message, field};
 
-/// How long a producer run's record of written batches is kept, in seconds.
-const PRODUCER_RUN_TTL_S: u64 = 24 * 3600;
-
 /// Names of the steps, for errors.
 const CHECK: &str = "WATCH/HEXISTS (batch check)";
+/// Replies the check gets: WATCH, HEXISTS, HGET epoch, TYPE stream, HGET produced.
+const CHECK_REPLIES: usize = 5;
 const QUEUE: &str = "MULTI (batch)";
 const EXEC: &str = "EXEC (batch)";
 const DISCARD: &str = "DISCARD (batch)";
@@ -58,6 +65,8 @@ type Reply = Pin<Box<dyn Future<Output = Result<Bytes, StoreError>> + Send>>;
 pub struct PreparedBatch {
     /// `WATCH` and `HEXISTS` of the batch's mark.
     check: Bytes,
+    /// What the check expects of the queue.
+    queue: QueueCheck,
     /// `MULTI` and the commands it queues.
     body: Bytes,
     /// Replies `body` gets: `MULTI`'s and one per queued command.
@@ -107,7 +116,8 @@ impl BatchConnection {
     pub fn start(&self, batch: &PreparedBatch) -> StartedBatch {
         StartedBatch {
             conn: self.conn.clone(),
-            check: Box::pin(self.conn.send(CHECK, batch.check.clone(), 2)),
+            check: Box::pin(self.conn.send(CHECK, batch.check.clone(), CHECK_REPLIES)),
+            queue: batch.queue.clone(),
             queued: Box::pin(
                 self.conn
                     .send(QUEUE, batch.body.clone(), batch.body_replies),
@@ -126,6 +136,7 @@ pub struct StartedBatch {
     conn: RespConnection,
     check: Reply,
     queued: Reply,
+    queue: QueueCheck,
 }
 
 impl std::fmt::Debug for StartedBatch {
@@ -159,6 +170,13 @@ impl StartedBatch {
                 ));
             }
         };
+        let soundness = self.queue.verdict(next()?, next()?, next()?);
+        if let Err(err) = soundness {
+            // Ends the transaction the queued commands opened; the caller
+            // stops, so the reply does not matter.
+            drop(self.conn.send(DISCARD, Bytes::from_static(DISCARD_CMD), 1));
+            return Err(err);
+        }
         Ok(if marked {
             CommittedBatch {
                 queued: self.queued,
@@ -173,6 +191,73 @@ impl StartedBatch {
             }
         })
     }
+}
+
+/// What a batch's check expects of the queue, to judge the check's replies.
+#[derive(Debug, Clone)]
+struct QueueCheck {
+    epoch: std::sync::Arc<str>,
+    queue: String,
+    stream: String,
+    stats: String,
+}
+
+impl QueueCheck {
+    /// Judges the replies of `HGET queue epoch`, `TYPE stream` and
+    /// `HGET stats produced`.
+    fn verdict(&self, epoch: &[u8], stream_type: &[u8], produced: &[u8]) -> Result<(), StoreError> {
+        let found = optional_string(CHECK, epoch)?;
+        match found {
+            None => {
+                return Err(StoreError::Lost(format!(
+                    "the queue identity {} is gone: Redis was flushed, restarted without its \
+                     data, or is another Redis",
+                    self.queue
+                )));
+            }
+            Some(found) if found != self.epoch.as_bytes() => {
+                return Err(StoreError::Lost(format!(
+                    "the queue was created anew (epoch {}, this process started with {}): its \
+                     earlier state is gone",
+                    String::from_utf8_lossy(found),
+                    self.epoch
+                )));
+            }
+            Some(_) => {}
+        }
+        if stream_type != b"+stream\r\n" {
+            let shown = String::from_utf8_lossy(stream_type);
+            return Err(StoreError::Damaged(format!(
+                "{} is not a stream (TYPE gave {})",
+                self.stream,
+                shown.trim_start_matches('+').trim_end()
+            )));
+        }
+        if let Some(value) = optional_string(CHECK, produced)? {
+            let number = std::str::from_utf8(value)
+                .ok()
+                .and_then(|text| text.parse::<i64>().ok());
+            if number.is_none() {
+                return Err(StoreError::Damaged(format!(
+                    "counter produced of {} is not a number: {:?}",
+                    self.stats,
+                    String::from_utf8_lossy(&value[..value.len().min(40)])
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A bulk string reply, or `None` for nil.
+fn optional_string<'a>(
+    command: &'static str,
+    reply: &'a [u8],
+) -> Result<Option<&'a [u8]>, StoreError> {
+    if reply == b"$-1\r\n" {
+        return Ok(None);
+    }
+    bulk_string(command, reply).map(Some)
 }
 
 const EXEC_CMD: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
@@ -241,14 +326,18 @@ impl Store {
     pub fn prepare_batch(&self, run_id: &str, seq: u64, messages: &[Message]) -> PreparedBatch {
         let stream = self.keys.messages();
         let stats = self.keys.stats();
-        let run = self.keys.producer_run(run_id);
+        let run = self.keys.run_batches(run_id);
+        let queue = self.keys.queue();
         let mut number = itoa::Buffer::new();
         let seq_text = number.format(seq).as_bytes().to_vec();
         let count = messages.len().to_string();
 
-        let mut check = Vec::with_capacity(64 + 2 * run.len());
-        encode(&mut check, &[b"WATCH", run.as_bytes()]);
+        let mut check = Vec::with_capacity(160 + 2 * run.len());
+        encode(&mut check, &[b"WATCH", run.as_bytes(), queue.as_bytes()]);
         encode(&mut check, &[b"HEXISTS", run.as_bytes(), &seq_text]);
+        encode(&mut check, &[b"HGET", queue.as_bytes(), b"epoch"]);
+        encode(&mut check, &[b"TYPE", stream.as_bytes()]);
+        encode(&mut check, &[b"HGET", stats.as_bytes(), b"produced"]);
 
         let per_message: usize = messages
             .iter()
@@ -260,14 +349,6 @@ impl Store {
         encode(
             &mut body,
             &[b"HSET", run.as_bytes(), &seq_text, count.as_bytes()],
-        );
-        encode(
-            &mut body,
-            &[
-                b"EXPIRE",
-                run.as_bytes(),
-                number.format(PRODUCER_RUN_TTL_S).as_bytes(),
-            ],
         );
         for message in messages {
             encode(
@@ -291,9 +372,15 @@ impl Store {
         );
         PreparedBatch {
             check: Bytes::from(check),
+            queue: QueueCheck {
+                epoch: self.epoch.clone(),
+                queue,
+                stream,
+                stats,
+            },
             body: Bytes::from(body),
-            // MULTI, HSET, EXPIRE, the XADDs, HINCRBY.
-            body_replies: messages.len() + 4,
+            // MULTI, HSET, the XADDs, HINCRBY.
+            body_replies: messages.len() + 3,
             seq,
             len: messages.len(),
         }

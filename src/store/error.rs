@@ -49,6 +49,20 @@ pub enum StoreError {
         /// The command that was aborted.
         command: &'static str,
     },
+    /// The queue's state is gone: its identity is missing or another queue's
+    /// (a flushed Redis, one restarted without its data, another Redis behind
+    /// the address). Nothing is re-created by itself: see `repair`.
+    #[error("queue state lost: {0}")]
+    Lost(String),
+    /// A key of the queue has the wrong type, a counter is not a number, or
+    /// the consumer group is gone while the stream has history. Nothing was
+    /// written by the call that found it.
+    #[error("queue state damaged: {0}")]
+    Damaged(String),
+    /// A Function refused a request, e.g. resuming a producer run that does
+    /// not exist; the message says why.
+    #[error("{0}")]
+    Refused(String),
     /// Redis holds a newer Functions library than this binary knows.
     #[error(
         "Redis has version {found} of the sms-alerts Functions library, newer than this binary's {ours}: upgrade sms-alerts"
@@ -62,31 +76,67 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// A `map_err` adapter that names the command.
+    /// A `map_err` adapter that names the command. The errors our Functions
+    /// raise (`LOST`, `DAMAGED`, a refusal) and a key of the wrong type become
+    /// their own variants.
     pub(crate) fn redis(command: &'static str) -> impl FnOnce(RedisError) -> Self {
-        move |source| Self::Redis { command, source }
+        move |source| {
+            let detail = || source.detail().unwrap_or_default().to_owned();
+            match source.code() {
+                Some("LOST") => Self::Lost(detail()),
+                Some("DAMAGED") => Self::Damaged(detail()),
+                Some("BUSYRUN" | "NORUN" | "FINISHED") => Self::Refused(detail()),
+                Some("WRONGTYPE") => Self::Damaged(format!(
+                    "{command} met a key of the wrong type ({})",
+                    detail()
+                )),
+                _ => Self::Redis { command, source },
+            }
+        }
     }
 
     /// Whether trying again later may succeed: lost or refused connections,
-    /// timeouts, a Redis that is loading its data or failing over.
+    /// timeouts, a Redis that is loading its data, failing over or out of
+    /// memory (memory frees as senders settle and trim).
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Pool(_) | Self::Unreachable { .. } | Self::Conflict { .. } => true,
             Self::Redis { source, .. } => is_transient(source),
-            Self::InvalidUrl { .. } | Self::Reply { .. } | Self::NewerLibrary { .. } => false,
+            Self::InvalidUrl { .. }
+            | Self::Reply { .. }
+            | Self::NewerLibrary { .. }
+            | Self::Lost(_)
+            | Self::Damaged(_)
+            | Self::Refused(_) => false,
         }
     }
 
-    /// Whether the Functions library or the consumer group is missing (a flushed
-    /// or replaced Redis): applying the migrations again repairs it.
-    pub fn needs_prepare(&self) -> bool {
+    /// Whether the queue's state is lost or damaged: the process must stop
+    /// (exit code 3) rather than retry or repair by guessing.
+    pub fn is_queue_state(&self) -> bool {
+        matches!(self, Self::Lost(_) | Self::Damaged(_))
+    }
+
+    /// Whether Redis refused a write for want of memory.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, Self::Redis { source, .. } if source.code() == Some("OOM"))
+    }
+
+    /// Whether the Functions library is missing (a flushed Redis, or one
+    /// restarted without its data): loading it again is safe, it is code.
+    pub fn needs_library(&self) -> bool {
         let Self::Redis { source, .. } = self else {
             return false;
         };
-        source.code() == Some("NOGROUP")
-            || source.detail().is_some_and(|detail| {
-                detail.contains("Function not found") || detail.contains("Library not found")
-            })
+        source.detail().is_some_and(|detail| {
+            detail.contains("Function not found") || detail.contains("Library not found")
+        })
+    }
+
+    /// Whether the stream or the consumer group was missing: the queue must
+    /// be diagnosed ([`super::Store::diagnose`]), never re-created here.
+    pub fn is_no_group(&self) -> bool {
+        matches!(self, Self::Redis { source, .. } if source.code() == Some("NOGROUP"))
     }
 }
 
@@ -103,6 +153,9 @@ impl From<deadpool_redis::PoolError> for StoreError {
 }
 
 fn is_transient(err: &RedisError) -> bool {
+    if matches!(err.code(), Some("OOM" | "BUSY")) {
+        return true;
+    }
     if err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()

@@ -99,6 +99,25 @@ pub enum PruneOutcome {
     Missing,
 }
 
+/// The figures `sms_snapshot` returns, by name: numbers, and the few texts
+/// (epoch, state detail, the group holding trimming back).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SnapshotFields {
+    /// Counters and figures.
+    pub numbers: HashMap<String, i64>,
+    /// Texts.
+    pub texts: HashMap<String, String>,
+}
+
+/// What one trim removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    /// Settled entries removed from the stream.
+    pub entries: u64,
+    /// Dead letters removed from the dead stream.
+    pub dead_letters: u64,
+}
+
 /// An `sms_report` call encoded for sending: cheap to send again.
 #[derive(Debug, Clone)]
 pub struct PreparedReport(Arc<redis::Cmd>);
@@ -127,7 +146,7 @@ fn report_reply(reply: redis::RedisResult<Value>) -> Result<ReportReply, StoreEr
 }
 
 impl Store {
-    async fn fcall(
+    pub(super) async fn fcall(
         &self,
         name: &'static str,
         keys: &[String],
@@ -173,6 +192,7 @@ impl Store {
         items: &[ReportItem],
     ) -> PreparedReport {
         let keys = [
+            self.keys.queue(),
             self.keys.messages(),
             self.keys.dead(),
             self.keys.stats(),
@@ -195,6 +215,7 @@ impl Store {
         cmd.arg(REPORT)
             .arg(keys.len())
             .arg(&keys)
+            .arg(&*self.epoch)
             .arg(&self.group)
             .arg(consumer)
             .arg(max_attempts)
@@ -247,12 +268,14 @@ impl Store {
     ) -> Result<ClaimReply, StoreError> {
         const NAME: &str = "sms_claim";
         let keys = [
+            self.keys.queue(),
             self.keys.messages(),
             self.keys.dead(),
             self.keys.stats(),
             self.keys.sender_stats(consumer),
         ];
         let args = vec![
+            self.epoch.as_bytes().to_vec(),
             self.group.as_bytes().to_vec(),
             consumer.as_bytes().to_vec(),
             min_idle.as_millis().to_string().into_bytes(),
@@ -289,11 +312,13 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut args = Vec::with_capacity(2 + ids.len());
+        let mut args = Vec::with_capacity(3 + ids.len());
+        args.push(self.epoch.as_bytes().to_vec());
         args.push(self.group.as_bytes().to_vec());
         args.push(consumer.as_bytes().to_vec());
         args.extend(ids.iter().map(|id| id.as_bytes().to_vec()));
-        let reply = self.fcall(NAME, &[self.keys.messages()], args).await?;
+        let keys = [self.keys.queue(), self.keys.messages()];
+        let reply = self.fcall(NAME, &keys, args).await?;
         array(NAME, reply)?
             .into_iter()
             .map(|v| text(NAME, v))
@@ -308,17 +333,25 @@ impl Store {
         token: &str,
         ttl: Duration,
     ) -> Result<NameHold, StoreError> {
+        self.hold_lease(self.keys.sender_lease(consumer), token, ttl)
+            .await
+    }
+
+    /// Takes or renews a liveness lease held in `key` (`sms_hold_name`).
+    pub(super) async fn hold_lease(
+        &self,
+        key: String,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<NameHold, StoreError> {
         const NAME: &str = "sms_hold_name";
         let args = vec![
+            self.epoch.as_bytes().to_vec(),
             token.as_bytes().to_vec(),
             ttl.as_millis().to_string().into_bytes(),
         ];
-        let mut reply = array(
-            NAME,
-            self.fcall(NAME, &[self.keys.sender_lease(consumer)], args)
-                .await?,
-        )?
-        .into_iter();
+        let keys = [self.keys.queue(), key];
+        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
         let held = int(NAME, reply.next().unwrap_or(Value::Nil))?;
         let remaining = int(NAME, reply.next().unwrap_or(Value::Nil))?;
         Ok(if held == 1 {
@@ -346,8 +379,13 @@ impl Store {
         min_idle: Duration,
     ) -> Result<PruneOutcome, StoreError> {
         const NAME: &str = "sms_prune";
-        let keys = [self.keys.messages(), self.keys.sender_lease(consumer)];
+        let keys = [
+            self.keys.queue(),
+            self.keys.messages(),
+            self.keys.sender_lease(consumer),
+        ];
         let args = vec![
+            self.epoch.as_bytes().to_vec(),
             self.group.as_bytes().to_vec(),
             consumer.as_bytes().to_vec(),
             min_idle.as_millis().to_string().into_bytes(),
@@ -364,32 +402,103 @@ impl Store {
     }
 
     /// Everything the monitor shows, read in one call (`sms_snapshot`): the
-    /// totals hash plus stream and group figures, by name.
-    pub async fn snapshot_fields(&self) -> Result<HashMap<String, i64>, StoreError> {
+    /// totals hash plus stream, group, retention and identity figures, by
+    /// name. Never fails on a damaged queue: it reports the damage.
+    pub async fn snapshot_fields(&self) -> Result<SnapshotFields, StoreError> {
         const NAME: &str = "sms_snapshot";
         let keys = [
+            self.keys.queue(),
             self.keys.messages(),
             self.keys.dead(),
             self.keys.stats(),
             self.keys.latency(),
         ];
         let mut cmd = redis::cmd("FCALL_RO");
-        cmd.arg(NAME).arg(keys.len()).arg(&keys).arg(&self.group);
+        cmd.arg(NAME)
+            .arg(keys.len())
+            .arg(&keys)
+            .arg(&self.group)
+            .arg(&*self.epoch);
         let mut conn = self.conn().await?;
         let reply: Value = cmd
             .query_async(&mut conn)
             .await
             .map_err(StoreError::redis(NAME))?;
         let items = array(NAME, reply)?;
-        let mut fields = HashMap::with_capacity(items.len() / 2);
+        let mut fields = SnapshotFields::default();
         let mut items = items.into_iter();
         while let (Some(name), Some(value)) = (items.next(), items.next()) {
             let name = String::from_utf8_lossy(&bytes(NAME, name)?).into_owned();
-            // Counters we do not know (written by a newer version) are skipped.
-            if let Ok(value) = int(NAME, value) {
-                fields.insert(name, value);
+            match value {
+                Value::Int(n) => {
+                    fields.numbers.insert(name, n);
+                }
+                other => {
+                    let text = String::from_utf8_lossy(&bytes(NAME, other)?).into_owned();
+                    fields.texts.insert(name, text);
+                }
             }
         }
         Ok(fields)
+    }
+
+    /// Applies the queue's retention once (`sms_trim`): removes settled
+    /// entries and dead letters older than it, safely for every group.
+    pub async fn trim(&self) -> Result<Trimmed, StoreError> {
+        const NAME: &str = "sms_trim";
+        let keys = [
+            self.keys.queue(),
+            self.keys.messages(),
+            self.keys.dead(),
+            self.keys.stats(),
+        ];
+        let args = vec![
+            self.epoch.as_bytes().to_vec(),
+            self.group.as_bytes().to_vec(),
+        ];
+        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
+        let mut next = || int(NAME, reply.next().unwrap_or(Value::Nil)).map(|n| n.max(0) as u64);
+        Ok(Trimmed {
+            entries: next()?,
+            dead_letters: next()?,
+        })
+    }
+
+    /// Moves dead letters back into the stream (`sms_requeue`, one atomic
+    /// call). Returns how many were requeued and the ids that were not in
+    /// the dead stream (or held no message).
+    pub async fn requeue(&self, ids: &[String]) -> Result<(u64, Vec<String>), StoreError> {
+        const NAME: &str = "sms_requeue";
+        let keys = [
+            self.keys.queue(),
+            self.keys.messages(),
+            self.keys.dead(),
+            self.keys.stats(),
+        ];
+        let mut args = Vec::with_capacity(1 + ids.len());
+        args.push(self.epoch.as_bytes().to_vec());
+        args.extend(ids.iter().map(|id| id.as_bytes().to_vec()));
+        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
+        let requeued = int(NAME, reply.next().unwrap_or(Value::Nil))?.max(0) as u64;
+        let mut missing = Vec::new();
+        let mut past_marker = false;
+        for item in reply {
+            let item = text(NAME, item)?;
+            if past_marker {
+                missing.push(item);
+            } else if item == "missing" {
+                past_marker = true;
+            }
+        }
+        Ok((requeued, missing))
+    }
+
+    /// Deletes a bounded slice of the dead letters below `min_id`
+    /// (`sms_dead_purge`); 0 once none is left.
+    pub async fn purge_dead(&self, min_id: &str) -> Result<u64, StoreError> {
+        const NAME: &str = "sms_dead_purge";
+        let keys = [self.keys.queue(), self.keys.dead(), self.keys.stats()];
+        let args = vec![self.epoch.as_bytes().to_vec(), min_id.as_bytes().to_vec()];
+        Ok(int(NAME, self.fcall(NAME, &keys, args).await?)?.max(0) as u64)
     }
 }

@@ -101,6 +101,114 @@ impl Store {
             .collect()
     }
 
+    /// Up to `count` entries of `key` before `before` (from the newest when
+    /// `None`), newest first.
+    pub async fn range_page_rev(
+        &self,
+        key: &str,
+        before: Option<&str>,
+        count: usize,
+    ) -> Result<Vec<StreamEntry>, StoreError> {
+        const COMMAND: &str = "XREVRANGE";
+        let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd(COMMAND)
+            .arg(key)
+            .arg(end)
+            .arg("-")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(COMMAND))?;
+        array(COMMAND, reply)?
+            .into_iter()
+            .map(|item| entry(COMMAND, item))
+            .collect()
+    }
+
+    /// The entry `id` of `key`, if it is there.
+    pub async fn range_one(&self, key: &str, id: &str) -> Result<Option<StreamEntry>, StoreError> {
+        const COMMAND: &str = "XRANGE";
+        let mut conn = self.conn().await?;
+        let reply: Value = redis::cmd(COMMAND)
+            .arg(key)
+            .arg(id)
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(COMMAND))?;
+        array(COMMAND, reply)?
+            .into_iter()
+            .next()
+            .map(|item| entry(COMMAND, item))
+            .transpose()
+    }
+
+    /// The type of `key` (`none` when it does not exist).
+    pub async fn key_type(&self, key: &str) -> Result<String, StoreError> {
+        let mut conn = self.conn().await?;
+        redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("TYPE"))
+    }
+
+    /// Every field of the hash `key`, values as lossy text.
+    pub async fn hash(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
+        let mut conn = self.conn().await?;
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("HGETALL"))?;
+        Ok(pairs
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// How many entries of the stream `key` come after `id`, counted by
+    /// walking their ids a page at a time (memory stays flat).
+    pub async fn count_after(&self, key: &str, id: &str) -> Result<u64, StoreError> {
+        const PAGE: usize = 10_000;
+        let conn = self.read_connection(std::time::Duration::ZERO).await?;
+        let mut after = id.to_owned();
+        let mut count = 0;
+        loop {
+            let ids = self.range_ids(&conn, key, Some(&after), PAGE).await?;
+            count += ids.len() as u64;
+            match ids.last() {
+                Some(last) if ids.len() == PAGE => after = last.clone(),
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    /// Runs one command of an operator's repair (never on a hot path).
+    pub async fn run_command(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+        let mut conn = self.conn().await?;
+        cmd.query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("repair"))
+    }
+
+    /// Redis's clock, in milliseconds since the Unix epoch.
+    pub async fn server_time_ms(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn().await?;
+        let (seconds, micros): (u64, u64) = redis::cmd("TIME")
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("TIME"))?;
+        Ok(seconds * 1000 + micros / 1000)
+    }
+
     /// The ids of up to `count` entries of `key` after `after` (from the
     /// start when `None`), read on `conn` (see [`Store::read_connection`]).
     /// For walks that need no fields: their bytes are skipped, not decoded,
@@ -294,6 +402,19 @@ impl Store {
             }
             cursor = next;
         }
+    }
+
+    /// How many of the group's senders are alive (hold their name's lease);
+    /// 0 when the group is missing.
+    pub async fn live_sender_count(&self) -> Result<u64, StoreError> {
+        let consumers = match self.consumers().await {
+            Ok(consumers) => consumers,
+            Err(err) if err.is_no_group() => return Ok(0),
+            Err(err) => return Err(err),
+        };
+        let names: Vec<String> = consumers.into_iter().map(|c| c.name).collect();
+        let live = self.live_names(&names).await?;
+        Ok(live.into_iter().filter(|live| *live).count() as u64)
     }
 
     /// For each name, whether a live process holds it (its liveness lease exists).

@@ -1,12 +1,16 @@
-//! Versioned schema steps from `migrations/`, applied on every start.
+//! Versioned schema steps from `migrations/`.
 //!
+//! Loading the Functions library is code, not state: every process loads it
+//! when Redis lacks it or holds an older one ([`Store::ensure_library`]).
 //! Every step is idempotent, so concurrent starts are safe without a lock:
 //! ten processes loading the same library with `FUNCTION LOAD REPLACE` leave
 //! the same library behind. The library reports its own version
 //! (`sms_version`), so a step is applied only when Redis holds an older one,
 //! and a binary never replaces a newer library with an older one.
+//! Creating the queue (step 7, its identity) is `migrate`'s alone
+//! ([`Store::migrate`]).
 
-use super::{Store, StoreError};
+use super::{QueueIdentity, QueueOptions, Store, StoreError};
 
 /// One schema step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,9 +66,17 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_produce_function",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    Migration {
+        version: 7,
+        name: "0007_queue_identity",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
 ];
 
-/// What [`Store::migrate`] did.
+/// The library version this binary brings.
+pub(super) const LIBRARY_VERSION: u32 = 7;
+
+/// What [`Store::ensure_library`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct MigrationReport {
     /// Migrations this call applied.
@@ -74,9 +86,22 @@ pub struct MigrationReport {
 }
 
 impl Store {
-    /// Applies the migrations Redis is missing and records them in the
-    /// migrations hash.
-    pub async fn migrate(&self) -> Result<MigrationReport, StoreError> {
+    /// `migrate`: loads the library if needed, then creates the queue, gives
+    /// an identity to a queue from before identities, or checks an existing
+    /// one, and sets its retention (see [`Store::create_queue`]). Returns a
+    /// handle opened on the queue.
+    pub async fn migrate(
+        &self,
+        options: &QueueOptions,
+    ) -> Result<(Store, MigrationReport, QueueIdentity), StoreError> {
+        let report = self.ensure_library().await?;
+        let identity = self.create_queue(options).await?;
+        Ok((self.with_epoch(identity.epoch.clone()), report, identity))
+    }
+
+    /// Applies the library migrations Redis is missing and records them in
+    /// the migrations hash.
+    pub async fn ensure_library(&self) -> Result<MigrationReport, StoreError> {
         let loaded = self.library_version().await?;
         let mut report = MigrationReport {
             applied: Vec::new(),
@@ -175,6 +200,7 @@ mod tests {
             .map(|m| m.version)
             .max()
             .expect("migrations");
+        assert_eq!(latest, LIBRARY_VERSION);
         let declared = format!("local LIBRARY_VERSION = {latest}\n");
         assert!(
             LIBRARY.contains(&declared),

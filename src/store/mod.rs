@@ -10,6 +10,7 @@
 mod batches;
 mod error;
 mod functions;
+mod identity;
 mod inspect;
 mod migrate;
 mod queued;
@@ -17,8 +18,10 @@ mod reader;
 mod reply;
 mod resp;
 mod retry;
+mod runs;
 mod streams;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
@@ -29,13 +32,15 @@ pub use batches::{BatchConnection, BatchWrite, CommittedBatch, PreparedBatch, St
 pub use error::StoreError;
 pub use functions::{
     ClaimReply, ClaimedEntry, NameHold, Outcome, PreparedReport, PruneOutcome, ReportItem,
-    ReportReply,
+    ReportReply, SnapshotFields, Trimmed,
 };
+pub use identity::{QueueIdentity, QueueOptions, QueueStatus, Retention};
 pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use queued::Queued;
 pub use reader::ReadConnection;
-pub use retry::Backoff;
+pub use retry::{Backoff, FailureLog};
+pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
 pub use streams::StreamEntry;
 
 use crate::keys::Keys;
@@ -49,13 +54,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const POOL_SIZE: usize = 8;
 
 /// A handle on one queue in one Redis: cheap to clone, shared by all tasks.
+/// A handle from [`Store::connect`] knows no epoch; [`Store::open`] gives one
+/// that checks every write against the queue's identity.
 #[derive(Clone)]
 pub struct Store {
     client: redis::Client,
     pool: Pool,
     keys: Keys,
+    prefix: String,
     group: String,
     url: String,
+    epoch: Arc<str>,
 }
 
 impl std::fmt::Debug for Store {
@@ -64,6 +73,7 @@ impl std::fmt::Debug for Store {
             .field("url", &self.url)
             .field("keys", &self.keys)
             .field("group", &self.group)
+            .field("epoch", &self.epoch)
             .finish()
     }
 }
@@ -105,8 +115,10 @@ impl Store {
             client,
             pool,
             keys: Keys::new(&queue.prefix),
+            prefix: queue.prefix.clone(),
             group: queue.group.clone(),
             url,
+            epoch: Arc::from(""),
         };
         store.ping().await.map_err(|err| StoreError::Unreachable {
             url: store.url.clone(),
@@ -128,15 +140,6 @@ impl Store {
     /// The Redis URL with any password redacted, for messages.
     pub fn url(&self) -> &str {
         &self.url
-    }
-
-    /// Applies missing migrations and creates the stream and consumer group if
-    /// they are missing. Every subcommand calls this on start; it is safe to run
-    /// from many processes at once.
-    pub async fn prepare(&self) -> Result<MigrationReport, StoreError> {
-        let report = self.migrate().await?;
-        self.ensure_group().await?;
-        Ok(report)
     }
 
     /// Checks that Redis answers.

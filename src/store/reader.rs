@@ -187,6 +187,6 @@ mod tests {
     fn error_replies_keep_their_redis_code() {
         let err = stream_entries(&Bytes::from_static(b"-NOGROUP No such key\r\n"))
             .expect_err("an error reply");
-        assert!(err.needs_prepare(), "{err}");
+        assert!(err.is_no_group(), "{err}");
     }
 }

@@ -46,10 +46,52 @@ impl Backoff {
     }
 }
 
+/// While failures go on, at most one line per this long: a Redis that is
+/// away or full for minutes must not bury the log.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Logs a run of failures of one operation: the first as a warning, then at
+/// most one error per [`LOG_EVERY`] naming how many tries failed since.
+#[derive(Debug, Default)]
+pub struct FailureLog {
+    last: Option<tokio::time::Instant>,
+    since_last: u32,
+}
+
+impl FailureLog {
+    /// Records one failure of `what`, logging it if it is time to.
+    pub fn failed(&mut self, what: &str, err: &StoreError, retry_in: Duration) {
+        self.since_last += 1;
+        let now = tokio::time::Instant::now();
+        match self.last {
+            None => {
+                tracing::warn!(what, error = %err, retry_in_ms = retry_in.as_millis() as u64, "Redis call failed; retrying");
+            }
+            Some(at) if now.duration_since(at) >= LOG_EVERY => {
+                tracing::error!(what, error = %err, failures = self.since_last, "Redis call still failing; retrying");
+            }
+            Some(_) => return,
+        }
+        self.last = Some(now);
+        self.since_last = 0;
+    }
+
+    /// Records a success; logs the recovery if failures were logged.
+    pub fn succeeded(&mut self, what: &str) {
+        if self.last.take().is_some() {
+            tracing::info!(what, "Redis answers again");
+        }
+        self.since_last = 0;
+    }
+}
+
 impl Store {
     /// Runs `op` until it succeeds or fails with an error that retrying cannot
-    /// fix. Transient errors are logged and retried with backoff; a missing
-    /// Functions library or group is repaired by [`Store::prepare`] first.
+    /// fix. Transient errors (Redis away, loading, out of memory) are retried
+    /// with backoff and logged sparingly ([`FailureLog`]). A missing
+    /// Functions library is loaded again once the queue is known to be
+    /// intact; a missing stream or group is diagnosed ([`Store::diagnose`])
+    /// and ends the retries as lost or damaged state, never re-created.
     /// Callers that must give up at some point race this against their deadline.
     pub async fn retrying<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, StoreError>
     where
@@ -57,26 +99,31 @@ impl Store {
         Fut: Future<Output = Result<T, StoreError>>,
     {
         let mut backoff = Backoff::default();
+        let mut log = FailureLog::default();
         loop {
             let err = match op().await {
                 Ok(value) => {
-                    if backoff.failures() > 0 {
-                        tracing::info!(what, failures = backoff.failures(), "Redis answers again");
-                    }
+                    log.succeeded(what);
                     return Ok(value);
                 }
                 Err(err) => err,
             };
-            if err.needs_prepare() {
-                tracing::warn!(what, error = %err, "Functions library or group missing; applying migrations");
-                if let Err(prepare_err) = self.prepare().await {
-                    tracing::warn!(what, error = %prepare_err, "could not apply migrations");
+            if err.needs_library() || err.is_no_group() {
+                match self.diagnose().await {
+                    Err(found) if !found.is_transient() => return Err(found),
+                    Err(_) => {}
+                    Ok(()) if err.needs_library() => {
+                        if let Err(load_err) = self.ensure_library().await {
+                            tracing::warn!(what, error = %load_err, "could not load the Functions library");
+                        }
+                    }
+                    Ok(()) => {}
                 }
             } else if !err.is_transient() {
                 return Err(err);
             }
             let wait = backoff.next_wait();
-            tracing::warn!(what, error = %err, retry_in_ms = wait.as_millis() as u64, "Redis call failed; retrying");
+            log.failed(what, &err, wait);
             tokio::time::sleep(wait).await;
         }
     }

@@ -1,5 +1,4 @@
-//! Stream operations: the sender's group reads, stream entries, counters,
-//! and creating the consumer group.
+//! Stream operations: the sender's group reads and stream entries.
 
 use std::future::Future;
 
@@ -19,36 +18,6 @@ pub struct StreamEntry {
 }
 
 impl Store {
-    /// Creates the stream and the consumer group if missing. The group starts at
-    /// id 0, so messages produced before the first sender are not skipped.
-    pub async fn ensure_group(&self) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        let created: Result<(), _> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(self.keys.messages())
-            .arg(&self.group)
-            .arg("0")
-            .arg("MKSTREAM")
-            .query_async(&mut conn)
-            .await;
-        match created {
-            Err(err) if err.code() == Some("BUSYGROUP") => Ok(()),
-            other => other.map_err(StoreError::redis("XGROUP CREATE")),
-        }
-    }
-
-    /// Adds `delta` to one field of the totals hash.
-    pub async fn add_to_stat(&self, field: &str, delta: i64) -> Result<(), StoreError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("HINCRBY")
-            .arg(self.keys.stats())
-            .arg(field)
-            .arg(delta)
-            .query_async::<()>(&mut conn)
-            .await
-            .map_err(StoreError::redis("HINCRBY"))
-    }
-
     /// Reads up to `count` never-delivered entries for `consumer`, waiting up to
     /// `block_ms` for the first one, on `conn` (the sender's read connection:
     /// the read may block). The request is on its way when this returns, so

@@ -140,11 +140,23 @@ pub fn queue(url: &str, prefix: &str) -> QueueSettings {
     }
 }
 
-/// A connected, prepared store.
+/// A store on a queue just created (as `migrate` does), opened on it.
 pub async fn store(url: &str, prefix: &str) -> Store {
+    store_with(url, prefix, &sms_alerts::store::QueueOptions::default()).await
+}
+
+/// A store on a queue just created with `options` (e.g. a retention).
+pub async fn store_with(
+    url: &str,
+    prefix: &str,
+    options: &sms_alerts::store::QueueOptions,
+) -> Store {
     let store = Store::connect(&queue(url, prefix)).await.expect("connects");
-    store.prepare().await.expect("migrations apply");
     store
+        .migrate(options)
+        .await
+        .expect("the queue is created")
+        .0
 }
 
 /// Produces `count` seeded messages in batches of 100.
@@ -153,6 +165,7 @@ pub async fn produce_n(store: &Store, seed: u64, count: u64) {
         count,
         seed: Some(seed),
         batch: 100,
+        ..sms_alerts::settings::ProduceSettings::default()
     };
     sms_alerts::produce::run(store, &settings, &CancellationToken::new())
         .await

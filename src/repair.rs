@@ -1,0 +1,434 @@
+//! `repair`: what an operator runs after a process stopped with exit code 3.
+//!
+//! Nothing here runs by itself: [`plan`] only reads and says what it found
+//! and what it would do; [`apply`] does it, and only `repair --yes` calls it.
+//! The repairs:
+//! - a lost identity gets a new epoch (the data that is left stays; every
+//!   process started before must be restarted, and stops by itself anyway);
+//! - a key of the wrong type is renamed aside (`<key>:damaged:<ms>`), never
+//!   deleted, so the operator can look at it;
+//! - a counter that is not a number is set to what Redis's own figures give
+//!   where that is exact (produced, sent, dead, trimmed), else to 0;
+//! - a lost consumer group is created again at `--group-start`: by default
+//!   after the newest entry, so nothing is sent twice; the messages the lost
+//!   group had not settled are counted as `abandoned`, so the books balance
+//!   and the operator knows how many alerts may not have gone out.
+
+use std::collections::HashMap;
+
+use rand::RngExt;
+use redis::Value;
+
+use crate::store::{Retention, Store, StoreError};
+
+/// Totals counters and how each is set again when it is not a number.
+const TOTALS: &[&str] = &[
+    "produced",
+    "sent",
+    "dead",
+    "trimmed",
+    "duplicates",
+    "failed",
+    "attempts",
+    "send_time_us",
+    "dead_max_attempts",
+    "dead_malformed",
+    "dead_deleted",
+    "dead_trimmed",
+    "dead_purged",
+    "requeued",
+    "abandoned",
+];
+
+/// One repair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Give the queue a new identity.
+    NewIdentity {
+        /// Why.
+        reason: String,
+    },
+    /// Rename a key of the wrong type aside.
+    SetAside {
+        /// The key.
+        key: String,
+        /// Its type.
+        kind: String,
+        /// Its new name.
+        to: String,
+    },
+    /// Set a counter that is not a number.
+    SetCounter {
+        /// The hash.
+        key: String,
+        /// The field.
+        field: String,
+        /// What it held.
+        found: String,
+        /// The new value.
+        to: i64,
+        /// Where the value comes from.
+        how: String,
+    },
+    /// Create the consumer group again.
+    RecreateGroup {
+        /// Where it starts: an entry id, or `$` for after the newest.
+        start: String,
+        /// Entries it will deliver (those after `start`).
+        entries_read: u64,
+        /// Messages the lost group had not settled, now counted as abandoned.
+        abandoned: u64,
+    },
+}
+
+impl Step {
+    /// What it does, in a sentence.
+    pub fn describe(&self) -> String {
+        match self {
+            Self::NewIdentity { reason } => {
+                format!("give the queue a new identity ({reason}); restart every process")
+            }
+            Self::SetAside { key, kind, to } => {
+                format!("rename {key} (a {kind}, of the wrong type) to {to}")
+            }
+            Self::SetCounter {
+                key,
+                field,
+                found,
+                to,
+                how,
+            } => format!("set counter {field} of {key} (it holds {found:?}) to {to}: {how}"),
+            Self::RecreateGroup {
+                start, abandoned, ..
+            } => {
+                let from = if start == "$" {
+                    "after the newest entry: nothing is sent again".to_owned()
+                } else {
+                    format!(
+                        "after entry {start}: the entries after it are delivered again, and \
+                         those already sent are sent again"
+                    )
+                };
+                format!(
+                    "create the consumer group again, starting {from}; {abandoned} messages the \
+                     lost group had not settled are counted as abandoned"
+                )
+            }
+        }
+    }
+}
+
+/// What `repair` found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairPlan {
+    /// The repairs, in the order they are done.
+    pub steps: Vec<Step>,
+}
+
+impl RepairPlan {
+    /// The plan as text.
+    pub fn to_text(&self) -> String {
+        if self.steps.is_empty() {
+            return "nothing to repair: the queue's identity, keys, group and counters are sound\n"
+                .to_owned();
+        }
+        self.steps
+            .iter()
+            .enumerate()
+            .map(|(i, step)| format!("{}. {}\n", i + 1, step.describe()))
+            .collect()
+    }
+}
+
+/// What Redis holds of one queue, read without writing.
+struct Found {
+    types: HashMap<String, String>,
+    epoch: Option<String>,
+    totals: HashMap<String, String>,
+    entries_added: u64,
+    stream_length: u64,
+    dead_length: u64,
+    group: Option<(u64, Option<u64>)>,
+}
+
+impl Found {
+    fn kind(&self, key: &str) -> &str {
+        self.types.get(key).map_or("none", String::as_str)
+    }
+
+    fn total(&self, field: &str) -> Option<i64> {
+        self.totals.get(field).and_then(|v| v.parse().ok())
+    }
+}
+
+async fn read(store: &Store) -> Result<Found, StoreError> {
+    let k = store.keys();
+    let mut types = HashMap::new();
+    for key in [k.queue(), k.messages(), k.dead(), k.stats(), k.latency()] {
+        let kind = store.key_type(&key).await?;
+        types.insert(key, kind);
+    }
+    let is = |key: &str, kind: &str| types.get(key).is_some_and(|t| t == kind);
+    let epoch = if is(&k.queue(), "hash") {
+        store.hash(&k.queue()).await?.remove("epoch")
+    } else {
+        None
+    };
+    let totals = if is(&k.stats(), "hash") {
+        store.hash(&k.stats()).await?
+    } else {
+        HashMap::new()
+    };
+    let (mut entries_added, mut stream_length, mut group) = (0, 0, None);
+    if is(&k.messages(), "stream") {
+        let info = store.stream_info(&k.messages()).await?;
+        (entries_added, stream_length) = (info.entries_added, info.length);
+        let g = store.group_info().await?;
+        group = g.exists.then_some((g.pending, g.lag));
+    }
+    let dead_length = if is(&k.dead(), "stream") {
+        store.stream_info(&k.dead()).await?.length
+    } else {
+        0
+    };
+    Ok(Found {
+        types,
+        epoch,
+        totals,
+        entries_added,
+        stream_length,
+        dead_length,
+        group,
+    })
+}
+
+/// Reads the queue and says what `repair` would do; writes nothing.
+/// `group_start` is `end` or an entry id (see [`Step::RecreateGroup`]).
+pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreError> {
+    let found = read(store).await?;
+    let k = store.keys();
+    let mut steps = Vec::new();
+    let stamp = store.server_time_ms().await?;
+    let set_aside = |key: String, want: &str, steps: &mut Vec<Step>| {
+        let kind = found.kind(&key).to_owned();
+        if kind != "none" && kind != want {
+            steps.push(Step::SetAside {
+                to: format!("{key}:damaged:{stamp}"),
+                key,
+                kind,
+            });
+        }
+    };
+    for (key, want) in [
+        (k.queue(), "hash"),
+        (k.messages(), "stream"),
+        (k.dead(), "stream"),
+        (k.stats(), "hash"),
+        (k.latency(), "hash"),
+    ] {
+        set_aside(key, want, &mut steps);
+    }
+    if found.epoch.is_none() {
+        let reason = if found.kind(&k.queue()) == "none" {
+            "its identity is gone"
+        } else {
+            "its identity holds no epoch"
+        };
+        steps.push(Step::NewIdentity {
+            reason: reason.to_owned(),
+        });
+    }
+    steps.extend(counter_steps(&found, &k.stats()));
+    if found.kind(&k.messages()) == "stream" {
+        if found.group.is_none() {
+            steps.push(group_step(store, &found, group_start).await?);
+        }
+    } else if found.epoch.is_some() || !found.totals.is_empty() {
+        // The stream is gone (or set aside) while the queue lives on: its
+        // unsettled messages went with it.
+        let value = |field: &str| found.total(field).unwrap_or(0);
+        let unsettled = value("produced") + value("requeued")
+            - value("sent")
+            - value("dead")
+            - value("abandoned");
+        steps.push(Step::RecreateGroup {
+            start: "$".to_owned(),
+            entries_read: 0,
+            abandoned: unsettled.max(0) as u64,
+        });
+    } else {
+        steps.push(Step::RecreateGroup {
+            start: "$".to_owned(),
+            entries_read: 0,
+            abandoned: 0,
+        });
+    }
+    Ok(RepairPlan { steps })
+}
+
+/// The totals that are not numbers, and what each is set to.
+fn counter_steps(found: &Found, stats: &str) -> Vec<Step> {
+    let bad: Vec<&str> = TOTALS
+        .iter()
+        .copied()
+        .filter(|field| {
+            found
+                .totals
+                .get(*field)
+                .is_some_and(|v| v.parse::<i64>().is_err())
+        })
+        .collect();
+    let value = |field: &str| found.total(field).unwrap_or(0);
+    let added = found.entries_added as i64;
+    let dead =
+        found.dead_length as i64 + value("dead_trimmed") + value("dead_purged") + value("requeued");
+    let (pending, lag) = found
+        .group
+        .map_or((0, 0), |(p, l)| (p as i64, l.unwrap_or(0) as i64));
+    bad.into_iter()
+        .map(|field| {
+            let (to, how) = match field {
+                "produced" => (
+                    added - value("requeued"),
+                    "entries added to the stream, less those requeued",
+                ),
+                "dead" => (
+                    dead,
+                    "dead letters in the dead stream, plus those trimmed, purged and requeued",
+                ),
+                "sent" => (
+                    added
+                        - found.total("dead").unwrap_or(dead)
+                        - value("abandoned")
+                        - pending
+                        - lag,
+                    "entries added, less dead, abandoned, pending and never delivered",
+                ),
+                "trimmed" => (
+                    added - found.stream_length as i64 - value("dead_deleted"),
+                    "entries added, less those in the stream and those deleted while pending",
+                ),
+                _ => (
+                    0,
+                    "not derivable from what Redis holds: the history is lost",
+                ),
+            };
+            Step::SetCounter {
+                key: stats.to_owned(),
+                field: field.to_owned(),
+                found: found.totals.get(field).cloned().unwrap_or_default(),
+                to: to.max(0),
+                how: how.to_owned(),
+            }
+        })
+        .collect()
+}
+
+async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<Step, StoreError> {
+    let settled = found.total("sent").unwrap_or(0)
+        + found.total("dead").unwrap_or(0)
+        + found.total("abandoned").unwrap_or(0);
+    let (start, after) = if group_start == "end" {
+        ("$".to_owned(), 0)
+    } else {
+        let after = store
+            .count_after(&store.keys().messages(), group_start)
+            .await?;
+        (group_start.to_owned(), after)
+    };
+    let entries_read = found.entries_added.saturating_sub(after);
+    Ok(Step::RecreateGroup {
+        start,
+        entries_read,
+        abandoned: (entries_read as i64 - settled).max(0) as u64,
+    })
+}
+
+/// Does the repairs of `plan`, in order.
+pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
+    let k = store.keys();
+    for step in &plan.steps {
+        let mut cmds: Vec<redis::Cmd> = Vec::new();
+        match step {
+            Step::SetAside { key, to, .. } => {
+                cmds.push(redis::cmd("RENAME").arg(key).arg(to).clone());
+            }
+            Step::NewIdentity { .. } => {
+                let epoch = format!("{:016x}", rand::rng().random::<u64>());
+                let now = store.server_time_ms().await?;
+                cmds.push(
+                    redis::cmd("HSET")
+                        .arg(k.queue())
+                        .arg("epoch")
+                        .arg(epoch)
+                        .arg("created_ms")
+                        .arg(now)
+                        .clone(),
+                );
+                for (field, retention) in [
+                    ("retention_ms", Retention::DEFAULT),
+                    ("dead_retention_ms", Retention::DEFAULT_DEAD),
+                ] {
+                    cmds.push(
+                        redis::cmd("HSETNX")
+                            .arg(k.queue())
+                            .arg(field)
+                            .arg(retention.to_millis())
+                            .clone(),
+                    );
+                }
+                cmds.push(
+                    redis::cmd("HSETNX")
+                        .arg(k.migrations())
+                        .arg("identity")
+                        .arg(now)
+                        .clone(),
+                );
+                cmds.push(
+                    redis::cmd("HSETNX")
+                        .arg(k.stats())
+                        .arg("produced")
+                        .arg(0)
+                        .clone(),
+                );
+            }
+            Step::SetCounter { key, field, to, .. } => {
+                cmds.push(redis::cmd("HSET").arg(key).arg(field).arg(*to).clone());
+            }
+            Step::RecreateGroup {
+                start,
+                entries_read,
+                abandoned,
+            } => {
+                cmds.push(
+                    redis::cmd("XGROUP")
+                        .arg("CREATE")
+                        .arg(k.messages())
+                        .arg(store.group())
+                        .arg(start)
+                        .arg("MKSTREAM")
+                        .arg("ENTRIESREAD")
+                        .arg(*entries_read)
+                        .clone(),
+                );
+                cmds.push(
+                    redis::cmd("HINCRBY")
+                        .arg(k.stats())
+                        .arg("abandoned")
+                        .arg(*abandoned)
+                        .clone(),
+                );
+            }
+        }
+        for cmd in cmds {
+            store.run_command(&cmd).await.or_else(|err| match err {
+                // The group exists already (made with the identity above).
+                StoreError::Redis { ref source, .. } if source.code() == Some("BUSYGROUP") => {
+                    Ok(Value::Nil)
+                }
+                other => Err(other),
+            })?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Retention in passing: every sender applies the queue's retention a few
+//! times a second (`sms_trim`), so settled entries leave Redis about as fast
+//! as they are settled and memory stays bounded at full speed. Several
+//! senders trimming at once is harmless: each removes only what is safe.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::fatal::Fatal;
+use crate::store::{FailureLog, Store};
+
+/// How often a sender trims. At 100,000 entries per call at most, one sender
+/// keeps up with 500,000 settled messages a second.
+pub(super) const TRIM_EVERY: Duration = Duration::from_millis(200);
+
+/// Trims every [`TRIM_EVERY`] until `stop`; lost or damaged state is raised.
+pub(super) async fn keep_trimmed(store: Store, stop: CancellationToken, fatal: Fatal) {
+    let mut tick = tokio::time::interval(TRIM_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log = FailureLog::default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        match store.trim().await {
+            Ok(trimmed) => {
+                log.succeeded("trim the stream");
+                if trimmed.entries + trimmed.dead_letters > 0 {
+                    tracing::debug!(
+                        entries = trimmed.entries,
+                        dead_letters = trimmed.dead_letters,
+                        "trimmed"
+                    );
+                }
+            }
+            Err(err) if err.is_queue_state() => {
+                fatal.raise(err);
+                return;
+            }
+            Err(err) => log.failed("trim the stream", &err, TRIM_EVERY),
+        }
+    }
+}

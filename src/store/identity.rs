@@ -1,0 +1,260 @@
+//! The queue's identity and lifetime settings.
+//!
+//! `migrate` creates a queue once ([`Store::create_queue`]): a random epoch in
+//! the queue hash, the consumer group, the totals hash, and the retention.
+//! Every other process opens the queue ([`Store::open`]): it reads the epoch
+//! and passes it to every Function that writes, which refuses (`LOST`) when
+//! the identity is gone or different. So a flushed Redis, one restarted
+//! without its data, or another Redis behind the same address is noticed by
+//! every running process, and nothing is ever re-created behind an
+//! operator's back: a missing group is never created again from id 0, which
+//! would send every message in the stream a second time.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::RngExt;
+use redis::Value;
+
+use super::reply::{array, text};
+use super::{Store, StoreError};
+
+/// How long settled entries (or dead letters) are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retention {
+    /// Never removed.
+    Forever,
+    /// Removed once older than this (zero: as soon as it is safe).
+    Keep(Duration),
+}
+
+impl Retention {
+    /// Settled entries are kept an hour by default, so `audit` can still walk
+    /// recent history.
+    pub const DEFAULT: Self = Self::Keep(Duration::from_secs(3600));
+    /// Dead letters are kept a week by default.
+    pub const DEFAULT_DEAD: Self = Self::Keep(Duration::from_secs(7 * 24 * 3600));
+
+    /// As stored in the queue hash: milliseconds, -1 for forever.
+    pub fn to_millis(self) -> i64 {
+        match self {
+            Self::Forever => -1,
+            Self::Keep(age) => i64::try_from(age.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// From the queue hash's milliseconds (negative: forever).
+    pub fn from_millis(ms: i64) -> Self {
+        u64::try_from(ms).map_or(Self::Forever, |ms| Self::Keep(Duration::from_millis(ms)))
+    }
+}
+
+impl std::fmt::Display for Retention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Forever => f.write_str("forever"),
+            Self::Keep(age) if age.is_zero() => f.write_str("0s"),
+            Self::Keep(age) => write!(f, "{}", humantime::format_duration(*age)),
+        }
+    }
+}
+
+/// What `migrate` asks of the queue; `None` keeps what the queue has (or the
+/// default for a new queue).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueOptions {
+    /// Retention of settled entries.
+    pub retention: Option<Retention>,
+    /// Retention of dead letters.
+    pub dead_retention: Option<Retention>,
+}
+
+/// What [`Store::create_queue`] found or did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueStatus {
+    /// A new queue was created.
+    Created,
+    /// A queue made before queues had an identity was given one.
+    Adopted,
+    /// The queue existed.
+    Existing,
+}
+
+/// A queue's identity and settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueIdentity {
+    /// What `migrate` did.
+    pub status: QueueStatus,
+    /// The queue's epoch.
+    pub epoch: String,
+    /// Retention of settled entries.
+    pub retention: Retention,
+    /// Retention of dead letters.
+    pub dead_retention: Retention,
+}
+
+/// The field of the migrations hash that records that the queue was given
+/// an identity, so that an identity missing later is known to be lost.
+const IDENTITY_MARK: &str = "identity";
+
+impl Store {
+    /// This handle's epoch: the identity it checks every write against.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// Creates the queue if Redis holds none under this prefix, gives an
+    /// identity to a queue from before identities, or checks an existing
+    /// one; sets the retention asked for (`sms_create`, one atomic call).
+    /// Refuses with [`StoreError::Lost`] when an identity was recorded but is
+    /// gone while data remains, and [`StoreError::Damaged`] when the group is
+    /// gone while the stream has history.
+    pub async fn create_queue(&self, options: &QueueOptions) -> Result<QueueIdentity, StoreError> {
+        const NAME: &str = "sms_create";
+        let keys = [
+            self.keys.queue(),
+            self.keys.messages(),
+            self.keys.stats(),
+            self.keys.dead(),
+            self.keys.migrations(),
+        ];
+        let setting = |value: Option<Retention>| {
+            value.map_or_else(String::new, |r| r.to_millis().to_string())
+        };
+        let new_epoch = format!("{:016x}", rand::rng().random::<u64>());
+        let args = vec![
+            self.group.as_bytes().to_vec(),
+            new_epoch.into_bytes(),
+            setting(options.retention).into_bytes(),
+            setting(options.dead_retention).into_bytes(),
+            Retention::DEFAULT.to_millis().to_string().into_bytes(),
+            Retention::DEFAULT_DEAD.to_millis().to_string().into_bytes(),
+            IDENTITY_MARK.as_bytes().to_vec(),
+        ];
+        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
+        let mut next = || text(NAME, reply.next().unwrap_or(Value::Nil));
+        let status = match next()?.as_str() {
+            "created" => QueueStatus::Created,
+            "adopted" => QueueStatus::Adopted,
+            _ => QueueStatus::Existing,
+        };
+        let epoch = next()?;
+        let millis = |value: String| Retention::from_millis(value.parse().unwrap_or(-1));
+        Ok(QueueIdentity {
+            status,
+            epoch,
+            retention: millis(next()?),
+            dead_retention: millis(next()?),
+        })
+    }
+
+    /// Opens the queue for a process that works on it: loads the Functions
+    /// library if Redis lacks it (code, not state), reads the queue's epoch
+    /// and checks the group; returns a handle that passes that epoch to every
+    /// write. [`StoreError::Lost`] when Redis holds no queue under this prefix
+    /// (never created, or its state is gone), [`StoreError::Damaged`] when
+    /// its group is gone.
+    pub async fn open(&self) -> Result<Store, StoreError> {
+        let epoch = self.read_epoch().await?;
+        let opened = self.with_epoch(epoch);
+        opened.diagnose().await?;
+        if opened.library_version().await? < i64::from(super::migrate::LIBRARY_VERSION) {
+            opened.ensure_library().await?;
+        }
+        Ok(opened)
+    }
+
+    /// Opens the queue without writing anything (the inspection tools, which
+    /// must work on a Redis at `maxmemory`): the library must be loaded.
+    pub async fn open_read_only(&self) -> Result<Store, StoreError> {
+        let epoch = self.read_epoch().await?;
+        Ok(self.with_epoch(epoch))
+    }
+
+    /// A handle that checks its writes against `epoch`.
+    pub fn with_epoch(&self, epoch: String) -> Store {
+        Store {
+            epoch: Arc::from(epoch),
+            ..self.clone()
+        }
+    }
+
+    /// Tells what is wrong with the queue after a call found its stream or
+    /// group missing, or the library gone: [`StoreError::Lost`] when its
+    /// identity is gone or another queue's, [`StoreError::Damaged`] when the
+    /// stream or group is gone; `Ok` when all is in place again.
+    pub async fn diagnose(&self) -> Result<(), StoreError> {
+        let epoch = self.read_epoch().await?;
+        if !self.epoch.is_empty() && *self.epoch != epoch {
+            return Err(StoreError::Lost(format!(
+                "the queue was created anew (epoch {epoch}, this process started with {}): its \
+                 earlier state is gone",
+                self.epoch
+            )));
+        }
+        if !self.group_info().await?.exists {
+            return Err(StoreError::Damaged(format!(
+                "consumer group {} of {} is gone; it is not re-created by itself, which would \
+                 send every message in the stream again: see `sms-alerts repair`",
+                self.group,
+                self.keys.messages()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The queue's epoch, or [`StoreError::Lost`].
+    async fn read_epoch(&self) -> Result<String, StoreError> {
+        let queue = self.keys.queue();
+        let mut conn = self.conn().await?;
+        let (kind, epoch): (String, Option<String>) = redis::pipe()
+            .cmd("TYPE")
+            .arg(&queue)
+            .cmd("HGET")
+            .arg(&queue)
+            .arg("epoch")
+            .query_async(&mut conn)
+            .await
+            .or_else(|err| match err.code() {
+                // HGET on a key of another type.
+                Some("WRONGTYPE") => Ok(("other".to_owned(), None)),
+                _ => Err(err),
+            })
+            .map_err(StoreError::redis("HGET (queue identity)"))?;
+        match (kind.as_str(), epoch) {
+            ("hash", Some(epoch)) => Ok(epoch),
+            ("none", _) => Err(StoreError::Lost(format!(
+                "no queue '{}' in Redis at {}: Redis was flushed, restarted without its data, \
+                 or is another Redis (or the queue was never created: `sms-alerts migrate` \
+                 creates it)",
+                self.prefix, self.url
+            ))),
+            ("hash", None) => Err(StoreError::Lost(format!(
+                "{queue} holds no epoch: the queue identity was removed"
+            ))),
+            _ => Err(StoreError::Damaged(format!(
+                "{queue} is not a hash: the queue identity was overwritten"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retention_round_trips_through_millis() {
+        for retention in [
+            Retention::Forever,
+            Retention::Keep(Duration::ZERO),
+            Retention::DEFAULT,
+            Retention::DEFAULT_DEAD,
+        ] {
+            assert_eq!(Retention::from_millis(retention.to_millis()), retention);
+        }
+        assert_eq!(Retention::DEFAULT.to_string(), "1h");
+        assert_eq!(Retention::Keep(Duration::ZERO).to_string(), "0s");
+        assert_eq!(Retention::Forever.to_string(), "forever");
+    }
+}

@@ -1,0 +1,351 @@
+//! Producer runs: each run has a record (count, seed, batch size, state), a
+//! liveness lease held by the producer writing it, and the set of batches it
+//! has written. A run whose lease ran out while it was not finished died;
+//! `produce --resume` finishes it, writing only the batches missing, and the
+//! monitor stops waiting for it.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use redis::Value;
+
+use super::functions::NameHold;
+use super::reply::{array, int, text};
+use super::{Store, StoreError};
+
+/// How long a finished run's record stays listed by `runs`.
+pub const RUN_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// What a run is to generate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunPlan {
+    /// Messages in all.
+    pub count: u64,
+    /// Generator seed (recorded, so a resumed run writes the same messages).
+    pub seed: u64,
+    /// Messages per batch.
+    pub batch: u64,
+}
+
+impl RunPlan {
+    /// Batches in all.
+    pub fn batches(&self) -> u64 {
+        self.count.div_ceil(self.batch.max(1))
+    }
+}
+
+/// Where a run stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    /// A live producer writes it.
+    Running,
+    /// Every batch is written.
+    Finished,
+    /// Interrupted by a signal; `produce --resume` finishes it.
+    Stopped,
+    /// Its producer is gone without finishing (its lease ran out).
+    Died,
+}
+
+impl std::fmt::Display for RunState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Stopped => "stopped",
+            Self::Died => "died",
+        })
+    }
+}
+
+/// One run as Redis records it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct RunInfo {
+    /// The run id.
+    pub id: String,
+    /// Where it stands.
+    pub state: RunState,
+    /// What it generates.
+    #[serde(skip)]
+    pub plan: RunPlan,
+    /// Messages in all.
+    pub count: u64,
+    /// Batches written so far.
+    pub batches_written: u64,
+    /// Batches in all.
+    pub batches: u64,
+    /// When it started (ms since the Unix epoch).
+    pub started_ms: u64,
+}
+
+/// How a run ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEnd {
+    /// Every batch was written.
+    Finished,
+    /// A signal stopped it early.
+    Stopped,
+}
+
+impl Store {
+    /// Records a new run and takes its lease (`sms_run_start`).
+    /// [`StoreError::Refused`] when the id is taken.
+    pub async fn start_run(
+        &self,
+        run_id: &str,
+        plan: &RunPlan,
+        token: &str,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        const NAME: &str = "sms_run_start";
+        let keys = [
+            self.keys.queue(),
+            self.keys.runs(),
+            self.keys.open_runs(),
+            self.keys.run(run_id),
+            self.keys.run_lease(run_id),
+        ];
+        let args = [
+            self.epoch.to_string(),
+            run_id.to_owned(),
+            token.to_owned(),
+            lease.as_millis().to_string(),
+            plan.count.to_string(),
+            plan.seed.to_string(),
+            plan.batch.to_string(),
+            plan.batches().to_string(),
+            RUN_KEEP.as_millis().to_string(),
+        ];
+        self.fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes over a run whose producer is gone (`sms_run_resume`) and
+    /// returns its plan. [`StoreError::Refused`] when there is no such run,
+    /// it has finished, or its producer is alive.
+    pub async fn resume_run(
+        &self,
+        run_id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<RunPlan, StoreError> {
+        const NAME: &str = "sms_run_resume";
+        let keys = [
+            self.keys.queue(),
+            self.keys.runs(),
+            self.keys.open_runs(),
+            self.keys.run(run_id),
+            self.keys.run_lease(run_id),
+        ];
+        let args = [
+            self.epoch.to_string(),
+            run_id.to_owned(),
+            token.to_owned(),
+            lease.as_millis().to_string(),
+        ];
+        let reply = self
+            .fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
+            .await?;
+        let record = flat_map(NAME, reply)?;
+        plan_of(NAME, &record)
+    }
+
+    /// Renews a run's lease (`sms_hold_name`); `HeldByOther` when another
+    /// producer took the run over.
+    pub async fn hold_run(
+        &self,
+        run_id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<NameHold, StoreError> {
+        self.hold_lease(self.keys.run_lease(run_id), token, lease)
+            .await
+    }
+
+    /// Ends a run (`sms_run_end`). For a finished run, checks first that all
+    /// `batches` are recorded written; returns the numbers of those missing
+    /// (lost with the queue's state), in which case nothing is recorded.
+    pub async fn end_run(
+        &self,
+        run_id: &str,
+        token: &str,
+        end: RunEnd,
+        batches: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        const NAME: &str = "sms_run_end";
+        let keys = [
+            self.keys.queue(),
+            self.keys.open_runs(),
+            self.keys.run(run_id),
+            self.keys.run_lease(run_id),
+            self.keys.run_batches(run_id),
+        ];
+        let (state, expected) = match end {
+            RunEnd::Finished => ("finished", batches),
+            RunEnd::Stopped => ("stopped", 0),
+        };
+        let args = [
+            self.epoch.to_string(),
+            run_id.to_owned(),
+            token.to_owned(),
+            state.to_owned(),
+            expected.to_string(),
+            RUN_KEEP.as_millis().to_string(),
+        ];
+        let reply = self
+            .fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
+            .await?;
+        let mut items = array(NAME, reply)?.into_iter();
+        let recorded = int(NAME, items.next().unwrap_or(Value::Nil))?;
+        if recorded == 1 {
+            return Ok(Vec::new());
+        }
+        items
+            .map(|seq| int(NAME, seq).map(|n| n.max(0) as u64))
+            .collect()
+    }
+
+    /// The batches of a run recorded written.
+    pub async fn written_batches(&self, run_id: &str) -> Result<HashSet<u64>, StoreError> {
+        let mut conn = self.conn().await?;
+        let seqs: Vec<String> = redis::cmd("HKEYS")
+            .arg(self.keys.run_batches(run_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("HKEYS (run batches)"))?;
+        Ok(seqs.iter().filter_map(|seq| seq.parse().ok()).collect())
+    }
+
+    /// Whether any producer run is recorded (open, or finished recently).
+    pub async fn any_run(&self) -> Result<bool, StoreError> {
+        let mut conn = self.conn().await?;
+        let (listed, open): (u64, u64) = redis::pipe()
+            .zcard(self.keys.runs())
+            .scard(self.keys.open_runs())
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("ZCARD (runs)"))?;
+        Ok(listed + open > 0)
+    }
+
+    /// The runs not finished yet, with their state (read only).
+    pub async fn open_runs(&self) -> Result<Vec<RunInfo>, StoreError> {
+        let mut conn = self.conn().await?;
+        let ids: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys.open_runs())
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("SMEMBERS (open runs)"))?;
+        self.run_infos(ids).await
+    }
+
+    /// Every run listed: the open ones and those finished within
+    /// [`RUN_KEEP`], oldest first (read only).
+    pub async fn all_runs(&self) -> Result<Vec<RunInfo>, StoreError> {
+        let mut conn = self.conn().await?;
+        let (mut ids, open): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("ZRANGE")
+            .arg(self.keys.runs())
+            .arg(0)
+            .arg(-1)
+            .cmd("SMEMBERS")
+            .arg(self.keys.open_runs())
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("ZRANGE (runs)"))?;
+        for id in open {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let mut runs = self.run_infos(ids).await?;
+        runs.sort_by_key(|run| run.started_ms);
+        Ok(runs)
+    }
+
+    /// The record, written batches and liveness of each run in `ids`; runs
+    /// whose record is gone (expired) are left out.
+    async fn run_infos(&self, ids: Vec<String>) -> Result<Vec<RunInfo>, StoreError> {
+        const NAME: &str = "HGETALL (runs)";
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for id in &ids {
+            pipe.hgetall(self.keys.run(id))
+                .hlen(self.keys.run_batches(id))
+                .exists(self.keys.run_lease(id));
+        }
+        let mut conn = self.conn().await?;
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(NAME))?;
+        let mut runs = Vec::with_capacity(ids.len());
+        for (id, reply) in ids.into_iter().zip(replies.chunks(3)) {
+            let [record, written, live] = reply else {
+                return Err(super::reply::bad(NAME, "a reply is missing"));
+            };
+            let record = flat_map(NAME, record.clone())?;
+            if record.is_empty() {
+                continue;
+            }
+            let plan = plan_of(NAME, &record)?;
+            let live = int(NAME, live.clone())? == 1;
+            let state = match record.get("state").map(String::as_str) {
+                Some("finished") => RunState::Finished,
+                Some("stopped") if !live => RunState::Stopped,
+                _ if live => RunState::Running,
+                _ => RunState::Died,
+            };
+            runs.push(RunInfo {
+                id,
+                state,
+                plan,
+                count: plan.count,
+                batches_written: int(NAME, written.clone())?.max(0) as u64,
+                batches: plan.batches(),
+                started_ms: number(&record, "started_ms"),
+            });
+        }
+        Ok(runs)
+    }
+}
+
+/// A flat `field, value, ...` reply as a map.
+fn flat_map(command: &'static str, reply: Value) -> Result<HashMap<String, String>, StoreError> {
+    let items = array(command, reply)?;
+    let mut map = HashMap::with_capacity(items.len() / 2);
+    let mut items = items.into_iter();
+    while let (Some(name), Some(value)) = (items.next(), items.next()) {
+        map.insert(text(command, name)?, text(command, value)?);
+    }
+    Ok(map)
+}
+
+fn number(record: &HashMap<String, String>, field: &str) -> u64 {
+    record
+        .get(field)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(0)
+}
+
+fn plan_of(command: &'static str, record: &HashMap<String, String>) -> Result<RunPlan, StoreError> {
+    let field = |name: &str| {
+        record
+            .get(name)
+            .and_then(|value| value.parse::<u64>().ok())
+            .ok_or_else(|| {
+                StoreError::Damaged(format!(
+                    "{command}: a producer run's record has no valid '{name}'"
+                ))
+            })
+    };
+    Ok(RunPlan {
+        count: field("count")?,
+        seed: field("seed")?,
+        batch: field("batch")?.max(1),
+    })
+}
