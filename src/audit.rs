@@ -7,14 +7,22 @@
 //! stream entry is gone. Only counters are kept in memory, so ten million
 //! entries cost the same memory as ten. Run it on a quiet queue (e.g. after
 //! `monitor --until-done`): entries moving between the reads of a live run can
-//! show up as differences.
+//! show up as differences. Entries trimmed by retention while it walks are
+//! told apart: the walk is repeated when the trim counters moved under it.
+//!
+//! With retention, settled entries leave the stream, so the books are:
+//! entries added = sent + dead + abandoned + pending + queued; entries in the
+//! stream acknowledged + trimmed + deleted while pending = sent + dead +
+//! abandoned; dead letters in the dead stream + trimmed + purged + requeued
+//! = dead. A queue whose identity is gone (flushed, restarted empty) is
+//! inconsistent whatever its figures say.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::stats::Snapshot;
+use crate::stats::{QueueState, Snapshot};
 use crate::store::{PendingRow, Store, StoreError};
 
 /// Default entries read per round trip.
@@ -64,9 +72,10 @@ impl AuditReport {
             "produced (entries added)  {}\n\
              in the stream             {}\n\
              acknowledged              {} (counted: sent {} + dead {})\n\
+             trimmed by retention      {}\n\
              pending                   {}\n\
              queued, never delivered   {}\n\
-             dead stream               {}{}\n\
+             dead stream               {}{} (trimmed {}, purged {}, requeued {})\n\
              failed attempts           {}\n\
              duplicate deliveries      {}\n",
             self.produced,
@@ -74,6 +83,7 @@ impl AuditReport {
             self.acknowledged,
             c.sent,
             c.dead,
+            c.trimmed,
             self.pending,
             self.queued,
             self.dead_length,
@@ -82,13 +92,19 @@ impl AuditReport {
             } else {
                 format!(" ({reasons})")
             },
+            c.dead_trimmed,
+            c.dead_purged,
+            c.requeued,
             c.failed,
             c.duplicates,
         );
+        if c.abandoned > 0 {
+            out.push_str(&format!("abandoned by a repair      {}\n", c.abandoned));
+        }
         if self.is_consistent() {
             out.push_str(&format!(
-                "consistent: sent {} + dead {} + pending {} + queued {} = produced {}\n",
-                c.sent, c.dead, self.pending, self.queued, self.produced
+                "consistent: sent {} + dead {} + abandoned {} + pending {} + queued {} = produced {}\n",
+                c.sent, c.dead, c.abandoned, self.pending, self.queued, self.produced
             ));
         } else {
             out.push_str("INCONSISTENT:\n");
@@ -154,9 +170,27 @@ fn id_key(id: &str) -> (u64, u64) {
     )
 }
 
+/// Walks tried before the audit reports what it found although retention
+/// trimmed under it each time.
+const WALKS: usize = 3;
+
 /// Audits the queue, reading `page` entries per round trip.
 pub async fn run(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
-    let page = page.max(1);
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let report = walk(store, page.max(1)).await?;
+        let after = Snapshot::read(store).await?;
+        let moved = (after.trimmed, after.dead_trimmed)
+            != (report.counters.trimmed, report.counters.dead_trimmed);
+        if !moved || tries == WALKS {
+            return Ok(report);
+        }
+    }
+}
+
+/// One walk over the stream, the pending list and the dead stream.
+async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     let counters = Snapshot::read(store).await?;
     let group = store.group_info().await?;
     let info = store.stream_info(&store.keys().messages()).await?;
@@ -258,6 +292,13 @@ pub async fn run(store: &Store, page: usize) -> Result<AuditReport, StoreError> 
 fn problems(r: &AuditReport, pending_summary: u64) -> Vec<String> {
     let c = &r.counters;
     let mut problems = Vec::new();
+    match c.state {
+        QueueState::Sound => {}
+        state if state.is_lost() => {
+            problems.push(format!("queue state lost: {}", c.state_detail));
+        }
+        _ => problems.push(format!("queue state damaged: {}", c.state_detail)),
+    }
     if r.dangling_pending > 0 {
         problems.push(format!(
             "{} pending entries point at stream entries that no longer exist",
@@ -270,43 +311,54 @@ fn problems(r: &AuditReport, pending_summary: u64) -> Vec<String> {
             r.pending + r.dangling_pending
         ));
     }
-    if r.dead_length != c.dead {
+    let dead_left = c.dead_trimmed + c.dead_purged + c.requeued;
+    if r.dead_length + dead_left != c.dead {
         problems.push(format!(
-            "the dead stream holds {} entries but the dead counter says {}",
-            r.dead_length, c.dead
+            "the dead stream holds {} entries, and {} left it (trimmed {}, purged {}, requeued \
+             {}), but the dead counter says {}",
+            r.dead_length, dead_left, c.dead_trimmed, c.dead_purged, c.requeued, c.dead
         ));
     }
-    for (reason, counted) in [
-        ("max_attempts", c.dead_max_attempts),
-        ("malformed", c.dead_malformed),
-        ("deleted", c.dead_deleted),
-    ] {
-        let found = r.dead_by_reason.get(reason).copied().unwrap_or(0);
-        if found != counted {
-            problems.push(format!(
-                "the dead stream holds {found} entries with reason {reason} but the counter says {counted}"
-            ));
+    // Entries that left the dead stream are counted in all, not by reason.
+    if dead_left == 0 {
+        for (reason, counted) in [
+            ("max_attempts", c.dead_max_attempts),
+            ("malformed", c.dead_malformed),
+            ("deleted", c.dead_deleted),
+        ] {
+            let found = r.dead_by_reason.get(reason).copied().unwrap_or(0);
+            if found != counted {
+                problems.push(format!(
+                    "the dead stream holds {found} entries with reason {reason} but the counter says {counted}"
+                ));
+            }
         }
     }
-    let accounted = c.sent + c.dead + r.pending + r.queued;
+    let settled = c.sent + c.dead + c.abandoned;
+    let accounted = settled + r.pending + r.queued;
     if accounted != r.produced {
         problems.push(format!(
-            "sent {} + dead {} + pending {} + queued {} = {accounted}, but {} entries were produced",
-            c.sent, c.dead, r.pending, r.queued, r.produced
+            "sent {} + dead {} + abandoned {} + pending {} + queued {} = {accounted}, but {} \
+             entries were produced",
+            c.sent, c.dead, c.abandoned, r.pending, r.queued, r.produced
         ));
     }
-    // Entries deleted from the stream after being settled are not ours to
-    // check one by one; when none were, every acknowledged entry must have been
-    // counted exactly once.
-    if r.stream_length + c.dead_deleted == r.produced
-        && r.acknowledged + c.dead_deleted != c.sent + c.dead
+    // Entries deleted from the stream by others than retention are not ours
+    // to check one by one; when none were, every acknowledged entry (in the
+    // stream or trimmed) must have been counted exactly once.
+    if r.stream_length + c.trimmed + c.dead_deleted == r.produced
+        && r.acknowledged + c.trimmed + c.dead_deleted != settled
     {
         problems.push(format!(
-            "{} entries were acknowledged but sent {} + dead {} = {} were counted",
-            r.acknowledged + c.dead_deleted,
+            "{} entries were acknowledged (in the stream {}, trimmed {}, deleted while pending \
+             {}) but sent {} + dead {} + abandoned {} = {settled} were counted",
+            r.acknowledged + c.trimmed + c.dead_deleted,
+            r.acknowledged,
+            c.trimmed,
+            c.dead_deleted,
             c.sent,
             c.dead,
-            c.sent + c.dead
+            c.abandoned
         ));
     }
     if c.produced_by_producers > r.produced {
