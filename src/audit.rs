@@ -202,6 +202,8 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
 
     let (mut acknowledged, mut pending, mut queued, mut dangling) = (0u64, 0u64, 0u64, 0u64);
     let mut cursor = PendingCursor::new(store, page);
+    // Without a group there is no pending list to walk.
+    cursor.exhausted = !group.exists;
     let ids = store.read_connection(Duration::ZERO).await?;
     let mut after: Option<String> = None;
     loop {

@@ -169,8 +169,7 @@ impl Snapshot {
     /// runs, the live senders and Redis's memory). Nothing is written.
     pub async fn read(store: &Store) -> Result<Self, StoreError> {
         let mut snapshot = Self::from_fields(&store.snapshot_fields().await?);
-        snapshot.open_runs = store.open_runs().await?;
-        snapshot.any_run = !snapshot.open_runs.is_empty() || store.any_run().await?;
+        (snapshot.open_runs, snapshot.any_run) = store.open_runs().await?;
         snapshot.live_senders = store.live_sender_count().await?;
         snapshot.memory = Memory::from_info(&store.info("memory").await?);
         Ok(snapshot)

@@ -133,10 +133,11 @@ impl StoreError {
         })
     }
 
-    /// Whether the stream or the consumer group was missing: the queue must
-    /// be diagnosed ([`super::Store::diagnose`]), never re-created here.
+    /// Whether the stream or the consumer group was missing (NOGROUP), or
+    /// deleted under a blocked read (UNBLOCKED): the queue must be diagnosed
+    /// ([`super::Store::diagnose`]), never re-created here.
     pub fn is_no_group(&self) -> bool {
-        matches!(self, Self::Redis { source, .. } if source.code() == Some("NOGROUP"))
+        matches!(self, Self::Redis { source, .. } if matches!(source.code(), Some("NOGROUP" | "UNBLOCKED")))
     }
 }
 

@@ -281,16 +281,23 @@ impl Store {
         })
     }
 
-    /// This queue's group figures.
+    /// This queue's group figures (`exists` false when the group or the
+    /// stream is missing).
     pub async fn group_info(&self) -> Result<GroupInfo, StoreError> {
         const COMMAND: &str = "XINFO GROUPS";
         let mut conn = self.conn().await?;
-        let reply: Value = redis::cmd("XINFO")
+        let reply: Value = match redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(self.keys.messages())
             .query_async(&mut conn)
             .await
-            .map_err(StoreError::redis(COMMAND))?;
+        {
+            // No stream: no group either.
+            Err(err) if err.detail().is_some_and(|d| d.contains("no such key")) => {
+                return Ok(GroupInfo::default());
+            }
+            other => other.map_err(StoreError::redis(COMMAND))?,
+        };
         for group in array(COMMAND, reply)? {
             let mut map = fields(COMMAND, group)?;
             if text(COMMAND, map.remove("name").unwrap_or(Value::Nil))? != self.group {
@@ -312,17 +319,26 @@ impl Store {
         Ok(GroupInfo::default())
     }
 
-    /// The group's consumers.
+    /// The group's consumers; none when the stream or the group is missing
+    /// (what that means is for [`Store::diagnose`] to say).
     pub async fn consumers(&self) -> Result<Vec<ConsumerInfo>, StoreError> {
         const COMMAND: &str = "XINFO CONSUMERS";
         let mut conn = self.conn().await?;
-        let reply: Value = redis::cmd("XINFO")
+        let reply: Value = match redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(self.keys.messages())
             .arg(&self.group)
             .query_async(&mut conn)
             .await
-            .map_err(StoreError::redis(COMMAND))?;
+        {
+            Err(err)
+                if err.code() == Some("NOGROUP")
+                    || err.detail().is_some_and(|d| d.contains("no such key")) =>
+            {
+                return Ok(Vec::new());
+            }
+            other => other.map_err(StoreError::redis(COMMAND))?,
+        };
         array(COMMAND, reply)?
             .into_iter()
             .map(|consumer| {
@@ -404,14 +420,9 @@ impl Store {
         }
     }
 
-    /// How many of the group's senders are alive (hold their name's lease);
-    /// 0 when the group is missing.
+    /// How many of the group's senders are alive (hold their name's lease).
     pub async fn live_sender_count(&self) -> Result<u64, StoreError> {
-        let consumers = match self.consumers().await {
-            Ok(consumers) => consumers,
-            Err(err) if err.is_no_group() => return Ok(0),
-            Err(err) => return Err(err),
-        };
+        let consumers = self.consumers().await?;
         let names: Vec<String> = consumers.into_iter().map(|c| c.name).collect();
         let live = self.live_names(&names).await?;
         Ok(live.into_iter().filter(|live| *live).count() as u64)

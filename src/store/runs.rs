@@ -218,27 +218,21 @@ impl Store {
         Ok(seqs.iter().filter_map(|seq| seq.parse().ok()).collect())
     }
 
-    /// Whether any producer run is recorded (open, or finished recently).
-    pub async fn any_run(&self) -> Result<bool, StoreError> {
+    /// The runs not finished yet, with their state, and whether any run is
+    /// recorded at all (open, or finished within [`RUN_KEEP`]), read at one
+    /// moment: a run starting between two separate reads would look like
+    /// one that had ended. Read only.
+    pub async fn open_runs(&self) -> Result<(Vec<RunInfo>, bool), StoreError> {
         let mut conn = self.conn().await?;
-        let (listed, open): (u64, u64) = redis::pipe()
+        let (ids, listed): (Vec<String>, u64) = redis::pipe()
+            .atomic()
+            .smembers(self.keys.open_runs())
             .zcard(self.keys.runs())
-            .scard(self.keys.open_runs())
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("ZCARD (runs)"))?;
-        Ok(listed + open > 0)
-    }
-
-    /// The runs not finished yet, with their state (read only).
-    pub async fn open_runs(&self) -> Result<Vec<RunInfo>, StoreError> {
-        let mut conn = self.conn().await?;
-        let ids: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys.open_runs())
             .query_async(&mut conn)
             .await
             .map_err(StoreError::redis("SMEMBERS (open runs)"))?;
-        self.run_infos(ids).await
+        let any = listed > 0 || !ids.is_empty();
+        Ok((self.run_infos(ids).await?, any))
     }
 
     /// Every run listed: the open ones and those finished within

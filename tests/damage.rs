@@ -1,0 +1,555 @@
+//! Lost and damaged queue state (issue 14): a Function that finds a key of
+//! the wrong type, a counter that is not a number or a queue identity gone
+//! or changed writes nothing and says so; running processes stop with exit
+//! code 3 naming the loss (a FLUSHALL, a Redis restarted without its data, a
+//! destroyed group, a tampered counter) instead of repairing by guessing;
+//! `repair` does it explicitly.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use common::*;
+use sms_alerts::stats::Snapshot;
+use sms_alerts::store::{Outcome, QueueOptions, ReportItem, RunPlan, Store, StoreError};
+
+/// Every key of the queue under `store`'s prefix, with its DUMP: equal
+/// digests mean nothing was written.
+async fn digest(url: &str, store: &Store) -> BTreeMap<String, Vec<u8>> {
+    let mut conn = raw(url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(store.keys().all_pattern())
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    let mut out = BTreeMap::new();
+    for key in keys {
+        let dump: Vec<u8> = redis::cmd("DUMP")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .expect("DUMP");
+        out.insert(key, dump);
+    }
+    out
+}
+
+/// A queue with 20 messages, 10 of them read by consumer `c1` (pending), and
+/// one dead letter.
+async fn busy_queue(url: &str, test: &str) -> (Store, Vec<String>) {
+    let store = store(url, &unique_prefix(test)).await;
+    produce_n(&store, 3, 20).await;
+    let mut conn = raw(url).await;
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(store.group())
+        .arg("c1")
+        .arg("COUNT")
+        .arg(10)
+        .arg("STREAMS")
+        .arg(store.keys().messages())
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .expect("XREADGROUP");
+    let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    let malformed = ReportItem {
+        id: ids[9].clone(),
+        outcome: Outcome::Malformed,
+        send_time_us: 0,
+    };
+    store
+        .report("c1", 3, Duration::ZERO, "setup", 1, &[malformed])
+        .await
+        .expect("one dead letter");
+    (store, ids[..9].to_vec())
+}
+
+async fn command(url: &str, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async::<redis::Value>(&mut raw(url).await)
+        .await
+        .unwrap_or_else(|err| panic!("{args:?}: {err}"));
+}
+
+/// The calls under test: each Function (and the producer's batch) that writes.
+const CALLS: [&str; 8] = [
+    "report",
+    "claim",
+    "renew",
+    "trim",
+    "requeue",
+    "purge",
+    "run start",
+    "batch",
+];
+
+/// What each tamper does to the queue under `store` (as raw commands), and
+/// which calls touch what it damaged: those must refuse, writing nothing;
+/// the others must go on as usual.
+fn tampers(store: &Store) -> Vec<(String, Vec<Vec<String>>, Vec<&'static str>)> {
+    let k = store.keys();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let wrong_type = |key: String, refused: Vec<&'static str>| {
+        (
+            format!("{key} of the wrong type"),
+            vec![s(&["SET", &key, "x"])],
+            refused,
+        )
+    };
+    vec![
+        (
+            "sent is not a number".to_owned(),
+            vec![s(&["HSET", &k.stats(), "sent", "x"])],
+            vec!["report", "claim"],
+        ),
+        (
+            "dead is too big for HINCRBY".to_owned(),
+            vec![s(&["HSET", &k.stats(), "dead", "99999999999999999999"])],
+            vec!["report", "claim"],
+        ),
+        (
+            "produced is not a number".to_owned(),
+            vec![s(&["HSET", &k.stats(), "produced", "many"])],
+            vec!["batch"],
+        ),
+        (
+            "a sender's failed is not a number".to_owned(),
+            vec![s(&["HSET", &k.sender_stats("c1"), "failed", "1.5"])],
+            vec!["report"],
+        ),
+        (
+            "a latency bucket is not a number".to_owned(),
+            vec![s(&["HSET", &k.latency(), "le_1000", "many"])],
+            vec!["report"],
+        ),
+        wrong_type(
+            k.messages(),
+            vec!["report", "claim", "renew", "trim", "requeue", "batch"],
+        ),
+        wrong_type(
+            k.dead(),
+            vec!["report", "claim", "trim", "requeue", "purge"],
+        ),
+        wrong_type(
+            k.stats(),
+            vec!["report", "claim", "trim", "requeue", "purge", "batch"],
+        ),
+        wrong_type(k.sender_stats("c1"), vec!["report"]),
+        wrong_type(k.latency(), vec!["report"]),
+        wrong_type(k.open_runs(), vec!["run start"]),
+        (
+            "the queue identity is gone".to_owned(),
+            vec![s(&["DEL", &k.queue()])],
+            CALLS.to_vec(),
+        ),
+        (
+            "the queue's epoch changed".to_owned(),
+            vec![s(&["HSET", &k.queue(), "epoch", "another"])],
+            CALLS.to_vec(),
+        ),
+    ]
+}
+
+/// Makes `call` on `store`, whose pending entries (of consumer c1) are `pending`.
+async fn make(call: &str, store: &Store, pending: &[String]) -> Result<(), StoreError> {
+    let items: Vec<ReportItem> = pending
+        .iter()
+        .enumerate()
+        .map(|(i, id)| ReportItem {
+            id: id.clone(),
+            outcome: if i % 3 == 0 {
+                Outcome::Failed
+            } else {
+                Outcome::Sent
+            },
+            send_time_us: 1_500,
+        })
+        .collect();
+    let plan = RunPlan {
+        count: 10,
+        seed: 1,
+        batch: 10,
+    };
+    match call {
+        "report" => store
+            .report("c1", 1, Duration::ZERO, "t", 1, &items)
+            .await
+            .map(drop),
+        "claim" => store
+            .claim("c2", Duration::ZERO, None, 100, 1, None)
+            .await
+            .map(drop),
+        "renew" => store.renew("c1", pending).await.map(drop),
+        "trim" => store.trim().await.map(drop),
+        "requeue" => store.requeue(&["0-1".to_owned()]).await.map(drop),
+        "purge" => store.purge_dead("99999999999999-0").await.map(drop),
+        "run start" => {
+            store
+                .start_run("r2", &plan, "tok", Duration::from_secs(5))
+                .await
+        }
+        "batch" => {
+            let message = sms_alerts::generator::MessageGenerator::seeded(1).next_message(1);
+            let batch = store.prepare_batch("r", 1, &[message]);
+            store.write_batch(&batch).await.map(drop)
+        }
+        other => panic!("no call {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_that_meets_damage_writes_nothing_and_names_it() {
+    let redis = start_redis().await;
+    let cases = tampers(&busy_queue(&redis.url, "probe").await.0).len();
+    for case in 0..cases {
+        for call in CALLS {
+            let (store, pending) = busy_queue(&redis.url, &format!("t{case}")).await;
+            let (what, commands, refused) = tampers(&store).swap_remove(case);
+            for tamper in &commands {
+                let args: Vec<&str> = tamper.iter().map(String::as_str).collect();
+                command(&redis.url, &args).await;
+            }
+            let before = digest(&redis.url, &store).await;
+            let result = make(call, &store, &pending).await;
+            if !refused.contains(&call) {
+                assert!(
+                    result.is_ok(),
+                    "{what}: {call} does not touch it and must work: {result:?}"
+                );
+                continue;
+            }
+            let err = result.expect_err(&format!("{what}: {call} must refuse"));
+            let text = err.to_string();
+            assert!(
+                err.is_queue_state()
+                    && (text.starts_with("queue state lost: ")
+                        || text.starts_with("queue state damaged: ")),
+                "{what}: {call} failed with '{text}', expected lost or damaged state"
+            );
+            let after = digest(&redis.url, &store).await;
+            assert!(
+                before == after,
+                "{what}: the refused {call} changed {:?}",
+                after
+                    .keys()
+                    .chain(before.keys())
+                    .filter(|key| before.get(*key) != after.get(*key))
+                    .collect::<Vec<_>>()
+            );
+        }
+    }
+}
+
+/// One totals counter, read with HGET (it may not be a number).
+async fn stat(url: &str, store: &Store, field: &str) -> String {
+    let value: Option<String> = redis::cmd("HGET")
+        .arg(store.keys().stats())
+        .arg(field)
+        .query_async(&mut raw(url).await)
+        .await
+        .expect("HGET");
+    value.unwrap_or_else(|| "0".to_owned())
+}
+
+async fn count(url: &str, store: &Store, field: &str) -> u64 {
+    stat(url, store, field).await.parse().expect("a number")
+}
+
+/// Waits for `child` to exit; returns its code and how long it took.
+async fn exit_code(child: &mut Child, deadline: Duration) -> (Option<i32>, Duration) {
+    let started = Instant::now();
+    let status = wait_exit(child, deadline).await;
+    (status.code(), started.elapsed())
+}
+
+fn log_of(prefix: &str, name: &str) -> String {
+    std::fs::read_to_string(log_path(&format!("{prefix}-{name}"))).unwrap_or_default()
+}
+
+/// Child processes, killed if a test ends before they exit.
+struct Processes(Vec<(&'static str, Child)>);
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts a producer, two senders and `monitor --until-done` as processes on
+/// a fresh queue, and waits until messages flow.
+async fn running_queue(url: &str, prefix: &str) -> Processes {
+    let _ = store(url, prefix).await;
+    let producer = spawn_process(
+        url,
+        prefix,
+        "producer",
+        &[
+            "produce", "--count", "3000000", "--batch", "1000", "--seed", "5",
+        ],
+    );
+    let monitor = spawn_process(
+        url,
+        prefix,
+        "monitor",
+        &["monitor", "--until-done", "--interval", "200ms"],
+    );
+    let a = spawn_sender_process(url, prefix, "a", &["--mean", "5ms", "--concurrency", "200"]);
+    let b = spawn_sender_process(url, prefix, "b", &["--mean", "5ms", "--concurrency", "200"]);
+    let store = store_for(url, prefix).await;
+    wait_until("messages are sent", Duration::from_secs(30), || async {
+        Snapshot::read(&store).await.is_ok_and(|s| s.sent > 1_000)
+    })
+    .await;
+    Processes(vec![
+        ("producer", producer),
+        ("monitor", monitor),
+        ("a", a),
+        ("b", b),
+    ])
+}
+
+/// A store on an existing queue (not migrated again).
+async fn store_for(url: &str, prefix: &str) -> Store {
+    Store::connect(&queue(url, prefix))
+        .await
+        .expect("connects")
+        .open()
+        .await
+        .expect("the queue exists")
+}
+
+/// Every process exits 3 within 5 s, naming `expected` on stderr.
+async fn all_stop_with_exit_3(processes: &mut Processes, prefix: &str, expected: &str) {
+    while let Some((name, mut child)) = processes.0.pop() {
+        let (code, took) = exit_code(&mut child, Duration::from_secs(15)).await;
+        let mut out = String::new();
+        if let Some(mut stdout) = child.stdout.take() {
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        }
+        let tail: Vec<&str> = out.lines().rev().take(3).collect();
+        let log = format!("{}\nstdout ends: {tail:?}", log_of(prefix, name));
+        assert_eq!(code, Some(3), "{name} exit code; stderr:\n{log}");
+        assert!(
+            took <= Duration::from_secs(5),
+            "{name} took {took:?} to stop; stderr:\n{log}"
+        );
+        assert!(
+            log.contains(expected),
+            "{name} names '{expected}'; stderr:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushall_mid_run_stops_every_process_and_fails_the_audit() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("flush");
+    let mut processes = running_queue(&redis.url, &prefix).await;
+    command(&redis.url, &["FLUSHALL"]).await;
+    all_stop_with_exit_3(&mut processes, &prefix, "error: queue state lost: ").await;
+
+    let audit = bin()
+        .args(["--redis-url", &redis.url, "--prefix", &prefix, "audit"])
+        .output()
+        .expect("audit runs");
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(
+        audit.status.code(),
+        Some(1),
+        "audit on a flushed queue: {text}"
+    );
+    assert!(text.contains("queue state lost"), "{text}");
+    // Nothing re-created the queue behind the operator's back.
+    let mut conn = raw(&redis.url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{{{prefix}:0}}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert!(keys.is_empty(), "keys written after the flush: {keys:?}");
+    // A new process refuses too: there is no queue until `migrate`.
+    let send = bin()
+        .args(["--redis-url", &redis.url, "--prefix", &prefix, "send"])
+        .output()
+        .expect("send runs");
+    assert_eq!(send.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&send.stderr);
+    assert!(err.contains("error: queue state lost: no queue"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restarted_without_its_data_stops_every_process() {
+    let redis = start_redis_with(RedisOptions {
+        host_port: Some(free_port()),
+        ..RedisOptions::default()
+    })
+    .await;
+    let prefix = unique_prefix("restart");
+    let mut processes = running_queue(&redis.url, &prefix).await;
+    redis
+        .container
+        .stop_with_timeout(Some(0))
+        .await
+        .expect("Redis stops");
+    redis.container.start().await.expect("Redis starts empty");
+    all_stop_with_exit_3(&mut processes, &prefix, "error: queue state lost: ").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_group_is_never_recreated_and_nothing_is_sent_twice() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("destroy");
+    let mut processes = running_queue(&redis.url, &prefix).await;
+    let store = store_for(&redis.url, &prefix).await;
+    // The producer's work does not need the group: it goes on, and is
+    // stopped here so that the repair below sees a quiet queue.
+    let (_, mut producer) = processes.0.remove(0);
+    command(
+        &redis.url,
+        &["XGROUP", "DESTROY", &store.keys().messages(), store.group()],
+    )
+    .await;
+    let sent_at_destroy = count(&redis.url, &store, "sent").await;
+    all_stop_with_exit_3(
+        &mut processes,
+        &prefix,
+        "error: queue state damaged: consumer group senders",
+    )
+    .await;
+    terminate(&producer);
+    assert_eq!(
+        wait_exit(&mut producer, Duration::from_secs(15))
+            .await
+            .code(),
+        Some(0),
+        "the producer stops on a signal"
+    );
+    let sent_after = count(&redis.url, &store, "sent").await;
+    assert!(
+        sent_after <= sent_at_destroy + 2_000,
+        "only results in flight at the destroy may still count: {sent_at_destroy} then {sent_after}"
+    );
+    let mut conn = raw(&redis.url).await;
+    let groups: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(store.keys().messages())
+        .query_async(&mut conn)
+        .await
+        .expect("XINFO GROUPS");
+    assert!(groups.is_empty(), "the group was re-created: {groups:?}");
+
+    // `migrate` refuses too; `repair` says what it would do, and does it
+    // only with --yes: the group starts after the newest entry, so nothing
+    // is sent again, and what it had not settled is counted as abandoned.
+    let cli = |args: &[&str]| {
+        bin()
+            .args(["--redis-url", &redis.url, "--prefix", &prefix])
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    let migrate = cli(&["migrate"]);
+    assert_eq!(migrate.status.code(), Some(3), "{migrate:?}");
+    let dry = cli(&["repair"]);
+    let plan = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(1), "{plan}");
+    assert!(
+        plan.contains("create the consumer group again, starting after the newest entry"),
+        "{plan}"
+    );
+    let groups_after_dry_run: Vec<redis::Value> = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(store.keys().messages())
+        .query_async(&mut conn)
+        .await
+        .expect("XINFO GROUPS");
+    assert!(groups_after_dry_run.is_empty(), "a dry run changed nothing");
+    let done = cli(&["repair", "--yes"]);
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    let sent_before = count(&redis.url, &store, "sent").await;
+    let mut sender = spawn_sender_process(&redis.url, &prefix, "after", &["--mean", "0ms"]);
+    let audit = cli(&["audit"]);
+    let report = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(audit.status.code(), Some(0), "{report}");
+    assert!(report.contains("abandoned"), "{report}");
+    terminate(&sender);
+    wait_exit(&mut sender, Duration::from_secs(15)).await;
+    assert_eq!(
+        count(&redis.url, &store, "sent").await,
+        sent_before,
+        "nothing before the repair is sent again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_counter_stops_the_sender_without_false_duplicates() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("counter");
+    let store = store(&redis.url, &prefix).await;
+    produce_n(&store, 8, 200_000).await;
+    let mut sender = spawn_sender_process(
+        &redis.url,
+        &prefix,
+        "s",
+        &["--mean", "0ms", "--concurrency", "500"],
+    );
+    wait_until("messages are sent", Duration::from_secs(30), || async {
+        count(&redis.url, &store, "sent").await > 10_000
+    })
+    .await;
+    command(&redis.url, &["HSET", &store.keys().stats(), "sent", "x"]).await;
+    let (code, took) = exit_code(&mut sender, Duration::from_secs(15)).await;
+    let log = log_of(&prefix, "s");
+    assert_eq!(code, Some(3), "{log}");
+    assert!(took <= Duration::from_secs(5), "took {took:?}");
+    assert!(
+        log.contains("queue state damaged: counter sent of") && log.contains("is not a number"),
+        "{log}"
+    );
+    let warnings = log.lines().filter(|l| l.contains("WARN")).count();
+    assert!(
+        warnings < 10,
+        "{warnings} warnings, not one per retry:\n{log}"
+    );
+    assert_eq!(
+        count(&redis.url, &store, "duplicates").await,
+        0,
+        "no first send was counted as a duplicate"
+    );
+    assert_eq!(stat(&redis.url, &store, "sent").await, "x", "left as found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_created_anew_is_told_from_the_one_a_process_started_with() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("anew");
+    let first = store(&redis.url, &prefix).await;
+    command(&redis.url, &["FLUSHALL"]).await;
+    let second = store(&redis.url, &prefix).await;
+    assert_ne!(first.epoch(), second.epoch());
+    let err = first.trim().await.expect_err("another queue now");
+    assert!(
+        matches!(&err, StoreError::Lost(text) if text.contains("created anew")),
+        "{err}"
+    );
+    // The new queue's own handle works.
+    second.trim().await.expect("its own queue");
+    // `migrate` keeps an existing queue.
+    let (again, _, identity) = Store::connect(&queue(&redis.url, &prefix))
+        .await
+        .expect("connects")
+        .migrate(&QueueOptions::default())
+        .await
+        .expect("migrate again");
+    assert_eq!(again.epoch(), second.epoch());
+    assert_eq!(identity.status, sms_alerts::store::QueueStatus::Existing);
+}
