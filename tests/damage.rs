@@ -89,10 +89,13 @@ const CALLS: [&str; 8] = [
     "batch",
 ];
 
+/// A tamper: what it damages, its raw commands, and the calls that must refuse.
+type Tamper = (String, Vec<Vec<String>>, Vec<&'static str>);
+
 /// What each tamper does to the queue under `store` (as raw commands), and
 /// which calls touch what it damaged: those must refuse, writing nothing;
 /// the others must go on as usual.
-fn tampers(store: &Store) -> Vec<(String, Vec<Vec<String>>, Vec<&'static str>)> {
+fn tampers(store: &Store) -> Vec<Tamper> {
     let k = store.keys();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let wrong_type = |key: String, refused: Vec<&'static str>| {
