@@ -617,8 +617,9 @@ end
   not know it), dead_length, latency_le_<bound> per histogram bucket,
   retention_ms and dead_retention_ms (-1: forever; -2: unset), now_ms,
   oldest_pending_ms and oldest_queued_ms (ids' times; -1 when none),
-  floor_ms (the oldest entry retention must keep for some group; -1 when
-  none) and floor_group (its group), state (0 sound, 1 identity gone,
+  floor_ms (the oldest entry retention must keep for a group that has not
+  read everything or has entries pending; -1 when none) and floor_group
+  (its group), state (0 sound, 1 identity gone,
   2 identity changed, 3 group gone, 4 damaged) with state_detail, and epoch.
 ]]
 local function sms_snapshot(keys, args)
@@ -674,9 +675,11 @@ local function sms_snapshot(keys, args)
   local oldest_pending, oldest_queued, floor_ms, floor_group = -1, -1, -1, ''
   if stype == 'stream' then
     local info = redis.call('XINFO', 'STREAM', stream)
+    local newest = '0-0'
     for i = 1, #info, 2 do
       if info[i] == 'entries-added' then added = info[i + 1] end
       if info[i] == 'length' then length = info[i + 1] end
+      if info[i] == 'last-generated-id' then newest = info[i + 1] end
     end
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
       local f = {}
@@ -687,7 +690,10 @@ local function sms_snapshot(keys, args)
         floor = summary[2]
         if f['name'] == group then oldest_pending = id_ms(summary[2]) end
       end
-      if floor_ms == -1 or id_ms(floor) < floor_ms then
+      -- A group with nothing pending that has read every entry keeps only
+      -- the newest one: it holds nothing back, however old that entry is.
+      local caught_up = f['pending'] == 0 and f['last-delivered-id'] == newest
+      if not caught_up and (floor_ms == -1 or id_ms(floor) < floor_ms) then
         floor_ms, floor_group = id_ms(floor), f['name']
       end
       if f['name'] == group then

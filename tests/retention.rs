@@ -1,0 +1,398 @@
+//! Retention (issue 14): settled entries and dead letters leave Redis once
+//! older than the queue's retention, never one a consumer group still needs
+//! (pending, or not yet delivered); what was trimmed is counted and the audit
+//! balances with it; a group that stops consuming holds trimming back and the
+//! monitor says so; a queue of the previous release keeps working after
+//! `migrate`.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use sms_alerts::audit;
+use sms_alerts::stats::Snapshot;
+use sms_alerts::store::{QueueOptions, Retention, Store};
+
+fn keep(retention: Duration) -> QueueOptions {
+    QueueOptions {
+        retention: Some(Retention::Keep(retention)),
+        dead_retention: None,
+    }
+}
+
+async fn consistent(store: &Store) -> audit::AuditReport {
+    let report = audit::run(store, 1_000).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+    report
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settled_entries_are_trimmed_as_soon_as_retention_allows() {
+    let redis = start_redis().await;
+    let store = store_with(&redis.url, &unique_prefix("zero"), &keep(Duration::ZERO)).await;
+    produce_n(&store, 1, 5_000).await;
+    let sender = RunningSender::start(&store, send_settings("s", 0, 0.0));
+    wait_until("all sent and trimmed", Duration::from_secs(30), || async {
+        Snapshot::read(&store)
+            .await
+            .is_ok_and(|s| s.sent == 5_000 && s.stream_length < 200)
+    })
+    .await;
+    sender.stop().await;
+    let s = Snapshot::read(&store).await.expect("snapshot");
+    assert_eq!(
+        s.trimmed + s.stream_length,
+        5_000,
+        "every entry is in the stream or counted as trimmed"
+    );
+    let report = consistent(&store).await;
+    assert_eq!(report.counters.trimmed, s.trimmed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_younger_than_the_retention_is_trimmed() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("hour");
+    let store = store(&redis.url, &prefix).await;
+    produce_n(&store, 2, 3_000).await;
+    let sender = RunningSender::start(&store, send_settings("s", 0, 0.0));
+    wait_until("all sent", Duration::from_secs(30), || {
+        all_settled(&store, 3_000)
+    })
+    .await;
+    sender.stop().await;
+    let trim = bin()
+        .args(["--redis-url", &redis.url, "--prefix", &prefix, "trim"])
+        .output()
+        .expect("trim runs");
+    assert_eq!(trim.status.code(), Some(0), "{trim:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&trim.stdout).trim(),
+        "trimmed 0 settled entries and 0 dead letters"
+    );
+    assert_eq!(
+        stream_length(&redis.url, &store.keys().messages()).await,
+        3_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_and_undelivered_entries_are_never_trimmed() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("keep");
+    let store = store_with(&redis.url, &prefix, &keep(Duration::ZERO)).await;
+    produce_n(&store, 3, 2_000).await;
+    // A sender dies holding messages: they stay pending.
+    let mut doomed = spawn_sender_process(
+        &redis.url,
+        &prefix,
+        "doomed",
+        &["--mean", "60s", "--concurrency", "300"],
+    );
+    wait_until("doomed holds messages", Duration::from_secs(30), || async {
+        pending_of(&redis.url, &store, "doomed").await >= 300
+    })
+    .await;
+    doomed.kill().expect("SIGKILL");
+    doomed.wait().expect("reaped");
+    // More messages arrive while no sender runs: never delivered.
+    produce_n(&store, 4, 2_000).await;
+    let mut conn = raw(&redis.url).await;
+    let pending: Vec<(String, String, u64, u64)> = redis::cmd("XPENDING")
+        .arg(store.keys().messages())
+        .arg(store.group())
+        .arg("-")
+        .arg("+")
+        .arg(10_000)
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
+    let trim = bin()
+        .args([
+            "--redis-url",
+            &redis.url,
+            "--prefix",
+            &prefix,
+            "trim",
+            "--json",
+        ])
+        .output()
+        .expect("trim runs");
+    let printed: serde_json::Value =
+        serde_json::from_slice(&trim.stdout).expect("trim prints JSON");
+    for (id, ..) in &pending {
+        let found: Vec<redis::Value> = redis::cmd("XRANGE")
+            .arg(store.keys().messages())
+            .arg(id)
+            .arg(id)
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE");
+        assert_eq!(found.len(), 1, "pending entry {id} was trimmed");
+    }
+    let s = Snapshot::read(&store).await.expect("snapshot");
+    assert!(
+        s.stream_length >= pending.len() as u64 + 2_000,
+        "pending {} and 2,000 undelivered must stay: {} left, {} trimmed",
+        pending.len(),
+        s.stream_length,
+        printed["trimmed"]
+    );
+    assert_eq!(printed["trimmed"].as_u64(), Some(s.trimmed));
+    // Drained by a live sender, everything is settled and the books balance.
+    let sender = RunningSender::start(&store, {
+        let mut settings = send_settings("finisher", 0, 0.0);
+        settings.lease = Duration::from_millis(500);
+        settings
+    });
+    wait_until("all sent", Duration::from_secs(30), || {
+        all_settled(&store, 4_000)
+    })
+    .await;
+    sender.stop().await;
+    consistent(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_that_stops_consuming_holds_trimming_back_and_is_named() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("held");
+    let store = store_with(&redis.url, &prefix, &keep(Duration::ZERO)).await;
+    produce_n(&store, 5, 1_000).await;
+    let mut conn = raw(&redis.url).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(store.keys().messages())
+        .arg("analytics")
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .expect("a foreign group");
+    let sender = RunningSender::start(&store, send_settings("s", 0, 0.0));
+    wait_until("all sent", Duration::from_secs(30), || {
+        all_settled(&store, 1_000)
+    })
+    .await;
+    sender.stop().await;
+    assert_eq!(
+        store.trim().await.expect("trim").entries,
+        0,
+        "analytics needs them all"
+    );
+    assert_eq!(
+        stream_length(&redis.url, &store.keys().messages()).await,
+        1_000
+    );
+
+    let monitor = bin()
+        .args([
+            "--redis-url",
+            &redis.url,
+            "--prefix",
+            &prefix,
+            "monitor",
+            "--until-done",
+            "--interval",
+            "100ms",
+            "--alert-held-back",
+            "0s",
+        ])
+        .output()
+        .expect("monitor runs");
+    let out = String::from_utf8_lossy(&monitor.stdout);
+    assert_eq!(monitor.status.code(), Some(0), "{out}");
+    assert!(
+        out.contains(
+            "ALERT group 'analytics' holds trimming back: the oldest entry it still needs is"
+        ) && out.contains("(retention 0s); 1000 entries are kept"),
+        "{out}"
+    );
+    // Our own group, caught up, holds nothing back however old its last entry.
+    assert!(!out.contains("group 'senders'"), "{out}");
+
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(store.keys().messages())
+        .arg("analytics")
+        .query_async(&mut conn)
+        .await
+        .expect("destroy the foreign group");
+    let trimmed = store.trim().await.expect("trim").entries;
+    assert!(trimmed >= 900, "trimmed once the group is gone: {trimmed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_dead_letters_are_trimmed_and_counted() {
+    let redis = start_redis().await;
+    let store = store_with(
+        &redis.url,
+        &unique_prefix("dead"),
+        &QueueOptions {
+            retention: None,
+            dead_retention: Some(Retention::Keep(Duration::ZERO)),
+        },
+    )
+    .await;
+    produce_n(&store, 6, 600).await;
+    let sender = RunningSender::start(&store, {
+        let mut settings = send_settings("s", 0, 1.0);
+        settings.max_attempts = 1;
+        settings
+    });
+    wait_until("all dead and trimmed", Duration::from_secs(30), || async {
+        Snapshot::read(&store)
+            .await
+            .is_ok_and(|s| s.dead == 600 && s.dead_trimmed >= 500)
+    })
+    .await;
+    sender.stop().await;
+    let s = Snapshot::read(&store).await.expect("snapshot");
+    assert_eq!(s.dead_length + s.dead_trimmed, s.dead);
+    assert_eq!(s.trimmed, 0, "settled entries are kept an hour");
+    consistent(&store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_of_the_previous_release_keeps_working_after_migrate() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("v6");
+    // A queue as version 6 of the library left it: library, migrations
+    // recorded, group, messages produced, some sent and some pending under a
+    // sender that was stopped.
+    let mut conn = raw(&redis.url).await;
+    let tag = format!("{{{prefix}:0}}");
+    let stream = format!("{tag}:messages");
+    let run = |args: Vec<String>| {
+        let mut cmd = redis::cmd(&args[0]);
+        for arg in &args[1..] {
+            cmd.arg(arg);
+        }
+        cmd
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    run(s(&[
+        "FUNCTION",
+        "LOAD",
+        "REPLACE",
+        include_str!("fixtures/functions_v6.lua"),
+    ]))
+    .query_async::<()>(&mut conn)
+    .await
+    .expect("load v6");
+    for version in [
+        "0001_functions",
+        "0002_sender_prune",
+        "0003_latency_histogram",
+        "0004_report_bucket_names",
+        "0005_report_bulk_ack",
+        "0006_produce_function",
+    ] {
+        run(s(&["HSETNX", &format!("{tag}:migrations"), version, "1"]))
+            .query_async::<()>(&mut conn)
+            .await
+            .expect("HSETNX");
+    }
+    run(s(&[
+        "XGROUP", "CREATE", &stream, "senders", "0", "MKSTREAM",
+    ]))
+    .query_async::<()>(&mut conn)
+    .await
+    .expect("group");
+    let mut generator = sms_alerts::generator::MessageGenerator::seeded(9);
+    for _ in 0..300 {
+        let m = generator.next_message(1);
+        run(s(&[
+            "XADD",
+            &stream,
+            "*",
+            "recipient",
+            &m.recipient,
+            "body",
+            &m.body,
+            "created_ms",
+            "1",
+        ]))
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("XADD");
+    }
+    run(s(&["HINCRBY", &format!("{tag}:stats"), "produced", "300"]))
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("produced");
+    let read: redis::streams::StreamReadReply = run(s(&[
+        "XREADGROUP",
+        "GROUP",
+        "senders",
+        "old",
+        "COUNT",
+        "20",
+        "STREAMS",
+        &stream,
+        ">",
+    ]))
+    .query_async(&mut conn)
+    .await
+    .expect("XREADGROUP");
+    let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    // v6's sms_report: ten sent, ten left pending.
+    let mut report = s(&[
+        "FCALL",
+        "sms_report",
+        "5",
+        &stream,
+        &format!("{tag}:dead"),
+        &format!("{tag}:stats"),
+        &format!("{tag}:stats:old"),
+        &format!("{tag}:latency"),
+        "senders",
+        "old",
+        "3",
+        "0",
+        "tok",
+        "1",
+        "10",
+        "0",
+        "0",
+        "0",
+    ]);
+    report.extend(std::iter::repeat_n("0".to_owned(), 14));
+    report.extend(ids[..10].iter().cloned());
+    run(report)
+        .query_async::<redis::Value>(&mut conn)
+        .await
+        .expect("v6 report");
+
+    let migrate = bin()
+        .args(["--redis-url", &redis.url, "--prefix", &prefix, "migrate"])
+        .output()
+        .expect("migrate runs");
+    let out = String::from_utf8_lossy(&migrate.stdout);
+    assert_eq!(
+        migrate.status.code(),
+        Some(0),
+        "{out}{}",
+        String::from_utf8_lossy(&migrate.stderr)
+    );
+    assert!(
+        out.contains("gave an identity to queue") && out.contains("applied 0007_queue_identity"),
+        "{out}"
+    );
+    let store = Store::connect(&queue(&redis.url, &prefix))
+        .await
+        .expect("connects")
+        .open()
+        .await
+        .expect("the adopted queue opens");
+    // The sender of the old release resumes its pending work under its name.
+    let sender = RunningSender::start(&store, send_settings("old", 0, 0.0));
+    wait_until("all sent", Duration::from_secs(30), || {
+        all_settled(&store, 300)
+    })
+    .await;
+    sender.stop().await;
+    let report = consistent(&store).await;
+    assert_eq!(report.counters.sent, 300);
+    assert_eq!(report.counters.duplicates, 0);
+}
