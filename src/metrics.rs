@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::latency::BOUNDS_US;
 use crate::stats::{SenderSnapshot, Snapshot};
-use crate::store::Store;
+use crate::store::{RunState, Store};
 
 /// The exposition format's content type.
 const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -67,6 +67,74 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
+/// The gauges of the queue's health: ages, live senders, retention, state,
+/// Redis's memory, unfinished producer runs.
+fn queue_gauges(out: &mut String, s: &Snapshot) {
+    let seconds = |ms: u64| ms as f64 / 1000.0;
+    for (name, help, value) in [
+        (
+            "sms_oldest_queued_age_seconds",
+            "Age of the oldest message never delivered.",
+            s.oldest_queued_age_ms.map(seconds),
+        ),
+        (
+            "sms_oldest_pending_age_seconds",
+            "Age of the oldest message delivered and not settled.",
+            s.oldest_pending_age_ms.map(seconds),
+        ),
+        (
+            "sms_live_senders",
+            "Senders whose process is alive.",
+            Some(s.live_senders as f64),
+        ),
+        (
+            "sms_queue_state",
+            "0 sound, 1 identity lost, 2 created anew, 3 group gone, 4 damaged.",
+            Some(s.state as u8 as f64),
+        ),
+        (
+            "sms_redis_used_memory_bytes",
+            "Memory Redis uses.",
+            Some(s.memory.used as f64),
+        ),
+        (
+            "sms_redis_maxmemory_bytes",
+            "Redis's memory limit (0: none).",
+            Some(s.memory.max as f64),
+        ),
+    ] {
+        if let Some(value) = value {
+            family(out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+    }
+    family(
+        out,
+        "sms_retention_seconds",
+        "gauge",
+        "How long settled messages and dead letters are kept (-1: forever).",
+    );
+    for (stream, retention) in [("messages", s.retention), ("dead", s.dead_retention)] {
+        if let Some(retention) = retention {
+            let value = match retention {
+                crate::store::Retention::Forever => -1.0,
+                crate::store::Retention::Keep(age) => age.as_secs_f64(),
+            };
+            let _ = writeln!(out, "sms_retention_seconds{{stream=\"{stream}\"}} {value}");
+        }
+    }
+    family(
+        out,
+        "sms_producer_runs",
+        "gauge",
+        "Producer runs not finished, by state.",
+    );
+    for state in [RunState::Running, RunState::Stopped, RunState::Died] {
+        let count = s.open_runs.iter().filter(|run| run.state == state).count();
+        let _ = writeln!(out, "sms_producer_runs{{state=\"{state}\"}} {count}");
+    }
+}
+
 /// Renders the queue's figures in the Prometheus text format.
 pub fn render(s: &Snapshot, senders: &[SenderSnapshot]) -> String {
     let mut out = String::new();
@@ -83,11 +151,6 @@ pub fn render(s: &Snapshot, senders: &[SenderSnapshot]) -> String {
         ),
         ("sms_failed_total", "Failed send attempts.", s.failed),
         (
-            "sms_dead_total",
-            "Messages moved to the dead stream.",
-            s.dead,
-        ),
-        (
             "sms_duplicates_total",
             "Successful sends of already settled messages.",
             s.duplicates,
@@ -97,10 +160,49 @@ pub fn render(s: &Snapshot, senders: &[SenderSnapshot]) -> String {
             "Send attempts of any outcome.",
             s.attempts,
         ),
+        (
+            "sms_trimmed_total",
+            "Settled entries removed from the stream by retention.",
+            s.trimmed,
+        ),
+        (
+            "sms_dead_trimmed_total",
+            "Dead letters removed by their retention.",
+            s.dead_trimmed,
+        ),
+        (
+            "sms_dead_purged_total",
+            "Dead letters removed by `dead purge`.",
+            s.dead_purged,
+        ),
+        (
+            "sms_requeued_total",
+            "Dead letters moved back into the stream.",
+            s.requeued,
+        ),
+        (
+            "sms_abandoned_total",
+            "Messages a repair gave up when it re-created a lost group.",
+            s.abandoned,
+        ),
     ] {
         family(&mut out, name, "counter", help);
         let _ = writeln!(out, "{name} {value}");
     }
+    family(
+        &mut out,
+        "sms_dead_total",
+        "counter",
+        "Messages moved to the dead stream, by reason.",
+    );
+    for (reason, value) in [
+        ("max_attempts", s.dead_max_attempts),
+        ("malformed", s.dead_malformed),
+        ("deleted", s.dead_deleted),
+    ] {
+        let _ = writeln!(out, "sms_dead_total{{reason=\"{reason}\"}} {value}");
+    }
+    queue_gauges(&mut out, s);
     family(
         &mut out,
         "sms_pending",
@@ -224,5 +326,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("sms_lag"), "an unknown lag is left out");
+        assert!(text.contains("sms_dead_total{reason=\"malformed\"} 0\n"), "{text}");
+        assert!(
+            !text.contains("sms_oldest_queued_age_seconds"),
+            "no age without a message"
+        );
     }
 }

@@ -87,7 +87,13 @@ async fn the_monitor_serves_metrics_that_parse_and_match_the_counters() {
     assert_eq!(value("sms_produced_total", None), 500.0);
     assert_eq!(value("sms_sent_total", None), snapshot.sent as f64);
     assert_eq!(value("sms_failed_total", None), snapshot.failed as f64);
-    assert_eq!(value("sms_dead_total", None), snapshot.dead as f64);
+    let dead: f64 = ["max_attempts", "malformed", "deleted"]
+        .into_iter()
+        .map(|reason| value("sms_dead_total", Some(("reason", reason))))
+        .sum();
+    assert_eq!(dead, snapshot.dead as f64, "dead letters by reason add up");
+    assert_eq!(value("sms_queue_state", None), 0.0);
+    assert_eq!(value("sms_retention_seconds", Some(("stream", "messages"))), 3600.0);
     assert_eq!(value("sms_pending", None), 0.0);
     assert_eq!(value("sms_lag", None), 0.0);
     assert_eq!(
