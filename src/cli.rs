@@ -152,6 +152,14 @@ pub enum Command {
         /// Messages of the simulation-efficiency run. [default: 200000]
         #[arg(long, value_parser = check::count, allow_hyphen_values = true)]
         simulation: Option<u64>,
+        /// Entries pending while a claim call's Redis time is measured; 0 skips it.
+        /// [default: 2000000]
+        #[arg(long, value_parser = check::count_or_zero, allow_hyphen_values = true)]
+        reclaim_pending: Option<u64>,
+        /// Messages of the continuous runs in waves (retention 0s, then forever) whose
+        /// Redis memory is sampled; 0 skips them. [default: 5000000]
+        #[arg(long, value_parser = check::count_or_zero, allow_hyphen_values = true)]
+        retention_messages: Option<u64>,
         /// Durability of the private redis-server: aof (append-only file, fsync every
         /// second, Redis's usual setting) or none (no persistence, as Redis is often
         /// benchmarked). Not with --redis-url: a given Redis keeps its own.

@@ -136,8 +136,8 @@ async fn execute(
     status
 }
 
-/// Connects and opens the queue as the task needs it: `migrate`, `demo` and
-/// `bench` create it; inspection tools open it without writing (they must
+/// Connects and opens the queue as the task needs it: `migrate` and `demo`
+/// create it; inspection tools open it without writing (they must
 /// work on a Redis at `maxmemory`); `audit` and `repair` take it as it is
 /// (lost state is what they report); every other task opens it, so its
 /// writes are checked against the queue's identity. Redis failures are
@@ -154,14 +154,17 @@ async fn open(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Resu
                 print_migration(&store, &report, &identity);
                 store
             }
-            Task::Demo(_) | Task::Bench(..) => {
+            Task::Demo(_) => {
                 let options = QueueOptions::default();
                 store
                     .retrying("create the queue", || store.migrate(&options))
                     .await?
                     .0
             }
-            Task::Audit { .. } | Task::Repair { .. } | Task::Completions(_) => store,
+            // The bench works on queues of its own, under fresh prefixes.
+            Task::Audit { .. } | Task::Repair { .. } | Task::Completions(_) | Task::Bench(..) => {
+                store
+            }
             task if task.is_read_only() => {
                 store
                     .retrying("open the queue", || store.open_read_only())

@@ -326,7 +326,10 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("sms_lag"), "an unknown lag is left out");
-        assert!(text.contains("sms_dead_total{reason=\"malformed\"} 0\n"), "{text}");
+        assert!(
+            text.contains("sms_dead_total{reason=\"malformed\"} 0\n"),
+            "{text}"
+        );
         assert!(
             !text.contains("sms_oldest_queued_age_seconds"),
             "no age without a message"

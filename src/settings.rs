@@ -398,6 +398,8 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
         Command::Bench {
             messages,
             simulation,
+            reclaim_pending,
+            retention_messages,
             persistence,
         } => {
             if persistence.is_some() && redis_url_given {
@@ -412,6 +414,8 @@ pub fn resolve(cli: &Cli, redis_url_env: Option<String>) -> Result<Settings, Set
                 crate::bench::BenchSizes {
                     messages: messages.unwrap_or(defaults.messages),
                     simulation: simulation.unwrap_or(defaults.simulation),
+                    reclaim_pending: reclaim_pending.unwrap_or(defaults.reclaim_pending),
+                    retention: retention_messages.unwrap_or(defaults.retention),
                 },
                 persistence.unwrap_or_default(),
             )
@@ -804,6 +808,14 @@ pub mod check {
     /// A message count of at least 1.
     pub fn count(value: &str) -> Result<u64, String> {
         positive(value, "the count")
+    }
+
+    /// A count that may be 0 (to skip a step).
+    pub fn count_or_zero(value: &str) -> Result<u64, String> {
+        value
+            .trim()
+            .parse()
+            .map_err(|_| "expected a whole number of at least 0".to_owned())
     }
 
     /// A batch size from 1 to 100,000.

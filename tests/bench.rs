@@ -18,6 +18,10 @@ async fn bench_prints_every_figure_and_cleans_up() {
             "3000",
             "--simulation",
             "2000",
+            "--reclaim-pending",
+            "3000",
+            "--retention-messages",
+            "3000",
         ])
         .output()
         .expect("runs");
@@ -36,6 +40,8 @@ async fn bench_prints_every_figure_and_cleans_up() {
         "simulate ",
         "sender peak RSS",
         "latency ",
+        "reclaim ",
+        "retention ",
     ] {
         assert!(stdout.contains(figure), "{figure} missing:\n{stdout}");
     }

@@ -93,7 +93,10 @@ async fn the_monitor_serves_metrics_that_parse_and_match_the_counters() {
         .sum();
     assert_eq!(dead, snapshot.dead as f64, "dead letters by reason add up");
     assert_eq!(value("sms_queue_state", None), 0.0);
-    assert_eq!(value("sms_retention_seconds", Some(("stream", "messages"))), 3600.0);
+    assert_eq!(
+        value("sms_retention_seconds", Some(("stream", "messages"))),
+        3600.0
+    );
     assert_eq!(value("sms_pending", None), 0.0);
     assert_eq!(value("sms_lag", None), 0.0);
     assert_eq!(

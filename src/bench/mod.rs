@@ -1,7 +1,12 @@
 //! `sms-alerts bench`: throughput, efficiency, memory and latency, each next to
 //! Redis's own XADD ceiling measured with `redis-benchmark` in the same run, so
-//! the ratios hold on a busy machine. Every step runs on a fresh key prefix and
-//! deletes its keys afterwards, so it is safe on a Redis that holds other data.
+//! the ratios hold on a busy machine; then what a queue that runs for months
+//! costs (`lifetime`): a claim call's Redis time over a long pending list, and
+//! Redis's memory over a continuous run with and without retention. Every step
+//! runs on a fresh key prefix and deletes its keys afterwards, so it is safe on
+//! a Redis that holds other data.
+
+mod lifetime;
 
 use std::time::{Duration, Instant};
 
@@ -57,6 +62,10 @@ pub struct BenchSizes {
     pub messages: u64,
     /// Messages of the simulation-efficiency run.
     pub simulation: u64,
+    /// Entries pending when the cost of a claim call is measured.
+    pub reclaim_pending: u64,
+    /// Messages of the continuous runs with retention 0s and forever.
+    pub retention: u64,
 }
 
 impl Default for BenchSizes {
@@ -64,6 +73,8 @@ impl Default for BenchSizes {
         Self {
             messages: 1_000_000,
             simulation: 200_000,
+            reclaim_pending: 2_000_000,
+            retention: 5_000_000,
         }
     }
 }
@@ -235,18 +246,23 @@ pub async fn run(
         e2e.total()
     ));
     clean(&store).await?;
-    Ok(())
+    lifetime::run(url, &sizes, &mut line).await
 }
 
 /// A store on a fresh prefix, migrated, with its group.
 async fn fresh(url: &str, step: &str) -> Result<Store, StoreError> {
+    fresh_with(url, step, &QueueOptions::default()).await
+}
+
+/// A store on a fresh queue created with `options`.
+async fn fresh_with(url: &str, step: &str, options: &QueueOptions) -> Result<Store, StoreError> {
     let queue = QueueSettings {
         redis_url: url.to_owned(),
         prefix: format!("bench-{step}-{}", std::process::id()),
         group: "senders".to_owned(),
     };
     let store = Store::connect(&queue).await?;
-    let (store, _, _) = store.migrate(&QueueOptions::default()).await?;
+    let (store, _, _) = store.migrate(options).await?;
     Ok(store)
 }
 
