@@ -38,7 +38,8 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use super::resp::{RespConnection, array_elements, encode, replies, server_error};
+use super::frame::{array_elements, replies, server_error};
+use super::resp::{RespConnection, encode};
 use super::{Store, StoreError};
 use crate::message::{Message, field};
 

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use redis::Value;
 
+use super::reader::IdAndValue;
 use super::reply::{array, int, text};
-use super::streams::{StreamEntry, entry};
 use super::{ReadConnection, Store, StoreError};
 
 /// One row of the group's pending list.
@@ -76,31 +76,6 @@ fn count(
 }
 
 impl Store {
-    /// Up to `count` entries of `key` after `after` (from the start when `None`).
-    pub async fn range_page(
-        &self,
-        key: &str,
-        after: Option<&str>,
-        count: usize,
-    ) -> Result<Vec<StreamEntry>, StoreError> {
-        const COMMAND: &str = "XRANGE";
-        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let mut conn = self.conn().await?;
-        let reply: Value = redis::cmd(COMMAND)
-            .arg(key)
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis(COMMAND))?;
-        array(COMMAND, reply)?
-            .into_iter()
-            .map(|item| entry(COMMAND, item))
-            .collect()
-    }
-
     /// The ids of up to `count` entries of `key` after `after` (from the
     /// start when `None`), read on `conn` (see [`Store::read_connection`]).
     /// For walks that need no fields: their bytes are skipped, not decoded,
@@ -116,6 +91,26 @@ impl Store {
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
         conn.range_ids(&cmd).await
+    }
+
+    /// The ids of up to `count` entries of `key` after `after` (from the
+    /// start when `None`), each with the value of its field `name` (the last
+    /// one; `None` when absent or too long to read), read on `conn` like
+    /// [`Store::range_ids`]: the other fields are framed, never copied, and
+    /// no value over 64 KiB is ever held, so a page of entries with 1 MB
+    /// bodies costs what a page of small ones does.
+    pub async fn range_values(
+        &self,
+        conn: &ReadConnection,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+        name: &'static str,
+    ) -> Result<Vec<IdAndValue>, StoreError> {
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
+        conn.range_values(&cmd, name).await
     }
 
     /// Up to `count` rows of the group's pending list after `after`.
