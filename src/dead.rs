@@ -7,6 +7,8 @@
 //! purged + requeued. Only dead letters that still hold a valid message are
 //! requeued; the others are reported and left.
 
+use std::time::Duration;
+
 use serde::Serialize;
 
 use crate::message::{Message, RawFields};
@@ -69,11 +71,12 @@ pub async fn list(
     reason: Option<&str>,
     limit: u64,
 ) -> Result<Vec<DeadLetter>, StoreError> {
+    let conn = store.read_connection(Duration::ZERO).await?;
     let mut found = Vec::new();
     let mut before: Option<String> = None;
     loop {
         let page = store
-            .range_page_rev(&store.keys().dead(), before.as_deref(), PAGE)
+            .range_page_rev(&conn, &store.keys().dead(), before.as_deref(), PAGE)
             .await?;
         let Some(last) = page.last() else { break };
         before = Some(last.id.clone());
@@ -151,12 +154,13 @@ impl RequeueReport {
 /// Moves the selected dead letters that hold a valid message back into the
 /// stream, each atomically.
 pub async fn requeue(store: &Store, selection: &Selection) -> Result<RequeueReport, StoreError> {
+    let conn = store.read_connection(Duration::ZERO).await?;
     let mut report = RequeueReport::default();
     match selection {
         Selection::Ids(ids) => {
             let mut chosen = Vec::new();
             for id in ids {
-                match store.range_one(&store.keys().dead(), id).await? {
+                match store.range_one(&conn, &store.keys().dead(), id).await? {
                     Some(entry) => choose(&entry, &mut chosen, &mut report),
                     None => report.missing.push(id.clone()),
                 }
@@ -169,7 +173,7 @@ pub async fn requeue(store: &Store, selection: &Selection) -> Result<RequeueRepo
             let mut after: Option<String> = None;
             loop {
                 let page = store
-                    .range_page(&store.keys().dead(), after.as_deref(), PAGE)
+                    .range_page(&conn, &store.keys().dead(), after.as_deref(), PAGE)
                     .await?;
                 let Some(last) = page.last() else { break };
                 after = Some(last.id.clone());
@@ -198,6 +202,13 @@ fn choose(entry: &StreamEntry, chosen: &mut Vec<String>, report: &mut RequeueRep
         .filter(|(k, _)| !k.starts_with(b"dead_"))
         .cloned()
         .collect();
+    if let Some(oversized) = &entry.oversized {
+        report.skipped.push((
+            entry.id.clone(),
+            format!("not a valid message ({oversized})"),
+        ));
+        return;
+    }
     match Message::from_fields(&message) {
         Ok(_) => chosen.push(entry.id.clone()),
         Err(err) => report
@@ -224,7 +235,7 @@ async fn move_back(
 
 /// Deletes dead letters older than `older_than` (by Redis's clock), a
 /// bounded slice per call. Returns how many.
-pub async fn purge(store: &Store, older_than: std::time::Duration) -> Result<u64, StoreError> {
+pub async fn purge(store: &Store, older_than: Duration) -> Result<u64, StoreError> {
     let now_ms = store.server_time_ms().await?;
     let min_id = format!("{}-0", now_ms.saturating_sub(older_than.as_millis() as u64));
     let mut purged = 0;

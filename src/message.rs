@@ -50,6 +50,34 @@ pub enum DecodeError {
     /// The creation time is not a whole number of milliseconds.
     #[error("created_ms '{0}' is not a whole number")]
     InvalidCreatedMs(String),
+    /// A field too long to be read at all.
+    #[error(transparent)]
+    Oversized(#[from] Oversized),
+}
+
+/// A field of a stream entry too long to be read: its bytes were dropped as
+/// they arrived, so that a foreign entry of any size costs a reader no
+/// memory. Only its name and length are known.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("field '{field}' is {bytes} bytes, too long to read")]
+pub struct Oversized {
+    /// The field's name, cut short if long; `…` when the name itself was too
+    /// long to read.
+    pub field: String,
+    /// The length of what was too long (the value, or else the name).
+    pub bytes: u64,
+}
+
+impl Oversized {
+    /// A field named `field` (`None` when the name itself was dropped) whose
+    /// value, or name, was `bytes` long.
+    pub fn new(field: Option<&[u8]>, bytes: u64) -> Self {
+        let field = field.map_or_else(
+            || "…".to_owned(),
+            |name| truncated(&String::from_utf8_lossy(name)),
+        );
+        Self { field, bytes }
+    }
 }
 
 impl Message {
@@ -216,6 +244,17 @@ mod tests {
         for (entry, expected) in cases {
             assert_eq!(Message::from_fields(&entry), Err(expected));
         }
+    }
+
+    #[test]
+    fn oversized_fields_are_named_briefly() {
+        let long_name = vec![b'n'; 100];
+        let oversized = Oversized::new(Some(&long_name), 70_000);
+        assert_eq!(oversized.field, format!("{}…", "n".repeat(40)));
+        assert_eq!(
+            DecodeError::from(Oversized::new(None, 70_000)).to_string(),
+            "field '…' is 70000 bytes, too long to read"
+        );
     }
 
     #[test]

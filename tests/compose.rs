@@ -163,8 +163,12 @@ async fn the_compose_stack_runs_to_the_end() {
                     })
                     .unwrap_or(0)
             };
-            let done = value("sms_sent_total ") + value("sms_dead_total ") == 500
-                && value("sms_pending ") == 0;
+            let dead: u64 = last
+                .lines()
+                .filter(|l| l.starts_with("sms_dead_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+                .sum();
+            let done = value("sms_sent_total ") + dead == 500 && value("sms_pending ") == 0;
             async move { done }
         },
     )

@@ -20,7 +20,6 @@ use tokio_util::sync::CancellationToken;
 use super::flush::{Finished, InFlight};
 use super::gateway::{Inlet, Ready};
 use super::simulate::Simulator;
-use crate::message::MessageRef;
 use crate::settings::SendSettings;
 use crate::store::{
     Backoff, Outcome, Queued, ReadConnection, ReportItem, Store, StoreError, StreamEntry,
@@ -279,8 +278,9 @@ impl Dispatcher {
         };
         // Its lease is renewed from now on, until its result is written.
         self.in_flight.insert(&entry.id);
+        let checked = entry.message().map(|_| ());
         let id = entry.id;
-        if let Err(err) = MessageRef::from_fields(&entry.fields) {
+        if let Err(err) = checked {
             tracing::warn!(id, error = %err, "malformed entry; moving it to the dead stream");
             self.finish_now(id, Outcome::Malformed, hold);
             return;

@@ -46,7 +46,8 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 
-use super::resp::{RespConnection, array_elements, bulk_string, encode, replies, server_error};
+use super::frame::{array_elements, bulk_string, replies, server_error};
+use super::resp::{RespConnection, encode};
 use super::{Store, StoreError};
 use crate::message::{Message, field};
 

@@ -294,7 +294,12 @@ impl Store {
             let deliveries = int(NAME, parts.next().unwrap_or(Value::Nil))?.max(0) as u64;
             let fields = field_pairs(NAME, parts.next().unwrap_or(Value::Array(Vec::new())))?;
             claimed.push(ClaimedEntry {
-                entry: StreamEntry { id, fields },
+                // Read by redis-rs, which holds every value whole.
+                entry: StreamEntry {
+                    id,
+                    fields,
+                    oversized: None,
+                },
                 deliveries,
             });
         }

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 
 use redis::Value;
 
+use super::reader::IdAndValue;
 use super::reply::{array, int, text};
-use super::streams::{StreamEntry, entry};
+use super::streams::StreamEntry;
 use super::{ReadConnection, Store, StoreError};
 
 /// One row of the group's pending list.
@@ -76,73 +77,47 @@ fn count(
 }
 
 impl Store {
-    /// Up to `count` entries of `key` after `after` (from the start when `None`).
+    /// Up to `count` entries of `key` after `after` (from the start when
+    /// `None`), oldest first, read on `conn`: no value over the clipping
+    /// limit is held (see [`StreamEntry::oversized`]).
     pub async fn range_page(
         &self,
+        conn: &ReadConnection,
         key: &str,
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
-        const COMMAND: &str = "XRANGE";
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let mut conn = self.conn().await?;
-        let reply: Value = redis::cmd(COMMAND)
-            .arg(key)
-            .arg(start)
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis(COMMAND))?;
-        array(COMMAND, reply)?
-            .into_iter()
-            .map(|item| entry(COMMAND, item))
-            .collect()
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
+        conn.range_full(&cmd).await
     }
 
     /// Up to `count` entries of `key` before `before` (from the newest when
-    /// `None`), newest first.
+    /// `None`), newest first, read on `conn` like [`Store::range_page`].
     pub async fn range_page_rev(
         &self,
+        conn: &ReadConnection,
         key: &str,
         before: Option<&str>,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
-        const COMMAND: &str = "XREVRANGE";
         let end = before.map_or_else(|| "+".to_owned(), |id| format!("({id}"));
-        let mut conn = self.conn().await?;
-        let reply: Value = redis::cmd(COMMAND)
-            .arg(key)
-            .arg(end)
-            .arg("-")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis(COMMAND))?;
-        array(COMMAND, reply)?
-            .into_iter()
-            .map(|item| entry(COMMAND, item))
-            .collect()
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(key).arg(end).arg("-").arg("COUNT").arg(count);
+        conn.range_full(&cmd).await
     }
 
-    /// The entry `id` of `key`, if it is there.
-    pub async fn range_one(&self, key: &str, id: &str) -> Result<Option<StreamEntry>, StoreError> {
-        const COMMAND: &str = "XRANGE";
-        let mut conn = self.conn().await?;
-        let reply: Value = redis::cmd(COMMAND)
-            .arg(key)
-            .arg(id)
-            .arg(id)
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis(COMMAND))?;
-        array(COMMAND, reply)?
-            .into_iter()
-            .next()
-            .map(|item| entry(COMMAND, item))
-            .transpose()
+    /// The entry `id` of `key`, if it is there, read on `conn`.
+    pub async fn range_one(
+        &self,
+        conn: &ReadConnection,
+        key: &str,
+        id: &str,
+    ) -> Result<Option<StreamEntry>, StoreError> {
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(key).arg(id).arg(id);
+        Ok(conn.range_full(&cmd).await?.into_iter().next())
     }
 
     /// The type of `key` (`none` when it does not exist).
@@ -224,6 +199,26 @@ impl Store {
         let mut cmd = redis::cmd("XRANGE");
         cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
         conn.range_ids(&cmd).await
+    }
+
+    /// The ids of up to `count` entries of `key` after `after` (from the
+    /// start when `None`), each with the value of its field `name` (the last
+    /// one; `None` when absent or too long to read), read on `conn` like
+    /// [`Store::range_ids`]: the other fields are framed, never copied, and
+    /// no value over 64 KiB is ever held, so a page of entries with 1 MB
+    /// bodies costs what a page of small ones does.
+    pub async fn range_values(
+        &self,
+        conn: &ReadConnection,
+        key: &str,
+        after: Option<&str>,
+        count: usize,
+        name: &'static str,
+    ) -> Result<Vec<IdAndValue>, StoreError> {
+        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
+        conn.range_values(&cmd, name).await
     }
 
     /// Up to `count` rows of the group's pending list after `after`.

@@ -1,7 +1,8 @@
 //! The Redis layer: a connection pool plus dedicated connections for pipelined
 //! writes, a minimal connection of our own (`resp.rs`: replies framed, not
-//! parsed by redis-rs) carrying the sender's reads and the audit's walk over
-//! stream ids ([`ReadConnection`]) and the producer's exactly-once batches
+//! parsed by redis-rs; strings over 64 KiB dropped as they arrive) carrying
+//! the sender's reads and the audit's walks over stream ids and dead reasons
+//! ([`ReadConnection`]) and the producer's exactly-once batches
 //! ([`BatchConnection`]), typed stream operations, typed wrappers of the
 //! Functions library, the migrations, the one place where transient failures are retried, and
 //! [`Queued`] requests: sent now, their replies awaited later, so several are
@@ -9,6 +10,7 @@
 
 mod batches;
 mod error;
+mod frame;
 mod functions;
 mod identity;
 mod inspect;

@@ -14,6 +14,10 @@
 //! Requests are written in the order they are made and answered in that
 //! order, so several can be on the wire at once. A request may carry several
 //! commands (a pipeline); its reply is the bytes of their replies, together.
+//!
+//! The scanner and the helpers that read framed replies live in `frame.rs`;
+//! the scanner also drops strings over [`MAX_VALUE_BYTES`] as their bytes
+//! arrive, so a reply never holds one whole.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -24,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
-use super::reply::bad;
+use super::frame::{FrameScanner, MAX_VALUE_BYTES, server_error};
 
 /// Room kept free in the read buffer; a read of 1,000 entries is ~170 KB.
 const READ_CHUNK: usize = 64 * 1024;
@@ -184,7 +188,7 @@ async fn drive<S>(
     let (mut socket_in, mut socket_out) = tokio::io::split(stream);
     let mut waiting: VecDeque<Waiting> = VecDeque::new();
     let mut buffer = BytesMut::with_capacity(READ_CHUNK);
-    let mut scanner = FrameScanner::default();
+    let mut scanner = FrameScanner::new(MAX_VALUE_BYTES);
     // Replies of the oldest waiting request that are complete in `buffer`.
     let mut complete = 0;
     // Set once every handle is gone: the last moment to wait for replies.
@@ -274,164 +278,6 @@ fn clone_error(err: &RedisError) -> RedisError {
     ))
 }
 
-/// Finds where each complete RESP2 reply ends in a buffer that grows at its
-/// end, without looking at any byte twice: it keeps its place and the
-/// elements still owed by each open array between calls.
-#[derive(Debug, Default)]
-struct FrameScanner {
-    /// Where the next element starts.
-    at: usize,
-    /// Elements still to come in each open array, innermost last.
-    open: Vec<i64>,
-}
-
-impl FrameScanner {
-    /// Starts over at the front of the buffer (after the caller took the
-    /// replies scanned so far), keeping the array stack's memory.
-    fn restart(&mut self) {
-        self.at = 0;
-        self.open.clear();
-    }
-
-    /// Where the next complete reply in `buffer` ends (scanning on from the
-    /// end of the last one found), `None` if it has not all arrived, or what
-    /// is wrong with it.
-    fn scan(&mut self, buffer: &[u8]) -> Result<Option<usize>, &'static str> {
-        loop {
-            let rest = &buffer[self.at..];
-            let Some(line_end) = rest.windows(2).position(|w| w == b"\r\n") else {
-                return Ok(None);
-            };
-            let Some((&kind, line)) = rest[..line_end].split_first() else {
-                return Err("an empty line");
-            };
-            let header = line_end + 2;
-            match kind {
-                b'+' | b'-' | b':' => self.at += header,
-                b'$' => {
-                    let len = length(line)?;
-                    let total = if len < 0 {
-                        header
-                    } else {
-                        header + len as usize + 2
-                    };
-                    if rest.len() < total {
-                        return Ok(None);
-                    }
-                    self.at += total;
-                }
-                b'*' => {
-                    self.at += header;
-                    let len = length(line)?;
-                    if len > 0 {
-                        self.open.push(len);
-                        continue;
-                    }
-                }
-                _ => return Err("an unknown type byte"),
-            }
-            // One element is complete: close the arrays it completes.
-            loop {
-                match self.open.last_mut() {
-                    None => return Ok(Some(self.at)),
-                    Some(left) => {
-                        *left -= 1;
-                        if *left > 0 {
-                            break;
-                        }
-                        self.open.pop();
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// The length in a `$` or `*` header (-1 for nil).
-fn length(line: &[u8]) -> Result<i64, &'static str> {
-    std::str::from_utf8(line)
-        .ok()
-        .and_then(|text| text.parse().ok())
-        .filter(|len| *len >= -1)
-        .ok_or("a bad length")
-}
-
-/// The replies in `bytes`, one slice each, for a caller that only needs to
-/// look at the first bytes of each (a status, an error, a count).
-pub(super) fn replies<'a>(
-    command: &'static str,
-    bytes: &'a [u8],
-) -> impl Iterator<Item = Result<&'a [u8], StoreError>> + 'a {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        if at == bytes.len() {
-            return None;
-        }
-        let found = FrameScanner::default().scan(&bytes[at..]);
-        Some(match found {
-            Ok(Some(len)) => {
-                let reply = &bytes[at..at + len];
-                at += len;
-                Ok(reply)
-            }
-            Ok(None) => {
-                at = bytes.len();
-                Err(bad(command, "an incomplete reply"))
-            }
-            Err(detail) => {
-                at = bytes.len();
-                Err(bad(command, detail))
-            }
-        })
-    })
-}
-
-/// The elements of an array reply (`*<n>` then its elements), or `None` for a
-/// nil array. Anything else is an error.
-pub(super) fn array_elements<'a>(
-    command: &'static str,
-    reply: &'a [u8],
-) -> Result<Option<&'a [u8]>, StoreError> {
-    let header_end = reply
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .ok_or_else(|| bad(command, "an incomplete reply"))?;
-    match reply.split_first() {
-        Some((b'*', _)) if &reply[1..header_end] == b"-1" => Ok(None),
-        Some((b'*', _)) => Ok(Some(&reply[header_end + 2..])),
-        _ => Err(bad(command, "expected an array")),
-    }
-}
-
-/// The bytes of a bulk string reply (`$<n>` then `n` bytes). Anything else,
-/// nil included, is an error.
-pub(super) fn bulk_string<'a>(
-    command: &'static str,
-    reply: &'a [u8],
-) -> Result<&'a [u8], StoreError> {
-    let header_end = reply
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .ok_or_else(|| bad(command, "an incomplete reply"))?;
-    let len = match reply.split_first() {
-        Some((b'$', _)) => length(&reply[1..header_end]).map_err(|detail| bad(command, detail))?,
-        _ => return Err(bad(command, "expected a string")),
-    };
-    usize::try_from(len)
-        .ok()
-        .and_then(|len| reply.get(header_end + 2..header_end + 2 + len))
-        .ok_or_else(|| bad(command, "expected a string"))
-}
-
-/// An error reply as redis-rs would report it (so that NOGROUP and the like
-/// are told apart exactly as on other connections); `Ok` for anything else.
-pub(super) fn server_error(reply: &[u8]) -> Result<(), RedisError> {
-    if reply.first() == Some(&b'-') {
-        redis::parse_redis_value(reply)?.extract_error()?;
-    }
-    Ok(())
-}
-
 /// Appends one command, its arguments as RESP bulk strings, to `out`.
 pub(super) fn encode(out: &mut Vec<u8>, args: &[&[u8]]) {
     let mut number = itoa::Buffer::new();
@@ -457,59 +303,6 @@ mod tests {
         *2\r\n$3\r\n2-0\r\n*-1\r\n";
 
     #[test]
-    fn a_reply_is_framed_whatever_pieces_it_arrives_in() {
-        for piece in [1, 2, 3, 7, REPLY.len()] {
-            let mut scanner = FrameScanner::default();
-            let mut buffer = Vec::new();
-            let mut found = None;
-            for chunk in REPLY.chunks(piece) {
-                assert_eq!(found, None, "framed before the end, pieces of {piece}");
-                buffer.extend_from_slice(chunk);
-                found = scanner.scan(&buffer).expect("valid");
-            }
-            assert_eq!(found, Some(REPLY.len()), "pieces of {piece}");
-        }
-    }
-
-    #[test]
-    fn back_to_back_replies_are_framed_one_at_a_time() {
-        let buffer = b"*-1\r\n:5\r\n$-1\r\n*0\r\n-ERR no\r\n";
-        let mut scanner = FrameScanner::default();
-        let mut ends = Vec::new();
-        while let Some(end) = scanner.scan(buffer).expect("valid") {
-            ends.push(end);
-        }
-        assert_eq!(ends, [5, 9, 14, 18, 27]);
-        let lengths: Vec<usize> = replies("TEST", buffer)
-            .map(|reply| reply.expect("valid").len())
-            .collect();
-        assert_eq!(lengths, [5, 4, 5, 4, 9]);
-    }
-
-    #[test]
-    fn garbage_is_an_error_not_a_hang() {
-        assert!(FrameScanner::default().scan(b"?what\r\n").is_err());
-        assert!(FrameScanner::default().scan(b"$x\r\n").is_err());
-        assert!(FrameScanner::default().scan(b"*-2\r\n").is_err());
-        assert!(
-            replies("TEST", b":1\r\n$5\r\nab")
-                .nth(1)
-                .expect("a second")
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn arrays_give_their_elements_and_nil_arrays_none() {
-        assert_eq!(
-            array_elements("TEST", b"*2\r\n:1\r\n+OK\r\n").expect("an array"),
-            Some(&b":1\r\n+OK\r\n"[..])
-        );
-        assert_eq!(array_elements("TEST", b"*-1\r\n").expect("nil"), None);
-        assert!(array_elements("TEST", b"+OK\r\n").is_err());
-    }
-
-    #[test]
     fn commands_encode_as_resp_bulk_strings() {
         let mut out = Vec::new();
         encode(&mut out, &[b"XADD", b"s", b"*", b""]);
@@ -528,6 +321,24 @@ mod tests {
         server.write_all(b":1\r\n+PONG\r\n").await.expect("reply");
         assert_eq!(&pair.await.expect("both replies")[..], b"+OK\r\n:1\r\n");
         assert_eq!(&single.await.expect("its reply")[..], b"+PONG\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_reply_with_a_long_string_comes_with_the_marker_in_its_place() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let conn = RespConnection::start(client, Duration::from_secs(5));
+        let read = conn.send_cmd("XRANGE", &redis::cmd("XRANGE"));
+        let long = 1024 * 1024;
+        let mut reply = format!("*2\r\n$3\r\n1-0\r\n${long}\r\n").into_bytes();
+        reply.resize(reply.len() + long, b'x');
+        reply.extend_from_slice(b"\r\n");
+        // The duplex pipe carries it in pieces of at most 4 KiB.
+        server.write_all(&reply).await.expect("reply");
+        let got = read.await.expect("answered");
+        assert_eq!(
+            &got[..],
+            format!("*2\r\n$3\r\n1-0\r\n-CLIPPED {long}\r\n").as_bytes()
+        );
     }
 
     #[tokio::test]

@@ -2,19 +2,29 @@
 
 use std::future::Future;
 
-use redis::Value;
-
-use super::reply::{array, field_pairs, text};
 use super::{ReadConnection, Store, StoreError};
-use crate::message::RawFields;
+use crate::message::{DecodeError, MessageRef, Oversized, RawFields};
 
 /// One stream entry, its fields kept as raw bytes until decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamEntry {
     /// The entry id, which is also the message id.
     pub id: String,
-    /// Field/value pairs as stored.
+    /// Field/value pairs as stored; none when a field was too long to read.
     pub fields: RawFields,
+    /// The first field that was too long to read, if any: the entry is then
+    /// not a message, and its fields were not kept.
+    pub oversized: Option<Oversized>,
+}
+
+impl StreamEntry {
+    /// The message this entry holds, or why it holds none.
+    pub fn message(&self) -> Result<MessageRef<'_>, DecodeError> {
+        match &self.oversized {
+            Some(oversized) => Err(oversized.clone().into()),
+            None => MessageRef::from_fields(&self.fields),
+        }
+    }
 }
 
 impl Store {
@@ -42,17 +52,4 @@ impl Store {
             .arg(">");
         conn.read(&cmd)
     }
-}
-
-/// Decodes `[id, [field, value, ...]]`; an entry deleted from the stream has
-/// a nil field list and decodes with no fields (it then fails message decoding
-/// and is dead-lettered rather than lost).
-pub(super) fn entry(command: &'static str, value: Value) -> Result<StreamEntry, StoreError> {
-    let mut parts = array(command, value)?.into_iter();
-    let id = text(command, parts.next().unwrap_or(Value::Nil))?;
-    let fields = match parts.next() {
-        None | Some(Value::Nil) => Vec::new(),
-        Some(fields) => field_pairs(command, fields)?,
-    };
-    Ok(StreamEntry { id, fields })
 }
