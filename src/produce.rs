@@ -105,7 +105,7 @@ pub async fn run(
         )));
     }
     Ok(ProduceSummary {
-        already_written: skip.len() as u64 * plan.batch,
+        already_written: skip.iter().map(|&seq| batch_len(&plan, seq)).sum(),
         run_id,
         count: written,
         elapsed: started.elapsed(),
@@ -220,6 +220,14 @@ async fn keep_lease(
             }
         }
     }
+}
+
+/// Messages in batch `seq` (numbered from 1) of `plan`: the last batch of a
+/// run whose count is not a multiple of the batch size is short.
+fn batch_len(plan: &RunPlan, seq: u64) -> u64 {
+    plan.count
+        .saturating_sub(seq.saturating_sub(1).saturating_mul(plan.batch))
+        .min(plan.batch)
 }
 
 /// `[3, 4, 5, 9]` as `3-5, 9`.
@@ -404,7 +412,18 @@ async fn retry(store: &Store, batch: &PreparedBatch, err: StoreError) -> Result<
 
 #[cfg(test)]
 mod tests {
-    use super::ranges;
+    use super::{RunPlan, batch_len, ranges};
+
+    #[test]
+    fn the_last_batch_of_a_run_may_be_short() {
+        let plan = RunPlan {
+            count: 25,
+            seed: 0,
+            batch: 10,
+        };
+        let lens: Vec<u64> = (1..=4).map(|seq| batch_len(&plan, seq)).collect();
+        assert_eq!(lens, [10, 10, 5, 0]);
+    }
 
     #[test]
     fn missing_batches_read_as_ranges() {

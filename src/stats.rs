@@ -164,12 +164,18 @@ fn serialize_retention<S: serde::Serializer>(
 }
 
 impl Snapshot {
-    /// Reads a snapshot: a few round trips whatever the queue's size (one
-    /// Function call for the counters and figures, then the open producer
-    /// runs, the live senders and Redis's memory). Nothing is written.
+    /// Reads a snapshot: a few round trips whatever the queue's size (the
+    /// open producer runs, one Function call for the counters and figures,
+    /// then the live senders and Redis's memory). Nothing is written.
+    ///
+    /// The runs are read before the figures, so that every message of a run
+    /// seen ended is counted in them: read after, a run that started and
+    /// ended in between would look finished while its messages were not
+    /// counted, and `--until-done` would end before they were sent.
     pub async fn read(store: &Store) -> Result<Self, StoreError> {
+        let (open_runs, any_run) = store.open_runs().await?;
         let mut snapshot = Self::from_fields(&store.snapshot_fields().await?);
-        (snapshot.open_runs, snapshot.any_run) = store.open_runs().await?;
+        (snapshot.open_runs, snapshot.any_run) = (open_runs, any_run);
         snapshot.live_senders = store.live_sender_count().await?;
         snapshot.memory = Memory::from_info(&store.info("memory").await?);
         Ok(snapshot)
