@@ -16,7 +16,9 @@ const POLL: Duration = Duration::from_millis(250);
 /// Takes `name` for this process (`token`). A holder that renews its lease
 /// while we watch is alive: refuse with [`SendError::NameInUse`]. A holder
 /// that does not is dead: wait for its lease to run out, then take the name.
-/// Returns `Ok(false)` if `stop` fired first.
+/// Returns `Ok(false)` if `stop` fired first, also while Redis cannot record
+/// the name (away, or out of memory): nothing was started, so a signal stops
+/// the sender at once.
 pub(super) async fn acquire(
     store: &Store,
     name: &str,
@@ -26,9 +28,11 @@ pub(super) async fn acquire(
 ) -> Result<bool, SendError> {
     let mut last_remaining: Option<Duration> = None;
     loop {
-        let hold = store
-            .retrying("take the sender name", || store.hold_name(name, token, ttl))
-            .await?;
+        let take = store.retrying("take the sender name", || store.hold_name(name, token, ttl));
+        let hold = tokio::select! {
+            hold = take => hold?,
+            () = stop.cancelled() => return Ok(false),
+        };
         let remaining = match hold {
             NameHold::Held => return Ok(true),
             NameHold::HeldByOther(remaining) => remaining,
