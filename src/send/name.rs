@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SendError;
 use super::fatal::Fatal;
-use crate::store::{NameHold, Store};
+use crate::store::{FailureLog, NameHold, Store};
 
 /// Longest wait between two looks at a name held by someone else.
 const POLL: Duration = Duration::from_millis(250);
@@ -62,7 +62,9 @@ pub(super) async fn acquire(
 /// Renews the name every third of its lease until `stop` fires. If another
 /// process has taken the name (we were paused longer than the lease), this
 /// sender must not go on under it: cancel `stop` and return true. Lost or
-/// damaged queue state is raised through `fatal`.
+/// damaged queue state is raised through `fatal`. Failures are logged
+/// sparingly ([`FailureLog`]): at `maxmemory` every renewal fails for as
+/// long as memory stays full.
 pub(super) async fn keep(
     store: Store,
     name: String,
@@ -73,13 +75,14 @@ pub(super) async fn keep(
 ) -> bool {
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log = FailureLog::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return false,
         }
         match store.hold_name(&name, &token, ttl).await {
-            Ok(NameHold::Held) => {}
+            Ok(NameHold::Held) => log.succeeded("renew the sender name"),
             Ok(NameHold::HeldByOther(_)) => {
                 tracing::error!(name, "another process took this sender's name; stopping");
                 stop.cancel();
@@ -89,9 +92,7 @@ pub(super) async fn keep(
                 fatal.raise(err);
                 return false;
             }
-            Err(err) => {
-                tracing::warn!(name, error = %err, "could not renew the sender name; will retry")
-            }
+            Err(err) => log.failed("renew the sender name", &err, ttl / 3),
         }
     }
 }
