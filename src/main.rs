@@ -215,6 +215,13 @@ async fn execute_on(
         Task::Migrate(_) | Task::Completions(_) => {}
         Task::Produce(produce_settings) => {
             let summary = produce::run(&store, &produce_settings, shutdown).await?;
+            if !summary.started {
+                println!(
+                    "stopped by a signal before run {} started: nothing was produced",
+                    summary.run_id
+                );
+                return Ok(ExitStatus::Success);
+            }
             println!(
                 "produced {} messages in {:.3}s ({:.0} msg/s), run {}{}",
                 summary.count,
@@ -414,17 +421,19 @@ fn sink_for(stdout: &mut std::io::Stdout, json: bool) -> Sink<'_> {
 }
 
 /// First Ctrl-C or SIGTERM: cancel `shutdown` (drain and exit 0). Second: exit
-/// 130 at once.
+/// 130 at once. The handlers are installed before this returns, before any
+/// connection is opened: a signal that came before them would kill the
+/// process without a word.
 fn watch_signals(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::warn!("cannot listen for signals; Ctrl-C will stop the process at once");
+        return;
+    };
     tokio::spawn(async move {
-        let (Ok(mut interrupt), Ok(mut terminate)) = (
-            signal(SignalKind::interrupt()),
-            signal(SignalKind::terminate()),
-        ) else {
-            tracing::warn!("cannot listen for signals; Ctrl-C will stop the process at once");
-            return;
-        };
         loop {
             tokio::select! {
                 _ = interrupt.recv() => {}

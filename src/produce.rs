@@ -48,6 +48,10 @@ pub struct ProduceSummary {
     pub elapsed: Duration,
     /// Whether shutdown stopped the run early.
     pub interrupted: bool,
+    /// Whether the run started (recorded, or taken over to resume): false
+    /// when shutdown came while Redis would not record it yet (away, or out
+    /// of memory), and nothing was written.
+    pub started: bool,
 }
 
 impl ProduceSummary {
@@ -59,8 +63,8 @@ impl ProduceSummary {
 
 /// Produces one run: `settings.count` new messages, or what a run being
 /// resumed still lacks. Stops early (between batches) if `shutdown` fires,
-/// recording the run as stopped. Expects a store opened on the queue
-/// ([`Store::open`]).
+/// recording the run as stopped, or at once while the run is not recorded
+/// yet. Expects a store opened on the queue ([`Store::open`]).
 pub async fn run(
     store: &Store,
     settings: &ProduceSettings,
@@ -68,7 +72,26 @@ pub async fn run(
 ) -> Result<ProduceSummary, StoreError> {
     let started = Instant::now();
     let token = format!("{:016x}", rand::rng().random::<u64>());
-    let (run_id, plan, skip) = begin(store, settings, &token).await?;
+    let run_id = settings
+        .resume
+        .clone()
+        .or_else(|| settings.run_id.clone())
+        .unwrap_or_else(|| format!("{:016x}", rand::rng().random::<u64>()));
+    let (plan, skip) = tokio::select! {
+        begun = begin(store, settings, &run_id, &token) => begun?,
+        // Redis would not record the run yet (away, or out of memory):
+        // nothing was written, so a signal stops the producer at once.
+        () = shutdown.cancelled() => {
+            return Ok(ProduceSummary {
+                run_id,
+                count: 0,
+                already_written: 0,
+                elapsed: started.elapsed(),
+                interrupted: true,
+                started: false,
+            });
+        }
+    };
     tracing::info!(
         run = run_id,
         count = plan.count,
@@ -110,17 +133,19 @@ pub async fn run(
         count: written,
         elapsed: started.elapsed(),
         interrupted,
+        started: true,
     })
 }
 
-/// Starts a new run, or takes over the one to resume: its id, plan, and the
-/// batches already written.
+/// Starts the new run `run_id`, or takes over the one to resume: its plan,
+/// and the batches already written.
 async fn begin(
     store: &Store,
     settings: &ProduceSettings,
+    run_id: &str,
     token: &str,
-) -> Result<(String, RunPlan, HashSet<u64>), StoreError> {
-    if let Some(run_id) = &settings.resume {
+) -> Result<(RunPlan, HashSet<u64>), StoreError> {
+    if settings.resume.is_some() {
         let plan = store
             .retrying("resume the producer run", || {
                 store.resume_run(run_id, token, settings.lease)
@@ -131,12 +156,8 @@ async fn begin(
                 store.written_batches(run_id)
             })
             .await?;
-        return Ok((run_id.clone(), plan, written));
+        return Ok((plan, written));
     }
-    let run_id = settings
-        .run_id
-        .clone()
-        .unwrap_or_else(|| format!("{:016x}", rand::rng().random::<u64>()));
     let plan = RunPlan {
         count: settings.count,
         seed: settings.seed.unwrap_or_else(|| rand::rng().random()),
@@ -144,10 +165,10 @@ async fn begin(
     };
     store
         .retrying("record the producer run", || {
-            store.start_run(&run_id, &plan, token, settings.lease)
+            store.start_run(run_id, &plan, token, settings.lease)
         })
         .await?;
-    Ok((run_id, plan, HashSet::new()))
+    Ok((plan, HashSet::new()))
 }
 
 /// Writes the run's batches not in `skip`. Returns the messages written and

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SendError;
 use super::fatal::Fatal;
-use crate::store::{NameHold, Store};
+use crate::store::{FailureLog, NameHold, Store};
 
 /// Longest wait between two looks at a name held by someone else.
 const POLL: Duration = Duration::from_millis(250);
@@ -16,7 +16,9 @@ const POLL: Duration = Duration::from_millis(250);
 /// Takes `name` for this process (`token`). A holder that renews its lease
 /// while we watch is alive: refuse with [`SendError::NameInUse`]. A holder
 /// that does not is dead: wait for its lease to run out, then take the name.
-/// Returns `Ok(false)` if `stop` fired first.
+/// Returns `Ok(false)` if `stop` fired first, also while Redis cannot record
+/// the name (away, or out of memory): nothing was started, so a signal stops
+/// the sender at once.
 pub(super) async fn acquire(
     store: &Store,
     name: &str,
@@ -26,9 +28,11 @@ pub(super) async fn acquire(
 ) -> Result<bool, SendError> {
     let mut last_remaining: Option<Duration> = None;
     loop {
-        let hold = store
-            .retrying("take the sender name", || store.hold_name(name, token, ttl))
-            .await?;
+        let take = store.retrying("take the sender name", || store.hold_name(name, token, ttl));
+        let hold = tokio::select! {
+            hold = take => hold?,
+            () = stop.cancelled() => return Ok(false),
+        };
         let remaining = match hold {
             NameHold::Held => return Ok(true),
             NameHold::HeldByOther(remaining) => remaining,
@@ -58,7 +62,9 @@ pub(super) async fn acquire(
 /// Renews the name every third of its lease until `stop` fires. If another
 /// process has taken the name (we were paused longer than the lease), this
 /// sender must not go on under it: cancel `stop` and return true. Lost or
-/// damaged queue state is raised through `fatal`.
+/// damaged queue state is raised through `fatal`. Failures are logged
+/// sparingly ([`FailureLog`]): at `maxmemory` every renewal fails for as
+/// long as memory stays full.
 pub(super) async fn keep(
     store: Store,
     name: String,
@@ -69,13 +75,14 @@ pub(super) async fn keep(
 ) -> bool {
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut log = FailureLog::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = stop.cancelled() => return false,
         }
         match store.hold_name(&name, &token, ttl).await {
-            Ok(NameHold::Held) => {}
+            Ok(NameHold::Held) => log.succeeded("renew the sender name"),
             Ok(NameHold::HeldByOther(_)) => {
                 tracing::error!(name, "another process took this sender's name; stopping");
                 stop.cancel();
@@ -85,9 +92,7 @@ pub(super) async fn keep(
                 fatal.raise(err);
                 return false;
             }
-            Err(err) => {
-                tracing::warn!(name, error = %err, "could not renew the sender name; will retry")
-            }
+            Err(err) => log.failed("renew the sender name", &err, ttl / 3),
         }
     }
 }

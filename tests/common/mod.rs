@@ -469,3 +469,28 @@ pub async fn wait_exit(child: &mut Child, deadline: Duration) -> std::process::E
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A child process killed and reaped when dropped, so that a test that fails
+/// half-way leaves no process behind.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        // Already gone if the test waited for it: both calls then do nothing.
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
