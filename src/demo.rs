@@ -27,6 +27,9 @@ pub enum DemoError {
     /// The monitor failed.
     #[error(transparent)]
     Monitor(#[from] MonitorError),
+    /// The producer failed.
+    #[error(transparent)]
+    Produce(#[from] crate::produce::ProduceError),
 }
 
 impl DemoError {
@@ -37,6 +40,7 @@ impl DemoError {
             Self::Store(err) => Some(err),
             Self::Send(err) => err.store_error(),
             Self::Monitor(err) => err.store_error(),
+            Self::Produce(err) => err.store_error(),
         }
     }
 }

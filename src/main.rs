@@ -12,6 +12,7 @@ use sms_alerts::embedded::{EmbeddedRedis, Persistence};
 use sms_alerts::exit::ExitStatus;
 use sms_alerts::monitor::MonitorError;
 use sms_alerts::monitor::Sink;
+use sms_alerts::produce::ProduceError;
 use sms_alerts::send::SendError;
 use sms_alerts::settings::LogSettings;
 use sms_alerts::settings::{self, DeadTask, Settings, Task};
@@ -103,7 +104,8 @@ fn exit_status(err: &anyhow::Error) -> ExitStatus {
         .downcast_ref::<StoreError>()
         .or_else(|| err.downcast_ref::<SendError>()?.store_error())
         .or_else(|| err.downcast_ref::<MonitorError>()?.store_error())
-        .or_else(|| err.downcast_ref::<DemoError>()?.store_error());
+        .or_else(|| err.downcast_ref::<DemoError>()?.store_error())
+        .or_else(|| err.downcast_ref::<ProduceError>()?.store_error());
     match store_error {
         Some(err) if err.is_queue_state() => ExitStatus::QueueState,
         Some(StoreError::InvalidUrl { .. } | StoreError::Refused(_)) => ExitStatus::Usage,
@@ -213,7 +215,18 @@ async fn execute_on(
     };
     match settings.task {
         Task::Migrate(_) | Task::Completions(_) => {}
-        Task::Produce(produce_settings) => {
+        Task::Produce(mut produce_settings) => {
+            // The run's id, printed before anything is written, so that a
+            // producer killed at any moment can be resumed by it.
+            match &produce_settings.resume {
+                Some(run) => println!("resuming producer run {run}"),
+                None => {
+                    let run = produce_settings
+                        .run_id
+                        .get_or_insert_with(produce::new_run_id);
+                    println!("producer run {run}: {} messages", produce_settings.count);
+                }
+            }
             let summary = produce::run(&store, &produce_settings, shutdown).await?;
             if !summary.started {
                 println!(

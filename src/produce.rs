@@ -16,6 +16,7 @@ use std::collections::{HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rand::RngExt;
+use thiserror::Error;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -34,6 +35,40 @@ const GENERATED_AHEAD: usize = 2;
 /// Committed batches whose outcome is still to come. The replies come in
 /// order, so this only bounds memory; two keep the socket busy.
 const COMMITTED_IN_FLIGHT: usize = 2;
+
+/// Why a producer stopped with an error.
+#[derive(Debug, Error)]
+pub enum ProduceError {
+    /// Redis failed in a way retrying cannot fix, or the queue's state is
+    /// lost or damaged.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Another producer took the run over while this one was paused longer
+    /// than its lease; this one stopped, and the other finishes the run.
+    #[error(
+        "producer run {run} was taken over by another producer (this one was paused longer than \
+         its lease); stopped"
+    )]
+    TakenOver {
+        /// The run.
+        run: String,
+    },
+}
+
+impl ProduceError {
+    /// The Redis error behind this one, if any.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        match self {
+            Self::Store(err) => Some(err),
+            Self::TakenOver { .. } => None,
+        }
+    }
+}
+
+/// A new run's id: 16 random hex digits.
+pub fn new_run_id() -> String {
+    format!("{:016x}", rand::rng().random::<u64>())
+}
 
 /// What a producer run did.
 #[derive(Debug, Clone, PartialEq)]
@@ -69,14 +104,14 @@ pub async fn run(
     store: &Store,
     settings: &ProduceSettings,
     shutdown: &CancellationToken,
-) -> Result<ProduceSummary, StoreError> {
+) -> Result<ProduceSummary, ProduceError> {
     let started = Instant::now();
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let run_id = settings
         .resume
         .clone()
         .or_else(|| settings.run_id.clone())
-        .unwrap_or_else(|| format!("{:016x}", rand::rng().random::<u64>()));
+        .unwrap_or_else(new_run_id);
     let (plan, skip) = tokio::select! {
         begun = begin(store, settings, &run_id, &token) => begun?,
         // Redis would not record the run yet (away, or out of memory):
@@ -120,12 +155,12 @@ pub async fn run(
         })
         .await?;
     if !missing.is_empty() {
-        return Err(StoreError::Lost(format!(
+        return Err(ProduceError::Store(StoreError::Lost(format!(
             "producer run {run_id}: batches {} of {} are no longer recorded: Redis lost writes \
              it had acknowledged (flushed, or restarted without its data)",
             ranges(&missing),
             plan.batches()
-        )));
+        ))));
     }
     Ok(ProduceSummary {
         already_written: skip.iter().map(|&seq| batch_len(&plan, seq)).sum(),
@@ -180,7 +215,7 @@ async fn write_run(
     skip: &HashSet<u64>,
     shutdown: &CancellationToken,
     lost_lease: &CancellationToken,
-) -> Result<(u64, bool), StoreError> {
+) -> Result<(u64, bool), ProduceError> {
     let mut writer = Writer::connect(store).await?;
     let (mut batches, generating) = generate(store.clone(), plan, skip.clone(), run_id.to_owned());
     let mut interrupted = false;
@@ -190,10 +225,9 @@ async fn write_run(
             break;
         }
         if lost_lease.is_cancelled() {
-            return Err(StoreError::Refused(format!(
-                "producer run {run_id} was taken over by another producer (this one was paused \
-                 longer than its lease); stopped"
-            )));
+            return Err(ProduceError::TakenOver {
+                run: run_id.to_owned(),
+            });
         }
         let Some(prepared) = batches.recv().await else {
             break;

@@ -64,6 +64,16 @@ struct Exited {
 }
 
 impl Exited {
+    /// The first line a producer printed: the run it starts or resumes.
+    fn start_line(&self) -> &str {
+        self.stdout.lines().next().unwrap_or_default()
+    }
+
+    /// The last line a producer printed: what it did.
+    fn summary(&self) -> &str {
+        self.stdout.trim_end().lines().last().unwrap_or_default()
+    }
+
     /// Asserts the exit code, showing what the process printed otherwise.
     fn expect_code(&self, code: i32) -> &Self {
         assert_eq!(
@@ -489,8 +499,9 @@ async fn a_killed_producer_ends_until_done_within_a_lease_and_resumes_to_its_cou
     resumed.expect_code(0);
     let summary = format!("produced {} messages", COUNT - written);
     let before = format!("run r1; {written} more were written before it was resumed");
+    assert_eq!(resumed.start_line(), "resuming producer run r1");
     assert!(
-        resumed.stdout.starts_with(&summary) && resumed.stdout.trim_end().ends_with(&before),
+        resumed.summary().starts_with(&summary) && resumed.summary().ends_with(&before),
         "expected the resumed producer to say `{summary} ... {before}`, it said: {}",
         resumed.stdout
     );
@@ -534,8 +545,7 @@ async fn a_producer_stopped_by_sigterm_names_its_run_and_is_resumed_at_once() {
     let store = store(url, &prefix).await;
     let sender = start_sender(url, &prefix);
 
-    // No --run-id: the id is chosen at random and printed at start (log) and
-    // end (stdout). A lease far longer than the test: the stopped producer
+    // No --run-id: the id is chosen at random and printed at start and end. A lease far longer than the test: the stopped producer
     // must give it back, or the resume below is refused.
     let (count, batch) = (COUNT.to_string(), BATCH.to_string());
     let producer = start_logging(
@@ -553,7 +563,7 @@ async fn a_producer_stopped_by_sigterm_names_its_run_and_is_resumed_at_once() {
     let written = written_mid_run(url, &store).await;
     let batches_written = written / BATCH;
     let run = stopped
-        .stdout
+        .summary()
         .split_once(", run ")
         .and_then(|(head, rest)| {
             head.starts_with(&format!("produced {written} messages"))
@@ -574,6 +584,11 @@ async fn a_producer_stopped_by_sigterm_names_its_run_and_is_resumed_at_once() {
             .contains(&format!("`sms-alerts produce --resume {run}` finishes it")),
         "expected the stopped producer to say how to finish run {run}: {}",
         stopped.stdout
+    );
+    assert_eq!(
+        stopped.start_line(),
+        format!("producer run {run}: {COUNT} messages"),
+        "the run's id comes first, before anything is written"
     );
     assert!(
         stopped
@@ -620,7 +635,7 @@ async fn a_producer_stopped_by_sigterm_names_its_run_and_is_resumed_at_once() {
     resumed.expect_code(0);
     assert!(
         resumed
-            .stdout
+            .summary()
             .starts_with(&format!("produced {} messages", COUNT - written)),
         "expected the resumed producer to write the {} messages left: {}",
         COUNT - written,
@@ -759,8 +774,7 @@ async fn a_run_whose_producer_died_after_its_last_batch_resumes_to_nothing_more(
     resumed.expect_code(0);
     let said = "run tail; 25 more were written before it was resumed";
     assert!(
-        resumed.stdout.starts_with("produced 0 messages")
-            && resumed.stdout.trim_end().ends_with(said),
+        resumed.summary().starts_with("produced 0 messages") && resumed.summary().ends_with(said),
         "expected the resumed producer to write nothing and say `{said}`, it said: {}",
         resumed.stdout
     );

@@ -9,9 +9,8 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::{BenchSizes, clean, fresh_with, start, stop, used_memory, wait_settled};
+use super::{BenchSizes, clean, fresh_with, produce, start, stop, used_memory, wait_settled};
 use crate::audit;
-use crate::produce;
 use crate::settings::ProduceSettings;
 use crate::store::{QueueOptions, Retention, Store, StoreError};
 
@@ -78,7 +77,7 @@ pub(super) async fn run(
 /// claim a full batch.
 async fn reclaim_cost(url: &str, pending: u64) -> Result<(f64, f64), StoreError> {
     let store = fresh_with(url, "reclaim", &QueueOptions::default()).await?;
-    produce::run(
+    produce(
         &store,
         &ProduceSettings {
             count: pending,
@@ -86,7 +85,6 @@ async fn reclaim_cost(url: &str, pending: u64) -> Result<(f64, f64), StoreError>
             batch: 1_000,
             ..ProduceSettings::default()
         },
-        &CancellationToken::new(),
     )
     .await?;
     let reader = store.read_connection(Duration::ZERO).await?;
@@ -202,7 +200,7 @@ async fn continuous(url: &str, total: u64, retention: Retention) -> Result<Conti
             batch: 1_000,
             ..ProduceSettings::default()
         };
-        produce::run(&store, &settings, &CancellationToken::new()).await?;
+        produce(&store, &settings).await?;
         produced += wave;
         wait_settled(&store, produced).await?;
         counting.store(true, Ordering::Relaxed);

@@ -107,9 +107,7 @@ pub async fn run(
             ..ProduceSettings::default()
         };
         let before = used_memory(&store).await?;
-        produce_time += produce::run(&store, &settings, &CancellationToken::new())
-            .await?
-            .elapsed;
+        produce_time += produce(&store, &settings).await?.elapsed;
         produce_memory += used_memory(&store).await?.saturating_sub(before);
     }
     delete_key(url, &ceiling_key).await;
@@ -168,7 +166,7 @@ pub async fn run(
         batch: 1_000,
         ..ProduceSettings::default()
     };
-    produce::run(&store, &settings, &CancellationToken::new()).await?;
+    produce(&store, &settings).await?;
     let rate = drain(&store, sizes.messages, &[500, 500]).await?;
     line(format!(
         "drain     2 senders, mean 0ms:          {rate:>10.0} msg/s  {}",
@@ -184,7 +182,7 @@ pub async fn run(
         batch: 1_000,
         ..ProduceSettings::default()
     };
-    produce::run(&store, &settings, &CancellationToken::new()).await?;
+    produce(&store, &settings).await?;
     let started = Instant::now();
     let senders = start(&store, &[1_000, 1_000], Duration::from_millis(20));
     wait_settled(&store, sizes.simulation).await?;
@@ -213,7 +211,7 @@ pub async fn run(
         batch: 1_000,
         ..ProduceSettings::default()
     };
-    produce::run(&store, &settings, &CancellationToken::new()).await?;
+    produce(&store, &settings).await?;
     match sender_peak_rss_mb(url, &store).await {
         Some(mb) => line(format!(
             "memory    sender peak RSS, concurrency 10,000: {mb:>7.1} MB     (target <= 64: {})",
@@ -247,6 +245,20 @@ pub async fn run(
     ));
     clean(&store).await?;
     lifetime::run(url, &sizes, &mut line).await
+}
+
+/// Runs a producer to the end; the bench's queues have one producer each,
+/// so a run is never taken over.
+async fn produce(
+    store: &Store,
+    settings: &ProduceSettings,
+) -> Result<produce::ProduceSummary, StoreError> {
+    produce::run(store, settings, &CancellationToken::new())
+        .await
+        .map_err(|err| match err {
+            produce::ProduceError::Store(err) => err,
+            other => StoreError::Refused(other.to_string()),
+        })
 }
 
 /// A store on a fresh prefix, migrated, with its group.

@@ -219,15 +219,16 @@ impl Store {
     }
 
     /// The runs not finished yet, with their state, and whether any run is
-    /// recorded at all (open, or finished within [`RUN_KEEP`]), read at one
-    /// moment: a run starting between two separate reads would look like
-    /// one that had ended. Read only.
+    /// recorded at all (open, or finished within [`RUN_KEEP`]). A run is
+    /// added to both at once, so counting the listed runs *before* reading
+    /// the open ones never shows a run starting in between as one that had
+    /// ended. (A `MULTI` would do too, but Redis refuses to queue commands at
+    /// `maxmemory`, and this must work there.) Read only.
     pub async fn open_runs(&self) -> Result<(Vec<RunInfo>, bool), StoreError> {
         let mut conn = self.conn().await?;
-        let (ids, listed): (Vec<String>, u64) = redis::pipe()
-            .atomic()
-            .smembers(self.keys.open_runs())
+        let (listed, ids): (u64, Vec<String>) = redis::pipe()
             .zcard(self.keys.runs())
+            .smembers(self.keys.open_runs())
             .query_async(&mut conn)
             .await
             .map_err(StoreError::redis("SMEMBERS (open runs)"))?;
