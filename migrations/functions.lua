@@ -82,9 +82,12 @@ local BATCH_WINDOW = 32
 local ACK_CHUNK = 1000
 
 -- Most pending-list rows one sms_claim call looks at, whatever the size of
--- the pending list: the call's cost is bounded, and the caller walks the
+-- the pending list, and most entries it claims (each costs a lookup, a claim
+-- and its fields in the reply): the call's cost is bounded (about 1 ms for a
+-- scan that finds nothing, 3 ms for a full claim), and the caller walks the
 -- list with the cursor it returns.
 local CLAIM_SCAN = 1000
+local CLAIM_MAX = 200
 
 -- Most entries one sms_trim call removes from each stream (approximate
 -- trimming removes whole nodes of ~100 entries), so that a call after a
@@ -489,14 +492,16 @@ end
   Returns: { next_cursor ('0' when the scan reached the end), dead,
              { id, deliveries, { field, value, ... } }, ... }
   Each call looks at no more than CLAIM_SCAN rows of the pending list from
-  the cursor and claims no more than `count` entries, so its cost does not
-  grow with the pending list; the caller walks the list with the cursor.
+  the cursor and claims no more than `count` (at most CLAIM_MAX) entries, so
+  its cost does not grow with the pending list; the caller walks the list
+  with the cursor.
   `deliveries` counts this claim: it is the attempt the claimer now makes.
 ]]
 local function sms_claim(keys, args)
   local queue, stream, dead, stats, cstats = keys[1], keys[2], keys[3], keys[4], keys[5]
   local epoch, group, consumer, min_idle = args[1], args[2], args[3], tonumber(args[4])
-  local start, batch, max_attempts, owner = args[5], tonumber(args[6]), tonumber(args[7]), args[8]
+  local start, max_attempts, owner = args[5], tonumber(args[7]), args[8]
+  local batch = math.min(tonumber(args[6]), CLAIM_MAX)
 
   local err = check_settling(queue, epoch, stream, dead, stats, cstats, group)
   if err then return err end

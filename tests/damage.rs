@@ -330,10 +330,17 @@ async fn store_for(url: &str, prefix: &str) -> Store {
         .expect("the queue exists")
 }
 
-/// Every process exits 3 within 5 s, naming `expected` on stderr.
-async fn all_stop_with_exit_3(processes: &mut Processes, prefix: &str, expected: &str) {
+/// Every process exits 3 within 5 s of `since` (the damage), naming
+/// `expected` on stderr.
+async fn all_stop_with_exit_3(
+    processes: &mut Processes,
+    prefix: &str,
+    expected: &str,
+    since: Instant,
+) {
     while let Some((name, mut child)) = processes.0.pop() {
-        let (code, took) = exit_code(&mut child, Duration::from_secs(15)).await;
+        let (code, _) = exit_code(&mut child, Duration::from_secs(15)).await;
+        let took = since.elapsed();
         let mut out = String::new();
         if let Some(mut stdout) = child.stdout.take() {
             let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
@@ -345,6 +352,7 @@ async fn all_stop_with_exit_3(processes: &mut Processes, prefix: &str, expected:
             took <= Duration::from_secs(5),
             "{name} took {took:?} to stop; stderr:\n{log}"
         );
+        println!("{prefix}: {name} exited 3 {took:?} after the damage");
         assert!(
             log.contains(expected),
             "{name} names '{expected}'; stderr:\n{log}"
@@ -358,7 +366,14 @@ async fn a_flushall_mid_run_stops_every_process_and_fails_the_audit() {
     let prefix = unique_prefix("flush");
     let mut processes = running_queue(&redis.url, &prefix).await;
     command(&redis.url, &["FLUSHALL"]).await;
-    all_stop_with_exit_3(&mut processes, &prefix, "error: queue state lost: ").await;
+    let flushed = Instant::now();
+    all_stop_with_exit_3(
+        &mut processes,
+        &prefix,
+        "error: queue state lost: ",
+        flushed,
+    )
+    .await;
 
     let audit = bin()
         .args(["--redis-url", &redis.url, "--prefix", &prefix, "audit"])
@@ -404,7 +419,14 @@ async fn a_redis_restarted_without_its_data_stops_every_process() {
         .await
         .expect("Redis stops");
     redis.container.start().await.expect("Redis starts empty");
-    all_stop_with_exit_3(&mut processes, &prefix, "error: queue state lost: ").await;
+    let restarted = Instant::now();
+    all_stop_with_exit_3(
+        &mut processes,
+        &prefix,
+        "error: queue state lost: ",
+        restarted,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,11 +443,13 @@ async fn a_destroyed_group_is_never_recreated_and_nothing_is_sent_twice() {
         &["XGROUP", "DESTROY", &store.keys().messages(), store.group()],
     )
     .await;
+    let destroyed = Instant::now();
     let sent_at_destroy = count(&redis.url, &store, "sent").await;
     all_stop_with_exit_3(
         &mut processes,
         &prefix,
         "error: queue state damaged: consumer group senders",
+        destroyed,
     )
     .await;
     terminate(&producer);
@@ -510,7 +534,10 @@ async fn a_tampered_counter_stops_the_sender_without_false_duplicates() {
     })
     .await;
     command(&redis.url, &["HSET", &store.keys().stats(), "sent", "x"]).await;
-    let (code, took) = exit_code(&mut sender, Duration::from_secs(15)).await;
+    let tampered = Instant::now();
+    let (code, _) = exit_code(&mut sender, Duration::from_secs(15)).await;
+    let took = tampered.elapsed();
+    println!("counter tamper: the sender exited 3 {took:?} after it");
     let log = log_of(&prefix, "s");
     assert_eq!(code, Some(3), "{log}");
     assert!(took <= Duration::from_secs(5), "took {took:?}");
