@@ -139,11 +139,13 @@ local function check_identity(queue, epoch)
   return nil
 end
 
--- Whether a hash field's value is an integer HINCRBY accepts.
+-- Whether a hash field's value is an integer HINCRBY takes and can add to
+-- without overflowing: Redis refuses leading zeros and '-0' (string2ll), and
+-- 18 digits leave more headroom than any call's increment needs.
 local function is_integer(value)
-  if not string.match(value, '^%-?%d+$') then return false end
-  local digits = string.gsub(value, '^%-', '')
-  return #digits < 19 or (#digits == 19 and digits <= '9223372036854775807')
+  if value == '0' then return true end
+  local digits = string.match(value, '^%-?([1-9]%d*)$')
+  return digits ~= nil and #digits <= 18
 end
 
 local function check_counters(key, fields)
@@ -302,7 +304,8 @@ end
   ARGV: 1 group, 2 a new random epoch (used only if the queue is created),
         3 retention_ms ('' keeps the current one; -1 keeps entries forever),
         4 dead_retention_ms (same), 5 default retention_ms,
-        6 default dead_retention_ms, 7 the identity step's migration name
+        6 default dead_retention_ms, 7 the migrations-hash field that records
+        that the queue was given an identity
   Returns: { 'created' | 'adopted' | 'existing', epoch, retention_ms,
              dead_retention_ms }
   A queue whose identity was recorded (the migration name in the migrations
@@ -328,8 +331,12 @@ local function sms_create(keys, args)
   local epoch = redis.call('HGET', queue, 'epoch')
   local status = 'existing'
   local has_stream = key_type(stream) == 'stream'
-  if epoch and has_stream and key_type(stats) == 'none' then
-    return damaged(stats .. ' is missing while the queue has history: see `sms-alerts repair`')
+  if epoch and not has_stream then
+    return damaged(stream .. ' is missing while the queue exists: its messages are gone; ' ..
+                   'see `sms-alerts repair`')
+  end
+  if epoch and key_type(stats) == 'none' then
+    return damaged(stats .. ' is missing while the queue exists: see `sms-alerts repair`')
   end
   if not epoch then
     local had_identity = redis.call('HEXISTS', migrations, identity_step) == 1
@@ -401,10 +408,15 @@ local function sms_report(keys, args)
   local max_attempts, retry_idle = tonumber(args[4]), args[5]
   local token, seq = args[6], tonumber(args[7])
 
+  local buckets_at = 12
+  local incremented = {}
+  for i = 1, #BUCKET_NAMES do
+    if args[buckets_at + i - 1] ~= '0' then incremented[#incremented + 1] = BUCKET_NAMES[i] end
+  end
   local err = first_error(
     function() return check_settling(queue, epoch, stream, dead, stats, cstats, group) end,
     function() return expect_type(latency, 'hash', true) end,
-    function() return check_counters(latency, BUCKET_NAMES) end,
+    function() return #incremented > 0 and check_counters(latency, incremented) or nil end,
     function() return check_counters(cstats, { 'batch_seq', 'batch_window' }) end)
   if err then return err end
 
@@ -425,7 +437,6 @@ local function sms_report(keys, args)
   local d = { sent = 0, duplicates = 0, failed = n_fail, attempts = n_ok + n_fail,
               send_time_us = tonumber(args[11]), dead = 0, dead_max_attempts = 0,
               dead_deleted = 0, dead_malformed = 0 }
-  local buckets_at = 12
   local ids_at = buckets_at + #BUCKET_NAMES
 
   local ok_end = ids_at + n_ok - 1
@@ -581,8 +592,11 @@ end
   producer's on its run.
   KEYS: 1 queue, 2 the lease key
   ARGV: 1 epoch, 2 token of this process, 3 ttl_ms
-  Returns: { 1, ttl_ms } when this process holds the lease,
+  Returns: { 1, ttl_ms, lapsed } when this process holds the lease (lapsed
+           1 when nobody held it: taken now, or retaken after it ran out),
            { 0, remaining_ttl_ms } when another live process does.
+  Allowed when Redis is out of memory: a live process must keep its lease
+  while it waits for memory, or it would be taken for dead.
 ]]
 local function sms_hold_name(keys, args)
   local queue, key, token, ttl = keys[1], keys[2], args[2], args[3]
@@ -593,7 +607,9 @@ local function sms_hold_name(keys, args)
   local holder = redis.call('GET', key)
   if holder == false or holder == token then
     redis.call('SET', key, token, 'PX', ttl)
-    return { 1, tonumber(ttl) }
+    local lapsed = 0
+    if holder == false then lapsed = 1 end
+    return { 1, tonumber(ttl), lapsed }
   end
   return { 0, redis.call('PTTL', key) }
 end
@@ -692,7 +708,7 @@ local function sms_snapshot(keys, args)
       local floor = f['last-delivered-id']
       if f['pending'] > 0 then
         local summary = redis.call('XPENDING', stream, f['name'])
-        floor = summary[2]
+        if id_less(summary[2], floor) then floor = summary[2] end
         if f['name'] == group then oldest_pending = id_ms(summary[2]) end
       end
       -- A group with nothing pending that has read every entry keeps only
@@ -784,16 +800,21 @@ local function sms_prune(keys, args)
   return 'missing'
 end
 
--- The entry id every group still needs, at the lowest: its oldest pending
--- entry, or else its last delivered one (kept: MINID removes only entries
--- below it). nil when the stream has no group.
+-- The entry id every group still needs, at the lowest: the lower of its
+-- oldest pending entry and its last delivered one (kept: MINID removes only
+-- entries below it). nil when the stream has no group.
 local function trim_floor(stream)
   local floor = nil
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
     local f = {}
     for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
     local needed = f['last-delivered-id']
-    if f['pending'] > 0 then needed = redis.call('XPENDING', stream, f['name'])[2] end
+    if f['pending'] > 0 then
+      -- The oldest pending entry is normally below the last delivered one,
+      -- but a group moved back (XGROUP SETID) delivers again from there.
+      local oldest = redis.call('XPENDING', stream, f['name'])[2]
+      if id_less(oldest, needed) then needed = oldest end
+    end
     if floor == nil or id_less(needed, floor) then floor = needed end
   end
   return floor
@@ -1027,7 +1048,6 @@ redis.register_function('sms_create', sms_create)
 redis.register_function('sms_report', sms_report)
 redis.register_function('sms_claim', sms_claim)
 redis.register_function('sms_renew', sms_renew)
-redis.register_function('sms_hold_name', sms_hold_name)
 redis.register_function('sms_release_name', sms_release_name)
 redis.register_function('sms_prune', sms_prune)
 redis.register_function('sms_run_start', sms_run_start)
@@ -1036,5 +1056,6 @@ redis.register_function('sms_run_end', sms_run_end)
 redis.register_function('sms_requeue', sms_requeue)
 redis.register_function('sms_dead_purge', sms_dead_purge)
 redis.register_function { function_name = 'sms_trim', callback = sms_trim, flags = { 'allow-oom' } }
+redis.register_function { function_name = 'sms_hold_name', callback = sms_hold_name, flags = { 'allow-oom' } }
 redis.register_function { function_name = 'sms_snapshot', callback = sms_snapshot, flags = { 'no-writes' } }
 redis.register_function { function_name = 'sms_version', callback = sms_version, flags = { 'no-writes' } }

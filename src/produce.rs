@@ -261,7 +261,12 @@ async fn keep_lease(
     loop {
         tick.tick().await;
         match store.hold_run(&run_id, &token, ttl).await {
-            Ok(NameHold::Held) => {}
+            Ok(NameHold::Held { lapsed: false }) => {}
+            Ok(NameHold::Held { lapsed: true }) => tracing::warn!(
+                run = run_id,
+                "the run's lease had run out (this producer was paused, or Redis away, for \
+                 longer than the lease) and was taken again"
+            ),
             Ok(NameHold::HeldByOther(_)) => {
                 tracing::error!(
                     run = run_id,

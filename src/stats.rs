@@ -246,10 +246,12 @@ impl Snapshot {
         self.sent + self.dead + self.abandoned
     }
 
-    /// Whether at least one producer ran and none is still running (those
-    /// that stopped or died add nothing more).
+    /// Whether something was produced (by a recorded producer run, or
+    /// written otherwise: requeued dead letters, a producer of an earlier
+    /// release) and no producer is still running (those that stopped or died
+    /// add nothing more).
     pub fn producers_finished(&self) -> bool {
-        self.any_run
+        (self.any_run || self.produced > 0)
             && self
                 .open_runs
                 .iter()
@@ -422,7 +424,10 @@ mod tests {
         assert_eq!(died.unfinished_runs().count(), 1);
         let mut no_run = done_base();
         no_run.any_run = false;
-        assert!(!no_run.is_done(), "nothing was produced yet");
+        assert!(no_run.is_done(), "written without a run, and all settled");
+        let mut nothing = Snapshot::from_fields(&fields(&[("group_exists", 1), ("lag", 0)]));
+        nothing.any_run = false;
+        assert!(!nothing.is_done(), "nothing was produced yet");
     }
 
     #[test]

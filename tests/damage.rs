@@ -127,9 +127,29 @@ fn tampers(store: &Store) -> Vec<Tamper> {
             vec!["report"],
         ),
         (
-            "a latency bucket is not a number".to_owned(),
-            vec![s(&["HSET", &k.latency(), "le_1000", "many"])],
+            "sent has a leading zero (Redis refuses to add to it)".to_owned(),
+            vec![s(&["HSET", &k.stats(), "sent", "007"])],
+            vec!["report", "claim"],
+        ),
+        (
+            "sent is -0".to_owned(),
+            vec![s(&["HSET", &k.stats(), "sent", "-0"])],
+            vec!["report", "claim"],
+        ),
+        (
+            "attempts is at the top of the range (would overflow)".to_owned(),
+            vec![s(&["HSET", &k.stats(), "attempts", "9223372036854775807"])],
+            vec!["report", "claim"],
+        ),
+        (
+            "a latency bucket the report adds to is not a number".to_owned(),
+            vec![s(&["HSET", &k.latency(), "le_2000", "many"])],
             vec!["report"],
+        ),
+        (
+            "a latency bucket the report does not touch is not a number".to_owned(),
+            vec![s(&["HSET", &k.latency(), "le_1000", "many"])],
+            vec![],
         ),
         wrong_type(
             k.messages(),
@@ -146,6 +166,13 @@ fn tampers(store: &Store) -> Vec<Tamper> {
         wrong_type(k.sender_stats("c1"), vec!["report"]),
         wrong_type(k.latency(), vec!["report"]),
         wrong_type(k.open_runs(), vec!["run start"]),
+        wrong_type(k.runs(), vec!["run start"]),
+        (
+            "the run's lease is a hash".to_owned(),
+            vec![s(&["HSET", &k.run_lease("r2"), "x", "1"])],
+            vec!["run start"],
+        ),
+        wrong_type(k.queue(), CALLS.to_vec()),
         (
             "the queue identity is gone".to_owned(),
             vec![s(&["DEL", &k.queue()])],

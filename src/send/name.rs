@@ -34,7 +34,7 @@ pub(super) async fn acquire(
             () = stop.cancelled() => return Ok(false),
         };
         let remaining = match hold {
-            NameHold::Held => return Ok(true),
+            NameHold::Held { .. } => return Ok(true),
             NameHold::HeldByOther(remaining) => remaining,
         };
         match last_remaining {
@@ -82,7 +82,17 @@ pub(super) async fn keep(
             () = stop.cancelled() => return false,
         }
         match store.hold_name(&name, &token, ttl).await {
-            Ok(NameHold::Held) => log.succeeded("renew the sender name"),
+            Ok(NameHold::Held { lapsed }) => {
+                log.succeeded("renew the sender name");
+                if lapsed {
+                    tracing::warn!(
+                        name,
+                        "the sender name's lease had run out (this process was paused, or Redis \
+                         away, for longer than the lease) and was taken again; another sender \
+                         may have taken over messages meanwhile"
+                    );
+                }
+            }
             Ok(NameHold::HeldByOther(_)) => {
                 tracing::error!(name, "another process took this sender's name; stopping");
                 stop.cancel();

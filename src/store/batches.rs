@@ -235,10 +235,7 @@ impl QueueCheck {
             )));
         }
         if let Some(value) = optional_string(CHECK, produced)? {
-            let number = std::str::from_utf8(value)
-                .ok()
-                .and_then(|text| text.parse::<i64>().ok());
-            if number.is_none() {
+            if !super::reply::is_counter(value) {
                 return Err(StoreError::Damaged(format!(
                     "counter produced of {} is not a number: {:?}",
                     self.stats,
@@ -297,7 +294,13 @@ impl CommittedBatch {
             return Err(StoreError::Conflict { command: EXEC });
         };
         for result in replies(EXEC, results) {
-            server_error(result?).map_err(StoreError::redis(EXEC))?;
+            // A command that fails inside EXEC does not undo the others: the
+            // batch landed in part, which no retry can mend.
+            server_error(result?).map_err(|err| {
+                StoreError::Damaged(format!(
+                    "a producer batch was applied in part, a command in it failed: {err}"
+                ))
+            })?;
         }
         Ok(BatchWrite::Added)
     }

@@ -90,6 +90,12 @@ impl StoreError {
                     "{command} met a key of the wrong type ({})",
                     detail()
                 )),
+                // One of our Functions failed in a way its checks did not
+                // foresee: it may have written part of its work, so retrying
+                // could count a result twice.
+                Some("ERR") if source.detail().is_some_and(|d| d.contains("script: sms_")) => {
+                    Self::Damaged(format!("{command} failed part-way: {}", detail()))
+                }
                 _ => Self::Redis { command, source },
             }
         }

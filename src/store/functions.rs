@@ -75,11 +75,15 @@ pub struct ClaimReply {
     pub claimed: Vec<ClaimedEntry>,
 }
 
-/// Whether this process holds a sender name.
+/// Whether this process holds a liveness lease (a sender name, a run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NameHold {
-    /// This process holds the name for the lease's length.
-    Held,
+    /// This process holds it for the lease's length; `lapsed` when nobody
+    /// held it just before (taken now, or taken again after it ran out).
+    Held {
+        /// Whether nobody held it just before.
+        lapsed: bool,
+    },
     /// Another process holds it; its lease runs out in this long unless renewed.
     HeldByOther(Duration),
 }
@@ -359,8 +363,9 @@ impl Store {
         let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
         let held = int(NAME, reply.next().unwrap_or(Value::Nil))?;
         let remaining = int(NAME, reply.next().unwrap_or(Value::Nil))?;
+        let lapsed = reply.next().map(|v| int(NAME, v)).transpose()? == Some(1);
         Ok(if held == 1 {
-            NameHold::Held
+            NameHold::Held { lapsed }
         } else {
             NameHold::HeldByOther(Duration::from_millis(remaining.max(0) as u64))
         })

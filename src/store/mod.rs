@@ -41,6 +41,7 @@ pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use queued::Queued;
 pub use reader::ReadConnection;
+pub use reply::is_counter;
 pub use retry::{Backoff, FailureLog};
 pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
 pub use streams::StreamEntry;

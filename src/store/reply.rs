@@ -7,6 +7,17 @@ use redis::Value;
 use super::StoreError;
 use crate::message::RawFields;
 
+/// Whether `value` is a counter Redis's `HINCRBY` takes and can add to
+/// without overflowing, as the Functions judge it: Redis refuses leading
+/// zeros, `+` and `-0`, and 18 digits leave headroom for any increment.
+pub fn is_counter(value: &[u8]) -> bool {
+    if value == b"0" {
+        return true;
+    }
+    let digits = value.strip_prefix(b"-").unwrap_or(value);
+    (1..=18).contains(&digits.len()) && digits[0] != b'0' && digits.iter().all(u8::is_ascii_digit)
+}
+
 /// A reply that had the wrong shape, naming the command.
 pub(super) fn bad(command: &'static str, detail: impl Into<String>) -> StoreError {
     StoreError::Reply {
@@ -71,4 +82,30 @@ pub(super) fn pairs<T>(
         pairs.push((to_bytes(field)?, to_bytes(value)?));
     }
     Ok(pairs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_counter;
+
+    #[test]
+    fn counters_are_integers_redis_can_add_to() {
+        for good in ["0", "7", "-12", "999999999999999999"] {
+            assert!(is_counter(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "x",
+            "007",
+            "-0",
+            "+5",
+            "1.5",
+            " 1",
+            "9223372036854775807",
+            "-",
+            "00",
+        ] {
+            assert!(!is_counter(bad.as_bytes()), "{bad}");
+        }
+    }
 }
