@@ -984,7 +984,9 @@ local function sms_requeue(keys, args)
     function() return expect_type(stats, 'hash') end,
     function() return check_counters(stats, { 'requeued' }) end)
   if err then return err end
-  local moves, missing = {}, {}
+  -- Each dead letter is deleted as it is moved, before the next id is read:
+  -- an id given twice is found once, so it goes back once.
+  local added, missing = {}, {}
   for i = 2, #args do
     local fields = nil
     if key_type(dead) == 'stream' then fields = entry_fields(dead, args[i]) end
@@ -1000,15 +1002,13 @@ local function sms_requeue(keys, args)
     else
       message[#message + 1] = 'requeued_from'
       message[#message + 1] = args[i]
-      moves[#moves + 1] = { args[i], message }
+      added[#added + 1] = redis.call('XADD', stream, '*', unpack(message))
+      redis.call('XDEL', dead, args[i])
     end
   end
-  local out = { #moves }
-  for _, move in ipairs(moves) do
-    out[#out + 1] = redis.call('XADD', stream, '*', unpack(move[2]))
-    redis.call('XDEL', dead, move[1])
-  end
-  if #moves > 0 then redis.call('HINCRBY', stats, 'requeued', #moves) end
+  local out = { #added }
+  for _, id in ipairs(added) do out[#out + 1] = id end
+  if #added > 0 then redis.call('HINCRBY', stats, 'requeued', #added) end
   out[#out + 1] = 'missing'
   for _, id in ipairs(missing) do out[#out + 1] = id end
   return out
