@@ -227,9 +227,10 @@ pub enum DeadAction {
     },
     /// Move dead letters back into the stream to be sent again, each atomically
     /// (counted as `requeued`). Dead letters that hold no valid message are left.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["reason", "id"])))]
     Requeue {
         /// Requeue every dead letter with this reason.
-        #[arg(long, value_parser = check::key_part, conflicts_with = "id", required_unless_present = "id")]
+        #[arg(long, value_parser = check::key_part)]
         reason: Option<String>,
         /// Requeue these dead letters (ids of the dead stream).
         #[arg(long, num_args = 1.., value_parser = check::stream_id)]

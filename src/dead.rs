@@ -24,15 +24,15 @@ pub struct DeadLetter {
     pub id: String,
     /// Why it died: max_attempts, malformed or deleted.
     pub reason: String,
-    /// Deliveries it had.
-    pub attempts: String,
+    /// Deliveries it had (`None` when not recorded).
+    pub attempts: Option<u64>,
     /// The id the message had in the stream.
     pub message_id: String,
     /// The sender that dead-lettered it.
     pub consumer: String,
     /// The recipient, if the message had one.
     pub recipient: Option<String>,
-    /// The body, if the message had one (at most 40 characters shown).
+    /// The body, if the message had one.
     pub body: Option<String>,
 }
 
@@ -49,11 +49,11 @@ impl DeadLetter {
         Self {
             id: entry.id.clone(),
             reason: field("dead_reason").unwrap_or_else(|| "unknown".to_owned()),
-            attempts: field("dead_attempts").unwrap_or_default(),
+            attempts: field("dead_attempts").and_then(|n| n.parse().ok()),
             message_id: field("dead_message_id").unwrap_or_default(),
             consumer: field("dead_consumer").unwrap_or_default(),
             recipient: field(crate::message::field::RECIPIENT),
-            body: field(crate::message::field::BODY).map(|body| shortened(&body)),
+            body: field(crate::message::field::BODY),
         }
     }
 }
@@ -66,6 +66,7 @@ fn shortened(text: &str) -> String {
 }
 
 /// Up to `limit` dead letters, newest first, only those with `reason` if given.
+/// Bodies are whole here; the table shortens them.
 pub async fn list(
     store: &Store,
     reason: Option<&str>,
@@ -108,10 +109,10 @@ pub fn to_table(letters: &[DeadLetter]) -> String {
             "{:<20}  {:<12}  {:>8}  {:<20}  {:<16}  {}\n",
             l.id,
             l.reason,
-            l.attempts,
+            l.attempts.map_or_else(|| "-".to_owned(), |n| n.to_string()),
             l.message_id,
             l.recipient.as_deref().unwrap_or("-"),
-            l.body.as_deref().unwrap_or("-")
+            l.body.as_deref().map_or_else(|| "-".to_owned(), shortened)
         ));
     }
     out
@@ -159,7 +160,8 @@ pub async fn requeue(store: &Store, selection: &Selection) -> Result<RequeueRepo
     match selection {
         Selection::Ids(ids) => {
             let mut chosen = Vec::new();
-            for id in ids {
+            let mut seen = std::collections::HashSet::new();
+            for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
                 match store.range_one(&conn, &store.keys().dead(), id).await? {
                     Some(entry) => choose(&entry, &mut chosen, &mut report),
                     None => report.missing.push(id.clone()),

@@ -238,14 +238,6 @@ fn column(rows: &[Vec<String>], n: usize) -> Vec<String> {
     rows.iter().map(|row| row[n].clone()).collect()
 }
 
-/// What `dead list` shows of a body: its first 40 characters.
-fn shortened(body: &str) -> String {
-    match body.char_indices().nth(40) {
-        Some((cut, _)) => format!("{}…", &body[..cut]),
-        None => body.to_owned(),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn list_shows_newest_first_by_reason_and_limited() {
     let redis = start_redis().await;
@@ -333,7 +325,10 @@ async fn list_json_prints_one_object_per_dead_letter() {
         let text = |name: &str| fields.get(name).map(|v| serde_json::json!(v));
         assert_eq!(letter["id"], serde_json::json!(id), "newest first: {line}");
         assert_eq!(Some(&letter["reason"]), text("dead_reason").as_ref());
-        assert_eq!(Some(&letter["attempts"]), text("dead_attempts").as_ref());
+        let attempts = fields
+            .get("dead_attempts")
+            .and_then(|n| n.parse::<u64>().ok());
+        assert_eq!(letter["attempts"], serde_json::json!(attempts), "{line}");
         assert_eq!(
             Some(&letter["message_id"]),
             text("dead_message_id").as_ref()
@@ -341,8 +336,11 @@ async fn list_json_prints_one_object_per_dead_letter() {
         assert_eq!(letter["consumer"], "failing", "{line}");
         let recipient = text("recipient").unwrap_or(serde_json::Value::Null);
         assert_eq!(letter["recipient"], recipient, "{line}");
-        let body = fields.get("body").map(|body| shortened(body));
-        assert_eq!(letter["body"], serde_json::json!(body), "{line}");
+        assert_eq!(
+            letter["body"],
+            text("body").unwrap_or(serde_json::Value::Null),
+            "{line}"
+        );
     }
 }
 
