@@ -4,6 +4,56 @@
 //! `{<prefix>:<partition>}`, so that all of them hash to one Redis Cluster slot
 //! and the same code runs unchanged on a cluster.
 
+/// What a key of a queue is for, read back from its name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyRole {
+    /// The queue's identity hash.
+    Queue,
+    /// The stream of messages.
+    Messages,
+    /// The dead-letter stream.
+    Dead,
+    /// The totals hash.
+    Stats,
+    /// One sender's counters.
+    SenderStats,
+    /// The send-time histogram.
+    Latency,
+    /// A sender name's lease.
+    SenderLease,
+    /// The producer runs by start time.
+    Runs,
+    /// The producer runs not finished.
+    OpenRuns,
+    /// One run's record.
+    Run,
+    /// One run's lease.
+    RunLease,
+    /// One run's written batches.
+    RunBatches,
+    /// The migrations applied.
+    Migrations,
+}
+
+impl KeyRole {
+    /// The Redis type a key of this role holds (as `TYPE` names it).
+    pub fn redis_type(self) -> &'static str {
+        match self {
+            Self::Messages | Self::Dead => "stream",
+            Self::SenderLease | Self::RunLease => "string",
+            Self::Runs => "zset",
+            Self::OpenRuns => "set",
+            Self::Queue
+            | Self::Stats
+            | Self::SenderStats
+            | Self::Latency
+            | Self::Run
+            | Self::RunBatches
+            | Self::Migrations => "hash",
+        }
+    }
+}
+
 /// The key names of one queue: a prefix and a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
@@ -96,6 +146,38 @@ impl Keys {
     pub fn migrations(&self) -> String {
         format!("{}:migrations", self.tag)
     }
+
+    /// What `key` is for, if it is one of this queue's keys.
+    pub fn role(&self, key: &str) -> Option<KeyRole> {
+        let rest = key.strip_prefix(&self.tag)?.strip_prefix(':')?;
+        Some(match rest {
+            "queue" => KeyRole::Queue,
+            "messages" => KeyRole::Messages,
+            "dead" => KeyRole::Dead,
+            "stats" => KeyRole::Stats,
+            "latency" => KeyRole::Latency,
+            "runs" => KeyRole::Runs,
+            "runs:open" => KeyRole::OpenRuns,
+            "migrations" => KeyRole::Migrations,
+            _ => {
+                if let Some(run) = rest.strip_prefix("run:") {
+                    if run.ends_with(":lease") {
+                        KeyRole::RunLease
+                    } else if run.ends_with(":batches") {
+                        KeyRole::RunBatches
+                    } else {
+                        KeyRole::Run
+                    }
+                } else if rest.starts_with("stats:") {
+                    KeyRole::SenderStats
+                } else if rest.starts_with("lease:") {
+                    KeyRole::SenderLease
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
 }
 
 #[cfg(test)]
@@ -123,5 +205,29 @@ mod tests {
             assert!(key.starts_with("{sms:0}:"), "{key} lacks the hash tag");
         }
         assert_eq!(keys.messages(), "{sms:0}:messages");
+    }
+
+    #[test]
+    fn every_key_reads_back_as_its_role() {
+        let keys = Keys::new("sms");
+        for (key, role) in [
+            (keys.queue(), KeyRole::Queue),
+            (keys.messages(), KeyRole::Messages),
+            (keys.dead(), KeyRole::Dead),
+            (keys.stats(), KeyRole::Stats),
+            (keys.sender_stats("a"), KeyRole::SenderStats),
+            (keys.latency(), KeyRole::Latency),
+            (keys.sender_lease("a"), KeyRole::SenderLease),
+            (keys.runs(), KeyRole::Runs),
+            (keys.open_runs(), KeyRole::OpenRuns),
+            (keys.run("r"), KeyRole::Run),
+            (keys.run_lease("r"), KeyRole::RunLease),
+            (keys.run_batches("r"), KeyRole::RunBatches),
+            (keys.migrations(), KeyRole::Migrations),
+        ] {
+            assert_eq!(keys.role(&key), Some(role), "{key}");
+        }
+        assert_eq!(keys.role("{other:0}:stats"), None);
+        assert_eq!(keys.role("{sms:0}:whatever"), None);
     }
 }

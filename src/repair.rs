@@ -17,9 +17,9 @@
 use std::collections::HashMap;
 
 use rand::RngExt;
-use redis::Value;
 
-use crate::store::{Retention, Store, StoreError};
+use crate::keys::KeyRole;
+use crate::store::{Retention, Store, StoreError, is_counter};
 
 /// Totals counters and how each is set again when it is not a number.
 const TOTALS: &[&str] = &[
@@ -70,6 +70,13 @@ pub enum Step {
         /// Where the value comes from.
         how: String,
     },
+    /// Forget a sender's window of applied report batches (its fields are
+    /// not numbers): safe while the sender is stopped, as a new process
+    /// starts a window of its own.
+    ResetWindow {
+        /// The sender's counters hash.
+        key: String,
+    },
     /// Create the consumer group again.
     RecreateGroup {
         /// Where it starts: an entry id, or `$` for after the newest.
@@ -98,6 +105,9 @@ impl Step {
                 to,
                 how,
             } => format!("set counter {field} of {key} (it holds {found:?}) to {to}: {how}"),
+            Self::ResetWindow { key } => {
+                format!("forget the report batch window of {key} (it is not numbers)")
+            }
             Self::RecreateGroup {
                 start, abandoned, ..
             } => {
@@ -157,7 +167,10 @@ impl Found {
     }
 
     fn total(&self, field: &str) -> Option<i64> {
-        self.totals.get(field).and_then(|v| v.parse().ok())
+        self.totals
+            .get(field)
+            .filter(|v| is_counter(v.as_bytes()))
+            .and_then(|v| v.parse().ok())
     }
 }
 
@@ -239,6 +252,7 @@ pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreE
         });
     }
     steps.extend(counter_steps(&found, &k.stats()));
+    steps.extend(other_key_steps(store, stamp).await?);
     if found.kind(&k.messages()) == "stream" {
         if found.group.is_none() {
             steps.push(group_step(store, &found, group_start).await?);
@@ -266,6 +280,58 @@ pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreE
     Ok(RepairPlan { steps })
 }
 
+/// The other keys of the queue (per sender, per run, the histogram, the
+/// runs lists): one of the wrong type is set aside; a counter that is not a
+/// number is set to 0 (its history is lost); a sender's report window that
+/// is not numbers is forgotten.
+async fn other_key_steps(store: &Store, stamp: u64) -> Result<Vec<Step>, StoreError> {
+    let k = store.keys();
+    let mut steps = Vec::new();
+    for key in store.all_keys().await? {
+        let Some(role) = k.role(&key) else { continue };
+        let handled = matches!(
+            role,
+            KeyRole::Queue | KeyRole::Messages | KeyRole::Dead | KeyRole::Stats
+        );
+        if handled || key.contains(":damaged:") {
+            continue;
+        }
+        let kind = store.key_type(&key).await?;
+        if kind != role.redis_type() {
+            steps.push(Step::SetAside {
+                to: format!("{key}:damaged:{stamp}"),
+                key,
+                kind,
+            });
+            continue;
+        }
+        if !matches!(role, KeyRole::SenderStats | KeyRole::Latency) {
+            continue;
+        }
+        let mut window_broken = false;
+        for (field, value) in store.hash(&key).await? {
+            if is_counter(value.as_bytes()) || field == "batch_token" {
+                continue;
+            }
+            if field == "batch_seq" || field == "batch_window" {
+                window_broken = true;
+            } else {
+                steps.push(Step::SetCounter {
+                    key: key.clone(),
+                    field,
+                    found: value,
+                    to: 0,
+                    how: "not derivable from what Redis holds: the history is lost".to_owned(),
+                });
+            }
+        }
+        if window_broken {
+            steps.push(Step::ResetWindow { key });
+        }
+    }
+    Ok(steps)
+}
+
 /// The totals that are not numbers, and what each is set to.
 fn counter_steps(found: &Found, stats: &str) -> Vec<Step> {
     let bad: Vec<&str> = TOTALS
@@ -275,7 +341,7 @@ fn counter_steps(found: &Found, stats: &str) -> Vec<Step> {
             found
                 .totals
                 .get(*field)
-                .is_some_and(|v| v.parse::<i64>().is_err())
+                .is_some_and(|v| !is_counter(v.as_bytes()))
         })
         .collect();
     let value = |field: &str| found.total(field).unwrap_or(0);
@@ -344,7 +410,7 @@ async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<S
     })
 }
 
-/// Does the repairs of `plan`, in order.
+/// Does the repairs of `plan`, in order, each in one transaction.
 pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
     let k = store.keys();
     for step in &plan.steps {
@@ -395,11 +461,26 @@ pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
             Step::SetCounter { key, field, to, .. } => {
                 cmds.push(redis::cmd("HSET").arg(key).arg(field).arg(*to).clone());
             }
+            Step::ResetWindow { key } => {
+                cmds.push(
+                    redis::cmd("HDEL")
+                        .arg(key)
+                        .arg("batch_token")
+                        .arg("batch_seq")
+                        .arg("batch_window")
+                        .clone(),
+                );
+            }
             Step::RecreateGroup {
                 start,
                 entries_read,
                 abandoned,
             } => {
+                // Created meanwhile (say, by another repair): its
+                // abandoned messages are counted already.
+                if store.group_info().await?.exists {
+                    continue;
+                }
                 cmds.push(
                     redis::cmd("XGROUP")
                         .arg("CREATE")
@@ -420,15 +501,9 @@ pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
                 );
             }
         }
-        for cmd in cmds {
-            store.run_command(&cmd).await.or_else(|err| match err {
-                // The group exists already (made with the identity above).
-                StoreError::Redis { ref source, .. } if source.code() == Some("BUSYGROUP") => {
-                    Ok(Value::Nil)
-                }
-                other => Err(other),
-            })?;
-        }
+        // Each repair is one transaction: a failure leaves it undone, and a
+        // second `repair` finds it still to do.
+        store.run_atomically(&cmds).await?;
     }
     Ok(())
 }

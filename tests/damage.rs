@@ -610,3 +610,88 @@ async fn a_queue_created_anew_is_told_from_the_one_a_process_started_with() {
     assert_eq!(again.epoch(), second.epoch());
     assert_eq!(identity.status, sms_alerts::store::QueueStatus::Existing);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repair_mends_every_key_a_function_refuses_and_then_finds_nothing() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("mend");
+    let store = store(&redis.url, &prefix).await;
+    produce_n(&store, 12, 1_000).await;
+    let sender = RunningSender::start(&store, send_settings("s", 0, 0.0));
+    wait_until("all sent", Duration::from_secs(30), || {
+        all_settled(&store, 1_000)
+    })
+    .await;
+    sender.stop().await;
+    let k = store.keys();
+    for tamper in [
+        vec!["HSET", &k.sender_stats("s"), "failed", "x"],
+        vec!["HSET", &k.sender_stats("s"), "batch_seq", "y"],
+        vec!["HSET", &k.latency(), "le_1000", "z"],
+        vec!["SET", &k.runs(), "not a zset"],
+        vec!["HSET", &k.stats(), "failed", "007"],
+    ] {
+        command(&redis.url, &tamper).await;
+    }
+    let cli = |args: &[&str]| {
+        bin()
+            .args(["--redis-url", &redis.url, "--prefix", &prefix])
+            .args(args)
+            .output()
+            .expect("runs")
+    };
+    // A sender under that name refuses: its counters are damaged.
+    let send = cli(&["send", "--name", "s", "--mean", "0ms"]);
+    assert_eq!(send.status.code(), Some(3), "{send:?}");
+
+    let dry = cli(&["repair"]);
+    let plan = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert_eq!(dry.status.code(), Some(1), "{plan}");
+    for expected in [
+        format!(
+            "set counter failed of {} (it holds \"x\") to 0",
+            k.sender_stats("s")
+        ),
+        format!("forget the report batch window of {}", k.sender_stats("s")),
+        format!(
+            "set counter le_1000 of {} (it holds \"z\") to 0",
+            k.latency()
+        ),
+        format!("rename {} (a string, of the wrong type)", k.runs()),
+        format!(
+            "set counter failed of {} (it holds \"007\") to 0",
+            k.stats()
+        ),
+    ] {
+        assert!(plan.contains(&expected), "plan lacks '{expected}':\n{plan}");
+    }
+    let done = cli(&["repair", "--yes"]);
+    assert_eq!(done.status.code(), Some(0), "{done:?}");
+    let again = cli(&["repair"]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout).trim(),
+        "nothing to repair: the queue's identity, keys, group and counters are sound"
+    );
+    assert_eq!(again.status.code(), Some(0));
+
+    // The queue works again: produce, send, audit.
+    let produce = cli(&["produce", "--count", "500", "--seed", "13"]);
+    assert_eq!(produce.status.code(), Some(0), "{produce:?}");
+    let mut sender = spawn_sender_process(&redis.url, &prefix, "s", &["--mean", "0ms"]);
+    wait_until("all 1,500 sent", Duration::from_secs(30), || {
+        all_settled(&store, 1_500)
+    })
+    .await;
+    terminate(&sender);
+    assert_eq!(
+        wait_exit(&mut sender, Duration::from_secs(15)).await.code(),
+        Some(0)
+    );
+    let audit = cli(&["audit"]);
+    assert_eq!(
+        audit.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&audit.stdout)
+    );
+}

@@ -166,10 +166,20 @@ impl Store {
         }
     }
 
-    /// Runs one command of an operator's repair (never on a hot path).
-    pub async fn run_command(&self, cmd: &redis::Cmd) -> Result<Value, StoreError> {
+    /// Runs the commands of one of an operator's repairs in one `MULTI`
+    /// transaction (never on a hot path). A command that fails inside it is
+    /// an error.
+    pub async fn run_atomically(&self, cmds: &[redis::Cmd]) -> Result<(), StoreError> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for cmd in cmds {
+            pipe.add_command(cmd.clone()).ignore();
+        }
         let mut conn = self.conn().await?;
-        cmd.query_async(&mut conn)
+        pipe.query_async::<()>(&mut conn)
             .await
             .map_err(StoreError::redis("repair"))
     }
@@ -383,6 +393,33 @@ impl Store {
             .query_async(&mut conn)
             .await
             .map_err(StoreError::redis("INFO"))
+    }
+
+    /// Every key of this queue (its prefix and partition), by SCAN. For
+    /// `repair`; never on a hot path.
+    pub async fn all_keys(&self) -> Result<Vec<String>, StoreError> {
+        let pattern = self.keys.all_pattern();
+        let mut conn = self.conn().await?;
+        let mut cursor: u64 = 0;
+        let mut all = Vec::new();
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1_000)
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::redis("SCAN"))?;
+            all.extend(keys);
+            if next == 0 {
+                all.sort();
+                all.dedup();
+                return Ok(all);
+            }
+            cursor = next;
+        }
     }
 
     /// Deletes every key of this queue (its prefix and partition), by SCAN.
