@@ -1,4 +1,5 @@
-//! The Redis layer: a connection pool plus dedicated connections for pipelined
+//! The Redis layer: the queue's identity ([`Store::open`] checks it; every
+//! write carries its epoch), a connection pool plus dedicated connections for pipelined
 //! writes, a minimal connection of our own (`resp.rs`: replies framed, not
 //! parsed by redis-rs; strings over 64 KiB dropped as they arrive) carrying
 //! the sender's reads and the audit's walks over stream ids and dead reasons

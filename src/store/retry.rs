@@ -51,7 +51,7 @@ impl Backoff {
 const LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// Logs a run of failures of one operation: the first as a warning, then at
-/// most one error per [`LOG_EVERY`] naming how many tries failed since.
+/// most one error per 10 seconds naming how many tries failed since.
 #[derive(Debug, Default)]
 pub struct FailureLog {
     last: Option<tokio::time::Instant>,
