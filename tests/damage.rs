@@ -695,3 +695,50 @@ async fn repair_mends_every_key_a_function_refuses_and_then_finds_nothing() {
         String::from_utf8_lossy(&audit.stdout)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_names_the_batches_of_its_run_that_redis_lost() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("lostbatch")).await;
+    let settings = sms_alerts::settings::ProduceSettings {
+        count: 200_000,
+        batch: 100,
+        seed: Some(14),
+        run_id: Some("r".to_owned()),
+        ..sms_alerts::settings::ProduceSettings::default()
+    };
+    let producing = tokio::spawn({
+        let store = store.clone();
+        async move {
+            sms_alerts::produce::run(
+                &store,
+                &settings,
+                &tokio_util::sync::CancellationToken::new(),
+            )
+            .await
+        }
+    });
+    // Redis "forgets" batch 1 once it has landed, as a crash under
+    // `appendfsync everysec` forgets a tail of acknowledged writes.
+    let batches = store.keys().run_batches("r");
+    wait_until("batch 1 is recorded", Duration::from_secs(30), || async {
+        redis::cmd("HEXISTS")
+            .arg(&batches)
+            .arg(1)
+            .query_async::<bool>(&mut raw(&redis.url).await)
+            .await
+            .unwrap_or(false)
+    })
+    .await;
+    command(&redis.url, &["HDEL", &batches, "1"]).await;
+    let err = producing
+        .await
+        .expect("no panic")
+        .expect_err("the end-of-run check finds batch 1 gone");
+    assert_eq!(
+        err.to_string(),
+        "queue state lost: producer run r: batches 1 of 2000 are no longer recorded: Redis lost \
+         writes it had acknowledged (flushed, or restarted without its data)"
+    );
+    assert!(err.store_error().is_some_and(StoreError::is_queue_state));
+}

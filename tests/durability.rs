@@ -331,10 +331,6 @@ async fn a_redis_process_crash_with_appendfsync_everysec_loses_at_most_a_tail_of
     redis.container.start().await.expect("redis starts again");
     let status = wait_exit(&mut producer, Duration::from_secs(60)).await;
     let said = stdout_of(&mut producer);
-    assert!(
-        status.success() && said.contains(&format!("produced {TOTAL} messages")),
-        "the producer rides out the crash: {status:?}: {said}"
-    );
 
     let report = audit::run(&store, 10_000).await.expect("audit");
     let lost = TOTAL.saturating_sub(report.produced);
@@ -362,6 +358,8 @@ async fn a_redis_process_crash_with_appendfsync_everysec_loses_at_most_a_tail_of
         "no unknown batch recorded: {seqs:?}"
     );
     assert_eq!(lost, missing.len() as u64 * BATCH, "loss is whole batches");
+    let logged =
+        std::fs::read_to_string(log_path(&format!("{prefix}-producer"))).unwrap_or_default();
     if let (Some(first), Some(last)) = (missing.first(), missing.last()) {
         assert_eq!(
             last - first + 1,
@@ -369,5 +367,29 @@ async fn a_redis_process_crash_with_appendfsync_everysec_loses_at_most_a_tail_of
             "lost batches are one contiguous run: {missing:?}"
         );
         assert!(*last < batches, "the batches after the crash all landed");
+        // The producer checks its run at the end and names what Redis lost.
+        let range = if first == last {
+            first.to_string()
+        } else {
+            format!("{first}-{last}")
+        };
+        assert_eq!(status.code(), Some(3), "{said}\n{logged}");
+        assert!(
+            logged.contains(&format!(
+                "error: queue state lost: producer run {}: batches {range} of {batches} are no \
+                 longer recorded",
+                said.lines()
+                    .next()
+                    .and_then(|l| l.strip_prefix("producer run "))
+                    .and_then(|l| l.split(':').next())
+                    .unwrap_or_default()
+            )),
+            "the producer names the lost batches:\n{logged}"
+        );
+    } else {
+        assert!(
+            status.success() && said.contains(&format!("produced {TOTAL} messages")),
+            "the producer rides out the crash: {status:?}: {said}\n{logged}"
+        );
     }
 }
