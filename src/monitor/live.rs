@@ -5,11 +5,12 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::report::Report;
 
-/// The display's bars: one progress bar, one status line, the table lines.
+/// The display's bars: one progress bar, two status lines, the table lines.
 pub(super) struct Live {
     multi: MultiProgress,
     progress: ProgressBar,
     status: ProgressBar,
+    health: ProgressBar,
     table: Vec<ProgressBar>,
 }
 
@@ -33,10 +34,12 @@ impl Live {
             .progress_chars("=> "),
         );
         let status = text_line(&multi);
+        let health = text_line(&multi);
         Self {
             multi,
             progress,
             status,
+            health,
             table: Vec::new(),
         }
     }
@@ -59,6 +62,29 @@ impl Live {
             report.avg_send_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms")),
             report.percentiles_text(),
             report.rate_per_s,
+        ));
+        let dead = report
+            .dead_by_reason
+            .iter()
+            .map(|(reason, n)| format!("{reason} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let retention = report.retention_ms.map_or_else(
+            || "-".to_owned(),
+            |ms| {
+                u64::try_from(ms).map_or_else(
+                    |_| "forever".to_owned(),
+                    |ms| {
+                        humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
+                    },
+                )
+            },
+        );
+        self.health.set_message(format!(
+            "{} | live senders {} | dead: {dead} | trimmed {} | retention {retention}",
+            report.ages_text(),
+            report.live_senders,
+            report.trimmed,
         ));
         let width = report
             .senders
@@ -97,6 +123,7 @@ impl Live {
     pub(super) fn finish(&self) {
         self.progress.finish();
         self.status.finish();
+        self.health.finish();
         for line in &self.table {
             line.finish();
         }
