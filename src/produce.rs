@@ -313,10 +313,10 @@ fn ranges(seqs: &[u64]) -> String {
 
 /// Generates and encodes the run's batches, in order, on a thread of its own,
 /// up to [`GENERATED_AHEAD`] ahead of the writer, leaving out those in
-/// `skip`; stops when the receiver is dropped. Generating in the writer's task held each batch's `EXEC` until
-/// the next batch was generated, and Redis waited for it whenever that took
-/// longer than Redis's work on the batch before (without persistence, produce
-/// was 0.74-0.85 of the ceiling in interleaved bench runs, and is 0.84-0.86).
+/// `skip`; stops when the receiver is dropped. On the writer's task a
+/// batch's `EXEC` would wait until the next batch was generated, and Redis
+/// would wait for it whenever that took longer than its work on the batch
+/// before.
 fn generate(
     store: Store,
     plan: &RunPlan,

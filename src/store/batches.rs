@@ -29,12 +29,11 @@
 //! try held up in Redis's socket (a stalled disk) could run entirely after its
 //! retry, watch too late and land twice.
 //!
-//! This replaced a Lua Function (`sms_produce`, which checked and marked in
-//! one call): a `redis.call` per message cost Redis about 2 µs more per
-//! message than a queued command, and produce is bound by Redis's CPU. The
-//! replies (`QUEUED` and an id per message) are framed by
-//! [`RespConnection`], not parsed by redis-rs, which cost the producer 2.7 µs
-//! per message.
+//! Why not a Function that checks and writes in one call: a `redis.call` per
+//! message costs Redis about 2 µs more per message than a queued command,
+//! and produce is bound by Redis's CPU. The replies (`QUEUED` and an id per
+//! message) are framed by [`RespConnection`], not parsed by redis-rs, whose
+//! parser costs the producer 2.7 µs per message.
 //!
 //! A batch's transaction aborts (nil `EXEC`) when the watched hash changed:
 //! another try of it landed, or a retry of another batch of the same run
