@@ -215,46 +215,8 @@ async fn execute_on(
     };
     match settings.task {
         Task::Migrate(_) | Task::Completions(_) => {}
-        Task::Produce(mut produce_settings) => {
-            // The run's id, printed before anything is written, so that a
-            // producer killed at any moment can be resumed by it.
-            match &produce_settings.resume {
-                Some(run) => println!("resuming producer run {run}"),
-                None => {
-                    let run = produce_settings
-                        .run_id
-                        .get_or_insert_with(produce::new_run_id);
-                    println!("producer run {run}: {} messages", produce_settings.count);
-                }
-            }
-            let summary = produce::run(&store, &produce_settings, shutdown).await?;
-            if !summary.started {
-                println!(
-                    "stopped by a signal before run {} started: nothing was produced",
-                    summary.run_id
-                );
-                return Ok(ExitStatus::Success);
-            }
-            println!(
-                "produced {} messages in {:.3}s ({:.0} msg/s), run {}{}",
-                summary.count,
-                summary.elapsed.as_secs_f64(),
-                summary.rate_per_s(),
-                summary.run_id,
-                if summary.interrupted {
-                    format!(
-                        "; stopped early by a signal: `sms-alerts produce --resume {}` finishes it",
-                        summary.run_id
-                    )
-                } else if summary.already_written > 0 {
-                    format!(
-                        "; {} more were written before it was resumed",
-                        summary.already_written
-                    )
-                } else {
-                    String::new()
-                }
-            );
+        Task::Produce(produce_settings) => {
+            return produce_task(&store, produce_settings, shutdown).await;
         }
         Task::Send(send_settings) => {
             send::run(store, send_settings, shutdown.clone()).await?;
@@ -272,11 +234,7 @@ async fn execute_on(
         }
         Task::Audit { json, page } => {
             let report = audit::run(&store, page).await?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_json_or_text(json, &report, &report.to_text())?;
             if !report.is_consistent() {
                 return Ok(ExitStatus::Failure);
             }
@@ -305,60 +263,102 @@ async fn execute_on(
         }
         Task::ListSenders { json } => {
             let rows = senders::list(&store).await?;
-            if json {
-                println!("{}", serde_json::to_string(&rows)?);
-            } else {
-                print!("{}", senders::to_table(&rows));
-            }
+            print_json_or_text(json, &rows, &senders::to_table(&rows))?;
         }
         Task::PruneSenders { json, idle } => {
             let report = senders::prune(&store, idle).await?;
-            if json {
-                println!("{}", serde_json::to_string(&report)?);
-            } else {
-                print!("{}", report.to_text());
-            }
+            print_json_or_text(json, &report, &report.to_text())?;
         }
         Task::Trim { json } => {
             let trimmed = trim(&store).await?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "trimmed": trimmed.entries,
-                        "dead_trimmed": trimmed.dead_letters,
-                    })
-                );
-            } else {
-                println!(
-                    "trimmed {} settled entries and {} dead letters",
-                    trimmed.entries, trimmed.dead_letters
-                );
-            }
+            let text = format!(
+                "trimmed {} settled entries and {} dead letters",
+                trimmed.entries, trimmed.dead_letters
+            );
+            let value = serde_json::json!({
+                "trimmed": trimmed.entries,
+                "dead_trimmed": trimmed.dead_letters,
+            });
+            print_json_or_text(json, &value, &(text + "\n"))?;
         }
         Task::Runs { json } => {
             let runs = store.all_runs().await?;
-            if json {
-                println!("{}", serde_json::to_string(&runs)?);
-            } else {
-                print!("{}", runs_table(&runs));
-            }
+            print_json_or_text(json, &runs, &runs_table(&runs))?;
         }
         Task::Dead(task) => return dead_task(&store, task).await,
-        Task::Repair { yes, group_start } => {
-            let plan = repair::plan(&store, &group_start).await?;
-            print!("{}", plan.to_text());
-            if plan.steps.is_empty() {
-                return Ok(ExitStatus::Success);
-            }
-            if !yes {
-                println!("nothing was changed: run `sms-alerts repair --yes` to do the above");
-                return Ok(ExitStatus::Failure);
-            }
-            repair::apply(&store, &plan).await?;
-            println!("repaired: restart every sms-alerts process of this queue");
+        Task::Repair { yes, group_start } => return repair_task(&store, yes, &group_start).await,
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// Prints `value` as one JSON line, or `text` as it is.
+fn print_json_or_text(json: bool, value: &impl serde::Serialize, text: &str) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(value)?);
+    } else {
+        print!("{text}");
+    }
+    Ok(())
+}
+
+/// `produce`: prints the run's id before anything is written, so that a
+/// producer killed at any moment can be resumed by it, then what it did.
+async fn produce_task(
+    store: &Store,
+    mut settings: sms_alerts::settings::ProduceSettings,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<ExitStatus> {
+    match &settings.resume {
+        Some(run) => println!("resuming producer run {run}"),
+        None => {
+            let run = settings.run_id.get_or_insert_with(produce::new_run_id);
+            println!("producer run {run}: {} messages", settings.count);
         }
     }
+    let summary = produce::run(store, &settings, shutdown).await?;
+    if !summary.started {
+        println!(
+            "stopped by a signal before run {} started: nothing was produced",
+            summary.run_id
+        );
+        return Ok(ExitStatus::Success);
+    }
+    let tail = if summary.interrupted {
+        format!(
+            "; stopped early by a signal: `sms-alerts produce --resume {}` finishes it",
+            summary.run_id
+        )
+    } else if summary.already_written > 0 {
+        format!(
+            "; {} more were written before it was resumed",
+            summary.already_written
+        )
+    } else {
+        String::new()
+    };
+    println!(
+        "produced {} messages in {:.3}s ({:.0} msg/s), run {}{tail}",
+        summary.count,
+        summary.elapsed.as_secs_f64(),
+        summary.rate_per_s(),
+        summary.run_id,
+    );
+    Ok(ExitStatus::Success)
+}
+
+/// `repair`: prints the plan, and does it with `--yes`.
+async fn repair_task(store: &Store, yes: bool, group_start: &str) -> anyhow::Result<ExitStatus> {
+    let plan = repair::plan(store, group_start).await?;
+    print!("{}", plan.to_text());
+    if plan.steps.is_empty() {
+        return Ok(ExitStatus::Success);
+    }
+    if !yes {
+        println!("nothing was changed: run `sms-alerts repair --yes` to do the above");
+        return Ok(ExitStatus::Failure);
+    }
+    repair::apply(store, &plan).await?;
+    println!("repaired: restart every sms-alerts process of this queue");
     Ok(ExitStatus::Success)
 }
 
