@@ -615,7 +615,8 @@ local function sms_hold_name(keys, args)
 end
 
 --[[
-  sms_release_name: give a lease back on a clean exit.
+  sms_release_name: give a lease back on a clean exit. Allowed when Redis is
+  out of memory: it only deletes.
   KEYS: 1 the lease key
   ARGV: 1 token of this process
   Returns: 1 if released, 0 if the lease was not held by this process.
@@ -1048,7 +1049,6 @@ redis.register_function('sms_create', sms_create)
 redis.register_function('sms_report', sms_report)
 redis.register_function('sms_claim', sms_claim)
 redis.register_function('sms_renew', sms_renew)
-redis.register_function('sms_release_name', sms_release_name)
 redis.register_function('sms_prune', sms_prune)
 redis.register_function('sms_run_start', sms_run_start)
 redis.register_function('sms_run_resume', sms_run_resume)
@@ -1057,5 +1057,6 @@ redis.register_function('sms_requeue', sms_requeue)
 redis.register_function('sms_dead_purge', sms_dead_purge)
 redis.register_function { function_name = 'sms_trim', callback = sms_trim, flags = { 'allow-oom' } }
 redis.register_function { function_name = 'sms_hold_name', callback = sms_hold_name, flags = { 'allow-oom' } }
+redis.register_function { function_name = 'sms_release_name', callback = sms_release_name, flags = { 'allow-oom' } }
 redis.register_function { function_name = 'sms_snapshot', callback = sms_snapshot, flags = { 'no-writes' } }
 redis.register_function { function_name = 'sms_version', callback = sms_version, flags = { 'no-writes' } }

@@ -232,13 +232,6 @@ async fn execute_on(
             let sink = sink_for(&mut stdout, monitor_settings.json);
             monitor::run(&store, &monitor_settings, sink, shutdown).await?;
         }
-        Task::Audit { json, page } => {
-            let report = audit::run(&store, page).await?;
-            print_json_or_text(json, &report, &report.to_text())?;
-            if !report.is_consistent() {
-                return Ok(ExitStatus::Failure);
-            }
-        }
         Task::Demo(demo_settings) => {
             let mut stdout = std::io::stdout();
             let sink = sink_for(&mut stdout, demo_settings.monitor.json);
@@ -261,16 +254,43 @@ async fn execute_on(
             );
             bench::run(&settings.queue.redis_url, sizes, &mut std::io::stdout()).await?;
         }
+        task => {
+            // A one-shot command stops at the first signal: it has no work of
+            // its own to finish, and what it did is done (a repair step is
+            // one transaction). 130: it did not finish.
+            return tokio::select! {
+                status = one_shot(&store, task) => status,
+                () = shutdown.cancelled() => {
+                    eprintln!("stopped by a signal before it finished");
+                    Ok(ExitStatus::Interrupted)
+                }
+            };
+        }
+    }
+    Ok(ExitStatus::Success)
+}
+
+/// The commands that do one thing and end: audit, senders, trim, runs,
+/// dead letters, repair.
+async fn one_shot(store: &Store, task: Task) -> anyhow::Result<ExitStatus> {
+    match task {
+        Task::Audit { json, page } => {
+            let report = audit::run(store, page).await?;
+            print_json_or_text(json, &report, &report.to_text())?;
+            if !report.is_consistent() {
+                return Ok(ExitStatus::Failure);
+            }
+        }
         Task::ListSenders { json } => {
-            let rows = senders::list(&store).await?;
+            let rows = senders::list(store).await?;
             print_json_or_text(json, &rows, &senders::to_table(&rows))?;
         }
         Task::PruneSenders { json, idle } => {
-            let report = senders::prune(&store, idle).await?;
+            let report = senders::prune(store, idle).await?;
             print_json_or_text(json, &report, &report.to_text())?;
         }
         Task::Trim { json } => {
-            let trimmed = trim(&store).await?;
+            let trimmed = trim(store).await?;
             let text = format!(
                 "trimmed {} settled entries and {} dead letters",
                 trimmed.entries, trimmed.dead_letters
@@ -285,8 +305,9 @@ async fn execute_on(
             let runs = store.all_runs().await?;
             print_json_or_text(json, &runs, &runs_table(&runs))?;
         }
-        Task::Dead(task) => return dead_task(&store, task).await,
-        Task::Repair { yes, group_start } => return repair_task(&store, yes, &group_start).await,
+        Task::Dead(task) => return dead_task(store, task).await,
+        Task::Repair { yes, group_start } => return repair_task(store, yes, &group_start).await,
+        _ => {}
     }
     Ok(ExitStatus::Success)
 }

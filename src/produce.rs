@@ -24,13 +24,19 @@ use crate::generator::MessageGenerator;
 use crate::message::Message;
 use crate::settings::ProduceSettings;
 use crate::store::{
-    BatchConnection, BatchWrite, CommittedBatch, NameHold, PreparedBatch, RunEnd, RunPlan,
-    StartedBatch, Store, StoreError,
+    BatchConnection, BatchWrite, CommittedBatch, FailureLog, NameHold, PreparedBatch, RunEnd,
+    RunPlan, StartedBatch, Store, StoreError,
 };
 
 /// Batches generated ahead of the writer: enough that the next is always
 /// ready when the writer turns around, few enough to bound memory.
 const GENERATED_AHEAD: usize = 2;
+
+/// How long a producer stopped by a signal waits for the outcome of its
+/// batches in flight, then to record the run as stopped, then to give its
+/// lease back: together under the second a first signal has to stop a
+/// process.
+const STOP_GRACE: Duration = Duration::from_millis(300);
 
 /// Committed batches whose outcome is still to come. The replies come in
 /// order, so this only bounds memory; two keep the socket busy.
@@ -149,11 +155,30 @@ pub async fn run(
     } else {
         RunEnd::Finished
     };
-    let missing = store
-        .retrying("record the end of the run", || {
-            store.end_run(&run_id, &token, end, plan.batches())
-        })
-        .await?;
+    let record = store.retrying("record the end of the run", || {
+        store.end_run(&run_id, &token, end, plan.batches())
+    });
+    let missing = if interrupted {
+        // Stopping must not wait on a Redis that is away: unrecorded, the
+        // run reads as died once its lease runs out, resumable all the same.
+        match tokio::time::timeout(STOP_GRACE, record).await {
+            Ok(missing) => missing?,
+            Err(_) => {
+                // Given back (allowed at maxmemory too), the lease lets the
+                // run read as died, to be resumed, at once.
+                let released = store.release_run(&run_id, &token);
+                let _ = tokio::time::timeout(STOP_GRACE, released).await;
+                tracing::warn!(
+                    run = run_id,
+                    "could not record the run as stopped; it reads as died, and `produce \
+                     --resume` finishes it"
+                );
+                Vec::new()
+            }
+        }
+    } else {
+        record.await?
+    };
     if !missing.is_empty() {
         return Err(ProduceError::Store(StoreError::Lost(format!(
             "producer run {run_id}: batches {} of {} are no longer recorded: Redis lost writes \
@@ -216,23 +241,40 @@ async fn write_run(
     shutdown: &CancellationToken,
     lost_lease: &CancellationToken,
 ) -> Result<(u64, bool), ProduceError> {
-    let mut writer = Writer::connect(store).await?;
+    let mut writer = tokio::select! {
+        writer = Writer::connect(store) => writer?,
+        () = shutdown.cancelled() => return Ok((0, true)),
+    };
     let (mut batches, generating) = generate(store.clone(), plan, skip.clone(), run_id.to_owned());
     let mut interrupted = false;
     loop {
-        if shutdown.is_cancelled() {
-            interrupted = true;
-            break;
-        }
         if lost_lease.is_cancelled() {
             return Err(ProduceError::TakenOver {
                 run: run_id.to_owned(),
             });
         }
-        let Some(prepared) = batches.recv().await else {
+        // A signal stops the run between batches, or while a batch waits
+        // for Redis (away, or full): a batch in doubt is no harm, its mark
+        // in the run's record says whether it landed.
+        let pushed = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => None,
+            prepared = batches.recv() => match prepared {
+                None => break,
+                Some(prepared) => Some(prepared),
+            },
+        };
+        let Some(prepared) = pushed else {
+            interrupted = true;
             break;
         };
-        writer.push(store, prepared).await?;
+        tokio::select! {
+            pushed = writer.push(store, prepared) => pushed?,
+            () = shutdown.cancelled() => {
+                interrupted = true;
+                break;
+            }
+        }
     }
     // Stops the generator if it is ahead, and lets a panic there surface
     // instead of passing for the end of the run.
@@ -242,7 +284,18 @@ async fn write_run(
             std::panic::resume_unwind(err.into_panic());
         }
     }
-    Ok((writer.finish(store).await?, interrupted))
+    if !interrupted {
+        writer.finish(store).await?;
+    } else if tokio::time::timeout(STOP_GRACE, writer.finish(store))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            run = run_id,
+            "stopping with batches whose outcome is unknown; the run's record tells which landed"
+        );
+    }
+    Ok((writer.written, interrupted))
 }
 
 /// Renews the run's lease every third of `ttl`; cancels `lost` if another
@@ -258,10 +311,11 @@ async fn keep_lease(
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
+    let mut log = FailureLog::default();
     loop {
         tick.tick().await;
         match store.hold_run(&run_id, &token, ttl).await {
-            Ok(NameHold::Held { lapsed: false }) => {}
+            Ok(NameHold::Held { lapsed: false }) => log.succeeded("renew the run's lease"),
             Ok(NameHold::Held { lapsed: true }) => tracing::warn!(
                 run = run_id,
                 "the run's lease had run out (this producer was paused, or Redis away, for \
@@ -275,9 +329,7 @@ async fn keep_lease(
                 lost.cancel();
                 return;
             }
-            Err(err) => {
-                tracing::warn!(run = run_id, error = %err, "could not renew the run's lease; will retry")
-            }
+            Err(err) => log.failed("renew the run's lease", &err, ttl / 3),
         }
     }
 }
@@ -393,14 +445,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Commits the started batch, and waits for every outcome. Returns the
-    /// messages written.
-    async fn finish(mut self, store: &Store) -> Result<u64, StoreError> {
+    /// Commits the started batch, and waits for every outcome.
+    async fn finish(&mut self, store: &Store) -> Result<(), StoreError> {
         self.commit_started(store).await?;
         while !self.committed.is_empty() {
             self.settle_oldest(store).await?;
         }
-        Ok(self.written)
+        Ok(())
     }
 
     async fn commit_started(&mut self, store: &Store) -> Result<(), StoreError> {

@@ -158,10 +158,15 @@ async fn the_first_signal_stops_a_sender_or_producer_retrying_its_first_write() 
         .await
         .expect("CONFIG SET maxmemory");
 
-    // Each waits in its start-up retries: the sender to take its name, the
-    // producer to record its run.
+    // Each waits in its start-up retries: the sender to recover its pending
+    // work (its name's lease is taken even at maxmemory), the producer to
+    // record its run.
     let commands: [(&str, &[&str], &str); 2] = [
-        ("send", &["send", "--name", "s1"], "take the sender name"),
+        (
+            "send",
+            &["send", "--name", "s1"],
+            "recover own pending messages",
+        ),
         (
             "produce",
             &["produce", "--count", "10", "--run-id", "r1"],
@@ -200,7 +205,7 @@ async fn the_first_signal_stops_a_sender_or_producer_retrying_its_first_write() 
     );
     assert!(
         !name_is_held(&store, "s1").await,
-        "the sender never took its name"
+        "the sender gave its name back, at maxmemory too"
     );
     assert!(
         store.all_runs().await.expect("runs").is_empty(),
@@ -278,4 +283,96 @@ async fn a_second_signal_exits_130_at_once_while_the_first_drains() {
         "the messages it held stay pending, to be delivered again; got {} pending",
         scan.pending
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_signal_stops_a_producer_whose_batches_redis_refuses_mid_run() {
+    let redis = start_redis_with(RedisOptions {
+        extra_args: vec!["--maxmemory-policy", "noeviction"],
+        ..RedisOptions::default()
+    })
+    .await;
+    let prefix = unique_prefix("fullmid");
+    let store = store(&redis.url, &prefix).await;
+    let mut producer = KillOnDrop(spawn_process(
+        &redis.url,
+        &prefix,
+        "produce",
+        &[
+            "produce", "--count", "1000000", "--batch", "1000", "--seed", "3", "--run-id", "r",
+            "--lease", "1s",
+        ],
+    ));
+    wait_until(
+        "the producer is under way",
+        Duration::from_secs(30),
+        || async { stream_length(&redis.url, &store.keys().messages()).await >= 20_000 },
+    )
+    .await;
+    // Redis fills up: the producer's next batches are refused and retried.
+    let mut conn = raw(&redis.url).await;
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(1)
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET maxmemory");
+    wait_until("the producer retries", Duration::from_secs(10), || async {
+        log_of(&prefix, "produce").contains("OOM")
+    })
+    .await;
+    let (status, took) = terminate_and_time(&mut producer, "produce").await;
+    assert_stopped_at_once("producer mid-run", status, took, 0);
+    println!("signals: a producer retrying refused batches stopped in {took:?}");
+
+    // Memory back: the run is resumed to exactly its count.
+    let () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("CONFIG SET maxmemory 0");
+    let mut resumed = KillOnDrop(spawn_process(
+        &redis.url,
+        &prefix,
+        "resume",
+        &["produce", "--resume", "r", "--lease", "1s"],
+    ));
+    let status = wait_exit(&mut resumed, Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(0), "{}", log_of(&prefix, "resume"));
+    assert_eq!(
+        stream_length(&redis.url, &store.keys().messages()).await,
+        1_000_000,
+        "the run ends with exactly its count"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_signal_stops_a_one_shot_command_that_waits_on_redis() {
+    let redis = start_redis_with(RedisOptions {
+        debug_command: true,
+        ..RedisOptions::default()
+    })
+    .await;
+    let prefix = unique_prefix("oneshot");
+    let _ = store(&redis.url, &prefix).await;
+    // Redis stalls (as behind a blocked disk) while `audit` waits on it.
+    let mut staller = raw(&redis.url).await;
+    let mut audit = KillOnDrop(spawn_process(&redis.url, &prefix, "audit", &["audit"]));
+    let stall = tokio::spawn(async move {
+        let _: Result<(), _> = redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(5)
+            .query_async(&mut staller)
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, took) = terminate_and_time(&mut audit, "audit").await;
+    // 0 if it was still starting (nothing begun), 130 if it was auditing.
+    let code = status.code().filter(|code| *code == 0 || *code == 130);
+    assert!(code.is_some(), "audit exits 0 or 130, got {status:?}");
+    assert_stopped_at_once("audit on a stalled Redis", status, took, code.unwrap_or(0));
+    stall.abort();
 }

@@ -163,6 +163,10 @@ fn is_transient(err: &RedisError) -> bool {
     if matches!(err.code(), Some("OOM" | "BUSY")) {
         return true;
     }
+    // A transaction refused whole for want of memory: nothing of it ran.
+    if err.code() == Some("EXECABORT") && err.to_string().contains("OOM") {
+        return true;
+    }
     if err.is_io_error()
         || err.is_timeout()
         || err.is_connection_dropped()

@@ -373,10 +373,15 @@ impl Store {
 
     /// Gives a sender name back (`sms_release_name`), if this process holds it.
     pub async fn release_name(&self, consumer: &str, token: &str) -> Result<(), StoreError> {
+        self.release_lease(self.keys.sender_lease(consumer), token)
+            .await
+    }
+
+    /// Gives the lease in `key` back (`sms_release_name`), if `token` holds it.
+    pub(super) async fn release_lease(&self, key: String, token: &str) -> Result<(), StoreError> {
         const NAME: &str = "sms_release_name";
         let args = vec![token.as_bytes().to_vec()];
-        self.fcall(NAME, &[self.keys.sender_lease(consumer)], args)
-            .await?;
+        self.fcall(NAME, &[key], args).await?;
         Ok(())
     }
 

@@ -164,6 +164,12 @@ impl Store {
             .await
     }
 
+    /// Gives a run's lease back (`sms_release_name`), if this process
+    /// (`token`) holds it: the run then reads as died at once.
+    pub async fn release_run(&self, run_id: &str, token: &str) -> Result<(), StoreError> {
+        self.release_lease(self.keys.run_lease(run_id), token).await
+    }
+
     /// Ends a run (`sms_run_end`). For a finished run, checks first that all
     /// `batches` are recorded written; returns the numbers of those missing
     /// (lost with the queue's state), in which case nothing is recorded.
