@@ -454,6 +454,17 @@ async fn a_redis_restarted_without_its_data_stops_every_process() {
         restarted,
     )
     .await;
+    let audit = bin()
+        .args(["--redis-url", &redis.url, "--prefix", &prefix, "audit"])
+        .output()
+        .expect("audit runs");
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(
+        audit.status.code(),
+        Some(1),
+        "audit after the restart: {text}"
+    );
+    assert!(text.contains("queue state lost"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
