@@ -173,6 +173,38 @@ fn id_key(id: &str) -> (u64, u64) {
     )
 }
 
+/// The counters; or, when Redis lacks the Functions library because the
+/// queue's state is gone with it (a Redis restarted without its data), the
+/// report of that loss.
+async fn counters(store: &Store) -> Result<Result<Snapshot, AuditReport>, StoreError> {
+    let err = match Snapshot::read(store).await {
+        Ok(counters) => return Ok(Ok(counters)),
+        Err(err) if err.needs_library() => err,
+        Err(err) => return Err(err),
+    };
+    match store.diagnose().await {
+        Err(lost) if lost.is_queue_state() => Ok(Err(AuditReport {
+            produced: 0,
+            stream_length: 0,
+            acknowledged: 0,
+            pending: 0,
+            queued: 0,
+            dangling_pending: 0,
+            dead_length: 0,
+            dead_by_reason: BTreeMap::new(),
+            counters: Snapshot::default(),
+            problems: vec![lost.to_string()],
+        })),
+        Err(other) => Err(other),
+        // Only the library is gone (FUNCTION FLUSH): code, loaded again.
+        Ok(()) => {
+            tracing::warn!(error = %err, "loading the Functions library again");
+            store.ensure_library().await?;
+            Ok(Ok(Snapshot::read(store).await?))
+        }
+    }
+}
+
 /// Walks tried before the audit reports what it found although retention
 /// trimmed under it each time.
 const WALKS: usize = 3;
@@ -183,7 +215,12 @@ pub async fn run(store: &Store, page: usize) -> Result<AuditReport, StoreError> 
     loop {
         tries += 1;
         let report = walk(store, page.max(1)).await?;
-        let after = Snapshot::read(store).await?;
+        let after = match Snapshot::read(store).await {
+            Ok(after) => after,
+            // The walk found the queue's state gone with the library.
+            Err(err) if err.needs_library() => return Ok(report),
+            Err(err) => return Err(err),
+        };
         let moved = (after.trimmed, after.dead_trimmed)
             != (report.counters.trimmed, report.counters.dead_trimmed);
         if !moved || tries == WALKS {
@@ -194,7 +231,10 @@ pub async fn run(store: &Store, page: usize) -> Result<AuditReport, StoreError> 
 
 /// One walk over the stream, the pending list and the dead stream.
 async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
-    let counters = Snapshot::read(store).await?;
+    let counters = match counters(store).await? {
+        Ok(counters) => counters,
+        Err(lost) => return Ok(lost),
+    };
     let group = store.group_info().await?;
     let info = store.stream_info(&store.keys().messages()).await?;
     let last_delivered = id_key(if group.exists {
