@@ -57,6 +57,15 @@ pub struct StreamInfo {
     pub entries_added: u64,
 }
 
+/// `XRANGE key (after + COUNT count`: a page of `key` after the entry
+/// `after` (from the start when `None`).
+fn range_after(key: &str, after: Option<&str>, count: usize) -> redis::Cmd {
+    let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
+    cmd
+}
+
 /// A flat `name, value, ...` reply as a map.
 fn fields(command: &'static str, value: Value) -> Result<HashMap<String, Value>, StoreError> {
     let items = array(command, value)?;
@@ -87,9 +96,7 @@ impl Store {
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<StreamEntry>, StoreError> {
-        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
+        let cmd = range_after(key, after, count);
         conn.range_full(&cmd).await
     }
 
@@ -205,9 +212,7 @@ impl Store {
         after: Option<&str>,
         count: usize,
     ) -> Result<Vec<String>, StoreError> {
-        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
+        let cmd = range_after(key, after, count);
         conn.range_ids(&cmd).await
     }
 
@@ -225,9 +230,7 @@ impl Store {
         count: usize,
         name: &'static str,
     ) -> Result<Vec<IdAndValue>, StoreError> {
-        let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let mut cmd = redis::cmd("XRANGE");
-        cmd.arg(key).arg(start).arg("+").arg("COUNT").arg(count);
+        let cmd = range_after(key, after, count);
         conn.range_values(&cmd, name).await
     }
 

@@ -89,6 +89,17 @@ pub enum RunEnd {
 }
 
 impl Store {
+    /// The keys a run's start and resume touch.
+    fn run_keys(&self, run_id: &str) -> [String; 5] {
+        [
+            self.keys.queue(),
+            self.keys.runs(),
+            self.keys.open_runs(),
+            self.keys.run(run_id),
+            self.keys.run_lease(run_id),
+        ]
+    }
+
     /// Records a new run and takes its lease (`sms_run_start`).
     /// [`StoreError::Refused`] when the id is taken.
     pub async fn start_run(
@@ -99,13 +110,7 @@ impl Store {
         lease: Duration,
     ) -> Result<(), StoreError> {
         const NAME: &str = "sms_run_start";
-        let keys = [
-            self.keys.queue(),
-            self.keys.runs(),
-            self.keys.open_runs(),
-            self.keys.run(run_id),
-            self.keys.run_lease(run_id),
-        ];
+        let keys = self.run_keys(run_id);
         let args = [
             self.epoch.to_string(),
             run_id.to_owned(),
@@ -132,13 +137,7 @@ impl Store {
         lease: Duration,
     ) -> Result<RunPlan, StoreError> {
         const NAME: &str = "sms_run_resume";
-        let keys = [
-            self.keys.queue(),
-            self.keys.runs(),
-            self.keys.open_runs(),
-            self.keys.run(run_id),
-            self.keys.run_lease(run_id),
-        ];
+        let keys = self.run_keys(run_id);
         let args = [
             self.epoch.to_string(),
             run_id.to_owned(),
