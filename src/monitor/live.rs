@@ -71,14 +71,7 @@ impl Live {
             .join(", ");
         let retention = report.retention_ms.map_or_else(
             || "-".to_owned(),
-            |ms| {
-                u64::try_from(ms).map_or_else(
-                    |_| "forever".to_owned(),
-                    |ms| {
-                        humantime::format_duration(std::time::Duration::from_millis(ms)).to_string()
-                    },
-                )
-            },
+            |ms| crate::store::Retention::from_millis(ms).to_string(),
         );
         self.health.set_message(format!(
             "{} | live senders {} | dead: {dead} | trimmed {} | retention {retention}",

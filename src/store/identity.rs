@@ -54,6 +54,17 @@ impl std::fmt::Display for Retention {
         match self {
             Self::Forever => f.write_str("forever"),
             Self::Keep(age) if age.is_zero() => f.write_str("0s"),
+            // Whole days, hours or minutes as an operator writes them (`7d`).
+            Self::Keep(age) if age.subsec_nanos() == 0 => {
+                let secs = age.as_secs();
+                match [(86_400, "d"), (3_600, "h"), (60, "m"), (1, "s")]
+                    .into_iter()
+                    .find(|(unit, _)| secs % unit == 0)
+                {
+                    Some((unit, name)) => write!(f, "{}{name}", secs / unit),
+                    None => write!(f, "{secs}s"),
+                }
+            }
             Self::Keep(age) => write!(f, "{}", humantime::format_duration(*age)),
         }
     }
@@ -254,6 +265,12 @@ mod tests {
             assert_eq!(Retention::from_millis(retention.to_millis()), retention);
         }
         assert_eq!(Retention::DEFAULT.to_string(), "1h");
+        assert_eq!(Retention::DEFAULT_DEAD.to_string(), "7d");
+        assert_eq!(Retention::Keep(Duration::from_secs(90)).to_string(), "90s");
+        assert_eq!(
+            Retention::Keep(Duration::from_millis(1500)).to_string(),
+            "1s 500ms"
+        );
         assert_eq!(Retention::Keep(Duration::ZERO).to_string(), "0s");
         assert_eq!(Retention::Forever.to_string(), "forever");
     }
