@@ -41,20 +41,7 @@ async fn digest(url: &str, store: &Store) -> BTreeMap<String, Vec<u8>> {
 async fn busy_queue(url: &str, test: &str) -> (Store, Vec<String>) {
     let store = store(url, &unique_prefix(test)).await;
     produce_n(&store, 3, 20).await;
-    let mut conn = raw(url).await;
-    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(store.group())
-        .arg("c1")
-        .arg("COUNT")
-        .arg(10)
-        .arg("STREAMS")
-        .arg(store.keys().messages())
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("XREADGROUP");
-    let ids: Vec<String> = read.keys[0].ids.iter().map(|e| e.id.clone()).collect();
+    let ids = read_as(url, &store, "c1", 10).await;
     let malformed = ReportItem {
         id: ids[9].clone(),
         outcome: Outcome::Malformed,
@@ -291,6 +278,17 @@ async fn count(url: &str, store: &Store, field: &str) -> u64 {
     stat(url, store, field).await.parse().expect("a number")
 }
 
+/// `audit` exits 1 naming the lost state.
+fn audit_finds_the_state_lost(url: &str, prefix: &str, when: &str) {
+    let audit = bin()
+        .args(["--redis-url", url, "--prefix", prefix, "audit"])
+        .output()
+        .expect("audit runs");
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert_eq!(audit.status.code(), Some(1), "{when}: {text}");
+    assert!(text.contains("queue state lost"), "{when}: {text}");
+}
+
 /// Waits for `child` to exit; returns its code and how long it took.
 async fn exit_code(child: &mut Child, deadline: Duration) -> (Option<i32>, Duration) {
     let started = Instant::now();
@@ -402,17 +400,7 @@ async fn a_flushall_mid_run_stops_every_process_and_fails_the_audit() {
     )
     .await;
 
-    let audit = bin()
-        .args(["--redis-url", &redis.url, "--prefix", &prefix, "audit"])
-        .output()
-        .expect("audit runs");
-    let text = String::from_utf8_lossy(&audit.stdout);
-    assert_eq!(
-        audit.status.code(),
-        Some(1),
-        "audit on a flushed queue: {text}"
-    );
-    assert!(text.contains("queue state lost"), "{text}");
+    audit_finds_the_state_lost(&redis.url, &prefix, "audit on a flushed queue");
     // Nothing re-created the queue behind the operator's back.
     let mut conn = raw(&redis.url).await;
     let keys: Vec<String> = redis::cmd("KEYS")
@@ -454,17 +442,7 @@ async fn a_redis_restarted_without_its_data_stops_every_process() {
         restarted,
     )
     .await;
-    let audit = bin()
-        .args(["--redis-url", &redis.url, "--prefix", &prefix, "audit"])
-        .output()
-        .expect("audit runs");
-    let text = String::from_utf8_lossy(&audit.stdout);
-    assert_eq!(
-        audit.status.code(),
-        Some(1),
-        "audit after the restart: {text}"
-    );
-    assert!(text.contains("queue state lost"), "{text}");
+    audit_finds_the_state_lost(&redis.url, &prefix, "audit after the restart");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

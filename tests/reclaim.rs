@@ -9,31 +9,13 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sms_alerts::store::Store;
-
-/// `count` entries read (made pending) by consumer `holder`, oldest first.
-async fn hold(url: &str, store: &Store, count: usize) -> Vec<String> {
-    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(store.group())
-        .arg("holder")
-        .arg("COUNT")
-        .arg(count)
-        .arg("STREAMS")
-        .arg(store.keys().messages())
-        .arg(">")
-        .query_async(&mut raw(url).await)
-        .await
-        .expect("XREADGROUP");
-    read.keys[0].ids.iter().map(|e| e.id.clone()).collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_claim_call_scans_a_bounded_slice_and_the_cursor_finds_stale_work_deep_down() {
     let redis = start_redis().await;
     let store = store(&redis.url, &unique_prefix("slice")).await;
     produce_n(&store, 21, 5_000).await;
-    let held = hold(&redis.url, &store, 5_000).await;
+    let held = read_as(&redis.url, &store, "holder", 5_000).await;
     // The last 100 are stale (idle an hour); the 4,900 before them are live.
     let stale = &held[4_900..];
     let mut claim = redis::cmd("XCLAIM");
@@ -86,7 +68,7 @@ async fn a_claim_call_takes_at_most_200_entries() {
     let redis = start_redis().await;
     let store = store(&redis.url, &unique_prefix("cap")).await;
     produce_n(&store, 22, 1_000).await;
-    let held = hold(&redis.url, &store, 1_000).await;
+    let held = read_as(&redis.url, &store, "holder", 1_000).await;
     let reply = store
         .claim("taker", Duration::ZERO, None, 1_000, 3, None)
         .await
@@ -102,7 +84,7 @@ async fn a_sender_takes_over_a_dead_consumers_long_pending_list() {
     let store = store(&redis.url, &prefix).await;
     produce_n(&store, 23, 3_500).await;
     // A consumer that read 3,000 messages and died without a word.
-    hold(&redis.url, &store, 3_000).await;
+    read_as(&redis.url, &store, "holder", 3_000).await;
     let mut sender = spawn_sender_process(
         &redis.url,
         &prefix,

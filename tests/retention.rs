@@ -200,23 +200,12 @@ async fn a_group_moved_back_keeps_what_it_will_deliver_again() {
     let redis = start_redis().await;
     let store = store_with(&redis.url, &unique_prefix("setid"), &keep(Duration::ZERO)).await;
     produce_n(&store, 6, 300).await;
+    let read = read_as(&redis.url, &store, "c1", 300).await;
     let mut conn = raw(&redis.url).await;
-    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-        .arg("GROUP")
-        .arg(store.group())
-        .arg("c1")
-        .arg("COUNT")
-        .arg(300)
-        .arg("STREAMS")
-        .arg(store.keys().messages())
-        .arg(">")
-        .query_async(&mut conn)
-        .await
-        .expect("XREADGROUP");
-    let items: Vec<sms_alerts::store::ReportItem> = read.keys[0].ids[..250]
+    let items: Vec<sms_alerts::store::ReportItem> = read[..250]
         .iter()
-        .map(|entry| sms_alerts::store::ReportItem {
-            id: entry.id.clone(),
+        .map(|id| sms_alerts::store::ReportItem {
+            id: id.clone(),
             outcome: sms_alerts::store::Outcome::Sent,
             send_time_us: 10,
         })

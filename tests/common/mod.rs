@@ -494,3 +494,24 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+/// Reads up to `count` new entries as consumer `consumer` with a plain
+/// XREADGROUP (they become its pending entries); their ids, oldest first.
+pub async fn read_as(url: &str, store: &Store, consumer: &str, count: usize) -> Vec<String> {
+    let read: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(store.group())
+        .arg(consumer)
+        .arg("COUNT")
+        .arg(count)
+        .arg("STREAMS")
+        .arg(store.keys().messages())
+        .arg(">")
+        .query_async(&mut raw(url).await)
+        .await
+        .expect("XREADGROUP");
+    read.keys
+        .first()
+        .map(|key| key.ids.iter().map(|e| e.id.clone()).collect())
+        .unwrap_or_default()
+}
