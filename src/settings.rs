@@ -16,6 +16,7 @@ use crate::cli::{
 };
 use crate::config_file::{ConfigFile, MonitorFile, SendFile};
 use crate::store::QueueOptions;
+pub use crate::store::{QueueSettings, TlsSettings};
 
 /// Default Redis URL.
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -75,17 +76,6 @@ pub enum SettingsError {
     /// Two settings contradict each other.
     #[error("{0}")]
     Conflict(String),
-}
-
-/// Where the queue lives: shared by every subcommand.
-#[derive(Debug, Clone, PartialEq)]
-pub struct QueueSettings {
-    /// Redis URL (may hold a password: print it only through [`crate::store::redact_url`]).
-    pub redis_url: String,
-    /// Key prefix.
-    pub prefix: String,
-    /// Consumer group.
-    pub group: String,
 }
 
 /// Settings of `produce`.
@@ -475,6 +465,8 @@ fn resolve_queue(
     let file_prefix = from.check("prefix", file.prefix.as_ref(), check::key_part)?;
     let file_group = from.check("group", file.group.as_ref(), check::key_part)?;
     Ok(QueueSettings {
+        password: None,
+        tls: TlsSettings::default(),
         redis_url: args
             .redis_url
             .clone()

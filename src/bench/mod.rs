@@ -272,6 +272,7 @@ async fn fresh_with(url: &str, step: &str, options: &QueueOptions) -> Result<Sto
         redis_url: url.to_owned(),
         prefix: format!("bench-{step}-{}", std::process::id()),
         group: "senders".to_owned(),
+        ..QueueSettings::default()
     };
     let store = Store::connect(&queue).await?;
     let (store, _, _) = store.migrate(options).await?;

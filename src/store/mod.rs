@@ -10,6 +10,7 @@
 //! on the wire at once.
 
 mod batches;
+mod endpoint;
 mod error;
 mod frame;
 mod functions;
@@ -32,6 +33,7 @@ use redis::AsyncConnectionConfig;
 use redis::aio::MultiplexedConnection;
 
 pub use batches::{BatchConnection, BatchWrite, CommittedBatch, PreparedBatch, StartedBatch};
+pub use endpoint::{QueueSettings, TlsSettings};
 pub use error::StoreError;
 pub use functions::{
     ClaimReply, ClaimedEntry, NameHold, Outcome, PreparedReport, PruneOutcome, ReportItem,
@@ -48,7 +50,6 @@ pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
 pub use streams::StreamEntry;
 
 use crate::keys::Keys;
-use crate::settings::QueueSettings;
 
 /// How long a pooled request may wait for its reply before it counts as lost.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -137,6 +137,7 @@ pub fn queue(url: &str, prefix: &str) -> QueueSettings {
         redis_url: url.to_owned(),
         prefix: prefix.to_owned(),
         group: "senders".to_owned(),
+        ..QueueSettings::default()
     }
 }
 
