@@ -26,7 +26,7 @@ use crate::stats::{QueueState, Snapshot};
 use crate::store::{PendingRow, ReadConnection, Store, StoreError};
 
 /// Default entries read per round trip.
-pub const DEFAULT_PAGE: usize = 10_000;
+pub const DEFAULT_PAGE: usize = crate::settings::DEFAULT_AUDIT_PAGE;
 
 /// The dead stream's field that says why an entry is there.
 const DEAD_REASON: &str = "dead_reason";

@@ -4,39 +4,32 @@
 //! state Redis lost or an operator damaged is noticed, never papered over.
 //!
 //! # Layout
-//! Each layer knows only the ones below it.
+//! Layers, lowest first; a module imports only from layers below its own
+//! (`tests/layers.rs` checks every `crate::` path against this list):
 //!
-//! - [`cli`]: what the user typed (clap, `SMS_*` environment overrides);
-//!   [`config_file`]: the TOML file; [`settings`]: what the program uses,
-//!   validated once, defaults as named constants.
-//! - [`keys`]: the only place Redis key names are built (hash-tagged, cluster-safe).
-//! - [`message`]: the SMS message type, encoded to and decoded from stream
-//!   fields; [`generator`]: seeded random messages.
-//! - [`store`]: Redis: the queue's identity (created once by `migrate`,
-//!   checked by every write), pool and dedicated connections, a minimal
-//!   connection of our own for the hot paths (the sender's XREADGROUP
-//!   replies, decoded by `redis-protocol`, values over 64 KiB dropped as they
-//!   arrive, and the producer's exactly-once `MULTI`/`EXEC` batches fenced by
-//!   `WATCH`), stream operations, typed wrappers of the Functions library in
-//!   `migrations/`, producer runs, the migrations, the one retry loop for
-//!   transient failures, and requests queued now and awaited later.
-//! - [`produce`]: the producer, one resumable run at a time; [`send`]: one
-//!   sender (dispatch with read-ahead, a gateway timing the sends in one
-//!   timer queue, simulate, batched results, reclaim, name lease, retention
-//!   in passing, a stop on lost or damaged state); [`stats`]: snapshots of
-//!   the counters, [`latency`] the send-time histogram; [`monitor`]: reports
-//!   rendered as lines, JSON or a live terminal display, with alerts.
-//! - [`audit`]: an independent, memory-bounded reconciliation of the counters
-//!   against the stream, the pending list and the dead stream;
-//!   [`senders`]: listing the group's senders and pruning dead ones safely;
-//!   [`dead`]: listing, requeueing and purging dead letters; [`repair`]:
-//!   what an operator runs after lost or damaged state, explicitly.
-//! - [`bench`](mod@bench): throughput, efficiency, memory and latency against Redis's
-//!   own XADD ceiling, and what a queue that runs for months costs.
-//! - [`metrics`]: Prometheus `/metrics`, served by the monitor.
-//! - [`demo`]: a whole simulation in one process, on a private Redis from
-//!   [`embedded`] unless one is given (the bench uses it too).
-//! - [`exit`]: the process exit codes.
+//! 1. Leaves: [`keys`] (the only place Redis key names are built,
+//!    hash-tagged), [`message`] (the SMS message type, encoded to and
+//!    decoded from stream fields), [`latency`] (the send-time histogram),
+//!    [`embedded`] (a private redis-server), [`exit`] (the exit codes).
+//! 2. [`generator`]: seeded random messages.
+//! 3. [`store`]: Redis. The queue's identity (created once by `migrate`,
+//!    checked by every write), the connections (a pool for cold commands,
+//!    a pipelined connection of our own for the hot paths), stream
+//!    operations, typed wrappers of the Functions library in `migrations/`,
+//!    producer runs, migrations and the one retry policy.
+//! 4. [`settings`]: what the program uses, validated: one struct per
+//!    subcommand, the defaults as constants, the value types and the checks.
+//! 5. [`stats`]: snapshots of the counters.
+//! 6. The work: [`produce`] (one resumable run at a time), [`send`] (one
+//!    sender), [`monitor`] (reports as lines, JSON or a live display, with
+//!    alerts), [`metrics`] (Prometheus), [`audit`] (an independent
+//!    reconciliation), [`senders`], [`dead`], [`repair`] and [`acl`] (the
+//!    least-privilege rule).
+//! 7. [`demo`] (a whole simulation in one process) and
+//!    [`bench`](mod@bench) (throughput, efficiency, memory and latency
+//!    against Redis's own XADD ceiling).
+//! 8. [`cli`]: what the user typed (flags, environment, config file), each
+//!    option declared once, turned into settings.
 //!
 //! Every long-running function takes its shutdown signal as a parameter
 //! (a [`tokio_util::sync::CancellationToken`]): the binary wires it to
@@ -53,10 +46,10 @@
 //! first write; a process that finds the state lost or damaged stops (exit
 //! code 3) rather than repair it by guessing.
 
+pub mod acl;
 pub mod audit;
 pub mod bench;
 pub mod cli;
-pub mod config_file;
 pub mod dead;
 pub mod demo;
 pub mod embedded;

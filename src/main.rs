@@ -5,8 +5,7 @@ use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
 use clap::CommandFactory;
-use clap::Parser;
-use sms_alerts::cli::{Cli, LogFormat, LogRotation};
+use sms_alerts::cli::{Cli, CliError, Env};
 use sms_alerts::demo::DemoError;
 use sms_alerts::embedded::{EmbeddedRedis, Persistence};
 use sms_alerts::exit::ExitStatus;
@@ -14,8 +13,7 @@ use sms_alerts::monitor::MonitorError;
 use sms_alerts::monitor::Sink;
 use sms_alerts::produce::ProduceError;
 use sms_alerts::send::SendError;
-use sms_alerts::settings::LogSettings;
-use sms_alerts::settings::{self, DeadTask, Settings, Task};
+use sms_alerts::settings::{DeadTask, LogFormat, LogRotation, LogSettings, Settings, Task};
 use sms_alerts::store::{
     MigrationReport, QueueIdentity, QueueOptions, QueueStatus, Store, StoreError,
 };
@@ -32,9 +30,9 @@ use tracing_subscriber::EnvFilter;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(err) if err.use_stderr() => {
+    let settings = match sms_alerts::cli::parse_from(std::env::args_os(), &Env::from_process()) {
+        Ok(settings) => settings,
+        Err(CliError::Usage(err)) if err.use_stderr() => {
             eprintln!(
                 "{}",
                 sms_alerts::cli::one_line_error(&err.render().to_string())
@@ -42,21 +40,14 @@ fn main() -> ExitCode {
             return ExitStatus::Usage.into();
         }
         // --help and --version.
-        Err(err) => err.exit(),
-    };
-    let settings = match settings::resolve(&cli, std::env::var("REDIS_URL").ok()) {
-        Ok(settings) => settings,
-        Err(err) => {
+        Err(CliError::Usage(err)) => err.exit(),
+        Err(CliError::Settings(err)) => {
             eprintln!("error: {err}");
             return ExitStatus::Usage.into();
         }
     };
-    if let Task::Completions(shell) = settings.task {
-        let mut script = Vec::new();
-        clap_complete::generate(shell, &mut Cli::command(), "sms-alerts", &mut script);
-        // A closed pipe (`| head`) is not an error worth a message.
-        let _ = std::io::stdout().write_all(&script);
-        return ExitStatus::Success.into();
+    if let Some(status) = print_only(&settings) {
+        return status.into();
     }
     // The demo's own report is the output; routine logs would drown it.
     let default_level = if matches!(settings.task, Task::Demo(_) | Task::Bench(..)) {
@@ -83,6 +74,32 @@ fn main() -> ExitCode {
     // Do not wait for detached tasks (e.g. a result writer giving up).
     runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     status.into()
+}
+
+/// Runs the tasks that only print and need neither Redis nor logging.
+fn print_only(settings: &Settings) -> Option<ExitStatus> {
+    let text = match &settings.task {
+        Task::Completions(shell) => completion_script(*shell),
+        Task::Acl { user } => format!("{}\n", sms_alerts::acl::rule(user, &settings.queue.prefix)),
+        _ => return None,
+    };
+    // A closed pipe (`| head`) is not an error worth a message.
+    let _ = std::io::stdout().write_all(text.as_bytes());
+    Some(ExitStatus::Success)
+}
+
+/// The completion script for `shell`. clap_complete's bash script spells the
+/// state of a hyphenated binary's subcommands one way where it tracks them and
+/// another where it matches them (clap issue 6421), so no option after a
+/// subcommand would complete; the labels are rewritten to the tracked spelling.
+fn completion_script(shell: clap_complete::Shell) -> String {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "sms-alerts", &mut script);
+    let script = String::from_utf8_lossy(&script).into_owned();
+    match shell {
+        clap_complete::Shell::Bash => script.replace("sms__subcmd__alerts", "sms__alerts"),
+        _ => script,
+    }
 }
 
 async fn run(settings: Settings) -> ExitStatus {
@@ -164,9 +181,11 @@ async fn open(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Resu
                     .0
             }
             // The bench works on queues of its own, under fresh prefixes.
-            Task::Audit { .. } | Task::Repair { .. } | Task::Completions(_) | Task::Bench(..) => {
-                store
-            }
+            Task::Audit { .. }
+            | Task::Repair { .. }
+            | Task::Completions(_)
+            | Task::Acl { .. }
+            | Task::Bench(..) => store,
             task if task.is_read_only() => {
                 store
                     .retrying("open the queue", || store.open_read_only())
@@ -214,7 +233,7 @@ async fn execute_on(
         return Ok(ExitStatus::Success);
     };
     match settings.task {
-        Task::Migrate(_) | Task::Completions(_) => {}
+        Task::Migrate(_) | Task::Completions(_) | Task::Acl { .. } => {}
         Task::Produce(produce_settings) => {
             return produce_task(&store, produce_settings, shutdown).await;
         }
@@ -493,7 +512,10 @@ fn init_tracing(
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
     let Some(path) = &log.file else {
-        let builder = builder.with_writer(std::io::stderr);
+        // Colour codes are for a person at a terminal, not for a file or a pipe.
+        let builder = builder
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::stderr().is_terminal());
         match log.format {
             LogFormat::Text => builder.init(),
             LogFormat::Json => builder.json().init(),

@@ -206,3 +206,72 @@ fn logs_go_to_a_rotated_file_when_asked() {
     assert!(first.get("level").is_some(), "{first}");
     assert!(text.contains("sender started"), "{text}");
 }
+
+#[test]
+fn the_environment_beats_the_config_file() {
+    let file = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("cli-env-vs-file.toml");
+    std::fs::write(&file, "[send]\nretry_backoff = \"500ms\"\n").expect("write");
+    // Only the environment's 2s backoff conflicts with the 1s lease: the exit 2
+    // naming it shows the environment won over the file's 500ms.
+    let output = bin()
+        .args([
+            "--config",
+            file.to_str().expect("utf-8"),
+            "send",
+            "--lease",
+            "1s",
+        ])
+        .env("SMS_RETRY_BACKOFF", "2s")
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--retry-backoff") && stderr.contains("'2s'"),
+        "{stderr}"
+    );
+}
+
+/// Runs bash's completion function of the generated script on `words` (the
+/// last one being completed) and returns the candidates.
+fn complete(words: &[&str]) -> Vec<String> {
+    let script = bin()
+        .args(["completions", "bash"])
+        .output()
+        .expect("the binary runs");
+    assert!(script.status.success());
+    let path = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("sms-alerts.bash");
+    std::fs::write(&path, &script.stdout).expect("write the script");
+    let line = format!(
+        "source {path}; COMP_WORDS=({words}); COMP_CWORD={cword}; \
+         _sms__alerts sms-alerts {cur} {prev}; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+        path = path.display(),
+        words = words.join(" "),
+        cword = words.len() - 1,
+        cur = words[words.len() - 1],
+        prev = words[words.len() - 2],
+    );
+    let output = std::process::Command::new("bash")
+        .args(["-c", &line])
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn bash_completes_options_after_a_subcommand() {
+    let send = complete(&["sms-alerts", "send", "--fail"]);
+    assert_eq!(send, ["--failure-rate"], "after `send`");
+    let list = complete(&["sms-alerts", "dead", "list", "--li"]);
+    assert_eq!(list, ["--limit"], "after `dead list`");
+    let top = complete(&["sms-alerts", "mon"]);
+    assert_eq!(top, ["monitor"], "subcommand names");
+}

@@ -2,9 +2,8 @@
 //! passes validation. (Demo scenarios in config/scenarios/ are another format,
 //! checked in tests/demo.rs.)
 
-use clap::Parser;
-use sms_alerts::cli::Cli;
-use sms_alerts::settings::{self, Task};
+use sms_alerts::cli::{Env, parse_from};
+use sms_alerts::settings::Task;
 
 fn config_files(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
     for entry in std::fs::read_dir(dir).expect("config/ is readable") {
@@ -30,10 +29,11 @@ fn every_example_config_is_valid_for_every_subcommand() {
     for file in files {
         let path = file.to_str().expect("utf-8 path");
         for subcommand in ["migrate", "produce", "send", "monitor"] {
-            let cli =
-                Cli::try_parse_from(["sms-alerts", "--config", path, subcommand]).expect("parses");
-            let resolved = settings::resolve(&cli, None)
-                .unwrap_or_else(|err| panic!("{path} is not valid for {subcommand}: {err}"));
+            let resolved = parse_from(
+                ["sms-alerts", "--config", path, subcommand],
+                &Env::default(),
+            )
+            .unwrap_or_else(|err| panic!("{path} is not valid for {subcommand}: {err}"));
             if let Task::Send(send) = resolved.task {
                 assert!(send.concurrency >= 1 && send.max_attempts >= 1);
             }

@@ -37,14 +37,13 @@ fn settings_from(text: &str) -> DemoSettings {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let path = scenario_file(&format!("scenario-{}-{n}.toml", std::process::id()), text);
-    let cli = <sms_alerts::cli::Cli as clap::Parser>::try_parse_from([
+    let args = [
         "sms-alerts",
         "demo",
         "--scenario",
         path.to_str().expect("utf-8"),
-    ])
-    .expect("parses");
-    match sms_alerts::settings::resolve(&cli, None)
+    ];
+    match sms_alerts::cli::parse_from(args, &sms_alerts::cli::Env::default())
         .expect("valid")
         .task
     {

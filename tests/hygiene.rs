@@ -167,7 +167,7 @@ async fn pruning_removes_only_dead_empty_senders_and_loses_nothing() {
 
     // A live sender that has nothing to do yet (its own slow work keeps it busy).
     let mut busy = send_settings("busy", 60_000, 0.0);
-    busy.delay.distribution = sms_alerts::cli::Distribution::Constant;
+    busy.delay.distribution = sms_alerts::settings::Distribution::Constant;
     busy.concurrency = 1;
     let busy = RunningSender::start(&store, busy);
     wait_until("busy holds one", Duration::from_secs(10), || async {

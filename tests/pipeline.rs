@@ -6,9 +6,9 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use sms_alerts::cli::Distribution;
 use sms_alerts::monitor::{self, MonitorOutcome};
 use sms_alerts::produce;
+use sms_alerts::settings::Distribution;
 use sms_alerts::settings::{MonitorSettings, ProduceSettings};
 use sms_alerts::stats::Snapshot;
 use sms_alerts::store::BatchWrite;

@@ -140,7 +140,7 @@ async fn a_live_sender_keeps_its_slow_sends_by_renewing_their_lease() {
 
     // Sends take 3 leases; a second, idle sender must not steal them.
     let mut slow = send_settings("slow", 3_000, 0.0);
-    slow.delay.distribution = sms_alerts::cli::Distribution::Constant;
+    slow.delay.distribution = sms_alerts::settings::Distribution::Constant;
     slow.lease = Duration::from_secs(1);
     let slow = RunningSender::start(&store, slow);
     wait_until("slow holds all 10", Duration::from_secs(10), || async {

@@ -12,10 +12,10 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::Distribution;
 use crate::generator::MessageGenerator;
 use crate::produce;
 use crate::send::{self, SendSummary};
+use crate::settings::Distribution;
 use crate::settings::{DelayModel, ProduceSettings, QueueSettings, SendSettings};
 use crate::stats::Snapshot;
 use crate::store::{QueueOptions, Store, StoreError};
@@ -55,29 +55,7 @@ impl From<&[(u64, f64)]> for CeilingRounds {
     }
 }
 
-/// Sizes of the runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BenchSizes {
-    /// Messages of the produce and drain runs (and XADDs of the ceiling).
-    pub messages: u64,
-    /// Messages of the simulation-efficiency run.
-    pub simulation: u64,
-    /// Entries pending when the cost of a claim call is measured.
-    pub reclaim_pending: u64,
-    /// Messages of the continuous runs with retention 0s and forever.
-    pub retention: u64,
-}
-
-impl Default for BenchSizes {
-    fn default() -> Self {
-        Self {
-            messages: 1_000_000,
-            simulation: 200_000,
-            reclaim_pending: 2_000_000,
-            retention: 5_000_000,
-        }
-    }
-}
+pub use crate::settings::BenchSizes;
 
 /// Runs every measurement against `url`, writing a line per figure to `out`.
 pub async fn run(

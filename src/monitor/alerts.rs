@@ -15,16 +15,7 @@ use crate::store::RunState;
 /// attempts with one failure are not a 50% failure rate worth waking anyone.
 pub const MIN_ATTEMPTS: u64 = 20;
 
-/// What to alert on; `None` turns a rule off.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct AlertRules {
-    /// Alert when failed / attempts over the last interval exceeds this.
-    pub failure_rate: Option<f64>,
-    /// Alert when nothing was settled for this long while messages wait.
-    pub stalled_after: Option<Duration>,
-    /// Alert when a group keeps entries this long beyond the retention.
-    pub held_back: Duration,
-}
+pub use crate::settings::AlertRules;
 
 /// Which alerts are active, and when progress was last seen.
 #[derive(Debug, Clone, Default)]

@@ -9,8 +9,8 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution as _, Exp, Normal, Uniform};
 
-use crate::cli::Distribution;
 use crate::settings::DelayModel;
+use crate::settings::Distribution;
 use crate::store::Outcome;
 
 /// What one simulated attempt will do.

@@ -10,8 +10,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use sms_alerts::cli::Distribution;
 use sms_alerts::send::{self, SendError, SendSummary};
+use sms_alerts::settings::Distribution;
 use sms_alerts::settings::{DelayModel, QueueSettings, SendSettings};
 use sms_alerts::store::Store;
 use testcontainers::core::{IntoContainerPort, Mount, WaitFor};

@@ -1,0 +1,327 @@
+//! Parsed options to validated settings: defaults that depend on other
+//! options, the checks that span two options, secrets read from files, and
+//! demo scenarios read through the same option declarations.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::parser::ValueSource;
+use clap::{ArgMatches, Args, FromArgMatches};
+
+use super::args::{
+    BenchArgs, Cli, Command, DeadAction, DemoArgs, GlobalArgs, MonitorArgs, ProduceArgs, SendArgs,
+    SendersAction,
+};
+use super::file::{self, Origin};
+use super::{Env, one_line_error};
+use crate::settings::{
+    BenchSizes, DEFAULT_DEMO_INTERVAL, DEFAULT_SCENARIO, DeadTask, DelayModel, DemoSettings,
+    LogSettings, MonitorSettings, ProduceSettings, QueueSettings, SendSettings, Settings,
+    SettingsError, Task, TlsSettings, check,
+};
+use crate::store::{QueueOptions, redact_url};
+
+/// The settings of one invocation, from its parsed options.
+pub(super) fn settings(
+    cli: Cli,
+    matches: &ArgMatches,
+    env: &Env,
+) -> Result<Settings, SettingsError> {
+    let url_typed = matches.value_source("redis_url") != Some(ValueSource::DefaultValue);
+    let redis_url_given = url_typed || env.redis_url.is_some();
+    let queue = queue(&cli.global, url_typed, env)?;
+    let log = LogSettings {
+        format: cli.global.log_format,
+        file: cli.global.log_file.clone(),
+        rotation: cli.global.log_rotation,
+        keep: cli.global.log_keep,
+    };
+    let task = task(cli.command, redis_url_given)?;
+    Ok(Settings {
+        queue,
+        redis_url_given,
+        log,
+        task,
+    })
+}
+
+fn queue(args: &GlobalArgs, url_typed: bool, env: &Env) -> Result<QueueSettings, SettingsError> {
+    let redis_url = match (&env.redis_url, url_typed) {
+        (Some(url), false) => url.clone(),
+        _ => args.redis_url.clone(),
+    };
+    let password = match &args.redis_password_file {
+        Some(path) => Some(read_password(path)?),
+        None => env.redis_password.clone(),
+    };
+    let tls = TlsSettings {
+        ca_cert: args.tls_ca_cert.clone(),
+        cert: args.tls_cert.clone(),
+        key: args.tls_key.clone(),
+        insecure_skip_verify: args.tls_insecure_skip_verify,
+    };
+    if tls != TlsSettings::default() && !redis_url.starts_with("rediss://") {
+        return Err(SettingsError::Conflict(format!(
+            "the --tls-* options apply to rediss:// URLs, and the Redis URL is '{}'",
+            redact_url(&redis_url)
+        )));
+    }
+    Ok(QueueSettings {
+        redis_url,
+        password,
+        tls,
+        prefix: args.prefix.clone(),
+        group: args.group.clone(),
+    })
+}
+
+/// The password in `path`, without the line break an editor leaves.
+fn read_password(path: &std::path::Path) -> Result<String, SettingsError> {
+    let text = std::fs::read_to_string(path).map_err(|err| SettingsError::Invalid {
+        option: "--redis-password-file".to_owned(),
+        value: path.display().to_string(),
+        origin: String::new(),
+        reason: err.to_string(),
+    })?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_owned())
+}
+
+fn task(command: Command, redis_url_given: bool) -> Result<Task, SettingsError> {
+    Ok(match command {
+        Command::Migrate(args) => Task::Migrate(QueueOptions {
+            retention: args.retention,
+            dead_retention: args.dead_retention,
+        }),
+        Command::Trim(args) => Task::Trim { json: args.json },
+        Command::Runs(args) => Task::Runs { json: args.json },
+        Command::Dead(args) => Task::Dead(dead(args.action)),
+        Command::Repair(args) => Task::Repair {
+            yes: args.yes,
+            group_start: args.group_start,
+        },
+        Command::Produce(args) => Task::Produce(produce(args)),
+        Command::Send(args) => Task::Send(send(args, default_sender_name)?),
+        Command::Monitor(args) => Task::Monitor(monitor(args)),
+        Command::Audit(args) => Task::Audit {
+            json: args.json,
+            page: args.page,
+        },
+        Command::Demo(args) => Task::Demo(demo(&args)?),
+        Command::Completions { shell } => Task::Completions(shell),
+        Command::Acl(args) => Task::Acl { user: args.user },
+        Command::Bench(args) => bench(args, redis_url_given)?,
+        Command::Senders(args) => match args.action {
+            None => Task::ListSenders { json: args.json },
+            Some(SendersAction::Prune { idle }) => Task::PruneSenders {
+                json: args.json,
+                idle: idle.into(),
+            },
+        },
+    })
+}
+
+fn dead(action: DeadAction) -> DeadTask {
+    match action {
+        DeadAction::List {
+            reason,
+            limit,
+            json,
+        } => DeadTask::List {
+            reason,
+            limit,
+            json,
+        },
+        DeadAction::Requeue { reason, id } => DeadTask::Requeue { reason, ids: id },
+        DeadAction::Purge { older_than } => DeadTask::Purge { older_than },
+    }
+}
+
+fn bench(args: BenchArgs, redis_url_given: bool) -> Result<Task, SettingsError> {
+    if args.persistence.is_some() && redis_url_given {
+        return Err(SettingsError::Conflict(
+            "--persistence sets up the private redis-server of the bench; a Redis given \
+             with --redis-url (or REDIS_URL, or the config file) keeps its own settings"
+                .to_owned(),
+        ));
+    }
+    Ok(Task::Bench(
+        BenchSizes {
+            messages: args.messages,
+            simulation: args.simulation,
+            reclaim_pending: args.reclaim_pending,
+            retention: args.retention_messages,
+        },
+        args.persistence.unwrap_or_default(),
+    ))
+}
+
+fn produce(args: ProduceArgs) -> ProduceSettings {
+    ProduceSettings {
+        count: args.count,
+        seed: args.seed,
+        batch: args.batch,
+        run_id: args.run_id,
+        resume: args.resume,
+        lease: args.lease.into(),
+    }
+}
+
+/// One sender's settings; `default_name` names it when no name was given.
+fn send(
+    args: SendArgs,
+    default_name: impl FnOnce() -> String,
+) -> Result<SendSettings, SettingsError> {
+    let mean: Duration = args.mean.into();
+    let lease: Duration = args.lease.into();
+    let retry_backoff: Duration = args.retry_backoff.into();
+    if retry_backoff > lease {
+        return Err(SettingsError::Conflict(format!(
+            "invalid value '{}' for '--retry-backoff': must not exceed the lease ({}), \
+             because a failed message waits out its backoff as part of its lease",
+            args.retry_backoff, args.lease
+        )));
+    }
+    Ok(SendSettings {
+        name: args.name.unwrap_or_else(default_name),
+        delay: DelayModel {
+            distribution: args.distribution,
+            mean,
+            stddev: args.stddev.unwrap_or(mean / 4),
+        },
+        failure_rate: args.failure_rate,
+        concurrency: args.concurrency,
+        max_attempts: args.max_attempts,
+        lease,
+        retry_backoff,
+        shutdown_timeout: args.shutdown_timeout.into(),
+        seed: args.seed,
+    })
+}
+
+fn monitor(args: MonitorArgs) -> MonitorSettings {
+    MonitorSettings {
+        interval: args.interval.into(),
+        until_done: args.until_done,
+        json: args.json,
+        alerts: crate::settings::AlertRules {
+            failure_rate: args.alert_failure_rate,
+            stalled_after: args.alert_stalled,
+            held_back: args.alert_held_back.into(),
+        },
+        metrics_addr: args.metrics_addr,
+    }
+}
+
+/// A name that is unique per process, for senders started without `--name`.
+fn default_sender_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && check::key_part(h).is_ok())
+        .unwrap_or_else(|| "local".to_owned());
+    format!("sender-{host}-{}", std::process::id())
+}
+
+/// The demo's settings: its scenario, read through the options' own
+/// declarations, and its flags.
+fn demo(args: &DemoArgs) -> Result<DemoSettings, SettingsError> {
+    let (text, origin) = match &args.scenario {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|err| SettingsError::ConfigUnreadable {
+                path: path.display().to_string(),
+                reason: err.to_string(),
+            })?,
+            Origin::File(path.clone()),
+        ),
+        None => (
+            DEFAULT_SCENARIO.to_owned(),
+            Origin::BuiltIn("built-in default scenario"),
+        ),
+    };
+    let scenario = file::parse(&text, &origin)?;
+    let mut description = String::new();
+    let mut produce_table = toml::Table::new();
+    let mut monitor_table = toml::Table::new();
+    let mut sender_tables = Vec::new();
+    for (key, value) in scenario {
+        match (key.as_str(), value) {
+            ("description", toml::Value::String(text)) => description = text,
+            ("produce", toml::Value::Table(table)) => produce_table = table,
+            ("monitor", toml::Value::Table(table)) => monitor_table = table,
+            ("senders", toml::Value::Array(items)) => sender_tables = items,
+            (key, _) => {
+                return Err(origin.unusable(format!(
+                    "unknown or mistyped key '{key}'; a scenario has description, [produce], \
+                     [[senders]] and [monitor]"
+                )));
+            }
+        }
+    }
+    let (produce_args, _) = scenario_args::<ProduceArgs>(&produce_table, "produce", &origin)?;
+    let senders = scenario_senders(&sender_tables, &origin)?;
+    let (monitor_args, monitor_matches) =
+        scenario_args::<MonitorArgs>(&monitor_table, "monitor", &origin)?;
+    let mut monitor = monitor(monitor_args);
+    monitor.until_done = true;
+    monitor.json |= args.json;
+    monitor.interval = match args.interval {
+        Some(interval) => interval,
+        None if monitor_matches.value_source("interval") == Some(ValueSource::DefaultValue) => {
+            DEFAULT_DEMO_INTERVAL
+        }
+        None => monitor.interval,
+    };
+    Ok(DemoSettings {
+        description,
+        produce: produce(produce_args),
+        senders,
+        monitor,
+    })
+}
+
+/// The scenario's senders, each named (by default `sender-N`) and unique.
+fn scenario_senders(
+    tables: &[toml::Value],
+    origin: &Origin,
+) -> Result<Vec<SendSettings>, SettingsError> {
+    if tables.is_empty() {
+        return Err(SettingsError::Conflict(
+            "the scenario has no [[senders]]: nothing would send its messages".to_owned(),
+        ));
+    }
+    let mut senders: Vec<SendSettings> = Vec::with_capacity(tables.len());
+    for (i, table) in tables.iter().enumerate() {
+        let Some(table) = table.as_table() else {
+            return Err(origin.unusable("[[senders]] must be tables"));
+        };
+        let section = format!("senders[{}]", i + 1);
+        let (args, _) = scenario_args::<SendArgs>(table, &section, origin)?;
+        let sender = send(args, || format!("sender-{}", i + 1))?;
+        if senders.iter().any(|s| s.name == sender.name) {
+            return Err(SettingsError::Conflict(format!(
+                "two senders in the scenario are named '{}': each needs its own name",
+                sender.name
+            )));
+        }
+        senders.push(sender);
+    }
+    Ok(senders)
+}
+
+/// One scenario table parsed as the options `A` of a subcommand, without the
+/// environment: a scenario says everything it means.
+fn scenario_args<A: Args + FromArgMatches>(
+    table: &toml::Table,
+    section: &str,
+    origin: &Origin,
+) -> Result<(A, ArgMatches), SettingsError> {
+    let command = A::augment_args(clap::Command::new("scenario"))
+        .no_binary_name(true)
+        .mut_args(|arg| arg.env(None::<&str>));
+    let argv: Vec<OsString> =
+        file::arguments(&command, table, &format!("{section}."), origin, |_| false)?;
+    let unusable = |err: clap::Error| origin.unusable(one_line_error(&err.render().to_string()));
+    let matches = command.try_get_matches_from(argv).map_err(unusable)?;
+    let args = A::from_arg_matches(&matches).map_err(unusable)?;
+    Ok((args, matches))
+}

@@ -1,0 +1,189 @@
+//! Value checks shared by the command line (as clap value parsers), the
+//! config file and scenario files. Each returns a one-line reason on failure.
+
+use std::time::Duration;
+
+/// A duration such as `0ms`, `250ms`, `2s`, `1m`.
+pub fn duration(value: &str) -> Result<Duration, String> {
+    humantime::parse_duration(value.trim())
+        .map_err(|_| "expected a non-negative duration such as 0ms, 250ms, 2s or 1m".to_owned())
+}
+
+/// A retention: a duration such as `0s`, `1h`, `7d`, or `forever`.
+pub fn retention(value: &str) -> Result<crate::store::Retention, String> {
+    if value.trim().eq_ignore_ascii_case("forever") {
+        return Ok(crate::store::Retention::Forever);
+    }
+    humantime::parse_duration(value.trim())
+        .map(crate::store::Retention::Keep)
+        .map_err(|_| "expected a duration such as 0s, 1h or 7d, or 'forever'".to_owned())
+}
+
+/// A stream entry id such as `1700000000000-0`.
+pub fn stream_id(value: &str) -> Result<String, String> {
+    let valid = value
+        .split_once('-')
+        .is_some_and(|(ms, seq)| ms.parse::<u64>().is_ok() && seq.parse::<u64>().is_ok());
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err("expected a stream entry id such as 1700000000000-0".to_owned())
+    }
+}
+
+/// Where a re-created group starts: `end` or a stream entry id.
+pub fn group_start(value: &str) -> Result<String, String> {
+    if value == "end" {
+        return Ok(value.to_owned());
+    }
+    stream_id(value)
+        .map_err(|_| "expected 'end' or a stream entry id such as 1700000000000-0".to_owned())
+}
+
+/// A socket address such as `127.0.0.1:9464`.
+pub fn socket_addr(value: &str) -> Result<std::net::SocketAddr, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| "expected an address such as 127.0.0.1:9464".to_owned())
+}
+
+/// A lease: a duration of at least 100ms.
+pub fn lease(value: &str) -> Result<Duration, String> {
+    let lease = duration(value)?;
+    if lease < Duration::from_millis(100) {
+        return Err("the lease must be at least 100ms".to_owned());
+    }
+    Ok(lease)
+}
+
+/// A monitor interval: a duration of at least 10ms.
+pub fn interval(value: &str) -> Result<Duration, String> {
+    let interval = duration(value)?;
+    if interval < Duration::from_millis(10) {
+        return Err("the interval must be at least 10ms".to_owned());
+    }
+    Ok(interval)
+}
+
+/// A probability in [0, 1].
+pub fn failure_rate(value: &str) -> Result<f64, String> {
+    let rate: f64 = value
+        .trim()
+        .parse()
+        .map_err(|_| "expected a number between 0 and 1".to_owned())?;
+    if !(0.0..=1.0).contains(&rate) {
+        return Err("expected a number between 0 and 1".to_owned());
+    }
+    Ok(rate)
+}
+
+fn positive(value: &str, what: &str) -> Result<u64, String> {
+    match value.trim().parse::<u64>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{what} must be a whole number of at least 1")),
+    }
+}
+
+/// A message count of at least 1.
+pub fn count(value: &str) -> Result<u64, String> {
+    positive(value, "the count")
+}
+
+/// A count that may be 0 (to skip a step).
+pub fn count_or_zero(value: &str) -> Result<u64, String> {
+    value
+        .trim()
+        .parse()
+        .map_err(|_| "expected a whole number of at least 0".to_owned())
+}
+
+/// A batch size from 1 to 100,000.
+pub fn batch(value: &str) -> Result<usize, String> {
+    let n = positive(value, "the batch size")?;
+    if n > 100_000 {
+        return Err("the batch size must be at most 100000".to_owned());
+    }
+    Ok(n as usize)
+}
+
+/// A concurrency from 1 to 1,000,000.
+pub fn concurrency(value: &str) -> Result<usize, String> {
+    let n = positive(value, "the concurrency")?;
+    if n > 1_000_000 {
+        return Err("the concurrency must be at most 1000000".to_owned());
+    }
+    Ok(n as usize)
+}
+
+/// Max attempts from 1 to 1,000.
+pub fn max_attempts(value: &str) -> Result<u32, String> {
+    let n = positive(value, "max attempts")?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| *n <= 1000)
+        .ok_or_else(|| "max attempts must be at most 1000".to_owned())
+}
+
+/// A part of a Redis key (prefix, group, sender name): 1 to 64 characters of
+/// letters, digits, `-`, `_` and `.`, so it cannot break the key layout.
+pub fn key_part(value: &str) -> Result<String, String> {
+    let ok = (1..=64).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(value.to_owned())
+    } else {
+        Err("expected 1 to 64 letters, digits, '-', '_' or '.'".to_owned())
+    }
+}
+
+/// A file that exists and can be read (a certificate, a key, a password).
+pub fn readable_file(value: &str) -> Result<std::path::PathBuf, String> {
+    let path = std::path::PathBuf::from(value);
+    match std::fs::File::open(&path) {
+        Ok(_) => Ok(path),
+        Err(err) => Err(format!("cannot read the file: {err}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks() {
+        assert_eq!(duration("0ms"), Ok(Duration::ZERO));
+        assert_eq!(duration("1m"), Ok(Duration::from_secs(60)));
+        assert!(duration("-5ms").is_err());
+        assert!(duration("5 parsecs").is_err());
+        assert!(lease("99ms").is_err());
+        assert!(interval("9ms").is_err());
+        assert!(failure_rate("1.01").is_err());
+        assert!(failure_rate("NaN").is_err());
+        assert_eq!(failure_rate("0"), Ok(0.0));
+        assert!(count("0").is_err());
+        assert_eq!(count_or_zero("0"), Ok(0));
+        assert!(batch("100001").is_err());
+        assert!(concurrency("0").is_err());
+        assert!(max_attempts("0").is_err());
+        assert!(max_attempts("1001").is_err());
+        assert!(key_part("a b").is_err());
+        assert!(key_part("{x}").is_err());
+        assert_eq!(retention("forever"), Ok(crate::store::Retention::Forever));
+        assert_eq!(
+            retention("0s"),
+            Ok(crate::store::Retention::Keep(Duration::ZERO))
+        );
+        assert!(retention("-1h").is_err());
+        assert!(stream_id("12-3").is_ok());
+        assert!(stream_id("12").is_err());
+        assert!(group_start("end").is_ok());
+        assert!(group_start("start").is_err());
+        assert!(socket_addr("127.0.0.1:9464").is_ok());
+        assert!(socket_addr("localhost").is_err());
+        assert!(readable_file("/nonexistent/ca.pem").is_err());
+        assert!(readable_file(env!("CARGO_MANIFEST_PATH")).is_ok());
+    }
+}
