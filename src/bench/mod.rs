@@ -482,9 +482,9 @@ async fn ceiling(url: &str, key: &str, count: u64) -> Option<f64> {
 /// Deletes `key`, which the ceiling's rounds wrote; best effort, as the
 /// figures are already taken.
 async fn delete_key(url: &str, key: &str) {
-    if let Ok(client) = redis::Client::open(url) {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
-        }
+    if let Ok(client) = redis::Client::open(url)
+        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+    {
+        let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
     }
 }
