@@ -3,11 +3,26 @@
   sms-alerts Redis Functions library.
 
   FUNCTION LOAD replaces a whole library, so this one file is the library and
-  LIBRARY_VERSION is its version; every migration step that changes it bumps
-  the version (see MIGRATIONS in src/store/migrate.rs, which names each step:
-  0001_functions, 0002_sender_prune, 0003_latency_histogram,
-  0004_report_bucket_names, 0005_report_bulk_ack, 0006_produce_function,
-  0007_queue_identity).
+  LIBRARY_VERSION is its version: a change to any function raises it, with
+  one step in MIGRATIONS (src/store/migrate.rs), so that a Redis holding an
+  older library loads this one.
+
+  Functions, each headed below by its KEYS, ARGV and return value:
+    sms_create        create, adopt or check the queue; set its retention
+    sms_report        acknowledge and count a batch of send results
+    sms_claim         take over idle pending entries, or dead-letter them
+    sms_renew         extend the lease of entries a sender is working on
+    sms_hold_name     take or renew a sender's or a producer run's lease
+    sms_release_name  give a lease back
+    sms_snapshot      read everything the monitor shows (read-only)
+    sms_prune         remove a consumer from the group if that loses nothing
+    sms_trim          apply the queue's retention to both streams
+    sms_run_start     record a new producer run
+    sms_run_resume    take over a run whose producer is gone
+    sms_run_end       end a producer run
+    sms_requeue       move dead letters back into the stream
+    sms_dead_purge    remove dead letters older than an id
+    sms_version       LIBRARY_VERSION (read-only)
 
   Every multi-step update that must be atomic runs here, server-side. Every
   key a function touches is passed in KEYS and all of them share one hash tag
@@ -83,9 +98,8 @@ local ACK_CHUNK = 1000
 
 -- Most pending-list rows one sms_claim call looks at, whatever the size of
 -- the pending list, and most entries it claims (each costs a lookup, a claim
--- and its fields in the reply): the call's cost is bounded (about 1 ms for a
--- scan that finds nothing, 3 ms for a full claim), and the caller walks the
--- list with the cursor it returns.
+-- and its fields in the reply): the call's cost is bounded whatever the
+-- list's length, and the caller walks the list with the cursor it returns.
 local CLAIM_SCAN = 1000
 local CLAIM_MAX = 200
 
@@ -1041,6 +1055,13 @@ local function sms_dead_purge(keys, args)
   return n
 end
 
+--[[
+  sms_version: the version of this library, so that a binary loads it only
+  over an older one and never replaces a newer one.
+  KEYS: none
+  ARGV: none
+  Returns: LIBRARY_VERSION
+]]
 local function sms_version()
   return LIBRARY_VERSION
 end

@@ -144,14 +144,13 @@ impl EmbeddedRedis {
             })?;
         let started = Instant::now();
         while started.elapsed() < READY_WITHIN {
-            if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-                if redis::cmd("PING")
+            if let Ok(mut conn) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING")
                     .query_async::<()>(&mut conn)
                     .await
                     .is_ok()
-                {
-                    return Ok(());
-                }
+            {
+                return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -279,10 +279,10 @@ async fn write_run(
     // Stops the generator if it is ahead, and lets a panic there surface
     // instead of passing for the end of the run.
     drop(batches);
-    if let Err(err) = generating.await {
-        if err.is_panic() {
-            std::panic::resume_unwind(err.into_panic());
-        }
+    if let Err(err) = generating.await
+        && err.is_panic()
+    {
+        std::panic::resume_unwind(err.into_panic());
     }
     if !interrupted {
         writer.finish(store).await?;

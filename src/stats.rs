@@ -247,9 +247,9 @@ impl Snapshot {
     }
 
     /// Whether something was produced (by a recorded producer run, or
-    /// written otherwise: requeued dead letters, a producer of an earlier
-    /// release) and no producer is still running (those that stopped or died
-    /// add nothing more).
+    /// written otherwise: requeued dead letters, a queue `migrate` gave an
+    /// identity to) and no producer is still running (those that stopped or
+    /// died add nothing more).
     pub fn producers_finished(&self) -> bool {
         (self.any_run || self.produced > 0)
             && self

@@ -1,4 +1,4 @@
-//! Lost and damaged queue state (issue 14): a Function that finds a key of
+//! Lost and damaged queue state: a Function that finds a key of
 //! the wrong type, a counter that is not a number or a queue identity gone
 //! or changed writes nothing and says so; running processes stop with exit
 //! code 3 naming the loss (a FLUSHALL, a Redis restarted without its data, a

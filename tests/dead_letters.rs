@@ -1,4 +1,4 @@
-//! Dead-letter tooling (issue 14): `dead list` shows dead letters newest
+//! Dead-letter tooling: `dead list` shows dead letters newest
 //! first, by reason, limited, as a table or JSON lines; `dead requeue` moves
 //! each selected dead letter that holds a valid message back into the stream
 //! exactly once (counted as `requeued`, so the audit still balances) and

@@ -5,9 +5,9 @@
 //! With `everysec`, Redis usually `write()`s the AOF to the kernel before it
 //! replies, but while a background `fsync` is still running (a busy disk) it
 //! postpones that `write()` for up to two seconds and replies anyway. A crash
-//! of the Redis *process* in that window loses writes it acknowledged; CI hit
-//! exactly that (1,000 of 300,000). So the everysec test measures the loss and
-//! checks its shape: whole batches at the tail, counters still consistent.
+//! of the Redis *process* in that window loses writes it acknowledged. So the
+//! everysec test measures the loss and checks its shape: whole batches at the
+//! tail, counters still consistent.
 
 mod common;
 

@@ -1,4 +1,4 @@
-//! The reclaim scan is bounded (issue 14): one claim call looks at no more
+//! The reclaim scan is bounded: one claim call looks at no more
 //! than 1,000 rows of the pending list and claims no more than 200 entries,
 //! whatever the list's length, and returns a cursor; walking it finds stale
 //! work however deep in the list it lies. (The Redis time of a call over

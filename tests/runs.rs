@@ -1,4 +1,4 @@
-//! Producer runs (issue 14): a producer SIGKILLed mid-run is named by
+//! Producer runs: a producer SIGKILLed mid-run is named by
 //! `monitor --until-done`, which then ends instead of waiting forever, also
 //! after a later run finished; `runs` lists it; `produce --resume` finishes it
 //! with exactly its count, none twice, also when the first producer wakes up
@@ -466,8 +466,8 @@ async fn a_killed_producer_ends_until_done_within_a_lease_and_resumes_to_its_cou
         "expected `runs` to show r1 died with {batches_written}/{BATCHES} batches"
     );
 
-    // The original bug: a later run that finished did not make up for the
-    // dead one, and `--until-done` waited forever.
+    // A later run that finishes does not make up for the dead one:
+    // `--until-done` must still end, naming r1.
     cli(
         url,
         &prefix,

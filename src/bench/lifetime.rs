@@ -238,10 +238,10 @@ async fn sample(
             _ = tick.tick() => {}
             () = done.cancelled() => return,
         }
-        if counting.load(Ordering::Relaxed) {
-            if let Ok(used) = used_memory(&store).await {
-                peak.fetch_max(used, Ordering::Relaxed);
-            }
+        if counting.load(Ordering::Relaxed)
+            && let Ok(used) = used_memory(&store).await
+        {
+            peak.fetch_max(used, Ordering::Relaxed);
         }
     }
 }

@@ -21,12 +21,11 @@ use crate::stats::Snapshot;
 use crate::store::{QueueOptions, Store, StoreError};
 
 /// Rounds the produce run is split into, each after a round of the ceiling
-/// of the same size. This machine's speed, and its disk's under AOF, swing by
-/// a third or more within seconds, so a ceiling measured once and then
-/// produce gave ratios from 0.61 to 1.00 within an hour; five rounds of each
-/// still gave 0.65 to 1.03. Interleaved finely, both see the same swings. The
-/// ceiling's stream is kept across its rounds, so it grows to the same length
-/// as ours, with the same cost of fresh memory.
+/// of the same size. A machine's speed, and its disk's under AOF, can swing
+/// by a third or more within seconds, so a ceiling measured apart from the
+/// run it is compared with sees other swings; interleaved finely, both see
+/// the same ones. The ceiling's stream is kept across its rounds, so it grows
+/// to the same length as ours, with the same cost of fresh memory.
 const ROUNDS: u64 = 20;
 
 /// The ceiling over its rounds: the overall rate, and the slowest and fastest
@@ -67,25 +66,55 @@ pub async fn run(
         let _ = writeln!(out, "{text}");
         let _ = out.flush();
     };
-    // Produce, interleaved with the ceiling: see `ROUNDS`.
+    let (store, ceiling) = produce_against_ceiling(url, sizes.messages, &mut line).await?;
+    drain_with_one_and_two_senders(url, store, sizes.messages, ceiling, &mut line).await?;
+    simulation_efficiency(url, sizes.simulation, &mut line).await?;
+    sender_memory(url, &mut line).await?;
+    end_to_end_latency(url, &mut line).await?;
+    lifetime::run(url, &sizes, &mut line).await
+}
+
+/// `rate` as a fraction of the ceiling, and whether it meets `target`;
+/// empty without a ceiling.
+fn ratio(ceiling: Option<CeilingRounds>, rate: f64, target: f64) -> String {
+    let Some(c) = ceiling else {
+        return String::new();
+    };
+    let r = rate / c.rate;
+    format!(
+        "{r:.2} of ceiling (target >= {target:.2}: {})",
+        met(r >= target)
+    )
+}
+
+/// How a figure compares with its target.
+fn met(met: bool) -> &'static str {
+    if met { "met" } else { "NOT met" }
+}
+
+/// Produces `messages` in [`ROUNDS`] rounds, each after a round of the
+/// ceiling of the same size, and writes the ceiling, produce's rate and
+/// Redis's memory per message. Returns the queue, full, and the ceiling
+/// (`None` when a round gave no rate).
+async fn produce_against_ceiling(
+    url: &str,
+    messages: u64,
+    line: &mut dyn FnMut(String),
+) -> Result<(Store, Option<CeilingRounds>), StoreError> {
     let store = fresh(url, "produce").await?;
     let ceiling_key = format!("bench-ceiling-{}", std::process::id());
-    let rounds = ROUNDS.min(sizes.messages).max(1);
+    let rounds = ROUNDS.min(messages).max(1);
     let mut ceiling_rounds = Vec::new();
     let mut produce_time = Duration::ZERO;
     let mut produce_memory = 0;
     for round in 0..rounds {
-        let count = sizes.messages / rounds + u64::from(round < sizes.messages % rounds);
-        let rate = ceiling(url, &ceiling_key, count).await;
+        let count = messages / rounds + u64::from(round < messages % rounds);
+        let rate = self::ceiling(url, &ceiling_key, count).await;
         ceiling_rounds.push(rate.map(|rate| (count, rate)));
-        let settings = ProduceSettings {
-            count,
-            seed: Some(1 + round),
-            batch: 1_000,
-            ..ProduceSettings::default()
-        };
         let before = used_memory(&store).await?;
-        produce_time += produce(&store, &settings).await?.elapsed;
+        produce_time += produce(&store, &produce_settings(count, 1 + round))
+            .await?
+            .elapsed;
         produce_memory += used_memory(&store).await?.saturating_sub(before);
     }
     delete_key(url, &ceiling_key).await;
@@ -104,69 +133,59 @@ pub async fn run(
                 .to_owned(),
         ),
     }
-    let ratio = |rate: f64, target: f64| match &ceiling {
-        Some(c) => {
-            let r = rate / c.rate;
-            format!(
-                "{r:.2} of ceiling (target >= {target:.2}: {})",
-                if r >= target { "met" } else { "NOT met" }
-            )
-        }
-        None => String::new(),
-    };
-    let rate = sizes.messages as f64 / produce_time.as_secs_f64();
+    let rate = messages as f64 / produce_time.as_secs_f64();
     line(format!(
-        "produce   {} messages:            {rate:>10.0} msg/s  {}",
-        sizes.messages,
-        ratio(rate, 0.8)
+        "produce   {messages} messages:            {rate:>10.0} msg/s  {}",
+        ratio(ceiling, rate, 0.8)
     ));
-    let per_message = produce_memory as f64 / sizes.messages as f64;
+    let per_message = produce_memory as f64 / messages as f64;
     line(format!(
         "memory    Redis per produced message:   {per_message:>10.0} B      (target <= 250: {})",
-        if per_message <= 250.0 {
-            "met"
-        } else {
-            "NOT met"
-        }
+        met(per_message <= 250.0)
     ));
+    Ok((store, ceiling))
+}
 
-    // Drain what was produced: one sender, then two on a fresh copy.
-    let rate = drain(&store, sizes.messages, &[1_000]).await?;
+/// Drains `store`'s `messages` with one sender, then the same messages on a
+/// fresh queue with two, writing each rate.
+async fn drain_with_one_and_two_senders(
+    url: &str,
+    store: Store,
+    messages: u64,
+    ceiling: Option<CeilingRounds>,
+    line: &mut dyn FnMut(String),
+) -> Result<(), StoreError> {
+    let rate = drain(&store, messages, &[1_000]).await?;
     line(format!(
         "drain     1 sender, mean 0ms:           {rate:>10.0} msg/s  {}",
-        ratio(rate, 0.4)
+        ratio(ceiling, rate, 0.4)
     ));
     clean(&store).await?;
     let store = fresh(url, "drain2").await?;
-    let settings = ProduceSettings {
-        count: sizes.messages,
-        seed: Some(1),
-        batch: 1_000,
-        ..ProduceSettings::default()
-    };
-    produce(&store, &settings).await?;
-    let rate = drain(&store, sizes.messages, &[500, 500]).await?;
+    produce(&store, &produce_settings(messages, 1)).await?;
+    let rate = drain(&store, messages, &[500, 500]).await?;
     line(format!(
         "drain     2 senders, mean 0ms:          {rate:>10.0} msg/s  {}",
-        ratio(rate, 0.4)
+        ratio(ceiling, rate, 0.4)
     ));
-    clean(&store).await?;
+    clean(&store).await
+}
 
-    // Simulation efficiency: constant 20 ms sends, 2,000 slots over two senders.
+/// Simulation efficiency: `messages` constant 20 ms sends over two senders
+/// of 1,000 slots each, against the time they would take with no overhead.
+async fn simulation_efficiency(
+    url: &str,
+    messages: u64,
+    line: &mut dyn FnMut(String),
+) -> Result<(), StoreError> {
     let store = fresh(url, "simulate").await?;
-    let settings = ProduceSettings {
-        count: sizes.simulation,
-        seed: Some(2),
-        batch: 1_000,
-        ..ProduceSettings::default()
-    };
-    produce(&store, &settings).await?;
+    produce(&store, &produce_settings(messages, 2)).await?;
     let started = Instant::now();
     let senders = start(&store, &[1_000, 1_000], Duration::from_millis(20));
-    wait_settled(&store, sizes.simulation).await?;
+    wait_settled(&store, messages).await?;
     let measured = started.elapsed().as_secs_f64();
     stop(senders).await;
-    let ideal = sizes.simulation as f64 * 0.020 / 2_000.0;
+    let ideal = messages as f64 * 0.020 / 2_000.0;
     let efficiency = measured / ideal;
     // The average send time tells apart the two ways to lose: sends that
     // run long (a late timer) and slots left idle between sends.
@@ -175,31 +194,29 @@ pub async fn run(
         .avg_send_ms()
         .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.2} ms"));
     line(format!(
-        "simulate  {} messages, 20ms, 2,000 slots: {measured:.2}s, ideal {ideal:.2}s, measured/ideal {efficiency:.3} (target <= 1.05: {}; average send {avg_send})",
-        sizes.simulation,
-        if efficiency <= 1.05 { "met" } else { "NOT met" }
+        "simulate  {messages} messages, 20ms, 2,000 slots: {measured:.2}s, ideal {ideal:.2}s, measured/ideal {efficiency:.3} (target <= 1.05: {}; average send {avg_send})",
+        met(efficiency <= 1.05)
     ));
-    clean(&store).await?;
+    clean(&store).await
+}
 
-    // Sender memory at 10,000 sends in flight, in a process of its own.
+/// A sender's peak memory at 10,000 sends in flight, in a process of its own.
+async fn sender_memory(url: &str, line: &mut dyn FnMut(String)) -> Result<(), StoreError> {
     let store = fresh(url, "rss").await?;
-    let settings = ProduceSettings {
-        count: 20_000,
-        seed: Some(4),
-        batch: 1_000,
-        ..ProduceSettings::default()
-    };
-    produce(&store, &settings).await?;
+    produce(&store, &produce_settings(20_000, 4)).await?;
     match sender_peak_rss_mb(url, &store).await {
         Some(mb) => line(format!(
             "memory    sender peak RSS, concurrency 10,000: {mb:>7.1} MB     (target <= 64: {})",
-            if mb <= 64.0 { "met" } else { "NOT met" }
+            met(mb <= 64.0)
         )),
         None => line("memory    sender peak RSS: could not be read (needs /proc)".to_owned()),
     }
-    clean(&store).await?;
+    clean(&store).await
+}
 
-    // End-to-end latency at a steady 20,000 msg/s with no send delay.
+/// End-to-end latency, produce to acknowledged, at a steady 20,000 msg/s
+/// with no send delay.
+async fn end_to_end_latency(url: &str, line: &mut dyn FnMut(String)) -> Result<(), StoreError> {
     let store = fresh(url, "latency").await?;
     let senders = start(&store, &[1_000], Duration::ZERO);
     let total = steady_produce(&store, 20_000, Duration::from_secs(5)).await?;
@@ -221,8 +238,17 @@ pub async fn run(
         q(0.99),
         e2e.total()
     ));
-    clean(&store).await?;
-    lifetime::run(url, &sizes, &mut line).await
+    clean(&store).await
+}
+
+/// A seeded producer run of `count` messages in batches of 1,000.
+fn produce_settings(count: u64, seed: u64) -> ProduceSettings {
+    ProduceSettings {
+        count,
+        seed: Some(seed),
+        batch: 1_000,
+        ..ProduceSettings::default()
+    }
 }
 
 /// Runs a producer to the end; the bench's queues have one producer each,
@@ -460,9 +486,9 @@ async fn ceiling(url: &str, key: &str, count: u64) -> Option<f64> {
 /// Deletes `key`, which the ceiling's rounds wrote; best effort, as the
 /// figures are already taken.
 async fn delete_key(url: &str, key: &str) {
-    if let Ok(client) = redis::Client::open(url) {
-        if let Ok(mut conn) = client.get_multiplexed_async_connection().await {
-            let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
-        }
+    if let Ok(client) = redis::Client::open(url)
+        && let Ok(mut conn) = client.get_multiplexed_async_connection().await
+    {
+        let _: Result<(), _> = redis::cmd("DEL").arg(key).query_async(&mut conn).await;
     }
 }

@@ -125,10 +125,12 @@ pub async fn run(
             since.map(|(_, dt)| dt),
         );
         report.alerts = alerts.check(&settings.alerts, since, &snapshot, elapsed);
-        if previous.is_none() && !settings.json && live.is_none() {
-            if let Sink::Writer(out) = &mut sink {
-                writeln!(out, "{}", queue_line(store, &snapshot))?;
-            }
+        if previous.is_none()
+            && !settings.json
+            && live.is_none()
+            && let Sink::Writer(out) = &mut sink
+        {
+            writeln!(out, "{}", queue_line(store, &snapshot))?;
         }
         match (&mut sink, &mut live) {
             (_, Some(live)) => live.show(&report),

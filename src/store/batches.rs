@@ -233,14 +233,14 @@ impl QueueCheck {
                 shown.trim_start_matches('+').trim_end()
             )));
         }
-        if let Some(value) = optional_string(CHECK, produced)? {
-            if !super::reply::is_counter(value) {
-                return Err(StoreError::Damaged(format!(
-                    "counter produced of {} is not a number: {:?}",
-                    self.stats,
-                    String::from_utf8_lossy(&value[..value.len().min(40)])
-                )));
-            }
+        if let Some(value) = optional_string(CHECK, produced)?
+            && !super::reply::is_counter(value)
+        {
+            return Err(StoreError::Damaged(format!(
+                "counter produced of {} is not a number: {:?}",
+                self.stats,
+                String::from_utf8_lossy(&value[..value.len().min(40)])
+            )));
         }
         Ok(())
     }

@@ -1,30 +1,36 @@
-//! Versioned schema steps from `migrations/`.
+//! The queue's schema, in version steps.
 //!
-//! Loading the Functions library is code, not state: every process loads it
-//! when Redis lacks it or holds an older one ([`Store::ensure_library`]).
-//! Every step is idempotent, so concurrent starts are safe without a lock:
-//! ten processes loading the same library with `FUNCTION LOAD REPLACE` leave
-//! the same library behind. The library reports its own version
-//! (`sms_version`), so a step is applied only when Redis holds an older one,
-//! and a binary never replaces a newer library with an older one.
-//! Creating the queue (step 7, its identity) is `migrate`'s alone
+//! The schema is the Functions library in `migrations/functions.lua`: code,
+//! not state, which `FUNCTION LOAD REPLACE` replaces whole. Each change to it
+//! is one [`Migration`], one version step, recorded by name in the queue's
+//! migrations hash once Redis holds it. The binary carries only the newest
+//! library, which is complete: one load brings a Redis from any older version
+//! to the newest, so [`Store::ensure_library`] loads it once and then records
+//! every step that load brought, and records nothing when the load fails.
+//!
+//! Every process loads the library when Redis lacks it or holds an older one
+//! (the library reports its version, `sms_version`); a binary never replaces
+//! a newer library with an older one. Loading is idempotent, so concurrent
+//! starts are safe without a lock: ten processes loading the same library
+//! leave the same library behind, and `HSETNX` keeps the first record of each
+//! step. Creating the queue (its identity) is `migrate`'s alone
 //! ([`Store::migrate`]).
 
 use super::{QueueIdentity, QueueOptions, Store, StoreError};
 
-/// One schema step.
+/// What a schema step does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// Load (or replace) the Functions library with this source.
     FunctionLibrary(&'static str),
 }
 
-/// A versioned schema step.
+/// One version step of the schema.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Migration {
-    /// Ordered version; a library's source declares the same `LIBRARY_VERSION`.
+    /// The version this step brings Redis to, one above the step before.
     pub version: u32,
-    /// The file's name, recorded in the migrations hash.
+    /// What the step brought, as recorded in the migrations hash.
     pub name: &'static str,
     /// What it does.
     pub step: Step,
@@ -33,48 +39,56 @@ pub struct Migration {
 /// The Functions library as this binary knows it (the newest version).
 const LIBRARY: &str = include_str!("../../migrations/functions.lua");
 
-/// Every migration, oldest first. A library step names the version it brings;
-/// loading the current library brings all of them at once.
+/// The library version this binary brings: that of the last migration, and
+/// the `LIBRARY_VERSION` the library's source declares.
+pub(super) const LIBRARY_VERSION: u32 = 7;
+
+/// Every migration, oldest first, one version step each. The names are
+/// recorded in queues' migrations hashes, so a step keeps its name.
 pub const MIGRATIONS: &[Migration] = &[
+    // The library: report, claim, renew, snapshot.
     Migration {
         version: 1,
         name: "0001_functions",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    // `sms_prune`: remove a consumer only if that loses nothing.
     Migration {
         version: 2,
         name: "0002_sender_prune",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    // The send-time histogram, counted by `sms_report`.
     Migration {
         version: 3,
         name: "0003_latency_histogram",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    // Histogram buckets passed to `sms_report` by name.
     Migration {
         version: 4,
         name: "0004_report_bucket_names",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    // `sms_report` acknowledges ids grouped by outcome, in bulk.
     Migration {
         version: 5,
         name: "0005_report_bulk_ack",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    // A producer Function, dropped again by the next step.
     Migration {
         version: 6,
         name: "0006_produce_function",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    // The queue's identity, retention, producer runs and leases.
     Migration {
         version: 7,
         name: "0007_queue_identity",
         step: Step::FunctionLibrary(LIBRARY),
     },
 ];
-
-/// The library version this binary brings.
-pub(super) const LIBRARY_VERSION: u32 = 7;
 
 /// What [`Store::ensure_library`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,55 +113,60 @@ impl Store {
         Ok((self.with_epoch(identity.epoch.clone()), report, identity))
     }
 
-    /// Applies the library migrations Redis is missing and records them in
-    /// the migrations hash.
+    /// Applies the migrations Redis is missing: loads the library once,
+    /// then records each step it brought in the migrations hash. A failed
+    /// load (e.g. an ACL without `FUNCTION`) records nothing.
     pub async fn ensure_library(&self) -> Result<MigrationReport, StoreError> {
         let loaded = self.library_version().await?;
         let mut report = MigrationReport {
             applied: Vec::new(),
             library_version: u32::try_from(loaded).unwrap_or(0),
         };
-        let latest = MIGRATIONS.iter().map(|m| m.version).max().unwrap_or(0);
-        if loaded > i64::from(latest) {
+        if loaded > i64::from(LIBRARY_VERSION) {
             return Err(StoreError::NewerLibrary {
                 found: loaded,
-                ours: latest,
+                ours: LIBRARY_VERSION,
             });
         }
+        let pending = pending_after(loaded);
+        let Some(newest) = pending.last() else {
+            return Ok(report);
+        };
         let mut conn = self.conn().await?;
-        for migration in MIGRATIONS {
-            if i64::from(migration.version) <= loaded {
-                continue;
+        match newest.step {
+            Step::FunctionLibrary(source) => {
+                redis::cmd("FUNCTION")
+                    .arg("LOAD")
+                    .arg("REPLACE")
+                    .arg(source)
+                    .query_async::<()>(&mut conn)
+                    .await
+                    .map_err(StoreError::redis("FUNCTION LOAD"))?;
             }
-            match migration.step {
-                Step::FunctionLibrary(source) => {
-                    // Only the newest library matters: each one is complete.
-                    if migration.version == latest {
-                        redis::cmd("FUNCTION")
-                            .arg("LOAD")
-                            .arg("REPLACE")
-                            .arg(source)
-                            .query_async::<()>(&mut conn)
-                            .await
-                            .map_err(StoreError::redis("FUNCTION LOAD"))?;
-                    }
-                }
-            }
-            let now_ms = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            redis::cmd("HSETNX")
+        }
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut record = redis::pipe();
+        record.atomic();
+        for migration in pending {
+            record
+                .cmd("HSETNX")
                 .arg(self.keys.migrations())
                 .arg(migration.name)
                 .arg(now_ms)
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(StoreError::redis("HSETNX"))?;
-            report.applied.push(migration.name);
-            report.library_version = migration.version;
-            tracing::info!(migration = migration.name, "applied migration");
+                .ignore();
         }
+        record
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(StoreError::redis("HSETNX"))?;
+        for migration in pending {
+            tracing::info!(migration = migration.name, "applied migration");
+            report.applied.push(migration.name);
+        }
+        report.library_version = newest.version;
         Ok(report)
     }
 
@@ -173,38 +192,54 @@ impl Store {
     }
 }
 
+/// The migrations above version `loaded`, oldest first.
+fn pending_after(loaded: i64) -> &'static [Migration] {
+    let first = MIGRATIONS
+        .iter()
+        .position(|m| i64::from(m.version) > loaded)
+        .unwrap_or(MIGRATIONS.len());
+    &MIGRATIONS[first..]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn versions_are_ordered_and_libraries_declare_theirs() {
-        for pair in MIGRATIONS.windows(2) {
-            assert!(pair[0].version < pair[1].version, "{pair:?}");
-        }
-        for migration in MIGRATIONS {
+    fn each_migration_is_one_version_step_named_for_it() {
+        for (migration, version) in MIGRATIONS.iter().zip(1..) {
+            assert_eq!(migration.version, version, "{migration:?}");
+            let prefix = format!("{version:04}_");
+            let what = migration.name.strip_prefix(&prefix).unwrap_or_default();
             assert!(
-                migration
-                    .name
-                    .starts_with(&format!("{:04}_", migration.version))
-            );
-            assert_eq!(migration.step, Step::FunctionLibrary(LIBRARY));
-            assert!(
-                LIBRARY.contains(migration.name),
-                "the library's changelog names {}",
+                !what.is_empty()
+                    && what
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'),
+                "expected `{prefix}` and a snake_case name, got {}",
                 migration.name
             );
+            assert_eq!(migration.step, Step::FunctionLibrary(LIBRARY));
         }
-        let latest = MIGRATIONS
-            .iter()
-            .map(|m| m.version)
-            .max()
-            .expect("migrations");
-        assert_eq!(latest, LIBRARY_VERSION);
-        let declared = format!("local LIBRARY_VERSION = {latest}\n");
+        let newest = MIGRATIONS.last().expect("migrations");
+        assert_eq!(newest.version, LIBRARY_VERSION);
+        let declared = format!("local LIBRARY_VERSION = {LIBRARY_VERSION}\n");
         assert!(
             LIBRARY.contains(&declared),
             "the library must declare {declared}"
         );
+    }
+
+    #[test]
+    fn pending_steps_are_those_above_the_loaded_version() {
+        let names = |loaded| {
+            pending_after(loaded)
+                .iter()
+                .map(|m| m.version)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names(0), (1..=LIBRARY_VERSION).collect::<Vec<_>>());
+        assert_eq!(names(5), (6..=LIBRARY_VERSION).collect::<Vec<_>>());
+        assert!(names(i64::from(LIBRARY_VERSION)).is_empty());
     }
 }

@@ -73,7 +73,7 @@ pub(super) fn pairs<T>(
     items: Vec<T>,
     mut to_bytes: impl FnMut(T) -> Result<Vec<u8>, StoreError>,
 ) -> Result<RawFields, StoreError> {
-    if items.len() % 2 != 0 {
+    if !items.len().is_multiple_of(2) {
         return Err(bad(command, "odd number of field/value items"));
     }
     let mut pairs = Vec::with_capacity(items.len() / 2);

@@ -276,8 +276,8 @@ impl Scan {
 }
 
 /// A plain connection for raw commands in tests. Its reply timeout is the
-/// library's (10 s), not redis-rs's default 500 ms: a debug build parsing a
-/// thousand dead entries on a loaded CI machine took longer than that.
+/// library's (10 s), not redis-rs's default 500 ms, which a debug build
+/// parsing a thousand dead entries on a loaded machine can outlast.
 pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     let config =
         redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(10)));
