@@ -14,6 +14,20 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The TLS settings cannot be used: a file that cannot be read or holds
+    /// no valid PEM, a certificate without its key, TLS settings with a URL
+    /// that is not `rediss://`.
+    #[error("invalid TLS settings: {0}")]
+    InvalidTls(String),
+    /// TLS failed over a certificate: Redis's is not signed by a trusted CA
+    /// or does not name the host in the URL, or Redis refused ours.
+    #[error("TLS certificate problem with Redis at {url}: {reason}")]
+    Certificate {
+        /// The URL, password redacted.
+        url: String,
+        /// What rustls found wrong, on one line.
+        reason: String,
+    },
     /// Redis did not answer at start-up.
     #[error("cannot reach Redis at {url}: {reason}")]
     Unreachable {
@@ -109,6 +123,8 @@ impl StoreError {
             Self::Pool(_) | Self::Unreachable { .. } | Self::Conflict { .. } => true,
             Self::Redis { source, .. } => is_transient(source),
             Self::InvalidUrl { .. }
+            | Self::InvalidTls(_)
+            | Self::Certificate { .. }
             | Self::Reply { .. }
             | Self::NewerLibrary { .. }
             | Self::Lost(_)
