@@ -36,6 +36,7 @@
 //! - [`metrics`]: Prometheus `/metrics`, served by the monitor.
 //! - [`demo`]: a whole simulation in one process, on a private Redis from
 //!   [`embedded`] unless one is given (the bench uses it too).
+//! - [`acl`]: the least-privilege `ACL SETUSER` rule for one queue prefix.
 //! - [`exit`]: the process exit codes.
 //!
 //! Every long-running function takes its shutdown signal as a parameter
@@ -53,6 +54,7 @@
 //! first write; a process that finds the state lost or damaged stops (exit
 //! code 3) rather than repair it by guessing.
 
+pub mod acl;
 pub mod audit;
 pub mod bench;
 pub mod cli;
