@@ -115,24 +115,22 @@ impl Store {
             });
         }
         let mut conn = self.conn().await?;
-        for migration in MIGRATIONS {
-            if i64::from(migration.version) <= loaded {
-                continue;
-            }
-            match migration.step {
-                Step::FunctionLibrary(source) => {
-                    // Only the newest library matters: each one is complete.
-                    if migration.version == latest {
-                        redis::cmd("FUNCTION")
-                            .arg("LOAD")
-                            .arg("REPLACE")
-                            .arg(source)
-                            .query_async::<()>(&mut conn)
-                            .await
-                            .map_err(StoreError::redis("FUNCTION LOAD"))?;
-                    }
-                }
-            }
+        let pending = MIGRATIONS
+            .iter()
+            .filter(|migration| i64::from(migration.version) > loaded);
+        // Only the newest library matters: each one is complete. It is loaded
+        // before any step is recorded, so a load that fails (e.g. denied by
+        // an ACL) leaves no step recorded as applied.
+        if let Some(Step::FunctionLibrary(source)) = pending.clone().next_back().map(|m| m.step) {
+            redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg("REPLACE")
+                .arg(source)
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(StoreError::redis("FUNCTION LOAD"))?;
+        }
+        for migration in pending {
             let now_ms = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
