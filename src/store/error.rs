@@ -45,6 +45,17 @@ pub enum StoreError {
         /// not also a `source`, which would print it twice in error chains).
         source: RedisError,
     },
+    /// Redis refused a command, or a command inside a Function, to this
+    /// user: its ACL rule lacks a permission (see `acl::rule`).
+    #[error(
+        "Redis refused {command} to this user (ACL): {detail} (the server's ACL LOG names the command denied)"
+    )]
+    Denied {
+        /// The command or Function refused.
+        command: &'static str,
+        /// Redis's message.
+        detail: String,
+    },
     /// No pooled connection could be had.
     #[error("no Redis connection: {0}")]
     Pool(String),
@@ -100,6 +111,21 @@ impl StoreError {
                 Some("LOST") => Self::Lost(detail()),
                 Some("DAMAGED") => Self::Damaged(detail()),
                 Some("BUSYRUN" | "NORUN" | "FINISHED") => Self::Refused(detail()),
+                // Redis 7.0 names no command when one inside a Function is
+                // denied; later releases and direct commands say NOPERM.
+                Some("NOPERM") => Self::Denied {
+                    command,
+                    detail: detail(),
+                },
+                _ if source
+                    .detail()
+                    .is_some_and(|d| d.contains("can't run this command or subcommand")) =>
+                {
+                    Self::Denied {
+                        command,
+                        detail: detail(),
+                    }
+                }
                 Some("WRONGTYPE") => Self::Damaged(format!(
                     "{command} met a key of the wrong type ({})",
                     detail()
@@ -125,6 +151,7 @@ impl StoreError {
             Self::InvalidUrl { .. }
             | Self::InvalidTls(_)
             | Self::Certificate { .. }
+            | Self::Denied { .. }
             | Self::Reply { .. }
             | Self::NewerLibrary { .. }
             | Self::Lost(_)
@@ -203,4 +230,32 @@ fn is_transient(err: &RedisError) -> bool {
         return true;
     }
     !matches!(err.retry_method(), RetryMethod::NoRetry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_reply(reply: &[u8]) -> StoreError {
+        let err = redis::parse_redis_value(reply)
+            .and_then(|value| value.extract_error())
+            .expect_err("an error reply");
+        StoreError::redis("FCALL sms_report")(err)
+    }
+
+    #[test]
+    fn acl_denials_are_neither_damage_nor_transient() {
+        for reply in [
+            &b"-NOPERM this user has no permissions to run the 'fcall' command\r\n"[..],
+            b"-ERR The user executing the script can't run this command or subcommand \
+              script: sms_report, on @user_function:445.\r\n",
+        ] {
+            let err = from_reply(reply);
+            assert!(matches!(err, StoreError::Denied { .. }), "{err:?}");
+            assert!(!err.is_transient() && !err.is_queue_state(), "{err}");
+            assert!(err.to_string().contains("ACL"), "{err}");
+        }
+        let damaged = from_reply(b"-ERR oops script: sms_report, on @user_function:1.\r\n");
+        assert!(damaged.is_queue_state(), "{damaged}");
+    }
 }
