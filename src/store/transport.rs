@@ -174,7 +174,16 @@ impl AsyncRead for Transport {
             Self::Tcp(stream) => Pin::new(stream).poll_read(cx, buf),
             #[cfg(unix)]
             Self::Unix(stream) => Pin::new(stream).poll_read(cx, buf),
-            Self::Tls(stream) => Pin::new(stream.as_mut()).poll_read(cx, buf),
+            Self::Tls(stream) => {
+                // rustls may keep the last records of a write when the
+                // socket was full, until a flush; the connection's task
+                // writes without flushing but polls its reads all the time,
+                // so they go out from here.
+                if let Poll::Ready(Err(err)) = Pin::new(stream.as_mut()).poll_flush(cx) {
+                    return Poll::Ready(Err(err));
+                }
+                Pin::new(stream.as_mut()).poll_read(cx, buf)
+            }
         }
     }
 }
@@ -262,5 +271,93 @@ mod tests {
             !shown.contains("s3cret") && !shown.contains("old"),
             "{shown}"
         );
+    }
+}
+
+#[cfg(test)]
+mod big_writes {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_rustls::TlsAcceptor;
+
+    use super::super::resp::RespConnection;
+    use super::*;
+
+    /// A TLS server on loopback for `localhost` that reads `expect` bytes
+    /// slowly, then answers `+OK`; its port and CA (PEM).
+    async fn slow_tls_server(expect: usize) -> (u16, String) {
+        let ca_key = rcgen::KeyPair::generate().expect("CA key");
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA");
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_pem = ca.self_signed(&ca_key).expect("CA cert").pem();
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("cert");
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .expect("server config");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        tokio::spawn(async move {
+            let (socket, _) = listener.accept().await.expect("accept");
+            let mut tls = TlsAcceptor::from(Arc::new(config))
+                .accept(socket)
+                .await
+                .expect("handshake");
+            let mut chunk = vec![0; 16 * 1024];
+            let mut got = 0;
+            while got < expect {
+                // Slow enough that the client's socket fills up.
+                tokio::time::sleep(Duration::from_micros(200)).await;
+                got += tls.read(&mut chunk).await.expect("read");
+            }
+            tls.write_all(b"+OK\r\n").await.expect("reply");
+            tls.flush().await.expect("flush");
+            // Hold the connection until the client is done.
+            let _ = tls.read(&mut chunk).await;
+        });
+        (port, ca_pem)
+    }
+
+    #[tokio::test]
+    async fn a_large_request_reaches_a_slow_reader_whole_over_tls() {
+        let size = 8 * 1024 * 1024;
+        let (port, ca) = slow_tls_server(size).await;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ca_path = dir.path().join("ca.pem");
+        std::fs::write(&ca_path, ca).expect("CA file");
+        let endpoint = Endpoint::new(&QueueSettings {
+            redis_url: format!("rediss://localhost:{port}"),
+            tls: TlsSettings {
+                ca_cert: Some(ca_path),
+                ..TlsSettings::default()
+            },
+            ..QueueSettings::default()
+        })
+        .expect("endpoint");
+        let timeout = Duration::from_secs(20);
+        let conn = RespConnection::open(&endpoint, timeout, timeout)
+            .await
+            .expect("connects");
+        let reply = conn
+            .send("BIG", Bytes::from(vec![b'x'; size]), 1)
+            .await
+            .expect("the whole request arrives and is answered");
+        assert_eq!(&reply[..], b"+OK\r\n");
     }
 }
