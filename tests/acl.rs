@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::*;
 use sms_alerts::acl;
+use sms_alerts::keys::Keys;
 use sms_alerts::stats::Snapshot;
 use sms_alerts::store::Store;
 
@@ -229,6 +230,23 @@ async fn run_denied(url: &str, prefix: &str, name: &str, args: &[&str]) -> Strin
 #[tokio::test]
 async fn a_command_missing_from_the_rule_is_named_in_the_error() {
     let redis = start_redis().await;
+
+    // migrate without FUNCTION LOAD, first (the library is loaded once for
+    // every prefix): it fails, and records no migration.
+    let prefix = unique_prefix("acl-noload");
+    let rule = format!("{} -function|load", acl::rule("sms-noload", &prefix));
+    let url = create_user(&redis, "sms-noload", &rule).await;
+    let stderr = run_denied(&url, &prefix, "migrate", &["migrate"]).await;
+    assert!(stderr.contains("'function|load'"), "{stderr}");
+    let recorded: Vec<String> = redis::cmd("HKEYS")
+        .arg(Keys::new(&prefix).migrations())
+        .query_async(&mut raw(&redis.url).await)
+        .await
+        .expect("HKEYS migrations");
+    assert!(
+        recorded.is_empty(),
+        "recorded though not loaded: {recorded:?}"
+    );
 
     // A command sms-alerts sends itself: Redis names it.
     let prefix = unique_prefix("acl-nofcall");
