@@ -19,7 +19,8 @@
 //!   arrive, and the producer's exactly-once `MULTI`/`EXEC` batches fenced by
 //!   `WATCH`), stream operations, typed wrappers of the Functions library in
 //!   `migrations/`, producer runs, the migrations, the one retry loop for
-//!   transient failures, and requests queued now and awaited later.
+//!   transient failures, and requests queued now and awaited later. Every
+//!   connection uses the queue's password and, for `rediss://`, TLS.
 //! - [`produce`]: the producer, one resumable run at a time; [`send`]: one
 //!   sender (dispatch with read-ahead, a gateway timing the sends in one
 //!   timer queue, simulate, batched results, reclaim, name lease, retention

@@ -8,6 +8,11 @@
 //! Functions library, the migrations, the one place where transient failures are retried, and
 //! [`Queued`] requests: sent now, their replies awaited later, so several are
 //! on the wire at once.
+//!
+//! Every connection, pooled or our own, is made from one endpoint
+//! (`transport.rs`): the URL, the password that overrides the URL's, and for
+//! `rediss://` the TLS files (`tls.rs`), so all of them log in and verify
+//! Redis the same way.
 
 mod batches;
 mod endpoint;
