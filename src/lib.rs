@@ -16,7 +16,8 @@
 //!    checked by every write), the connections (a pool for cold commands,
 //!    a pipelined connection of our own for the hot paths), stream
 //!    operations, typed wrappers of the Functions library in `migrations/`,
-//!    producer runs, migrations and the one retry policy.
+//!    producer runs, migrations and the one retry policy. Every
+//!    connection uses the queue's password and, for `rediss://`, TLS.
 //! 4. [`settings`]: what the program uses, validated: one struct per
 //!    subcommand, the defaults as constants, the value types and the checks.
 //! 5. [`stats`]: snapshots of the counters.

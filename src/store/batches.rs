@@ -309,7 +309,7 @@ impl Store {
     /// A connection for producer batches (see [`BatchConnection`]).
     pub async fn batch_connection(&self) -> Result<BatchConnection, StoreError> {
         let conn = RespConnection::open(
-            self.client.get_connection_info(),
+            &self.endpoint,
             super::CONNECT_TIMEOUT,
             super::RESPONSE_TIMEOUT,
         )

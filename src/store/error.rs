@@ -14,6 +14,20 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The TLS settings cannot be used: a file that cannot be read or holds
+    /// no valid PEM, a certificate without its key, TLS settings with a URL
+    /// that is not `rediss://`.
+    #[error("invalid TLS settings: {0}")]
+    InvalidTls(String),
+    /// TLS failed over a certificate: Redis's is not signed by a trusted CA
+    /// or does not name the host in the URL, or Redis refused ours.
+    #[error("TLS certificate problem with Redis at {url}: {reason}")]
+    Certificate {
+        /// The URL, password redacted.
+        url: String,
+        /// What rustls found wrong, on one line.
+        reason: String,
+    },
     /// Redis did not answer at start-up.
     #[error("cannot reach Redis at {url}: {reason}")]
     Unreachable {
@@ -30,6 +44,17 @@ pub enum StoreError {
         /// The error from Redis or the connection (part of the message, so
         /// not also a `source`, which would print it twice in error chains).
         source: RedisError,
+    },
+    /// Redis refused a command, or a command inside a Function, to this
+    /// user: its ACL rule lacks a permission (see `acl::rule`).
+    #[error(
+        "Redis refused {command} to this user (ACL): {detail} (the server's ACL LOG names the command denied)"
+    )]
+    Denied {
+        /// The command or Function refused.
+        command: &'static str,
+        /// Redis's message.
+        detail: String,
     },
     /// No pooled connection could be had.
     #[error("no Redis connection: {0}")]
@@ -86,6 +111,21 @@ impl StoreError {
                 Some("LOST") => Self::Lost(detail()),
                 Some("DAMAGED") => Self::Damaged(detail()),
                 Some("BUSYRUN" | "NORUN" | "FINISHED") => Self::Refused(detail()),
+                // Redis 7.0 names no command when one inside a Function is
+                // denied; later releases and direct commands say NOPERM.
+                Some("NOPERM") => Self::Denied {
+                    command,
+                    detail: detail(),
+                },
+                _ if source
+                    .detail()
+                    .is_some_and(|d| d.contains("can't run this command or subcommand")) =>
+                {
+                    Self::Denied {
+                        command,
+                        detail: detail(),
+                    }
+                }
                 Some("WRONGTYPE") => Self::Damaged(format!(
                     "{command} met a key of the wrong type ({})",
                     detail()
@@ -109,6 +149,9 @@ impl StoreError {
             Self::Pool(_) | Self::Unreachable { .. } | Self::Conflict { .. } => true,
             Self::Redis { source, .. } => is_transient(source),
             Self::InvalidUrl { .. }
+            | Self::InvalidTls(_)
+            | Self::Certificate { .. }
+            | Self::Denied { .. }
             | Self::Reply { .. }
             | Self::NewerLibrary { .. }
             | Self::Lost(_)
@@ -187,4 +230,32 @@ fn is_transient(err: &RedisError) -> bool {
         return true;
     }
     !matches!(err.retry_method(), RetryMethod::NoRetry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn from_reply(reply: &[u8]) -> StoreError {
+        let err = redis::parse_redis_value(reply)
+            .and_then(|value| value.extract_error())
+            .expect_err("an error reply");
+        StoreError::redis("FCALL sms_report")(err)
+    }
+
+    #[test]
+    fn acl_denials_are_neither_damage_nor_transient() {
+        for reply in [
+            &b"-NOPERM this user has no permissions to run the 'fcall' command\r\n"[..],
+            b"-ERR The user executing the script can't run this command or subcommand \
+              script: sms_report, on @user_function:445.\r\n",
+        ] {
+            let err = from_reply(reply);
+            assert!(matches!(err, StoreError::Denied { .. }), "{err:?}");
+            assert!(!err.is_transient() && !err.is_queue_state(), "{err}");
+            assert!(err.to_string().contains("ACL"), "{err}");
+        }
+        let damaged = from_reply(b"-ERR oops script: sms_report, on @user_function:1.\r\n");
+        assert!(damaged.is_queue_state(), "{damaged}");
+    }
 }

@@ -8,6 +8,11 @@
 //! Functions library, the migrations, the one place where transient failures are retried, and
 //! [`Queued`] requests: sent now, their replies awaited later, so several are
 //! on the wire at once.
+//!
+//! Every connection, pooled or our own, is made from one endpoint
+//! (`transport.rs`): the URL, the password that overrides the URL's, and for
+//! `rediss://` the TLS files (`tls.rs`), so all of them log in and verify
+//! Redis the same way.
 
 mod batches;
 mod endpoint;
@@ -24,6 +29,8 @@ mod resp;
 mod retry;
 mod runs;
 mod streams;
+mod tls;
+mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +57,7 @@ pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
 pub use streams::StreamEntry;
 
 use crate::keys::Keys;
+use transport::Endpoint;
 
 /// How long a pooled request may wait for its reply before it counts as lost.
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,6 +72,8 @@ const POOL_SIZE: usize = 8;
 #[derive(Clone)]
 pub struct Store {
     client: redis::Client,
+    /// Where and how to connect: shared by the pool and our own connections.
+    endpoint: Arc<Endpoint>,
     pool: Pool,
     keys: Keys,
     prefix: String,
@@ -85,26 +95,25 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     /// Connects to the queue described by `queue` and checks that Redis answers.
-    /// Fails with [`StoreError::InvalidUrl`] or [`StoreError::Unreachable`]; both
-    /// name the URL with its password redacted.
+    /// Every connection, pooled or our own, uses its password (over the URL's)
+    /// and, for `rediss://`, its TLS settings. Fails with
+    /// [`StoreError::InvalidUrl`], [`StoreError::InvalidTls`],
+    /// [`StoreError::Certificate`] or [`StoreError::Unreachable`]; all name
+    /// the URL with its password redacted.
     pub async fn connect(queue: &QueueSettings) -> Result<Self, StoreError> {
-        let url = redact_url(&queue.redis_url);
-        let client = redis::Client::open(queue.redis_url.as_str()).map_err(|source| {
-            StoreError::InvalidUrl {
-                url: url.clone(),
-                reason: source.to_string(),
-            }
-        })?;
+        let endpoint = Endpoint::new(queue)?;
+        let url = endpoint.url().to_owned();
+        let invalid_url = |reason: String| StoreError::InvalidUrl {
+            url: url.clone(),
+            reason,
+        };
+        let client = redis::Client::open(endpoint.info().clone())
+            .map_err(|source| invalid_url(source.to_string()))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let manager =
-            Manager::new_with_config(queue.redis_url.as_str(), config).map_err(|source| {
-                StoreError::InvalidUrl {
-                    url: url.clone(),
-                    reason: source.to_string(),
-                }
-            })?;
+        let manager = Manager::new_with_config(endpoint.info().clone(), config)
+            .map_err(|source| invalid_url(source.to_string()))?;
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .runtime(Runtime::Tokio1)
@@ -112,12 +121,10 @@ impl Store {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()
-            .map_err(|err| StoreError::InvalidUrl {
-                url: url.clone(),
-                reason: err.to_string(),
-            })?;
+            .map_err(|err| invalid_url(err.to_string()))?;
         let store = Self {
             client,
+            endpoint: Arc::new(endpoint),
             pool,
             keys: Keys::new(&queue.prefix),
             prefix: queue.prefix.clone(),
@@ -125,9 +132,12 @@ impl Store {
             url,
             epoch: Arc::from(""),
         };
-        store.ping().await.map_err(|err| StoreError::Unreachable {
-            url: store.url.clone(),
-            reason: err.to_string(),
+        store.ping().await.map_err(|err| match err {
+            StoreError::Certificate { .. } => err,
+            _ => StoreError::Unreachable {
+                url: store.url.clone(),
+                reason: err.to_string(),
+            },
         })?;
         Ok(store)
     }
@@ -169,41 +179,68 @@ impl Store {
         self.client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(StoreError::redis("connect"))
+            .map_err(|err| self.endpoint.classify(StoreError::redis("connect")(err)))
     }
 
     /// A read connection (see [`ReadConnection`]): its reply timeout leaves
     /// room for `block` (zero for reads that never block).
     pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, StoreError> {
-        ReadConnection::open(
-            self.client.get_connection_info(),
-            CONNECT_TIMEOUT,
-            block + RESPONSE_TIMEOUT,
-        )
-        .await
+        ReadConnection::open(&self.endpoint, CONNECT_TIMEOUT, block + RESPONSE_TIMEOUT).await
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        self.pool.get().await.map_err(StoreError::from)
+        // A certificate problem is no transient failure: it is named as one.
+        self.pool
+            .get()
+            .await
+            .map_err(|err| self.endpoint.classify(StoreError::from(err)))
     }
 }
 
-/// `url` with its password replaced by `***`, safe to print and log.
+/// Query parameters that carry a password (`unix:///run/redis.sock?pass=…`
+/// is how redis-rs takes one for a Unix socket).
+const PASSWORD_PARAMS: &[&str] = &["pass", "password"];
+
+/// `url` with its password replaced by `***`, safe to print and log: the
+/// password of `redis://`, `rediss://` and any other URL with one, and a
+/// `pass`/`password` query parameter.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut parsed) => {
-            if parsed.password().is_some() {
-                // Setting a password fails only for URLs that cannot have one.
-                let _ = parsed.set_password(Some("***"));
-            }
-            parsed.to_string()
-        }
-        // Cannot tell where a password would be: hide everything before '@'.
-        Err(_) => match url.rsplit_once('@') {
-            Some((_, host)) => format!("***@{host}"),
-            None => url.to_owned(),
-        },
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // Cannot tell where a password would be: hide everything before '@'
+        // and every query parameter.
+        let (_, rest) = url.rsplit_once('@').unwrap_or(("", url));
+        let shown = match rest.split_once('?') {
+            Some((before, _)) => format!("{before}?***"),
+            None => rest.to_owned(),
+        };
+        return if url.contains('@') {
+            format!("***@{shown}")
+        } else {
+            shown
+        };
+    };
+    if parsed.password().is_some() {
+        // Setting a password fails only for URLs that cannot have one.
+        let _ = parsed.set_password(Some("***"));
     }
+    let secret_query = parsed
+        .query_pairs()
+        .any(|(name, _)| PASSWORD_PARAMS.contains(&name.as_ref()));
+    if secret_query {
+        let pairs: Vec<(String, String)> = parsed
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if PASSWORD_PARAMS.contains(&name.as_ref()) {
+                    "***".to_owned()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    parsed.to_string()
 }
 
 #[cfg(test)]
@@ -212,15 +249,49 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        assert_eq!(
-            redact_url("redis://:hunter2@db:6379/0"),
-            "redis://:***@db:6379/0"
+        let cases = [
+            ("redis://:hunter2@db:6379/0", "redis://:***@db:6379/0"),
+            ("redis://user:hunter2@db", "redis://user:***@db"),
+            ("redis://127.0.0.1:6379", "redis://127.0.0.1:6379"),
+            ("rediss://:hunter2@db:6380", "rediss://:***@db:6380"),
+            (
+                "rediss://app:hunter2@db:6380/2",
+                "rediss://app:***@db:6380/2",
+            ),
+            (
+                "unix:///run/redis.sock?db=1&pass=hunter2",
+                "unix:///run/redis.sock?db=1&pass=***",
+            ),
+            (
+                "redis+unix:///run/redis.sock?user=app&pass=hunter2",
+                "redis+unix:///run/redis.sock?user=app&pass=***",
+            ),
+            ("unix:///run/redis.sock", "unix:///run/redis.sock"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+        for url in [
+            "not a url:hunter2@db",
+            "redis://db:bad-port?pass=hunter2",
+            "::?password=hunter2",
+        ] {
+            let shown = redact_url(url);
+            assert!(!shown.contains("hunter2"), "{url} shown as {shown}");
+        }
+    }
+
+    #[test]
+    fn debug_output_never_shows_a_password() {
+        let queue = super::QueueSettings {
+            redis_url: "rediss://app:hunter2@db:6380".to_owned(),
+            password: Some("swordfish".to_owned()),
+            ..super::QueueSettings::default()
+        };
+        let shown = format!("{queue:?}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("swordfish"),
+            "{shown}"
         );
-        assert_eq!(redact_url("redis://user:hunter2@db"), "redis://user:***@db");
-        assert_eq!(
-            redact_url("redis://127.0.0.1:6379"),
-            "redis://127.0.0.1:6379"
-        );
-        assert!(!redact_url("not a url:hunter2@db").contains("hunter2"));
     }
 }

@@ -21,7 +21,6 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use redis::ConnectionInfo;
 use redis_protocol::resp2::decode::decode_range;
 use redis_protocol::resp2::types::RangeFrame;
 
@@ -30,6 +29,7 @@ use super::frame::{array_elements, bulk_string, clipped_length, replies, server_
 use super::reply::{bad, pairs};
 use super::resp::RespConnection;
 use super::streams::StreamEntry;
+use super::transport::Endpoint;
 use crate::message::{Oversized, RawFields};
 
 /// The group read, named in errors.
@@ -49,14 +49,14 @@ pub struct ReadConnection {
 }
 
 impl ReadConnection {
-    /// Opens a connection as `info` describes (TCP or a Unix socket), logs in
+    /// Opens a connection to `endpoint` (TCP, TLS or a Unix socket), logs in
     /// and selects the database. Replies may take up to `reply_timeout`.
     pub(super) async fn open(
-        info: &ConnectionInfo,
+        endpoint: &Endpoint,
         connect_timeout: Duration,
         reply_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let conn = RespConnection::open(info, connect_timeout, reply_timeout).await?;
+        let conn = RespConnection::open(endpoint, connect_timeout, reply_timeout).await?;
         Ok(Self { conn })
     }
 

@@ -23,12 +23,13 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use redis::{ConnectionAddr, ConnectionInfo, RedisError};
+use redis::{ConnectionInfo, RedisError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StoreError;
 use super::frame::{FrameScanner, MAX_VALUE_BYTES, server_error};
+use super::transport::Endpoint;
 
 /// Room kept free in the read buffer; a read of 1,000 entries is ~170 KB.
 const READ_CHUNK: usize = 64 * 1024;
@@ -57,37 +58,24 @@ pub(super) struct RespConnection {
 }
 
 impl RespConnection {
-    /// Opens a connection as `info` describes (TCP or a Unix socket), logs in
+    /// Opens a connection to `endpoint` (TCP, TLS or a Unix socket), logs in
     /// and selects the database. Replies may take up to `reply_timeout`.
     pub(super) async fn open(
-        info: &ConnectionInfo,
+        endpoint: &Endpoint,
         connect_timeout: Duration,
         reply_timeout: Duration,
     ) -> Result<Self, StoreError> {
-        let connect = async {
-            match info.addr() {
-                ConnectionAddr::Tcp(host, port) => {
-                    let stream = tokio::net::TcpStream::connect((host.as_str(), *port)).await?;
-                    stream.set_nodelay(true)?;
-                    Ok(Self::start(stream, reply_timeout))
-                }
-                #[cfg(unix)]
-                ConnectionAddr::Unix(path) => {
-                    let stream = tokio::net::UnixStream::connect(path).await?;
-                    Ok(Self::start(stream, reply_timeout))
-                }
-                _ => Err(std::io::Error::new(
-                    std::io::ErrorKind::Unsupported,
-                    "sms-alerts' own connections support TCP and Unix sockets only",
-                )),
-            }
-        };
-        let conn = tokio::time::timeout(connect_timeout, connect)
+        let stream = tokio::time::timeout(connect_timeout, endpoint.connect())
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
             .and_then(|opened| opened)
-            .map_err(|err| StoreError::redis("connect")(RedisError::from(err)))?;
-        conn.log_in(info).await?;
+            .map_err(|err| endpoint.connect_error(err))?;
+        let conn = Self::start(stream, reply_timeout);
+        // With TLS 1.3 Redis refuses a client certificate after the
+        // handshake: the first reply tells.
+        conn.log_in(endpoint.info())
+            .await
+            .map_err(|err| endpoint.classify(err))?;
         Ok(conn)
     }
 

@@ -51,6 +51,9 @@ pub struct RedisOptions {
     /// A host directory mounted at `/shared` in the container (e.g. for a
     /// Unix socket).
     pub shared_dir: Option<PathBuf>,
+    /// Files copied into the container before it starts: path and content
+    /// (e.g. TLS certificates).
+    pub files: Vec<(&'static str, Vec<u8>)>,
 }
 
 /// Starts a throwaway Redis.
@@ -94,6 +97,9 @@ pub async fn start_redis_with(options: RedisOptions) -> TestRedis {
     }
     if let Some(dir) = &options.shared_dir {
         request = request.with_mount(Mount::bind_mount(dir.display().to_string(), "/shared"));
+    }
+    for (path, content) in options.files {
+        request = request.with_copy_to(path, content);
     }
     let container = request.start().await.unwrap_or_else(|err| {
         panic!(
