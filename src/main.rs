@@ -124,7 +124,9 @@ fn exit_status(err: &anyhow::Error) -> ExitStatus {
         .or_else(|| err.downcast_ref::<ProduceError>()?.store_error());
     match store_error {
         Some(err) if err.is_queue_state() => ExitStatus::QueueState,
-        Some(StoreError::InvalidUrl { .. } | StoreError::Refused(_)) => ExitStatus::Usage,
+        Some(
+            StoreError::InvalidUrl { .. } | StoreError::InvalidTls(_) | StoreError::Refused(_),
+        ) => ExitStatus::Usage,
         _ => ExitStatus::Failure,
     }
 }

@@ -30,6 +30,12 @@ struct Pki {
 
 /// A CA (named `name`), and a server and a client certificate it signed.
 fn make_pki(name: &str) -> Pki {
+    make_pki_for(name, &["localhost", "127.0.0.1"])
+}
+
+/// As [`make_pki`], the server certificate naming only `server_names`, so
+/// a host mismatch can be made at the address every test reaches Redis by.
+fn make_pki_for(name: &str, server_names: &[&str]) -> Pki {
     let ca_key = KeyPair::generate().expect("CA key");
     let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -49,10 +55,7 @@ fn make_pki(name: &str) -> Pki {
         let cert = params.signed_by(&key, &issuer).expect("signed");
         (cert.pem(), key.serialize_pem())
     };
-    let (server_cert, server_key) = leaf(
-        &["localhost", "127.0.0.1"],
-        ExtendedKeyUsagePurpose::ServerAuth,
-    );
+    let (server_cert, server_key) = leaf(server_names, ExtendedKeyUsagePurpose::ServerAuth);
     let (client_cert, client_key) = leaf(&["sms-alerts"], ExtendedKeyUsagePurpose::ClientAuth);
     Pki {
         ca: ca_cert.pem(),
@@ -189,8 +192,8 @@ async fn mutual_tls_presents_the_client_certificate_and_the_password() {
         insecure_skip_verify: false,
     };
     // The URL's password is wrong: the one given apart must win.
-    let mut queue = tls_queue("localhost", &redis, &unique_prefix("mtls"), with_cert);
-    queue.redis_url = format!("rediss://:wrong@localhost:{}", redis.port);
+    let mut queue = tls_queue("127.0.0.1", &redis, &unique_prefix("mtls"), with_cert);
+    queue.redis_url = format!("rediss://:wrong@127.0.0.1:{}", redis.port);
     queue.password = Some("tls-secret".to_owned());
     whole_run(&queue, 12, 300).await;
 
@@ -233,22 +236,22 @@ async fn a_certificate_from_another_ca_is_a_certificate_error() {
 
 #[tokio::test]
 async fn a_host_the_certificate_does_not_name_is_a_certificate_error() {
-    let pki = make_pki("sms-alerts test CA");
+    // A certificate for another host, reached at 127.0.0.1.
+    let pki = make_pki_for("sms-alerts test CA", &["redis.example.internal"]);
     let redis = start_tls_redis(&pki, false, &[]).await;
-    // Loopback too, but not a name in the certificate.
-    assert_refused(&redis, "127.0.0.2", &pki.ca, "wrong-host", "127.0.0.2").await;
+    assert_refused(&redis, "127.0.0.1", &pki.ca, "wrong-host", "127.0.0.1").await;
 }
 
 #[tokio::test]
 async fn insecure_skip_verify_accepts_a_certificate_nobody_vouches_for() {
-    let pki = make_pki("sms-alerts test CA");
+    let pki = make_pki_for("sms-alerts test CA", &["redis.example.internal"]);
     let redis = start_tls_redis(&pki, false, &[]).await;
     let insecure = TlsSettings {
         insecure_skip_verify: true,
         ..TlsSettings::default()
     };
     // Not even the host matches: nothing is checked.
-    let queue = tls_queue("127.0.0.2", &redis, &unique_prefix("insecure"), insecure);
+    let queue = tls_queue("127.0.0.1", &redis, &unique_prefix("insecure"), insecure);
     whole_run(&queue, 13, 200).await;
 
     // The same without the flag: the system roots do not know the test CA.
@@ -257,4 +260,96 @@ async fn insecure_skip_verify_accepts_a_certificate_nobody_vouches_for() {
         ..queue
     };
     assert_certificate_error(&connect_error(&verified).await, "system roots");
+}
+
+/// Runs the binary with `args` after the TLS options and waits for its exit.
+async fn run_binary(tls_args: &[String], args: &[&str]) -> std::process::Output {
+    let mut command = bin();
+    command.args(tls_args).args(args);
+    tokio::task::spawn_blocking(move || command.output().expect("the binary runs"))
+        .await
+        .expect("joins")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_runs_produce_send_monitor_and_audit_over_mutual_tls() {
+    let pki = make_pki("sms-alerts test CA");
+    let redis = start_tls_redis(&pki, true, &["--requirepass", "cli-secret"]).await;
+    let test = "cli-mtls";
+    let prefix = unique_prefix(test);
+    let password = write(test, "password", "cli-secret\n");
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let path = |p: PathBuf| p.to_str().expect("utf-8").to_owned();
+    let tls_args: Vec<String> = vec![
+        "--redis-url".into(),
+        url.clone(),
+        "--prefix".into(),
+        prefix.clone(),
+        "--redis-password-file".into(),
+        path(password),
+        "--tls-ca-cert".into(),
+        path(write(test, "ca.pem", &pki.ca)),
+        "--tls-cert".into(),
+        path(write(test, "client.pem", &pki.client_cert)),
+        "--tls-key".into(),
+        path(write(test, "client.key", &pki.client_key)),
+    ];
+    for args in [
+        &["migrate"][..],
+        &["produce", "--count", "400", "--seed", "21"][..],
+    ] {
+        let out = run_binary(&tls_args, args).await;
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut sender = bin()
+        .args(&tls_args)
+        .args(["send", "--name", "tls-cli", "--mean", "0ms"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log_path(&format!("{prefix}-sender"))).expect("log"))
+        .spawn()
+        .expect("sender starts");
+    let monitor = run_binary(
+        &tls_args,
+        &["monitor", "--until-done", "--json", "--interval", "100ms"],
+    )
+    .await;
+    terminate(&sender);
+    let status = wait_exit(&mut sender, Duration::from_secs(30)).await;
+    assert!(status.success(), "sender: {status:?}");
+    let last = String::from_utf8_lossy(&monitor.stdout)
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(monitor.status.success(), "monitor: {last}");
+    let report: serde_json::Value = serde_json::from_str(&last).expect("JSON line");
+    assert_eq!(
+        (report["produced"].as_u64(), report["sent"].as_u64()),
+        (Some(400), Some(400)),
+        "{last}"
+    );
+    let audit = run_binary(&tls_args, &["audit"]).await;
+    let text = String::from_utf8_lossy(&audit.stdout);
+    assert!(
+        audit.status.success() && text.contains("consistent"),
+        "{text}"
+    );
+
+    // The same with a CA that did not sign the server's certificate: exit 1,
+    // one line that says it is a certificate problem, no password.
+    let mut wrong = tls_args.clone();
+    let ca_at = wrong.iter().position(|a| a == "--tls-ca-cert").expect("ca") + 1;
+    wrong[ca_at] = path(write(test, "other-ca.pem", &make_pki("another CA").ca));
+    let refused = run_binary(&wrong, &["audit"]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("certificate") && !stderr.contains("cli-secret"),
+        "{stderr}"
+    );
 }

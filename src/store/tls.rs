@@ -206,10 +206,10 @@ pub(super) fn certificate_problem(err: &(dyn std::error::Error + 'static)) -> Op
             return describe(tls);
         }
         // io::Error's `source` skips the error it wraps.
-        if let Some(inner) = err.downcast_ref::<io::Error>().and_then(io::Error::get_ref) {
-            if let Some(found) = certificate_problem(inner) {
-                return Some(found);
-            }
+        if let Some(inner) = err.downcast_ref::<io::Error>().and_then(io::Error::get_ref)
+            && let Some(found) = certificate_problem(inner)
+        {
+            return Some(found);
         }
         next = err.source();
     }
