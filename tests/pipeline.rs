@@ -391,3 +391,78 @@ async fn ten_concurrent_starts_on_an_empty_redis_are_safe() {
     assert_eq!(identity.status, sms_alerts::store::QueueStatus::Existing);
     assert_eq!(identity.epoch, store.epoch());
 }
+
+/// Requests made one after another reach Redis in that order, however their
+/// replies are awaited: many one-entry reads on the wire at once each get the
+/// entry after the one the read made before it got, and of many reports of
+/// the same send only the first made acknowledges it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_reach_redis_in_the_order_they_are_made() {
+    const READS: usize = 300;
+    const REPORTS: u64 = 50;
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("order")).await;
+    produce_n(&store, 21, READS as u64).await;
+
+    let conn = store
+        .read_connection(Duration::ZERO)
+        .await
+        .expect("connects");
+    let reads: Vec<_> = (0..READS)
+        .map(|_| store.read_new(&conn, "orderly", 1, 1))
+        .collect();
+    // Awaited last first: only the order they were made in may count.
+    let mut got = Vec::new();
+    for read in reads.into_iter().rev() {
+        let entries = read.await.expect("a read");
+        assert_eq!(entries.len(), 1, "each read gets one entry: {entries:?}");
+        got.push(entries[0].id.clone());
+    }
+    got.reverse();
+    // Each read takes the entry after the last one delivered: ids that grow
+    // in the order the reads were made mean they ran in that order.
+    let order: Vec<(u64, u64)> = got
+        .iter()
+        .map(|id| {
+            let (ms, seq) = id.split_once('-').expect("an entry id");
+            (ms.parse().expect("ms"), seq.parse().expect("seq"))
+        })
+        .collect();
+    assert!(
+        order.windows(2).all(|pair| pair[0] < pair[1]),
+        "read i got the stream's entry i: {got:?}"
+    );
+
+    let reports = store.report_connection().await.expect("connects");
+    let item = sms_alerts::store::ReportItem {
+        id: got[0].clone(),
+        outcome: sms_alerts::store::Outcome::Sent,
+        send_time_us: 1_000,
+    };
+    let pending: Vec<_> = (1..=REPORTS)
+        .map(|seq| {
+            let report = store.prepare_report(
+                "orderly",
+                3,
+                Duration::from_secs(1),
+                "order-token",
+                seq,
+                std::slice::from_ref(&item),
+            );
+            reports.send(&report)
+        })
+        .collect();
+    let mut replies = Vec::new();
+    for reply in pending.into_iter().rev() {
+        replies.push(reply.await.expect("a report"));
+    }
+    replies.reverse();
+    let acknowledged: Vec<u64> = replies.iter().map(|reply| reply.sent).collect();
+    let mut expected = vec![0; REPORTS as usize];
+    expected[0] = 1;
+    assert_eq!(acknowledged, expected, "only the first report made acks");
+    assert!(
+        replies[1..].iter().all(|reply| reply.duplicates == 1),
+        "the later ones are duplicates: {replies:?}"
+    );
+}

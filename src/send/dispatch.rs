@@ -22,7 +22,7 @@ use super::gateway::{Inlet, Ready};
 use super::simulate::Simulator;
 use crate::settings::SendSettings;
 use crate::store::{
-    Backoff, Outcome, Queued, ReadConnection, ReportItem, Store, StoreError, StreamEntry,
+    Backoff, Outcome, PendingReply, ReadConnection, ReportItem, Store, StoreError, StreamEntry,
 };
 
 /// Longest a read blocks, so the loop checks for work to reclaim and for
@@ -50,7 +50,7 @@ pub struct DispatchTotals {
 /// A read sent to Redis and the hold slots its messages will take.
 struct PendingRead {
     hold: OwnedSemaphorePermit,
-    reply: Queued<Vec<StreamEntry>>,
+    reply: PendingReply<Vec<StreamEntry>>,
 }
 
 /// The dispatcher's state.
@@ -92,7 +92,7 @@ impl Dispatcher {
                 // Entries of reads already sent are this sender's now: they
                 // go to the gateway, sent until the shutdown deadline.
                 while let Some(read) = reads.pop_front() {
-                    let reply = read.reply.reply().await;
+                    let reply = read.reply.await;
                     self.take_read(read.hold, reply, &mut reader, &mut read_backoff, stop)
                         .await?;
                 }
@@ -225,13 +225,12 @@ impl Dispatcher {
                 }
             },
         };
-        let reply = Queued::start(self.store.read_new(
+        let reply = self.store.read_new(
             conn,
             &self.settings.name,
             hold.num_permits(),
             block.as_millis() as u64,
-        ))
-        .await;
+        );
         Ok(Some(PendingRead { hold, reply }))
     }
 

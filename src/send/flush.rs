@@ -14,11 +14,10 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use redis::aio::MultiplexedConnection;
-
 use super::fatal::Fatal;
 use crate::store::{
-    FailureLog, PreparedReport, Queued, ReportItem, ReportReply, Store, StoreError,
+    FailureLog, PendingReply, PreparedReport, ReportConnection, ReportItem, ReportReply, Store,
+    StoreError,
 };
 
 /// Most results in one report call.
@@ -135,7 +134,7 @@ struct PendingWrite {
     /// is dropped, once Redis has it.
     _slots: Vec<OwnedSemaphorePermit>,
     report: PreparedReport,
-    reply: Queued<ReportReply>,
+    reply: PendingReply<ReportReply>,
 }
 
 impl Flusher {
@@ -152,7 +151,7 @@ impl Flusher {
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // A connection of its own: its reports reach Redis without waiting
         // for a pooled connection's health check, several at once.
-        let mut conn: Option<MultiplexedConnection> = None;
+        let mut conn: Option<ReportConnection> = None;
         let mut writes: VecDeque<PendingWrite> = VecDeque::with_capacity(REPORTS_IN_FLIGHT);
         // Results and the slots they hold, kept apart so the results can be
         // encoded as they are, without a copy.
@@ -187,9 +186,9 @@ impl Flusher {
                     &batch,
                 );
                 let reply = match self.connection(&mut conn).await {
-                    Ok(conn) => Queued::start(self.store.send_report(conn, &report)).await,
+                    Ok(conn) => conn.send(&report),
                     // Takes the retry path of a failed write.
-                    Err(err) => Queued::start(async move { Err(err) }).await,
+                    Err(err) => PendingReply::failed(err),
                 };
                 writes.push_back(PendingWrite {
                     items: std::mem::take(&mut batch),
@@ -253,10 +252,10 @@ impl Flusher {
     /// The flusher's connection, opened if needed.
     async fn connection<'a>(
         &self,
-        conn: &'a mut Option<MultiplexedConnection>,
-    ) -> Result<&'a MultiplexedConnection, StoreError> {
+        conn: &'a mut Option<ReportConnection>,
+    ) -> Result<&'a ReportConnection, StoreError> {
         if conn.is_none() {
-            *conn = Some(self.store.dedicated_connection(Duration::ZERO).await?);
+            *conn = Some(self.store.report_connection().await?);
         }
         Ok(conn.as_ref().expect("just set"))
     }
@@ -268,7 +267,7 @@ impl Flusher {
         &self,
         write: PendingWrite,
         reply: Result<ReportReply, StoreError>,
-        conn: &mut Option<MultiplexedConnection>,
+        conn: &mut Option<ReportConnection>,
         totals: &mut FlushTotals,
         give_up: &CancellationToken,
     ) -> bool {

@@ -32,7 +32,8 @@
 //! Why not a Function that checks and writes in one call: a `redis.call` per
 //! message costs Redis about 2 µs more per message than a queued command,
 //! and produce is bound by Redis's CPU. The replies (`QUEUED` and an id per
-//! message) are framed by [`RespConnection`], not parsed by redis-rs, whose
+//! message) are framed by [`RespConnection`] and read by the store's cursor, not parsed
+//! by redis-rs, whose
 //! parser costs the producer 2.7 µs per message.
 //!
 //! A batch's transaction aborts (nil `EXEC`) when the watched hash changed:
@@ -40,12 +41,10 @@
 //! marked that one meanwhile. The caller cannot tell which, so that is
 //! [`StoreError::Conflict`], transient: the next try checks the mark again.
 
-use std::future::Future;
-use std::pin::Pin;
-
 use bytes::Bytes;
 
-use super::frame::{array_elements, bulk_string, replies, server_error};
+use super::frame::{Cursor, server_error};
+use super::pending::PendingReply;
 use super::resp::{RespConnection, encode};
 use super::{Store, StoreError};
 use crate::message::{Message, field};
@@ -58,7 +57,7 @@ const QUEUE: &str = "MULTI (batch)";
 const EXEC: &str = "EXEC (batch)";
 const DISCARD: &str = "DISCARD (batch)";
 
-type Reply = Pin<Box<dyn Future<Output = Result<Bytes, StoreError>> + Send>>;
+type Reply = PendingReply<Bytes>;
 
 /// A producer batch encoded for sending: cheap to send again after a failure.
 #[derive(Debug, Clone)]
@@ -116,12 +115,13 @@ impl BatchConnection {
     pub fn start(&self, batch: &PreparedBatch) -> StartedBatch {
         StartedBatch {
             conn: self.conn.clone(),
-            check: Box::pin(self.conn.send(CHECK, batch.check.clone(), CHECK_REPLIES)),
+            check: PendingReply::new(self.conn.send(CHECK, batch.check.clone(), CHECK_REPLIES)),
             queue: batch.queue.clone(),
-            queued: Box::pin(
-                self.conn
-                    .send(QUEUE, batch.body.clone(), batch.body_replies),
-            ),
+            queued: PendingReply::new(self.conn.send(
+                QUEUE,
+                batch.body.clone(),
+                batch.body_replies,
+            )),
         }
     }
 
@@ -151,11 +151,12 @@ impl StartedBatch {
     /// returns.
     pub async fn commit(self) -> Result<CommittedBatch, StoreError> {
         let check = self.check.await?;
-        let mut parts = replies(CHECK, &check);
+        let mut parts = Cursor::new(CHECK, &check);
         let mut next = || {
-            let reply = parts
-                .next()
-                .unwrap_or_else(|| Err(super::reply::bad(CHECK, "a reply is missing")))?;
+            if parts.is_at_end() {
+                return Err(parts.bad("a reply is missing"));
+            }
+            let reply = parts.element()?;
             server_error(reply).map_err(StoreError::redis(CHECK))?;
             Ok::<_, StoreError>(reply)
         };
@@ -180,13 +181,17 @@ impl StartedBatch {
         Ok(if marked {
             CommittedBatch {
                 queued: self.queued,
-                last: Box::pin(self.conn.send(DISCARD, Bytes::from_static(DISCARD_CMD), 1)),
+                last: PendingReply::new(self.conn.send(
+                    DISCARD,
+                    Bytes::from_static(DISCARD_CMD),
+                    1,
+                )),
                 discarded: true,
             }
         } else {
             CommittedBatch {
                 queued: self.queued,
-                last: Box::pin(self.conn.send(EXEC, Bytes::from_static(EXEC_CMD), 1)),
+                last: PendingReply::new(self.conn.send(EXEC, Bytes::from_static(EXEC_CMD), 1)),
                 discarded: false,
             }
         })
@@ -246,15 +251,12 @@ impl QueueCheck {
     }
 }
 
-/// A bulk string reply, or `None` for nil.
+/// A string reply, or `None` for nil.
 fn optional_string<'a>(
     command: &'static str,
     reply: &'a [u8],
 ) -> Result<Option<&'a [u8]>, StoreError> {
-    if reply == b"$-1\r\n" {
-        return Ok(None);
-    }
-    bulk_string(command, reply).map(Some)
+    Cursor::new(command, reply).string()
 }
 
 const EXEC_CMD: &[u8] = b"*1\r\n$4\r\nEXEC\r\n";
@@ -280,8 +282,9 @@ impl CommittedBatch {
     /// Redis refuse the whole transaction) is reported as itself.
     pub async fn outcome(self) -> Result<BatchWrite, StoreError> {
         let queued = self.queued.await?;
-        for reply in replies(QUEUE, &queued) {
-            server_error(reply?).map_err(StoreError::redis(QUEUE))?;
+        let mut replies = Cursor::new(QUEUE, &queued);
+        while !replies.is_at_end() {
+            server_error(replies.element()?).map_err(StoreError::redis(QUEUE))?;
         }
         let last = self.last.await?;
         if self.discarded {
@@ -289,13 +292,14 @@ impl CommittedBatch {
             return Ok(BatchWrite::AlreadyWritten);
         }
         server_error(&last).map_err(StoreError::redis(EXEC))?;
-        let Some(results) = array_elements(EXEC, &last)? else {
+        let mut results = Cursor::new(EXEC, &last);
+        let Some(count) = results.array()? else {
             return Err(StoreError::Conflict { command: EXEC });
         };
-        for result in replies(EXEC, results) {
+        for _ in 0..count {
             // A command that fails inside EXEC does not undo the others: the
             // batch landed in part, which no retry can mend.
-            server_error(result?).map_err(|err| {
+            server_error(results.element()?).map_err(|err| {
                 StoreError::Damaged(format!(
                     "a producer batch was applied in part, a command in it failed: {err}"
                 ))
@@ -308,12 +312,7 @@ impl CommittedBatch {
 impl Store {
     /// A connection for producer batches (see [`BatchConnection`]).
     pub async fn batch_connection(&self) -> Result<BatchConnection, StoreError> {
-        let conn = RespConnection::open(
-            &self.endpoint,
-            super::CONNECT_TIMEOUT,
-            super::RESPONSE_TIMEOUT,
-        )
-        .await?;
+        let conn = self.resp_connection(std::time::Duration::ZERO).await?;
         Ok(BatchConnection { conn })
     }
 

@@ -3,12 +3,10 @@
 //! struct. The Lua side documents KEYS, ARGV and the reply of each function.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::Value;
-use redis::aio::MultiplexedConnection;
 
 use crate::latency::Histogram;
 
@@ -122,31 +120,45 @@ pub struct Trimmed {
     pub dead_letters: u64,
 }
 
+impl ReportReply {
+    /// The reply of `sms_report`, whichever decoder reads it, from `counts`:
+    /// its integers in order (negative ones as 0), `None` past the end.
+    pub(super) fn from_counts(
+        mut counts: impl FnMut() -> Option<Result<i64, StoreError>>,
+    ) -> Result<Self, StoreError> {
+        let mut next = || {
+            counts()
+                .unwrap_or_else(|| Err(bad(REPORT, "reply too short")))
+                .map(|n| n.max(0) as u64)
+        };
+        Ok(Self {
+            sent: next()?,
+            duplicates: next()?,
+            failed: next()?,
+            dead: next()?,
+            replayed: next()? == 1,
+        })
+    }
+}
+
 /// An `sms_report` call encoded for sending: cheap to send again.
 #[derive(Debug, Clone)]
 pub struct PreparedReport(Arc<redis::Cmd>);
 
-/// The name of the report function.
-const REPORT: &str = "sms_report";
+impl PreparedReport {
+    /// The FCALL, for a connection to send.
+    pub(super) fn cmd(&self) -> &redis::Cmd {
+        &self.0
+    }
+}
 
-/// Decodes `sms_report`'s reply.
+/// The name of the report function, named in errors.
+pub(super) const REPORT: &str = "sms_report";
+
+/// Decodes `sms_report`'s reply as redis-rs gives it (on a pooled connection).
 fn report_reply(reply: redis::RedisResult<Value>) -> Result<ReportReply, StoreError> {
-    let reply = array(REPORT, reply.map_err(StoreError::redis(REPORT))?)?;
-    let mut counts = reply
-        .into_iter()
-        .map(|v| int(REPORT, v).map(|n| n.max(0) as u64));
-    let mut next = || {
-        counts
-            .next()
-            .unwrap_or_else(|| Err(bad(REPORT, "reply too short")))
-    };
-    Ok(ReportReply {
-        sent: next()?,
-        duplicates: next()?,
-        failed: next()?,
-        dead: next()?,
-        replayed: next()? == 1,
-    })
+    let mut counts = array(REPORT, reply.map_err(StoreError::redis(REPORT))?)?.into_iter();
+    ReportReply::from_counts(|| counts.next().map(|value| int(REPORT, value)))
 }
 
 impl Store {
@@ -235,18 +247,6 @@ impl Store {
             }
         }
         PreparedReport(Arc::new(cmd))
-    }
-
-    /// Sends `report` on `conn`; queued on the first poll (start it with
-    /// [`crate::store::Queued::start`]), so several reports can be in flight.
-    pub fn send_report(
-        &self,
-        conn: &MultiplexedConnection,
-        report: &PreparedReport,
-    ) -> impl Future<Output = Result<ReportReply, StoreError>> + Send + 'static {
-        let mut conn = conn.clone();
-        let cmd = Arc::clone(&report.0);
-        async move { report_reply(cmd.query_async(&mut conn).await) }
     }
 
     /// Sends `report` on a pooled connection: the first time, or again after

@@ -1,13 +1,19 @@
 //! The Redis layer: the queue's identity ([`Store::open`] checks it; every
-//! write carries its epoch), a connection pool plus dedicated connections for pipelined
-//! writes, a minimal connection of our own (`resp.rs`: replies framed, not
-//! parsed by redis-rs; strings over 64 KiB dropped as they arrive) carrying
-//! the sender's reads and the audit's walks over stream ids and dead reasons
-//! ([`ReadConnection`]) and the producer's exactly-once batches
-//! ([`BatchConnection`]), typed stream operations, typed wrappers of the
-//! Functions library, the migrations, the one place where transient failures are retried, and
-//! [`Queued`] requests: sent now, their replies awaited later, so several are
-//! on the wire at once.
+//! write carries its epoch), typed stream operations, typed wrappers of the
+//! Functions library, the migrations, and the one place where transient
+//! failures are retried.
+//!
+//! Two ways to Redis. Cold commands (Function calls other than reports,
+//! inspection, migrations, a report's retry) go through redis-rs, on a
+//! deadpool pool. The hot paths go over one pipelined connection type of our
+//! own (`resp.rs`), opened in one place (`Store::resp_connection`): the
+//! sender's reads and the audit's walks ([`ReadConnection`]), the sender's
+//! reports ([`ReportConnection`]) and the producer's exactly-once batches
+//! ([`BatchConnection`]). Its replies are framed as they arrive (strings over
+//! 64 KiB dropped as they come) and read by one decoder (`frame/decode.rs`),
+//! never parsed by redis-rs. A request on it is written when it is made and
+//! its reply awaited later ([`PendingReply`]), so several are on the wire at
+//! once, in the order they were made.
 //!
 //! Every connection, pooled or our own, is made from one endpoint
 //! (`transport.rs`): the URL, the password that overrides the URL's, and for
@@ -22,9 +28,10 @@ mod functions;
 mod identity;
 mod inspect;
 mod migrate;
-mod queued;
+mod pending;
 mod reader;
 mod reply;
+mod report;
 mod resp;
 mod retry;
 mod runs;
@@ -37,7 +44,6 @@ use std::time::Duration;
 
 use deadpool_redis::{Manager, Pool, Runtime};
 use redis::AsyncConnectionConfig;
-use redis::aio::MultiplexedConnection;
 
 pub use batches::{BatchConnection, BatchWrite, CommittedBatch, PreparedBatch, StartedBatch};
 pub use endpoint::{QueueSettings, TlsSettings};
@@ -49,9 +55,10 @@ pub use functions::{
 pub use identity::{QueueIdentity, QueueOptions, QueueStatus, Retention};
 pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
-pub use queued::Queued;
+pub use pending::PendingReply;
 pub use reader::ReadConnection;
 pub use reply::is_counter;
+pub use report::ReportConnection;
 pub use retry::{Backoff, FailureLog};
 pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
 pub use streams::StreamEntry;
@@ -71,7 +78,6 @@ const POOL_SIZE: usize = 8;
 /// that checks every write against the queue's identity.
 #[derive(Clone)]
 pub struct Store {
-    client: redis::Client,
     /// Where and how to connect: shared by the pool and our own connections.
     endpoint: Arc<Endpoint>,
     pool: Pool,
@@ -107,8 +113,6 @@ impl Store {
             url: url.clone(),
             reason,
         };
-        let client = redis::Client::open(endpoint.info().clone())
-            .map_err(|source| invalid_url(source.to_string()))?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
             .set_response_timeout(Some(RESPONSE_TIMEOUT));
@@ -123,7 +127,6 @@ impl Store {
             .build()
             .map_err(|err| invalid_url(err.to_string()))?;
         let store = Self {
-            client,
             endpoint: Arc::new(endpoint),
             pool,
             keys: Keys::new(&queue.prefix),
@@ -166,26 +169,17 @@ impl Store {
             .map_err(StoreError::redis("PING"))
     }
 
-    /// A connection of its own, for pipelined writes that must not share a
-    /// pooled connection (the sender's report batches): its reply timeout
-    /// leaves room for `block`.
-    pub async fn dedicated_connection(
-        &self,
-        block: Duration,
-    ) -> Result<MultiplexedConnection, StoreError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(block + RESPONSE_TIMEOUT));
-        self.client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|err| self.endpoint.classify(StoreError::redis("connect")(err)))
-    }
-
     /// A read connection (see [`ReadConnection`]): its reply timeout leaves
     /// room for `block` (zero for reads that never block).
     pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, StoreError> {
-        ReadConnection::open(&self.endpoint, CONNECT_TIMEOUT, block + RESPONSE_TIMEOUT).await
+        Ok(ReadConnection::new(self.resp_connection(block).await?))
+    }
+
+    /// A pipelined connection of our own (see `resp.rs`), the one way the
+    /// hot paths open one: its reply timeout leaves room for `block`, the
+    /// longest a request on it may block in Redis.
+    async fn resp_connection(&self, block: Duration) -> Result<resp::RespConnection, StoreError> {
+        resp::RespConnection::open(&self.endpoint, CONNECT_TIMEOUT, block + RESPONSE_TIMEOUT).await
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {

@@ -1,35 +1,27 @@
 //! The read connection: the sender's XREADGROUP, and the audit's walks over
 //! a stream's ids and over the dead stream's reasons (XRANGE), on a
-//! connection of its own ([`RespConnection`]), replies decoded here rather
-//! than by redis-rs.
+//! connection of its own ([`RespConnection`]), replies decoded here with the
+//! store's one decoder ([`Cursor`]) rather than by redis-rs.
 //!
 //! Why: a profile of a sender at full load put over half of its CPU in
 //! redis-rs's reply parser (`combine`), almost all of it on the big
 //! XREADGROUP replies: 3.3 µs per entry, measured on a 1,000-entry reply.
-//! `redis-protocol`'s range decoder reads the same reply at 0.66 µs per
-//! entry, without copying it. Several reads can be on the wire at once.
-//! The audit needs only ids (and, in the dead stream, one field): it skips
-//! every other field, so a page of hostile entries (thousands of fields,
-//! 50 KB bodies) costs no more to decode than any other; redis-rs allocated
-//! each of their fields.
+//! The cursor reads the reply where it lies, copying only the fields kept.
+//! Several reads can be on the wire at once ([`PendingReply`]). The audit
+//! needs only ids (and, in the dead stream, one field): it skips every other
+//! field, so a page of hostile entries (thousands of fields, 50 KB bodies)
+//! costs no more to decode than any other.
 //!
 //! A value too long to hold arrives as a marker (see [`super::frame`]): the
 //! sender's entry then comes with no fields and the field named in
 //! [`StreamEntry::oversized`], to be dead-lettered as malformed; the audit's
 //! walks skip it.
 
-use std::time::Duration;
-
-use bytes::Bytes;
-use redis_protocol::resp2::decode::decode_range;
-use redis_protocol::resp2::types::RangeFrame;
-
 use super::StoreError;
-use super::frame::{array_elements, bulk_string, clipped_length, replies, server_error};
-use super::reply::{bad, pairs};
+use super::frame::{Cursor, server_error};
+use super::pending::PendingReply;
 use super::resp::RespConnection;
 use super::streams::StreamEntry;
-use super::transport::Endpoint;
 use crate::message::{Oversized, RawFields};
 
 /// The group read, named in errors.
@@ -49,54 +41,39 @@ pub struct ReadConnection {
 }
 
 impl ReadConnection {
-    /// Opens a connection to `endpoint` (TCP, TLS or a Unix socket), logs in
-    /// and selects the database. Replies may take up to `reply_timeout`.
-    pub(super) async fn open(
-        endpoint: &Endpoint,
-        connect_timeout: Duration,
-        reply_timeout: Duration,
-    ) -> Result<Self, StoreError> {
-        let conn = RespConnection::open(endpoint, connect_timeout, reply_timeout).await?;
-        Ok(Self { conn })
+    /// Reads on `conn` (see [`super::Store::read_connection`]).
+    pub(super) fn new(conn: RespConnection) -> Self {
+        Self { conn }
     }
 
-    /// Sends an XREADGROUP now and returns a future of its entries.
-    pub(super) fn read(
-        &self,
-        cmd: &redis::Cmd,
-    ) -> impl Future<Output = Result<Vec<StreamEntry>, StoreError>> + Send + 'static + use<> {
+    /// Sends an XREADGROUP now; its entries come later.
+    pub(super) fn read(&self, cmd: &redis::Cmd) -> PendingReply<Vec<StreamEntry>> {
         let reply = self.conn.send_cmd(READ, cmd);
-        async move { stream_entries(&reply.await?) }
+        PendingReply::new(async move { stream_entries(&reply.await?) })
     }
 
-    /// Sends an XRANGE or XREVRANGE now and returns a future of its entries
-    /// with their fields (values over the clipping limit left out).
-    pub(super) fn range_full(
-        &self,
-        cmd: &redis::Cmd,
-    ) -> impl Future<Output = Result<Vec<StreamEntry>, StoreError>> + Send + 'static + use<> {
+    /// Sends an XRANGE or XREVRANGE now; its entries come later with their
+    /// fields (values over the clipping limit left out).
+    pub(super) fn range_full(&self, cmd: &redis::Cmd) -> PendingReply<Vec<StreamEntry>> {
         let reply = self.conn.send_cmd(RANGE, cmd);
-        async move { range_full_entries(&reply.await?) }
+        PendingReply::new(async move { range_full_entries(&reply.await?) })
     }
 
-    /// Sends an XRANGE now and returns a future of its entries' ids.
-    pub(super) fn range_ids(
-        &self,
-        cmd: &redis::Cmd,
-    ) -> impl Future<Output = Result<Vec<String>, StoreError>> + Send + 'static + use<> {
+    /// Sends an XRANGE now; its entries' ids come later.
+    pub(super) fn range_ids(&self, cmd: &redis::Cmd) -> PendingReply<Vec<String>> {
         let reply = self.conn.send_cmd(RANGE, cmd);
-        async move { entry_ids(&reply.await?) }
+        PendingReply::new(async move { entry_ids(&reply.await?) })
     }
 
-    /// Sends an XRANGE now and returns a future of its entries' ids, each
-    /// with the value of its field `name` (see [`entry_values`]).
+    /// Sends an XRANGE now; its entries' ids come later, each with the value
+    /// of its field `name` (see [`entry_values`]).
     pub(super) fn range_values(
         &self,
         cmd: &redis::Cmd,
         name: &'static str,
-    ) -> impl Future<Output = Result<Vec<IdAndValue>, StoreError>> + Send + 'static + use<> {
+    ) -> PendingReply<Vec<IdAndValue>> {
         let reply = self.conn.send_cmd(RANGE, cmd);
-        async move { entry_values(&reply.await?, name.as_bytes()) }
+        PendingReply::new(async move { entry_values(&reply.await?, name.as_bytes()) })
     }
 }
 
@@ -104,24 +81,27 @@ impl ReadConnection {
 /// `[[stream, [[id, [field, value, ...]], ...]], ...]`. An entry deleted from
 /// the stream while pending comes with nil fields and decodes with none; one
 /// with a field too long to read decodes with none and that field named.
-fn stream_entries(frame: &Bytes) -> Result<Vec<StreamEntry>, StoreError> {
+fn stream_entries(frame: &[u8]) -> Result<Vec<StreamEntry>, StoreError> {
     server_error(frame).map_err(StoreError::redis(READ))?;
-    let (reply, _) = decode_range(frame)
-        .map_err(|err| bad(READ, err.to_string()))?
-        .ok_or_else(|| bad(READ, "an incomplete reply"))?;
+    let mut reply = Cursor::new(READ, frame);
     let mut entries = Vec::new();
-    let streams = match reply {
-        RangeFrame::Null => return Ok(entries),
-        other => array(other)?,
+    let Some(streams) = reply.array()? else {
+        return Ok(entries);
     };
-    for stream in streams {
-        let mut parts = array(stream)?.into_iter();
-        let items = match parts.nth(1) {
-            None | Some(RangeFrame::Null) => continue,
-            Some(items) => array(items)?,
-        };
-        entries.reserve(items.len());
-        decode_items(frame, items, &mut entries)?;
+    for _ in 0..streams {
+        // [name, entries]
+        let parts = reply.array()?.ok_or_else(|| reply.bad("a nil stream"))?;
+        for part in 0..parts {
+            match part {
+                1 => {
+                    if let Some(items) = reply.array()? {
+                        entries.reserve(reply.fits(items));
+                        decode_items(&mut reply, items, &mut entries)?;
+                    }
+                }
+                _ => reply.skip()?,
+            }
+        }
     }
     Ok(entries)
 }
@@ -129,31 +109,32 @@ fn stream_entries(frame: &Bytes) -> Result<Vec<StreamEntry>, StoreError> {
 /// Decodes an XRANGE or XREVRANGE reply, `[[id, [field, value, ...]], ...]`,
 /// with every field, as [`stream_entries`] does: a value too long to read is
 /// never held, and its entry comes with no fields and that field named.
-fn range_full_entries(frame: &Bytes) -> Result<Vec<StreamEntry>, StoreError> {
+fn range_full_entries(frame: &[u8]) -> Result<Vec<StreamEntry>, StoreError> {
     server_error(frame).map_err(StoreError::redis(RANGE))?;
-    let (reply, _) = decode_range(frame)
-        .map_err(|err| bad(RANGE, err.to_string()))?
-        .ok_or_else(|| bad(RANGE, "an incomplete reply"))?;
-    let items = array(reply)?;
-    let mut entries = Vec::with_capacity(items.len());
-    decode_items(frame, items, &mut entries)?;
+    let mut reply = Cursor::new(RANGE, frame);
+    let items = reply.array()?.ok_or_else(|| reply.bad("a nil array"))?;
+    let mut entries = Vec::with_capacity(reply.fits(items));
+    decode_items(&mut reply, items, &mut entries)?;
     Ok(entries)
 }
 
-/// Decodes `[id, [field, value, ...]]` items into `entries`.
+/// Decodes `count` items `[id, [field, value, ...]]` into `entries`.
 fn decode_items(
-    frame: &Bytes,
-    items: Vec<RangeFrame>,
+    reply: &mut Cursor<'_>,
+    count: usize,
     entries: &mut Vec<StreamEntry>,
 ) -> Result<(), StoreError> {
-    for item in items {
-        let mut parts = array(item)?.into_iter();
-        let id = String::from_utf8(string(frame, parts.next().as_ref())?.to_vec())
-            .map_err(|_| bad(READ, "an entry id that is not UTF-8"))?;
-        let (fields, oversized) = match parts.next() {
-            None | Some(RangeFrame::Null) => (Vec::new(), None),
-            Some(fields) => entry_fields(frame, array(fields)?)?,
+    for _ in 0..count {
+        let parts = entry_start(reply)?;
+        let id = entry_id(reply)?;
+        let (fields, oversized) = match parts {
+            1 => (Vec::new(), None),
+            _ => match reply.array()? {
+                None => (Vec::new(), None),
+                Some(items) => entry_fields(reply, items)?,
+            },
         };
+        skip(reply, parts.saturating_sub(2))?;
         entries.push(StreamEntry {
             id,
             fields,
@@ -163,143 +144,136 @@ fn decode_items(
     Ok(())
 }
 
+/// Reads an entry's array header: how many parts it has, at least an id.
+fn entry_start(reply: &mut Cursor<'_>) -> Result<usize, StoreError> {
+    match reply.array()? {
+        None => Err(reply.bad("a nil entry")),
+        Some(0) => Err(reply.bad("an entry without an id")),
+        Some(parts) => Ok(parts),
+    }
+}
+
+/// Reads an entry's id.
+fn entry_id(reply: &mut Cursor<'_>) -> Result<String, StoreError> {
+    let id = reply.bytes()?;
+    String::from_utf8(id.to_vec()).map_err(|_| reply.bad("an entry id that is not UTF-8"))
+}
+
+/// Moves past `elements` whole elements (parts of an entry nobody reads).
+fn skip(reply: &mut Cursor<'_>, elements: usize) -> Result<(), StoreError> {
+    (0..elements).try_for_each(|_| reply.skip())
+}
+
 /// Decodes the ids of an XRANGE reply, `[[id, [field, value, ...]], ...]`:
 /// the fields are only framed (skipped), never decoded, so their number and
 /// size cost no memory.
-fn entry_ids(frame: &Bytes) -> Result<Vec<String>, StoreError> {
-    range_entries(frame)?
-        .map(|item| Ok(range_entry(item?)?.0))
-        .collect()
+fn entry_ids(frame: &[u8]) -> Result<Vec<String>, StoreError> {
+    range_entries(frame, |fields, id| {
+        if let Some(fields) = fields {
+            fields.skip()?;
+        }
+        Ok(id)
+    })
 }
 
 /// Decodes an XRANGE reply into each entry's id and the value of its field
 /// `name`: the last one if it comes more than once (a dead entry keeps the
 /// fields of the entry it copies, then adds its own), `None` when absent or
 /// too long to read. Other fields are only framed, never copied.
-fn entry_values(frame: &Bytes, name: &[u8]) -> Result<Vec<IdAndValue>, StoreError> {
-    range_entries(frame)?
-        .map(|item| {
-            let (id, mut rest) = range_entry(item?)?;
-            let value = match rest.next().transpose()? {
-                Some(fields) => field_value(fields, name)?,
-                None => None,
-            };
-            Ok((id, value))
-        })
-        .collect()
+fn entry_values(frame: &[u8], name: &[u8]) -> Result<Vec<IdAndValue>, StoreError> {
+    range_entries(frame, |fields, id| {
+        let value = match fields {
+            Some(fields) => field_value(fields, name)?,
+            None => None,
+        };
+        Ok((id, value))
+    })
 }
 
-/// The entries of an XRANGE reply, one slice each.
-fn range_entries(
-    frame: &Bytes,
-) -> Result<impl Iterator<Item = Result<&[u8], StoreError>>, StoreError> {
+/// Decodes the entries of an XRANGE reply, each with `decode` given the
+/// cursor at its field list (`None` for an entry without one), which it
+/// must read whole, and its id.
+fn range_entries<T>(
+    frame: &[u8],
+    mut decode: impl FnMut(Option<&mut Cursor<'_>>, String) -> Result<T, StoreError>,
+) -> Result<Vec<T>, StoreError> {
     server_error(frame).map_err(StoreError::redis(RANGE))?;
-    let items = array_elements(RANGE, frame)?.ok_or_else(|| bad(RANGE, "a nil array"))?;
-    Ok(replies(RANGE, items))
-}
-
-/// An XRANGE entry, `[id, [field, value, ...]]`: its id, then what follows
-/// it (the field list), not yet framed.
-fn range_entry(
-    item: &[u8],
-) -> Result<(String, impl Iterator<Item = Result<&[u8], StoreError>>), StoreError> {
-    let parts = array_elements(RANGE, item)?.ok_or_else(|| bad(RANGE, "a nil entry"))?;
-    let mut parts = replies(RANGE, parts);
-    let id = parts
-        .next()
-        .ok_or_else(|| bad(RANGE, "an entry without an id"))??;
-    let id = String::from_utf8(bulk_string(RANGE, id)?.to_vec())
-        .map_err(|_| bad(RANGE, "an entry id that is not UTF-8"))?;
-    Ok((id, parts))
+    let mut reply = Cursor::new(RANGE, frame);
+    let items = reply.array()?.ok_or_else(|| reply.bad("a nil array"))?;
+    let mut decoded = Vec::with_capacity(reply.fits(items));
+    for _ in 0..items {
+        let parts = entry_start(&mut reply)?;
+        let id = entry_id(&mut reply)?;
+        decoded.push(decode((parts > 1).then_some(&mut reply), id)?);
+        skip(&mut reply, parts.saturating_sub(2))?;
+    }
+    Ok(decoded)
 }
 
 /// The value of the last field `name` in a field list, `None` when absent or
 /// too long to read (a marker is not a string).
-fn field_value(fields: &[u8], name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-    let Some(items) = array_elements(RANGE, fields)? else {
+fn field_value(reply: &mut Cursor<'_>, name: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+    let Some(items) = reply.array()? else {
         return Ok(None);
     };
-    let mut items = replies(RANGE, items);
+    if !items.is_multiple_of(2) {
+        return Err(reply.bad("odd number of field/value items"));
+    }
     let mut found = None;
-    while let Some(field) = items.next() {
-        let value = items
-            .next()
-            .ok_or_else(|| bad(RANGE, "odd number of field/value items"))??;
-        if bulk_string(RANGE, field?).is_ok_and(|field| field == name) {
-            found = bulk_string(RANGE, value).ok().map(<[u8]>::to_vec);
+    for _ in 0..items / 2 {
+        let field = reply.string_or_skip()?;
+        let value = reply.string_or_skip()?;
+        if field == Some(name) {
+            found = value;
         }
     }
-    Ok(found)
+    Ok(found.map(<[u8]>::to_vec))
 }
 
-/// An entry's fields as pairs of bytes; or none, and the first field too
-/// long to read, if a marker stands in for a name or a value.
+/// Reads a field list of `items` elements: the fields as pairs of bytes; or
+/// none, and the first field too long to read, if a marker stands in for a
+/// name or a value.
 fn entry_fields(
-    buffer: &[u8],
-    items: Vec<RangeFrame>,
+    reply: &mut Cursor<'_>,
+    items: usize,
 ) -> Result<(RawFields, Option<Oversized>), StoreError> {
-    for pair in items.chunks(2) {
-        if let Some(oversized) = oversized_field(buffer, pair)? {
-            return Ok((Vec::new(), Some(oversized)));
+    let mut fields = Vec::with_capacity(reply.fits(items) / 2);
+    let mut oversized = None;
+    for _ in 0..items / 2 {
+        if oversized.is_some() {
+            skip(reply, 2)?;
+        } else if let Some(bytes) = reply.clipped()? {
+            oversized = Some(Oversized::new(None, bytes));
+            reply.skip()?;
+        } else {
+            let name = reply.string_or_skip()?;
+            if let Some(bytes) = reply.clipped()? {
+                oversized = Some(Oversized::new(name, bytes));
+                continue;
+            }
+            let value = reply.string()?;
+            let (Some(name), Some(value)) = (name, value) else {
+                return Err(reply.bad("a field or value that is not a string"));
+            };
+            fields.push((name.to_vec(), value.to_vec()));
         }
     }
-    let fields = pairs(
-        READ,
-        items,
-        |item| Ok(string(buffer, Some(&item))?.to_vec()),
-    )?;
-    Ok((fields, None))
-}
-
-/// The field a `[name, value]` pair stands for, if either was too long to
-/// read; `None` for a pair read whole (or a lone name, an error later).
-fn oversized_field(buffer: &[u8], pair: &[RangeFrame]) -> Result<Option<Oversized>, StoreError> {
-    let [name, value] = pair else {
-        return Ok(None);
-    };
-    if let Some(bytes) = clipped(buffer, name)? {
-        return Ok(Some(Oversized::new(None, bytes)));
+    if !items.is_multiple_of(2) {
+        if oversized.is_none() {
+            return Err(reply.bad("odd number of field/value items"));
+        }
+        reply.skip()?;
     }
-    Ok(clipped(buffer, value)?.map(|bytes| Oversized::new(string(buffer, Some(name)).ok(), bytes)))
-}
-
-/// The length of the string a marker stands in for; `None` for anything but
-/// an error reply. An error reply other than a marker has no place in an
-/// entry: an error.
-fn clipped(buffer: &[u8], frame: &RangeFrame) -> Result<Option<u64>, StoreError> {
-    let RangeFrame::Error((start, end)) = frame else {
-        return Ok(None);
-    };
-    let text = &buffer[*start..*end];
-    clipped_length(text).map(Some).ok_or_else(|| {
-        bad(
-            READ,
-            format!(
-                "an error inside an entry: {}",
-                String::from_utf8_lossy(text)
-            ),
-        )
+    Ok(match oversized {
+        Some(oversized) => (Vec::new(), Some(oversized)),
+        None => (fields, None),
     })
-}
-
-fn array(frame: RangeFrame) -> Result<Vec<RangeFrame>, StoreError> {
-    match frame {
-        RangeFrame::Array(items) => Ok(items),
-        other => Err(bad(READ, format!("expected an array, got {other:?}"))),
-    }
-}
-
-fn string<'a>(buffer: &'a [u8], frame: Option<&RangeFrame>) -> Result<&'a [u8], StoreError> {
-    match frame {
-        Some(RangeFrame::BulkString((start, end)) | RangeFrame::SimpleString((start, end))) => {
-            Ok(&buffer[*start..*end])
-        }
-        other => Err(bad(READ, format!("expected a string, got {other:?}"))),
-    }
 }
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
 
     /// A reply of two entries, the second deleted (nil fields).
@@ -326,6 +300,25 @@ mod tests {
                 .expect("nil")
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_reply_cut_short_anywhere_fails_the_read_without_a_panic() {
+        for end in 0..REPLY.len() {
+            let cut = &REPLY[..end];
+            let err = stream_entries(cut).expect_err("cut short");
+            assert!(matches!(err, StoreError::Reply { .. }), "{end}: {err}");
+        }
+        let range = &REPLY[b"*1\r\n*2\r\n$1\r\ns\r\n".len()..];
+        assert_eq!(entry_ids(range).expect("whole"), ["1-0", "2-0"]);
+        for end in 0..range.len() {
+            assert!(entry_ids(&range[..end]).is_err(), "ids, {end}");
+            assert!(
+                entry_values(&range[..end], b"body").is_err(),
+                "values, {end}"
+            );
+            assert!(range_full_entries(&range[..end]).is_err(), "full, {end}");
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! A minimal Redis connection for the two hot paths whose replies redis-rs
-//! parses too slowly: the sender's reads ([`super::ReadConnection`]) and the
-//! producer's batch writes ([`super::BatchConnection`]).
+//! A minimal pipelined Redis connection: the one the hot paths use, the
+//! sender's reads and the audit's walks ([`super::ReadConnection`]), the
+//! sender's reports ([`super::ReportConnection`]) and the producer's batch
+//! writes ([`super::BatchConnection`]). Cold commands go through redis-rs.
 //!
 //! Why: a profile of a sender at full load put over half of its CPU in
 //! redis-rs's reply parser (`combine`): 3.3 µs per XREADGROUP entry,
@@ -8,15 +9,16 @@
 //! 2.7 µs per message parsing the replies of its queued commands. Here a
 //! reply is only framed (found where it ends) as its bytes arrive, by a
 //! [`FrameScanner`] that remembers where it stopped, so a big reply that
-//! arrives in many pieces is scanned once; the caller decodes what it needs.
-//! Every other command goes through redis-rs.
+//! arrives in many pieces is scanned once; the caller reads what it needs
+//! with the store's one decoder (`frame/decode.rs`).
 //!
-//! Requests are written in the order they are made and answered in that
-//! order, so several can be on the wire at once. A request may carry several
-//! commands (a pipeline); its reply is the bytes of their replies, together.
+//! A request is handed to the task that owns the socket in the call that
+//! makes it ([`RespConnection::send`] does not wait), so requests reach
+//! Redis in the order they are made, are answered in that order, and several
+//! can be on the wire at once. A request may carry several commands (a
+//! pipeline); its reply is the bytes of their replies, together.
 //!
-//! The scanner and the helpers that read framed replies live in `frame.rs`;
-//! the scanner also drops strings over [`MAX_VALUE_BYTES`] as their bytes
+//! The scanner also drops strings over [`MAX_VALUE_BYTES`] as their bytes
 //! arrive, so a reply never holds one whole.
 
 use std::collections::VecDeque;

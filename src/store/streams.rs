@@ -1,8 +1,6 @@
 //! Stream operations: the sender's group reads and stream entries.
 
-use std::future::Future;
-
-use super::{ReadConnection, Store, StoreError};
+use super::{PendingReply, ReadConnection, Store};
 use crate::message::{DecodeError, MessageRef, Oversized, RawFields};
 
 /// One stream entry, its fields kept as raw bytes until decoded.
@@ -31,14 +29,15 @@ impl Store {
     /// Reads up to `count` never-delivered entries for `consumer`, waiting up to
     /// `block_ms` for the first one, on `conn` (the sender's read connection:
     /// the read may block). The request is on its way when this returns, so
-    /// several reads can be in flight, answered in order.
+    /// several reads can be in flight, reaching Redis in the order they were
+    /// made and answered in it.
     pub fn read_new(
         &self,
         conn: &ReadConnection,
         consumer: &str,
         count: usize,
         block_ms: u64,
-    ) -> impl Future<Output = Result<Vec<StreamEntry>, StoreError>> + Send + 'static {
+    ) -> PendingReply<Vec<StreamEntry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
             .arg(&self.group)

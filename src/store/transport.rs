@@ -1,6 +1,6 @@
 //! How the store reaches Redis: a queue's address, password and TLS files,
-//! turned once into what both kinds of connection need. redis-rs (the pool,
-//! the dedicated connections) gets a `ConnectionInfo` carrying the password
+//! turned once into what both kinds of connection need. redis-rs (the pool)
+//! gets a `ConnectionInfo` carrying the password
 //! and the certificates; our own connection (`resp.rs`) gets a [`Transport`]:
 //! TCP, a Unix socket, or TLS over TCP with a rustls configuration built
 //! from the same files (`tls.rs`), so both verify Redis the same way.

@@ -1,6 +1,7 @@
 //! Framing RESP2 replies as their bytes arrive (finding where each one
-//! ends, without parsing it), and reading the parts of a framed reply: the
-//! half of our own connection (`resp.rs`) that looks at bytes.
+//! ends, without parsing it), and reading a framed reply ([`Cursor`], in
+//! `decode.rs`): the half of our own connection (`resp.rs`) that looks at
+//! bytes.
 //!
 //! A string longer than [`MAX_VALUE_BYTES`] is never held: its bytes are
 //! dropped as they arrive and the reply carries a marker in its place, the
@@ -13,13 +14,13 @@
 //! (a command's result in an `EXEC` reply) a value too long to read is an
 //! error too.
 
+mod decode;
+
 use std::ops::Range;
 
 use bytes::BytesMut;
-use redis::RedisError;
 
-use super::StoreError;
-use super::reply::bad;
+pub(super) use decode::{Cursor, server_error};
 
 /// The longest string a reply keeps; a longer one is clipped (see the module
 /// docs). A valid message field is under 1 KB, an id or a status far less.
@@ -174,25 +175,6 @@ impl FrameScanner {
     }
 }
 
-/// Where the first reply in `bytes` ends, `None` if it is incomplete. For
-/// replies already handed out, whose long strings were clipped: it never
-/// changes `bytes`.
-fn frame(bytes: &[u8]) -> Result<Option<usize>, &'static str> {
-    let mut scanner = FrameScanner::new(usize::MAX);
-    loop {
-        match scanner.token(bytes)? {
-            Token::Partial => return Ok(None),
-            Token::Array => {}
-            Token::Element => {
-                if let Some(end) = scanner.close_element() {
-                    return Ok(Some(end));
-                }
-            }
-            Token::Oversized { .. } => return Err("a string too long to frame"),
-        }
-    }
-}
-
 /// Replaces `range` of `buffer` by `with`, moving what follows.
 fn splice(buffer: &mut BytesMut, range: Range<usize>, with: &[u8]) {
     let tail = range.end..buffer.len();
@@ -225,81 +207,6 @@ fn length(line: &[u8]) -> Result<i64, &'static str> {
         .and_then(|text| text.parse().ok())
         .filter(|len| *len >= -1)
         .ok_or("a bad length")
-}
-
-/// The replies in `bytes`, one slice each, for a caller that only needs to
-/// look at the first bytes of each (a status, an error, a count).
-pub(super) fn replies<'a>(
-    command: &'static str,
-    bytes: &'a [u8],
-) -> impl Iterator<Item = Result<&'a [u8], StoreError>> + 'a {
-    let mut at = 0;
-    std::iter::from_fn(move || {
-        if at == bytes.len() {
-            return None;
-        }
-        Some(match frame(&bytes[at..]) {
-            Ok(Some(len)) => {
-                let reply = &bytes[at..at + len];
-                at += len;
-                Ok(reply)
-            }
-            Ok(None) => {
-                at = bytes.len();
-                Err(bad(command, "an incomplete reply"))
-            }
-            Err(detail) => {
-                at = bytes.len();
-                Err(bad(command, detail))
-            }
-        })
-    })
-}
-
-/// The elements of an array reply (`*<n>` then its elements), or `None` for a
-/// nil array. Anything else is an error.
-pub(super) fn array_elements<'a>(
-    command: &'static str,
-    reply: &'a [u8],
-) -> Result<Option<&'a [u8]>, StoreError> {
-    let header_end = reply
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .ok_or_else(|| bad(command, "an incomplete reply"))?;
-    match reply.split_first() {
-        Some((b'*', _)) if &reply[1..header_end] == b"-1" => Ok(None),
-        Some((b'*', _)) => Ok(Some(&reply[header_end + 2..])),
-        _ => Err(bad(command, "expected an array")),
-    }
-}
-
-/// The bytes of a bulk string reply (`$<n>` then `n` bytes). Anything else,
-/// nil included, is an error.
-pub(super) fn bulk_string<'a>(
-    command: &'static str,
-    reply: &'a [u8],
-) -> Result<&'a [u8], StoreError> {
-    let header_end = reply
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .ok_or_else(|| bad(command, "an incomplete reply"))?;
-    let len = match reply.split_first() {
-        Some((b'$', _)) => length(&reply[1..header_end]).map_err(|detail| bad(command, detail))?,
-        _ => return Err(bad(command, "expected a string")),
-    };
-    usize::try_from(len)
-        .ok()
-        .and_then(|len| reply.get(header_end + 2..header_end + 2 + len))
-        .ok_or_else(|| bad(command, "expected a string"))
-}
-
-/// An error reply as redis-rs would report it (so that NOGROUP and the like
-/// are told apart exactly as on other connections); `Ok` for anything else.
-pub(super) fn server_error(reply: &[u8]) -> Result<(), RedisError> {
-    if reply.first() == Some(&b'-') {
-        redis::parse_redis_value(reply)?.extract_error()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -417,9 +324,11 @@ mod tests {
             ends.push(end);
         }
         assert_eq!(ends, [5, 9, 14, 18, 27, 39, 43]);
-        let lengths: Vec<usize> = replies("TEST", &buffer)
-            .map(|reply| reply.expect("valid").len())
-            .collect();
+        let mut replies = Cursor::new("TEST", &buffer);
+        let mut lengths = Vec::new();
+        while !replies.is_at_end() {
+            lengths.push(replies.element().expect("valid").len());
+        }
         assert_eq!(lengths, [5, 4, 5, 4, 9, 12, 4]);
     }
 
@@ -432,21 +341,8 @@ mod tests {
                 "{garbage:?}"
             );
         }
-        assert!(
-            replies("TEST", b":1\r\n$5\r\nab")
-                .nth(1)
-                .expect("a second")
-                .is_err()
-        );
-    }
-
-    #[test]
-    fn arrays_give_their_elements_and_nil_arrays_none() {
-        assert_eq!(
-            array_elements("TEST", b"*2\r\n:1\r\n+OK\r\n").expect("an array"),
-            Some(&b":1\r\n+OK\r\n"[..])
-        );
-        assert_eq!(array_elements("TEST", b"*-1\r\n").expect("nil"), None);
-        assert!(array_elements("TEST", b"+OK\r\n").is_err());
+        let mut replies = Cursor::new("TEST", b":1\r\n$5\r\nab");
+        replies.skip().expect("a first");
+        assert!(replies.skip().is_err(), "the second is cut short");
     }
 }
