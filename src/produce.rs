@@ -24,8 +24,8 @@ use crate::generator::MessageGenerator;
 use crate::message::Message;
 use crate::settings::ProduceSettings;
 use crate::store::{
-    BatchConnection, BatchWrite, CommittedBatch, FailureLog, NameHold, PreparedBatch, RunEnd,
-    RunPlan, StartedBatch, Store, StoreError,
+    BatchConnection, BatchWrite, CommittedBatch, NameHold, PreparedBatch, Retry, RunEnd, RunPlan,
+    StartedBatch, Store, StoreError,
 };
 
 /// Batches generated ahead of the writer: enough that the next is always
@@ -311,11 +311,13 @@ async fn keep_lease(
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut log = FailureLog::default();
+    let mut retry = Retry::new("renew the run's lease")
+        .until_done()
+        .every(ttl / 3);
     loop {
         tick.tick().await;
         match store.hold_run(&run_id, &token, ttl).await {
-            Ok(NameHold::Held { lapsed: false }) => log.succeeded("renew the run's lease"),
+            Ok(NameHold::Held { lapsed: false }) => retry.succeeded(),
             Ok(NameHold::Held { lapsed: true }) => tracing::warn!(
                 run = run_id,
                 "the run's lease had run out (this producer was paused, or Redis away, for \
@@ -329,7 +331,10 @@ async fn keep_lease(
                 lost.cancel();
                 return;
             }
-            Err(err) => log.failed("renew the run's lease", &err, ttl / 3),
+            // Lost or damaged queue state is left for the writes to report.
+            Err(err) => {
+                let _ = retry.failed(err);
+            }
         }
     }
 }
@@ -486,7 +491,7 @@ impl Writer {
         batch: PreparedBatch,
         err: StoreError,
     ) -> Result<(), StoreError> {
-        retry(store, &batch, err).await?;
+        write_again(store, &batch, err).await?;
         self.written += batch.len() as u64;
         self.conn = store
             .retrying("reconnect the producer", || store.batch_connection())
@@ -504,14 +509,17 @@ impl Writer {
 /// later; then one of the two lands and the other adds nothing. A batch
 /// retried here may land after batches sent later, if those succeeded where it
 /// failed.
-async fn retry(store: &Store, batch: &PreparedBatch, err: StoreError) -> Result<(), StoreError> {
-    if !err.is_transient() && !err.needs_library() {
+async fn write_again(
+    store: &Store,
+    batch: &PreparedBatch,
+    err: StoreError,
+) -> Result<(), StoreError> {
+    const WHAT: &str = "write a batch again";
+    if !Retry::new(WHAT).retries(&err) {
         return Err(err);
     }
     tracing::warn!(error = %err, seq = batch.seq(), "writing a batch failed; sending it again");
-    let outcome = store
-        .retrying("write a batch again", || store.write_batch(batch))
-        .await?;
+    let outcome = store.retrying(WHAT, || store.write_batch(batch)).await?;
     if outcome == BatchWrite::AlreadyWritten {
         tracing::info!(
             seq = batch.seq(),

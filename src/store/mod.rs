@@ -52,7 +52,7 @@ pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use queued::Queued;
 pub use reader::ReadConnection;
 pub use reply::is_counter;
-pub use retry::{Backoff, FailureLog};
+pub use retry::Retry;
 pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
 pub use streams::StreamEntry;
 
