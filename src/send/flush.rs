@@ -84,6 +84,26 @@ pub(super) struct Flusher {
     pub progress: Arc<Progress>,
 }
 
+/// When the leases of the messages in flight are renewed, and how a failed
+/// renewal is retried: at the next tick.
+struct Renewal {
+    tick: tokio::time::Interval,
+    retry: Retry<'static>,
+}
+
+impl Renewal {
+    fn every(period: Duration) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            tick,
+            retry: Retry::new("renew message leases")
+                .until_done()
+                .every(period),
+        }
+    }
+}
+
 impl Flusher {
     /// Runs until every sender of `results` is gone and all is written, or
     /// until `give_up` fires (shutdown deadline passed with Redis unreachable).
@@ -93,11 +113,7 @@ impl Flusher {
         give_up: CancellationToken,
     ) -> FlushTotals {
         let mut totals = FlushTotals::default();
-        let mut renew = tokio::time::interval(self.lease / 3);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut renew_retry = Retry::new("renew message leases")
-            .until_done()
-            .every(self.lease / 3);
+        let mut renewal = Renewal::every(self.lease / 3);
         // A connection of its own: its reports reach Redis without waiting
         // for a pooled connection's health check, several at once.
         let mut conn: Option<MultiplexedConnection> = None;
@@ -121,10 +137,10 @@ impl Flusher {
                     reports.take(next);
                     true
                 }
-                _ = renew.tick() => {
+                _ = renewal.tick.tick() => {
                     let settled = self.settle_all(&mut reports, &mut conn, &mut totals, &give_up).await;
                     if settled {
-                        self.renew(&mut renew_retry).await;
+                        self.renew(&mut renewal.retry).await;
                     }
                     settled
                 }

@@ -165,48 +165,34 @@ pub async fn run(
         progress: Arc::default(),
     };
     let upkeep = sender.start_upkeep(&stop);
-    let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let (writes_blocked_tx, writes_blocked) = watch::channel(false);
-    let give_up = sender.fatal.raised.child_token();
-    let flusher = tokio::spawn(
-        sender
-            .flusher(writes_blocked_tx)
-            .run(results_rx, give_up.clone()),
-    );
-    let abort_sends = CancellationToken::new();
-    let (gateway, inlet) = Gateway::new(
-        results_tx.clone(),
-        sender.settings.concurrency,
-        abort_sends.clone(),
-    );
-    let gateway = tokio::spawn(gateway.run());
-    let mut dispatcher = sender.dispatcher(results_tx, inlet, writes_blocked);
-    let outcome = dispatcher.run(&stop).await;
-    stop.cancel();
-    let dispatched = dispatcher.totals;
-    // The gateway sends what it holds until the deadline; nothing more is
-    // sent once the queue's state is lost or damaged.
-    drop(dispatcher);
-    let abandoned = sender.drain(gateway, abort_sends).await;
-    let flushed = join_flusher(flusher, give_up).await;
+    let sent = sender.send(&stop).await;
     let name_lost = upkeep.stop(&sender).await;
     let summary = SendSummary {
-        dispatched,
-        flushed,
-        abandoned,
+        dispatched: sent.dispatched,
+        flushed: sent.flushed,
+        abandoned: sent.abandoned,
         elapsed: started.elapsed(),
     };
     tracing::info!("sender stopped: {summary}");
     if let Some(err) = sender.fatal.take() {
         return Err(SendError::Store(err));
     }
-    outcome?;
+    sent.outcome?;
     if name_lost {
         return Err(SendError::NameLost {
             name: sender.settings.name,
         });
     }
     Ok(summary)
+}
+
+/// How the sending went, once drained.
+struct Sent {
+    /// Whether reading ended on an error retrying cannot fix.
+    outcome: Result<(), StoreError>,
+    dispatched: DispatchTotals,
+    flushed: FlushTotals,
+    abandoned: u64,
 }
 
 /// What the sender's tasks share.
@@ -231,6 +217,39 @@ struct Upkeep {
 }
 
 impl Sender {
+    /// Reads and sends until `stop` fires, then drains: sends what was read
+    /// until the shutdown deadline and writes the results.
+    async fn send(&self, stop: &CancellationToken) -> Sent {
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        let (writes_blocked_tx, writes_blocked) = watch::channel(false);
+        let give_up = self.fatal.raised.child_token();
+        let flusher = tokio::spawn(
+            self.flusher(writes_blocked_tx)
+                .run(results_rx, give_up.clone()),
+        );
+        let abort_sends = CancellationToken::new();
+        let (gateway, inlet) = Gateway::new(
+            results_tx.clone(),
+            self.settings.concurrency,
+            abort_sends.clone(),
+        );
+        let gateway = tokio::spawn(gateway.run());
+        let mut dispatcher = self.dispatcher(results_tx, inlet, writes_blocked);
+        let outcome = dispatcher.run(stop).await;
+        stop.cancel();
+        let dispatched = dispatcher.totals;
+        // The gateway sends what it holds until the deadline; nothing more is
+        // sent once the queue's state is lost or damaged.
+        drop(dispatcher);
+        let abandoned = self.drain(gateway, abort_sends).await;
+        Sent {
+            outcome,
+            dispatched,
+            flushed: join_flusher(flusher, give_up).await,
+            abandoned,
+        }
+    }
+
     /// Starts the upkeep tasks; the name's lease and trimming end with `stop`.
     fn start_upkeep(&self, stop: &CancellationToken) -> Upkeep {
         let summary_stop = CancellationToken::new();

@@ -175,6 +175,16 @@ mod tests {
     struct Captured(Arc<Mutex<Vec<u8>>>);
 
     impl Captured {
+        /// Captures what this thread logs until the guard is dropped.
+        fn as_default() -> (Self, tracing::subscriber::DefaultGuard) {
+            let captured = Self::default();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(captured.clone())
+                .with_ansi(false)
+                .finish();
+            (captured, tracing::subscriber::set_default(subscriber))
+        }
+
         fn lines(&self) -> Vec<String> {
             let bytes = self.0.lock().expect("not poisoned").clone();
             String::from_utf8_lossy(&bytes)
@@ -230,12 +240,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn one_line_per_period_with_what_changed_in_it() {
-        let captured = Captured::default();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(captured.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
+        let (captured, _guard) = Captured::as_default();
         let progress = Arc::new(Progress::default());
         let in_flight = InFlight::default();
         let stop = CancellationToken::new();
