@@ -320,7 +320,9 @@ async fn keep_lease(
             }
             // Lost or damaged queue state is left for the writes to report.
             Err(err) => {
-                let _ = retry.failed(err);
+                if let Err(err) = retry.failed(err) {
+                    tracing::warn!(run = run_id, error = %err, "could not renew the run's lease");
+                }
             }
         }
     }
