@@ -24,8 +24,8 @@ use crate::generator::MessageGenerator;
 use crate::message::Message;
 use crate::settings::ProduceSettings;
 use crate::store::{
-    BatchConnection, BatchWrite, CommittedBatch, FailureLog, NameHold, PreparedBatch, RunEnd,
-    RunPlan, StartedBatch, Store, StoreError,
+    BatchConnection, BatchWrite, CommittedBatch, NameHold, PreparedBatch, Retry, RunEnd, RunPlan,
+    StartedBatch, Store, StoreError,
 };
 
 /// Batches generated ahead of the writer: enough that the next is always
@@ -96,6 +96,18 @@ pub struct ProduceSummary {
 }
 
 impl ProduceSummary {
+    /// A run stopped by a signal before Redis recorded it: nothing written.
+    fn not_started(run_id: String, started: Instant) -> Self {
+        Self {
+            run_id,
+            count: 0,
+            already_written: 0,
+            elapsed: started.elapsed(),
+            interrupted: true,
+            started: false,
+        }
+    }
+
     /// Messages per second.
     pub fn rate_per_s(&self) -> f64 {
         self.count as f64 / self.elapsed.as_secs_f64().max(1e-9)
@@ -122,16 +134,7 @@ pub async fn run(
         begun = begin(store, settings, &run_id, &token) => begun?,
         // Redis would not record the run yet (away, or out of memory):
         // nothing was written, so a signal stops the producer at once.
-        () = shutdown.cancelled() => {
-            return Ok(ProduceSummary {
-                run_id,
-                count: 0,
-                already_written: 0,
-                elapsed: started.elapsed(),
-                interrupted: true,
-                started: false,
-            });
-        }
+        () = shutdown.cancelled() => return Ok(ProduceSummary::not_started(run_id, started)),
     };
     tracing::info!(
         run = run_id,
@@ -150,35 +153,7 @@ pub async fn run(
     let outcome = write_run(store, &run_id, &plan, &skip, shutdown, &lost_lease).await;
     keeper.abort();
     let (written, interrupted) = outcome?;
-    let end = if interrupted {
-        RunEnd::Stopped
-    } else {
-        RunEnd::Finished
-    };
-    let record = store.retrying("record the end of the run", || {
-        store.end_run(&run_id, &token, end, plan.batches())
-    });
-    let missing = if interrupted {
-        // Stopping must not wait on a Redis that is away: unrecorded, the
-        // run reads as died once its lease runs out, resumable all the same.
-        match tokio::time::timeout(STOP_GRACE, record).await {
-            Ok(missing) => missing?,
-            Err(_) => {
-                // Given back (allowed at maxmemory too), the lease lets the
-                // run read as died, to be resumed, at once.
-                let released = store.release_run(&run_id, &token);
-                let _ = tokio::time::timeout(STOP_GRACE, released).await;
-                tracing::warn!(
-                    run = run_id,
-                    "could not record the run as stopped; it reads as died, and `produce \
-                     --resume` finishes it"
-                );
-                Vec::new()
-            }
-        }
-    } else {
-        record.await?
-    };
+    let missing = record_end(store, &run_id, &token, &plan, interrupted).await?;
     if !missing.is_empty() {
         return Err(ProduceError::Store(StoreError::Lost(format!(
             "producer run {run_id}: batches {} of {} are no longer recorded: Redis lost writes \
@@ -195,6 +170,45 @@ pub async fn run(
         interrupted,
         started: true,
     })
+}
+
+/// Records the end of the run (stopped early if `interrupted`, else
+/// finished); returns the batches of the run no longer recorded. A stopping
+/// producer waits at most [`STOP_GRACE`] for Redis, then gives its lease
+/// back and leaves the run to read as died.
+async fn record_end(
+    store: &Store,
+    run_id: &str,
+    token: &str,
+    plan: &RunPlan,
+    interrupted: bool,
+) -> Result<Vec<u64>, StoreError> {
+    let end = if interrupted {
+        RunEnd::Stopped
+    } else {
+        RunEnd::Finished
+    };
+    let record = store.retrying("record the end of the run", || {
+        store.end_run(run_id, token, end, plan.batches())
+    });
+    if !interrupted {
+        return record.await;
+    }
+    // Stopping must not wait on a Redis that is away: unrecorded, the
+    // run reads as died once its lease runs out, resumable all the same.
+    if let Ok(missing) = tokio::time::timeout(STOP_GRACE, record).await {
+        return missing;
+    }
+    // Given back (allowed at maxmemory too), the lease lets the
+    // run read as died, to be resumed, at once.
+    let released = store.release_run(run_id, token);
+    let _ = tokio::time::timeout(STOP_GRACE, released).await;
+    tracing::warn!(
+        run = run_id,
+        "could not record the run as stopped; it reads as died, and `produce \
+         --resume` finishes it"
+    );
+    Ok(Vec::new())
 }
 
 /// Starts the new run `run_id`, or takes over the one to resume: its plan,
@@ -246,36 +260,9 @@ async fn write_run(
         () = shutdown.cancelled() => return Ok((0, true)),
     };
     let (mut batches, generating) = generate(store.clone(), plan, skip.clone(), run_id.to_owned());
-    let mut interrupted = false;
-    loop {
-        if lost_lease.is_cancelled() {
-            return Err(ProduceError::TakenOver {
-                run: run_id.to_owned(),
-            });
-        }
-        // A signal stops the run between batches, or while a batch waits
-        // for Redis (away, or full): a batch in doubt is no harm, its mark
-        // in the run's record says whether it landed.
-        let pushed = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => None,
-            prepared = batches.recv() => match prepared {
-                None => break,
-                Some(prepared) => Some(prepared),
-            },
-        };
-        let Some(prepared) = pushed else {
-            interrupted = true;
-            break;
-        };
-        tokio::select! {
-            pushed = writer.push(store, prepared) => pushed?,
-            () = shutdown.cancelled() => {
-                interrupted = true;
-                break;
-            }
-        }
-    }
+    let interrupted = writer
+        .push_all(store, &mut batches, shutdown, lost_lease, run_id)
+        .await?;
     // Stops the generator if it is ahead, and lets a panic there surface
     // instead of passing for the end of the run.
     drop(batches);
@@ -311,11 +298,13 @@ async fn keep_lease(
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
-    let mut log = FailureLog::default();
+    let mut retry = Retry::new("renew the run's lease")
+        .until_done()
+        .every(ttl / 3);
     loop {
         tick.tick().await;
         match store.hold_run(&run_id, &token, ttl).await {
-            Ok(NameHold::Held { lapsed: false }) => log.succeeded("renew the run's lease"),
+            Ok(NameHold::Held { lapsed: false }) => retry.succeeded(),
             Ok(NameHold::Held { lapsed: true }) => tracing::warn!(
                 run = run_id,
                 "the run's lease had run out (this producer was paused, or Redis away, for \
@@ -329,7 +318,12 @@ async fn keep_lease(
                 lost.cancel();
                 return;
             }
-            Err(err) => log.failed("renew the run's lease", &err, ttl / 3),
+            // Lost or damaged queue state is left for the writes to report.
+            Err(err) => {
+                if let Err(err) = retry.failed(err) {
+                    tracing::warn!(run = run_id, error = %err, "could not renew the run's lease");
+                }
+            }
         }
     }
 }
@@ -435,6 +429,45 @@ impl Writer {
         })
     }
 
+    /// Writes the batches of `batches` in order until it ends (false) or
+    /// `shutdown` fires (true). Fails if another producer took the run over.
+    async fn push_all(
+        &mut self,
+        store: &Store,
+        batches: &mut mpsc::Receiver<PreparedBatch>,
+        shutdown: &CancellationToken,
+        lost_lease: &CancellationToken,
+        run_id: &str,
+    ) -> Result<bool, ProduceError> {
+        loop {
+            if lost_lease.is_cancelled() {
+                return Err(ProduceError::TakenOver {
+                    run: run_id.to_owned(),
+                });
+            }
+            // A signal stops the run between batches, or while a batch waits
+            // for Redis (away, or full): a batch in doubt is no harm, its mark
+            // in the run's record says whether it landed.
+            let pushed = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => None,
+                prepared = batches.recv() => match prepared {
+                    None => return Ok(false),
+                    Some(prepared) => Some(prepared),
+                },
+            };
+            let Some(prepared) = pushed else {
+                return Ok(true);
+            };
+            tokio::select! {
+                pushed = self.push(store, prepared) => pushed?,
+                () = shutdown.cancelled() => {
+                    return Ok(true);
+                }
+            }
+        }
+    }
+
     /// Commits the batch started before and starts `batch`.
     async fn push(&mut self, store: &Store, batch: PreparedBatch) -> Result<(), StoreError> {
         self.commit_started(store).await?;
@@ -486,7 +519,7 @@ impl Writer {
         batch: PreparedBatch,
         err: StoreError,
     ) -> Result<(), StoreError> {
-        retry(store, &batch, err).await?;
+        write_again(store, &batch, err).await?;
         self.written += batch.len() as u64;
         self.conn = store
             .retrying("reconnect the producer", || store.batch_connection())
@@ -504,14 +537,17 @@ impl Writer {
 /// later; then one of the two lands and the other adds nothing. A batch
 /// retried here may land after batches sent later, if those succeeded where it
 /// failed.
-async fn retry(store: &Store, batch: &PreparedBatch, err: StoreError) -> Result<(), StoreError> {
-    if !err.is_transient() && !err.needs_library() {
+async fn write_again(
+    store: &Store,
+    batch: &PreparedBatch,
+    err: StoreError,
+) -> Result<(), StoreError> {
+    const WHAT: &str = "write a batch again";
+    if !Retry::new(WHAT).retries(&err) {
         return Err(err);
     }
     tracing::warn!(error = %err, seq = batch.seq(), "writing a batch failed; sending it again");
-    let outcome = store
-        .retrying("write a batch again", || store.write_batch(batch))
-        .await?;
+    let outcome = store.retrying(WHAT, || store.write_batch(batch)).await?;
     if outcome == BatchWrite::AlreadyWritten {
         tracing::info!(
             seq = batch.seq(),

@@ -9,30 +9,23 @@
 //! go out for the send slots that are free or about to free, as the gateway's
 //! [`Load`](super::gateway::Load) tells.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::flush::{Finished, InFlight};
 use super::gateway::{Inlet, Ready};
+use super::in_flight::{Finished, InFlight, PendingRead, Reads};
+use super::recover::Reclaim;
 use super::simulate::Simulator;
+use super::summary::Progress;
 use crate::settings::SendSettings;
-use crate::store::{
-    Backoff, Outcome, PendingReply, ReadConnection, ReportItem, Store, StoreError, StreamEntry,
-};
+use crate::store::{Outcome, ReportItem, Retry, Store, StoreError, StreamEntry};
 
 /// Longest a read blocks, so the loop checks for work to reclaim and for
 /// shutdown at least this often.
-const MAX_BLOCK: Duration = Duration::from_secs(1);
-/// Reads out at once on the reader connection: while the sender takes in one
-/// reply, Redis already works on the next read.
-const READS_IN_FLIGHT: usize = 2;
-/// Bounds on how often stale pending entries are looked for.
-const MIN_RECLAIM_EVERY: Duration = Duration::from_millis(20);
+pub(super) const MAX_BLOCK: Duration = Duration::from_secs(1);
 
 /// Counts of how messages came to this sender.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -45,12 +38,6 @@ pub struct DispatchTotals {
     pub reclaimed: u64,
     /// Entries dead-lettered while claiming.
     pub dead_on_claim: u64,
-}
-
-/// A read sent to Redis and the hold slots its messages will take.
-struct PendingRead {
-    hold: OwnedSemaphorePermit,
-    reply: PendingReply<Vec<StreamEntry>>,
 }
 
 /// The dispatcher's state.
@@ -68,6 +55,8 @@ pub(super) struct Dispatcher {
     pub totals: DispatchTotals,
     /// True while the writer cannot write results: no new work is read.
     pub writes_blocked: watch::Receiver<bool>,
+    /// Where the messages taken in are counted as they come.
+    pub progress: Arc<Progress>,
 }
 
 impl Dispatcher {
@@ -78,25 +67,11 @@ impl Dispatcher {
         if !self.recover_own(stop).await? {
             return Ok(());
         }
-        let reclaim_every = (self.settings.retry_backoff / 2).clamp(MIN_RECLAIM_EVERY, MAX_BLOCK);
-        // Each read takes at most its share of the concurrency, so that the
-        // slots its messages free start the next read while one is still out.
-        let per_read = self.settings.concurrency.div_ceil(READS_IN_FLIGHT);
-        let mut next_reclaim = Instant::now();
-        let mut reclaim_cursor: Option<String> = None;
-        let mut reader: Option<ReadConnection> = None;
-        let mut read_backoff = Backoff::default();
-        let mut reads: VecDeque<PendingRead> = VecDeque::with_capacity(READS_IN_FLIGHT);
+        let mut reclaim = Reclaim::new(self.settings.retry_backoff);
+        let mut reads = Reads::new(self.settings.concurrency);
         loop {
             if stop.is_cancelled() {
-                // Entries of reads already sent are this sender's now: they
-                // go to the gateway, sent until the shutdown deadline.
-                while let Some(read) = reads.pop_front() {
-                    let reply = read.reply.await;
-                    self.take_read(read.hold, reply, &mut reader, &mut read_backoff, stop)
-                        .await?;
-                }
-                return Ok(());
+                return self.take_all(&mut reads, stop).await;
             }
             if *self.writes_blocked.borrow() {
                 // Results cannot be written (Redis away or full): taking more
@@ -109,95 +84,70 @@ impl Dispatcher {
             }
             let budget = self.read_budget(&reads);
             if budget > 0
-                && Instant::now() >= next_reclaim
-                && let Some(mut hold) = self.try_free_hold(budget)
+                && reclaim.is_due()
+                && let Some(hold) = self.try_free_hold(budget)
             {
-                let wanted = hold.num_permits();
-                let Some(reply) = self
-                    .until_stopped(
-                        stop,
-                        self.store.retrying("reclaim stale messages", || {
-                            self.store.claim(
-                                &self.settings.name,
-                                self.settings.lease,
-                                reclaim_cursor.as_deref(),
-                                wanted,
-                                self.settings.max_attempts,
-                                None,
-                            )
-                        }),
-                    )
-                    .await?
-                else {
-                    continue;
-                };
-                // A pass over the pending list goes on a bounded slice per
-                // call; between slices that found nothing it pauses, so a
-                // long list is walked without hammering Redis.
-                if reply.cursor.is_none() {
-                    next_reclaim = Instant::now() + reclaim_every;
-                } else if reply.claimed.is_empty() && reply.dead == 0 {
-                    next_reclaim = Instant::now() + MIN_RECLAIM_EVERY;
-                }
-                reclaim_cursor = reply.cursor;
-                self.totals.dead_on_claim += reply.dead;
-                self.totals.reclaimed += reply.claimed.len() as u64;
-                if !reply.claimed.is_empty() {
-                    tracing::debug!(count = reply.claimed.len(), "reclaimed stale messages");
-                }
-                for claimed in reply.claimed {
-                    self.read_ahead(claimed.entry, &mut hold);
-                }
+                self.reclaim_stale(hold, &mut reclaim, stop).await?;
                 continue;
             }
             if budget > 0
-                && reads.len() < READS_IN_FLIGHT
-                && let Some(hold) = self.try_free_hold(budget.min(per_read))
+                && reads.has_room()
+                && let Some(hold) = self.try_free_hold(budget.min(reads.per_read))
             {
-                let block = next_reclaim
-                    .saturating_duration_since(Instant::now())
-                    .clamp(Duration::from_millis(1), MAX_BLOCK);
-                if let Some(read) = self
-                    .start_read(hold, block, &mut reader, &mut read_backoff, stop)
-                    .await?
-                {
-                    reads.push_back(read);
-                }
+                self.start_read(hold, reclaim.read_block(), &mut reads, stop)
+                    .await?;
                 // Another read may go out before the oldest is awaited.
                 continue;
             }
-            // Nothing can go out without waiting. Wait for the oldest read's
-            // reply, or, when another read could go out, for what it lacks: a
-            // hold slot, or sends that end (or come within the read-ahead
-            // horizon).
-            let could_read = reads.len() < READS_IN_FLIGHT;
-            let wants_hold = could_read && budget > 0;
-            let wants_ends = could_read && budget == 0;
-            tokio::select! {
-                () = stop.cancelled() => {}
-                reply = async {
-                    match reads.front_mut() {
-                        Some(read) => (&mut read.reply).await,
-                        None => std::future::pending().await,
-                    }
-                } => {
-                    if let Some(read) = reads.pop_front() {
-                        self.take_read(read.hold, reply, &mut reader, &mut read_backoff, stop)
-                            .await?;
-                    }
-                }
-                // Freed again at once: the loop takes it with the others free.
-                _hold = Arc::clone(&self.hold_slots).acquire_owned(), if wants_hold => {}
-                () = self.gateway.load.changed.notified(), if wants_ends => {}
-            }
+            self.wait_for_work(&mut reads, budget, stop).await?;
         }
+    }
+
+    /// Takes the entries of the reads already sent: they are this sender's
+    /// now, and go to the gateway, sent until the shutdown deadline.
+    async fn take_all(
+        &mut self,
+        reads: &mut Reads,
+        stop: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        while let Some(read) = reads.pop_oldest() {
+            let reply = read.reply.await;
+            self.take_read(read.hold, reply, reads, stop).await?;
+        }
+        Ok(())
+    }
+
+    /// Nothing can go out without waiting. Waits for the oldest read's
+    /// reply, or, when another read could go out, for what it lacks: a hold
+    /// slot, or sends that end (or come within the read-ahead horizon).
+    async fn wait_for_work(
+        &mut self,
+        reads: &mut Reads,
+        budget: usize,
+        stop: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let could_read = reads.has_room();
+        let wants_hold = could_read && budget > 0;
+        let wants_ends = could_read && budget == 0;
+        tokio::select! {
+            () = stop.cancelled() => {}
+            reply = reads.oldest_reply() => {
+                if let Some(read) = reads.pop_oldest() {
+                    self.take_read(read.hold, reply, reads, stop).await?;
+                }
+            }
+            // Freed again at once: the loop takes it with the others free.
+            _hold = Arc::clone(&self.hold_slots).acquire_owned(), if wants_hold => {}
+            () = self.gateway.load.changed.notified(), if wants_ends => {}
+        }
+        Ok(())
     }
 
     /// How many more messages to read or claim now: one per send slot free
     /// or about to free (its send ends within the read-ahead horizon), less
     /// those already waiting for one or asked for by reads on the wire.
-    fn read_budget(&self, reads: &VecDeque<PendingRead>) -> usize {
-        let asked: usize = reads.iter().map(|r| r.hold.num_permits()).sum();
+    fn read_budget(&self, reads: &Reads) -> usize {
+        let asked = reads.asked();
         self.gateway
             .load
             .wanted(self.settings.concurrency)
@@ -206,22 +156,22 @@ impl Dispatcher {
 
     /// Sends a read for as many new messages as `hold` can take, waiting up to
     /// `block` for the first, on the reader connection (opened if needed).
-    /// `None` if the connection could not be opened (after backing off).
+    /// Sends nothing if the connection could not be opened (after backing off).
     async fn start_read(
         &self,
         hold: OwnedSemaphorePermit,
         block: Duration,
-        reader: &mut Option<ReadConnection>,
-        backoff: &mut Backoff,
+        reads: &mut Reads,
         stop: &CancellationToken,
-    ) -> Result<Option<PendingRead>, StoreError> {
-        let conn = match reader {
+    ) -> Result<(), StoreError> {
+        let conn = match &mut reads.reader {
             Some(conn) => conn,
             None => match self.store.read_connection(MAX_BLOCK).await {
-                Ok(conn) => reader.insert(conn),
+                Ok(conn) => reads.reader.insert(conn),
                 Err(err) => {
-                    self.wait_after_read_error(err, backoff, stop).await?;
-                    return Ok(None);
+                    return self
+                        .wait_after_read_error(err, &mut reads.retry, stop)
+                        .await;
                 }
             },
         };
@@ -231,7 +181,8 @@ impl Dispatcher {
             hold.num_permits(),
             block.as_millis() as u64,
         );
-        Ok(Some(PendingRead { hold, reply }))
+        reads.push(PendingRead { hold, reply });
+        Ok(())
     }
 
     /// Takes a read's reply: its messages join the ready queue. After an
@@ -240,22 +191,23 @@ impl Dispatcher {
         &mut self,
         mut hold: OwnedSemaphorePermit,
         reply: Result<Vec<StreamEntry>, StoreError>,
-        reader: &mut Option<ReadConnection>,
-        backoff: &mut Backoff,
+        reads: &mut Reads,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
         match reply {
             Ok(entries) => {
-                *backoff = Backoff::default();
+                reads.retry.succeeded();
                 self.totals.read += entries.len() as u64;
+                self.progress.took(entries.len() as u64);
                 for entry in entries {
                     self.read_ahead(entry, &mut hold);
                 }
                 Ok(())
             }
             Err(err) => {
-                *reader = None;
-                self.wait_after_read_error(err, backoff, stop).await
+                reads.reader = None;
+                self.wait_after_read_error(err, &mut reads.retry, stop)
+                    .await
             }
         }
     }
@@ -265,7 +217,7 @@ impl Dispatcher {
     /// slot frees costs next to nothing. A malformed message, or one whose
     /// send takes no time, has its result at once; the others wait in the
     /// ready queue.
-    fn read_ahead(&mut self, entry: StreamEntry, hold: &mut OwnedSemaphorePermit) {
+    pub(super) fn read_ahead(&mut self, entry: StreamEntry, hold: &mut OwnedSemaphorePermit) {
         let Some(hold) = hold.split(1) else {
             // Never happens: each read or claim asks for at most as many
             // entries as there are slots. Leaving the entry pending is safe.
@@ -306,76 +258,9 @@ impl Dispatcher {
         let _ = self.results.send(Finished { item, hold_slot });
     }
 
-    /// Finishes the messages left pending under this sender's name by an
-    /// earlier process of the same name, before reading new ones. Returns false
-    /// if `stop` fired.
-    async fn recover_own(&mut self, stop: &CancellationToken) -> Result<bool, StoreError> {
-        let mut cursor: Option<String> = None;
-        loop {
-            let Some(mut hold) = self.free_to_recover(stop).await else {
-                return Ok(false);
-            };
-            let wanted = hold.num_permits();
-            let name = self.settings.name.clone();
-            let Some(reply) = self
-                .until_stopped(
-                    stop,
-                    self.store.retrying("recover own pending messages", || {
-                        self.store.claim(
-                            &name,
-                            Duration::ZERO,
-                            cursor.as_deref(),
-                            wanted,
-                            self.settings.max_attempts,
-                            Some(&name),
-                        )
-                    }),
-                )
-                .await?
-            else {
-                return Ok(false);
-            };
-            self.totals.dead_on_claim += reply.dead;
-            self.totals.recovered += reply.claimed.len() as u64;
-            if !reply.claimed.is_empty() {
-                tracing::info!(
-                    count = reply.claimed.len(),
-                    "resuming messages left pending under this name"
-                );
-            }
-            for claimed in reply.claimed {
-                self.read_ahead(claimed.entry, &mut hold);
-            }
-            match reply.cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(true),
-            }
-        }
-    }
-
-    /// Waits until recovered messages would start at once (the gateway has
-    /// a free send slot) and a hold slot is free, then takes a hold slot for
-    /// each message that can start now.
-    async fn free_to_recover(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
-        loop {
-            let free = self.gateway.load.free_slots(self.settings.concurrency);
-            if let Some(hold) = self.try_free_hold(free) {
-                return Some(hold);
-            }
-            tokio::select! {
-                () = stop.cancelled() => return None,
-                () = self.gateway.load.changed.notified(), if free == 0 => {}
-                // Freed again at once: the loop takes it with the others free.
-                hold = Arc::clone(&self.hold_slots).acquire_owned(), if free > 0 => {
-                    drop(hold.ok()?);
-                }
-            }
-        }
-    }
-
     /// Takes up to `most` free hold slots without waiting; `None` if none is
     /// free. Only this task takes slots, so what is free now stays free.
-    fn try_free_hold(&self, most: usize) -> Option<OwnedSemaphorePermit> {
+    pub(super) fn try_free_hold(&self, most: usize) -> Option<OwnedSemaphorePermit> {
         let free = self.hold_slots.available_permits().min(most) as u32;
         if free == 0 {
             return None;
@@ -386,7 +271,7 @@ impl Dispatcher {
     }
 
     /// Races `work` against `stop`: `None` if stopped first.
-    async fn until_stopped<T>(
+    pub(super) async fn until_stopped<T>(
         &self,
         stop: &CancellationToken,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
@@ -397,26 +282,21 @@ impl Dispatcher {
         }
     }
 
-    /// After a failed read: a missing stream or group is diagnosed (lost
-    /// or damaged queue state ends the sender; nothing is re-created), other
-    /// lasting errors end it too; transient ones are waited out.
+    /// After a failed read: waits as the retry policy says, or until `stop`.
+    /// Lost or damaged queue state and other lasting errors end the sender
+    /// (a missing stream or group is diagnosed, never re-created).
     async fn wait_after_read_error(
         &self,
         err: StoreError,
-        backoff: &mut Backoff,
+        retry: &mut Retry<'_>,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
-        if err.is_no_group() {
-            self.store.diagnose().await?;
-        } else if !err.is_transient() {
-            return Err(err);
-        }
-        let wait = backoff.next_wait();
-        tracing::warn!(error = %err, retry_in_ms = wait.as_millis() as u64, "reading messages failed; retrying");
         tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = stop.cancelled() => {}
+            // First, so an error that ends the sender is returned even when
+            // `stop` has fired.
+            biased;
+            waited = retry.wait(&self.store, err) => waited,
+            () = stop.cancelled() => Ok(()),
         }
-        Ok(())
     }
 }

@@ -7,63 +7,19 @@
 //! The same task renews the leases of in-flight messages, so a renewal can
 //! never race with the write that sets a failed message's retry backoff.
 
-use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::fatal::Fatal;
+use super::in_flight::{Finished, InFlight, PendingWrite, Reports};
+use super::summary::Progress;
 use crate::store::{
-    FailureLog, PendingReply, PreparedReport, ReportConnection, ReportItem, ReportReply, Store,
+    PendingReply, PreparedReport, ReportConnection, ReportItem, ReportReply, Retry, Store,
     StoreError,
 };
-
-/// Most results in one report call.
-const MAX_BATCH: usize = 2_000;
-/// Report calls in flight at once: while Redis applies one batch, the next
-/// is encoded and sent.
-const REPORTS_IN_FLIGHT: usize = 2;
-/// Fewest results a report call needs to go out while another is in flight.
-const MIN_PIPELINED_BATCH: usize = 64;
-
-/// A finished attempt waiting to be written.
-#[derive(Debug)]
-pub(super) struct Finished {
-    /// The result.
-    pub item: ReportItem,
-    /// The hold slot it occupies until written; dropping it frees the slot.
-    pub hold_slot: OwnedSemaphorePermit,
-}
-
-/// Ids of the messages this sender holds: read or claimed, not yet written.
-#[derive(Debug, Clone, Default)]
-pub(super) struct InFlight(Arc<Mutex<HashSet<String>>>);
-
-impl InFlight {
-    pub(super) fn insert(&self, id: &str) {
-        self.lock().insert(id.to_owned());
-    }
-
-    pub(super) fn remove_all<'a>(&self, ids: impl Iterator<Item = &'a str>) {
-        let mut set = self.lock();
-        for id in ids {
-            set.remove(id);
-        }
-    }
-
-    fn snapshot(&self) -> Vec<String> {
-        self.lock().iter().cloned().collect()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        // A panic while holding this lock leaves a valid set behind.
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-}
 
 /// Totals of what this sender's reports counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -125,16 +81,28 @@ pub(super) struct Flusher {
     pub fatal: Fatal,
     /// True while results cannot be written: the dispatcher reads no new work.
     pub writes_blocked: watch::Sender<bool>,
+    /// Where what the written results counted is added up as it comes.
+    pub progress: Arc<Progress>,
 }
 
-/// A batch of results whose report call is on the wire.
-struct PendingWrite {
-    items: Vec<ReportItem>,
-    /// The hold slots of its results: only held, and freed when the write
-    /// is dropped, once Redis has it.
-    _slots: Vec<OwnedSemaphorePermit>,
-    report: PreparedReport,
-    reply: PendingReply<ReportReply>,
+/// When the leases of the messages in flight are renewed, and how a failed
+/// renewal is retried: at the next tick.
+struct Renewal {
+    tick: tokio::time::Interval,
+    retry: Retry<'static>,
+}
+
+impl Renewal {
+    fn every(period: Duration) -> Self {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        Self {
+            tick,
+            retry: Retry::new("renew message leases")
+                .until_done()
+                .every(period),
+        }
+    }
 }
 
 impl Flusher {
@@ -146,99 +114,40 @@ impl Flusher {
         give_up: CancellationToken,
     ) -> FlushTotals {
         let mut totals = FlushTotals::default();
-        let mut seq: u64 = 0;
-        let mut renew = tokio::time::interval(self.lease / 3);
-        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewal = Renewal::every(self.lease / 3);
         // A connection of its own: its reports reach Redis without waiting
         // for a pooled connection's health check, several at once.
         let mut conn: Option<ReportConnection> = None;
-        let mut writes: VecDeque<PendingWrite> = VecDeque::with_capacity(REPORTS_IN_FLIGHT);
-        // Results and the slots they hold, kept apart so the results can be
-        // encoded as they are, without a copy.
-        let mut batch: Vec<ReportItem> = Vec::new();
-        let mut slots: Vec<OwnedSemaphorePermit> = Vec::new();
-        let mut open = true;
+        let mut reports = Reports::new();
         loop {
-            while open && batch.len() < MAX_BATCH {
-                match results.try_recv() {
-                    Ok(finished) => {
-                        batch.push(finished.item);
-                        slots.push(finished.hold_slot);
-                    }
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => open = false,
-                }
-            }
-            // A write joins one in flight only with enough results to be worth
-            // its own call; otherwise the results wait for the next one.
-            let worth_writing = match writes.len() {
-                0 => !batch.is_empty(),
-                n => n < REPORTS_IN_FLIGHT && batch.len() >= MIN_PIPELINED_BATCH,
-            };
-            if worth_writing {
-                seq += 1;
-                let report = self.store.prepare_report(
-                    &self.consumer,
-                    self.max_attempts,
-                    self.retry_idle,
-                    &self.token,
-                    seq,
-                    &batch,
-                );
-                let reply = match self.connection(&mut conn).await {
-                    Ok(conn) => conn.send(&report),
-                    // Takes the retry path of a failed write.
-                    Err(err) => PendingReply::failed(err),
-                };
-                writes.push_back(PendingWrite {
-                    items: std::mem::take(&mut batch),
-                    _slots: std::mem::take(&mut slots),
-                    report,
-                    reply,
-                });
+            reports.gather(&mut results);
+            if reports.worth_writing() {
+                self.start_write(&mut reports, &mut conn).await;
                 continue;
             }
-            if !open && batch.is_empty() && writes.is_empty() {
+            if reports.is_done() {
                 break;
             }
             let settled = tokio::select! {
                 () = give_up.cancelled() => false,
-                reply = async { (&mut writes.front_mut().expect("checked").reply).await },
-                    if !writes.is_empty() =>
-                {
-                    let write = writes.pop_front().expect("checked");
+                reply = reports.oldest_reply(), if reports.has_writes() => {
+                    let write = reports.pop_oldest().expect("checked");
                     self.finish(write, reply, &mut conn, &mut totals, &give_up).await
                 }
-                next = results.recv(), if open && batch.len() < MAX_BATCH => {
-                    match next {
-                        Some(finished) => {
-                            batch.push(finished.item);
-                            slots.push(finished.hold_slot);
-                        }
-                        None => open = false,
-                    }
+                next = results.recv(), if reports.can_take() => {
+                    reports.take(next);
                     true
                 }
-                _ = renew.tick() => {
-                    // Writes first: a renewal landing after the write that
-                    // set a failed message's retry backoff would undo it.
-                    let mut settled = true;
-                    while settled {
-                        let Some(mut write) = writes.pop_front() else {
-                            break;
-                        };
-                        let reply = (&mut write.reply).await;
-                        settled = self.finish(write, reply, &mut conn, &mut totals, &give_up).await;
-                    }
+                _ = renewal.tick.tick() => {
+                    let settled = self.settle_all(&mut reports, &mut conn, &mut totals, &give_up).await;
                     if settled {
-                        self.renew().await;
+                        self.renew(&mut renewal.retry).await;
                     }
                     settled
                 }
             };
             if !settled {
-                totals.unwritten +=
-                    batch.len() as u64 + writes.iter().map(|w| w.items.len() as u64).sum::<u64>();
+                totals.unwritten += reports.unwritten();
                 break;
             }
         }
@@ -247,6 +156,44 @@ impl Flusher {
             totals.unwritten += 1;
         }
         totals
+    }
+
+    /// Puts the gathered results on the wire as one report call.
+    async fn start_write(&self, reports: &mut Reports, conn: &mut Option<ReportConnection>) {
+        let seq = reports.next_seq();
+        let report = self.store.prepare_report(
+            &self.consumer,
+            self.max_attempts,
+            self.retry_idle,
+            &self.token,
+            seq,
+            &reports.batch,
+        );
+        let reply = match self.connection(conn).await {
+            Ok(conn) => conn.send(&report),
+            // Takes the retry path of a failed write.
+            Err(err) => PendingReply::failed(err),
+        };
+        reports.push_write(report, reply);
+    }
+
+    /// Waits for every write on the wire to be written, oldest first, before
+    /// a lease renewal: a renewal landing after the write that set a failed
+    /// message's retry backoff would undo it. False if `give_up` fired first.
+    async fn settle_all(
+        &self,
+        reports: &mut Reports,
+        conn: &mut Option<ReportConnection>,
+        totals: &mut FlushTotals,
+        give_up: &CancellationToken,
+    ) -> bool {
+        while let Some(mut write) = reports.pop_oldest() {
+            let reply = (&mut write.reply).await;
+            if !self.finish(write, reply, conn, totals, give_up).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// The flusher's connection, opened if needed.
@@ -287,6 +234,7 @@ impl Flusher {
             }
         };
         totals.add(reply);
+        self.progress.wrote(&reply);
         record_end_to_end(&mut totals.end_to_end, &write.items);
         self.in_flight
             .remove_all(write.items.iter().map(|i| i.id.as_str()));
@@ -306,7 +254,7 @@ impl Flusher {
         give_up: &CancellationToken,
     ) -> Option<ReportReply> {
         let _ = self.writes_blocked.send(true);
-        let mut log = FailureLog::default();
+        let mut retry = Retry::new("write send results").until_done();
         let written = loop {
             let attempt = self
                 .store
@@ -318,13 +266,15 @@ impl Flusher {
                 },
                 () = give_up.cancelled() => break None,
             };
-            if err.is_queue_state() {
-                self.fatal.raise(err);
-                break None;
-            }
-            log.failed("write send results", &err, Duration::from_secs(1));
+            let wait = match retry.failed(err) {
+                Ok(wait) => wait,
+                Err(err) => {
+                    self.fatal.raise(err);
+                    break None;
+                }
+            };
             tokio::select! {
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                () = tokio::time::sleep(wait) => {}
                 () = give_up.cancelled() => break None,
             }
         };
@@ -332,20 +282,29 @@ impl Flusher {
         written
     }
 
-    async fn renew(&self) {
+    /// Renews the leases of the messages in flight; a failure is retried at
+    /// the next tick.
+    async fn renew(&self, retry: &mut Retry<'_>) {
         let ids = self.in_flight.snapshot();
         if ids.is_empty() {
             return;
         }
         match self.store.renew(&self.consumer, &ids).await {
-            Ok(lost) if !lost.is_empty() => {
-                tracing::warn!(
-                    count = lost.len(),
-                    "in-flight messages were settled or reclaimed elsewhere"
-                )
+            Ok(lost) => {
+                retry.succeeded();
+                if !lost.is_empty() {
+                    tracing::warn!(
+                        count = lost.len(),
+                        "in-flight messages were settled or reclaimed elsewhere"
+                    );
+                }
             }
-            Ok(_) => {}
-            Err(err) => tracing::warn!(error = %err, "could not renew message leases; will retry"),
+            // Lost or damaged state is left for the report calls to raise.
+            Err(err) => {
+                if let Err(err) = retry.failed(err) {
+                    tracing::warn!(error = %err, "could not renew message leases");
+                }
+            }
         }
     }
 }

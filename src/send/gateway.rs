@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ending::Ending;
-use super::flush::Finished;
+use super::in_flight::Finished;
 use super::simulate::Attempt;
 use crate::store::ReportItem;
 

@@ -7,8 +7,13 @@
 //!   holds the sends in progress in one timer queue until they end;
 //! - `ending`: when the running sends end, which bounds the read-ahead;
 //! - [`simulate`]: the simulated send time and failure;
+//! - `recover`: takes over pending entries: the sender's own at start, then
+//!   stale ones of others;
+//! - `in_flight`: the messages held, the reads and report calls on the wire;
 //! - `flush`: writes results in batches, two report calls on the wire at once,
 //!   and renews in-flight leases;
+//! - `summary`: counts progress, logs it every 30 seconds, and words the
+//!   summary logged when the sender stops;
 //! - `trim`: applies the queue's retention in passing;
 //! - `fatal`: stops every task at once when one finds the queue's state lost
 //!   or damaged (a flushed Redis, a destroyed group, a tampered counter).
@@ -31,8 +36,11 @@ mod ending;
 mod fatal;
 mod flush;
 mod gateway;
+mod in_flight;
 mod name;
+mod recover;
 pub mod simulate;
+mod summary;
 mod trim;
 
 use std::sync::Arc;
@@ -41,6 +49,8 @@ use std::time::Duration;
 use rand::RngExt;
 use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use dispatch::DispatchTotals;
@@ -50,9 +60,11 @@ use crate::settings::SendSettings;
 use crate::store::{Store, StoreError};
 use dispatch::Dispatcher;
 use fatal::Fatal;
-use flush::{Flusher, InFlight};
-use gateway::Gateway;
+use flush::Flusher;
+use gateway::{Gateway, Inlet};
+use in_flight::{Finished, InFlight};
 use simulate::Simulator;
+use summary::{Progress, SUMMARY_EVERY};
 
 /// Messages a sender may hold per send slot: one sending, one read ahead and
 /// one whose result waits to be written. Reading goes on while results are
@@ -108,6 +120,19 @@ pub struct SendSummary {
     pub dispatched: DispatchTotals,
     /// What the written results counted.
     pub flushed: FlushTotals,
+    /// Messages read but not sent by the shutdown deadline; they stay
+    /// pending and will be delivered again.
+    pub abandoned: u64,
+    /// How long the sender ran.
+    pub elapsed: Duration,
+}
+
+impl SendSummary {
+    /// Messages left pending for another delivery: not sent by the shutdown
+    /// deadline, or their results not written.
+    pub fn given_back(&self) -> u64 {
+        self.abandoned + self.flushed.unwritten
+    }
 }
 
 /// Runs one sender until `shutdown` fires (or its name is taken over), then
@@ -118,12 +143,12 @@ pub async fn run(
     settings: SendSettings,
     shutdown: CancellationToken,
 ) -> Result<SendSummary, SendError> {
+    let started = Instant::now();
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let stop = shutdown.child_token();
     if !name::acquire(&store, &settings.name, &token, settings.lease, &stop).await? {
         return Ok(SendSummary::default());
     }
-    let fatal = Fatal::new(stop.clone());
     tracing::info!(
         name = settings.name,
         concurrency = settings.concurrency,
@@ -131,86 +156,226 @@ pub async fn run(
         failure_rate = settings.failure_rate,
         "sender started"
     );
-    let keeper = tokio::spawn(name::keep(
-        store.clone(),
-        settings.name.clone(),
-        token.clone(),
-        settings.lease,
-        stop.clone(),
-        fatal.clone(),
-    ));
-    let trimmer = tokio::spawn(trim::keep_trimmed(
-        store.clone(),
-        stop.clone(),
-        fatal.clone(),
-    ));
+    let sender = Sender {
+        fatal: Fatal::new(stop.clone()),
+        store,
+        settings,
+        token,
+        in_flight: InFlight::default(),
+        progress: Arc::default(),
+    };
+    let upkeep = sender.start_upkeep(&stop);
+    let sent = sender.send(&stop).await;
+    let name_lost = upkeep.stop(&sender).await;
+    let summary = SendSummary {
+        dispatched: sent.dispatched,
+        flushed: sent.flushed,
+        abandoned: sent.abandoned,
+        elapsed: started.elapsed(),
+    };
+    tracing::info!("sender stopped: {summary}");
+    if let Some(err) = sender.fatal.take() {
+        return Err(SendError::Store(err));
+    }
+    sent.outcome?;
+    if name_lost {
+        return Err(SendError::NameLost {
+            name: sender.settings.name,
+        });
+    }
+    Ok(summary)
+}
 
-    let in_flight = InFlight::default();
-    let (results_tx, results_rx) = mpsc::unbounded_channel();
-    let (writes_blocked_tx, writes_blocked) = watch::channel(false);
-    let give_up = fatal.raised.child_token();
-    let flusher = tokio::spawn(
+/// How the sending went, once drained.
+struct Sent {
+    /// Whether reading ended on an error retrying cannot fix.
+    outcome: Result<(), StoreError>,
+    dispatched: DispatchTotals,
+    flushed: FlushTotals,
+    abandoned: u64,
+}
+
+/// What the sender's tasks share.
+struct Sender {
+    store: Store,
+    settings: SendSettings,
+    /// This process's hold on the sender name.
+    token: String,
+    fatal: Fatal,
+    in_flight: InFlight,
+    progress: Arc<Progress>,
+}
+
+/// The tasks that run beside the sending: the name's lease, retention and
+/// the progress log.
+struct Upkeep {
+    keeper: JoinHandle<bool>,
+    trimmer: JoinHandle<()>,
+    summary: JoinHandle<()>,
+    /// Stops the progress log, which goes on while the sender drains.
+    summary_stop: CancellationToken,
+}
+
+impl Sender {
+    /// Reads and sends until `stop` fires, then drains: sends what was read
+    /// until the shutdown deadline and writes the results.
+    async fn send(&self, stop: &CancellationToken) -> Sent {
+        let (results_tx, results_rx) = mpsc::unbounded_channel();
+        let (writes_blocked_tx, writes_blocked) = watch::channel(false);
+        let give_up = self.fatal.raised.child_token();
+        let flusher = tokio::spawn(
+            self.flusher(writes_blocked_tx)
+                .run(results_rx, give_up.clone()),
+        );
+        let abort_sends = CancellationToken::new();
+        let (gateway, inlet) = Gateway::new(
+            results_tx.clone(),
+            self.settings.concurrency,
+            abort_sends.clone(),
+        );
+        let gateway = tokio::spawn(gateway.run());
+        let mut dispatcher = self.dispatcher(results_tx, inlet, writes_blocked);
+        let outcome = dispatcher.run(stop).await;
+        stop.cancel();
+        let dispatched = dispatcher.totals;
+        // The gateway sends what it holds until the deadline; nothing more is
+        // sent once the queue's state is lost or damaged.
+        drop(dispatcher);
+        let abandoned = self.drain(gateway, abort_sends).await;
+        Sent {
+            outcome,
+            dispatched,
+            flushed: join_flusher(flusher, give_up).await,
+            abandoned,
+        }
+    }
+
+    /// Starts the upkeep tasks; the name's lease and trimming end with `stop`.
+    fn start_upkeep(&self, stop: &CancellationToken) -> Upkeep {
+        let summary_stop = CancellationToken::new();
+        let summary = tokio::spawn({
+            let (progress, in_flight, summary_stop) = (
+                Arc::clone(&self.progress),
+                self.in_flight.clone(),
+                summary_stop.clone(),
+            );
+            async move {
+                summary::report_every(SUMMARY_EVERY, &progress, &in_flight, &summary_stop).await;
+            }
+        });
+        Upkeep {
+            keeper: tokio::spawn(name::keep(
+                self.store.clone(),
+                self.settings.name.clone(),
+                self.token.clone(),
+                self.settings.lease,
+                stop.clone(),
+                self.fatal.clone(),
+            )),
+            trimmer: tokio::spawn(trim::keep_trimmed(
+                self.store.clone(),
+                stop.clone(),
+                self.fatal.clone(),
+            )),
+            summary,
+            summary_stop,
+        }
+    }
+
+    /// The task that writes results and renews leases.
+    fn flusher(&self, writes_blocked: watch::Sender<bool>) -> Flusher {
         Flusher {
-            store: store.clone(),
-            consumer: settings.name.clone(),
-            max_attempts: settings.max_attempts,
-            retry_idle: settings.lease.saturating_sub(settings.retry_backoff),
-            lease: settings.lease,
-            token: token.clone(),
-            in_flight: in_flight.clone(),
-            fatal: fatal.clone(),
-            writes_blocked: writes_blocked_tx,
+            store: self.store.clone(),
+            consumer: self.settings.name.clone(),
+            max_attempts: self.settings.max_attempts,
+            retry_idle: self
+                .settings
+                .lease
+                .saturating_sub(self.settings.retry_backoff),
+            lease: self.settings.lease,
+            token: self.token.clone(),
+            in_flight: self.in_flight.clone(),
+            fatal: self.fatal.clone(),
+            writes_blocked,
+            progress: Arc::clone(&self.progress),
         }
-        .run(results_rx, give_up.clone()),
-    );
+    }
 
-    let abort_sends = CancellationToken::new();
-    let (gateway, inlet) = Gateway::new(
-        results_tx.clone(),
-        settings.concurrency,
-        abort_sends.clone(),
-    );
-    let mut gateway = tokio::spawn(gateway.run());
-    let mut dispatcher = Dispatcher {
-        store: store.clone(),
-        simulator: Simulator::new(settings.delay, settings.failure_rate, settings.seed),
-        hold_slots: Arc::new(Semaphore::new(
-            settings.concurrency.saturating_mul(HOLD_PER_SEND_SLOT),
-        )),
-        in_flight: in_flight.clone(),
-        results: results_tx,
-        gateway: inlet,
-        totals: DispatchTotals::default(),
-        settings: settings.clone(),
-        writes_blocked,
-    };
-    let outcome = dispatcher.run(&stop).await;
-    stop.cancel();
-    let dispatched = dispatcher.totals;
-    // The gateway sends what it holds until the deadline; nothing more is
-    // sent once the queue's state is lost or damaged.
-    drop(dispatcher);
-    let deadline = async {
-        tokio::select! {
-            () = tokio::time::sleep(settings.shutdown_timeout) => {}
-            () = fatal.raised.cancelled() => {}
+    /// The loop that reads and claims messages.
+    fn dispatcher(
+        &self,
+        results: mpsc::UnboundedSender<Finished>,
+        gateway: Inlet,
+        writes_blocked: watch::Receiver<bool>,
+    ) -> Dispatcher {
+        let settings = &self.settings;
+        Dispatcher {
+            store: self.store.clone(),
+            simulator: Simulator::new(settings.delay, settings.failure_rate, settings.seed),
+            hold_slots: Arc::new(Semaphore::new(
+                settings.concurrency.saturating_mul(HOLD_PER_SEND_SLOT),
+            )),
+            in_flight: self.in_flight.clone(),
+            results,
+            gateway,
+            totals: DispatchTotals::default(),
+            settings: settings.clone(),
+            writes_blocked,
+            progress: Arc::clone(&self.progress),
         }
-    };
-    let drained = tokio::select! {
-        biased;
-        _ = &mut gateway => true,
-        () = deadline => false,
-    };
-    if !drained {
-        abort_sends.cancel();
+    }
+
+    /// Lets the gateway send what it holds until the shutdown deadline (or
+    /// until the queue's state is found lost or damaged), then abandons the
+    /// rest. Returns how many messages were abandoned.
+    async fn drain(&self, mut gateway: JoinHandle<Vec<String>>, abort: CancellationToken) -> u64 {
+        let deadline = async {
+            tokio::select! {
+                () = tokio::time::sleep(self.settings.shutdown_timeout) => {}
+                () = self.fatal.raised.cancelled() => {}
+            }
+        };
+        let drained = tokio::select! {
+            biased;
+            _ = &mut gateway => true,
+            () = deadline => false,
+        };
+        if drained {
+            return 0;
+        }
+        abort.cancel();
         let abandoned = gateway.await.unwrap_or_default();
         tracing::warn!(
             count = abandoned.len(),
             "shutdown deadline passed; abandoning messages not sent yet (they stay pending and will be delivered again)"
         );
         // Their leases are no longer renewed, so another sender can take them.
-        in_flight.remove_all(abandoned.iter().map(String::as_str));
+        self.in_flight
+            .remove_all(abandoned.iter().map(String::as_str));
+        abandoned.len() as u64
     }
+}
+
+impl Upkeep {
+    /// Waits for the lease and trimming tasks (stopped with the sender),
+    /// stops the progress log and gives the name back. True if the name was
+    /// taken over while the sender ran.
+    async fn stop(self, sender: &Sender) -> bool {
+        let name_lost = self.keeper.await.unwrap_or(false);
+        let _ = self.trimmer.await;
+        self.summary_stop.cancel();
+        let _ = self.summary.await;
+        let name = &sender.settings.name;
+        if let Err(err) = sender.store.release_name(name, &sender.token).await {
+            tracing::warn!(error = %err, "could not release the sender name; it frees itself when its lease runs out");
+        }
+        name_lost
+    }
+}
+
+/// Waits for the writer to write what is left, for at most [`FLUSH_GRACE`];
+/// then gives up on the rest (it stays pending and is delivered again).
+async fn join_flusher(flusher: JoinHandle<FlushTotals>, give_up: CancellationToken) -> FlushTotals {
     let flushed = match tokio::time::timeout(FLUSH_GRACE, flusher).await {
         Ok(Ok(totals)) => totals,
         Ok(Err(join_err)) => {
@@ -231,24 +396,5 @@ pub async fn run(
             "results not written; their messages will be delivered again"
         );
     }
-    let name_lost = keeper.await.unwrap_or(false);
-    let _ = trimmer.await;
-    if let Err(err) = store.release_name(&settings.name, &token).await {
-        tracing::warn!(error = %err, "could not release the sender name; it frees itself when its lease runs out");
-    }
-    let summary = SendSummary {
-        dispatched,
-        flushed,
-    };
-    tracing::info!(?summary, "sender stopped");
-    if let Some(err) = fatal.take() {
-        return Err(SendError::Store(err));
-    }
-    outcome?;
-    if name_lost {
-        return Err(SendError::NameLost {
-            name: settings.name,
-        });
-    }
-    Ok(summary)
+    flushed
 }

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SendError;
 use super::fatal::Fatal;
-use crate::store::{FailureLog, NameHold, Store};
+use crate::store::{NameHold, Retry, Store};
 
 /// Longest wait between two looks at a name held by someone else.
 const POLL: Duration = Duration::from_millis(250);
@@ -62,9 +62,9 @@ pub(super) async fn acquire(
 /// Renews the name every third of its lease until `stop` fires. If another
 /// process has taken the name (we were paused longer than the lease), this
 /// sender must not go on under it: cancel `stop` and return true. Lost or
-/// damaged queue state is raised through `fatal`. Failures are logged
-/// sparingly ([`FailureLog`]): at `maxmemory` every renewal fails for as
-/// long as memory stays full.
+/// damaged queue state is raised through `fatal`. Other failures are retried
+/// at the next tick and logged sparingly ([`Retry`]): at `maxmemory` every
+/// renewal fails for as long as memory stays full.
 pub(super) async fn keep(
     store: Store,
     name: String,
@@ -75,7 +75,9 @@ pub(super) async fn keep(
 ) -> bool {
     let mut tick = tokio::time::interval(ttl / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut log = FailureLog::default();
+    let mut retry = Retry::new("renew the sender name")
+        .until_done()
+        .every(ttl / 3);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -83,7 +85,7 @@ pub(super) async fn keep(
         }
         match store.hold_name(&name, &token, ttl).await {
             Ok(NameHold::Held { lapsed }) => {
-                log.succeeded("renew the sender name");
+                retry.succeeded();
                 if lapsed {
                     tracing::warn!(
                         name,
@@ -98,11 +100,12 @@ pub(super) async fn keep(
                 stop.cancel();
                 return true;
             }
-            Err(err) if err.is_queue_state() => {
-                fatal.raise(err);
-                return false;
+            Err(err) => {
+                if let Err(err) = retry.failed(err) {
+                    fatal.raise(err);
+                    return false;
+                }
             }
-            Err(err) => log.failed("renew the sender name", &err, ttl / 3),
         }
     }
 }

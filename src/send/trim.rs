@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::fatal::Fatal;
-use crate::store::{FailureLog, Store};
+use crate::store::{Retry, Store};
 
 /// How often a sender trims. At 100,000 entries per call at most, one sender
 /// keeps up with 500,000 settled messages a second.
@@ -18,7 +18,7 @@ pub(super) const TRIM_EVERY: Duration = Duration::from_millis(200);
 pub(super) async fn keep_trimmed(store: Store, stop: CancellationToken, fatal: Fatal) {
     let mut tick = tokio::time::interval(TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut log = FailureLog::default();
+    let mut retry = Retry::new("trim the stream").until_done().every(TRIM_EVERY);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -26,7 +26,7 @@ pub(super) async fn keep_trimmed(store: Store, stop: CancellationToken, fatal: F
         }
         match store.trim().await {
             Ok(trimmed) => {
-                log.succeeded("trim the stream");
+                retry.succeeded();
                 if trimmed.entries + trimmed.dead_letters > 0 {
                     tracing::debug!(
                         entries = trimmed.entries,
@@ -35,11 +35,12 @@ pub(super) async fn keep_trimmed(store: Store, stop: CancellationToken, fatal: F
                     );
                 }
             }
-            Err(err) if err.is_queue_state() => {
-                fatal.raise(err);
-                return;
+            Err(err) => {
+                if let Err(err) = retry.failed(err) {
+                    fatal.raise(err);
+                    return;
+                }
             }
-            Err(err) => log.failed("trim the stream", &err, TRIM_EVERY),
         }
     }
 }

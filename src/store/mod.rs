@@ -59,7 +59,7 @@ pub use pending::PendingReply;
 pub use reader::ReadConnection;
 pub use reply::is_counter;
 pub use report::ReportConnection;
-pub use retry::{Backoff, FailureLog};
+pub use retry::Retry;
 pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
 pub use streams::StreamEntry;
 

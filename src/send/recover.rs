@@ -1,0 +1,179 @@
+//! Taking over pending entries: at start, the sender first finishes the
+//! messages left pending under its own name by an earlier process of that
+//! name; then, between reads, it walks the group's pending list for entries
+//! idle longer than the lease (a dead sender's, or failed ones due for
+//! retry) and claims them, dead-lettering those out of attempts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::dispatch::{Dispatcher, MAX_BLOCK};
+use crate::store::{ClaimReply, StoreError};
+
+/// Bounds on how often stale pending entries are looked for.
+const MIN_RECLAIM_EVERY: Duration = Duration::from_millis(20);
+
+/// Where the walk over the pending list stands, and when the next slice of
+/// it is due.
+#[derive(Debug)]
+pub(super) struct Reclaim {
+    /// The pause after a whole pass.
+    every: Duration,
+    next: Instant,
+    cursor: Option<String>,
+}
+
+impl Reclaim {
+    /// A walk due now, pausing half the retry backoff between passes (within
+    /// bounds), so failed messages are retried about when their backoff ends.
+    pub(super) fn new(retry_backoff: Duration) -> Self {
+        Self {
+            every: (retry_backoff / 2).clamp(MIN_RECLAIM_EVERY, MAX_BLOCK),
+            next: Instant::now(),
+            cursor: None,
+        }
+    }
+
+    /// Whether the next slice is due.
+    pub(super) fn is_due(&self) -> bool {
+        Instant::now() >= self.next
+    }
+
+    /// How long a read may block: until the next slice is due, within bounds.
+    pub(super) fn read_block(&self) -> Duration {
+        self.next
+            .saturating_duration_since(Instant::now())
+            .clamp(Duration::from_millis(1), MAX_BLOCK)
+    }
+
+    /// A pass over the pending list goes on a bounded slice per call;
+    /// between slices that found nothing it pauses, so a long list is
+    /// walked without hammering Redis.
+    fn advance(&mut self, reply: &ClaimReply) {
+        if reply.cursor.is_none() {
+            self.next = Instant::now() + self.every;
+        } else if reply.claimed.is_empty() && reply.dead == 0 {
+            self.next = Instant::now() + MIN_RECLAIM_EVERY;
+        }
+        self.cursor.clone_from(&reply.cursor);
+    }
+}
+
+impl Dispatcher {
+    /// Claims the next slice of stale entries, as many as `hold` can take,
+    /// and reads them ahead. Claims nothing if `stop` fired first.
+    pub(super) async fn reclaim_stale(
+        &mut self,
+        mut hold: OwnedSemaphorePermit,
+        reclaim: &mut Reclaim,
+        stop: &CancellationToken,
+    ) -> Result<(), StoreError> {
+        let wanted = hold.num_permits();
+        let Some(reply) = self
+            .until_stopped(
+                stop,
+                self.store.retrying("reclaim stale messages", || {
+                    self.store.claim(
+                        &self.settings.name,
+                        self.settings.lease,
+                        reclaim.cursor.as_deref(),
+                        wanted,
+                        self.settings.max_attempts,
+                        None,
+                    )
+                }),
+            )
+            .await?
+        else {
+            return Ok(());
+        };
+        reclaim.advance(&reply);
+        self.totals.dead_on_claim += reply.dead;
+        self.totals.reclaimed += reply.claimed.len() as u64;
+        self.progress.dead_on_claim(reply.dead);
+        self.progress.took(reply.claimed.len() as u64);
+        if !reply.claimed.is_empty() {
+            tracing::debug!(count = reply.claimed.len(), "reclaimed stale messages");
+        }
+        for claimed in reply.claimed {
+            self.read_ahead(claimed.entry, &mut hold);
+        }
+        Ok(())
+    }
+
+    /// Finishes the messages left pending under this sender's name by an
+    /// earlier process of the same name, before reading new ones. Returns false
+    /// if `stop` fired.
+    pub(super) async fn recover_own(
+        &mut self,
+        stop: &CancellationToken,
+    ) -> Result<bool, StoreError> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let Some(mut hold) = self.free_to_recover(stop).await else {
+                return Ok(false);
+            };
+            let wanted = hold.num_permits();
+            let name = self.settings.name.clone();
+            let Some(reply) = self
+                .until_stopped(
+                    stop,
+                    self.store.retrying("recover own pending messages", || {
+                        self.store.claim(
+                            &name,
+                            Duration::ZERO,
+                            cursor.as_deref(),
+                            wanted,
+                            self.settings.max_attempts,
+                            Some(&name),
+                        )
+                    }),
+                )
+                .await?
+            else {
+                return Ok(false);
+            };
+            self.totals.dead_on_claim += reply.dead;
+            self.totals.recovered += reply.claimed.len() as u64;
+            self.progress.dead_on_claim(reply.dead);
+            self.progress.took(reply.claimed.len() as u64);
+            if !reply.claimed.is_empty() {
+                tracing::info!(
+                    count = reply.claimed.len(),
+                    "resuming messages left pending under this name"
+                );
+            }
+            for claimed in reply.claimed {
+                self.read_ahead(claimed.entry, &mut hold);
+            }
+            match reply.cursor {
+                Some(next) => cursor = Some(next),
+                None => return Ok(true),
+            }
+        }
+    }
+
+    /// Waits until recovered messages would start at once (the gateway has
+    /// a free send slot) and a hold slot is free, then takes a hold slot for
+    /// each message that can start now.
+    async fn free_to_recover(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
+        loop {
+            let free = self.gateway.load.free_slots(self.settings.concurrency);
+            if let Some(hold) = self.try_free_hold(free) {
+                return Some(hold);
+            }
+            tokio::select! {
+                () = stop.cancelled() => return None,
+                () = self.gateway.load.changed.notified(), if free == 0 => {}
+                // Freed again at once: the loop takes it with the others free.
+                hold = Arc::clone(&self.hold_slots).acquire_owned(), if free > 0 => {
+                    drop(hold.ok()?);
+                }
+            }
+        }
+    }
+}
