@@ -1,5 +1,6 @@
 # Shared helpers for the .ci scripts: idempotent installs, a running Docker
-# engine and a Redis 7 image for testcontainers. Sourced, never run.
+# engine, a Redis 7 image for testcontainers and the preparation of a test run.
+# Sourced, never run.
 
 # Every test container carries the label sms-alerts-test=1 and the id of the run
 # that started it (sms-alerts-test.run, the PID of that .ci/test), so leftovers of a
@@ -117,4 +118,20 @@ remove_leftover_containers() {
   [ ${#stale[@]} -eq 0 ] && return 0
   log "removing ${#stale[@]} test container(s) of finished or killed runs"
   docker rm -f "${stale[@]}" >/dev/null
+}
+
+# prepare_test_run sets up everything the whole suite needs, for .ci/test and
+# .ci/coverage alike: the tools the tests call, a running Docker engine, the
+# Redis image, no leftovers of killed runs (and this run's own removed on exit).
+prepare_test_run() {
+  ensure_redis_server
+  # The live display runs in tmux; compose validates docker-compose.yml; tests/memory.rs
+  # reads the audit's peak RSS from GNU time.
+  apt_install tmux docker-compose time
+  ensure_docker
+  ensure_redis_image
+  remove_leftover_containers
+  trap remove_leftover_containers EXIT
+  # The compose tests may only skip where no compose CLI exists; here one does.
+  export SMS_REQUIRE_COMPOSE=1
 }

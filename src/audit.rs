@@ -475,4 +475,115 @@ mod tests {
             "{found:?}"
         );
     }
+
+    /// A queue of 10 messages, 6 sent, 2 dead (one per reason, one of them
+    /// trimmed from the stream), 1 pending and 1 never delivered, whose
+    /// figures all reconcile.
+    fn balanced() -> AuditReport {
+        AuditReport {
+            produced: 10,
+            stream_length: 9,
+            acknowledged: 7,
+            pending: 1,
+            queued: 1,
+            dangling_pending: 0,
+            dead_length: 2,
+            dead_by_reason: BTreeMap::from([
+                ("max_attempts".to_owned(), 1),
+                ("malformed".to_owned(), 1),
+            ]),
+            counters: Snapshot {
+                sent: 6,
+                dead: 2,
+                dead_max_attempts: 1,
+                dead_malformed: 1,
+                trimmed: 1,
+                produced_by_producers: 10,
+                ..Snapshot::default()
+            },
+            problems: Vec::new(),
+        }
+    }
+
+    /// A problem expected, the damage that causes it, and the pending list's
+    /// length as Redis summarises it.
+    type Case = (&'static str, fn(&mut AuditReport), u64);
+
+    #[test]
+    fn each_mismatch_is_named_with_its_figures() {
+        assert_eq!(problems(&balanced(), 1), Vec::<String>::new());
+        let cases: [Case; 8] = [
+            (
+                "queue state lost: flushed",
+                |r| {
+                    r.counters.state = QueueState::Lost;
+                    r.counters.state_detail = "flushed".to_owned();
+                },
+                1,
+            ),
+            (
+                "queue state damaged: counter x",
+                |r| {
+                    r.counters.state = QueueState::Damaged;
+                    r.counters.state_detail = "counter x".to_owned();
+                },
+                1,
+            ),
+            (
+                "1 pending entries point at stream entries that no longer exist",
+                |r| r.dangling_pending = 1,
+                2,
+            ),
+            (
+                "the pending list had 3 entries but the walk found 1",
+                |_| {},
+                3,
+            ),
+            (
+                "the dead stream holds 3 entries, and 0 left it",
+                |r| r.dead_length = 3,
+                1,
+            ),
+            (
+                "the dead stream holds 0 entries with reason malformed but the counter says 1",
+                |r| {
+                    r.dead_by_reason.remove("malformed");
+                    r.dead_by_reason.insert("unknown".to_owned(), 1);
+                },
+                1,
+            ),
+            (
+                "1 left the stream some other way (XDEL?)",
+                |r| r.stream_length = 8,
+                1,
+            ),
+            (
+                "producers recorded 11 messages but the stream received only 10",
+                |r| r.counters.produced_by_producers = 11,
+                1,
+            ),
+        ];
+        for (expected, damage, pending_summary) in cases {
+            let mut report = balanced();
+            damage(&mut report);
+            let found = problems(&report, pending_summary);
+            assert!(
+                found.len() == 1 && found[0].contains(expected),
+                "expected only '{expected}', found {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn acknowledged_entries_must_match_what_was_settled() {
+        let mut report = balanced();
+        report.acknowledged = 6;
+        let found = problems(&report, 1);
+        assert_eq!(
+            found,
+            ["7 entries were acknowledged (in the stream 6, trimmed 1, deleted while pending 0) \
+              but sent 6 + dead 2 + abandoned 0 = 8 were counted"
+                .to_owned()]
+        );
+    }
 }

@@ -177,7 +177,7 @@ impl Found {
 async fn read(store: &Store) -> Result<Found, StoreError> {
     let k = store.keys();
     let mut types = HashMap::new();
-    for key in [k.queue(), k.messages(), k.dead(), k.stats(), k.latency()] {
+    for key in [k.queue(), k.messages(), k.dead(), k.stats()] {
         let kind = store.key_type(&key).await?;
         types.insert(key, kind);
     }
@@ -232,12 +232,14 @@ pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreE
             });
         }
     };
+    // The latency histogram is set aside, if need be, with the other keys
+    // below: listed here too, it would be renamed twice and the second
+    // RENAME would fail on the key gone.
     for (key, want) in [
         (k.queue(), "hash"),
         (k.messages(), "stream"),
         (k.dead(), "stream"),
         (k.stats(), "hash"),
-        (k.latency(), "hash"),
     ] {
         set_aside(key, want, &mut steps);
     }

@@ -24,7 +24,13 @@ fn text_line(multi: &MultiProgress) -> ProgressBar {
 
 impl Live {
     pub(super) fn new() -> Self {
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stdout());
+        Self::drawn_to(ProgressDrawTarget::stdout())
+    }
+
+    /// The display drawn to `target`: the terminal, or nowhere in tests,
+    /// which read the lines back from the bars.
+    fn drawn_to(target: ProgressDrawTarget) -> Self {
+        let multi = MultiProgress::with_draw_target(target);
         let progress = multi.add(ProgressBar::new(0));
         progress.set_style(
             ProgressStyle::with_template(
@@ -120,5 +126,133 @@ impl Live {
         for line in &self.table {
             line.finish();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::monitor::report::SenderRow;
+    use crate::stats::Snapshot;
+
+    fn report() -> Report {
+        let now = Snapshot {
+            produced: 1_000,
+            sent: 600,
+            failed: 40,
+            dead: 25,
+            dead_max_attempts: 20,
+            dead_malformed: 5,
+            pending: 30,
+            lag: Some(345),
+            duplicates: 2,
+            attempts: 665,
+            send_time_us: 13_300_000,
+            trimmed: 100,
+            ..Snapshot::default()
+        };
+        let mut report = Report::new(&now, None, Duration::from_secs(3));
+        report.alerts = vec!["ALERT failure rate 6.0% over 0.05".to_owned()];
+        report.senders = vec![
+            SenderRow {
+                name: "a-long-sender-name".to_owned(),
+                sent: 400,
+                failed: 30,
+                dead: 20,
+                pending: 10,
+                avg_send_ms: Some(12.34),
+                rate_per_s: 33.3,
+            },
+            SenderRow {
+                name: "b".to_owned(),
+                sent: 200,
+                failed: 10,
+                dead: 5,
+                pending: 20,
+                avg_send_ms: None,
+                rate_per_s: 0.0,
+            },
+        ];
+        report
+    }
+
+    #[test]
+    fn the_bar_counts_settled_against_produced_and_the_lines_carry_the_figures() {
+        let mut live = Live::drawn_to(ProgressDrawTarget::hidden());
+        live.show(&report());
+        assert_eq!(live.progress.length(), Some(1_000));
+        assert_eq!(live.progress.position(), 625, "sent + dead");
+        let status = live.status.message();
+        assert!(
+            status.starts_with(
+                "sent 600 | failed 40 | dead 25 | pending 30 | queued 345 | duplicates 2 | avg 20.0 ms"
+            ),
+            "status line: {status}"
+        );
+        let health = live.health.message();
+        assert_eq!(
+            health,
+            "oldest queued -, pending - | live senders 0 | \
+             dead: deleted 0, malformed 5, max_attempts 20 | trimmed 100 | retention -"
+        );
+        let table: Vec<String> = live.table.iter().map(|line| line.message()).collect();
+        let fields = |line: &str| {
+            line.split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            table.iter().map(|line| fields(line)).collect::<Vec<_>>(),
+            [
+                vec![
+                    "sender", "sent", "failed", "dead", "avg", "ms", "msg/s", "pending"
+                ],
+                vec![
+                    "a-long-sender-name",
+                    "400",
+                    "30",
+                    "20",
+                    "12.3",
+                    "33.3",
+                    "10"
+                ],
+                vec!["b", "200", "10", "5", "-", "0.0", "20"],
+            ],
+            "a header and one line per sender"
+        );
+        // Columns line up: the name column is as wide as the longest name.
+        assert!(
+            table.iter().all(|line| line.len() == table[0].len()),
+            "{table:#?}"
+        );
+        let right_edge = |line: &str, field: &str| line.find(field).map(|at| at + field.len());
+        assert_eq!(
+            right_edge(&table[1], " 400"),
+            right_edge(&table[0], " sent"),
+            "numbers are right-aligned under their heading: {table:#?}"
+        );
+    }
+
+    #[test]
+    fn fewer_senders_later_keep_the_table_and_finish_ends_every_line() {
+        let mut live = Live::drawn_to(ProgressDrawTarget::hidden());
+        let mut report = report();
+        live.show(&report);
+        report.senders.truncate(1);
+        report.lag = None;
+        report.avg_send_ms = None;
+        live.show(&report);
+        assert_eq!(live.table.len(), 3, "lines are reused, never removed");
+        assert!(
+            live.status.message().contains("| queued ? |")
+                && live.status.message().contains("| avg - |"),
+            "{}",
+            live.status.message()
+        );
+        live.finish();
+        assert!(live.progress.is_finished() && live.status.is_finished());
+        assert!(live.table.iter().all(ProgressBar::is_finished));
     }
 }
