@@ -148,6 +148,7 @@ impl<'a> PendingCursor<'a> {
             if self.head.is_none() && !self.exhausted {
                 let rows = self
                     .store
+                    .inspector()
                     .pending_page(self.after.as_deref(), self.page_size)
                     .await?;
                 self.exhausted = rows.len() < self.page_size;
@@ -235,8 +236,11 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
         Ok(counters) => counters,
         Err(lost) => return Ok(lost),
     };
-    let group = store.group_info().await?;
-    let info = store.stream_info(&store.keys().messages()).await?;
+    let group = store.inspector().group_info().await?;
+    let info = store
+        .inspector()
+        .stream_info(&store.keys().messages())
+        .await?;
     let last_delivered = id_key(if group.exists {
         &group.last_delivered_id
     } else {
@@ -251,6 +255,7 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     let mut after: Option<String> = None;
     loop {
         let entries = store
+            .inspector()
             .range_ids(&ids, &store.keys().messages(), after.as_deref(), page)
             .await?;
         let Some(last) = entries.last() else { break };
@@ -321,6 +326,7 @@ async fn dead_reasons(
     let mut after: Option<String> = None;
     loop {
         let entries = store
+            .inspector()
             .range_values(
                 ids,
                 &store.keys().dead(),

@@ -77,6 +77,7 @@ pub async fn list(
     let mut before: Option<String> = None;
     loop {
         let page = store
+            .inspector()
             .range_page_rev(&conn, &store.keys().dead(), before.as_deref(), PAGE)
             .await?;
         let Some(last) = page.last() else { break };
@@ -162,7 +163,11 @@ pub async fn requeue(store: &Store, selection: &Selection) -> Result<RequeueRepo
             let mut chosen = Vec::new();
             let mut seen = std::collections::HashSet::new();
             for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-                match store.range_one(&conn, &store.keys().dead(), id).await? {
+                match store
+                    .inspector()
+                    .range_one(&conn, &store.keys().dead(), id)
+                    .await?
+                {
                     Some(entry) => choose(&entry, &mut chosen, &mut report),
                     None => report.missing.push(id.clone()),
                 }
@@ -175,6 +180,7 @@ pub async fn requeue(store: &Store, selection: &Selection) -> Result<RequeueRepo
             let mut after: Option<String> = None;
             loop {
                 let page = store
+                    .inspector()
                     .range_page(&conn, &store.keys().dead(), after.as_deref(), PAGE)
                     .await?;
                 let Some(last) = page.last() else { break };
@@ -227,8 +233,9 @@ async fn move_back(
     if ids.is_empty() {
         return Ok(());
     }
-    let (requeued, missing) = store
-        .retrying("requeue dead letters", || store.requeue(ids))
+    let operator = store.operator();
+    let (requeued, missing) = operator
+        .retrying("requeue dead letters", || operator.requeue(ids))
         .await?;
     report.requeued += requeued;
     report.missing.extend(missing);
@@ -238,12 +245,13 @@ async fn move_back(
 /// Deletes dead letters older than `older_than` (by Redis's clock), a
 /// bounded slice per call. Returns how many.
 pub async fn purge(store: &Store, older_than: Duration) -> Result<u64, StoreError> {
-    let now_ms = store.server_time_ms().await?;
+    let now_ms = store.inspector().server_time_ms().await?;
     let min_id = format!("{}-0", now_ms.saturating_sub(older_than.as_millis() as u64));
+    let operator = store.operator();
     let mut purged = 0;
     loop {
-        let n = store
-            .retrying("purge dead letters", || store.purge_dead(&min_id))
+        let n = operator
+            .retrying("purge dead letters", || operator.purge_dead(&min_id))
             .await?;
         if n == 0 {
             return Ok(purged);

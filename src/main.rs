@@ -322,7 +322,7 @@ async fn one_shot(store: &Store, task: Task) -> anyhow::Result<ExitStatus> {
             print_json_or_text(json, &value, &(text + "\n"))?;
         }
         Task::Runs { json } => {
-            let runs = store.all_runs().await?;
+            let runs = store.inspector().all_runs().await?;
             print_json_or_text(json, &runs, &runs_table(&runs))?;
         }
         Task::Dead(task) => return dead_task(store, task).await,
@@ -405,9 +405,10 @@ async fn repair_task(store: &Store, yes: bool, group_start: &str) -> anyhow::Res
 
 /// Trims until a call removes nothing (each call does a bounded amount).
 async fn trim(store: &Store) -> Result<sms_alerts::store::Trimmed, StoreError> {
+    let sender = store.sender();
     let mut total = sms_alerts::store::Trimmed::default();
     loop {
-        let once = store.retrying("trim the stream", || store.trim()).await?;
+        let once = sender.retrying("trim the stream", || sender.trim()).await?;
         total.entries += once.entries;
         total.dead_letters += once.dead_letters;
         if once.entries + once.dead_letters == 0 {

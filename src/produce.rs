@@ -24,8 +24,8 @@ use crate::generator::MessageGenerator;
 use crate::message::Message;
 use crate::settings::ProduceSettings;
 use crate::store::{
-    BatchConnection, BatchWrite, CommittedBatch, NameHold, PreparedBatch, Retry, RunEnd, RunPlan,
-    StartedBatch, Store, StoreError,
+    BatchConnection, BatchWrite, CommittedBatch, NameHold, PreparedBatch, Producer, Retry, RunEnd,
+    RunPlan, StartedBatch, Store, StoreError,
 };
 
 /// Batches generated ahead of the writer: enough that the next is always
@@ -123,6 +123,7 @@ pub async fn run(
     settings: &ProduceSettings,
     shutdown: &CancellationToken,
 ) -> Result<ProduceSummary, ProduceError> {
+    let store = &store.producer();
     let started = Instant::now();
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let run_id = settings
@@ -177,7 +178,7 @@ pub async fn run(
 /// producer waits at most [`STOP_GRACE`] for Redis, then gives its lease
 /// back and leaves the run to read as died.
 async fn record_end(
-    store: &Store,
+    store: &Producer,
     run_id: &str,
     token: &str,
     plan: &RunPlan,
@@ -214,7 +215,7 @@ async fn record_end(
 /// Starts the new run `run_id`, or takes over the one to resume: its plan,
 /// and the batches already written.
 async fn begin(
-    store: &Store,
+    store: &Producer,
     settings: &ProduceSettings,
     run_id: &str,
     token: &str,
@@ -248,7 +249,7 @@ async fn begin(
 /// Writes the run's batches not in `skip`. Returns the messages written and
 /// whether `shutdown` stopped it early.
 async fn write_run(
-    store: &Store,
+    store: &Producer,
     run_id: &str,
     plan: &RunPlan,
     skip: &HashSet<u64>,
@@ -289,7 +290,7 @@ async fn write_run(
 /// producer took the run over. Lost or damaged queue state is left for the
 /// writes to report.
 async fn keep_lease(
-    store: Store,
+    store: Producer,
     run_id: String,
     token: String,
     ttl: Duration,
@@ -364,7 +365,7 @@ fn ranges(seqs: &[u64]) -> String {
 /// would wait for it whenever that took longer than its work on the batch
 /// before.
 fn generate(
-    store: Store,
+    store: Producer,
     plan: &RunPlan,
     skip: HashSet<u64>,
     run_id: String,
@@ -417,7 +418,7 @@ struct Writer {
 }
 
 impl Writer {
-    async fn connect(store: &Store) -> Result<Self, StoreError> {
+    async fn connect(store: &Producer) -> Result<Self, StoreError> {
         let conn = store
             .retrying("connect the producer", || store.batch_connection())
             .await?;
@@ -433,7 +434,7 @@ impl Writer {
     /// `shutdown` fires (true). Fails if another producer took the run over.
     async fn push_all(
         &mut self,
-        store: &Store,
+        store: &Producer,
         batches: &mut mpsc::Receiver<PreparedBatch>,
         shutdown: &CancellationToken,
         lost_lease: &CancellationToken,
@@ -469,7 +470,7 @@ impl Writer {
     }
 
     /// Commits the batch started before and starts `batch`.
-    async fn push(&mut self, store: &Store, batch: PreparedBatch) -> Result<(), StoreError> {
+    async fn push(&mut self, store: &Producer, batch: PreparedBatch) -> Result<(), StoreError> {
         self.commit_started(store).await?;
         self.started = Some((batch.clone(), self.conn.start(&batch)));
         while self.committed.len() > COMMITTED_IN_FLIGHT {
@@ -479,7 +480,7 @@ impl Writer {
     }
 
     /// Commits the started batch, and waits for every outcome.
-    async fn finish(&mut self, store: &Store) -> Result<(), StoreError> {
+    async fn finish(&mut self, store: &Producer) -> Result<(), StoreError> {
         self.commit_started(store).await?;
         while !self.committed.is_empty() {
             self.settle_oldest(store).await?;
@@ -487,7 +488,7 @@ impl Writer {
         Ok(())
     }
 
-    async fn commit_started(&mut self, store: &Store) -> Result<(), StoreError> {
+    async fn commit_started(&mut self, store: &Producer) -> Result<(), StoreError> {
         let Some((batch, started)) = self.started.take() else {
             return Ok(());
         };
@@ -498,7 +499,7 @@ impl Writer {
         Ok(())
     }
 
-    async fn settle_oldest(&mut self, store: &Store) -> Result<(), StoreError> {
+    async fn settle_oldest(&mut self, store: &Producer) -> Result<(), StoreError> {
         let Some((batch, committed)) = self.committed.pop_front() else {
             return Ok(());
         };
@@ -515,7 +516,7 @@ impl Writer {
     /// (its `EXEC` was not sent, so it cannot land from there).
     async fn recover(
         &mut self,
-        store: &Store,
+        store: &Producer,
         batch: PreparedBatch,
         err: StoreError,
     ) -> Result<(), StoreError> {
@@ -538,7 +539,7 @@ impl Writer {
 /// retried here may land after batches sent later, if those succeeded where it
 /// failed.
 async fn write_again(
-    store: &Store,
+    store: &Producer,
     batch: &PreparedBatch,
     err: StoreError,
 ) -> Result<(), StoreError> {

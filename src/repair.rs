@@ -175,32 +175,34 @@ impl Found {
 }
 
 async fn read(store: &Store) -> Result<Found, StoreError> {
+    let inspector = store.inspector();
+    let operator = store.operator();
     let k = store.keys();
     let mut types = HashMap::new();
     for key in [k.queue(), k.messages(), k.dead(), k.stats()] {
-        let kind = store.key_type(&key).await?;
+        let kind = operator.key_type(&key).await?;
         types.insert(key, kind);
     }
     let is = |key: &str, kind: &str| types.get(key).is_some_and(|t| t == kind);
     let epoch = if is(&k.queue(), "hash") {
-        store.hash(&k.queue()).await?.remove("epoch")
+        operator.hash(&k.queue()).await?.remove("epoch")
     } else {
         None
     };
     let totals = if is(&k.stats(), "hash") {
-        store.hash(&k.stats()).await?
+        operator.hash(&k.stats()).await?
     } else {
         HashMap::new()
     };
     let (mut entries_added, mut stream_length, mut group) = (0, 0, None);
     if is(&k.messages(), "stream") {
-        let info = store.stream_info(&k.messages()).await?;
+        let info = inspector.stream_info(&k.messages()).await?;
         (entries_added, stream_length) = (info.entries_added, info.length);
-        let g = store.group_info().await?;
+        let g = inspector.group_info().await?;
         group = g.exists.then_some((g.pending, g.lag));
     }
     let dead_length = if is(&k.dead(), "stream") {
-        store.stream_info(&k.dead()).await?.length
+        inspector.stream_info(&k.dead()).await?.length
     } else {
         0
     };
@@ -221,7 +223,7 @@ pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreE
     let found = read(store).await?;
     let k = store.keys();
     let mut steps = Vec::new();
-    let stamp = store.server_time_ms().await?;
+    let stamp = store.inspector().server_time_ms().await?;
     let set_aside = |key: String, want: &str, steps: &mut Vec<Step>| {
         let kind = found.kind(&key).to_owned();
         if kind != "none" && kind != want {
@@ -287,9 +289,10 @@ pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreE
 /// number is set to 0 (its history is lost); a sender's report window that
 /// is not numbers is forgotten.
 async fn other_key_steps(store: &Store, stamp: u64) -> Result<Vec<Step>, StoreError> {
+    let operator = store.operator();
     let k = store.keys();
     let mut steps = Vec::new();
-    for key in store.all_keys().await? {
+    for key in operator.all_keys().await? {
         let Some(role) = k.role(&key) else { continue };
         let handled = matches!(
             role,
@@ -298,7 +301,7 @@ async fn other_key_steps(store: &Store, stamp: u64) -> Result<Vec<Step>, StoreEr
         if handled || key.contains(":damaged:") {
             continue;
         }
-        let kind = store.key_type(&key).await?;
+        let kind = operator.key_type(&key).await?;
         if kind != role.redis_type() {
             steps.push(Step::SetAside {
                 to: format!("{key}:damaged:{stamp}"),
@@ -311,7 +314,7 @@ async fn other_key_steps(store: &Store, stamp: u64) -> Result<Vec<Step>, StoreEr
             continue;
         }
         let mut window_broken = false;
-        for (field, value) in store.hash(&key).await? {
+        for (field, value) in operator.hash(&key).await? {
             if is_counter(value.as_bytes()) || field == "batch_token" {
                 continue;
             }
@@ -400,6 +403,7 @@ async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<S
         ("$".to_owned(), 0)
     } else {
         let after = store
+            .operator()
             .count_after(&store.keys().messages(), group_start)
             .await?;
         (group_start.to_owned(), after)
@@ -414,6 +418,7 @@ async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<S
 
 /// Does the repairs of `plan`, in order, each in one transaction.
 pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
+    let inspector = store.inspector();
     let k = store.keys();
     for step in &plan.steps {
         let mut cmds: Vec<redis::Cmd> = Vec::new();
@@ -423,7 +428,7 @@ pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
             }
             Step::NewIdentity { .. } => {
                 let epoch = format!("{:016x}", rand::rng().random::<u64>());
-                let now = store.server_time_ms().await?;
+                let now = inspector.server_time_ms().await?;
                 cmds.push(
                     redis::cmd("HSET")
                         .arg(k.queue())
@@ -480,7 +485,7 @@ pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
             } => {
                 // Created meanwhile (say, by another repair): its
                 // abandoned messages are counted already.
-                if store.group_info().await?.exists {
+                if inspector.group_info().await?.exists {
                     continue;
                 }
                 cmds.push(
@@ -505,7 +510,7 @@ pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
         }
         // Each repair is one transaction: a failure leaves it undone, and a
         // second `repair` finds it still to do.
-        store.run_atomically(&cmds).await?;
+        store.operator().run_atomically(&cmds).await?;
     }
     Ok(())
 }

@@ -28,9 +28,10 @@ pub struct SenderRow {
 
 /// The group's senders, by name.
 pub async fn list(store: &Store) -> Result<Vec<SenderRow>, StoreError> {
-    let consumers = store.consumers().await?;
+    let inspector = store.inspector();
+    let consumers = inspector.consumers().await?;
     let names: Vec<String> = consumers.iter().map(|c| c.name.clone()).collect();
-    let live = store.live_names(&names).await?;
+    let live = inspector.live_names(&names).await?;
     let mut rows: Vec<SenderRow> = consumers
         .into_iter()
         .zip(live)
@@ -108,9 +109,9 @@ impl PruneReport {
 /// least `min_idle`.
 pub async fn prune(store: &Store, min_idle: Duration) -> Result<PruneReport, StoreError> {
     let mut report = PruneReport::default();
-    for consumer in store.consumers().await? {
+    for consumer in store.inspector().consumers().await? {
         let name = consumer.name;
-        match store.prune(&name, min_idle).await? {
+        match store.operator().prune(&name, min_idle).await? {
             PruneOutcome::Pruned => report.pruned.push(name),
             PruneOutcome::Live => report.live.push(name),
             PruneOutcome::Pending => report.holding_messages.push(name),

@@ -173,11 +173,12 @@ impl Snapshot {
     /// ended in between would look finished while its messages were not
     /// counted, and `--until-done` would end before they were sent.
     pub async fn read(store: &Store) -> Result<Self, StoreError> {
-        let (open_runs, any_run) = store.open_runs().await?;
-        let mut snapshot = Self::from_fields(&store.snapshot_fields().await?);
+        let inspector = store.inspector();
+        let (open_runs, any_run) = inspector.open_runs().await?;
+        let mut snapshot = Self::from_fields(&inspector.snapshot_fields().await?);
         (snapshot.open_runs, snapshot.any_run) = (open_runs, any_run);
-        snapshot.live_senders = store.live_sender_count().await?;
-        snapshot.memory = Memory::from_info(&store.info("memory").await?);
+        snapshot.live_senders = inspector.live_sender_count().await?;
+        snapshot.memory = Memory::from_info(&inspector.info("memory").await?);
         Ok(snapshot)
     }
 
@@ -318,9 +319,10 @@ impl SenderSnapshot {
     /// Every sender of the group with its counters: two round trips whatever
     /// the number of messages.
     pub async fn read_all(store: &Store) -> Result<Vec<Self>, StoreError> {
-        let consumers = store.consumers().await?;
+        let inspector = store.inspector();
+        let consumers = inspector.consumers().await?;
         let names: Vec<String> = consumers.iter().map(|c| c.name.clone()).collect();
-        let stats = store.sender_stats(&names).await?;
+        let stats = inspector.sender_stats(&names).await?;
         let mut senders: Vec<Self> = consumers
             .into_iter()
             .zip(stats)

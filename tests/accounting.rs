@@ -21,10 +21,15 @@ async fn a_duplicate_delivery_is_counted_once() {
         .read_connection(Duration::from_secs(1))
         .await
         .expect("conn");
-    let read = store.read_new(&conn, "x", 10, 100).await.expect("read");
+    let read = store
+        .sender()
+        .read_new(&conn, "x", 10, 100)
+        .await
+        .expect("read");
     assert_eq!(read.len(), 1);
     let id = read[0].id.clone();
     let claimed = store
+        .sender()
         .claim("y", Duration::ZERO, None, 10, 5, None)
         .await
         .expect("claim");
@@ -40,10 +45,12 @@ async fn a_duplicate_delivery_is_counted_once() {
         send_time_us: 1_000,
     };
     let first = store
+        .sender()
         .report("y", 5, Duration::ZERO, "tok-y", 1, &[ok(&id)])
         .await
         .expect("report y");
     let second = store
+        .sender()
         .report("x", 5, Duration::ZERO, "tok-x", 1, &[ok(&id)])
         .await
         .expect("report x");
@@ -52,6 +59,7 @@ async fn a_duplicate_delivery_is_counted_once() {
 
     // A batch retried after a lost reply is not applied twice.
     let replay = store
+        .sender()
         .report("x", 5, Duration::ZERO, "tok-x", 1, &[ok(&id)])
         .await
         .expect("replay");
@@ -78,7 +86,11 @@ async fn report_batches_landing_out_of_order_each_apply_exactly_once() {
         .read_connection(Duration::from_secs(1))
         .await
         .expect("conn");
-    let read = store.read_new(&conn, "w", 40, 100).await.expect("read");
+    let read = store
+        .sender()
+        .read_new(&conn, "w", 40, 100)
+        .await
+        .expect("read");
     assert_eq!(read.len(), 40);
     let batch = |seq: usize| -> Vec<ReportItem> {
         read[(seq - 1) * 4..seq * 4]
@@ -95,6 +107,7 @@ async fn report_batches_landing_out_of_order_each_apply_exactly_once() {
         let items = batch(seq);
         async move {
             store
+                .sender()
                 .report("w", 5, Duration::ZERO, "tok-w", seq as u64, &items)
                 .await
                 .expect("report")

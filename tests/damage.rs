@@ -48,6 +48,7 @@ async fn busy_queue(url: &str, test: &str) -> (Store, Vec<String>) {
         send_time_us: 0,
     };
     store
+        .sender()
         .report("c1", 3, Duration::ZERO, "setup", 1, &[malformed])
         .await
         .expect("one dead letter");
@@ -195,26 +196,37 @@ async fn make(call: &str, store: &Store, pending: &[String]) -> Result<(), Store
     };
     match call {
         "report" => store
+            .sender()
             .report("c1", 1, Duration::ZERO, "t", 1, &items)
             .await
             .map(drop),
         "claim" => store
+            .sender()
             .claim("c2", Duration::ZERO, None, 100, 1, None)
             .await
             .map(drop),
-        "renew" => store.renew("c1", pending).await.map(drop),
-        "trim" => store.trim().await.map(drop),
-        "requeue" => store.requeue(&["0-1".to_owned()]).await.map(drop),
-        "purge" => store.purge_dead("99999999999999-0").await.map(drop),
+        "renew" => store.sender().renew("c1", pending).await.map(drop),
+        "trim" => store.sender().trim().await.map(drop),
+        "requeue" => store
+            .operator()
+            .requeue(&["0-1".to_owned()])
+            .await
+            .map(drop),
+        "purge" => store
+            .operator()
+            .purge_dead("99999999999999-0")
+            .await
+            .map(drop),
         "run start" => {
             store
+                .producer()
                 .start_run("r2", &plan, "tok", Duration::from_secs(5))
                 .await
         }
         "batch" => {
             let message = sms_alerts::generator::MessageGenerator::seeded(1).next_message(1);
-            let batch = store.prepare_batch("r", 1, &[message]);
-            store.write_batch(&batch).await.map(drop)
+            let batch = store.producer().prepare_batch("r", 1, &[message]);
+            store.producer().write_batch(&batch).await.map(drop)
         }
         other => panic!("no call {other}"),
     }
@@ -582,13 +594,13 @@ async fn a_queue_created_anew_is_told_from_the_one_a_process_started_with() {
     command(&redis.url, &["FLUSHALL"]).await;
     let second = store(&redis.url, &prefix).await;
     assert_ne!(first.epoch(), second.epoch());
-    let err = first.trim().await.expect_err("another queue now");
+    let err = first.sender().trim().await.expect_err("another queue now");
     assert!(
         matches!(&err, StoreError::Lost(text) if text.contains("created anew")),
         "{err}"
     );
     // The new queue's own handle works.
-    second.trim().await.expect("its own queue");
+    second.sender().trim().await.expect("its own queue");
     // `migrate` keeps an existing queue.
     let (again, _, identity) = Store::connect(&queue(&redis.url, &prefix))
         .await

@@ -102,6 +102,7 @@ async fn the_audit_reconciles_across_pages_and_catches_tampering() {
         .await
         .expect("conn");
     let read = store
+        .sender()
         .read_new(&reader, "rogue", 1, 100)
         .await
         .expect("read");
@@ -175,7 +176,11 @@ async fn pruning_removes_only_dead_empty_senders_and_loses_nothing() {
     })
     .await;
     wait_until("ghost's lease lapsed", Duration::from_secs(10), || async {
-        !store.live_names(&["ghost".to_owned()]).await.expect("live")[0]
+        !store
+            .inspector()
+            .live_names(&["ghost".to_owned()])
+            .await
+            .expect("live")[0]
     })
     .await;
 

@@ -24,7 +24,7 @@ async fn start_noeviction_redis() -> TestRedis {
 
 /// One field of an `INFO` section.
 async fn info_field(store: &Store, section: &str, field: &str) -> Option<String> {
-    let info = store.info(section).await.expect("INFO");
+    let info = store.inspector().info(section).await.expect("INFO");
     info.lines()
         .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
         .map(|value| value.trim().to_owned())

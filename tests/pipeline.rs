@@ -260,21 +260,21 @@ async fn a_producer_batch_sent_twice_is_added_once() {
     let store = store(&redis.url, &unique_prefix("batch-once")).await;
     let mut generator = sms_alerts::generator::MessageGenerator::seeded(5);
     let messages: Vec<_> = (0..250).map(|_| generator.next_message(0)).collect();
-    let batch = store.prepare_batch("run-a", 1, &messages);
+    let batch = store.producer().prepare_batch("run-a", 1, &messages);
     // The second send stands for a retry after a lost reply, or for the first
     // try landing late, after its retry: either way the batch lands once.
     assert_eq!(
-        store.write_batch(&batch).await.expect("first"),
+        store.producer().write_batch(&batch).await.expect("first"),
         BatchWrite::Added
     );
     assert_eq!(
-        store.write_batch(&batch).await.expect("again"),
+        store.producer().write_batch(&batch).await.expect("again"),
         BatchWrite::AlreadyWritten
     );
     // The same seq of another run is another batch.
-    let other = store.prepare_batch("run-b", 1, &messages[..10]);
+    let other = store.producer().prepare_batch("run-b", 1, &messages[..10]);
     assert_eq!(
-        store.write_batch(&other).await.expect("other"),
+        store.producer().write_batch(&other).await.expect("other"),
         BatchWrite::Added
     );
 
@@ -291,11 +291,11 @@ async fn a_late_first_try_of_a_batch_is_aborted_by_its_retry_and_a_connection_go
     let store = store(&redis.url, &unique_prefix("batch-fence")).await;
     let mut generator = sms_alerts::generator::MessageGenerator::seeded(6);
     let messages: Vec<_> = (0..300).map(|_| generator.next_message(0)).collect();
-    let batch = store.prepare_batch("run-f", 1, &messages[..200]);
+    let batch = store.producer().prepare_batch("run-f", 1, &messages[..200]);
 
     // The first try has watched its run and queued its commands, but its
     // EXEC is not sent yet: it stands for a try whose reply was lost.
-    let first = store.batch_connection().await.expect("connects");
+    let first = store.producer().batch_connection().await.expect("connects");
     let watched_before = command_calls(&store, "watch").await;
     let late = first.start(&batch);
     wait_until(
@@ -306,7 +306,7 @@ async fn a_late_first_try_of_a_batch_is_aborted_by_its_retry_and_a_connection_go
     .await;
     // Its retry lands meanwhile.
     assert_eq!(
-        store.write_batch(&batch).await.expect("retry"),
+        store.producer().write_batch(&batch).await.expect("retry"),
         BatchWrite::Added
     );
     // Now the first try's EXEC runs: its WATCH saw the retry's mark.
@@ -319,17 +319,21 @@ async fn a_late_first_try_of_a_batch_is_aborted_by_its_retry_and_a_connection_go
     let err = outcome.expect_err("the late first try is aborted");
     assert!(err.is_transient(), "tried again, it finds the mark: {err}");
     assert_eq!(
-        store.write_batch(&batch).await.expect("once more"),
+        store
+            .producer()
+            .write_batch(&batch)
+            .await
+            .expect("once more"),
         BatchWrite::AlreadyWritten
     );
 
     // A connection that found a batch marked (DISCARD) writes the next one.
-    let conn = store.batch_connection().await.expect("connects");
+    let conn = store.producer().batch_connection().await.expect("connects");
     assert_eq!(
         conn.write(&batch).await.expect("marked"),
         BatchWrite::AlreadyWritten
     );
-    let next = store.prepare_batch("run-f", 2, &messages[200..]);
+    let next = store.producer().prepare_batch("run-f", 2, &messages[200..]);
     assert_eq!(conn.write(&next).await.expect("next"), BatchWrite::Added);
 
     let snapshot = Snapshot::read(&store).await.expect("snapshot");
@@ -409,7 +413,7 @@ async fn requests_reach_redis_in_the_order_they_are_made() {
         .await
         .expect("connects");
     let reads: Vec<_> = (0..READS)
-        .map(|_| store.read_new(&conn, "orderly", 1, 1))
+        .map(|_| store.sender().read_new(&conn, "orderly", 1, 1))
         .collect();
     // Awaited last first: only the order they were made in may count.
     let mut got = Vec::new();
@@ -433,7 +437,7 @@ async fn requests_reach_redis_in_the_order_they_are_made() {
         "read i got the stream's entry i: {got:?}"
     );
 
-    let reports = store.report_connection().await.expect("connects");
+    let reports = store.sender().report_connection().await.expect("connects");
     let item = sms_alerts::store::ReportItem {
         id: got[0].clone(),
         outcome: sms_alerts::store::Outcome::Sent,
@@ -441,7 +445,7 @@ async fn requests_reach_redis_in_the_order_they_are_made() {
     };
     let pending: Vec<_> = (1..=REPORTS)
         .map(|seq| {
-            let report = store.prepare_report(
+            let report = store.sender().prepare_report(
                 "orderly",
                 3,
                 Duration::from_secs(1),

@@ -35,6 +35,7 @@ async fn a_claim_call_scans_a_bounded_slice_and_the_cursor_finds_stale_work_deep
 
     let lease = Duration::from_secs(60);
     let first = store
+        .sender()
         .claim("taker", lease, None, 1_000, 3, None)
         .await
         .expect("claim");
@@ -49,6 +50,7 @@ async fn a_claim_call_scans_a_bounded_slice_and_the_cursor_finds_stale_work_deep
     let mut claimed = Vec::new();
     while let Some(at) = cursor {
         let reply = store
+            .sender()
             .claim("taker", lease, Some(&at), 1_000, 3, None)
             .await
             .expect("claim");
@@ -70,6 +72,7 @@ async fn a_claim_call_takes_at_most_200_entries() {
     produce_n(&store, 22, 1_000).await;
     let held = read_as(&redis.url, &store, "holder", 1_000).await;
     let reply = store
+        .sender()
         .claim("taker", Duration::ZERO, None, 1_000, 3, None)
         .await
         .expect("claim");

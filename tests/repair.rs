@@ -171,7 +171,7 @@ async fn a_stream_lost_with_its_messages_counts_them_as_abandoned() {
          sent again; 50 messages the lost group had not settled are counted as abandoned\n"
     );
     repair::apply(&found, &plan).await.expect("repairs");
-    assert!(found.group_info().await.expect("XINFO").exists);
+    assert!(found.inspector().group_info().await.expect("XINFO").exists);
     let after = Snapshot::read(&found).await.expect("counters");
     assert_eq!((after.produced, after.abandoned), (0, 50));
     // Applied twice (say, by two operators), the group is found and kept.

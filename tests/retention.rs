@@ -210,6 +210,7 @@ async fn a_group_moved_back_keeps_what_it_will_deliver_again() {
         })
         .collect();
     store
+        .sender()
         .report("c1", 3, Duration::ZERO, "t", 1, &items)
         .await
         .expect("250 sent, 50 pending");
@@ -222,7 +223,7 @@ async fn a_group_moved_back_keeps_what_it_will_deliver_again() {
         .query_async(&mut conn)
         .await
         .expect("SETID");
-    let trimmed = store.trim().await.expect("trim").entries;
+    let trimmed = store.sender().trim().await.expect("trim").entries;
     assert_eq!(
         trimmed, 0,
         "nothing the group will deliver again is trimmed"
@@ -252,7 +253,7 @@ async fn a_group_that_stops_consuming_holds_trimming_back_and_is_named() {
     .await;
     sender.stop().await;
     assert_eq!(
-        store.trim().await.expect("trim").entries,
+        store.sender().trim().await.expect("trim").entries,
         0,
         "analytics needs them all"
     );
@@ -294,7 +295,7 @@ async fn a_group_that_stops_consuming_holds_trimming_back_and_is_named() {
         .query_async(&mut conn)
         .await
         .expect("destroy the foreign group");
-    let trimmed = store.trim().await.expect("trim").entries;
+    let trimmed = store.sender().trim().await.expect("trim").entries;
     assert!(trimmed >= 900, "trimmed once the group is gone: {trimmed}");
 }
 

@@ -674,13 +674,14 @@ async fn a_paused_producer_whose_run_was_resumed_adds_nothing_twice() {
     // the process wakes up later with batches in hand.
     first.signal("STOP");
     let died = || async {
-        store.all_runs().await.is_ok_and(|runs| {
+        store.inspector().all_runs().await.is_ok_and(|runs| {
             runs.iter()
                 .any(|run| run.id == "r5" && run.state == RunState::Died)
         })
     };
     wait_until("run r5 counts as died", Duration::from_secs(10), died).await;
     let at_death = store
+        .producer()
         .written_batches("r5")
         .await
         .expect("written batches")
@@ -704,6 +705,7 @@ async fn a_paused_producer_whose_run_was_resumed_adds_nothing_twice() {
         Duration::from_secs(30),
         || async {
             store
+                .producer()
                 .written_batches("r5")
                 .await
                 .is_ok_and(|written| written.len() > at_death)
@@ -747,6 +749,7 @@ async fn a_run_whose_producer_died_after_its_last_batch_resumes_to_nothing_more(
         batch: 10,
     };
     store
+        .producer()
         .start_run("tail", &plan, "gone", Duration::from_millis(300))
         .await
         .expect("the run starts");
@@ -754,7 +757,8 @@ async fn a_run_whose_producer_died_after_its_last_batch_resumes_to_nothing_more(
     for (seq, size) in [(1, 10), (2, 10), (3, 5)] {
         let messages: Vec<Message> = (0..size).map(|_| generator.next_message(1)).collect();
         store
-            .write_batch(&store.prepare_batch("tail", seq, &messages))
+            .producer()
+            .write_batch(&store.producer().prepare_batch("tail", seq, &messages))
             .await
             .expect("the batch is written");
     }
@@ -762,7 +766,7 @@ async fn a_run_whose_producer_died_after_its_last_batch_resumes_to_nothing_more(
         "run tail counts as died",
         Duration::from_secs(10),
         || async {
-            store.all_runs().await.is_ok_and(|runs| {
+            store.inspector().all_runs().await.is_ok_and(|runs| {
                 runs.iter()
                     .any(|run| run.id == "tail" && run.state == RunState::Died)
             })
@@ -810,6 +814,7 @@ async fn resuming_or_reusing_a_run_is_refused_when_it_would_repeat_messages() {
         batch: 10,
     };
     store
+        .producer()
         .start_run("held", &plan, "live-producer", Duration::from_secs(120))
         .await
         .expect("the run starts");

@@ -208,7 +208,7 @@ async fn the_first_signal_stops_a_sender_or_producer_retrying_its_first_write() 
         "the sender gave its name back, at maxmemory too"
     );
     assert!(
-        store.all_runs().await.expect("runs").is_empty(),
+        store.inspector().all_runs().await.expect("runs").is_empty(),
         "the producer recorded no run"
     );
     assert_eq!(

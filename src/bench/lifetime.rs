@@ -90,7 +90,10 @@ async fn reclaim_cost(url: &str, pending: u64) -> Result<(f64, (f64, u64)), Stor
     let reader = store.read_connection(Duration::ZERO).await?;
     let mut read = 0;
     while read < pending {
-        let entries = store.read_new(&reader, "holder", FILL_READ, 0).await?;
+        let entries = store
+            .sender()
+            .read_new(&reader, "holder", FILL_READ, 0)
+            .await?;
         if entries.is_empty() {
             break;
         }
@@ -101,6 +104,7 @@ async fn reclaim_cost(url: &str, pending: u64) -> Result<(f64, (f64, u64)), Stor
         let store = store.clone();
         async move {
             store
+                .sender()
                 .claim("claimer", lease, cursor.as_deref(), CLAIM_BATCH, 3, None)
                 .await
                 .map(|reply| reply.cursor)
@@ -113,6 +117,7 @@ async fn reclaim_cost(url: &str, pending: u64) -> Result<(f64, (f64, u64)), Stor
         let claimed = Arc::clone(&claimed);
         async move {
             let reply = store
+                .sender()
                 .claim(
                     "claimer",
                     Duration::ZERO,
@@ -151,7 +156,7 @@ where
 
 /// FCALL's calls and microseconds so far.
 async fn fcall_stats(store: &Store) -> Result<(u64, u64), StoreError> {
-    let info = store.info("commandstats").await?;
+    let info = store.inspector().info("commandstats").await?;
     let line = info
         .lines()
         .find_map(|l| l.strip_prefix("cmdstat_fcall:"))

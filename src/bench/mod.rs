@@ -363,24 +363,25 @@ async fn wait_settled(store: &Store, total: u64) -> Result<(), StoreError> {
 
 /// Writes `rate` messages a second for `during`, in batches every 10 ms.
 async fn steady_produce(store: &Store, rate: u64, during: Duration) -> Result<u64, StoreError> {
+    let producer = store.producer();
     let per_tick = rate / 100;
     let mut generator = MessageGenerator::seeded(3);
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     let started = Instant::now();
     let mut seq = 0;
-    let conn = store.batch_connection().await?;
+    let conn = producer.batch_connection().await?;
     while started.elapsed() < during {
         tick.tick().await;
         seq += 1;
         let batch: Vec<_> = (0..per_tick).map(|_| generator.next_message(0)).collect();
-        conn.write(&store.prepare_batch("bench-steady", seq, &batch))
+        conn.write(&producer.prepare_batch("bench-steady", seq, &batch))
             .await?;
     }
     Ok(seq * per_tick)
 }
 
 async fn used_memory(store: &Store) -> Result<u64, StoreError> {
-    let info = store.info("memory").await?;
+    let info = store.inspector().info("memory").await?;
     Ok(info
         .lines()
         .find_map(|l| l.strip_prefix("used_memory:"))
@@ -389,7 +390,7 @@ async fn used_memory(store: &Store) -> Result<u64, StoreError> {
 }
 
 async fn clean(store: &Store) -> Result<(), StoreError> {
-    store.delete_all_keys().await
+    store.operator().delete_all_keys().await
 }
 
 /// Runs this binary as a sender with 10,000 slow sends in flight and reads its

@@ -21,7 +21,7 @@ use super::recover::Reclaim;
 use super::simulate::Simulator;
 use super::summary::Progress;
 use crate::settings::SendSettings;
-use crate::store::{Outcome, ReportItem, Retry, Store, StoreError, StreamEntry};
+use crate::store::{Outcome, ReportItem, Retry, Sender, StoreError, StreamEntry};
 
 /// Longest a read blocks, so the loop checks for work to reclaim and for
 /// shutdown at least this often.
@@ -42,7 +42,7 @@ pub struct DispatchTotals {
 
 /// The dispatcher's state.
 pub(super) struct Dispatcher {
-    pub store: Store,
+    pub store: Sender,
     pub settings: SendSettings,
     pub simulator: Simulator,
     /// One per message held, from its read until its result is written.
@@ -295,7 +295,7 @@ impl Dispatcher {
             // First, so an error that ends the sender is returned even when
             // `stop` has fired.
             biased;
-            waited = retry.wait(&self.store, err) => waited,
+            waited = self.store.wait_to_retry(retry, err) => waited,
             () = stop.cancelled() => Ok(()),
         }
     }

@@ -17,7 +17,7 @@ use super::fatal::Fatal;
 use super::in_flight::{Finished, InFlight, PendingWrite, Reports};
 use super::summary::Progress;
 use crate::store::{
-    PendingReply, PreparedReport, ReportConnection, ReportItem, ReportReply, Retry, Store,
+    PendingReply, PreparedReport, ReportConnection, ReportItem, ReportReply, Retry, Sender,
     StoreError,
 };
 
@@ -69,7 +69,7 @@ fn record_end_to_end(histogram: &mut crate::latency::Histogram, items: &[ReportI
 
 /// The flushing task's fixed inputs.
 pub(super) struct Flusher {
-    pub store: Store,
+    pub store: Sender,
     pub consumer: String,
     pub max_attempts: u32,
     /// Idle time given to a failed message: lease − backoff.

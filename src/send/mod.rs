@@ -57,7 +57,7 @@ pub use dispatch::DispatchTotals;
 pub use flush::FlushTotals;
 
 use crate::settings::SendSettings;
-use crate::store::{Store, StoreError};
+use crate::store::{Sender, Store, StoreError};
 use dispatch::Dispatcher;
 use fatal::Fatal;
 use flush::Flusher;
@@ -144,6 +144,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<SendSummary, SendError> {
     let started = Instant::now();
+    let store = store.sender();
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let stop = shutdown.child_token();
     if !name::acquire(&store, &settings.name, &token, settings.lease, &stop).await? {
@@ -156,7 +157,7 @@ pub async fn run(
         failure_rate = settings.failure_rate,
         "sender started"
     );
-    let sender = Sender {
+    let sender = Shared {
         fatal: Fatal::new(stop.clone()),
         store,
         settings,
@@ -196,8 +197,8 @@ struct Sent {
 }
 
 /// What the sender's tasks share.
-struct Sender {
-    store: Store,
+struct Shared {
+    store: Sender,
     settings: SendSettings,
     /// This process's hold on the sender name.
     token: String,
@@ -216,7 +217,7 @@ struct Upkeep {
     summary_stop: CancellationToken,
 }
 
-impl Sender {
+impl Shared {
     /// Reads and sends until `stop` fires, then drains: sends what was read
     /// until the shutdown deadline and writes the results.
     async fn send(&self, stop: &CancellationToken) -> Sent {
@@ -360,7 +361,7 @@ impl Upkeep {
     /// Waits for the lease and trimming tasks (stopped with the sender),
     /// stops the progress log and gives the name back. True if the name was
     /// taken over while the sender ran.
-    async fn stop(self, sender: &Sender) -> bool {
+    async fn stop(self, sender: &Shared) -> bool {
         let name_lost = self.keeper.await.unwrap_or(false);
         let _ = self.trimmer.await;
         self.summary_stop.cancel();

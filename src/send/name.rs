@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SendError;
 use super::fatal::Fatal;
-use crate::store::{NameHold, Retry, Store};
+use crate::store::{NameHold, Retry, Sender};
 
 /// Longest wait between two looks at a name held by someone else.
 const POLL: Duration = Duration::from_millis(250);
@@ -20,7 +20,7 @@ const POLL: Duration = Duration::from_millis(250);
 /// the name (away, or out of memory): nothing was started, so a signal stops
 /// the sender at once.
 pub(super) async fn acquire(
-    store: &Store,
+    store: &Sender,
     name: &str,
     token: &str,
     ttl: Duration,
@@ -66,7 +66,7 @@ pub(super) async fn acquire(
 /// at the next tick and logged sparingly ([`Retry`]): at `maxmemory` every
 /// renewal fails for as long as memory stays full.
 pub(super) async fn keep(
-    store: Store,
+    store: Sender,
     name: String,
     token: String,
     ttl: Duration,

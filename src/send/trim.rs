@@ -8,14 +8,14 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::fatal::Fatal;
-use crate::store::{Retry, Store};
+use crate::store::{Retry, Sender};
 
 /// How often a sender trims. At 100,000 entries per call at most, one sender
 /// keeps up with 500,000 settled messages a second.
 pub(super) const TRIM_EVERY: Duration = Duration::from_millis(200);
 
 /// Trims every [`TRIM_EVERY`] until `stop`; lost or damaged state is raised.
-pub(super) async fn keep_trimmed(store: Store, stop: CancellationToken, fatal: Fatal) {
+pub(super) async fn keep_trimmed(store: Sender, stop: CancellationToken, fatal: Fatal) {
     let mut tick = tokio::time::interval(TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry = Retry::new("trim the stream").until_done().every(TRIM_EVERY);

@@ -43,10 +43,11 @@
 
 use bytes::Bytes;
 
+use super::Producer;
+use super::StoreError;
 use super::frame::{Cursor, server_error};
 use super::pending::PendingReply;
 use super::resp::{RespConnection, encode};
-use super::{Store, StoreError};
 use crate::message::{Message, field};
 
 /// Names of the steps, for errors.
@@ -309,10 +310,13 @@ impl CommittedBatch {
     }
 }
 
-impl Store {
+impl Producer {
     /// A connection for producer batches (see [`BatchConnection`]).
     pub async fn batch_connection(&self) -> Result<BatchConnection, StoreError> {
-        let conn = self.resp_connection(std::time::Duration::ZERO).await?;
+        let conn = self
+            .store
+            .resp_connection(std::time::Duration::ZERO)
+            .await?;
         Ok(BatchConnection { conn })
     }
 
@@ -326,10 +330,10 @@ impl Store {
     /// so that it can be sent on a [`BatchConnection`] and sent again after a
     /// failure.
     pub fn prepare_batch(&self, run_id: &str, seq: u64, messages: &[Message]) -> PreparedBatch {
-        let stream = self.keys.messages();
-        let stats = self.keys.stats();
-        let run = self.keys.run_batches(run_id);
-        let queue = self.keys.queue();
+        let stream = self.store.keys.messages();
+        let stats = self.store.keys.stats();
+        let run = self.store.keys.run_batches(run_id);
+        let queue = self.store.keys.queue();
         let mut number = itoa::Buffer::new();
         let seq_text = number.format(seq).as_bytes().to_vec();
         let count = messages.len().to_string();
@@ -375,7 +379,7 @@ impl Store {
         PreparedBatch {
             check: Bytes::from(check),
             queue: QueueCheck {
-                epoch: self.epoch.clone(),
+                epoch: self.store.epoch.clone(),
                 queue,
                 stream,
                 stats,

@@ -12,7 +12,7 @@ use crate::latency::Histogram;
 
 use super::reply::{array, bad, bytes, field_pairs, int, text};
 use super::streams::StreamEntry;
-use super::{Store, StoreError};
+use super::{Inspector, Operator, Sender, Store, StoreError};
 
 /// How one send attempt ended. The order is that of the id groups of
 /// `sms_report`'s arguments.
@@ -86,7 +86,7 @@ pub enum NameHold {
     HeldByOther(Duration),
 }
 
-/// What [`Store::prune`] did with one consumer.
+/// What [`Operator::prune`] did with one consumer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PruneOutcome {
     /// Removed from the group.
@@ -176,6 +176,41 @@ impl Store {
             .map_err(StoreError::redis(name))
     }
 
+    /// Takes or renews a liveness lease held in `key` (`sms_hold_name`).
+    pub(super) async fn hold_lease(
+        &self,
+        key: String,
+        token: &str,
+        ttl: Duration,
+    ) -> Result<NameHold, StoreError> {
+        const NAME: &str = "sms_hold_name";
+        let args = vec![
+            self.epoch.as_bytes().to_vec(),
+            token.as_bytes().to_vec(),
+            ttl.as_millis().to_string().into_bytes(),
+        ];
+        let keys = [self.keys.queue(), key];
+        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
+        let held = int(NAME, reply.next().unwrap_or(Value::Nil))?;
+        let remaining = int(NAME, reply.next().unwrap_or(Value::Nil))?;
+        let lapsed = reply.next().map(|v| int(NAME, v)).transpose()? == Some(1);
+        Ok(if held == 1 {
+            NameHold::Held { lapsed }
+        } else {
+            NameHold::HeldByOther(Duration::from_millis(remaining.max(0) as u64))
+        })
+    }
+
+    /// Gives the lease in `key` back (`sms_release_name`), if `token` holds it.
+    pub(super) async fn release_lease(&self, key: String, token: &str) -> Result<(), StoreError> {
+        const NAME: &str = "sms_release_name";
+        let args = vec![token.as_bytes().to_vec()];
+        self.fcall(NAME, &[key], args).await?;
+        Ok(())
+    }
+}
+
+impl Sender {
     /// Acknowledges and counts a batch of results in one atomic call
     /// (`sms_report`) on a pooled connection. `(token, seq)` identify the
     /// batch, so that a retry after a lost reply is not applied twice: `token`
@@ -195,7 +230,7 @@ impl Store {
         self.rewrite_report(&report).await
     }
 
-    /// Encodes the call of [`Store::report`] once, to send it on a connection
+    /// Encodes the call of [`Sender::report`] once, to send it on a connection
     /// of the caller's and, after a failure, send it again.
     #[allow(clippy::too_many_arguments)]
     pub fn prepare_report(
@@ -208,12 +243,12 @@ impl Store {
         items: &[ReportItem],
     ) -> PreparedReport {
         let keys = [
-            self.keys.queue(),
-            self.keys.messages(),
-            self.keys.dead(),
-            self.keys.stats(),
-            self.keys.sender_stats(consumer),
-            self.keys.latency(),
+            self.store.keys.queue(),
+            self.store.keys.messages(),
+            self.store.keys.dead(),
+            self.store.keys.stats(),
+            self.store.keys.sender_stats(consumer),
+            self.store.keys.latency(),
         ];
         // The ids go grouped by outcome and the send times already bucketed,
         // so Redis does no per-result work beyond the commands each needs.
@@ -231,8 +266,8 @@ impl Store {
         cmd.arg(REPORT)
             .arg(keys.len())
             .arg(&keys)
-            .arg(&*self.epoch)
-            .arg(&self.group)
+            .arg(&*self.store.epoch)
+            .arg(&self.store.group)
             .arg(consumer)
             .arg(max_attempts)
             .arg(retry_idle.as_millis() as u64)
@@ -252,7 +287,7 @@ impl Store {
     /// Sends `report` on a pooled connection: the first time, or again after
     /// a failure (the batch applies at most once).
     pub async fn rewrite_report(&self, report: &PreparedReport) -> Result<ReportReply, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         report_reply(report.0.query_async(&mut conn).await)
     }
 
@@ -272,15 +307,15 @@ impl Store {
     ) -> Result<ClaimReply, StoreError> {
         const NAME: &str = "sms_claim";
         let keys = [
-            self.keys.queue(),
-            self.keys.messages(),
-            self.keys.dead(),
-            self.keys.stats(),
-            self.keys.sender_stats(consumer),
+            self.store.keys.queue(),
+            self.store.keys.messages(),
+            self.store.keys.dead(),
+            self.store.keys.stats(),
+            self.store.keys.sender_stats(consumer),
         ];
         let args = vec![
-            self.epoch.as_bytes().to_vec(),
-            self.group.as_bytes().to_vec(),
+            self.store.epoch.as_bytes().to_vec(),
+            self.store.group.as_bytes().to_vec(),
             consumer.as_bytes().to_vec(),
             min_idle.as_millis().to_string().into_bytes(),
             cursor.unwrap_or("-").as_bytes().to_vec(),
@@ -288,7 +323,7 @@ impl Store {
             max_attempts.to_string().into_bytes(),
             owner.unwrap_or("").as_bytes().to_vec(),
         ];
-        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
+        let mut reply = array(NAME, self.store.fcall(NAME, &keys, args).await?)?.into_iter();
         let cursor = text(NAME, reply.next().unwrap_or(Value::Nil))?;
         let dead = int(NAME, reply.next().unwrap_or(Value::Nil))?.max(0) as u64;
         let mut claimed = Vec::new();
@@ -322,12 +357,12 @@ impl Store {
             return Ok(Vec::new());
         }
         let mut args = Vec::with_capacity(3 + ids.len());
-        args.push(self.epoch.as_bytes().to_vec());
-        args.push(self.group.as_bytes().to_vec());
+        args.push(self.store.epoch.as_bytes().to_vec());
+        args.push(self.store.group.as_bytes().to_vec());
         args.push(consumer.as_bytes().to_vec());
         args.extend(ids.iter().map(|id| id.as_bytes().to_vec()));
-        let keys = [self.keys.queue(), self.keys.messages()];
-        let reply = self.fcall(NAME, &keys, args).await?;
+        let keys = [self.store.keys.queue(), self.store.keys.messages()];
+        let reply = self.store.fcall(NAME, &keys, args).await?;
         array(NAME, reply)?
             .into_iter()
             .map(|v| text(NAME, v))
@@ -342,49 +377,42 @@ impl Store {
         token: &str,
         ttl: Duration,
     ) -> Result<NameHold, StoreError> {
-        self.hold_lease(self.keys.sender_lease(consumer), token, ttl)
+        self.store
+            .hold_lease(self.store.keys.sender_lease(consumer), token, ttl)
             .await
-    }
-
-    /// Takes or renews a liveness lease held in `key` (`sms_hold_name`).
-    pub(super) async fn hold_lease(
-        &self,
-        key: String,
-        token: &str,
-        ttl: Duration,
-    ) -> Result<NameHold, StoreError> {
-        const NAME: &str = "sms_hold_name";
-        let args = vec![
-            self.epoch.as_bytes().to_vec(),
-            token.as_bytes().to_vec(),
-            ttl.as_millis().to_string().into_bytes(),
-        ];
-        let keys = [self.keys.queue(), key];
-        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
-        let held = int(NAME, reply.next().unwrap_or(Value::Nil))?;
-        let remaining = int(NAME, reply.next().unwrap_or(Value::Nil))?;
-        let lapsed = reply.next().map(|v| int(NAME, v)).transpose()? == Some(1);
-        Ok(if held == 1 {
-            NameHold::Held { lapsed }
-        } else {
-            NameHold::HeldByOther(Duration::from_millis(remaining.max(0) as u64))
-        })
     }
 
     /// Gives a sender name back (`sms_release_name`), if this process holds it.
     pub async fn release_name(&self, consumer: &str, token: &str) -> Result<(), StoreError> {
-        self.release_lease(self.keys.sender_lease(consumer), token)
+        self.store
+            .release_lease(self.store.keys.sender_lease(consumer), token)
             .await
     }
 
-    /// Gives the lease in `key` back (`sms_release_name`), if `token` holds it.
-    pub(super) async fn release_lease(&self, key: String, token: &str) -> Result<(), StoreError> {
-        const NAME: &str = "sms_release_name";
-        let args = vec![token.as_bytes().to_vec()];
-        self.fcall(NAME, &[key], args).await?;
-        Ok(())
+    /// Applies the queue's retention once (`sms_trim`): removes settled
+    /// entries and dead letters older than it, safely for every group.
+    pub async fn trim(&self) -> Result<Trimmed, StoreError> {
+        const NAME: &str = "sms_trim";
+        let keys = [
+            self.store.keys.queue(),
+            self.store.keys.messages(),
+            self.store.keys.dead(),
+            self.store.keys.stats(),
+        ];
+        let args = vec![
+            self.store.epoch.as_bytes().to_vec(),
+            self.store.group.as_bytes().to_vec(),
+        ];
+        let mut reply = array(NAME, self.store.fcall(NAME, &keys, args).await?)?.into_iter();
+        let mut next = || int(NAME, reply.next().unwrap_or(Value::Nil)).map(|n| n.max(0) as u64);
+        Ok(Trimmed {
+            entries: next()?,
+            dead_letters: next()?,
+        })
     }
+}
 
+impl Operator {
     /// Removes `consumer` from the group if no live process holds its name, it
     /// has no pending entries and it was idle for at least `min_idle`
     /// (`sms_prune`, atomic).
@@ -395,17 +423,17 @@ impl Store {
     ) -> Result<PruneOutcome, StoreError> {
         const NAME: &str = "sms_prune";
         let keys = [
-            self.keys.queue(),
-            self.keys.messages(),
-            self.keys.sender_lease(consumer),
+            self.store.keys.queue(),
+            self.store.keys.messages(),
+            self.store.keys.sender_lease(consumer),
         ];
         let args = vec![
-            self.epoch.as_bytes().to_vec(),
-            self.group.as_bytes().to_vec(),
+            self.store.epoch.as_bytes().to_vec(),
+            self.store.group.as_bytes().to_vec(),
             consumer.as_bytes().to_vec(),
             min_idle.as_millis().to_string().into_bytes(),
         ];
-        let outcome = text(NAME, self.fcall(NAME, &keys, args).await?)?;
+        let outcome = text(NAME, self.store.fcall(NAME, &keys, args).await?)?;
         Ok(match outcome.as_str() {
             "pruned" => PruneOutcome::Pruned,
             "live" => PruneOutcome::Live,
@@ -416,25 +444,72 @@ impl Store {
         })
     }
 
+    /// Moves dead letters back into the stream (`sms_requeue`, one atomic
+    /// call). Returns how many were requeued and the ids that were not in
+    /// the dead stream (or held no message).
+    pub async fn requeue(&self, ids: &[String]) -> Result<(u64, Vec<String>), StoreError> {
+        const NAME: &str = "sms_requeue";
+        let keys = [
+            self.store.keys.queue(),
+            self.store.keys.messages(),
+            self.store.keys.dead(),
+            self.store.keys.stats(),
+        ];
+        let mut args = Vec::with_capacity(1 + ids.len());
+        args.push(self.store.epoch.as_bytes().to_vec());
+        args.extend(ids.iter().map(|id| id.as_bytes().to_vec()));
+        let mut reply = array(NAME, self.store.fcall(NAME, &keys, args).await?)?.into_iter();
+        let requeued = int(NAME, reply.next().unwrap_or(Value::Nil))?.max(0) as u64;
+        let mut missing = Vec::new();
+        let mut past_marker = false;
+        for item in reply {
+            let item = text(NAME, item)?;
+            if past_marker {
+                missing.push(item);
+            } else if item == "missing" {
+                past_marker = true;
+            }
+        }
+        Ok((requeued, missing))
+    }
+
+    /// Deletes a bounded slice of the dead letters below `min_id`
+    /// (`sms_dead_purge`); 0 once none is left.
+    pub async fn purge_dead(&self, min_id: &str) -> Result<u64, StoreError> {
+        const NAME: &str = "sms_dead_purge";
+        let keys = [
+            self.store.keys.queue(),
+            self.store.keys.dead(),
+            self.store.keys.stats(),
+        ];
+        let args = vec![
+            self.store.epoch.as_bytes().to_vec(),
+            min_id.as_bytes().to_vec(),
+        ];
+        Ok(int(NAME, self.store.fcall(NAME, &keys, args).await?)?.max(0) as u64)
+    }
+}
+
+impl Inspector {
     /// Everything the monitor shows, read in one call (`sms_snapshot`): the
     /// totals hash plus stream, group, retention and identity figures, by
     /// name. Never fails on a damaged queue: it reports the damage.
     pub async fn snapshot_fields(&self) -> Result<SnapshotFields, StoreError> {
         const NAME: &str = "sms_snapshot";
         let keys = [
-            self.keys.queue(),
-            self.keys.messages(),
-            self.keys.dead(),
-            self.keys.stats(),
-            self.keys.latency(),
+            self.store.keys.queue(),
+            self.store.keys.messages(),
+            self.store.keys.dead(),
+            self.store.keys.stats(),
+            self.store.keys.latency(),
         ];
         let mut cmd = redis::cmd("FCALL_RO");
         cmd.arg(NAME)
             .arg(keys.len())
             .arg(&keys)
-            .arg(&self.group)
-            .arg(&*self.epoch);
-        let mut conn = self.conn().await?;
+            .arg(&self.store.group)
+            .arg(&*self.store.epoch);
+        let mut conn = self.store.conn().await?;
         let reply: Value = cmd
             .query_async(&mut conn)
             .await
@@ -455,65 +530,5 @@ impl Store {
             }
         }
         Ok(fields)
-    }
-
-    /// Applies the queue's retention once (`sms_trim`): removes settled
-    /// entries and dead letters older than it, safely for every group.
-    pub async fn trim(&self) -> Result<Trimmed, StoreError> {
-        const NAME: &str = "sms_trim";
-        let keys = [
-            self.keys.queue(),
-            self.keys.messages(),
-            self.keys.dead(),
-            self.keys.stats(),
-        ];
-        let args = vec![
-            self.epoch.as_bytes().to_vec(),
-            self.group.as_bytes().to_vec(),
-        ];
-        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
-        let mut next = || int(NAME, reply.next().unwrap_or(Value::Nil)).map(|n| n.max(0) as u64);
-        Ok(Trimmed {
-            entries: next()?,
-            dead_letters: next()?,
-        })
-    }
-
-    /// Moves dead letters back into the stream (`sms_requeue`, one atomic
-    /// call). Returns how many were requeued and the ids that were not in
-    /// the dead stream (or held no message).
-    pub async fn requeue(&self, ids: &[String]) -> Result<(u64, Vec<String>), StoreError> {
-        const NAME: &str = "sms_requeue";
-        let keys = [
-            self.keys.queue(),
-            self.keys.messages(),
-            self.keys.dead(),
-            self.keys.stats(),
-        ];
-        let mut args = Vec::with_capacity(1 + ids.len());
-        args.push(self.epoch.as_bytes().to_vec());
-        args.extend(ids.iter().map(|id| id.as_bytes().to_vec()));
-        let mut reply = array(NAME, self.fcall(NAME, &keys, args).await?)?.into_iter();
-        let requeued = int(NAME, reply.next().unwrap_or(Value::Nil))?.max(0) as u64;
-        let mut missing = Vec::new();
-        let mut past_marker = false;
-        for item in reply {
-            let item = text(NAME, item)?;
-            if past_marker {
-                missing.push(item);
-            } else if item == "missing" {
-                past_marker = true;
-            }
-        }
-        Ok((requeued, missing))
-    }
-
-    /// Deletes a bounded slice of the dead letters below `min_id`
-    /// (`sms_dead_purge`); 0 once none is left.
-    pub async fn purge_dead(&self, min_id: &str) -> Result<u64, StoreError> {
-        const NAME: &str = "sms_dead_purge";
-        let keys = [self.keys.queue(), self.keys.dead(), self.keys.stats()];
-        let args = vec![self.epoch.as_bytes().to_vec(), min_id.as_bytes().to_vec()];
-        Ok(int(NAME, self.fcall(NAME, &keys, args).await?)?.max(0) as u64)
     }
 }

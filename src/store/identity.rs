@@ -203,7 +203,7 @@ impl Store {
                 self.epoch
             )));
         }
-        if !self.group_info().await?.exists {
+        if !self.inspector().group_info().await?.exists {
             return Err(StoreError::Damaged(format!(
                 "consumer group {} of {} is gone; it is not re-created by itself, which would \
                  send every message in the stream again: see `sms-alerts repair`",

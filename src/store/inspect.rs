@@ -9,7 +9,8 @@ use redis::Value;
 use super::reader::IdAndValue;
 use super::reply::{array, int, text};
 use super::streams::StreamEntry;
-use super::{ReadConnection, Store, StoreError};
+use super::{Inspector, Operator};
+use super::{ReadConnection, StoreError};
 
 /// One row of the group's pending list.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +86,7 @@ fn count(
     int(command, map.remove(name).unwrap_or(Value::Int(0))).map(|n| n.max(0) as u64)
 }
 
-impl Store {
+impl Inspector {
     /// Up to `count` entries of `key` after `after` (from the start when
     /// `None`), oldest first, read on `conn`: no value over the clipping
     /// limit is held (see [`StreamEntry::oversized`]).
@@ -101,7 +102,7 @@ impl Store {
     }
 
     /// Up to `count` entries of `key` before `before` (from the newest when
-    /// `None`), newest first, read on `conn` like [`Store::range_page`].
+    /// `None`), newest first, read on `conn` like [`Inspector::range_page`].
     pub async fn range_page_rev(
         &self,
         conn: &ReadConnection,
@@ -127,73 +128,9 @@ impl Store {
         Ok(conn.range_full(&cmd).await?.into_iter().next())
     }
 
-    /// The type of `key` (`none` when it does not exist).
-    pub async fn key_type(&self, key: &str) -> Result<String, StoreError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("TYPE")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("TYPE"))
-    }
-
-    /// Every field of the hash `key`, values as lossy text.
-    pub async fn hash(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
-        let mut conn = self.conn().await?;
-        let pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
-            .arg(key)
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("HGETALL"))?;
-        Ok(pairs
-            .into_iter()
-            .map(|(k, v)| {
-                (
-                    String::from_utf8_lossy(&k).into_owned(),
-                    String::from_utf8_lossy(&v).into_owned(),
-                )
-            })
-            .collect())
-    }
-
-    /// How many entries of the stream `key` come after `id`, counted by
-    /// walking their ids a page at a time (memory stays flat).
-    pub async fn count_after(&self, key: &str, id: &str) -> Result<u64, StoreError> {
-        const PAGE: usize = 10_000;
-        let conn = self.read_connection(std::time::Duration::ZERO).await?;
-        let mut after = id.to_owned();
-        let mut count = 0;
-        loop {
-            let ids = self.range_ids(&conn, key, Some(&after), PAGE).await?;
-            count += ids.len() as u64;
-            match ids.last() {
-                Some(last) if ids.len() == PAGE => after = last.clone(),
-                _ => return Ok(count),
-            }
-        }
-    }
-
-    /// Runs the commands of one of an operator's repairs in one `MULTI`
-    /// transaction (never on a hot path). A command that fails inside it is
-    /// an error.
-    pub async fn run_atomically(&self, cmds: &[redis::Cmd]) -> Result<(), StoreError> {
-        if cmds.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        for cmd in cmds {
-            pipe.add_command(cmd.clone()).ignore();
-        }
-        let mut conn = self.conn().await?;
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(StoreError::redis("repair"))
-    }
-
     /// Redis's clock, in milliseconds since the Unix epoch.
     pub async fn server_time_ms(&self) -> Result<u64, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let (seconds, micros): (u64, u64) = redis::cmd("TIME")
             .query_async(&mut conn)
             .await
@@ -202,7 +139,7 @@ impl Store {
     }
 
     /// The ids of up to `count` entries of `key` after `after` (from the
-    /// start when `None`), read on `conn` (see [`Store::read_connection`]).
+    /// start when `None`), read on `conn` (see [`Store::read_connection`](super::Store::read_connection)).
     /// For walks that need no fields: their bytes are skipped, not decoded,
     /// so a page of hostile entries costs no more than any other.
     pub async fn range_ids(
@@ -219,7 +156,7 @@ impl Store {
     /// The ids of up to `count` entries of `key` after `after` (from the
     /// start when `None`), each with the value of its field `name` (the last
     /// one; `None` when absent or too long to read), read on `conn` like
-    /// [`Store::range_ids`]: the other fields are framed, never copied, and
+    /// [`Inspector::range_ids`]: the other fields are framed, never copied, and
     /// no value over 64 KiB is ever held, so a page of entries with 1 MB
     /// bodies costs what a page of small ones does.
     pub async fn range_values(
@@ -242,10 +179,10 @@ impl Store {
     ) -> Result<Vec<PendingRow>, StoreError> {
         const COMMAND: &str = "XPENDING";
         let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let reply: Value = redis::cmd(COMMAND)
-            .arg(self.keys.messages())
-            .arg(&self.group)
+            .arg(self.store.keys.messages())
+            .arg(&self.store.group)
             .arg(start)
             .arg("+")
             .arg(count)
@@ -270,7 +207,7 @@ impl Store {
     /// Figures of stream `key`; zeros when it does not exist.
     pub async fn stream_info(&self, key: &str) -> Result<StreamInfo, StoreError> {
         const COMMAND: &str = "XINFO STREAM";
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let reply: Result<Value, _> = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(key)
@@ -293,10 +230,10 @@ impl Store {
     /// stream is missing).
     pub async fn group_info(&self) -> Result<GroupInfo, StoreError> {
         const COMMAND: &str = "XINFO GROUPS";
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let reply: Value = match redis::cmd("XINFO")
             .arg("GROUPS")
-            .arg(self.keys.messages())
+            .arg(self.store.keys.messages())
             .query_async(&mut conn)
             .await
         {
@@ -308,7 +245,7 @@ impl Store {
         };
         for group in array(COMMAND, reply)? {
             let mut map = fields(COMMAND, group)?;
-            if text(COMMAND, map.remove("name").unwrap_or(Value::Nil))? != self.group {
+            if text(COMMAND, map.remove("name").unwrap_or(Value::Nil))? != self.store.group {
                 continue;
             }
             return Ok(GroupInfo {
@@ -328,14 +265,14 @@ impl Store {
     }
 
     /// The group's consumers; none when the stream or the group is missing
-    /// (what that means is for [`Store::diagnose`] to say).
+    /// (what that means is for [`Store::diagnose`](super::Store::diagnose) to say).
     pub async fn consumers(&self) -> Result<Vec<ConsumerInfo>, StoreError> {
         const COMMAND: &str = "XINFO CONSUMERS";
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let reply: Value = match redis::cmd("XINFO")
             .arg("CONSUMERS")
-            .arg(self.keys.messages())
-            .arg(&self.group)
+            .arg(self.store.keys.messages())
+            .arg(&self.store.group)
             .query_async(&mut conn)
             .await
         {
@@ -370,9 +307,9 @@ impl Store {
         }
         let mut pipe = redis::pipe();
         for name in names {
-            pipe.hgetall(self.keys.sender_stats(name));
+            pipe.hgetall(self.store.keys.sender_stats(name));
         }
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         let replies: Vec<HashMap<String, String>> = pipe
             .query_async(&mut conn)
             .await
@@ -390,7 +327,7 @@ impl Store {
 
     /// One section of INFO, as text.
     pub async fn info(&self, section: &str) -> Result<String, StoreError> {
-        let mut conn = self.conn().await?;
+        let mut conn = self.store.conn().await?;
         redis::cmd("INFO")
             .arg(section)
             .query_async(&mut conn)
@@ -398,11 +335,107 @@ impl Store {
             .map_err(StoreError::redis("INFO"))
     }
 
+    /// How many of the group's senders are alive (hold their name's lease).
+    pub async fn live_sender_count(&self) -> Result<u64, StoreError> {
+        let consumers = self.consumers().await?;
+        let names: Vec<String> = consumers.into_iter().map(|c| c.name).collect();
+        let live = self.live_names(&names).await?;
+        Ok(live.into_iter().filter(|live| *live).count() as u64)
+    }
+
+    /// For each name, whether a live process holds it (its liveness lease exists).
+    pub async fn live_names(&self, names: &[String]) -> Result<Vec<bool>, StoreError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for name in names {
+            pipe.exists(self.store.keys.sender_lease(name));
+        }
+        let mut conn = self.store.conn().await?;
+        pipe.query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("EXISTS"))
+    }
+}
+
+impl Operator {
+    /// The type of `key` (`none` when it does not exist).
+    pub async fn key_type(&self, key: &str) -> Result<String, StoreError> {
+        let mut conn = self.store.conn().await?;
+        redis::cmd("TYPE")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("TYPE"))
+    }
+
+    /// Every field of the hash `key`, values as lossy text.
+    pub async fn hash(&self, key: &str) -> Result<HashMap<String, String>, StoreError> {
+        let mut conn = self.store.conn().await?;
+        let pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("HGETALL"))?;
+        Ok(pairs
+            .into_iter()
+            .map(|(k, v)| {
+                (
+                    String::from_utf8_lossy(&k).into_owned(),
+                    String::from_utf8_lossy(&v).into_owned(),
+                )
+            })
+            .collect())
+    }
+
+    /// How many entries of the stream `key` come after `id`, counted by
+    /// walking their ids a page at a time (memory stays flat).
+    pub async fn count_after(&self, key: &str, id: &str) -> Result<u64, StoreError> {
+        const PAGE: usize = 10_000;
+        let conn = self
+            .store
+            .read_connection(std::time::Duration::ZERO)
+            .await?;
+        let mut after = id.to_owned();
+        let mut count = 0;
+        loop {
+            let ids = self
+                .store
+                .inspector()
+                .range_ids(&conn, key, Some(&after), PAGE)
+                .await?;
+            count += ids.len() as u64;
+            match ids.last() {
+                Some(last) if ids.len() == PAGE => after = last.clone(),
+                _ => return Ok(count),
+            }
+        }
+    }
+
+    /// Runs the commands of one of an operator's repairs in one `MULTI`
+    /// transaction (never on a hot path). A command that fails inside it is
+    /// an error.
+    pub async fn run_atomically(&self, cmds: &[redis::Cmd]) -> Result<(), StoreError> {
+        if cmds.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for cmd in cmds {
+            pipe.add_command(cmd.clone()).ignore();
+        }
+        let mut conn = self.store.conn().await?;
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(StoreError::redis("repair"))
+    }
+
     /// Every key of this queue (its prefix and partition), by SCAN. For
     /// `repair`; never on a hot path.
     pub async fn all_keys(&self) -> Result<Vec<String>, StoreError> {
-        let pattern = self.keys.all_pattern();
-        let mut conn = self.conn().await?;
+        let pattern = self.store.keys.all_pattern();
+        let mut conn = self.store.conn().await?;
         let mut cursor: u64 = 0;
         let mut all = Vec::new();
         loop {
@@ -428,8 +461,8 @@ impl Store {
     /// Deletes every key of this queue (its prefix and partition), by SCAN.
     /// For benchmarks and tests; never on a hot path.
     pub async fn delete_all_keys(&self) -> Result<(), StoreError> {
-        let pattern = self.keys.all_pattern();
-        let mut conn = self.conn().await?;
+        let pattern = self.store.keys.all_pattern();
+        let mut conn = self.store.conn().await?;
         let mut cursor: u64 = 0;
         loop {
             let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -453,28 +486,5 @@ impl Store {
             }
             cursor = next;
         }
-    }
-
-    /// How many of the group's senders are alive (hold their name's lease).
-    pub async fn live_sender_count(&self) -> Result<u64, StoreError> {
-        let consumers = self.consumers().await?;
-        let names: Vec<String> = consumers.into_iter().map(|c| c.name).collect();
-        let live = self.live_names(&names).await?;
-        Ok(live.into_iter().filter(|live| *live).count() as u64)
-    }
-
-    /// For each name, whether a live process holds it (its liveness lease exists).
-    pub async fn live_names(&self, names: &[String]) -> Result<Vec<bool>, StoreError> {
-        if names.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut pipe = redis::pipe();
-        for name in names {
-            pipe.exists(self.keys.sender_lease(name));
-        }
-        let mut conn = self.conn().await?;
-        pipe.query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("EXISTS"))
     }
 }

@@ -3,6 +3,11 @@
 //! Functions library, the migrations, and the one place where transient
 //! failures are retried.
 //!
+//! Callers act through a role handle (`roles.rs`): [`Producer`], [`Sender`],
+//! [`Inspector`] or [`Operator`], each with only the commands its job needs.
+//! [`Store`] itself only connects, opens and migrates the queue and hands
+//! out those handles.
+//!
 //! Two ways to Redis. Cold commands (Function calls other than reports,
 //! inspection, migrations, a report's retry) go through redis-rs, on a
 //! deadpool pool. The hot paths go over one pipelined connection type of our
@@ -34,6 +39,7 @@ mod reply;
 mod report;
 mod resp;
 mod retry;
+mod roles;
 mod runs;
 mod streams;
 mod tls;
@@ -60,6 +66,7 @@ pub use reader::ReadConnection;
 pub use reply::is_counter;
 pub use report::ReportConnection;
 pub use retry::Retry;
+pub use roles::{Inspector, Operator, Producer, Sender};
 pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
 pub use streams::StreamEntry;
 

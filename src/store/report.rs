@@ -9,11 +9,12 @@
 
 use std::time::Duration;
 
+use super::Sender;
 use super::frame::{Cursor, server_error};
 use super::functions::REPORT;
 use super::pending::PendingReply;
 use super::resp::RespConnection;
-use super::{PreparedReport, ReportReply, Store, StoreError};
+use super::{PreparedReport, ReportReply, StoreError};
 
 /// A connection for the sender's reports. Cheap to clone; once the last clone
 /// is dropped, the socket closes as soon as the reports already sent are
@@ -32,14 +33,6 @@ impl ReportConnection {
     }
 }
 
-impl Store {
-    /// A connection for the sender's reports (see [`ReportConnection`]).
-    pub async fn report_connection(&self) -> Result<ReportConnection, StoreError> {
-        let conn = self.resp_connection(Duration::ZERO).await?;
-        Ok(ReportConnection { conn })
-    }
-}
-
 /// Decodes `sms_report`'s reply, `[sent, duplicates, failed, dead,
 /// replayed]`, exactly as on a pooled connection: an error reply keeps its
 /// Redis kind (a lost queue, a missing Function), anything but an array of
@@ -55,6 +48,14 @@ fn report_reply(frame: &[u8]) -> Result<ReportReply, StoreError> {
         left = left.checked_sub(1)?;
         Some(reply.int())
     })
+}
+
+impl Sender {
+    /// A connection for the sender's reports (see [`ReportConnection`]).
+    pub async fn report_connection(&self) -> Result<ReportConnection, StoreError> {
+        let conn = self.store.resp_connection(Duration::ZERO).await?;
+        Ok(ReportConnection { conn })
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ use redis::Value;
 
 use super::functions::NameHold;
 use super::reply::{array, int, text};
+use super::{Inspector, Producer};
 use super::{Store, StoreError};
 
 /// How long a finished run's record stays listed by `runs`.
@@ -100,171 +101,6 @@ impl Store {
         ]
     }
 
-    /// Records a new run and takes its lease (`sms_run_start`).
-    /// [`StoreError::Refused`] when the id is taken.
-    pub async fn start_run(
-        &self,
-        run_id: &str,
-        plan: &RunPlan,
-        token: &str,
-        lease: Duration,
-    ) -> Result<(), StoreError> {
-        const NAME: &str = "sms_run_start";
-        let keys = self.run_keys(run_id);
-        let args = [
-            self.epoch.to_string(),
-            run_id.to_owned(),
-            token.to_owned(),
-            lease.as_millis().to_string(),
-            plan.count.to_string(),
-            plan.seed.to_string(),
-            plan.batch.to_string(),
-            plan.batches().to_string(),
-            RUN_KEEP.as_millis().to_string(),
-        ];
-        self.fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
-            .await?;
-        Ok(())
-    }
-
-    /// Takes over a run whose producer is gone (`sms_run_resume`) and
-    /// returns its plan. [`StoreError::Refused`] when there is no such run,
-    /// it has finished, or its producer is alive.
-    pub async fn resume_run(
-        &self,
-        run_id: &str,
-        token: &str,
-        lease: Duration,
-    ) -> Result<RunPlan, StoreError> {
-        const NAME: &str = "sms_run_resume";
-        let keys = self.run_keys(run_id);
-        let args = [
-            self.epoch.to_string(),
-            run_id.to_owned(),
-            token.to_owned(),
-            lease.as_millis().to_string(),
-        ];
-        let reply = self
-            .fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
-            .await?;
-        let record = flat_map(NAME, reply)?;
-        plan_of(NAME, &record)
-    }
-
-    /// Renews a run's lease (`sms_hold_name`); `HeldByOther` when another
-    /// producer took the run over.
-    pub async fn hold_run(
-        &self,
-        run_id: &str,
-        token: &str,
-        lease: Duration,
-    ) -> Result<NameHold, StoreError> {
-        self.hold_lease(self.keys.run_lease(run_id), token, lease)
-            .await
-    }
-
-    /// Gives a run's lease back (`sms_release_name`), if this process
-    /// (`token`) holds it: the run then reads as died at once.
-    pub async fn release_run(&self, run_id: &str, token: &str) -> Result<(), StoreError> {
-        self.release_lease(self.keys.run_lease(run_id), token).await
-    }
-
-    /// Ends a run (`sms_run_end`). For a finished run, checks first that all
-    /// `batches` are recorded written; returns the numbers of those missing
-    /// (lost with the queue's state), in which case nothing is recorded.
-    pub async fn end_run(
-        &self,
-        run_id: &str,
-        token: &str,
-        end: RunEnd,
-        batches: u64,
-    ) -> Result<Vec<u64>, StoreError> {
-        const NAME: &str = "sms_run_end";
-        let keys = [
-            self.keys.queue(),
-            self.keys.open_runs(),
-            self.keys.run(run_id),
-            self.keys.run_lease(run_id),
-            self.keys.run_batches(run_id),
-        ];
-        let (state, expected) = match end {
-            RunEnd::Finished => ("finished", batches),
-            RunEnd::Stopped => ("stopped", 0),
-        };
-        let args = [
-            self.epoch.to_string(),
-            run_id.to_owned(),
-            token.to_owned(),
-            state.to_owned(),
-            expected.to_string(),
-            RUN_KEEP.as_millis().to_string(),
-        ];
-        let reply = self
-            .fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
-            .await?;
-        let mut items = array(NAME, reply)?.into_iter();
-        let recorded = int(NAME, items.next().unwrap_or(Value::Nil))?;
-        if recorded == 1 {
-            return Ok(Vec::new());
-        }
-        items
-            .map(|seq| int(NAME, seq).map(|n| n.max(0) as u64))
-            .collect()
-    }
-
-    /// The batches of a run recorded written.
-    pub async fn written_batches(&self, run_id: &str) -> Result<HashSet<u64>, StoreError> {
-        let mut conn = self.conn().await?;
-        let seqs: Vec<String> = redis::cmd("HKEYS")
-            .arg(self.keys.run_batches(run_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("HKEYS (run batches)"))?;
-        Ok(seqs.iter().filter_map(|seq| seq.parse().ok()).collect())
-    }
-
-    /// The runs not finished yet, with their state, and whether any run is
-    /// recorded at all (open, or finished within [`RUN_KEEP`]). A run is
-    /// added to both at once, so counting the listed runs *before* reading
-    /// the open ones never shows a run starting in between as one that had
-    /// ended. (A `MULTI` would do too, but Redis refuses to queue commands at
-    /// `maxmemory`, and this must work there.) Read only.
-    pub async fn open_runs(&self) -> Result<(Vec<RunInfo>, bool), StoreError> {
-        let mut conn = self.conn().await?;
-        let (listed, ids): (u64, Vec<String>) = redis::pipe()
-            .zcard(self.keys.runs())
-            .smembers(self.keys.open_runs())
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("SMEMBERS (open runs)"))?;
-        let any = listed > 0 || !ids.is_empty();
-        Ok((self.run_infos(ids).await?, any))
-    }
-
-    /// Every run listed: the open ones and those finished within
-    /// [`RUN_KEEP`], oldest first (read only).
-    pub async fn all_runs(&self) -> Result<Vec<RunInfo>, StoreError> {
-        let mut conn = self.conn().await?;
-        let (mut ids, open): (Vec<String>, Vec<String>) = redis::pipe()
-            .cmd("ZRANGE")
-            .arg(self.keys.runs())
-            .arg(0)
-            .arg(-1)
-            .cmd("SMEMBERS")
-            .arg(self.keys.open_runs())
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("ZRANGE (runs)"))?;
-        for id in open {
-            if !ids.contains(&id) {
-                ids.push(id);
-            }
-        }
-        let mut runs = self.run_infos(ids).await?;
-        runs.sort_by_key(|run| run.started_ms);
-        Ok(runs)
-    }
-
     /// The record, written batches and liveness of each run in `ids`; runs
     /// whose record is gone (expired) are left out.
     async fn run_infos(&self, ids: Vec<String>) -> Result<Vec<RunInfo>, StoreError> {
@@ -348,4 +184,179 @@ fn plan_of(command: &'static str, record: &HashMap<String, String>) -> Result<Ru
         seed: field("seed")?,
         batch: field("batch")?.max(1),
     })
+}
+
+impl Producer {
+    /// Records a new run and takes its lease (`sms_run_start`).
+    /// [`StoreError::Refused`] when the id is taken.
+    pub async fn start_run(
+        &self,
+        run_id: &str,
+        plan: &RunPlan,
+        token: &str,
+        lease: Duration,
+    ) -> Result<(), StoreError> {
+        const NAME: &str = "sms_run_start";
+        let keys = self.store.run_keys(run_id);
+        let args = [
+            self.store.epoch.to_string(),
+            run_id.to_owned(),
+            token.to_owned(),
+            lease.as_millis().to_string(),
+            plan.count.to_string(),
+            plan.seed.to_string(),
+            plan.batch.to_string(),
+            plan.batches().to_string(),
+            RUN_KEEP.as_millis().to_string(),
+        ];
+        self.store
+            .fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
+            .await?;
+        Ok(())
+    }
+
+    /// Takes over a run whose producer is gone (`sms_run_resume`) and
+    /// returns its plan. [`StoreError::Refused`] when there is no such run,
+    /// it has finished, or its producer is alive.
+    pub async fn resume_run(
+        &self,
+        run_id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<RunPlan, StoreError> {
+        const NAME: &str = "sms_run_resume";
+        let keys = self.store.run_keys(run_id);
+        let args = [
+            self.store.epoch.to_string(),
+            run_id.to_owned(),
+            token.to_owned(),
+            lease.as_millis().to_string(),
+        ];
+        let reply = self
+            .store
+            .fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
+            .await?;
+        let record = flat_map(NAME, reply)?;
+        plan_of(NAME, &record)
+    }
+
+    /// Renews a run's lease (`sms_hold_name`); `HeldByOther` when another
+    /// producer took the run over.
+    pub async fn hold_run(
+        &self,
+        run_id: &str,
+        token: &str,
+        lease: Duration,
+    ) -> Result<NameHold, StoreError> {
+        self.store
+            .hold_lease(self.store.keys.run_lease(run_id), token, lease)
+            .await
+    }
+
+    /// Gives a run's lease back (`sms_release_name`), if this process
+    /// (`token`) holds it: the run then reads as died at once.
+    pub async fn release_run(&self, run_id: &str, token: &str) -> Result<(), StoreError> {
+        self.store
+            .release_lease(self.store.keys.run_lease(run_id), token)
+            .await
+    }
+
+    /// Ends a run (`sms_run_end`). For a finished run, checks first that all
+    /// `batches` are recorded written; returns the numbers of those missing
+    /// (lost with the queue's state), in which case nothing is recorded.
+    pub async fn end_run(
+        &self,
+        run_id: &str,
+        token: &str,
+        end: RunEnd,
+        batches: u64,
+    ) -> Result<Vec<u64>, StoreError> {
+        const NAME: &str = "sms_run_end";
+        let keys = [
+            self.store.keys.queue(),
+            self.store.keys.open_runs(),
+            self.store.keys.run(run_id),
+            self.store.keys.run_lease(run_id),
+            self.store.keys.run_batches(run_id),
+        ];
+        let (state, expected) = match end {
+            RunEnd::Finished => ("finished", batches),
+            RunEnd::Stopped => ("stopped", 0),
+        };
+        let args = [
+            self.store.epoch.to_string(),
+            run_id.to_owned(),
+            token.to_owned(),
+            state.to_owned(),
+            expected.to_string(),
+            RUN_KEEP.as_millis().to_string(),
+        ];
+        let reply = self
+            .store
+            .fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
+            .await?;
+        let mut items = array(NAME, reply)?.into_iter();
+        let recorded = int(NAME, items.next().unwrap_or(Value::Nil))?;
+        if recorded == 1 {
+            return Ok(Vec::new());
+        }
+        items
+            .map(|seq| int(NAME, seq).map(|n| n.max(0) as u64))
+            .collect()
+    }
+
+    /// The batches of a run recorded written.
+    pub async fn written_batches(&self, run_id: &str) -> Result<HashSet<u64>, StoreError> {
+        let mut conn = self.store.conn().await?;
+        let seqs: Vec<String> = redis::cmd("HKEYS")
+            .arg(self.store.keys.run_batches(run_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("HKEYS (run batches)"))?;
+        Ok(seqs.iter().filter_map(|seq| seq.parse().ok()).collect())
+    }
+}
+
+impl Inspector {
+    /// The runs not finished yet, with their state, and whether any run is
+    /// recorded at all (open, or finished within [`RUN_KEEP`]). A run is
+    /// added to both at once, so counting the listed runs *before* reading
+    /// the open ones never shows a run starting in between as one that had
+    /// ended. (A `MULTI` would do too, but Redis refuses to queue commands at
+    /// `maxmemory`, and this must work there.) Read only.
+    pub async fn open_runs(&self) -> Result<(Vec<RunInfo>, bool), StoreError> {
+        let mut conn = self.store.conn().await?;
+        let (listed, ids): (u64, Vec<String>) = redis::pipe()
+            .zcard(self.store.keys.runs())
+            .smembers(self.store.keys.open_runs())
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("SMEMBERS (open runs)"))?;
+        let any = listed > 0 || !ids.is_empty();
+        Ok((self.store.run_infos(ids).await?, any))
+    }
+
+    /// Every run listed: the open ones and those finished within
+    /// [`RUN_KEEP`], oldest first (read only).
+    pub async fn all_runs(&self) -> Result<Vec<RunInfo>, StoreError> {
+        let mut conn = self.store.conn().await?;
+        let (mut ids, open): (Vec<String>, Vec<String>) = redis::pipe()
+            .cmd("ZRANGE")
+            .arg(self.store.keys.runs())
+            .arg(0)
+            .arg(-1)
+            .cmd("SMEMBERS")
+            .arg(self.store.keys.open_runs())
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("ZRANGE (runs)"))?;
+        for id in open {
+            if !ids.contains(&id) {
+                ids.push(id);
+            }
+        }
+        let mut runs = self.store.run_infos(ids).await?;
+        runs.sort_by_key(|run| run.started_ms);
+        Ok(runs)
+    }
 }

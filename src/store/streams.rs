@@ -1,6 +1,6 @@
 //! Stream operations: the sender's group reads and stream entries.
 
-use super::{PendingReply, ReadConnection, Store};
+use super::{PendingReply, ReadConnection, Sender};
 use crate::message::{DecodeError, MessageRef, Oversized, RawFields};
 
 /// One stream entry, its fields kept as raw bytes until decoded.
@@ -25,7 +25,7 @@ impl StreamEntry {
     }
 }
 
-impl Store {
+impl Sender {
     /// Reads up to `count` never-delivered entries for `consumer`, waiting up to
     /// `block_ms` for the first one, on `conn` (the sender's read connection:
     /// the read may block). The request is on its way when this returns, so
@@ -40,14 +40,14 @@ impl Store {
     ) -> PendingReply<Vec<StreamEntry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
-            .arg(&self.group)
+            .arg(&self.store.group)
             .arg(consumer)
             .arg("COUNT")
             .arg(count)
             .arg("BLOCK")
             .arg(block_ms)
             .arg("STREAMS")
-            .arg(self.keys.messages())
+            .arg(self.store.keys.messages())
             .arg(">");
         conn.read(&cmd)
     }

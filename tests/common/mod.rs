@@ -261,6 +261,7 @@ pub async fn all_settled(store: &Store, total: u64) -> bool {
 /// Whether a live process holds sender name `name`.
 pub async fn name_is_held(store: &Store, name: &str) -> bool {
     store
+        .inspector()
         .live_names(&[name.to_owned()])
         .await
         .is_ok_and(|live| live.first() == Some(&true))
@@ -305,7 +306,11 @@ pub async fn stream_length(url: &str, key: &str) -> u64 {
 
 /// Calls of one command since Redis started, from `INFO commandstats`.
 pub async fn command_calls(store: &Store, command: &str) -> u64 {
-    let info = store.info("commandstats").await.expect("INFO commandstats");
+    let info = store
+        .inspector()
+        .info("commandstats")
+        .await
+        .expect("INFO commandstats");
     let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
         .find_map(|line| line.strip_prefix(prefix.as_str()))

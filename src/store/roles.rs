@@ -1,0 +1,122 @@
+//! What each part of the program may do with the queue: a narrow handle per
+//! role over one [`Store`], so each caller sees only the commands its job
+//! needs. A producer writes batches and runs; a sender reads, claims,
+//! reports and trims; an inspector only reads (monitor, audit, senders,
+//! metrics); an operator repairs, requeues and prunes. Each handle is cheap to
+//! clone, shares the store's connections, and retries under the store's one
+//! policy ([`Store::retrying`]).
+
+use std::future::Future;
+
+use std::time::Duration;
+
+use super::{ReadConnection, Retry, Store, StoreError};
+use crate::keys::Keys;
+
+/// Declares a role handle: a newtype over [`Store`] with the accessors and
+/// the retry policy every role shares.
+macro_rules! role {
+    ($(#[$doc:meta])* $name:ident, $make:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug)]
+        pub struct $name {
+            pub(super) store: Store,
+        }
+
+        impl Store {
+            #[doc = concat!("This queue's [`", stringify!($name), "`] handle.")]
+            pub fn $make(&self) -> $name {
+                $name { store: self.clone() }
+            }
+        }
+
+        impl $name {
+            /// The key names of this queue.
+            pub fn keys(&self) -> &Keys {
+                self.store.keys()
+            }
+
+            /// The consumer group of this queue.
+            pub fn group(&self) -> &str {
+                self.store.group()
+            }
+
+            /// The Redis URL with any password redacted, for messages.
+            pub fn url(&self) -> &str {
+                self.store.url()
+            }
+
+            /// Runs `op` under the store's retry policy ([`Store::retrying`]).
+            pub async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
+            where
+                F: FnMut() -> Fut,
+                Fut: Future<Output = Result<T, StoreError>>,
+            {
+                self.store.retrying(what, op).await
+            }
+
+            /// Waits as `retry` decides after `err` ([`Retry::wait`]), or
+            /// returns the error when retrying cannot fix it.
+            pub async fn wait_to_retry(
+                &self,
+                retry: &mut Retry<'_>,
+                err: StoreError,
+            ) -> Result<(), StoreError> {
+                retry.wait(&self.store, err).await
+            }
+
+            /// Tells lost or damaged queue state apart from a transient
+            /// failure ([`Store::diagnose`]).
+            pub async fn diagnose(&self) -> Result<(), StoreError> {
+                self.store.diagnose().await
+            }
+        }
+    };
+}
+
+role!(
+    /// What a producer may do: record, hold and end its runs, and write its
+    /// batches exactly once.
+    Producer,
+    producer
+);
+role!(
+    /// What a sender may do: read new messages, claim stale ones, renew its
+    /// leases, report results, hold its name, and trim what retention allows.
+    Sender,
+    sender
+);
+role!(
+    /// What an observer may do: read counters, streams, the group, the
+    /// senders and the runs. It writes nothing.
+    Inspector,
+    inspector
+);
+role!(
+    /// What an operator may do beyond reading: requeue and purge dead
+    /// letters, prune departed senders, rewrite damaged keys, load the
+    /// Functions library.
+    Operator,
+    operator
+);
+
+impl Sender {
+    /// A read connection for this sender's reads ([`Store::read_connection`]).
+    pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, StoreError> {
+        self.store.read_connection(block).await
+    }
+}
+
+impl Inspector {
+    /// A read connection for walks over streams ([`Store::read_connection`]).
+    pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, StoreError> {
+        self.store.read_connection(block).await
+    }
+}
+
+impl Operator {
+    /// An inspector of the same queue: an operator reads before it acts.
+    pub fn inspector(&self) -> Inspector {
+        self.store.inspector()
+    }
+}
