@@ -1,5 +1,5 @@
 //! What the program uses: validated settings, one struct per subcommand,
-//! the defaults as named constants, the value types ([`values`]) and the
+//! the defaults as named constants, the value types (`values`) and the
 //! value checks ([`check`]). The command line and the config files are
 //! turned into these by [`crate::cli`]; nothing downstream sees a raw
 //! argument.
