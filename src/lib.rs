@@ -16,8 +16,10 @@
 //!    checked by every write), the connections (a pool for cold commands,
 //!    a pipelined connection of our own for the hot paths), stream
 //!    operations, typed wrappers of the Functions library in `migrations/`,
-//!    producer runs, migrations and the one retry policy. Every
-//!    connection uses the queue's password and, for `rediss://`, TLS.
+//!    producer runs, migrations and the one retry policy. Callers act
+//!    through a role handle (producer, sender, inspector, operator) that
+//!    has only the commands its job needs. Every connection uses the
+//!    queue's password and, for `rediss://`, TLS.
 //! 4. [`settings`]: what the program uses, validated: one struct per
 //!    subcommand, the defaults as constants, the value types and the checks.
 //! 5. [`stats`]: snapshots of the counters.
