@@ -7,13 +7,12 @@
 //! policy ([`Store::retrying`]).
 
 use std::future::Future;
-
 use std::time::Duration;
 
 use super::{ReadConnection, Retry, Store, StoreError};
 use crate::keys::Keys;
 
-/// Declares a role handle: a newtype over [`Store`] with the accessors and
+/// Declares a role handle: a newtype over [`Store`] with the key names and
 /// the retry policy every role shares.
 macro_rules! role {
     ($(#[$doc:meta])* $name:ident, $make:ident) => {
@@ -36,16 +35,6 @@ macro_rules! role {
                 self.store.keys()
             }
 
-            /// The consumer group of this queue.
-            pub fn group(&self) -> &str {
-                self.store.group()
-            }
-
-            /// The Redis URL with any password redacted, for messages.
-            pub fn url(&self) -> &str {
-                self.store.url()
-            }
-
             /// Runs `op` under the store's retry policy ([`Store::retrying`]).
             pub async fn retrying<T, F, Fut>(&self, what: &str, op: F) -> Result<T, StoreError>
             where
@@ -53,22 +42,6 @@ macro_rules! role {
                 Fut: Future<Output = Result<T, StoreError>>,
             {
                 self.store.retrying(what, op).await
-            }
-
-            /// Waits as `retry` decides after `err` ([`Retry::wait`]), or
-            /// returns the error when retrying cannot fix it.
-            pub async fn wait_to_retry(
-                &self,
-                retry: &mut Retry<'_>,
-                err: StoreError,
-            ) -> Result<(), StoreError> {
-                retry.wait(&self.store, err).await
-            }
-
-            /// Tells lost or damaged queue state apart from a transient
-            /// failure ([`Store::diagnose`]).
-            pub async fn diagnose(&self) -> Result<(), StoreError> {
-                self.store.diagnose().await
             }
         }
     };
@@ -101,6 +74,16 @@ role!(
 );
 
 impl Sender {
+    /// Waits as `retry` decides after `err` ([`Retry::wait`]), or returns
+    /// the error when retrying cannot fix it.
+    pub async fn wait_to_retry(
+        &self,
+        retry: &mut Retry<'_>,
+        err: StoreError,
+    ) -> Result<(), StoreError> {
+        retry.wait(&self.store, err).await
+    }
+
     /// A read connection for this sender's reads ([`Store::read_connection`]).
     pub async fn read_connection(&self, block: Duration) -> Result<ReadConnection, StoreError> {
         self.store.read_connection(block).await
