@@ -3,10 +3,8 @@
 //! connection of its own ([`RespConnection`]), replies decoded here with the
 //! store's one decoder ([`Cursor`]) rather than by redis-rs.
 //!
-//! Why: a profile of a sender at full load put over half of its CPU in
-//! redis-rs's reply parser (`combine`), almost all of it on the big
-//! XREADGROUP replies: 3.3 µs per entry, measured on a 1,000-entry reply.
-//! The cursor reads the reply where it lies, copying only the fields kept.
+//! Why: parsing the big XREADGROUP replies into redis-rs values would be
+//! most of a busy sender's CPU. The cursor reads the reply where it lies, copying only the fields kept.
 //! Several reads can be on the wire at once ([`PendingReply`]). The audit
 //! needs only ids (and, in the dead stream, one field): it skips every other
 //! field, so a page of hostile entries (thousands of fields, 50 KB bodies)

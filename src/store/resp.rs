@@ -3,10 +3,9 @@
 //! sender's reports ([`super::ReportConnection`]) and the producer's batch
 //! writes ([`super::BatchConnection`]). Cold commands go through redis-rs.
 //!
-//! Why: a profile of a sender at full load put over half of its CPU in
-//! redis-rs's reply parser (`combine`): 3.3 µs per XREADGROUP entry,
-//! measured on a 1,000-entry reply; and a producer using `MULTI` spent
-//! 2.7 µs per message parsing the replies of its queued commands. Here a
+//! Why: building redis-rs values for every reply would be most of a busy
+//! sender's CPU (its big XREADGROUP replies) and a large part of the
+//! producer's (a reply per queued command). Here a
 //! reply is only framed (found where it ends) as its bytes arrive, by a
 //! [`FrameScanner`] that remembers where it stopped, so a big reply that
 //! arrives in many pieces is scanned once; the caller reads what it needs
