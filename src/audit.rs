@@ -23,7 +23,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::stats::{QueueState, Snapshot};
-use crate::store::{PendingRow, ReadConnection, Store, StoreError};
+use crate::store::{Inspector, PendingRow, ReadConnection, Store, StoreError};
 
 /// Default entries read per round trip.
 pub const DEFAULT_PAGE: usize = crate::settings::DEFAULT_AUDIT_PAGE;
@@ -121,7 +121,7 @@ impl AuditReport {
 
 /// Walks the pending list page by page, in id order.
 struct PendingCursor<'a> {
-    store: &'a Store,
+    store: &'a Inspector,
     page_size: usize,
     page: std::vec::IntoIter<PendingRow>,
     head: Option<PendingRow>,
@@ -130,7 +130,7 @@ struct PendingCursor<'a> {
 }
 
 impl<'a> PendingCursor<'a> {
-    fn new(store: &'a Store, page_size: usize) -> Self {
+    fn new(store: &'a Inspector, page_size: usize) -> Self {
         Self {
             store,
             page_size,
@@ -148,7 +148,6 @@ impl<'a> PendingCursor<'a> {
             if self.head.is_none() && !self.exhausted {
                 let rows = self
                     .store
-                    .inspector()
                     .pending_page(self.after.as_deref(), self.page_size)
                     .await?;
                 self.exhausted = rows.len() < self.page_size;
@@ -236,11 +235,9 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
         Ok(counters) => counters,
         Err(lost) => return Ok(lost),
     };
-    let group = store.inspector().group_info().await?;
-    let info = store
-        .inspector()
-        .stream_info(&store.keys().messages())
-        .await?;
+    let inspector = store.inspector();
+    let group = inspector.group_info().await?;
+    let info = inspector.stream_info(&store.keys().messages()).await?;
     let last_delivered = id_key(if group.exists {
         &group.last_delivered_id
     } else {
@@ -248,14 +245,13 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     });
 
     let (mut acknowledged, mut pending, mut queued, mut dangling) = (0u64, 0u64, 0u64, 0u64);
-    let mut cursor = PendingCursor::new(store, page);
+    let mut cursor = PendingCursor::new(&inspector, page);
     // Without a group there is no pending list to walk.
     cursor.exhausted = !group.exists;
     let ids = store.read_connection(Duration::ZERO).await?;
     let mut after: Option<String> = None;
     loop {
-        let entries = store
-            .inspector()
+        let entries = inspector
             .range_ids(&ids, &store.keys().messages(), after.as_deref(), page)
             .await?;
         let Some(last) = entries.last() else { break };
@@ -294,7 +290,7 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
         cursor.advance();
     }
 
-    let (dead_length, dead_by_reason) = dead_reasons(store, &ids, page).await?;
+    let (dead_length, dead_by_reason) = dead_reasons(&inspector, &ids, page).await?;
 
     let mut report = AuditReport {
         produced: info.entries_added,
@@ -317,7 +313,7 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
 /// and that field of each entry are decoded, and the connection never holds
 /// a long value, so dead entries with 1 MB bodies cost no more than others.
 async fn dead_reasons(
-    store: &Store,
+    store: &Inspector,
     ids: &ReadConnection,
     page: usize,
 ) -> Result<(u64, BTreeMap<String, u64>), StoreError> {
@@ -326,7 +322,6 @@ async fn dead_reasons(
     let mut after: Option<String> = None;
     loop {
         let entries = store
-            .inspector()
             .range_values(
                 ids,
                 &store.keys().dead(),

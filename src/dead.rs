@@ -72,12 +72,12 @@ pub async fn list(
     reason: Option<&str>,
     limit: u64,
 ) -> Result<Vec<DeadLetter>, StoreError> {
-    let conn = store.read_connection(Duration::ZERO).await?;
+    let inspector = store.inspector();
+    let conn = inspector.read_connection(Duration::ZERO).await?;
     let mut found = Vec::new();
     let mut before: Option<String> = None;
     loop {
-        let page = store
-            .inspector()
+        let page = inspector
             .range_page_rev(&conn, &store.keys().dead(), before.as_deref(), PAGE)
             .await?;
         let Some(last) = page.last() else { break };
@@ -156,18 +156,15 @@ impl RequeueReport {
 /// Moves the selected dead letters that hold a valid message back into the
 /// stream, each atomically.
 pub async fn requeue(store: &Store, selection: &Selection) -> Result<RequeueReport, StoreError> {
-    let conn = store.read_connection(Duration::ZERO).await?;
+    let inspector = store.inspector();
+    let conn = inspector.read_connection(Duration::ZERO).await?;
     let mut report = RequeueReport::default();
     match selection {
         Selection::Ids(ids) => {
             let mut chosen = Vec::new();
             let mut seen = std::collections::HashSet::new();
             for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-                match store
-                    .inspector()
-                    .range_one(&conn, &store.keys().dead(), id)
-                    .await?
-                {
+                match inspector.range_one(&conn, &store.keys().dead(), id).await? {
                     Some(entry) => choose(&entry, &mut chosen, &mut report),
                     None => report.missing.push(id.clone()),
                 }
@@ -179,8 +176,7 @@ pub async fn requeue(store: &Store, selection: &Selection) -> Result<RequeueRepo
             // starts after the last id seen rather than at an offset.
             let mut after: Option<String> = None;
             loop {
-                let page = store
-                    .inspector()
+                let page = inspector
                     .range_page(&conn, &store.keys().dead(), after.as_deref(), PAGE)
                     .await?;
                 let Some(last) = page.last() else { break };

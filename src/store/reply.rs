@@ -63,23 +63,14 @@ pub(super) fn int(command: &'static str, value: Value) -> Result<i64, StoreError
 
 /// A flat `field, value, field, value…` list of byte strings as pairs.
 pub(super) fn field_pairs(command: &'static str, value: Value) -> Result<RawFields, StoreError> {
-    pairs(command, array(command, value)?, |item| bytes(command, item))
-}
-
-/// Pairs up the items of a flat `field, value…` list, each turned into bytes
-/// by `to_bytes`, whatever decoder produced them.
-pub(super) fn pairs<T>(
-    command: &'static str,
-    items: Vec<T>,
-    mut to_bytes: impl FnMut(T) -> Result<Vec<u8>, StoreError>,
-) -> Result<RawFields, StoreError> {
+    let items = array(command, value)?;
     if !items.len().is_multiple_of(2) {
         return Err(bad(command, "odd number of field/value items"));
     }
     let mut pairs = Vec::with_capacity(items.len() / 2);
     let mut items = items.into_iter();
     while let (Some(field), Some(value)) = (items.next(), items.next()) {
-        pairs.push((to_bytes(field)?, to_bytes(value)?));
+        pairs.push((bytes(command, field)?, bytes(command, value)?));
     }
     Ok(pairs)
 }

@@ -96,10 +96,3 @@ impl Inspector {
         self.store.read_connection(block).await
     }
 }
-
-impl Operator {
-    /// An inspector of the same queue: an operator reads before it acts.
-    pub fn inspector(&self) -> Inspector {
-        self.store.inspector()
-    }
-}
