@@ -22,6 +22,7 @@
     sms_run_end       end a producer run
     sms_requeue       move dead letters back into the stream
     sms_dead_purge    remove dead letters older than an id
+    sms_partitions    grow the queue's partition count
     sms_version       LIBRARY_VERSION (read-only)
 
   Every multi-step update that must be atomic runs here, server-side. Every
@@ -59,7 +60,7 @@
     abandoned     messages `repair` gave up when it re-created a lost group
 ]]
 
-local LIBRARY_VERSION = 7
+local LIBRARY_VERSION = 8
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
@@ -1056,6 +1057,35 @@ local function sms_dead_purge(keys, args)
 end
 
 --[[
+  sms_partitions: set the queue's partition count, kept in partition 0's
+  queue hash (field `partitions`; absent means 1). `migrate` creates the new
+  partitions first, each with this epoch, and calls this last, so no process
+  ever reads a count that names a partition not created yet. A count only
+  grows: a partition that goes away would take its messages with it.
+  KEYS: 1 queue (of partition 0)
+  ARGV: 1 epoch, 2 partition count
+  Returns: the count before the call. Refuses with SHRINK <count now>.
+]]
+local function sms_partitions(keys, args)
+  local queue = keys[1]
+  local err = check_identity(queue, args[1])
+  if err then return err end
+  local wanted = tonumber(args[2])
+  if not wanted or wanted < 1 or wanted ~= math.floor(wanted) then
+    return redis.error_reply('ERR partition count ' .. tostring(args[2]) .. ' is not a whole number above 0')
+  end
+  local current = redis.call('HGET', queue, 'partitions')
+  local now = 1
+  if current then
+    now = tonumber(current)
+    if not now then return damaged(queue .. ' partitions is ' .. shown(current) .. ', not a number') end
+  end
+  if wanted < now then return redis.error_reply('SHRINK ' .. now) end
+  if wanted > now then redis.call('HSET', queue, 'partitions', wanted) end
+  return now
+end
+
+--[[
   sms_version: the version of this library, so that a binary loads it only
   over an older one and never replaces a newer one.
   KEYS: none
@@ -1076,6 +1106,7 @@ redis.register_function('sms_run_resume', sms_run_resume)
 redis.register_function('sms_run_end', sms_run_end)
 redis.register_function('sms_requeue', sms_requeue)
 redis.register_function('sms_dead_purge', sms_dead_purge)
+redis.register_function('sms_partitions', sms_partitions)
 redis.register_function { function_name = 'sms_trim', callback = sms_trim, flags = { 'allow-oom' } }
 redis.register_function { function_name = 'sms_hold_name', callback = sms_hold_name, flags = { 'allow-oom' } }
 redis.register_function { function_name = 'sms_release_name', callback = sms_release_name, flags = { 'allow-oom' } }

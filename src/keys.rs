@@ -54,14 +54,37 @@ impl KeyRole {
     }
 }
 
-/// The key names of one queue: a prefix and a partition.
+/// Redis Cluster's slot count: a key's slot is CRC16 of its hash tag modulo this.
+pub const CLUSTER_SLOTS: u16 = 16384;
+
+/// CRC16/XMODEM, the checksum Redis Cluster maps keys to slots with.
+const SLOT_CRC: crc::Crc<u16> = crc::Crc::<u16>::new(&crc::CRC_16_XMODEM);
+
+/// The Redis Cluster slot of `key`: that of its hash tag (the text between
+/// the first `{` and the next `}`, when not empty), else of the whole key.
+pub fn cluster_slot(key: &[u8]) -> u16 {
+    let hashed = key
+        .iter()
+        .position(|&b| b == b'{')
+        .and_then(|open| {
+            let rest = &key[open + 1..];
+            let close = rest.iter().position(|&b| b == b'}')?;
+            (close > 0).then(|| &rest[..close])
+        })
+        .unwrap_or(key);
+    SLOT_CRC.checksum(hashed) % CLUSTER_SLOTS
+}
+
+/// The key names of one partition of a queue: a prefix and a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     tag: String,
+    partition: u32,
 }
 
 impl Keys {
-    /// The keys of partition 0 under `prefix` (the only partition for now).
+    /// The keys of partition 0 under `prefix`: the partition that also holds
+    /// what belongs to the whole queue (its partition count, producer runs).
     pub fn new(prefix: &str) -> Self {
         Self::for_partition(prefix, 0)
     }
@@ -70,7 +93,18 @@ impl Keys {
     pub fn for_partition(prefix: &str, partition: u32) -> Self {
         Self {
             tag: format!("{{{prefix}:{partition}}}"),
+            partition,
         }
+    }
+
+    /// The partition these keys belong to.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+
+    /// The Redis Cluster slot every key of this partition hashes to.
+    pub fn slot(&self) -> u16 {
+        cluster_slot(self.tag.as_bytes())
     }
 
     /// The stream of messages waiting to be sent.
@@ -229,5 +263,27 @@ mod tests {
         }
         assert_eq!(keys.role("{other:0}:stats"), None);
         assert_eq!(keys.role("{sms:0}:whatever"), None);
+    }
+
+    #[test]
+    fn slots_are_redis_clusters() {
+        // Values from Redis's documentation of CLUSTER KEYSLOT.
+        assert_eq!(cluster_slot(b"somekey"), 11058);
+        assert_eq!(cluster_slot(b"foo{hash_tag}"), 2515);
+        assert_eq!(
+            cluster_slot(b"{user1000}.following"),
+            cluster_slot(b"user1000")
+        );
+        assert_eq!(cluster_slot(b"foo{}{bar}"), cluster_slot(b"foo{}{bar}"));
+        assert_ne!(cluster_slot(b"foo{}{bar}"), cluster_slot(b"bar"));
+        // CLUSTER KEYSLOT sms:0 … sms:5 on Redis 7.0.15.
+        let slots: Vec<u16> = (0..6)
+            .map(|p| Keys::for_partition("sms", p).slot())
+            .collect();
+        assert_eq!(slots, [3669, 7796, 11799, 15926, 3793, 7920]);
+        assert_eq!(
+            Keys::for_partition("sms", 0).slot(),
+            cluster_slot(b"{sms:0}:messages")
+        );
     }
 }

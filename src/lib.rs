@@ -8,7 +8,8 @@
 //! (`tests/layers.rs` checks every `crate::` path against this list):
 //!
 //! 1. Leaves: [`keys`] (the only place Redis key names are built,
-//!    hash-tagged), [`message`] (the SMS message type, encoded to and
+//!    hash-tagged, and their Redis Cluster slots), [`routing`] (which
+//!    partition a message goes to), [`message`] (the SMS message type, encoded to and
 //!    decoded from stream fields), [`latency`] (the send-time histogram),
 //!    [`embedded`] (a private redis-server), [`exit`] (the exit codes).
 //! 2. [`generator`]: seeded random messages.
@@ -65,6 +66,7 @@ pub mod metrics;
 pub mod monitor;
 pub mod produce;
 pub mod repair;
+pub mod routing;
 pub mod send;
 pub mod senders;
 pub mod settings;

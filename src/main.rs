@@ -215,9 +215,17 @@ fn print_migration(store: &Store, report: &MigrationReport, identity: &QueueIden
     } else {
         format!("applied {}", report.applied.join(", "))
     };
+    let (before, after) = identity.partitions;
+    let partitions = match (before, after) {
+        (1, 1) => String::new(),
+        (before, after) if before == after || identity.status == QueueStatus::Created => {
+            format!(", {after} partitions")
+        }
+        (before, after) => format!(", {after} partitions (grown from {before})"),
+    };
     println!(
-        "{what} '{}' (epoch {}): settled messages kept {}, dead letters kept {}; {applied}: \
-         Functions library version {}",
+        "{what} '{}'{partitions} (epoch {}): settled messages kept {}, dead letters kept {}; \
+         {applied}: Functions library version {}",
         store.keys().messages(),
         identity.epoch,
         identity.retention,

@@ -6,7 +6,7 @@ use std::path::Path;
 
 /// Layers, lowest first, as in `src/lib.rs`.
 const LAYERS: &[&[&str]] = &[
-    &["keys", "message", "latency", "embedded", "exit"],
+    &["keys", "routing", "message", "latency", "embedded", "exit"],
     &["generator"],
     &["store"],
     &["settings"],

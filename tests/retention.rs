@@ -16,7 +16,7 @@ use sms_alerts::store::{QueueOptions, Retention, Store};
 fn keep(retention: Duration) -> QueueOptions {
     QueueOptions {
         retention: Some(Retention::Keep(retention)),
-        dead_retention: None,
+        ..QueueOptions::default()
     }
 }
 
@@ -306,8 +306,8 @@ async fn old_dead_letters_are_trimmed_and_counted() {
         &redis.url,
         &unique_prefix("dead"),
         &QueueOptions {
-            retention: None,
             dead_retention: Some(Retention::Keep(Duration::ZERO)),
+            ..QueueOptions::default()
         },
     )
     .await;

@@ -187,6 +187,7 @@ async fn continuous(url: &str, total: u64, retention: Retention) -> Result<Conti
     let options = QueueOptions {
         retention: Some(retention),
         dead_retention: None,
+        partitions: None,
     };
     let store = fresh_with(url, "retention", &options).await?;
     let peak = Arc::new(AtomicU64::new(0));

@@ -254,6 +254,12 @@ pub struct MigrateArgs {
     /// [default: the queue's, 7d for a new queue]
     #[arg(long, env = "SMS_DEAD_RETENTION", value_parser = check::retention, value_name = "AGE")]
     pub dead_retention: Option<crate::store::Retention>,
+    /// How many partitions the queue has: each is a stream of its own, on a
+    /// Redis Cluster slot of its own, so N partitions spread over the primaries.
+    /// It may grow later (senders follow), never shrink. Choose a few times the
+    /// number of primaries. [default: the queue's, 1 for a new queue]
+    #[arg(long, env = "SMS_PARTITIONS", value_parser = check::partitions, value_name = "N")]
+    pub partitions: Option<u32>,
 }
 
 /// Options of `dead`.

@@ -91,6 +91,7 @@ fn task(command: Command, redis_url_given: bool) -> Result<Task, SettingsError> 
         Command::Migrate(args) => Task::Migrate(QueueOptions {
             retention: args.retention,
             dead_retention: args.dead_retention,
+            partitions: args.partitions,
         }),
         Command::Trim(args) => Task::Trim { json: args.json },
         Command::Runs(args) => Task::Runs { json: args.json },

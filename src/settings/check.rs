@@ -116,6 +116,35 @@ pub fn concurrency(value: &str) -> Result<usize, String> {
     Ok(n as usize)
 }
 
+/// The most partitions a queue may have: each is a stream with its own
+/// consumer group and counters, read by every sender.
+pub const MAX_PARTITIONS: u32 = 1024;
+
+/// A partition count from 1 to [`MAX_PARTITIONS`].
+pub fn partitions(value: &str) -> Result<u32, String> {
+    let n = positive(value, "the partition count")?;
+    u32::try_from(n)
+        .ok()
+        .filter(|n| *n <= MAX_PARTITIONS)
+        .ok_or_else(|| format!("the partition count must be at most {MAX_PARTITIONS}"))
+}
+
+/// A partition number, from 0 to [`MAX_PARTITIONS`] - 1 (checked against
+/// the queue's count when it is opened).
+pub fn partition(value: &str) -> Result<u32, String> {
+    value
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|n| *n < MAX_PARTITIONS)
+        .ok_or_else(|| {
+            format!(
+                "expected a partition number from 0 to {}",
+                MAX_PARTITIONS - 1
+            )
+        })
+}
+
 /// Max attempts from 1 to 1,000.
 pub fn max_attempts(value: &str) -> Result<u32, String> {
     let n = positive(value, "max attempts")?;

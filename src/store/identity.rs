@@ -78,6 +78,8 @@ pub struct QueueOptions {
     pub retention: Option<Retention>,
     /// Retention of dead letters.
     pub dead_retention: Option<Retention>,
+    /// How many partitions the queue has: it may grow, never shrink.
+    pub partitions: Option<u32>,
 }
 
 /// What [`Store::create_queue`] found or did.
@@ -102,6 +104,8 @@ pub struct QueueIdentity {
     pub retention: Retention,
     /// Retention of dead letters.
     pub dead_retention: Retention,
+    /// The partition count before `migrate`, and after.
+    pub partitions: (u32, u32),
 }
 
 /// The field of the migrations hash that records that the queue was given
@@ -121,6 +125,76 @@ impl Store {
     /// gone while data remains, and [`StoreError::Damaged`] when the group is
     /// gone while the stream has history.
     pub async fn create_queue(&self, options: &QueueOptions) -> Result<QueueIdentity, StoreError> {
+        let home = self.partition(0);
+        let first = home.create_partition(options, None).await?;
+        let opened = home.with_epoch(first.epoch.clone());
+        let before = opened.read_partition_count().await?;
+        let wanted = options.partitions.unwrap_or(before);
+        if wanted < before {
+            return Err(shrink(&self.prefix, before, wanted));
+        }
+        for partition in 1..wanted {
+            let created = opened
+                .partition(partition)
+                .create_partition(options, Some(&first.epoch))
+                .await?;
+            if created.epoch != first.epoch {
+                return Err(StoreError::Damaged(format!(
+                    "partition {partition} of queue '{}' belongs to another queue (epoch {}, \
+                     partition 0 has {}): see `sms-alerts repair`",
+                    self.prefix, created.epoch, first.epoch
+                )));
+            }
+        }
+        opened.grow_partitions(wanted).await?;
+        Ok(QueueIdentity {
+            partitions: (before, wanted),
+            ..first
+        })
+    }
+
+    /// Sets the partition count (`sms_partitions`), after every partition
+    /// up to it was created.
+    async fn grow_partitions(&self, count: u32) -> Result<(), StoreError> {
+        const NAME: &str = "sms_partitions";
+        let keys = [self.partition(0).keys.queue()];
+        let args = vec![
+            self.epoch.as_bytes().to_vec(),
+            count.to_string().into_bytes(),
+        ];
+        match self.fcall(NAME, &keys, args).await {
+            Err(StoreError::Redis { source, .. }) if source.code() == Some("SHRINK") => {
+                let now = source
+                    .detail()
+                    .and_then(|d| d.trim().parse().ok())
+                    .unwrap_or(0);
+                Err(shrink(&self.prefix, now, count))
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// The queue's partition count now (partition 0's queue hash; absent: 1).
+    pub async fn read_partition_count(&self) -> Result<u32, StoreError> {
+        let queue = self.partition(0).keys.queue();
+        let mut conn = self.partition(0).conn().await?;
+        let count: Option<String> = redis::cmd("HGET")
+            .arg(&queue)
+            .arg("partitions")
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("HGET (partition count)"))?;
+        parse_count(&queue, count)
+    }
+
+    /// Creates, adopts or checks this handle's partition (`sms_create`):
+    /// with a new random epoch, or with `epoch`, the queue's, for a
+    /// partition beyond the first.
+    async fn create_partition(
+        &self,
+        options: &QueueOptions,
+        epoch: Option<&str>,
+    ) -> Result<QueueIdentity, StoreError> {
         const NAME: &str = "sms_create";
         let keys = [
             self.keys.queue(),
@@ -132,7 +206,10 @@ impl Store {
         let setting = |value: Option<Retention>| {
             value.map_or_else(String::new, |r| r.to_millis().to_string())
         };
-        let new_epoch = format!("{:016x}", rand::rng().random::<u64>());
+        let new_epoch = epoch.map_or_else(
+            || format!("{:016x}", rand::rng().random::<u64>()),
+            str::to_owned,
+        );
         let args = vec![
             self.group.as_bytes().to_vec(),
             new_epoch.into_bytes(),
@@ -156,6 +233,7 @@ impl Store {
             epoch,
             retention: millis(next()?),
             dead_retention: millis(next()?),
+            partitions: (1, 1),
         })
     }
 
@@ -166,20 +244,64 @@ impl Store {
     /// (never created, or its state is gone), [`StoreError::Damaged`] when
     /// its group is gone.
     pub async fn open(&self) -> Result<Store, StoreError> {
-        let epoch = self.read_epoch().await?;
-        let opened = self.with_epoch(epoch);
-        opened.diagnose().await?;
-        if opened.library_version().await? < i64::from(super::migrate::LIBRARY_VERSION) {
-            opened.ensure_library().await?;
+        let opened = self.open_read_only().await?;
+        for partition in opened.partitions() {
+            partition.diagnose().await?;
+            if partition.library_version().await? < i64::from(super::migrate::LIBRARY_VERSION) {
+                partition.ensure_library().await?;
+            }
         }
         Ok(opened)
     }
 
     /// Opens the queue without writing anything (the inspection tools, which
     /// must work on a Redis at `maxmemory`): the library must be loaded.
+    /// Every partition must hold the epoch of partition 0.
     pub async fn open_read_only(&self) -> Result<Store, StoreError> {
-        let epoch = self.read_epoch().await?;
-        Ok(self.with_epoch(epoch))
+        let home = self.partition(0);
+        let (epoch, count) = home.read_identity().await?;
+        let opened = Store {
+            partitions: count,
+            ..home.with_epoch(epoch)
+        };
+        for partition in opened.partitions().iter().skip(1) {
+            partition.check_epoch().await?;
+        }
+        Ok(opened)
+    }
+
+    /// Reads the partition count again, for a long-running process that
+    /// follows a queue as `migrate --partitions` grows it; the partitions
+    /// added are checked like those [`Store::open`] found.
+    pub async fn reopen_grown(&self) -> Result<Store, StoreError> {
+        let count = self.read_partition_count().await?;
+        if count <= self.partitions {
+            return Ok(self.clone());
+        }
+        let grown = Store {
+            partitions: count,
+            ..self.clone()
+        };
+        for partition in grown.partitions().iter().skip(self.partitions as usize) {
+            partition.check_epoch().await?;
+            partition.diagnose().await?;
+        }
+        Ok(grown)
+    }
+
+    /// [`StoreError::Lost`] unless this partition holds the handle's epoch.
+    async fn check_epoch(&self) -> Result<(), StoreError> {
+        let (epoch, _) = self.read_identity().await?;
+        if epoch == *self.epoch {
+            return Ok(());
+        }
+        Err(StoreError::Lost(format!(
+            "partition {} of queue '{}' holds epoch {epoch}, partition 0 holds {}: it was \
+             created anew or belongs to another queue",
+            self.keys.partition(),
+            self.prefix,
+            self.epoch
+        )))
     }
 
     /// A handle that checks its writes against `epoch`.
@@ -195,7 +317,7 @@ impl Store {
     /// identity is gone or another queue's, [`StoreError::Damaged`] when the
     /// stream or group is gone; `Ok` when all is in place again.
     pub async fn diagnose(&self) -> Result<(), StoreError> {
-        let epoch = self.read_epoch().await?;
+        let (epoch, _) = self.read_identity().await?;
         if !self.epoch.is_empty() && *self.epoch != epoch {
             return Err(StoreError::Lost(format!(
                 "the queue was created anew (epoch {epoch}, this process started with {}): its \
@@ -214,26 +336,34 @@ impl Store {
         Ok(())
     }
 
-    /// The queue's epoch, or [`StoreError::Lost`].
-    async fn read_epoch(&self) -> Result<String, StoreError> {
+    /// This partition's epoch and the partition count its queue hash holds
+    /// (1 when it holds none), or [`StoreError::Lost`].
+    async fn read_identity(&self) -> Result<(String, u32), StoreError> {
         let queue = self.keys.queue();
         let mut conn = self.conn().await?;
-        let (kind, epoch): (String, Option<String>) = redis::pipe()
+        let (kind, (epoch, count)): (String, (Option<String>, Option<String>)) = redis::pipe()
             .cmd("TYPE")
             .arg(&queue)
-            .cmd("HGET")
+            .cmd("HMGET")
             .arg(&queue)
             .arg("epoch")
+            .arg("partitions")
             .query_async(&mut conn)
             .await
             .or_else(|err| match err.code() {
-                // HGET on a key of another type.
-                Some("WRONGTYPE") => Ok(("other".to_owned(), None)),
+                // HMGET on a key of another type.
+                Some("WRONGTYPE") => Ok(("other".to_owned(), (None, None))),
                 _ => Err(err),
             })
-            .map_err(StoreError::redis("HGET (queue identity)"))?;
+            .map_err(StoreError::redis("HMGET (queue identity)"))?;
         match (kind.as_str(), epoch) {
-            ("hash", Some(epoch)) => Ok(epoch),
+            ("hash", Some(epoch)) => Ok((epoch, parse_count(&queue, count)?)),
+            ("none", _) if self.keys.partition() > 0 => Err(StoreError::Lost(format!(
+                "partition {} of queue '{}' is gone from Redis at {} ({queue} is missing)",
+                self.keys.partition(),
+                self.prefix,
+                self.url
+            ))),
             ("none", _) => Err(StoreError::Lost(format!(
                 "no queue '{}' in Redis at {}: Redis was flushed, restarted without its data, \
                  or is another Redis (or the queue was never created: `sms-alerts migrate` \
@@ -248,6 +378,27 @@ impl Store {
             ))),
         }
     }
+}
+
+/// A partition count as the queue hash holds it: absent means 1.
+fn parse_count(queue: &str, count: Option<String>) -> Result<u32, StoreError> {
+    match count {
+        None => Ok(1),
+        Some(text) => match text.parse::<u32>() {
+            Ok(count) if count > 0 => Ok(count),
+            _ => Err(StoreError::Damaged(format!(
+                "{queue} field partitions is {text:?}, not a partition count"
+            ))),
+        },
+    }
+}
+
+/// The refusal to take partitions away.
+fn shrink(prefix: &str, have: u32, asked: u32) -> StoreError {
+    StoreError::Refused(format!(
+        "queue '{prefix}' has {have} partitions; --partitions {asked} would remove some, with \
+         their messages: a partition count only grows"
+    ))
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@
 //! step. Creating the queue (its identity) is `migrate`'s alone
 //! ([`Store::migrate`]).
 
+use super::topology::Node;
 use super::{QueueIdentity, QueueOptions, Store, StoreError};
 
 /// What a schema step does.
@@ -41,7 +42,7 @@ const LIBRARY: &str = include_str!("../../migrations/functions.lua");
 
 /// The library version this binary brings: that of the last migration, and
 /// the `LIBRARY_VERSION` the library's source declares.
-pub(super) const LIBRARY_VERSION: u32 = 7;
+pub(super) const LIBRARY_VERSION: u32 = 8;
 
 /// Every migration, oldest first, one version step each. The names are
 /// recorded in queues' migrations hashes, so a step keeps its name.
@@ -88,6 +89,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_queue_identity",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    // `sms_partitions`: a queue of several partitions.
+    Migration {
+        version: 8,
+        name: "0008_partitions",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
 ];
 
 /// What [`Store::ensure_library`] did.
@@ -108,9 +115,21 @@ impl Store {
         &self,
         options: &QueueOptions,
     ) -> Result<(Store, MigrationReport, QueueIdentity), StoreError> {
-        let report = self.ensure_library().await?;
+        let report = self.partition(0).ensure_library().await?;
+        if self.topology.is_cluster() {
+            for node in self.topology.primaries().await? {
+                load_library_on(&node).await?;
+            }
+        }
         let identity = self.create_queue(options).await?;
-        Ok((self.with_epoch(identity.epoch.clone()), report, identity))
+        let opened = Store {
+            partitions: identity.partitions.1,
+            ..self.partition(0).with_epoch(identity.epoch.clone())
+        };
+        for partition in opened.partitions().iter().skip(1) {
+            partition.ensure_library().await?;
+        }
+        Ok((opened, report, identity))
     }
 
     /// Applies the migrations Redis is missing: loads the library once,
@@ -190,6 +209,29 @@ impl Store {
             Err(err) => Err(StoreError::redis("FCALL_RO sms_version")(err)),
         }
     }
+}
+
+/// Loads the library on one cluster primary unless it holds this version or
+/// a newer one: every primary gets it, so a partition whose slot moves there
+/// finds it (a primary added later gets it when a call finds it missing).
+async fn load_library_on(node: &Node) -> Result<(), StoreError> {
+    let mut conn = node.pooled().await?;
+    let version = redis::cmd("FCALL_RO")
+        .arg("sms_version")
+        .arg(0)
+        .query_async::<i64>(&mut conn)
+        .await
+        .unwrap_or(0);
+    if version >= i64::from(LIBRARY_VERSION) {
+        return Ok(());
+    }
+    redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(LIBRARY)
+        .query_async::<()>(&mut conn)
+        .await
+        .map_err(StoreError::redis("FUNCTION LOAD"))
 }
 
 /// The migrations above version `loaded`, oldest first.

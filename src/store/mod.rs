@@ -43,13 +43,11 @@ mod roles;
 mod runs;
 mod streams;
 mod tls;
+mod topology;
 mod transport;
 
 use std::sync::Arc;
 use std::time::Duration;
-
-use deadpool_redis::{Manager, Pool, Runtime};
-use redis::AsyncConnectionConfig;
 
 pub use batches::{BatchConnection, BatchWrite, CommittedBatch, PreparedBatch, StartedBatch};
 pub use endpoint::{QueueSettings, TlsSettings};
@@ -71,28 +69,27 @@ pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
 pub use streams::StreamEntry;
 
 use crate::keys::Keys;
+use topology::{CONNECT_TIMEOUT, Conn, RESPONSE_TIMEOUT, Topology};
 use transport::Endpoint;
 
-/// How long a pooled request may wait for its reply before it counts as lost.
-const RESPONSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long opening a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Pooled connections per process; each is multiplexed, so a few carry a lot.
-const POOL_SIZE: usize = 8;
-
-/// A handle on one queue in one Redis: cheap to clone, shared by all tasks.
-/// A handle from [`Store::connect`] knows no epoch; [`Store::open`] gives one
-/// that checks every write against the queue's identity.
+/// A handle on one partition of a queue: cheap to clone, shared by all
+/// tasks. A handle from [`Store::connect`] is on partition 0 and knows no
+/// epoch; [`Store::open`] gives one that checks every write against the
+/// queue's identity and knows how many partitions the queue has;
+/// [`Store::partition`] gives the handle of another partition, which shares
+/// every connection.
 #[derive(Clone)]
 pub struct Store {
-    /// Where and how to connect: shared by the pool and our own connections.
-    endpoint: Arc<Endpoint>,
-    pool: Pool,
+    /// Which server serves each partition (one Redis, or a cluster's
+    /// primaries), with a pool per server: shared by all partitions.
+    topology: Arc<Topology>,
     keys: Keys,
     prefix: String,
     group: String,
     url: String,
     epoch: Arc<str>,
+    /// The queue's partition count, as read when it was opened (1 before).
+    partitions: u32,
 }
 
 impl std::fmt::Debug for Store {
@@ -102,6 +99,8 @@ impl std::fmt::Debug for Store {
             .field("keys", &self.keys)
             .field("group", &self.group)
             .field("epoch", &self.epoch)
+            .field("partitions", &self.partitions)
+            .field("topology", &self.topology)
             .finish()
     }
 }
@@ -116,43 +115,58 @@ impl Store {
     pub async fn connect(queue: &QueueSettings) -> Result<Self, StoreError> {
         let endpoint = Endpoint::new(queue)?;
         let url = endpoint.url().to_owned();
-        let invalid_url = |reason: String| StoreError::InvalidUrl {
-            url: url.clone(),
-            reason,
+        let unreachable = |err: StoreError| match err {
+            StoreError::Certificate { .. } | StoreError::InvalidUrl { .. } => err,
+            _ => StoreError::Unreachable {
+                url: url.clone(),
+                reason: err.to_string(),
+            },
         };
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT));
-        let manager = Manager::new_with_config(endpoint.info().clone(), config)
-            .map_err(|source| invalid_url(source.to_string()))?;
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(RESPONSE_TIMEOUT))
-            .create_timeout(Some(CONNECT_TIMEOUT))
-            .recycle_timeout(Some(CONNECT_TIMEOUT))
-            .build()
-            .map_err(|err| invalid_url(err.to_string()))?;
+        let topology = Topology::discover(endpoint).await.map_err(unreachable)?;
         let store = Self {
-            endpoint: Arc::new(endpoint),
-            pool,
+            topology,
             keys: Keys::new(&queue.prefix),
             prefix: queue.prefix.clone(),
             group: queue.group.clone(),
-            url,
+            url: url.clone(),
             epoch: Arc::from(""),
+            partitions: 1,
         };
-        store.ping().await.map_err(|err| match err {
-            StoreError::Certificate { .. } => err,
-            _ => StoreError::Unreachable {
-                url: store.url.clone(),
-                reason: err.to_string(),
-            },
-        })?;
+        store.ping().await.map_err(unreachable)?;
         Ok(store)
     }
 
-    /// The key names of this queue.
+    /// The handle of partition `partition` of the same queue: same
+    /// connections, epoch and partition count, that partition's keys.
+    pub fn partition(&self, partition: u32) -> Store {
+        Store {
+            keys: Keys::for_partition(&self.prefix, partition),
+            ..self.clone()
+        }
+    }
+
+    /// The handles of every partition of the queue, in order.
+    pub fn partitions(&self) -> Vec<Store> {
+        (0..self.partitions).map(|p| self.partition(p)).collect()
+    }
+
+    /// How many partitions the queue had when this handle opened it
+    /// (see [`Store::read_partition_count`] for the count now).
+    pub fn partition_count(&self) -> u32 {
+        self.partitions
+    }
+
+    /// This handle's partition.
+    pub fn partition_id(&self) -> u32 {
+        self.keys.partition()
+    }
+
+    /// Whether the queue lives on Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.topology.is_cluster()
+    }
+
+    /// The key names of this handle's partition.
     pub fn keys(&self) -> &Keys {
         &self.keys
     }
@@ -186,15 +200,25 @@ impl Store {
     /// hot paths open one: its reply timeout leaves room for `block`, the
     /// longest a request on it may block in Redis.
     async fn resp_connection(&self, block: Duration) -> Result<resp::RespConnection, StoreError> {
-        resp::RespConnection::open(&self.endpoint, CONNECT_TIMEOUT, block + RESPONSE_TIMEOUT).await
+        let node = self.topology.node(self.keys.slot()).await?;
+        resp::RespConnection::open(
+            node.endpoint(),
+            CONNECT_TIMEOUT,
+            block + RESPONSE_TIMEOUT,
+            Some(self.topology.clone()),
+        )
+        .await
     }
 
-    async fn conn(&self) -> Result<deadpool_redis::Connection, StoreError> {
-        // A certificate problem is no transient failure: it is named as one.
-        self.pool
-            .get()
-            .await
-            .map_err(|err| self.endpoint.classify(StoreError::from(err)))
+    /// A pooled connection to the server of this handle's partition.
+    async fn conn(&self) -> Result<Conn, StoreError> {
+        let node = self.topology.node(self.keys.slot()).await?;
+        let conn = node.pooled().await.inspect_err(|err| {
+            if let StoreError::Redis { source, .. } = err {
+                self.topology.saw(source);
+            }
+        })?;
+        Ok(Conn::new(conn, self.topology.clone()))
     }
 }
 

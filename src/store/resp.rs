@@ -28,8 +28,11 @@ use redis::{ConnectionInfo, RedisError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 
+use std::sync::Arc;
+
 use super::StoreError;
 use super::frame::{FrameScanner, MAX_VALUE_BYTES, server_error};
+use super::topology::Topology;
 use super::transport::Endpoint;
 
 /// Room kept free in the read buffer; a read of 1,000 entries is ~170 KB.
@@ -56,22 +59,33 @@ pub(super) struct RespConnection {
     requests: mpsc::UnboundedSender<Request>,
     /// How long a reply may take.
     reply_timeout: Duration,
+    /// Told of redirections and lost connections, so that the next
+    /// connection goes where the partition is served now.
+    topology: Option<Arc<Topology>>,
 }
 
 impl RespConnection {
     /// Opens a connection to `endpoint` (TCP, TLS or a Unix socket), logs in
     /// and selects the database. Replies may take up to `reply_timeout`.
+    /// `topology` learns of the redirections and failures it meets.
     pub(super) async fn open(
         endpoint: &Endpoint,
         connect_timeout: Duration,
         reply_timeout: Duration,
+        topology: Option<Arc<Topology>>,
     ) -> Result<Self, StoreError> {
         let stream = tokio::time::timeout(connect_timeout, endpoint.connect())
             .await
             .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))
             .and_then(|opened| opened)
-            .map_err(|err| endpoint.connect_error(err))?;
-        let conn = Self::start(stream, reply_timeout);
+            .map_err(|err| {
+                if let Some(topology) = &topology {
+                    topology.lost_node();
+                }
+                endpoint.connect_error(err)
+            })?;
+        let mut conn = Self::start(stream, reply_timeout);
+        conn.topology = topology;
         // With TLS 1.3 Redis refuses a client certificate after the
         // handshake: the first reply tells.
         conn.log_in(endpoint.info())
@@ -90,6 +104,7 @@ impl RespConnection {
         Self {
             requests,
             reply_timeout,
+            topology: None,
         }
     }
 
@@ -142,16 +157,25 @@ impl RespConnection {
             reply,
         });
         let reply_timeout = self.reply_timeout;
+        let topology = self.topology.clone();
         async move {
-            let lost = || StoreError::redis(command)(connection_lost());
-            sent.map_err(|_| lost())?;
-            match tokio::time::timeout(reply_timeout, answer).await {
-                Ok(Ok(reply)) => reply.map_err(StoreError::redis(command)),
-                Ok(Err(_)) => Err(lost()),
-                Err(_) => Err(StoreError::redis(command)(RedisError::from(
-                    std::io::Error::from(std::io::ErrorKind::TimedOut),
-                ))),
+            let reply = match sent {
+                Err(_) => Err(connection_lost()),
+                Ok(()) => match tokio::time::timeout(reply_timeout, answer).await {
+                    Ok(Ok(reply)) => reply,
+                    Ok(Err(_)) => Err(connection_lost()),
+                    Err(_) => Err(RedisError::from(std::io::Error::from(
+                        std::io::ErrorKind::TimedOut,
+                    ))),
+                },
+            };
+            if let Some(topology) = topology {
+                match &reply {
+                    Ok(bytes) => topology.saw_reply(bytes),
+                    Err(err) => topology.saw(err),
+                }
             }
+            reply.map_err(StoreError::redis(command))
         }
     }
 }

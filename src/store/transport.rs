@@ -89,6 +89,44 @@ impl Endpoint {
         Ok(Self { info, tls, url })
     }
 
+    /// The same server settings (password, TLS files) for another server
+    /// of the same deployment, e.g. a cluster node named by `CLUSTER SLOTS`.
+    pub(super) fn at(&self, host: &str, port: u16) -> Self {
+        let addr = match self.info.addr() {
+            ConnectionAddr::TcpTls {
+                insecure,
+                tls_params,
+                ..
+            } => ConnectionAddr::TcpTls {
+                host: host.to_owned(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
+            _ => ConnectionAddr::Tcp(host.to_owned(), port),
+        };
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        Self {
+            info: self.info.clone().set_addr(addr),
+            tls: self.tls.clone(),
+            url: format!("{scheme}://{host}:{port}"),
+        }
+    }
+
+    /// The host and port of a TCP or TLS endpoint.
+    pub(super) fn host_port(&self) -> Option<(&str, u16)> {
+        match self.info.addr() {
+            ConnectionAddr::Tcp(host, port) | ConnectionAddr::TcpTls { host, port, .. } => {
+                Some((host.as_str(), *port))
+            }
+            _ => None,
+        }
+    }
+
     /// redis-rs's connection info (it holds the password: never print it).
     pub(super) fn info(&self) -> &ConnectionInfo {
         &self.info
@@ -351,7 +389,7 @@ mod big_writes {
         })
         .expect("endpoint");
         let timeout = Duration::from_secs(20);
-        let conn = RespConnection::open(&endpoint, timeout, timeout)
+        let conn = RespConnection::open(&endpoint, timeout, timeout, None)
             .await
             .expect("connects");
         let reply = conn
