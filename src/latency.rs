@@ -44,6 +44,13 @@ impl Histogram {
         self.counts[bucket] += 1;
     }
 
+    /// Adds the counts of `other`.
+    pub fn merge(&mut self, other: &Self) {
+        for (mine, theirs) in self.counts.iter_mut().zip(other.counts) {
+            *mine += theirs;
+        }
+    }
+
     /// Attempts counted.
     pub fn total(&self) -> u64 {
         self.counts.iter().sum()

@@ -13,19 +13,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::gateway::{Inlet, Ready};
-use super::in_flight::{Finished, InFlight, PendingRead, Reads};
+use super::in_flight::{Finished, LaneOut, PendingRead, Reads};
 use super::recover::Reclaim;
 use super::simulate::Simulator;
 use super::summary::Progress;
 use crate::settings::SendSettings;
-use crate::store::{Outcome, ReportItem, Retry, Sender, StoreError, StreamEntry};
+use crate::store::{Outcome, ReportItem, Sender, StoreError, StreamEntry};
 
 /// Longest a read blocks, so the loop checks for work to reclaim and for
 /// shutdown at least this often.
 pub(super) const MAX_BLOCK: Duration = Duration::from_secs(1);
+
+/// How soon a lane whose writes are blocked is looked at again.
+const BLOCKED_RECHECK: Duration = Duration::from_millis(50);
 
 /// Counts of how messages came to this sender.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -40,23 +44,83 @@ pub struct DispatchTotals {
     pub dead_on_claim: u64,
 }
 
+/// One partition as the dispatcher sees it: the handle its reads and claims
+/// go through, the reads on the wire, where the pending-list walk stands,
+/// and where its messages go.
+pub(super) struct Lane {
+    pub store: Sender,
+    pub reads: Reads,
+    pub reclaim: Reclaim,
+    /// The partition's writer and in-flight set.
+    pub out: Arc<LaneOut>,
+    /// True while the partition's writer cannot write results: no new work
+    /// is read from it.
+    pub writes_blocked: watch::Receiver<bool>,
+    /// Whether the messages left pending under this sender's name were
+    /// taken back (done first, for each lane).
+    pub recovered: bool,
+    /// Whether its last read found nothing: with several partitions, an
+    /// idle one is watched with a one-message blocking read, so it holds one
+    /// hold slot, not a read's worth, while the others have work.
+    pub idle: bool,
+    /// After a failed read or claim, when the lane may try again; the other
+    /// lanes go on meanwhile.
+    pub paused_until: Option<Instant>,
+}
+
+impl Lane {
+    /// A lane for `store`'s partition whose messages go to `out`.
+    pub(super) fn new(
+        store: Sender,
+        settings: &SendSettings,
+        out: Arc<LaneOut>,
+        writes_blocked: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            store,
+            reads: Reads::new(settings.concurrency),
+            reclaim: Reclaim::new(settings.retry_backoff),
+            out,
+            writes_blocked,
+            recovered: false,
+            idle: false,
+            paused_until: None,
+        }
+    }
+
+    /// Whether the lane may read or claim now.
+    fn is_open(&self) -> bool {
+        !*self.writes_blocked.borrow() && self.paused_until.is_none_or(|at| Instant::now() >= at)
+    }
+}
+
 /// The dispatcher's state.
 pub(super) struct Dispatcher {
-    pub store: Sender,
     pub settings: SendSettings,
     pub simulator: Simulator,
     /// One per message held, from its read until its result is written.
     pub hold_slots: Arc<Semaphore>,
-    pub in_flight: InFlight,
-    /// Results of messages that need no send (no delay, or malformed).
-    pub results: mpsc::UnboundedSender<Finished>,
+    /// One per partition; reads go round robin over them.
+    pub lanes: Vec<Lane>,
+    /// Lanes of partitions added to the queue while the sender runs.
+    pub new_lanes: mpsc::UnboundedReceiver<Lane>,
+    /// The lane the next read or claim looks at first.
+    pub next_lane: usize,
     /// Messages to send go to the gateway.
     pub gateway: Inlet,
     pub totals: DispatchTotals,
-    /// True while the writer cannot write results: no new work is read.
-    pub writes_blocked: watch::Receiver<bool>,
     /// Where the messages taken in are counted as they come.
     pub progress: Arc<Progress>,
+}
+
+/// What the dispatcher can do next.
+enum Next {
+    /// Take over stale messages of this lane.
+    Reclaim(usize, OwnedSemaphorePermit),
+    /// Read new messages of this lane.
+    Read(usize, OwnedSemaphorePermit),
+    /// Nothing without waiting.
+    Wait,
 }
 
 impl Dispatcher {
@@ -64,81 +128,126 @@ impl Dispatcher {
     /// Messages already read stay with the gateway, which sends them until
     /// the shutdown deadline.
     pub(super) async fn run(&mut self, stop: &CancellationToken) -> Result<(), StoreError> {
-        if !self.recover_own(stop).await? {
-            return Ok(());
-        }
-        let mut reclaim = Reclaim::new(self.settings.retry_backoff);
-        let mut reads = Reads::new(self.settings.concurrency);
         loop {
             if stop.is_cancelled() {
-                return self.take_all(&mut reads, stop).await;
+                return self.take_all(stop).await;
             }
-            if *self.writes_blocked.borrow() {
-                // Results cannot be written (Redis away or full): taking more
-                // work would only add to what waits.
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    _ = self.writes_blocked.changed() => {}
+            while let Ok(lane) = self.new_lanes.try_recv() {
+                tracing::info!(
+                    partition = lane.store.keys().partition(),
+                    "reading a partition added to the queue"
+                );
+                self.lanes.push(lane);
+            }
+            let unrecovered = self.lanes.iter().position(|lane| !lane.recovered);
+            if let Some(lane) = unrecovered {
+                if self.recover_own(lane, stop).await? {
+                    self.lanes[lane].recovered = true;
                 }
                 continue;
             }
-            let budget = self.read_budget(&reads);
-            if budget > 0
-                && reclaim.is_due()
-                && let Some(hold) = self.try_free_hold(budget)
-            {
-                self.reclaim_stale(hold, &mut reclaim, stop).await?;
-                continue;
+            match self.next_step() {
+                Next::Reclaim(lane, hold) => self.reclaim_stale(lane, hold, stop).await?,
+                Next::Read(lane, hold) => self.start_read(lane, hold, stop).await?,
+                Next::Wait => self.wait_for_work(stop).await?,
             }
-            if budget > 0
-                && reads.has_room()
-                && let Some(hold) = self.try_free_hold(budget.min(reads.per_read))
-            {
-                self.start_read(hold, reclaim.read_block(), &mut reads, stop)
-                    .await?;
-                // Another read may go out before the oldest is awaited.
-                continue;
-            }
-            self.wait_for_work(&mut reads, budget, stop).await?;
         }
+    }
+
+    /// The next read or claim that can go out now, looking at the lanes
+    /// round robin so that every partition gets its turn.
+    fn next_step(&mut self) -> Next {
+        let budget = self.read_budget();
+        if budget == 0 {
+            return Next::Wait;
+        }
+        let several = self.lanes.len() > 1;
+        let count = self.lanes.len();
+        for offset in 0..count {
+            let index = (self.next_lane + offset) % count;
+            let lane = &self.lanes[index];
+            if !lane.is_open() {
+                continue;
+            }
+            if lane.reclaim.is_due()
+                && let Some(hold) = self.try_free_hold(budget.min(lane.reads.per_read))
+            {
+                self.next_lane = (index + 1) % count;
+                return Next::Reclaim(index, hold);
+            }
+            let watching = several && lane.idle;
+            let room = if watching {
+                lane.reads.is_empty()
+            } else {
+                lane.reads.has_room()
+            };
+            let wanted = if watching {
+                1
+            } else {
+                budget.min(lane.reads.per_read)
+            };
+            if room && let Some(hold) = self.try_free_hold(wanted) {
+                self.next_lane = (index + 1) % count;
+                return Next::Read(index, hold);
+            }
+        }
+        Next::Wait
     }
 
     /// Takes the entries of the reads already sent: they are this sender's
     /// now, and go to the gateway, sent until the shutdown deadline.
-    async fn take_all(
-        &mut self,
-        reads: &mut Reads,
-        stop: &CancellationToken,
-    ) -> Result<(), StoreError> {
-        while let Some(read) = reads.pop_oldest() {
-            let reply = read.reply.await;
-            self.take_read(read.hold, reply, reads, stop).await?;
+    async fn take_all(&mut self, stop: &CancellationToken) -> Result<(), StoreError> {
+        for lane in 0..self.lanes.len() {
+            while let Some(read) = self.lanes[lane].reads.pop_oldest() {
+                let reply = read.reply.await;
+                self.take_read(lane, read.hold, reply, stop).await?;
+            }
         }
         Ok(())
     }
 
-    /// Nothing can go out without waiting. Waits for the oldest read's
-    /// reply, or, when another read could go out, for what it lacks: a hold
-    /// slot, or sends that end (or come within the read-ahead horizon).
-    async fn wait_for_work(
-        &mut self,
-        reads: &mut Reads,
-        budget: usize,
-        stop: &CancellationToken,
-    ) -> Result<(), StoreError> {
-        let could_read = reads.has_room();
-        let wants_hold = could_read && budget > 0;
-        let wants_ends = could_read && budget == 0;
+    /// Nothing can go out without waiting. Waits for a read's reply, a
+    /// hold slot, sends that end (or come within the read-ahead horizon),
+    /// a lane added, or the end of a lane's pause.
+    async fn wait_for_work(&mut self, stop: &CancellationToken) -> Result<(), StoreError> {
+        let budget = self.read_budget();
+        let wants_hold = budget > 0;
+        let wants_ends = budget == 0;
+        let resume_at = self
+            .lanes
+            .iter()
+            .filter_map(|lane| {
+                let blocked = *lane.writes_blocked.borrow();
+                // A lane whose writes are blocked is looked at again shortly.
+                let blocked_until = blocked.then(|| Instant::now() + BLOCKED_RECHECK);
+                lane.paused_until.or(blocked_until)
+            })
+            .min();
+        let lanes = &mut self.lanes;
+        let replies = std::future::poll_fn(|cx| {
+            for (index, lane) in lanes.iter_mut().enumerate() {
+                if let std::task::Poll::Ready(reply) = lane.reads.poll_oldest(cx) {
+                    return std::task::Poll::Ready((index, reply));
+                }
+            }
+            std::task::Poll::Pending
+        });
         tokio::select! {
             () = stop.cancelled() => {}
-            reply = reads.oldest_reply() => {
-                if let Some(read) = reads.pop_oldest() {
-                    self.take_read(read.hold, reply, reads, stop).await?;
+            (lane, reply) = replies => {
+                if let Some(read) = self.lanes[lane].reads.pop_oldest() {
+                    self.take_read(lane, read.hold, reply, stop).await?;
                 }
             }
             // Freed again at once: the loop takes it with the others free.
             _hold = Arc::clone(&self.hold_slots).acquire_owned(), if wants_hold => {}
             () = self.gateway.load.changed.notified(), if wants_ends => {}
+            () = async {
+                match resume_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {}
         }
         Ok(())
     }
@@ -146,68 +255,72 @@ impl Dispatcher {
     /// How many more messages to read or claim now: one per send slot free
     /// or about to free (its send ends within the read-ahead horizon), less
     /// those already waiting for one or asked for by reads on the wire.
-    fn read_budget(&self, reads: &Reads) -> usize {
-        let asked = reads.asked();
+    fn read_budget(&self) -> usize {
+        let asked: usize = self.lanes.iter().map(|lane| lane.reads.asked()).sum();
         self.gateway
             .load
             .wanted(self.settings.concurrency)
             .saturating_sub(asked)
     }
 
-    /// Sends a read for as many new messages as `hold` can take, waiting up to
-    /// `block` for the first, on the reader connection (opened if needed).
-    /// Sends nothing if the connection could not be opened (after backing off).
+    /// Sends a read of `lane` for as many new messages as `hold` can take,
+    /// on the lane's reader connection (opened if needed). With one
+    /// partition a read waits until the next pending-list walk is due for
+    /// the first message; with several, only a read of an idle partition
+    /// waits (for one message), so no read sits on slots another partition
+    /// could use. Sends nothing if the connection could not be opened.
     async fn start_read(
-        &self,
+        &mut self,
+        lane: usize,
         hold: OwnedSemaphorePermit,
-        block: Duration,
-        reads: &mut Reads,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
-        let conn = match &mut reads.reader {
+        let several = self.lanes.len() > 1;
+        let this = &mut self.lanes[lane];
+        let block = if several && !this.idle {
+            0
+        } else {
+            this.reclaim.read_block().as_millis() as u64
+        };
+        let conn = match &mut this.reads.reader {
             Some(conn) => conn,
-            None => match self.store.read_connection(MAX_BLOCK).await {
-                Ok(conn) => reads.reader.insert(conn),
-                Err(err) => {
-                    return self
-                        .wait_after_read_error(err, &mut reads.retry, stop)
-                        .await;
-                }
+            None => match this.store.read_connection(MAX_BLOCK).await {
+                Ok(conn) => this.reads.reader.insert(conn),
+                Err(err) => return self.lane_failed(lane, err, stop).await,
             },
         };
-        let reply = self.store.read_new(
-            conn,
-            &self.settings.name,
-            hold.num_permits(),
-            block.as_millis() as u64,
-        );
-        reads.push(PendingRead { hold, reply });
+        let reply = this
+            .store
+            .read_new(conn, &self.settings.name, hold.num_permits(), block);
+        this.reads.push(PendingRead { hold, reply });
         Ok(())
     }
 
     /// Takes a read's reply: its messages join the ready queue. After an
-    /// error, drops the connection (it may be broken) and backs off.
+    /// error, drops the lane's connection (it may be broken) and pauses the
+    /// lane.
     async fn take_read(
         &mut self,
+        lane: usize,
         mut hold: OwnedSemaphorePermit,
         reply: Result<Vec<StreamEntry>, StoreError>,
-        reads: &mut Reads,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
         match reply {
             Ok(entries) => {
-                reads.retry.succeeded();
+                let this = &mut self.lanes[lane];
+                this.reads.retry.succeeded();
+                this.idle = entries.is_empty();
                 self.totals.read += entries.len() as u64;
                 self.progress.took(entries.len() as u64);
                 for entry in entries {
-                    self.read_ahead(entry, &mut hold);
+                    self.read_ahead(lane, entry, &mut hold);
                 }
                 Ok(())
             }
             Err(err) => {
-                reads.reader = None;
-                self.wait_after_read_error(err, &mut reads.retry, stop)
-                    .await
+                self.lanes[lane].reads.reader = None;
+                self.lane_failed(lane, err, stop).await
             }
         }
     }
@@ -217,7 +330,12 @@ impl Dispatcher {
     /// slot frees costs next to nothing. A malformed message, or one whose
     /// send takes no time, has its result at once; the others wait in the
     /// ready queue.
-    pub(super) fn read_ahead(&mut self, entry: StreamEntry, hold: &mut OwnedSemaphorePermit) {
+    pub(super) fn read_ahead(
+        &mut self,
+        lane: usize,
+        entry: StreamEntry,
+        hold: &mut OwnedSemaphorePermit,
+    ) {
         let Some(hold) = hold.split(1) else {
             // Never happens: each read or claim asks for at most as many
             // entries as there are slots. Leaving the entry pending is safe.
@@ -227,35 +345,27 @@ impl Dispatcher {
             );
             return;
         };
+        let out = Arc::clone(&self.lanes[lane].out);
         // Its lease is renewed from now on, until its result is written.
-        self.in_flight.insert(&entry.id);
+        out.in_flight.insert(&entry.id);
         let checked = entry.message().map(|_| ());
         let id = entry.id;
         if let Err(err) = checked {
             tracing::warn!(id, error = %err, "malformed entry; moving it to the dead stream");
-            self.finish_now(id, Outcome::Malformed, hold);
+            finish_now(&out, id, Outcome::Malformed, hold);
             return;
         }
         let attempt = self.simulator.next_attempt();
         if attempt.delay.is_zero() {
-            self.finish_now(id, attempt.outcome(), hold);
+            finish_now(&out, id, attempt.outcome(), hold);
             return;
         }
         self.gateway.hand_over(Ready {
             id,
+            lane: out,
             attempt,
             hold_slot: hold,
         });
-    }
-
-    /// Hands the result of a message that needs no send to the writer.
-    fn finish_now(&self, id: String, outcome: Outcome, hold_slot: OwnedSemaphorePermit) {
-        let item = ReportItem {
-            id,
-            outcome,
-            send_time_us: 0,
-        };
-        let _ = self.results.send(Finished { item, hold_slot });
     }
 
     /// Takes up to `most` free hold slots without waiting; `None` if none is
@@ -282,21 +392,39 @@ impl Dispatcher {
         }
     }
 
-    /// After a failed read: waits as the retry policy says, or until `stop`.
-    /// Lost or damaged queue state and other lasting errors end the sender
-    /// (a missing stream or group is diagnosed, never re-created).
-    async fn wait_after_read_error(
-        &self,
+    /// After a failed read or claim of `lane`: a missing stream, group or
+    /// library is diagnosed at once (waiting as the retry policy says, or
+    /// until `stop`); other failures retrying may fix pause only this lane,
+    /// for the policy's wait. Lost or damaged queue state and other lasting
+    /// errors end the sender (a missing stream or group is never re-created).
+    pub(super) async fn lane_failed(
+        &mut self,
+        lane: usize,
         err: StoreError,
-        retry: &mut Retry<'_>,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
-        tokio::select! {
-            // First, so an error that ends the sender is returned even when
-            // `stop` has fired.
-            biased;
-            waited = self.store.wait_to_retry(retry, err) => waited,
-            () = stop.cancelled() => Ok(()),
+        let this = &mut self.lanes[lane];
+        if err.needs_library() || err.is_no_group() {
+            return tokio::select! {
+                // First, so an error that ends the sender is returned even
+                // when `stop` has fired.
+                biased;
+                waited = this.store.wait_to_retry(&mut this.reads.retry, err) => waited,
+                () = stop.cancelled() => Ok(()),
+            };
         }
+        let wait = this.reads.retry.failed(err)?;
+        this.paused_until = Some(Instant::now() + wait);
+        Ok(())
     }
+}
+
+/// Hands the result of a message that needs no send to its writer.
+fn finish_now(out: &LaneOut, id: String, outcome: Outcome, hold_slot: OwnedSemaphorePermit) {
+    let item = ReportItem {
+        id,
+        outcome,
+        send_time_us: 0,
+    };
+    let _ = out.results.send(Finished { item, hold_slot });
 }

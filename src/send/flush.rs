@@ -41,6 +41,16 @@ pub struct FlushTotals {
 }
 
 impl FlushTotals {
+    /// Adds what another partition's writer counted.
+    pub(super) fn merge(&mut self, other: &Self) {
+        self.sent += other.sent;
+        self.duplicates += other.duplicates;
+        self.failed += other.failed;
+        self.dead += other.dead;
+        self.unwritten += other.unwritten;
+        self.end_to_end.merge(&other.end_to_end);
+    }
+
     fn add(&mut self, reply: ReportReply) {
         self.sent += reply.sent;
         self.duplicates += reply.duplicates;

@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ending::Ending;
-use super::in_flight::Finished;
+use super::in_flight::{Finished, LaneOut};
 use super::simulate::Attempt;
 use crate::store::ReportItem;
 
@@ -39,6 +39,8 @@ use crate::store::ReportItem;
 pub(super) struct Ready {
     /// The message id.
     pub id: String,
+    /// Where its result goes: its partition's writer.
+    pub lane: Arc<LaneOut>,
     /// What its send will do.
     pub attempt: Attempt,
     /// Its hold slot, which goes on with the result to the writer.
@@ -97,6 +99,8 @@ struct InProgress {
     ends_at: Instant,
     /// Its result, whose send time is filled in when it ends.
     item: ReportItem,
+    /// Where the result goes.
+    lane: Arc<LaneOut>,
     /// Its hold slot, which goes on with the result to the writer.
     hold_slot: OwnedSemaphorePermit,
 }
@@ -139,8 +143,6 @@ impl Eq for Scheduled {}
 pub(super) struct Gateway {
     /// Messages to send, from the dispatcher; closed when it stops.
     incoming: mpsc::UnboundedReceiver<Ready>,
-    /// Where results go when their sends end.
-    results: mpsc::UnboundedSender<Finished>,
     /// Shared with the dispatcher.
     load: Arc<Load>,
     /// Sends at once.
@@ -159,11 +161,7 @@ pub(super) struct Gateway {
 impl Gateway {
     /// A gateway with nothing to send yet, and the inlet to hand it
     /// messages through.
-    pub(super) fn new(
-        results: mpsc::UnboundedSender<Finished>,
-        concurrency: usize,
-        abort: CancellationToken,
-    ) -> (Self, Inlet) {
+    pub(super) fn new(concurrency: usize, abort: CancellationToken) -> (Self, Inlet) {
         let (sends, incoming) = mpsc::unbounded_channel();
         let load = Arc::new(Load::default());
         let inlet = Inlet {
@@ -172,7 +170,6 @@ impl Gateway {
         };
         let gateway = Self {
             incoming,
-            results,
             load,
             concurrency,
             abort,
@@ -186,9 +183,9 @@ impl Gateway {
     }
 
     /// Runs until the dispatcher has stopped and every message it handed
-    /// over is sent, or until `abort`. Returns the ids of the messages
-    /// abandoned then (ready or sending).
-    pub(super) async fn run(mut self) -> Vec<String> {
+    /// over is sent, or until `abort`. Returns the messages abandoned then
+    /// (ready or sending), each with its partition's lane.
+    pub(super) async fn run(mut self) -> Vec<(Arc<LaneOut>, String)> {
         let mut open = true;
         loop {
             self.start_ready();
@@ -249,6 +246,7 @@ impl Gateway {
                 outcome: ready.attempt.outcome(),
                 send_time_us: 0,
             },
+            lane: ready.lane,
             hold_slot: ready.hold_slot,
         };
         self.sending.push(Scheduled {
@@ -259,10 +257,10 @@ impl Gateway {
         true
     }
 
-    /// Gives up every message not sent yet; their ids.
-    fn abandon(&mut self) -> Vec<String> {
-        let ready = self.ready.drain(..).map(|r| r.id);
-        let sending = self.sending.drain().map(|q| q.send.item.id);
+    /// Gives up every message not sent yet; their lanes and ids.
+    fn abandon(&mut self) -> Vec<(Arc<LaneOut>, String)> {
+        let ready = self.ready.drain(..).map(|r| (r.lane, r.id));
+        let sending = self.sending.drain().map(|q| (q.send.lane, q.send.item.id));
         ready.chain(sending).collect()
     }
 
@@ -293,7 +291,7 @@ impl Gateway {
             let mut item = send.item;
             item.send_time_us = now.duration_since(send.started).as_micros() as u64;
             ended += 1;
-            let _ = self.results.send(Finished {
+            let _ = send.lane.results.send(Finished {
                 item,
                 hold_slot: send.hold_slot,
             });
@@ -329,9 +327,10 @@ mod tests {
     use crate::store::Outcome;
 
     /// A message whose send takes `ms`, holding one of `slots`.
-    fn ready(id: &str, slots: &Arc<Semaphore>, ms: u64) -> Ready {
+    fn ready(id: &str, lane: &Arc<LaneOut>, slots: &Arc<Semaphore>, ms: u64) -> Ready {
         Ready {
             id: id.to_owned(),
+            lane: Arc::clone(lane),
             attempt: Attempt {
                 delay: Duration::from_millis(ms),
                 fails: false,
@@ -340,24 +339,38 @@ mod tests {
         }
     }
 
-    /// A gateway with `concurrency` send slots, its inlet and its results.
+    /// A partition's lane and where its results go.
+    fn lane() -> (Arc<LaneOut>, mpsc::UnboundedReceiver<Finished>) {
+        let (results, results_rx) = mpsc::unbounded_channel();
+        let in_flight = super::super::in_flight::InFlight::default();
+        (Arc::new(LaneOut { results, in_flight }), results_rx)
+    }
+
+    /// A gateway with `concurrency` send slots, its inlet, and a lane whose
+    /// results the test reads (drop the lane to see them end).
     fn gateway(
         concurrency: usize,
         abort: &CancellationToken,
-    ) -> (Gateway, Inlet, mpsc::UnboundedReceiver<Finished>) {
-        let (results, results_rx) = mpsc::unbounded_channel();
-        let (gateway, inlet) = Gateway::new(results, concurrency, abort.clone());
-        (gateway, inlet, results_rx)
+    ) -> (
+        Gateway,
+        Inlet,
+        Arc<LaneOut>,
+        mpsc::UnboundedReceiver<Finished>,
+    ) {
+        let (gateway, inlet) = Gateway::new(concurrency, abort.clone());
+        let (lane, results_rx) = lane();
+        (gateway, inlet, lane, results_rx)
     }
 
     #[tokio::test(start_paused = true)]
     async fn sends_end_in_order_of_their_times_and_a_freed_slot_starts_the_next() {
         let slots = Arc::new(Semaphore::new(4));
-        let (gateway, inlet, mut results_rx) = gateway(2, &CancellationToken::new());
+        let (gateway, inlet, lane, mut results_rx) = gateway(2, &CancellationToken::new());
         let load = Arc::clone(&inlet.load);
         for (id, ms) in [("slow", 30), ("fast", 10), ("queued", 15)] {
-            inlet.hand_over(ready(id, &slots, ms));
+            inlet.hand_over(ready(id, &lane, &slots, ms));
         }
+        drop(lane);
         assert_eq!(load.free_slots(2), 0);
         let started = Instant::now();
         let gateway = tokio::spawn(gateway.run());
@@ -380,11 +393,7 @@ mod tests {
             );
         }
         assert!(ended[1].2 >= 20, "queued started only after fast ended");
-        assert_eq!(
-            gateway.await.unwrap(),
-            Vec::<String>::new(),
-            "none abandoned"
-        );
+        assert!(gateway.await.unwrap().is_empty(), "none abandoned");
         assert_eq!(load.free_slots(2), 2);
         assert_eq!(slots.available_permits(), 4, "every hold slot freed");
     }
@@ -392,7 +401,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn wakes_earlier_after_sends_end_late_and_later_after_they_end_early() {
         let slots = Arc::new(Semaphore::new(4));
-        let (mut gateway, _inlet, _results_rx) = gateway(4, &CancellationToken::new());
+        let (mut gateway, _inlet, lane, _results_rx) = gateway(4, &CancellationToken::new());
         tokio::time::advance(Duration::from_millis(10)).await;
         let now = Instant::now();
         let mut end_one = |started: Instant, ends_at: Instant| {
@@ -404,6 +413,7 @@ mod tests {
                     outcome: Outcome::Sent,
                     send_time_us: 0,
                 },
+                lane: Arc::clone(&lane),
                 hold_slot: Arc::clone(&slots).try_acquire_owned().unwrap(),
             };
             gateway.load.held.fetch_add(1, AtomicOrdering::Relaxed);
@@ -426,9 +436,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_slot_is_refilled_as_its_send_ends_not_after_the_whole_batch() {
         let slots = Arc::new(Semaphore::new(4));
-        let (mut gateway, inlet, mut results_rx) = gateway(2, &CancellationToken::new());
+        let (mut gateway, inlet, lane, mut results_rx) = gateway(2, &CancellationToken::new());
         for (id, ms) in [("a", 10), ("b", 10), ("next", 10)] {
-            inlet.hand_over(ready(id, &slots, ms));
+            inlet.hand_over(ready(id, &lane, &slots, ms));
         }
         while let Ok(ready) = gateway.incoming.try_recv() {
             gateway.ready.push_back(ready);
@@ -451,17 +461,24 @@ mod tests {
     async fn abort_abandons_the_messages_not_sent_yet() {
         let slots = Arc::new(Semaphore::new(4));
         let abort = CancellationToken::new();
-        let (gateway, inlet, mut results_rx) = gateway(1, &abort);
+        let (gateway, inlet, lane, mut results_rx) = gateway(1, &abort);
         for (id, ms) in [("quick", 5), ("endless", 60_000), ("waiting", 5)] {
-            inlet.hand_over(ready(id, &slots, ms));
+            inlet.hand_over(ready(id, &lane, &slots, ms));
         }
+        drop(lane);
         let gateway = tokio::spawn(gateway.run());
         let first = results_rx.recv().await.unwrap();
         assert_eq!(first.item.id, "quick");
         tokio::time::sleep(Duration::from_secs(1)).await;
         abort.cancel();
         // One still sending, one never started.
-        assert_eq!(gateway.await.unwrap(), ["waiting", "endless"]);
+        let abandoned: Vec<String> = gateway
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, id)| id)
+            .collect();
+        assert_eq!(abandoned, ["waiting", "endless"]);
         assert!(results_rx.recv().await.is_none(), "and writes no result");
     }
 }

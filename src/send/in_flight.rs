@@ -57,6 +57,42 @@ impl InFlight {
     }
 }
 
+/// The in-flight sets of every partition, for counting what the sender
+/// holds in all.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Held(Arc<Mutex<Vec<InFlight>>>);
+
+impl Held {
+    /// Counts `in_flight` too from now on.
+    pub(super) fn add(&self, in_flight: InFlight) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(in_flight);
+    }
+
+    /// How many messages the sender holds in all its partitions.
+    pub(super) fn len(&self) -> usize {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(InFlight::len)
+            .sum()
+    }
+}
+
+/// Where one partition's messages go: its writer, which takes their
+/// results, and the set of messages held in it, whose leases that writer
+/// renews. Each message carries its partition's, through the gateway.
+#[derive(Debug)]
+pub(super) struct LaneOut {
+    /// The partition's writer.
+    pub results: mpsc::UnboundedSender<Finished>,
+    /// The messages held in the partition.
+    pub in_flight: InFlight,
+}
+
 /// A finished attempt waiting to be written.
 #[derive(Debug)]
 pub(super) struct Finished {
@@ -113,12 +149,20 @@ impl Reads {
         self.queue.pop_front()
     }
 
-    /// Waits for the oldest read's reply without taking the read; never
-    /// ends while no read is out.
-    pub(super) async fn oldest_reply(&mut self) -> Result<Vec<StreamEntry>, StoreError> {
+    /// Whether no read is out.
+    pub(super) fn is_empty(&self) -> bool {
+        self.queue.is_empty()
+    }
+
+    /// Polls the oldest read's reply without taking the read; pending while
+    /// no read is out.
+    pub(super) fn poll_oldest(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<Vec<StreamEntry>, StoreError>> {
         match self.queue.front_mut() {
-            Some(read) => (&mut read.reply).await,
-            None => std::future::pending().await,
+            Some(read) => std::pin::Pin::new(&mut read.reply).poll(cx),
+            None => std::task::Poll::Pending,
         }
     }
 }

@@ -1,4 +1,9 @@
-//! The sender: one member of the consumer group.
+//! The sender: one member of the consumer group, in every partition of the
+//! queue. Each partition is a lane: its own reads and pending-list walk (in
+//! the dispatcher, which goes round robin over the lanes) and its own
+//! writer; the send slots, the hold slots and the gateway are shared, so a
+//! busy partition can use what an idle one leaves. Partitions added to the
+//! queue while the sender runs get lanes within seconds.
 //!
 //! - `name`: the liveness lease on the sender's name;
 //! - `dispatch`: reads and claims messages, with two reads on the wire at
@@ -43,7 +48,7 @@ pub mod simulate;
 mod summary;
 mod trim;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rand::RngExt;
@@ -58,11 +63,11 @@ pub use flush::FlushTotals;
 
 use crate::settings::SendSettings;
 use crate::store::{Sender, Store, StoreError};
-use dispatch::Dispatcher;
+use dispatch::{Dispatcher, Lane};
 use fatal::Fatal;
 use flush::Flusher;
 use gateway::{Gateway, Inlet};
-use in_flight::{Finished, InFlight};
+use in_flight::{Held, InFlight, LaneOut};
 use simulate::Simulator;
 use summary::{Progress, SUMMARY_EVERY};
 
@@ -75,6 +80,9 @@ const HOLD_PER_SEND_SLOT: usize = 3;
 
 /// How long results may take to be written after the shutdown deadline.
 const FLUSH_GRACE: Duration = Duration::from_secs(5);
+
+/// How often the sender looks for partitions added to the queue.
+const GROWTH_CHECK_EVERY: Duration = Duration::from_secs(2);
 
 /// Why a sender stopped with an error.
 #[derive(Debug, Error)]
@@ -155,14 +163,16 @@ pub async fn run(
         concurrency = settings.concurrency,
         mean_ms = settings.delay.mean.as_millis() as u64,
         failure_rate = settings.failure_rate,
+        partitions = store.partition_count(),
         "sender started"
     );
     let sender = Shared {
         fatal: Fatal::new(stop.clone()),
+        partitions: watch::channel(store.partition_count()).0,
         store,
         settings,
         token,
-        in_flight: InFlight::default(),
+        held: Held::default(),
         progress: Arc::default(),
     };
     let upkeep = sender.start_upkeep(&stop);
@@ -203,8 +213,17 @@ struct Shared {
     /// This process's hold on the sender name.
     token: String,
     fatal: Fatal,
-    in_flight: InFlight,
+    /// The queue's partition count as the sender knows it: it grows.
+    partitions: watch::Sender<u32>,
+    /// What every partition holds in flight.
+    held: Held,
     progress: Arc<Progress>,
+}
+
+/// A partition's writer task, and how to make it give up.
+struct Writer {
+    task: JoinHandle<FlushTotals>,
+    give_up: CancellationToken,
 }
 
 /// The tasks that run beside the sending: the name's lease, retention and
@@ -221,33 +240,81 @@ impl Shared {
     /// Reads and sends until `stop` fires, then drains: sends what was read
     /// until the shutdown deadline and writes the results.
     async fn send(&self, stop: &CancellationToken) -> Sent {
-        let (results_tx, results_rx) = mpsc::unbounded_channel();
-        let (writes_blocked_tx, writes_blocked) = watch::channel(false);
-        let give_up = self.fatal.raised.child_token();
-        let flusher = tokio::spawn(
-            self.flusher(writes_blocked_tx)
-                .run(results_rx, give_up.clone()),
-        );
         let abort_sends = CancellationToken::new();
-        let (gateway, inlet) = Gateway::new(
-            results_tx.clone(),
-            self.settings.concurrency,
-            abort_sends.clone(),
-        );
+        let (gateway, inlet) = Gateway::new(self.settings.concurrency, abort_sends.clone());
         let gateway = tokio::spawn(gateway.run());
-        let mut dispatcher = self.dispatcher(results_tx, inlet, writes_blocked);
-        let outcome = dispatcher.run(stop).await;
+        let writers = Mutex::new(Vec::new());
+        let lanes = (0..self.store.partition_count())
+            .map(|partition| self.open_lane(partition, &writers))
+            .collect();
+        let (new_lanes_tx, new_lanes) = mpsc::unbounded_channel();
+        let mut dispatcher = self.dispatcher(lanes, new_lanes, inlet);
+        let outcome = tokio::select! {
+            outcome = dispatcher.run(stop) => outcome,
+            never = self.follow_growth(&new_lanes_tx, &writers) => match never {},
+        };
         stop.cancel();
         let dispatched = dispatcher.totals;
         // The gateway sends what it holds until the deadline; nothing more is
         // sent once the queue's state is lost or damaged.
         drop(dispatcher);
+        drop(new_lanes_tx);
         let abandoned = self.drain(gateway, abort_sends).await;
+        let writers = writers.into_inner().unwrap_or_else(PoisonError::into_inner);
         Sent {
             outcome,
             dispatched,
-            flushed: join_flusher(flusher, give_up).await,
+            flushed: join_writers(writers).await,
             abandoned,
+        }
+    }
+
+    /// Opens the lane of `partition`: starts its writer (kept in `writers`)
+    /// and returns what the dispatcher needs to read it.
+    fn open_lane(&self, partition: u32, writers: &Mutex<Vec<Writer>>) -> Lane {
+        let store = self.store.partition(partition);
+        let (results, results_rx) = mpsc::unbounded_channel();
+        let (writes_blocked_tx, writes_blocked) = watch::channel(false);
+        let in_flight = InFlight::default();
+        self.held.add(in_flight.clone());
+        let give_up = self.fatal.raised.child_token();
+        let flusher = self.flusher(store.clone(), in_flight.clone(), writes_blocked_tx);
+        let task = tokio::spawn(flusher.run(results_rx, give_up.clone()));
+        writers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Writer { task, give_up });
+        let out = Arc::new(LaneOut { results, in_flight });
+        Lane::new(store, &self.settings, out, writes_blocked)
+    }
+
+    /// Looks for partitions added to the queue every [`GROWTH_CHECK_EVERY`]
+    /// and hands the dispatcher a lane for each; never ends (the caller
+    /// drops it). A failed look is tried again at the next tick.
+    async fn follow_growth(
+        &self,
+        new_lanes: &mpsc::UnboundedSender<Lane>,
+        writers: &Mutex<Vec<Writer>>,
+    ) -> std::convert::Infallible {
+        let mut known = self.store.clone();
+        loop {
+            tokio::time::sleep(GROWTH_CHECK_EVERY).await;
+            let grown = match known.reopen_grown().await {
+                Ok(grown) => grown,
+                Err(err) if err.is_queue_state() => {
+                    self.fatal.raise(err);
+                    continue;
+                }
+                Err(err) => {
+                    tracing::debug!(error = %err, "could not look for partitions added");
+                    continue;
+                }
+            };
+            for partition in known.partition_count()..grown.partition_count() {
+                let _ = new_lanes.send(self.open_lane(partition, writers));
+            }
+            self.partitions.send_replace(grown.partition_count());
+            known = grown;
         }
     }
 
@@ -255,13 +322,13 @@ impl Shared {
     fn start_upkeep(&self, stop: &CancellationToken) -> Upkeep {
         let summary_stop = CancellationToken::new();
         let summary = tokio::spawn({
-            let (progress, in_flight, summary_stop) = (
+            let (progress, held, summary_stop) = (
                 Arc::clone(&self.progress),
-                self.in_flight.clone(),
+                self.held.clone(),
                 summary_stop.clone(),
             );
             async move {
-                summary::report_every(SUMMARY_EVERY, &progress, &in_flight, &summary_stop).await;
+                summary::report_every(SUMMARY_EVERY, &progress, &held, &summary_stop).await;
             }
         });
         Upkeep {
@@ -275,6 +342,7 @@ impl Shared {
             )),
             trimmer: tokio::spawn(trim::keep_trimmed(
                 self.store.clone(),
+                self.partitions.subscribe(),
                 stop.clone(),
                 self.fatal.clone(),
             )),
@@ -283,10 +351,15 @@ impl Shared {
         }
     }
 
-    /// The task that writes results and renews leases.
-    fn flusher(&self, writes_blocked: watch::Sender<bool>) -> Flusher {
+    /// The task that writes one partition's results and renews its leases.
+    fn flusher(
+        &self,
+        store: Sender,
+        in_flight: InFlight,
+        writes_blocked: watch::Sender<bool>,
+    ) -> Flusher {
         Flusher {
-            store: self.store.clone(),
+            store,
             consumer: self.settings.name.clone(),
             max_attempts: self.settings.max_attempts,
             retry_idle: self
@@ -295,33 +368,33 @@ impl Shared {
                 .saturating_sub(self.settings.retry_backoff),
             lease: self.settings.lease,
             token: self.token.clone(),
-            in_flight: self.in_flight.clone(),
+            in_flight,
             fatal: self.fatal.clone(),
             writes_blocked,
             progress: Arc::clone(&self.progress),
         }
     }
 
-    /// The loop that reads and claims messages.
+    /// The loop that reads and claims messages, over `lanes` and those
+    /// that come through `new_lanes`.
     fn dispatcher(
         &self,
-        results: mpsc::UnboundedSender<Finished>,
+        lanes: Vec<Lane>,
+        new_lanes: mpsc::UnboundedReceiver<Lane>,
         gateway: Inlet,
-        writes_blocked: watch::Receiver<bool>,
     ) -> Dispatcher {
         let settings = &self.settings;
         Dispatcher {
-            store: self.store.clone(),
             simulator: Simulator::new(settings.delay, settings.failure_rate, settings.seed),
             hold_slots: Arc::new(Semaphore::new(
                 settings.concurrency.saturating_mul(HOLD_PER_SEND_SLOT),
             )),
-            in_flight: self.in_flight.clone(),
-            results,
+            lanes,
+            new_lanes,
+            next_lane: 0,
             gateway,
             totals: DispatchTotals::default(),
             settings: settings.clone(),
-            writes_blocked,
             progress: Arc::clone(&self.progress),
         }
     }
@@ -329,7 +402,11 @@ impl Shared {
     /// Lets the gateway send what it holds until the shutdown deadline (or
     /// until the queue's state is found lost or damaged), then abandons the
     /// rest. Returns how many messages were abandoned.
-    async fn drain(&self, mut gateway: JoinHandle<Vec<String>>, abort: CancellationToken) -> u64 {
+    async fn drain(
+        &self,
+        mut gateway: JoinHandle<Vec<(Arc<LaneOut>, String)>>,
+        abort: CancellationToken,
+    ) -> u64 {
         let deadline = async {
             tokio::select! {
                 () = tokio::time::sleep(self.settings.shutdown_timeout) => {}
@@ -351,8 +428,9 @@ impl Shared {
             "shutdown deadline passed; abandoning messages not sent yet (they stay pending and will be delivered again)"
         );
         // Their leases are no longer renewed, so another sender can take them.
-        self.in_flight
-            .remove_all(abandoned.iter().map(String::as_str));
+        for (lane, id) in &abandoned {
+            lane.in_flight.remove_all(std::iter::once(id.as_str()));
+        }
         abandoned.len() as u64
     }
 }
@@ -374,23 +452,28 @@ impl Upkeep {
     }
 }
 
-/// Waits for the writer to write what is left, for at most [`FLUSH_GRACE`];
-/// then gives up on the rest (it stays pending and is delivered again).
-async fn join_flusher(flusher: JoinHandle<FlushTotals>, give_up: CancellationToken) -> FlushTotals {
-    let flushed = match tokio::time::timeout(FLUSH_GRACE, flusher).await {
-        Ok(Ok(totals)) => totals,
-        Ok(Err(join_err)) => {
-            tracing::error!(error = %join_err, "result writer failed");
-            FlushTotals::default()
+/// Waits for the writers to write what is left, for at most [`FLUSH_GRACE`]
+/// in all; then gives up on the rest (it stays pending and is delivered
+/// again). What they counted, together.
+async fn join_writers(writers: Vec<Writer>) -> FlushTotals {
+    let deadline = tokio::time::Instant::now() + FLUSH_GRACE;
+    let mut flushed = FlushTotals::default();
+    let mut late = false;
+    for writer in writers {
+        match tokio::time::timeout_at(deadline, writer.task).await {
+            Ok(Ok(totals)) => flushed.merge(&totals),
+            Ok(Err(join_err)) => tracing::error!(error = %join_err, "result writer failed"),
+            Err(_) => {
+                writer.give_up.cancel();
+                late = true;
+            }
         }
-        Err(_) => {
-            give_up.cancel();
-            tracing::warn!(
-                "could not write every result in time; those messages stay pending and will be retried"
-            );
-            FlushTotals::default()
-        }
-    };
+    }
+    if late {
+        tracing::warn!(
+            "could not write every result in time; those messages stay pending and will be retried"
+        );
+    }
     if flushed.unwritten > 0 {
         tracing::warn!(
             unwritten = flushed.unwritten,

@@ -24,7 +24,8 @@ pub(super) struct Reclaim {
     /// The pause after a whole pass.
     every: Duration,
     next: Instant,
-    cursor: Option<String>,
+    /// Where the next slice starts.
+    pub cursor: Option<String>,
 }
 
 impl Reclaim {
@@ -53,7 +54,7 @@ impl Reclaim {
     /// A pass over the pending list goes on a bounded slice per call;
     /// between slices that found nothing it pauses, so a long list is
     /// walked without hammering Redis.
-    fn advance(&mut self, reply: &ClaimReply) {
+    pub(super) fn advance(&mut self, reply: &ClaimReply) {
         if reply.cursor.is_none() {
             self.next = Instant::now() + self.every;
         } else if reply.claimed.is_empty() && reply.dead == 0 {
@@ -64,34 +65,37 @@ impl Reclaim {
 }
 
 impl Dispatcher {
-    /// Claims the next slice of stale entries, as many as `hold` can take,
-    /// and reads them ahead. Claims nothing if `stop` fired first.
+    /// Claims the next slice of stale entries of `lane`, as many as `hold`
+    /// can take, and reads them ahead. One try: a failure pauses the lane
+    /// (see [`Dispatcher::lane_failed`]) while the others go on.
     pub(super) async fn reclaim_stale(
         &mut self,
+        lane: usize,
         mut hold: OwnedSemaphorePermit,
-        reclaim: &mut Reclaim,
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
         let wanted = hold.num_permits();
-        let Some(reply) = self
+        let store = self.lanes[lane].store.clone();
+        let cursor = self.lanes[lane].reclaim.cursor.clone();
+        let claimed = self
             .until_stopped(
                 stop,
-                self.store.retrying("reclaim stale messages", || {
-                    self.store.claim(
-                        &self.settings.name,
-                        self.settings.lease,
-                        reclaim.cursor.as_deref(),
-                        wanted,
-                        self.settings.max_attempts,
-                        None,
-                    )
-                }),
+                store.claim(
+                    &self.settings.name,
+                    self.settings.lease,
+                    cursor.as_deref(),
+                    wanted,
+                    self.settings.max_attempts,
+                    None,
+                ),
             )
-            .await?
-        else {
-            return Ok(());
+            .await;
+        let reply = match claimed {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Ok(()),
+            Err(err) => return self.lane_failed(lane, err, stop).await,
         };
-        reclaim.advance(&reply);
+        self.lanes[lane].reclaim.advance(&reply);
         self.totals.dead_on_claim += reply.dead;
         self.totals.reclaimed += reply.claimed.len() as u64;
         self.progress.dead_on_claim(reply.dead);
@@ -100,16 +104,17 @@ impl Dispatcher {
             tracing::debug!(count = reply.claimed.len(), "reclaimed stale messages");
         }
         for claimed in reply.claimed {
-            self.read_ahead(claimed.entry, &mut hold);
+            self.read_ahead(lane, claimed.entry, &mut hold);
         }
         Ok(())
     }
 
-    /// Finishes the messages left pending under this sender's name by an
-    /// earlier process of the same name, before reading new ones. Returns false
-    /// if `stop` fired.
+    /// Finishes the messages of `lane` left pending under this sender's name
+    /// by an earlier process of the same name, before reading new ones.
+    /// Returns false if `stop` fired.
     pub(super) async fn recover_own(
         &mut self,
+        lane: usize,
         stop: &CancellationToken,
     ) -> Result<bool, StoreError> {
         let mut cursor: Option<String> = None;
@@ -119,11 +124,12 @@ impl Dispatcher {
             };
             let wanted = hold.num_permits();
             let name = self.settings.name.clone();
+            let store = self.lanes[lane].store.clone();
             let Some(reply) = self
                 .until_stopped(
                     stop,
-                    self.store.retrying("recover own pending messages", || {
-                        self.store.claim(
+                    store.retrying("recover own pending messages", || {
+                        store.claim(
                             &name,
                             Duration::ZERO,
                             cursor.as_deref(),
@@ -144,11 +150,12 @@ impl Dispatcher {
             if !reply.claimed.is_empty() {
                 tracing::info!(
                     count = reply.claimed.len(),
+                    partition = store.keys().partition(),
                     "resuming messages left pending under this name"
                 );
             }
             for claimed in reply.claimed {
-                self.read_ahead(claimed.entry, &mut hold);
+                self.read_ahead(lane, claimed.entry, &mut hold);
             }
             match reply.cursor {
                 Some(next) => cursor = Some(next),

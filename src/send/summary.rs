@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use super::SendSummary;
-use super::in_flight::InFlight;
+use super::in_flight::Held;
 use crate::store::ReportReply;
 
 /// How often a running sender logs its progress.
@@ -88,7 +88,7 @@ impl Counts {
 pub(super) async fn report_every(
     every: Duration,
     progress: &Progress,
-    in_flight: &InFlight,
+    held: &Held,
     stop: &CancellationToken,
 ) {
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
@@ -101,7 +101,7 @@ pub(super) async fn report_every(
             () = stop.cancelled() => return,
         }
         let now = progress.counts();
-        let line = progress_line(now.since(last), every, in_flight.len());
+        let line = progress_line(now.since(last), every, held.len());
         tracing::info!(
             taken = now.taken,
             duplicates = now.duplicates,
@@ -242,11 +242,13 @@ mod tests {
     async fn one_line_per_period_with_what_changed_in_it() {
         let (captured, _guard) = Captured::as_default();
         let progress = Arc::new(Progress::default());
-        let in_flight = InFlight::default();
+        let in_flight = super::super::in_flight::InFlight::default();
+        let held = Held::default();
+        held.add(in_flight.clone());
         let stop = CancellationToken::new();
         let task = tokio::spawn({
-            let (progress, in_flight, stop) = (progress.clone(), in_flight.clone(), stop.clone());
-            async move { report_every(SUMMARY_EVERY, &progress, &in_flight, &stop).await }
+            let (progress, held, stop) = (progress.clone(), held.clone(), stop.clone());
+            async move { report_every(SUMMARY_EVERY, &progress, &held, &stop).await }
         });
         let start = tokio::time::Instant::now();
 

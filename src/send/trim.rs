@@ -5,17 +5,24 @@
 
 use std::time::Duration;
 
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::fatal::Fatal;
-use crate::store::{Retry, Sender};
+use crate::store::{Retry, Sender, StoreError, Trimmed};
 
 /// How often a sender trims. At 100,000 entries per call at most, one sender
 /// keeps up with 500,000 settled messages a second.
 pub(super) const TRIM_EVERY: Duration = Duration::from_millis(200);
 
-/// Trims every [`TRIM_EVERY`] until `stop`; lost or damaged state is raised.
-pub(super) async fn keep_trimmed(store: Sender, stop: CancellationToken, fatal: Fatal) {
+/// Trims every partition (as many as `partitions` says there are now)
+/// every [`TRIM_EVERY`] until `stop`; lost or damaged state is raised.
+pub(super) async fn keep_trimmed(
+    store: Sender,
+    partitions: watch::Receiver<u32>,
+    stop: CancellationToken,
+    fatal: Fatal,
+) {
     let mut tick = tokio::time::interval(TRIM_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut retry = Retry::new("trim the stream").until_done().every(TRIM_EVERY);
@@ -24,7 +31,8 @@ pub(super) async fn keep_trimmed(store: Sender, stop: CancellationToken, fatal: 
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        match store.trim().await {
+        let count = *partitions.borrow();
+        match trim_all(&store, count).await {
             Ok(trimmed) => {
                 retry.succeeded();
                 if trimmed.entries + trimmed.dead_letters > 0 {
@@ -43,4 +51,15 @@ pub(super) async fn keep_trimmed(store: Sender, stop: CancellationToken, fatal: 
             }
         }
     }
+}
+
+/// Trims partitions 0 to `count` - 1 in turn; what they removed, together.
+async fn trim_all(store: &Sender, count: u32) -> Result<Trimmed, StoreError> {
+    let mut all = Trimmed::default();
+    for partition in 0..count {
+        let trimmed = store.partition(partition).trim().await?;
+        all.entries += trimmed.entries;
+        all.dead_letters += trimmed.dead_letters;
+    }
+    Ok(all)
 }

@@ -8,7 +8,12 @@ use std::task::{Context, Poll};
 
 use super::StoreError;
 
-type Reply<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+use sync_wrapper::SyncFuture;
+
+/// Wrapped so that a holder of a `PendingReply` can be shared between
+/// threads (a sender's dispatcher is, by reference, across awaits): a
+/// future is only ever polled through `&mut`, so sharing `&` of it is safe.
+type Reply<T> = SyncFuture<Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>>;
 
 /// A request handed to its connection when it was made, its decoded reply
 /// still to come. Our connection queues a request in the call that makes it
@@ -33,7 +38,7 @@ impl<T: 'static> PendingReply<T> {
     /// `reply` only waits and decodes.
     pub(super) fn new(reply: impl Future<Output = Result<T, StoreError>> + Send + 'static) -> Self {
         Self {
-            reply: Box::pin(reply),
+            reply: SyncFuture::new(Box::pin(reply)),
         }
     }
 
@@ -51,7 +56,7 @@ impl<T> Future for PendingReply<T> {
     type Output = Result<T, StoreError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        self.reply.as_mut().poll(cx)
+        Pin::new(&mut self.reply).poll(cx)
     }
 }
 

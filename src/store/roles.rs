@@ -74,6 +74,26 @@ role!(
 );
 
 impl Sender {
+    /// The handle of partition `partition` of the same queue.
+    pub fn partition(&self, partition: u32) -> Sender {
+        Sender {
+            store: self.store.partition(partition),
+        }
+    }
+
+    /// How many partitions the queue had when this handle opened it.
+    pub fn partition_count(&self) -> u32 {
+        self.store.partition_count()
+    }
+
+    /// A handle that knows the partitions `migrate` added since this one
+    /// was opened ([`Store::reopen_grown`]).
+    pub async fn reopen_grown(&self) -> Result<Sender, StoreError> {
+        Ok(Sender {
+            store: self.store.reopen_grown().await?,
+        })
+    }
+
     /// Waits as `retry` decides after `err` ([`Retry::wait`]), or returns
     /// the error when retrying cannot fix it.
     pub async fn wait_to_retry(

@@ -27,8 +27,9 @@ impl StreamEntry {
 
 impl Sender {
     /// Reads up to `count` never-delivered entries for `consumer`, waiting up to
-    /// `block_ms` for the first one, on `conn` (the sender's read connection:
-    /// the read may block). The request is on its way when this returns, so
+    /// `block_ms` for the first one (0: answers at once, where Redis's own
+    /// `BLOCK 0` would wait forever), on `conn` (the sender's read
+    /// connection: the read may block). The request is on its way when this returns, so
     /// several reads can be in flight, reaching Redis in the order they were
     /// made and answered in it.
     pub fn read_new(
@@ -43,12 +44,11 @@ impl Sender {
             .arg(&self.store.group)
             .arg(consumer)
             .arg("COUNT")
-            .arg(count)
-            .arg("BLOCK")
-            .arg(block_ms)
-            .arg("STREAMS")
-            .arg(self.store.keys.messages())
-            .arg(">");
+            .arg(count);
+        if block_ms > 0 {
+            cmd.arg("BLOCK").arg(block_ms);
+        }
+        cmd.arg("STREAMS").arg(self.store.keys.messages()).arg(">");
         conn.read(&cmd)
     }
 }

@@ -1,0 +1,234 @@
+//! A sender over a queue of several partitions: it reads every partition,
+//! none starves another, a partition added while it runs is read within
+//! seconds, and work left pending under its name in any partition is taken
+//! back when it restarts. Counters are read straight from Redis, partition
+//! by partition.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{RunningSender, raw, read_as, send_settings, start_redis, unique_prefix};
+use sms_alerts::store::{QueueOptions, Store};
+
+/// Writes `count` messages into partition `partition` of `store`'s queue,
+/// as the producer would: the entries and the `produced` counter together.
+async fn fill(url: &str, store: &Store, partition: u32, count: u64) {
+    let keys = store.partition(partition).keys().clone();
+    let mut conn = raw(url).await;
+    for chunk in (0..count).collect::<Vec<_>>().chunks(500) {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for i in chunk {
+            pipe.cmd("XADD")
+                .arg(keys.messages())
+                .arg("*")
+                .arg("recipient")
+                .arg(format!("+4915{partition}{i:08}"))
+                .arg("body")
+                .arg(format!("alert {i}"))
+                .arg("created_ms")
+                .arg(1_700_000_000_000_u64)
+                .ignore();
+        }
+        pipe.cmd("HINCRBY")
+            .arg(keys.stats())
+            .arg("produced")
+            .arg(chunk.len())
+            .ignore();
+        pipe.query_async::<()>(&mut conn).await.expect("writes");
+    }
+}
+
+/// One partition's counters and pending count, read directly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counts {
+    produced: u64,
+    sent: u64,
+    dead: u64,
+    pending: u64,
+}
+
+async fn counts(url: &str, store: &Store, partition: u32) -> Counts {
+    let keys = store.partition(partition).keys().clone();
+    let mut conn = raw(url).await;
+    let (produced, sent, dead): (Option<u64>, Option<u64>, Option<u64>) = redis::cmd("HMGET")
+        .arg(keys.stats())
+        .arg("produced")
+        .arg("sent")
+        .arg("dead")
+        .query_async(&mut conn)
+        .await
+        .expect("HMGET");
+    let summary: redis::Value = redis::cmd("XPENDING")
+        .arg(keys.messages())
+        .arg(store.group())
+        .query_async(&mut conn)
+        .await
+        .expect("XPENDING");
+    let pending = match summary {
+        redis::Value::Array(fields) => match fields.first() {
+            Some(redis::Value::Int(n)) => *n as u64,
+            _ => 0,
+        },
+        _ => 0,
+    };
+    Counts {
+        produced: produced.unwrap_or(0),
+        sent: sent.unwrap_or(0),
+        dead: dead.unwrap_or(0),
+        pending,
+    }
+}
+
+/// Whether every message of `partition` is settled, each once.
+async fn settled(url: &str, store: &Store, partition: u32) -> bool {
+    let c = counts(url, store, partition).await;
+    c.pending == 0 && c.sent + c.dead == c.produced
+}
+
+/// Waits until partitions 0 to `partitions` - 1 are all settled.
+async fn wait_all_settled(url: &str, store: &Store, partitions: u32, deadline: Duration) {
+    common::wait_until("every partition is settled", deadline, || async move {
+        for partition in 0..partitions {
+            if !settled(url, store, partition).await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+}
+
+async fn queue(url: &str, test: &str, partitions: u32) -> Store {
+    let store = Store::connect(&common::queue(url, &unique_prefix(test)))
+        .await
+        .expect("connects");
+    let options = QueueOptions {
+        partitions: Some(partitions),
+        ..QueueOptions::default()
+    };
+    let (opened, _, _) = store.migrate(&options).await.expect("migrates");
+    assert_eq!(opened.partition_count(), partitions);
+    opened
+}
+
+#[tokio::test]
+async fn two_senders_settle_every_partition_exactly_once() {
+    let redis = start_redis().await;
+    let store = queue(&redis.url, "spread", 4).await;
+    // Uneven on purpose; partition 1 stays empty.
+    let sizes = [3_000, 0, 700, 1_800];
+    for (partition, size) in (0..).zip(sizes) {
+        fill(&redis.url, &store, partition, size).await;
+    }
+    let a = RunningSender::start(&store, send_settings("a", 2, 0.2));
+    let b = RunningSender::start(&store, send_settings("b", 3, 0.1));
+    wait_all_settled(&redis.url, &store, 4, Duration::from_secs(60)).await;
+    let (a, b) = (a.stop().await, b.stop().await);
+    let total: u64 = sizes.iter().sum();
+    for (partition, size) in (0..).zip(sizes) {
+        let c = counts(&redis.url, &store, partition).await;
+        assert_eq!(c.produced, size, "partition {partition}: {c:?}");
+        assert_eq!(c.sent + c.dead, size, "partition {partition}: {c:?}");
+    }
+    let sent = a.flushed.sent + b.flushed.sent;
+    let dead = a.flushed.dead + b.flushed.dead;
+    assert_eq!(sent + dead, total, "the senders' own totals: {a:?} {b:?}");
+    assert!(
+        a.flushed.sent > 0 && b.flushed.sent > 0,
+        "both senders worked"
+    );
+}
+
+#[tokio::test]
+async fn a_busy_partition_does_not_starve_a_small_one() {
+    let redis = start_redis().await;
+    let store = queue(&redis.url, "fair", 4).await;
+    fill(&redis.url, &store, 0, 6_000).await;
+    let mut settings = send_settings("solo", 2, 0.0);
+    settings.concurrency = 8;
+    let sender = RunningSender::start(&store, settings);
+    common::wait_until("the sender is busy", Duration::from_secs(30), || {
+        let (url, store) = (redis.url.clone(), store.clone());
+        async move { counts(&url, &store, 0).await.sent >= 200 }
+    })
+    .await;
+    fill(&redis.url, &store, 3, 50).await;
+    common::wait_until(
+        "the small partition is settled",
+        Duration::from_secs(30),
+        || {
+            let (url, store) = (redis.url.clone(), store.clone());
+            async move { settled(&url, &store, 3).await }
+        },
+    )
+    .await;
+    let busy = counts(&redis.url, &store, 0).await;
+    // 8 sends of ~2 ms at once: 6,000 take about 1.5 s; 50 alone take 15 ms.
+    assert!(
+        busy.sent < 5_000,
+        "the small partition waited for the busy one: {busy:?}"
+    );
+    sender.stop().await;
+}
+
+#[tokio::test]
+async fn a_partition_added_while_senders_run_is_read() {
+    let redis = start_redis().await;
+    let store = queue(&redis.url, "grow", 2).await;
+    fill(&redis.url, &store, 1, 100).await;
+    let sender = RunningSender::start(&store, send_settings("grower", 1, 0.0));
+    common::wait_until("partition 1 is settled", Duration::from_secs(30), || {
+        let (url, store) = (redis.url.clone(), store.clone());
+        async move { settled(&url, &store, 1).await }
+    })
+    .await;
+    let options = QueueOptions {
+        partitions: Some(4),
+        ..QueueOptions::default()
+    };
+    let (grown, _, identity) = store.migrate(&options).await.expect("grows");
+    assert_eq!(identity.partitions, (2, 4));
+    fill(&redis.url, &grown, 3, 300).await;
+    common::wait_until(
+        "the added partition is settled",
+        Duration::from_secs(30),
+        || {
+            let (url, store) = (redis.url.clone(), grown.clone());
+            async move { settled(&url, &store, 3).await }
+        },
+    )
+    .await;
+    let summary = sender.stop().await;
+    assert_eq!(summary.flushed.sent, 400, "{summary:?}");
+    // Shrinking is refused, naming both counts.
+    let shrink = QueueOptions {
+        partitions: Some(3),
+        ..QueueOptions::default()
+    };
+    let err = store.migrate(&shrink).await.expect_err("never shrinks");
+    let text = err.to_string();
+    assert!(
+        text.contains("4 partitions") && text.contains("3"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_restarted_sender_takes_back_its_work_in_every_partition() {
+    let redis = start_redis().await;
+    let store = queue(&redis.url, "resume", 3).await;
+    for partition in 0..3 {
+        fill(&redis.url, &store, partition, 40).await;
+    }
+    // A sender of this name died holding 10 messages in partitions 0 and 2.
+    let held_0 = read_as(&redis.url, &store.partition(0), "phoenix", 10).await;
+    let held_2 = read_as(&redis.url, &store.partition(2), "phoenix", 10).await;
+    assert_eq!((held_0.len(), held_2.len()), (10, 10));
+    let sender = RunningSender::start(&store, send_settings("phoenix", 1, 0.0));
+    wait_all_settled(&redis.url, &store, 3, Duration::from_secs(30)).await;
+    let summary = sender.stop().await;
+    assert_eq!(summary.dispatched.recovered, 20, "{summary:?}");
+    assert_eq!(summary.flushed.sent, 120, "{summary:?}");
+}
