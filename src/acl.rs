@@ -22,6 +22,9 @@ pub const COMMANDS: &[&str] = &[
     "ping",
     "unwatch",
     "select",
+    // Every process: whether Redis is a cluster node (INFO, below) and, on a
+    // cluster, which primary serves which slot.
+    "cluster|slots",
     // migrate: load the Functions library, record the migrations applied.
     "function|load",
     "hsetnx",
@@ -119,7 +122,9 @@ mod tests {
     use super::*;
 
     /// Commands that take a subcommand, granted one subcommand at a time.
-    const CONTAINERS: &[&str] = &["xgroup", "xinfo", "function", "client", "config", "object"];
+    const CONTAINERS: &[&str] = &[
+        "xgroup", "xinfo", "function", "client", "config", "object", "cluster",
+    ];
 
     /// Every `redis.call` / `redis.pcall` in `lua` whose command is a
     /// literal, as an ACL name (a call built at run time, like
