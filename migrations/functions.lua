@@ -60,7 +60,7 @@
     abandoned     messages `repair` gave up when it re-created a lost group
 ]]
 
-local LIBRARY_VERSION = 8
+local LIBRARY_VERSION = 9
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
@@ -885,8 +885,11 @@ end
   KEYS: 1 queue, 2 runs (zset of run ids by start time), 3 open runs (set),
         4 the run's record (hash), 5 the run's lease
   ARGV: 1 epoch, 2 run id, 3 token, 4 lease_ms, 5 count, 6 seed, 7 batch,
-        8 batches, 9 keep_ms (finished runs older than this leave `runs`)
+        8 batches, 9 keep_ms (finished runs older than this leave `runs`),
+        10 partitions the run routes over, 11 routing (how it picks them)
   Returns: 1, or an error starting BUSYRUN when the run id is taken.
+  The partitions and routing are kept so that a resumed run sends each
+  message where its first producer did, even if the queue grew since.
 ]]
 local function sms_run_start(keys, args)
   local queue, runs, open, run, lease = keys[1], keys[2], keys[3], keys[4], keys[5]
@@ -901,7 +904,8 @@ local function sms_run_start(keys, args)
   end
   local now = now_ms()
   redis.call('HSET', run, 'count', args[5], 'seed', args[6], 'batch', args[7],
-             'batches', args[8], 'state', 'running', 'started_ms', tostring(now))
+             'batches', args[8], 'state', 'running', 'started_ms', tostring(now),
+             'partitions', args[10], 'routing', args[11])
   redis.call('ZREMRANGEBYSCORE', runs, '-inf', '(' .. tostring(now - tonumber(args[9])))
   redis.call('ZADD', runs, now, args[2])
   redis.call('SADD', open, args[2])

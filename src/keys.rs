@@ -164,8 +164,9 @@ impl Keys {
     }
 
     /// The hash in which one producer run records the batches it has written
-    /// (seq -> messages), so that a batch retried after a lost reply, or by
-    /// `produce --resume`, is not written twice.
+    /// on this partition (seq -> messages: a batch's part here), so that a
+    /// part retried after a lost reply, or by `produce --resume`, is not
+    /// written twice. Partition 0's marks each batch once it is whole.
     pub fn run_batches(&self, run_id: &str) -> String {
         format!("{}:run:{run_id}:batches", self.tag)
     }

@@ -114,8 +114,15 @@ async fn run(settings: Settings) -> ExitStatus {
 }
 
 /// The exit code an error calls for: 3 for lost or damaged queue state, 2 for
-/// a bad URL or a request the queue refuses (an unknown run id), else 1.
+/// a bad URL or a request the queue refuses (an unknown run id, a partition
+/// it does not have), else 1.
 fn exit_status(err: &anyhow::Error) -> ExitStatus {
+    if err
+        .downcast_ref::<ProduceError>()
+        .is_some_and(ProduceError::is_usage)
+    {
+        return ExitStatus::Usage;
+    }
     let store_error = err
         .downcast_ref::<StoreError>()
         .or_else(|| err.downcast_ref::<SendError>()?.store_error())

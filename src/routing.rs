@@ -17,9 +17,10 @@ pub fn partition_of_key(key: &[u8], partitions: u32) -> u32 {
 }
 
 /// How a producer picks each message's partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum Routing {
     /// By the recipient's number: one phone's alerts stay in order.
+    #[default]
     Recipient,
     /// By one fixed key for every message of the run.
     Key(String),
@@ -27,6 +28,39 @@ pub enum Routing {
     RoundRobin,
     /// Every message to this one partition.
     Partition(u32),
+}
+
+impl Routing {
+    /// How the routing is written in a producer run's record, so that a
+    /// resumed run routes as its first producer did: `recipient`,
+    /// `key:<key>`, `round_robin` or `partition:<p>`.
+    pub fn to_record(&self) -> String {
+        match self {
+            Self::Recipient => "recipient".to_owned(),
+            Self::Key(key) => format!("key:{key}"),
+            Self::RoundRobin => "round_robin".to_owned(),
+            Self::Partition(partition) => format!("partition:{partition}"),
+        }
+    }
+
+    /// Reads a routing written by [`Routing::to_record`]; `None` when the
+    /// text is none of its forms.
+    pub fn from_record(text: &str) -> Option<Self> {
+        match text {
+            "recipient" => Some(Self::Recipient),
+            "round_robin" => Some(Self::RoundRobin),
+            _ => {
+                if let Some(key) = text.strip_prefix("key:") {
+                    Some(Self::Key(key.to_owned()))
+                } else {
+                    text.strip_prefix("partition:")?
+                        .parse()
+                        .ok()
+                        .map(Self::Partition)
+                }
+            }
+        }
+    }
 }
 
 /// Routes one producer's messages: keeps the round-robin position between
@@ -100,5 +134,24 @@ mod tests {
         assert_eq!(seen, [4, 5, 0, 1, 2, 3, 4]);
         let mut fixed = Router::new(Routing::Partition(2), 0);
         assert_eq!(fixed.route("+1", 6), 2);
+    }
+
+    #[test]
+    fn a_routing_reads_back_from_its_record() {
+        for routing in [
+            Routing::Recipient,
+            Routing::Key("region:7".into()),
+            Routing::Key(String::new()),
+            Routing::RoundRobin,
+            Routing::Partition(5),
+        ] {
+            assert_eq!(
+                Routing::from_record(&routing.to_record()),
+                Some(routing.clone()),
+                "{routing:?}"
+            );
+        }
+        assert_eq!(Routing::from_record("partition:x"), None);
+        assert_eq!(Routing::from_record("sideways"), None);
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use sms_alerts::stats::Snapshot;
-use sms_alerts::store::{Outcome, QueueOptions, ReportItem, RunPlan, Store, StoreError};
+use sms_alerts::store::{Outcome, QueueOptions, ReportItem, RunPlan, RunRoute, Store, StoreError};
 
 /// Every key of the queue under `store`'s prefix, with its DUMP: equal
 /// digests mean nothing was written.
@@ -220,7 +220,13 @@ async fn make(call: &str, store: &Store, pending: &[String]) -> Result<(), Store
         "run start" => {
             store
                 .producer()
-                .start_run("r2", &plan, "tok", Duration::from_secs(5))
+                .start_run(
+                    "r2",
+                    &plan,
+                    &RunRoute::default(),
+                    "tok",
+                    Duration::from_secs(5),
+                )
                 .await
         }
         "batch" => {

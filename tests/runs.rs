@@ -23,7 +23,7 @@ use common::*;
 use serde_json::Value;
 use sms_alerts::generator::MessageGenerator;
 use sms_alerts::message::{Message, RawFields};
-use sms_alerts::store::{RunPlan, RunState, Store};
+use sms_alerts::store::{RunPlan, RunRoute, RunState, Store};
 
 /// The producer's liveness lease in these tests: short, so that a dead
 /// producer is noticed quickly.
@@ -750,7 +750,13 @@ async fn a_run_whose_producer_died_after_its_last_batch_resumes_to_nothing_more(
     };
     store
         .producer()
-        .start_run("tail", &plan, "gone", Duration::from_millis(300))
+        .start_run(
+            "tail",
+            &plan,
+            &RunRoute::default(),
+            "gone",
+            Duration::from_millis(300),
+        )
         .await
         .expect("the run starts");
     let mut generator = MessageGenerator::seeded(plan.seed);
@@ -815,7 +821,13 @@ async fn resuming_or_reusing_a_run_is_refused_when_it_would_repeat_messages() {
     };
     store
         .producer()
-        .start_run("held", &plan, "live-producer", Duration::from_secs(120))
+        .start_run(
+            "held",
+            &plan,
+            &RunRoute::default(),
+            "live-producer",
+            Duration::from_secs(120),
+        )
         .await
         .expect("the run starts");
     let lease_key = store.keys().run_lease("held");

@@ -376,9 +376,23 @@ pub struct ProduceArgs {
     /// Finish the run RUN whose producer died or was stopped: its count, seed and
     /// batch size come from its record, and only the batches not yet written are
     /// written, so the run ends with exactly its count.
+    /// The run's routing comes from its record too.
     #[arg(long, value_parser = check::key_part, value_name = "RUN",
-          conflicts_with_all = ["count", "seed", "batch"])]
+          conflicts_with_all = ["count", "seed", "batch", "key", "no_key", "partition"])]
     pub resume: Option<String>,
+    /// Route every message of the run by KEY instead of by its recipient: all of
+    /// them go to the one partition KEY hashes to, in the order written.
+    /// [default: each message's recipient, so one phone's alerts stay in order]
+    #[arg(long, env = "SMS_KEY", value_name = "KEY", conflicts_with_all = ["no_key", "partition"])]
+    pub key: Option<String>,
+    /// Route without a key: round robin over the partitions, evenly, keeping no
+    /// order between one recipient's messages.
+    #[arg(long, env = "SMS_NO_KEY", conflicts_with = "partition")]
+    pub no_key: bool,
+    /// Write every message of the run to partition P (from 0; it must be below the
+    /// queue's partition count).
+    #[arg(long, env = "SMS_PARTITION", value_parser = check::partition, value_name = "P")]
+    pub partition: Option<u32>,
     /// How long a producer may be silent before its run counts as died (a live
     /// producer renews it).
     #[arg(long, env = "SMS_LEASE", value_parser = span(check::lease), allow_hyphen_values = true,

@@ -159,6 +159,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::routing::Routing;
     use crate::settings::{
         DEFAULT_COUNT, DEFAULT_LEASE, DEFAULT_MEAN, DEFAULT_PRUNE_IDLE, DEFAULT_REDIS_URL, Task,
     };
@@ -226,6 +227,33 @@ mod tests {
             panic!("not produce")
         };
         assert_eq!(resumed.count, DEFAULT_COUNT);
+    }
+
+    #[test]
+    fn routing_comes_from_one_flag_or_the_file() {
+        let produce = |args: &[&str]| {
+            let Task::Produce(produce) = parse(args).expect("valid").task else {
+                panic!("not produce")
+            };
+            produce.routing
+        };
+        let path = config("routing.toml", "[produce]\nkey = \"region-7\"\n");
+        assert_eq!(
+            produce(&["sms-alerts", "--config", &path, "produce"]),
+            Routing::Key("region-7".to_owned())
+        );
+        // A file's key does not conflict with --resume, which routes as recorded.
+        produce(&["sms-alerts", "--config", &path, "produce", "--resume", "r1"]);
+        let path = config("no-key.toml", "[produce]\nno_key = true\n");
+        assert_eq!(
+            produce(&["sms-alerts", "--config", &path, "produce"]),
+            Routing::RoundRobin
+        );
+        assert_eq!(
+            produce(&["sms-alerts", "produce", "--partition", "3"]),
+            Routing::Partition(3)
+        );
+        assert_eq!(produce(&["sms-alerts", "produce"]), Routing::Recipient);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use super::args::{
 };
 use super::file::{self, Origin};
 use super::{Env, one_line_error};
+use crate::routing::Routing;
 use crate::settings::{
     BenchSizes, DEFAULT_DEMO_INTERVAL, DEFAULT_SCENARIO, DeadTask, DelayModel, DemoSettings,
     LogSettings, MonitorSettings, ProduceSettings, QueueSettings, SendSettings, Settings,
@@ -157,7 +158,15 @@ fn bench(args: BenchArgs, redis_url_given: bool) -> Result<Task, SettingsError> 
 }
 
 fn produce(args: ProduceArgs) -> ProduceSettings {
+    // clap keeps these apart: at most one is given.
+    let routing = match (args.key, args.no_key, args.partition) {
+        (Some(key), _, _) => Routing::Key(key),
+        (None, true, _) => Routing::RoundRobin,
+        (None, false, Some(partition)) => Routing::Partition(partition),
+        (None, false, None) => Routing::Recipient,
+    };
     ProduceSettings {
+        routing,
         count: args.count,
         seed: args.seed,
         batch: args.batch,

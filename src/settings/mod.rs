@@ -97,6 +97,9 @@ pub struct ProduceSettings {
     pub resume: Option<String>,
     /// The liveness lease on the run: a producer gone this long is dead.
     pub lease: Duration,
+    /// How a new run picks each message's partition (a resumed run routes
+    /// as recorded).
+    pub routing: crate::routing::Routing,
 }
 
 impl Default for ProduceSettings {
@@ -108,6 +111,7 @@ impl Default for ProduceSettings {
             run_id: None,
             resume: None,
             lease: DEFAULT_LEASE,
+            routing: crate::routing::Routing::Recipient,
         }
     }
 }

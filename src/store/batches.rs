@@ -3,7 +3,11 @@
 //!
 //! A batch is one `MULTI`/`EXEC` transaction that adds its messages, counts
 //! them and marks the batch (field `seq` of its producer run's hash), fenced
-//! by `WATCH` on that hash and on the queue's identity:
+//! by `WATCH` on that hash and on the queue's identity. All of its keys are
+//! one partition's (one cluster slot): on a queue of several partitions, the
+//! producer writes each partition's part of a batch as a batch of its own
+//! there, marked under the batch's number in that partition's hash. The
+//! steps:
 //!
 //! 1. `WATCH run queue`, `HEXISTS run seq`, the checks (the queue's epoch,
 //!    the stream's type, the `produced` counter), then `MULTI` and the queued

@@ -42,7 +42,7 @@ const LIBRARY: &str = include_str!("../../migrations/functions.lua");
 
 /// The library version this binary brings: that of the last migration, and
 /// the `LIBRARY_VERSION` the library's source declares.
-pub(super) const LIBRARY_VERSION: u32 = 8;
+pub(super) const LIBRARY_VERSION: u32 = 9;
 
 /// Every migration, oldest first, one version step each. The names are
 /// recorded in queues' migrations hashes, so a step keeps its name.
@@ -93,6 +93,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 8,
         name: "0008_partitions",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
+    // `sms_run_start` records the partitions a run routes over, and how.
+    Migration {
+        version: 9,
+        name: "0009_run_routing",
         step: Step::FunctionLibrary(LIBRARY),
     },
 ];

@@ -65,7 +65,7 @@ pub use reply::is_counter;
 pub use report::ReportConnection;
 pub use retry::Retry;
 pub use roles::{Inspector, Operator, Producer, Sender};
-pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunState};
+pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunRoute, RunState};
 pub use streams::StreamEntry;
 
 use crate::keys::Keys;

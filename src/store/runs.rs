@@ -1,10 +1,17 @@
-//! Producer runs: each run has a record (count, seed, batch size, state), a
-//! liveness lease held by the producer writing it, and the set of batches it
-//! has written. A run whose lease ran out while it was not finished died;
-//! `produce --resume` finishes it, writing only the batches missing, and the
-//! monitor stops waiting for it.
+//! Producer runs: each run has a record (count, seed, batch size, the
+//! partitions it routes over and how, state), a liveness lease held by the
+//! producer writing it, and the set of batches it has written. A run whose
+//! lease ran out while it was not finished died; `produce --resume` finishes
+//! it, writing only the batches missing, and the monitor stops waiting for
+//! it.
+//!
+//! All of that lives in partition 0, except the marks of a batch's parts on
+//! other partitions: each partition's part of a batch is marked in that
+//! partition's batches hash, in the transaction that writes it. Partition
+//! 0's mark is written last, once the other parts have landed, so partition
+//! 0's batches hash alone says which batches are whole.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::Value;
@@ -13,6 +20,7 @@ use super::functions::NameHold;
 use super::reply::{array, int, text};
 use super::{Inspector, Producer};
 use super::{Store, StoreError};
+use crate::routing::Routing;
 
 /// How long a finished run's record stays listed by `runs`.
 pub const RUN_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -32,6 +40,27 @@ impl RunPlan {
     /// Batches in all.
     pub fn batches(&self) -> u64 {
         self.count.div_ceil(self.batch.max(1))
+    }
+}
+
+/// Where a run's messages go: the partitions it routes over (the queue's
+/// count when it started, kept for its whole life) and how it picks one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunRoute {
+    /// The partitions the run routes over, from 0.
+    pub partitions: u32,
+    /// How each message's partition is picked.
+    pub routing: Routing,
+}
+
+impl Default for RunRoute {
+    /// One partition, by recipient: what a run recorded before runs had
+    /// routes did.
+    fn default() -> Self {
+        Self {
+            partitions: 1,
+            routing: Routing::Recipient,
+        }
     }
 }
 
@@ -186,13 +215,39 @@ fn plan_of(command: &'static str, record: &HashMap<String, String>) -> Result<Ru
     })
 }
 
+/// The route in a run's record; a run recorded before routes were kept
+/// went to its queue's one partition.
+fn route_of(
+    command: &'static str,
+    record: &HashMap<String, String>,
+) -> Result<RunRoute, StoreError> {
+    let damaged = |name: &str, value: &str| {
+        StoreError::Damaged(format!(
+            "{command}: a producer run's record has an invalid '{name}': {value:?}"
+        ))
+    };
+    let mut route = RunRoute::default();
+    if let Some(value) = record.get("partitions") {
+        route.partitions = value
+            .parse()
+            .ok()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| damaged("partitions", value))?;
+    }
+    if let Some(value) = record.get("routing") {
+        route.routing = Routing::from_record(value).ok_or_else(|| damaged("routing", value))?;
+    }
+    Ok(route)
+}
+
 impl Producer {
-    /// Records a new run and takes its lease (`sms_run_start`).
-    /// [`StoreError::Refused`] when the id is taken.
+    /// Records a new run, with its route, and takes its lease
+    /// (`sms_run_start`). [`StoreError::Refused`] when the id is taken.
     pub async fn start_run(
         &self,
         run_id: &str,
         plan: &RunPlan,
+        route: &RunRoute,
         token: &str,
         lease: Duration,
     ) -> Result<(), StoreError> {
@@ -208,6 +263,8 @@ impl Producer {
             plan.batch.to_string(),
             plan.batches().to_string(),
             RUN_KEEP.as_millis().to_string(),
+            route.partitions.to_string(),
+            route.routing.to_record(),
         ];
         self.store
             .fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
@@ -216,14 +273,14 @@ impl Producer {
     }
 
     /// Takes over a run whose producer is gone (`sms_run_resume`) and
-    /// returns its plan. [`StoreError::Refused`] when there is no such run,
-    /// it has finished, or its producer is alive.
+    /// returns its plan and route. [`StoreError::Refused`] when there is no
+    /// such run, it has finished, or its producer is alive.
     pub async fn resume_run(
         &self,
         run_id: &str,
         token: &str,
         lease: Duration,
-    ) -> Result<RunPlan, StoreError> {
+    ) -> Result<(RunPlan, RunRoute), StoreError> {
         const NAME: &str = "sms_run_resume";
         let keys = self.store.run_keys(run_id);
         let args = [
@@ -237,7 +294,7 @@ impl Producer {
             .fcall(NAME, &keys, args.map(String::into_bytes).to_vec())
             .await?;
         let record = flat_map(NAME, reply)?;
-        plan_of(NAME, &record)
+        Ok((plan_of(NAME, &record)?, route_of(NAME, &record)?))
     }
 
     /// Renews a run's lease (`sms_hold_name`); `HeldByOther` when another
@@ -305,15 +362,43 @@ impl Producer {
             .collect()
     }
 
-    /// The batches of a run recorded written.
-    pub async fn written_batches(&self, run_id: &str) -> Result<HashSet<u64>, StoreError> {
+    /// The batches of a run recorded written on this handle's partition
+    /// (on partition 0: the whole batches; on another, their parts there),
+    /// each with the messages it wrote there.
+    pub async fn written_batches(&self, run_id: &str) -> Result<HashMap<u64, u64>, StoreError> {
         let mut conn = self.store.conn().await?;
-        let seqs: Vec<String> = redis::cmd("HKEYS")
+        let marks: HashMap<String, String> = redis::cmd("HGETALL")
             .arg(self.store.keys.run_batches(run_id))
             .query_async(&mut conn)
             .await
-            .map_err(StoreError::redis("HKEYS (run batches)"))?;
-        Ok(seqs.iter().filter_map(|seq| seq.parse().ok()).collect())
+            .map_err(StoreError::redis("HGETALL (run batches)"))?;
+        Ok(marks
+            .iter()
+            .filter_map(|(seq, count)| Some((seq.parse().ok()?, count.parse().unwrap_or(0))))
+            .collect())
+    }
+
+    /// How many batches of a run are marked on this handle's partition.
+    pub async fn written_batch_count(&self, run_id: &str) -> Result<u64, StoreError> {
+        let mut conn = self.store.conn().await?;
+        redis::cmd("HLEN")
+            .arg(self.store.keys.run_batches(run_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("HLEN (run batches)"))
+    }
+
+    /// Lets the marks of a finished run's parts on this handle's partition
+    /// (not partition 0, whose marks `sms_run_end` expires) go after
+    /// [`RUN_KEEP`], as its record does.
+    pub async fn expire_batches(&self, run_id: &str) -> Result<(), StoreError> {
+        let mut conn = self.store.conn().await?;
+        redis::cmd("PEXPIRE")
+            .arg(self.store.keys.run_batches(run_id))
+            .arg(RUN_KEEP.as_millis() as u64)
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(StoreError::redis("PEXPIRE (run batches)"))
     }
 }
 
