@@ -297,4 +297,60 @@ mod tests {
         assert!(live.progress.is_finished() && live.status.is_finished());
         assert!(live.table.iter().all(ProgressBar::is_finished));
     }
+
+    #[test]
+    fn by_partition_adds_a_row_per_partition_under_the_senders() {
+        let part = |produced: u64, sent: u64, lag: Option<u64>| Snapshot {
+            produced,
+            sent,
+            lag,
+            ..Snapshot::default()
+        };
+        let total = Snapshot::total(vec![part(600, 500, Some(100)), part(400, 100, None)]);
+        let report = Report::new(&total, None, Duration::from_secs(1));
+        let mut live = Live::drawn_to(ProgressDrawTarget::hidden());
+        live.partitions = Some(Vec::new());
+        live.show(&report);
+        let rows: Vec<Vec<String>> = live
+            .partitions
+            .iter()
+            .flatten()
+            .map(|line| {
+                line.message()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec![
+                    "partition",
+                    "produced",
+                    "sent",
+                    "dead",
+                    "pending",
+                    "queued",
+                    "oldest"
+                ],
+                vec!["0", "600", "500", "0", "0", "100", "-"],
+                vec!["1", "400", "100", "0", "0", "?", "-"],
+            ]
+        );
+        assert_eq!(
+            live.progress.length(),
+            Some(1_000),
+            "the bar counts the totals"
+        );
+        live.finish();
+        assert!(
+            live.partitions
+                .iter()
+                .flatten()
+                .all(ProgressBar::is_finished)
+        );
+        let plain = Live::drawn_to(ProgressDrawTarget::hidden());
+        assert!(plain.partitions.is_none(), "no table unless asked for");
+    }
 }
