@@ -16,6 +16,10 @@
 //! abandoned; dead letters in the dead stream + trimmed + purged + requeued
 //! = dead. A queue whose identity is gone (flushed, restarted empty) is
 //! inconsistent whatever its figures say.
+//!
+//! Each partition has its own stream, pending list, dead stream and
+//! counters, so each is reconciled on its own (all at once); the report
+//! gives the totals, and names the partitions that do not reconcile.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -23,7 +27,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::stats::{QueueState, Snapshot};
-use crate::store::{Inspector, PendingRow, ReadConnection, Store, StoreError};
+use crate::store::{Inspector, PendingRow, ReadConnection, Store, StoreError, id_order};
 
 /// Default entries read per round trip.
 pub const DEFAULT_PAGE: usize = crate::settings::DEFAULT_AUDIT_PAGE;
@@ -52,14 +56,85 @@ pub struct AuditReport {
     pub dead_by_reason: BTreeMap<String, u64>,
     /// The counters, as read before the walk.
     pub counters: Snapshot,
-    /// Every inconsistency found, one sentence each; empty when consistent.
+    /// Every inconsistency found, one sentence each (naming its partition
+    /// when the queue has several); empty when consistent.
     pub problems: Vec<String>,
+    /// Each partition's own report, in partition order, when the queue has
+    /// more than one; the figures above are their totals.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<AuditReport>,
 }
 
 impl AuditReport {
     /// Whether everything reconciles.
     pub fn is_consistent(&self) -> bool {
         self.problems.is_empty()
+    }
+
+    /// The partitions that do not reconcile (none for a queue with one).
+    pub fn inconsistent_partitions(&self) -> Vec<u32> {
+        (0..)
+            .zip(&self.partitions)
+            .filter(|(_, part)| !part.is_consistent())
+            .map(|(partition, _)| partition)
+            .collect()
+    }
+
+    /// A report of no entries, with `counters` and `problems`.
+    fn empty(counters: Snapshot, problems: Vec<String>) -> AuditReport {
+        AuditReport {
+            produced: 0,
+            stream_length: 0,
+            acknowledged: 0,
+            pending: 0,
+            queued: 0,
+            dangling_pending: 0,
+            dead_length: 0,
+            dead_by_reason: BTreeMap::new(),
+            counters,
+            problems,
+            partitions: Vec::new(),
+        }
+    }
+
+    /// The queue's report from its partitions' (in partition order): the
+    /// figures summed, each problem prefixed with its partition. A queue
+    /// with one partition has that partition's report as it is.
+    fn total(mut parts: Vec<AuditReport>) -> AuditReport {
+        if parts.len() == 1 {
+            return parts.remove(0);
+        }
+        let mut counters = Snapshot::total(parts.iter().map(|p| p.counters.clone()).collect());
+        counters.partitions.clear();
+        let mut total = AuditReport::empty(counters, Vec::new());
+        for (partition, part) in (0..).zip(&parts) {
+            total.produced += part.produced;
+            total.stream_length += part.stream_length;
+            total.acknowledged += part.acknowledged;
+            total.pending += part.pending;
+            total.queued += part.queued;
+            total.dangling_pending += part.dangling_pending;
+            total.dead_length += part.dead_length;
+            for (reason, n) in &part.dead_by_reason {
+                *total.dead_by_reason.entry(reason.clone()).or_insert(0) += n;
+            }
+            let named = part
+                .problems
+                .iter()
+                .map(|p| format!("partition {partition}: {p}"));
+            total.problems.extend(named);
+        }
+        total.partitions = parts;
+        total
+    }
+
+    /// The line that says the books balance.
+    fn balanced_line(&self) -> String {
+        let c = &self.counters;
+        format!(
+            "consistent: sent {} + dead {} + abandoned {} + pending {} + queued {} = produced {}",
+            c.sent, c.dead, c.abandoned, self.pending, self.queued, self.produced
+        )
     }
 
     /// A readable multi-line report.
@@ -104,13 +179,24 @@ impl AuditReport {
         if c.abandoned > 0 {
             out.push_str(&format!("abandoned by a repair      {}\n", c.abandoned));
         }
+        for (partition, part) in (0..).zip(&self.partitions) {
+            let verdict = if part.is_consistent() {
+                part.balanced_line()
+            } else {
+                "INCONSISTENT".to_owned()
+            };
+            out.push_str(&format!("partition {partition}: {verdict}\n"));
+        }
         if self.is_consistent() {
-            out.push_str(&format!(
-                "consistent: sent {} + dead {} + abandoned {} + pending {} + queued {} = produced {}\n",
-                c.sent, c.dead, c.abandoned, self.pending, self.queued, self.produced
-            ));
+            out.push_str(&format!("{}\n", self.balanced_line()));
         } else {
-            out.push_str("INCONSISTENT:\n");
+            match self.inconsistent_partitions().as_slice() {
+                [] => out.push_str("INCONSISTENT:\n"),
+                bad => {
+                    let bad: Vec<String> = bad.iter().map(u32::to_string).collect();
+                    out.push_str(&format!("INCONSISTENT in partition {}:\n", bad.join(", ")));
+                }
+            }
             for problem in &self.problems {
                 out.push_str(&format!("  - {problem}\n"));
             }
@@ -164,43 +250,26 @@ impl<'a> PendingCursor<'a> {
     }
 }
 
-/// A stream id as a comparable pair; ids Redis gives out always parse.
-fn id_key(id: &str) -> (u64, u64) {
-    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
-    (
-        ms.parse().unwrap_or(u64::MAX),
-        seq.parse().unwrap_or(u64::MAX),
-    )
-}
-
 /// The counters; or, when Redis lacks the Functions library because the
 /// queue's state is gone with it (a Redis restarted without its data), the
 /// report of that loss.
 async fn counters(store: &Store) -> Result<Result<Snapshot, AuditReport>, StoreError> {
-    let err = match Snapshot::read(store).await {
+    let err = match Snapshot::read_partition(store).await {
         Ok(counters) => return Ok(Ok(counters)),
         Err(err) if err.needs_library() => err,
         Err(err) => return Err(err),
     };
     match store.diagnose().await {
-        Err(lost) if lost.is_queue_state() => Ok(Err(AuditReport {
-            produced: 0,
-            stream_length: 0,
-            acknowledged: 0,
-            pending: 0,
-            queued: 0,
-            dangling_pending: 0,
-            dead_length: 0,
-            dead_by_reason: BTreeMap::new(),
-            counters: Snapshot::default(),
-            problems: vec![lost.to_string()],
-        })),
+        Err(lost) if lost.is_queue_state() => Ok(Err(AuditReport::empty(
+            Snapshot::default(),
+            vec![lost.to_string()],
+        ))),
         Err(other) => Err(other),
         // Only the library is gone (FUNCTION FLUSH): code, loaded again.
         Ok(()) => {
             tracing::warn!(error = %err, "loading the Functions library again");
             store.ensure_library().await?;
-            Ok(Ok(Snapshot::read(store).await?))
+            Ok(Ok(Snapshot::read_partition(store).await?))
         }
     }
 }
@@ -209,13 +278,23 @@ async fn counters(store: &Store) -> Result<Result<Snapshot, AuditReport>, StoreE
 /// trimmed under it each time.
 const WALKS: usize = 3;
 
-/// Audits the queue, reading `page` entries per round trip.
+/// Audits the queue, every partition Redis holds of it at once, reading
+/// `page` entries per round trip.
 pub async fn run(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
+    let store = store.found_partitions().await?;
+    let parts = store
+        .each_partition(|partition| async move { audit_partition(&partition, page).await })
+        .await?;
+    Ok(AuditReport::total(parts))
+}
+
+/// Audits the handle's own partition.
+async fn audit_partition(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     let mut tries = 0;
     loop {
         tries += 1;
         let report = walk(store, page.max(1)).await?;
-        let after = match Snapshot::read(store).await {
+        let after = match Snapshot::read_partition(store).await {
             Ok(after) => after,
             // The walk found the queue's state gone with the library.
             Err(err) if err.needs_library() => return Ok(report),
@@ -238,7 +317,7 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     let inspector = store.inspector();
     let group = inspector.group_info().await?;
     let info = inspector.stream_info(&store.keys().messages()).await?;
-    let last_delivered = id_key(if group.exists {
+    let last_delivered = id_order(if group.exists {
         &group.last_delivered_id
     } else {
         "0-0"
@@ -258,10 +337,10 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
         after = Some(last.clone());
         let full_page = entries.len() == page;
         for entry in entries {
-            let id = id_key(&entry);
+            let id = id_order(&entry);
             let mut is_pending = false;
             while let Some(row) = cursor.peek().await? {
-                let row_id = id_key(&row.id);
+                let row_id = id_order(&row.id);
                 if row_id < id {
                     dangling += 1;
                     cursor.advance();
@@ -303,6 +382,7 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
         dead_by_reason,
         counters,
         problems: Vec::new(),
+        partitions: Vec::new(),
     };
     report.problems = problems(&report, group.pending);
     Ok(report)
@@ -447,9 +527,9 @@ mod tests {
 
     #[test]
     fn ids_compare_numerically() {
-        assert!(id_key("1700000000000-10") > id_key("1700000000000-9"));
-        assert!(id_key("1700000000001-0") > id_key("1700000000000-99"));
-        assert_eq!(id_key("0-0"), (0, 0));
+        assert!(id_order("1700000000000-10") > id_order("1700000000000-9"));
+        assert!(id_order("1700000000001-0") > id_order("1700000000000-99"));
+        assert_eq!(id_order("0-0"), (0, 0));
     }
 
     #[test]
@@ -468,6 +548,7 @@ mod tests {
                 ..Snapshot::default()
             },
             problems: Vec::new(),
+            partitions: Vec::new(),
         };
         let found = problems(&report, 0);
         assert_eq!(found.len(), 1, "{found:?}");
@@ -503,6 +584,7 @@ mod tests {
                 ..Snapshot::default()
             },
             problems: Vec::new(),
+            partitions: Vec::new(),
         }
     }
 

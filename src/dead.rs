@@ -6,13 +6,19 @@
 //! produced + requeued, and dead = dead letters in the stream + trimmed +
 //! purged + requeued. Only dead letters that still hold a valid message are
 //! requeued; the others are reported and left.
+//!
+//! Each partition has its own dead stream; a dead letter goes back into its
+//! own partition's stream. Ids of different partitions may be equal, so a
+//! dead letter is named `P/ID` on a queue with several (`ids.rs`).
+
+mod ids;
 
 use std::time::Duration;
 
 use serde::Serialize;
 
 use crate::message::{Message, RawFields};
-use crate::store::{Store, StoreError, StreamEntry};
+use crate::store::{Store, StoreError, StreamEntry, id_order};
 
 /// Dead letters read per round trip.
 const PAGE: usize = 100;
@@ -22,6 +28,8 @@ const PAGE: usize = 100;
 pub struct DeadLetter {
     /// Its id in the dead stream.
     pub id: String,
+    /// The partition whose dead stream holds it.
+    pub partition: u32,
     /// Why it died: max_attempts, malformed or deleted.
     pub reason: String,
     /// Deliveries it had (`None` when not recorded).
@@ -37,7 +45,7 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    fn from_entry(entry: &StreamEntry) -> Self {
+    fn from_entry(entry: &StreamEntry, partition: u32) -> Self {
         let field = |name: &str| {
             entry
                 .fields
@@ -48,6 +56,7 @@ impl DeadLetter {
         };
         Self {
             id: entry.id.clone(),
+            partition,
             reason: field("dead_reason").unwrap_or_else(|| "unknown".to_owned()),
             attempts: field("dead_attempts").and_then(|n| n.parse().ok()),
             message_id: field("dead_message_id").unwrap_or_default(),
@@ -65,13 +74,33 @@ fn shortened(text: &str) -> String {
     }
 }
 
-/// Up to `limit` dead letters, newest first, only those with `reason` if given.
-/// Bodies are whole here; the table shortens them.
+/// Up to `limit` dead letters of every partition, newest first, only those
+/// with `reason` if given. Bodies are whole here; the table shortens them.
 pub async fn list(
     store: &Store,
     reason: Option<&str>,
     limit: u64,
 ) -> Result<Vec<DeadLetter>, StoreError> {
+    let reason = reason.map(str::to_owned);
+    let parts = store
+        .each_partition(|partition| {
+            let reason = reason.clone();
+            async move { list_partition(&partition, reason.as_deref(), limit).await }
+        })
+        .await?;
+    let mut all: Vec<DeadLetter> = parts.into_iter().flatten().collect();
+    all.sort_by_key(|letter| std::cmp::Reverse(id_order(&letter.id)));
+    all.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+    Ok(all)
+}
+
+/// Up to `limit` dead letters of the handle's own partition, newest first.
+async fn list_partition(
+    store: &Store,
+    reason: Option<&str>,
+    limit: u64,
+) -> Result<Vec<DeadLetter>, StoreError> {
+    let partition = store.partition_id();
     let inspector = store.inspector();
     let conn = inspector.read_connection(Duration::ZERO).await?;
     let mut found = Vec::new();
@@ -84,7 +113,7 @@ pub async fn list(
         before = Some(last.id.clone());
         let full = page.len() == PAGE;
         for entry in &page {
-            let letter = DeadLetter::from_entry(entry);
+            let letter = DeadLetter::from_entry(entry, partition);
             if reason.is_none_or(|reason| letter.reason == reason) {
                 found.push(letter);
                 if found.len() as u64 >= limit {
@@ -99,8 +128,9 @@ pub async fn list(
     Ok(found)
 }
 
-/// The dead letters in a table.
-pub fn to_table(letters: &[DeadLetter]) -> String {
+/// The dead letters in a table; with `partitions` over 1, each id as
+/// `P/ID`, the form `dead requeue --id` takes.
+pub fn to_table(letters: &[DeadLetter], partitions: u32) -> String {
     let mut out = format!(
         "{:<20}  {:<12}  {:>8}  {:<20}  {:<16}  {}\n",
         "dead letter", "reason", "attempts", "message", "recipient", "body"
@@ -108,7 +138,11 @@ pub fn to_table(letters: &[DeadLetter]) -> String {
     for l in letters {
         out.push_str(&format!(
             "{:<20}  {:<12}  {:>8}  {:<20}  {:<16}  {}\n",
-            l.id,
+            if partitions > 1 {
+                format!("{}/{}", l.partition, l.id)
+            } else {
+                l.id.clone()
+            },
             l.reason,
             l.attempts.map_or_else(|| "-".to_owned(), |n| n.to_string()),
             l.message_id,
@@ -154,52 +188,96 @@ impl RequeueReport {
 }
 
 /// Moves the selected dead letters that hold a valid message back into the
-/// stream, each atomically.
+/// stream of their partition, each atomically. Ids are placed first (see
+/// `ids.rs`): one naming no partition of the queue, or plain and held by
+/// several, is refused ([`StoreError::Refused`]) before anything moves.
 pub async fn requeue(store: &Store, selection: &Selection) -> Result<RequeueReport, StoreError> {
-    let inspector = store.inspector();
-    let conn = inspector.read_connection(Duration::ZERO).await?;
     let mut report = RequeueReport::default();
     match selection {
-        Selection::Ids(ids) => {
-            let mut chosen = Vec::new();
-            let mut seen = std::collections::HashSet::new();
-            for id in ids.iter().filter(|id| seen.insert(id.as_str())) {
-                match inspector.range_one(&conn, &store.keys().dead(), id).await? {
-                    Some(entry) => choose(&entry, &mut chosen, &mut report),
-                    None => report.missing.push(id.clone()),
-                }
+        Selection::Ids(given) => {
+            let (placed, missing) = ids::place(store, given).await?;
+            report.missing = missing;
+            for (partition, ids) in placed {
+                requeue_ids(&store.partition(partition), &ids, &mut report).await?;
             }
-            move_back(store, &chosen, &mut report).await?;
         }
         Selection::Reason(reason) => {
-            // Oldest first; requeued letters leave the stream, so a page
-            // starts after the last id seen rather than at an offset.
-            let mut after: Option<String> = None;
-            loop {
-                let page = inspector
-                    .range_page(&conn, &store.keys().dead(), after.as_deref(), PAGE)
-                    .await?;
-                let Some(last) = page.last() else { break };
-                after = Some(last.id.clone());
-                let full = page.len() == PAGE;
-                let mut chosen = Vec::new();
-                for entry in &page {
-                    if DeadLetter::from_entry(entry).reason == *reason {
-                        choose(entry, &mut chosen, &mut report);
-                    }
-                }
-                move_back(store, &chosen, &mut report).await?;
-                if !full {
-                    break;
-                }
+            for partition in store.partitions() {
+                requeue_reason(&partition, reason, &mut report).await?;
             }
         }
     }
     Ok(report)
 }
 
+/// How a dead letter of the handle's partition is named in a report: `P/ID`
+/// on a queue with several partitions.
+fn shown(store: &Store, id: &str) -> String {
+    if store.partition_count() > 1 {
+        format!("{}/{id}", store.partition_id())
+    } else {
+        id.to_owned()
+    }
+}
+
+/// Requeues the dead letters `ids` of the handle's partition.
+async fn requeue_ids(
+    store: &Store,
+    ids: &[String],
+    report: &mut RequeueReport,
+) -> Result<(), StoreError> {
+    let inspector = store.inspector();
+    let conn = inspector.read_connection(Duration::ZERO).await?;
+    let mut chosen = Vec::new();
+    for id in ids {
+        match inspector.range_one(&conn, &store.keys().dead(), id).await? {
+            Some(entry) => choose(store, &entry, &mut chosen, report),
+            None => report.missing.push(shown(store, id)),
+        }
+    }
+    move_back(store, &chosen, report).await
+}
+
+/// Requeues the dead letters with `reason` of the handle's partition.
+async fn requeue_reason(
+    store: &Store,
+    reason: &str,
+    report: &mut RequeueReport,
+) -> Result<(), StoreError> {
+    let inspector = store.inspector();
+    let conn = inspector.read_connection(Duration::ZERO).await?;
+    // Oldest first; requeued letters leave the stream, so a page starts
+    // after the last id seen rather than at an offset.
+    let mut after: Option<String> = None;
+    loop {
+        let page = inspector
+            .range_page(&conn, &store.keys().dead(), after.as_deref(), PAGE)
+            .await?;
+        let Some(last) = page.last() else {
+            return Ok(());
+        };
+        after = Some(last.id.clone());
+        let full = page.len() == PAGE;
+        let mut chosen = Vec::new();
+        for entry in &page {
+            if DeadLetter::from_entry(entry, store.partition_id()).reason == reason {
+                choose(store, entry, &mut chosen, report);
+            }
+        }
+        move_back(store, &chosen, report).await?;
+        if !full {
+            return Ok(());
+        }
+    }
+}
+
 /// Adds `entry` to `chosen` if it holds a valid message, else to the report.
-fn choose(entry: &StreamEntry, chosen: &mut Vec<String>, report: &mut RequeueReport) {
+fn choose(
+    store: &Store,
+    entry: &StreamEntry,
+    chosen: &mut Vec<String>,
+    report: &mut RequeueReport,
+) {
     let message: RawFields = entry
         .fields
         .iter()
@@ -208,16 +286,17 @@ fn choose(entry: &StreamEntry, chosen: &mut Vec<String>, report: &mut RequeueRep
         .collect();
     if let Some(oversized) = &entry.oversized {
         report.skipped.push((
-            entry.id.clone(),
+            shown(store, &entry.id),
             format!("not a valid message ({oversized})"),
         ));
         return;
     }
     match Message::from_fields(&message) {
         Ok(_) => chosen.push(entry.id.clone()),
-        Err(err) => report
-            .skipped
-            .push((entry.id.clone(), format!("not a valid message ({err})"))),
+        Err(err) => report.skipped.push((
+            shown(store, &entry.id),
+            format!("not a valid message ({err})"),
+        )),
     }
 }
 
@@ -234,24 +313,30 @@ async fn move_back(
         .retrying("requeue dead letters", || operator.requeue(ids))
         .await?;
     report.requeued += requeued;
-    report.missing.extend(missing);
+    report
+        .missing
+        .extend(missing.iter().map(|id| shown(store, id)));
     Ok(())
 }
 
-/// Deletes dead letters older than `older_than` (by Redis's clock), a
-/// bounded slice per call. Returns how many.
+/// Deletes the dead letters of every partition older than `older_than` (by
+/// the clock of partition 0's Redis, so that every partition keeps the
+/// same ones), a bounded slice per call. Returns how many.
 pub async fn purge(store: &Store, older_than: Duration) -> Result<u64, StoreError> {
-    let now_ms = store.inspector().server_time_ms().await?;
+    let now_ms = store.partition(0).inspector().server_time_ms().await?;
     let min_id = format!("{}-0", now_ms.saturating_sub(older_than.as_millis() as u64));
-    let operator = store.operator();
     let mut purged = 0;
-    loop {
-        let n = operator
-            .retrying("purge dead letters", || operator.purge_dead(&min_id))
-            .await?;
-        if n == 0 {
-            return Ok(purged);
+    for partition in store.partitions() {
+        let operator = partition.operator();
+        loop {
+            let n = operator
+                .retrying("purge dead letters", || operator.purge_dead(&min_id))
+                .await?;
+            if n == 0 {
+                break;
+            }
+            purged += n;
         }
-        purged += n;
     }
+    Ok(purged)
 }

@@ -115,7 +115,7 @@ async fn run(settings: Settings) -> ExitStatus {
 
 /// The exit code an error calls for: 3 for lost or damaged queue state, 2 for
 /// a bad URL or a request the queue refuses (an unknown run id, a partition
-/// it does not have), else 1.
+/// it does not have, a dead letter named ambiguously), else 1.
 fn exit_status(err: &anyhow::Error) -> ExitStatus {
     if err
         .downcast_ref::<ProduceError>()
@@ -418,18 +418,22 @@ async fn repair_task(store: &Store, yes: bool, group_start: &str) -> anyhow::Res
     Ok(ExitStatus::Success)
 }
 
-/// Trims until a call removes nothing (each call does a bounded amount).
+/// Trims every partition until a call removes nothing there (each call
+/// does a bounded amount).
 async fn trim(store: &Store) -> Result<sms_alerts::store::Trimmed, StoreError> {
-    let sender = store.sender();
     let mut total = sms_alerts::store::Trimmed::default();
-    loop {
-        let once = sender.retrying("trim the stream", || sender.trim()).await?;
-        total.entries += once.entries;
-        total.dead_letters += once.dead_letters;
-        if once.entries + once.dead_letters == 0 {
-            return Ok(total);
+    for partition in store.partitions() {
+        let sender = partition.sender();
+        loop {
+            let once = sender.retrying("trim the stream", || sender.trim()).await?;
+            total.entries += once.entries;
+            total.dead_letters += once.dead_letters;
+            if once.entries + once.dead_letters == 0 {
+                break;
+            }
         }
     }
+    Ok(total)
 }
 
 fn runs_table(runs: &[sms_alerts::store::RunInfo]) -> String {
@@ -462,7 +466,7 @@ async fn dead_task(store: &Store, task: DeadTask) -> anyhow::Result<ExitStatus> 
                     println!("{}", serde_json::to_string(letter)?);
                 }
             } else {
-                print!("{}", dead::to_table(&letters));
+                print!("{}", dead::to_table(&letters, store.partition_count()));
             }
         }
         DeadTask::Requeue { reason, ids } => {

@@ -13,6 +13,13 @@
 //!   after the newest entry, so nothing is sent twice; the messages the lost
 //!   group had not settled are counted as `abandoned`, so the books balance
 //!   and the operator knows how many alerts may not have gone out.
+//!
+//! Each partition is diagnosed and repaired on its own, partition 0 first
+//! (every partition Redis holds, as found: the count partition 0 records
+//! may itself be what is damaged). Every partition must hold partition 0's
+//! epoch: a partition whose identity is gone or another queue's gets
+//! partition 0's, and when partition 0 gets a new one, every partition
+//! gets it.
 
 use std::collections::HashMap;
 
@@ -133,21 +140,49 @@ impl Step {
 pub struct RepairPlan {
     /// The repairs, in the order they are done.
     pub steps: Vec<Step>,
+    /// The partition each step repairs, in the order of `steps`.
+    pub partitions: Vec<u32>,
+    /// How many partitions were diagnosed.
+    pub partition_count: u32,
 }
 
 impl RepairPlan {
-    /// The plan as text.
+    /// The plan as text; on a queue with several partitions, each step
+    /// names its partition.
     pub fn to_text(&self) -> String {
         if self.steps.is_empty() {
-            return "nothing to repair: the queue's identity, keys, group and counters are sound\n"
-                .to_owned();
+            let all = match self.partition_count {
+                0 | 1 => String::new(),
+                count => format!(" in all {count} partitions"),
+            };
+            return format!(
+                "nothing to repair: the queue's identity, keys, group and counters are sound{all}\n"
+            );
         }
         self.steps
             .iter()
+            .zip(&self.partitions)
             .enumerate()
-            .map(|(i, step)| format!("{}. {}\n", i + 1, step.describe()))
+            .map(|(i, (step, partition))| {
+                let what = step.describe();
+                if self.partition_count > 1 {
+                    format!("{}. partition {partition}: {what}\n", i + 1)
+                } else {
+                    format!("{}. {what}\n", i + 1)
+                }
+            })
             .collect()
     }
+}
+
+/// Partition 0's identity, as the other partitions must hold it.
+enum Home {
+    /// This is partition 0.
+    Itself,
+    /// Partition 0 keeps this epoch.
+    Keeps(String),
+    /// Partition 0 gets a new identity.
+    Renewed,
 }
 
 /// What Redis holds of one queue, read without writing.
@@ -217,9 +252,34 @@ async fn read(store: &Store) -> Result<Found, StoreError> {
     })
 }
 
-/// Reads the queue and says what `repair` would do; writes nothing.
-/// `group_start` is `end` or an entry id (see [`Step::RecreateGroup`]).
+/// Reads the queue, every partition of it, and says what `repair` would
+/// do; writes nothing. `group_start` is `end` or an entry id (see
+/// [`Step::RecreateGroup`]).
 pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreError> {
+    let store = store.found_partitions().await?;
+    let mut plan = RepairPlan {
+        partition_count: store.partition_count(),
+        ..RepairPlan::default()
+    };
+    let mut home = Home::Itself;
+    for partition in store.partitions() {
+        let (steps, epoch) = plan_partition(&partition, group_start, &home).await?;
+        if partition.partition_id() == 0 {
+            home = epoch.map_or(Home::Renewed, Home::Keeps);
+        }
+        plan.partitions
+            .extend(std::iter::repeat_n(partition.partition_id(), steps.len()));
+        plan.steps.extend(steps);
+    }
+    Ok(plan)
+}
+
+/// The repairs of the handle's partition, and the epoch it holds now.
+async fn plan_partition(
+    store: &Store,
+    group_start: &str,
+    home: &Home,
+) -> Result<(Vec<Step>, Option<String>), StoreError> {
     let found = read(store).await?;
     let k = store.keys();
     let mut steps = Vec::new();
@@ -245,15 +305,17 @@ pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreE
     ] {
         set_aside(key, want, &mut steps);
     }
-    if found.epoch.is_none() {
-        let reason = if found.kind(&k.queue()) == "none" {
-            "its identity is gone"
-        } else {
-            "its identity holds no epoch"
-        };
-        steps.push(Step::NewIdentity {
-            reason: reason.to_owned(),
-        });
+    let reason = match (found.epoch.as_deref(), home) {
+        (None, _) if found.kind(&k.queue()) == "none" => Some("its identity is gone".to_owned()),
+        (None, _) => Some("its identity holds no epoch".to_owned()),
+        (Some(_), Home::Renewed) => Some("partition 0 gets a new identity".to_owned()),
+        (Some(epoch), Home::Keeps(queue)) if epoch != queue => Some(format!(
+            "it holds epoch {epoch}, partition 0 holds {queue}: it belongs to another queue"
+        )),
+        _ => None,
+    };
+    if let Some(reason) = reason {
+        steps.push(Step::NewIdentity { reason });
     }
     steps.extend(counter_steps(&found, &k.stats()));
     steps.extend(other_key_steps(store, stamp).await?);
@@ -281,7 +343,7 @@ pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreE
             abandoned: 0,
         });
     }
-    Ok(RepairPlan { steps })
+    Ok((steps, found.epoch.clone()))
 }
 
 /// The other keys of the queue (per sender, per run, the histogram, the
@@ -418,99 +480,136 @@ async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<S
 
 /// Does the repairs of `plan`, in order, each in one transaction.
 pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
-    let inspector = store.inspector();
-    let k = store.keys();
-    for step in &plan.steps {
-        let mut cmds: Vec<redis::Cmd> = Vec::new();
-        match step {
-            Step::SetAside { key, to, .. } => {
-                cmds.push(redis::cmd("RENAME").arg(key).arg(to).clone());
-            }
-            Step::NewIdentity { .. } => {
-                let epoch = format!("{:016x}", rand::rng().random::<u64>());
-                let now = inspector.server_time_ms().await?;
-                cmds.push(
-                    redis::cmd("HSET")
-                        .arg(k.queue())
-                        .arg("epoch")
-                        .arg(epoch)
-                        .arg("created_ms")
-                        .arg(now)
-                        .clone(),
-                );
-                for (field, retention) in [
-                    ("retention_ms", Retention::DEFAULT),
-                    ("dead_retention_ms", Retention::DEFAULT_DEAD),
-                ] {
-                    cmds.push(
-                        redis::cmd("HSETNX")
-                            .arg(k.queue())
-                            .arg(field)
-                            .arg(retention.to_millis())
-                            .clone(),
-                    );
-                }
-                cmds.push(
-                    redis::cmd("HSETNX")
-                        .arg(k.migrations())
-                        .arg("identity")
-                        .arg(now)
-                        .clone(),
-                );
-                cmds.push(
-                    redis::cmd("HSETNX")
-                        .arg(k.stats())
-                        .arg("produced")
-                        .arg(0)
-                        .clone(),
-                );
-            }
-            Step::SetCounter { key, field, to, .. } => {
-                cmds.push(redis::cmd("HSET").arg(key).arg(field).arg(*to).clone());
-            }
-            Step::ResetWindow { key } => {
-                cmds.push(
-                    redis::cmd("HDEL")
-                        .arg(key)
-                        .arg("batch_token")
-                        .arg("batch_seq")
-                        .arg("batch_window")
-                        .clone(),
-                );
-            }
-            Step::RecreateGroup {
-                start,
-                entries_read,
-                abandoned,
-            } => {
-                // Created meanwhile (say, by another repair): its
-                // abandoned messages are counted already.
-                if inspector.group_info().await?.exists {
-                    continue;
-                }
-                cmds.push(
-                    redis::cmd("XGROUP")
-                        .arg("CREATE")
-                        .arg(k.messages())
-                        .arg(store.group())
-                        .arg(start)
-                        .arg("MKSTREAM")
-                        .arg("ENTRIESREAD")
-                        .arg(*entries_read)
-                        .clone(),
-                );
-                cmds.push(
-                    redis::cmd("HINCRBY")
-                        .arg(k.stats())
-                        .arg("abandoned")
-                        .arg(*abandoned)
-                        .clone(),
-                );
-            }
-        }
-        // Each repair is one transaction: a failure leaves it undone, and a
-        // second `repair` finds it still to do.
-        store.operator().run_atomically(&cmds).await?;
+    for (step, partition) in plan.steps.iter().zip(&plan.partitions) {
+        apply_step(&store.partition(*partition), step, plan.partition_count).await?;
     }
     Ok(())
+}
+
+/// The epoch a partition given a new identity gets: partition 0's, which
+/// its own steps, done first, have set; a new one for partition 0.
+async fn epoch_for(store: &Store) -> Result<String, StoreError> {
+    if store.partition_id() == 0 {
+        return Ok(format!("{:016x}", rand::rng().random::<u64>()));
+    }
+    let home = store.partition(0);
+    let epoch = home
+        .operator()
+        .hash(&home.keys().queue())
+        .await?
+        .remove("epoch");
+    epoch.ok_or_else(|| {
+        StoreError::Lost(format!(
+            "{} holds no epoch to give partition {}",
+            home.keys().queue(),
+            store.partition_id()
+        ))
+    })
+}
+
+/// Does one repair of the handle's partition in one transaction.
+async fn apply_step(store: &Store, step: &Step, partitions: u32) -> Result<(), StoreError> {
+    let inspector = store.inspector();
+    let k = store.keys();
+    let mut cmds: Vec<redis::Cmd> = Vec::new();
+    match step {
+        Step::SetAside { key, to, .. } => {
+            cmds.push(redis::cmd("RENAME").arg(key).arg(to).clone());
+        }
+        Step::NewIdentity { .. } => {
+            let epoch = epoch_for(store).await?;
+            let now = inspector.server_time_ms().await?;
+            cmds.push(
+                redis::cmd("HSET")
+                    .arg(k.queue())
+                    .arg("epoch")
+                    .arg(epoch)
+                    .arg("created_ms")
+                    .arg(now)
+                    .clone(),
+            );
+            // Partition 0's identity records the partition count: gone
+            // with it, it is the count found.
+            if store.partition_id() == 0 && partitions > 1 {
+                cmds.push(
+                    redis::cmd("HSETNX")
+                        .arg(k.queue())
+                        .arg("partitions")
+                        .arg(partitions)
+                        .clone(),
+                );
+            }
+            for (field, retention) in [
+                ("retention_ms", Retention::DEFAULT),
+                ("dead_retention_ms", Retention::DEFAULT_DEAD),
+            ] {
+                cmds.push(
+                    redis::cmd("HSETNX")
+                        .arg(k.queue())
+                        .arg(field)
+                        .arg(retention.to_millis())
+                        .clone(),
+                );
+            }
+            cmds.push(
+                redis::cmd("HSETNX")
+                    .arg(k.migrations())
+                    .arg("identity")
+                    .arg(now)
+                    .clone(),
+            );
+            cmds.push(
+                redis::cmd("HSETNX")
+                    .arg(k.stats())
+                    .arg("produced")
+                    .arg(0)
+                    .clone(),
+            );
+        }
+        Step::SetCounter { key, field, to, .. } => {
+            cmds.push(redis::cmd("HSET").arg(key).arg(field).arg(*to).clone());
+        }
+        Step::ResetWindow { key } => {
+            cmds.push(
+                redis::cmd("HDEL")
+                    .arg(key)
+                    .arg("batch_token")
+                    .arg("batch_seq")
+                    .arg("batch_window")
+                    .clone(),
+            );
+        }
+        Step::RecreateGroup {
+            start,
+            entries_read,
+            abandoned,
+        } => {
+            // Created meanwhile (say, by another repair): its
+            // abandoned messages are counted already.
+            if inspector.group_info().await?.exists {
+                return Ok(());
+            }
+            cmds.push(
+                redis::cmd("XGROUP")
+                    .arg("CREATE")
+                    .arg(k.messages())
+                    .arg(store.group())
+                    .arg(start)
+                    .arg("MKSTREAM")
+                    .arg("ENTRIESREAD")
+                    .arg(*entries_read)
+                    .clone(),
+            );
+            cmds.push(
+                redis::cmd("HINCRBY")
+                    .arg(k.stats())
+                    .arg("abandoned")
+                    .arg(*abandoned)
+                    .clone(),
+            );
+        }
+    }
+    // Each repair is one transaction: a failure leaves it undone, and a
+    // second `repair` finds it still to do.
+    store.operator().run_atomically(&cmds).await
 }

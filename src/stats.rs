@@ -1,5 +1,9 @@
-//! A point-in-time view of the queue, read in one round trip, with the figures
-//! derived from it. Averages come from sums and counts; no float lives in Redis.
+//! A point-in-time view of the queue, read in one round trip per partition
+//! (all at once), with the figures derived from it. Averages come from sums
+//! and counts; no float lives in Redis. How the partitions' figures make the
+//! queue's is `stats/partitions.rs`.
+
+mod partitions;
 
 use std::time::Duration;
 
@@ -150,6 +154,12 @@ pub struct Snapshot {
     pub live_senders: u64,
     /// Redis's memory.
     pub memory: Memory,
+    /// Each partition's own figures, in partition order (the index is the
+    /// partition); the queue-wide ones (runs, live senders, memory) are left
+    /// empty there. The fields above are their totals. Empty in a
+    /// partition's own snapshot.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<Snapshot>,
 }
 
 fn serialize_retention<S: serde::Serializer>(
@@ -164,22 +174,34 @@ fn serialize_retention<S: serde::Serializer>(
 }
 
 impl Snapshot {
-    /// Reads a snapshot: a few round trips whatever the queue's size (the
-    /// open producer runs, one Function call for the counters and figures,
-    /// then the live senders and Redis's memory). Nothing is written.
+    /// Reads a snapshot of the whole queue: a few round trips whatever its
+    /// size (the open producer runs, one Function call per partition for the
+    /// counters and figures, every partition at once, then the live senders
+    /// and Redis's memory). Nothing is written.
     ///
     /// The runs are read before the figures, so that every message of a run
     /// seen ended is counted in them: read after, a run that started and
     /// ended in between would look finished while its messages were not
     /// counted, and `--until-done` would end before they were sent.
     pub async fn read(store: &Store) -> Result<Self, StoreError> {
-        let inspector = store.inspector();
-        let (open_runs, any_run) = inspector.open_runs().await?;
-        let mut snapshot = Self::from_fields(&inspector.snapshot_fields().await?);
+        let home = store.partition(0).inspector();
+        let (open_runs, any_run) = home.open_runs().await?;
+        let parts = store
+            .each_partition(|partition| async move { Self::read_partition(&partition).await })
+            .await?;
+        let mut snapshot = Self::total(parts);
         (snapshot.open_runs, snapshot.any_run) = (open_runs, any_run);
-        snapshot.live_senders = inspector.live_sender_count().await?;
-        snapshot.memory = Memory::from_info(&inspector.info("memory").await?);
+        snapshot.live_senders = partitions::live_sender_count(store).await?;
+        snapshot.memory = Memory::from_info(&home.info("memory").await?);
         Ok(snapshot)
+    }
+
+    /// The figures of the handle's own partition alone (one Function call):
+    /// no runs, live senders or memory, no `partitions`.
+    pub async fn read_partition(store: &Store) -> Result<Self, StoreError> {
+        Ok(Self::from_fields(
+            &store.inspector().snapshot_fields().await?,
+        ))
     }
 
     /// Builds a snapshot from the named figures `sms_snapshot` returns.
@@ -234,6 +256,7 @@ impl Snapshot {
             any_run: false,
             live_senders: 0,
             memory: Memory::default(),
+            partitions: Vec::new(),
         }
     }
 
@@ -289,7 +312,8 @@ impl Snapshot {
     }
 }
 
-/// One sender's figures: its counters and what it holds.
+/// One sender's figures over every partition: its counters and what it
+/// holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SenderSnapshot {
     /// The sender name.
@@ -306,8 +330,13 @@ pub struct SenderSnapshot {
     pub send_time_us: u64,
     /// Messages it holds now.
     pub pending: u64,
-    /// Milliseconds since it last read or claimed.
+    /// Messages it holds in each partition, in partition order (0 where it
+    /// is no consumer).
+    pub pending_by_partition: Vec<u64>,
+    /// Milliseconds since it last read or claimed, in any partition.
     pub idle_ms: u64,
+    /// Whether a live process holds its name.
+    pub live: bool,
 }
 
 impl SenderSnapshot {
@@ -316,17 +345,30 @@ impl SenderSnapshot {
         (self.attempts > 0).then(|| self.send_time_us as f64 / self.attempts as f64 / 1000.0)
     }
 
-    /// Every sender of the group with its counters: two round trips whatever
-    /// the number of messages.
+    /// Every sender of the group, once, with its counters summed over the
+    /// partitions it is a consumer of: three round trips per partition,
+    /// every partition at once, whatever the number of messages.
     pub async fn read_all(store: &Store) -> Result<Vec<Self>, StoreError> {
+        let count = store.partition_count() as usize;
+        let parts = store
+            .each_partition(|partition| async move { Self::read_partition(&partition).await })
+            .await?;
+        Ok(partitions::merge_senders(parts, count))
+    }
+
+    /// The senders of the handle's own partition, by name, with what they
+    /// did and hold there (`pending_by_partition` empty).
+    async fn read_partition(store: &Store) -> Result<Vec<Self>, StoreError> {
         let inspector = store.inspector();
         let consumers = inspector.consumers().await?;
         let names: Vec<String> = consumers.iter().map(|c| c.name.clone()).collect();
         let stats = inspector.sender_stats(&names).await?;
-        let mut senders: Vec<Self> = consumers
+        let live = inspector.live_names(&names).await?;
+        Ok(consumers
             .into_iter()
             .zip(stats)
-            .map(|(consumer, fields)| {
+            .zip(live)
+            .map(|((consumer, fields), live)| {
                 let get = |name: &str| fields.get(name).copied().unwrap_or(0).max(0) as u64;
                 Self {
                     sent: get("sent"),
@@ -335,13 +377,13 @@ impl SenderSnapshot {
                     attempts: get("attempts"),
                     send_time_us: get("send_time_us"),
                     pending: consumer.pending,
+                    pending_by_partition: Vec::new(),
                     idle_ms: consumer.idle_ms,
+                    live,
                     name: consumer.name,
                 }
             })
-            .collect();
-        senders.sort_by(|a, b| a.name.cmp(&b.name));
-        Ok(senders)
+            .collect())
     }
 }
 

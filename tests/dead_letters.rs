@@ -40,12 +40,13 @@ const MALFORMED: &[(&[(&str, &str)], &str)] = &[
 ];
 
 /// The fields of a dead letter in `dead list --json` (in serde_json's order).
-const JSON_FIELDS: [&str; 7] = [
+const JSON_FIELDS: [&str; 8] = [
     "attempts",
     "body",
     "consumer",
     "id",
     "message_id",
+    "partition",
     "reason",
     "recipient",
 ];
@@ -324,6 +325,7 @@ async fn list_json_prints_one_object_per_dead_letter() {
         assert_eq!(keys, JSON_FIELDS, "fields of {line}");
         let text = |name: &str| fields.get(name).map(|v| serde_json::json!(v));
         assert_eq!(letter["id"], serde_json::json!(id), "newest first: {line}");
+        assert_eq!(letter["partition"], 0, "one partition: {line}");
         assert_eq!(Some(&letter["reason"]), text("dead_reason").as_ref());
         let attempts = fields
             .get("dead_attempts")

@@ -50,6 +50,7 @@ async fn three_senders_until_done_match_an_independent_scan() {
         interval: Duration::from_millis(100),
         until_done: true,
         json: true,
+        by_partition: false,
         alerts: Default::default(),
         metrics_addr: None,
     };

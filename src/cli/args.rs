@@ -293,8 +293,11 @@ pub enum DeadAction {
         /// Requeue every dead letter with this reason.
         #[arg(long, value_parser = check::key_part)]
         reason: Option<String>,
-        /// Requeue these dead letters (ids of the dead stream).
-        #[arg(long, num_args = 1.., value_parser = check::stream_id)]
+        /// Requeue these dead letters: ID, as `dead list` shows it, or P/ID for
+        /// the dead letter ID of partition P (e.g. 2/1733200000000-0). A plain
+        /// ID is looked up in every partition; found in several, it must be
+        /// named with its partition.
+        #[arg(long, num_args = 1.., value_parser = check::dead_letter_id, value_name = "[P/]ID")]
         id: Vec<String>,
     },
     /// Delete dead letters older than AGE (counted as `dead_purged`).
@@ -463,6 +466,11 @@ pub struct MonitorArgs {
     /// Print one JSON object per line instead of text.
     #[arg(long, env = "SMS_JSON")]
     pub json: bool,
+    /// After the totals, print a row per partition: produced, sent, failed,
+    /// dead, pending, queued, oldest ages (JSON always has them, in
+    /// `partitions`).
+    #[arg(long, env = "SMS_BY_PARTITION")]
+    pub by_partition: bool,
     /// Print an alert when the failure rate over the last interval exceeds this
     /// fraction, e.g. 0.2. [default: off]
     #[arg(long, env = "SMS_ALERT_FAILURE_RATE", value_parser = check::failure_rate, allow_hyphen_values = true)]

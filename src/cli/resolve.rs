@@ -213,6 +213,7 @@ fn monitor(args: MonitorArgs) -> MonitorSettings {
         interval: args.interval.into(),
         until_done: args.until_done,
         json: args.json,
+        by_partition: args.by_partition,
         alerts: crate::settings::AlertRules {
             failure_rate: args.alert_failure_rate,
             stalled_after: args.alert_stalled,

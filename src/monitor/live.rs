@@ -1,5 +1,6 @@
-//! The live terminal display: a progress bar with ETA, a status line and a
-//! per-sender table, redrawn in place (indicatif). Alerts print above it.
+//! The live terminal display: a progress bar with ETA, a status line, a
+//! per-sender table and, when asked, a per-partition table, redrawn in place
+//! (indicatif). Alerts print above it.
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -12,6 +13,8 @@ pub(super) struct Live {
     status: ProgressBar,
     health: ProgressBar,
     table: Vec<ProgressBar>,
+    /// The per-partition table's lines; `None` when not asked for.
+    partitions: Option<Vec<ProgressBar>>,
 }
 
 fn text_line(multi: &MultiProgress) -> ProgressBar {
@@ -23,8 +26,11 @@ fn text_line(multi: &MultiProgress) -> ProgressBar {
 }
 
 impl Live {
-    pub(super) fn new() -> Self {
-        Self::drawn_to(ProgressDrawTarget::stdout())
+    /// The display on the terminal, with a row per partition if `by_partition`.
+    pub(super) fn new(by_partition: bool) -> Self {
+        let mut live = Self::drawn_to(ProgressDrawTarget::stdout());
+        live.partitions = by_partition.then(Vec::new);
+        live
     }
 
     /// The display drawn to `target`: the terminal, or nowhere in tests,
@@ -47,6 +53,7 @@ impl Live {
             status,
             health,
             table: Vec::new(),
+            partitions: None,
         }
     }
 
@@ -109,12 +116,9 @@ impl Live {
                 s.pending
             )
         }));
-        while self.table.len() < lines.len() {
-            let line = text_line(&self.multi);
-            self.table.push(line);
-        }
-        for (bar, line) in self.table.iter().zip(lines) {
-            bar.set_message(line);
+        show_lines(&self.multi, &mut self.table, lines);
+        if let Some(bars) = &mut self.partitions {
+            show_lines(&self.multi, bars, partition_lines(report));
         }
         self.progress.tick();
     }
@@ -123,10 +127,48 @@ impl Live {
         self.progress.finish();
         self.status.finish();
         self.health.finish();
-        for line in &self.table {
+        for line in self.table.iter().chain(self.partitions.iter().flatten()) {
             line.finish();
         }
     }
+}
+
+/// Shows `lines` on `bars`, adding bars as needed; bars are reused, never
+/// removed, so the display keeps its height.
+fn show_lines(multi: &MultiProgress, bars: &mut Vec<ProgressBar>, lines: Vec<String>) {
+    while bars.len() < lines.len() {
+        bars.push(text_line(multi));
+    }
+    for (bar, line) in bars.iter().zip(lines) {
+        bar.set_message(line);
+    }
+}
+
+/// The per-partition table: a header and a line per partition.
+fn partition_lines(report: &Report) -> Vec<String> {
+    let age = |ms: Option<u64>| {
+        ms.map_or_else(
+            || "-".to_owned(),
+            |ms| format!("{:.1}s", ms as f64 / 1000.0),
+        )
+    };
+    let mut lines = vec![format!(
+        "  {:>9}  {:>10}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}",
+        "partition", "produced", "sent", "dead", "pending", "queued", "oldest"
+    )];
+    lines.extend(report.partitions.iter().map(|p| {
+        format!(
+            "  {:>9}  {:>10}  {:>9}  {:>7}  {:>7}  {:>9}  {:>9}",
+            p.partition,
+            p.produced,
+            p.sent,
+            p.dead,
+            p.pending,
+            p.lag.map_or_else(|| "?".to_owned(), |lag| lag.to_string()),
+            age(p.oldest_queued_age_ms.max(p.oldest_pending_age_ms)),
+        )
+    }));
+    lines
 }
 
 #[cfg(test)]
@@ -254,5 +296,61 @@ mod tests {
         live.finish();
         assert!(live.progress.is_finished() && live.status.is_finished());
         assert!(live.table.iter().all(ProgressBar::is_finished));
+    }
+
+    #[test]
+    fn by_partition_adds_a_row_per_partition_under_the_senders() {
+        let part = |produced: u64, sent: u64, lag: Option<u64>| Snapshot {
+            produced,
+            sent,
+            lag,
+            ..Snapshot::default()
+        };
+        let total = Snapshot::total(vec![part(600, 500, Some(100)), part(400, 100, None)]);
+        let report = Report::new(&total, None, Duration::from_secs(1));
+        let mut live = Live::drawn_to(ProgressDrawTarget::hidden());
+        live.partitions = Some(Vec::new());
+        live.show(&report);
+        let rows: Vec<Vec<String>> = live
+            .partitions
+            .iter()
+            .flatten()
+            .map(|line| {
+                line.message()
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                vec![
+                    "partition",
+                    "produced",
+                    "sent",
+                    "dead",
+                    "pending",
+                    "queued",
+                    "oldest"
+                ],
+                vec!["0", "600", "500", "0", "0", "100", "-"],
+                vec!["1", "400", "100", "0", "0", "?", "-"],
+            ]
+        );
+        assert_eq!(
+            live.progress.length(),
+            Some(1_000),
+            "the bar counts the totals"
+        );
+        live.finish();
+        assert!(
+            live.partitions
+                .iter()
+                .flatten()
+                .all(ProgressBar::is_finished)
+        );
+        let plain = Live::drawn_to(ProgressDrawTarget::hidden());
+        assert!(plain.partitions.is_none(), "no table unless asked for");
     }
 }

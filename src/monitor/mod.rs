@@ -4,10 +4,13 @@
 //!
 //! - `report`: one report's figures, text and JSON;
 //! - `alerts`: failure-rate and stalled-progress alerts;
-//! - `live`: the terminal display (progress bar, ETA, per-sender table).
+//! - `live`: the terminal display (progress bar, ETA, per-sender table,
+//!   per-partition table).
 //!
-//! A refresh is one Function call (plus two for the per-sender rows): it never
-//! scans the stream, so its cost does not grow with the number of messages.
+//! A refresh is one Function call per partition, all at once (plus three per
+//! partition for the per-sender rows): it never scans the stream, so its cost
+//! does not grow with the number of messages. Every figure, rate and alert
+//! is the queue's total; `--by-partition` adds a row per partition.
 
 pub mod alerts;
 mod live;
@@ -25,7 +28,7 @@ use crate::settings::MonitorSettings;
 use crate::stats::{QueueState, SenderSnapshot, Snapshot};
 use crate::store::{Store, StoreError};
 use alerts::AlertState;
-pub use report::{Report, SenderRow};
+pub use report::{PartitionRow, Report, SenderRow};
 
 /// Why the monitor stopped with an error.
 #[derive(Debug, Error)]
@@ -88,7 +91,7 @@ pub async fn run(
     shutdown: &CancellationToken,
 ) -> Result<MonitorOutcome, MonitorError> {
     let started = Instant::now();
-    let mut live = matches!(sink, Sink::Terminal).then(live::Live::new);
+    let mut live = matches!(sink, Sink::Terminal).then(|| live::Live::new(settings.by_partition));
     // Per-sender rows cost two more round trips; only the displays that show them pay.
     let per_sender = settings.json || live.is_some();
     let mut previous: Option<(Snapshot, Instant)> = None;
@@ -144,6 +147,11 @@ pub async fn run(
                     writeln!(out, "{alert}")?;
                 }
                 writeln!(out, "{}", report.to_text())?;
+                if settings.by_partition {
+                    for row in &report.partitions {
+                        writeln!(out, "{}", row.to_text())?;
+                    }
+                }
                 out.flush()?;
             }
             (Sink::Terminal, None) => {}
@@ -176,8 +184,12 @@ fn queue_line(store: &Store, snapshot: &Snapshot) -> String {
     let kept = |retention: Option<crate::store::Retention>| {
         retention.map_or_else(|| "-".to_owned(), |r| r.to_string())
     };
+    let partitions = match store.partition_count() {
+        1 => String::new(),
+        count => format!(" in {count} partitions"),
+    };
     format!(
-        "queue '{}' at {} (epoch {}): settled messages kept {}, dead letters kept {}",
+        "queue '{}'{partitions} at {} (epoch {}): settled messages kept {}, dead letters kept {}",
         store.keys().messages(),
         store.url(),
         if snapshot.epoch.is_empty() {

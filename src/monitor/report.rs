@@ -28,6 +28,80 @@ pub struct SenderRow {
     pub rate_per_s: f64,
 }
 
+/// One partition's row.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PartitionRow {
+    /// The partition.
+    pub partition: u32,
+    /// Entries ever added to its stream.
+    pub produced: u64,
+    /// Its messages sent, each counted once.
+    pub sent: u64,
+    /// Its failed send attempts.
+    pub failed: u64,
+    /// Its messages moved to its dead stream.
+    pub dead: u64,
+    /// Its messages delivered and not yet settled.
+    pub pending: u64,
+    /// Its entries not delivered yet (`null` when Redis cannot tell).
+    pub lag: Option<u64>,
+    /// Age of its oldest message never delivered, in ms.
+    pub oldest_queued_age_ms: Option<u64>,
+    /// Age of its oldest pending message, in ms.
+    pub oldest_pending_age_ms: Option<u64>,
+}
+
+impl PartitionRow {
+    fn new(partition: u32, s: &Snapshot) -> Self {
+        Self {
+            partition,
+            produced: s.produced,
+            sent: s.sent,
+            failed: s.failed,
+            dead: s.dead,
+            pending: s.pending,
+            lag: s.lag,
+            oldest_queued_age_ms: s.oldest_queued_age_ms,
+            oldest_pending_age_ms: s.oldest_pending_age_ms,
+        }
+    }
+
+    /// One human-readable line, indented under the totals line.
+    pub fn to_text(&self) -> String {
+        format!(
+            "  partition {}: produced {} | sent {} | failed {} | dead {} | pending {} | queued {} | {}",
+            self.partition,
+            self.produced,
+            self.sent,
+            self.failed,
+            self.dead,
+            self.pending,
+            lag_text(self.lag),
+            ages_text(self.oldest_queued_age_ms, self.oldest_pending_age_ms)
+        )
+    }
+}
+
+/// A lag as shown: the number, or `unknown`.
+fn lag_text(lag: Option<u64>) -> String {
+    lag.map_or_else(|| "unknown".to_owned(), |lag| lag.to_string())
+}
+
+/// Ages as `oldest queued 1.2s, pending 0.3s`.
+fn ages_text(queued_ms: Option<u64>, pending_ms: Option<u64>) -> String {
+    let age = |ms: Option<u64>| {
+        ms.map_or_else(
+            || "-".to_owned(),
+            |ms| format!("{:.1}s", ms as f64 / 1000.0),
+        )
+    };
+    format!(
+        "oldest queued {}, pending {}",
+        age(queued_ms),
+        age(pending_ms)
+    )
+}
+
 /// One report.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Report {
@@ -95,6 +169,9 @@ pub struct Report {
     /// Alert and resolution lines raised by this report.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<String>,
+    /// Each partition's figures, in partition order (the totals above are
+    /// their sums; the oldest ages, their largest).
+    pub partitions: Vec<PartitionRow>,
 }
 
 fn round(value: f64, places: i32) -> f64 {
@@ -147,6 +224,10 @@ impl Report {
             memory: now.memory.clone(),
             senders: Vec::new(),
             alerts: Vec::new(),
+            partitions: (0..)
+                .zip(&now.partitions)
+                .map(|(partition, s)| PartitionRow::new(partition, s))
+                .collect(),
         }
     }
 
@@ -188,17 +269,7 @@ impl Report {
     /// The ages of the oldest queued and oldest pending messages, as
     /// `oldest queued 1.2s, pending 0.3s`.
     pub fn ages_text(&self) -> String {
-        let age = |ms: Option<u64>| {
-            ms.map_or_else(
-                || "-".to_owned(),
-                |ms| format!("{:.1}s", ms as f64 / 1000.0),
-            )
-        };
-        format!(
-            "oldest queued {}, pending {}",
-            age(self.oldest_queued_age_ms),
-            age(self.oldest_pending_age_ms)
-        )
+        ages_text(self.oldest_queued_age_ms, self.oldest_pending_age_ms)
     }
 
     /// One human-readable line.
@@ -206,9 +277,7 @@ impl Report {
         let avg = self
             .avg_send_ms
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"));
-        let lag = self
-            .lag
-            .map_or_else(|| "unknown".to_owned(), |lag| lag.to_string());
+        let lag = lag_text(self.lag);
         format!(
             "[{:>7.1}s] produced {} | sent {} | failed {} | dead {} | pending {} | queued {} | duplicates {} | \
              avg {}/msg | {} | {:.1} msg/s | {} | senders {}{}",

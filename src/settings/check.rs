@@ -31,6 +31,13 @@ pub fn stream_id(value: &str) -> Result<String, String> {
     }
 }
 
+/// A dead letter's id, `ID` or `P/ID` (see [`super::DeadLetterId`]).
+pub fn dead_letter_id(value: &str) -> Result<String, String> {
+    value
+        .parse::<super::DeadLetterId>()
+        .map(|_| value.to_owned())
+}
+
 /// Where a re-created group starts: `end` or a stream entry id.
 pub fn group_start(value: &str) -> Result<String, String> {
     if value == "end" {
@@ -208,6 +215,10 @@ mod tests {
         assert!(retention("-1h").is_err());
         assert!(stream_id("12-3").is_ok());
         assert!(stream_id("12").is_err());
+        assert!(dead_letter_id("2/12-3").is_ok() && dead_letter_id("12-3").is_ok());
+        for bad in ["x/12-3", "-1/12-3", "2/12", "2/", "/12-3"] {
+            assert!(dead_letter_id(bad).is_err(), "{bad}");
+        }
         assert!(group_start("end").is_ok());
         assert!(group_start("start").is_err());
         assert!(socket_addr("127.0.0.1:9464").is_ok());

@@ -16,7 +16,8 @@ use crate::store::QueueOptions;
 pub use crate::store::{QueueSettings, TlsSettings};
 pub use values::{
     AlertRules, BenchSizes, DEFAULT_BENCH_MESSAGES, DEFAULT_BENCH_RECLAIM_PENDING,
-    DEFAULT_BENCH_RETENTION, DEFAULT_BENCH_SIMULATION, Distribution, LogFormat, LogRotation,
+    DEFAULT_BENCH_RETENTION, DEFAULT_BENCH_SIMULATION, DeadLetterId, Distribution, LogFormat,
+    LogRotation,
 };
 
 /// Default Redis URL.
@@ -159,6 +160,8 @@ pub struct MonitorSettings {
     pub until_done: bool,
     /// JSON lines instead of text.
     pub json: bool,
+    /// A row per partition after the totals, in text and the live display.
+    pub by_partition: bool,
     /// Alerts to raise.
     pub alerts: AlertRules,
     /// Where to serve Prometheus metrics, if anywhere.

@@ -53,6 +53,53 @@ pub struct AlertRules {
     pub held_back: Duration,
 }
 
+/// A dead letter as an operator names it: `ID`, an id of a dead stream, or
+/// `P/ID`, the id in partition P's dead stream (ids of two partitions may
+/// be equal).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetterId {
+    /// The partition named, if any.
+    pub partition: Option<u32>,
+    /// The dead stream's entry id.
+    pub id: String,
+}
+
+impl std::str::FromStr for DeadLetterId {
+    type Err = String;
+
+    fn from_str(value: &str) -> Result<Self, String> {
+        let (partition, id) = match value.split_once('/') {
+            Some((partition, id)) => (Some(partition.parse::<u32>().ok()), id),
+            None => (None, value),
+        };
+        let is_id = super::check::stream_id(id).is_ok();
+        match partition {
+            Some(Some(partition)) if is_id => Ok(Self {
+                partition: Some(partition),
+                id: id.to_owned(),
+            }),
+            None if is_id => Ok(Self {
+                partition: None,
+                id: id.to_owned(),
+            }),
+            _ => Err(
+                "expected a dead letter id such as 1700000000000-0, or 2/1700000000000-0 for \
+                 partition 2's"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for DeadLetterId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.partition {
+            Some(partition) => write!(f, "{partition}/{}", self.id),
+            None => f.write_str(&self.id),
+        }
+    }
+}
+
 /// How much work each part of the bench does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BenchSizes {

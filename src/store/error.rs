@@ -84,8 +84,9 @@ pub enum StoreError {
     /// written by the call that found it.
     #[error("queue state damaged: {0}")]
     Damaged(String),
-    /// A Function refused a request, e.g. resuming a producer run that does
-    /// not exist; the message says why.
+    /// The queue refused a request, e.g. resuming a producer run that does
+    /// not exist, or a dead letter id that several partitions hold; the
+    /// message says why.
     #[error("{0}")]
     Refused(String),
     /// Redis holds a newer Functions library than this binary knows.

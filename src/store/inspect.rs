@@ -335,14 +335,6 @@ impl Inspector {
             .map_err(StoreError::redis("INFO"))
     }
 
-    /// How many of the group's senders are alive (hold their name's lease).
-    pub async fn live_sender_count(&self) -> Result<u64, StoreError> {
-        let consumers = self.consumers().await?;
-        let names: Vec<String> = consumers.into_iter().map(|c| c.name).collect();
-        let live = self.live_names(&names).await?;
-        Ok(live.into_iter().filter(|live| *live).count() as u64)
-    }
-
     /// For each name, whether a live process holds it (its liveness lease exists).
     pub async fn live_names(&self, names: &[String]) -> Result<Vec<bool>, StoreError> {
         if names.is_empty() {

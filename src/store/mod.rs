@@ -28,6 +28,7 @@
 mod batches;
 mod endpoint;
 mod error;
+mod fan_out;
 mod frame;
 mod functions;
 mod identity;
@@ -66,7 +67,7 @@ pub use report::ReportConnection;
 pub use retry::Retry;
 pub use roles::{Inspector, Operator, Producer, Sender};
 pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunRoute, RunState};
-pub use streams::StreamEntry;
+pub use streams::{StreamEntry, id_order};
 
 use crate::keys::Keys;
 use topology::{CONNECT_TIMEOUT, Conn, RESPONSE_TIMEOUT, Topology};

@@ -15,6 +15,17 @@ pub struct StreamEntry {
     pub oversized: Option<Oversized>,
 }
 
+/// A stream id as a comparable pair (milliseconds, sequence): ids compare
+/// as numbers, not as text. Ids Redis gives out always parse; anything else
+/// sorts last.
+pub fn id_order(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (
+        ms.parse().unwrap_or(u64::MAX),
+        seq.parse().unwrap_or(u64::MAX),
+    )
+}
+
 impl StreamEntry {
     /// The message this entry holds, or why it holds none.
     pub fn message(&self) -> Result<MessageRef<'_>, DecodeError> {
