@@ -61,6 +61,9 @@ const CHECK_REPLIES: usize = 5;
 const QUEUE: &str = "MULTI (batch)";
 const EXEC: &str = "EXEC (batch)";
 const DISCARD: &str = "DISCARD (batch)";
+const WAIT: &str = "WAIT (batch replicated)";
+/// How long a batch waits for its primary's replicas to confirm it.
+const REPLICATION_WAIT_MS: u64 = 2_000;
 
 type Reply = PendingReply<Bytes>;
 
@@ -111,6 +114,10 @@ pub enum BatchWrite {
 #[derive(Clone, Debug)]
 pub struct BatchConnection {
     conn: RespConnection,
+    /// The replicas of the partition's primary: on a cluster with replicas,
+    /// a batch counts as written only once they confirm it (`WAIT`), so a
+    /// primary that dies and fails over cannot take a written batch with it.
+    replicas: u32,
 }
 
 impl BatchConnection {
@@ -120,6 +127,7 @@ impl BatchConnection {
     pub fn start(&self, batch: &PreparedBatch) -> StartedBatch {
         StartedBatch {
             conn: self.conn.clone(),
+            replicas: self.replicas,
             check: PendingReply::new(self.conn.send(CHECK, batch.check.clone(), CHECK_REPLIES)),
             queue: batch.queue.clone(),
             queued: PendingReply::new(self.conn.send(
@@ -139,6 +147,7 @@ impl BatchConnection {
 /// A batch whose check and queued commands are on the wire.
 pub struct StartedBatch {
     conn: RespConnection,
+    replicas: u32,
     check: Reply,
     queued: Reply,
     queue: QueueCheck,
@@ -183,22 +192,29 @@ impl StartedBatch {
             drop(self.conn.send(DISCARD, Bytes::from_static(DISCARD_CMD), 1));
             return Err(err);
         }
-        Ok(if marked {
-            CommittedBatch {
-                queued: self.queued,
-                last: PendingReply::new(self.conn.send(
-                    DISCARD,
-                    Bytes::from_static(DISCARD_CMD),
-                    1,
-                )),
-                discarded: true,
-            }
+        let (command, packed) = if marked {
+            (DISCARD, DISCARD_CMD)
         } else {
-            CommittedBatch {
-                queued: self.queued,
-                last: PendingReply::new(self.conn.send(EXEC, Bytes::from_static(EXEC_CMD), 1)),
-                discarded: false,
-            }
+            (EXEC, EXEC_CMD)
+        };
+        let last = PendingReply::new(self.conn.send(command, Bytes::from_static(packed), 1));
+        // Also after a DISCARD: the earlier try that wrote the batch may not
+        // have reached the replicas yet.
+        let replicated = (self.replicas > 0).then(|| {
+            let mut wait = Vec::new();
+            let (replicas, timeout) = (self.replicas.to_string(), REPLICATION_WAIT_MS.to_string());
+            encode(
+                &mut wait,
+                &[b"WAIT", replicas.as_bytes(), timeout.as_bytes()],
+            );
+            PendingReply::new(self.conn.send(WAIT, Bytes::from(wait), 1))
+        });
+        Ok(CommittedBatch {
+            queued: self.queued,
+            last,
+            discarded: marked,
+            replicated: replicated.map(|reply| (self.replicas, reply)),
+            topology: self.conn.topology(),
         })
     }
 }
@@ -272,6 +288,11 @@ pub struct CommittedBatch {
     queued: Reply,
     last: Reply,
     discarded: bool,
+    /// The replicas asked to confirm the batch, and their answer.
+    replicated: Option<(u32, Reply)>,
+    /// Told when the replicas do not confirm, so the next connection looks
+    /// at the cluster's map again.
+    topology: Option<std::sync::Arc<super::topology::Topology>>,
 }
 
 impl std::fmt::Debug for CommittedBatch {
@@ -292,6 +313,22 @@ impl CommittedBatch {
             server_error(replies.element()?).map_err(StoreError::redis(QUEUE))?;
         }
         let last = self.last.await?;
+        if let Some((wanted, reply)) = self.replicated {
+            let reply = reply.await?;
+            server_error(&reply).map_err(StoreError::redis(WAIT))?;
+            let got = Cursor::new(WAIT, &reply).int()?;
+            let got = u32::try_from(got).unwrap_or(0);
+            if got < wanted {
+                if let Some(topology) = &self.topology {
+                    topology.lost_node();
+                }
+                return Err(StoreError::NotReplicated {
+                    command: WAIT,
+                    wanted,
+                    got,
+                });
+            }
+        }
         if self.discarded {
             server_error(&last).map_err(StoreError::redis(DISCARD))?;
             return Ok(BatchWrite::AlreadyWritten);
@@ -317,11 +354,14 @@ impl CommittedBatch {
 impl Producer {
     /// A connection for producer batches (see [`BatchConnection`]).
     pub async fn batch_connection(&self) -> Result<BatchConnection, StoreError> {
+        let replicas = self.store.replicas().await?;
+        // A WAIT may hold the replies that follow it for its whole timeout.
+        let wait_ms = if replicas > 0 { REPLICATION_WAIT_MS } else { 0 };
         let conn = self
             .store
-            .resp_connection(std::time::Duration::ZERO)
+            .resp_connection(std::time::Duration::from_millis(wait_ms))
             .await?;
-        Ok(BatchConnection { conn })
+        Ok(BatchConnection { conn, replicas })
     }
 
     /// Writes `batch` on a connection of its own and closes it. Safe after any

@@ -74,6 +74,18 @@ pub enum StoreError {
         /// The command that was aborted.
         command: &'static str,
     },
+    /// A write landed on a cluster primary, but its replicas did not confirm
+    /// they hold it in time: a failover now could lose it, so it counts as
+    /// not written yet and is sent again (it lands once).
+    #[error("Redis {command} was not confirmed by {wanted} replica(s) in time (only {got})")]
+    NotReplicated {
+        /// The write.
+        command: &'static str,
+        /// The replicas asked for.
+        wanted: u32,
+        /// The replicas that confirmed.
+        got: u32,
+    },
     /// The queue's state is gone: its identity is missing or another queue's
     /// (a flushed Redis, one restarted without its data, another Redis behind
     /// the address). Nothing is re-created by itself: see `repair`.
@@ -147,7 +159,10 @@ impl StoreError {
     /// memory (memory frees as senders settle and trim).
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Pool(_) | Self::Unreachable { .. } | Self::Conflict { .. } => true,
+            Self::Pool(_)
+            | Self::Unreachable { .. }
+            | Self::Conflict { .. }
+            | Self::NotReplicated { .. } => true,
             Self::Redis { source, .. } => is_transient(source),
             Self::InvalidUrl { .. }
             | Self::InvalidTls(_)

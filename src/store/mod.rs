@@ -167,6 +167,13 @@ impl Store {
         self.topology.is_cluster()
     }
 
+    /// How many replicas the primary serving this partition has (0 on a
+    /// standalone Redis): a write that must survive a failover waits until
+    /// they have it.
+    pub async fn replicas(&self) -> Result<u32, StoreError> {
+        Ok(self.topology.node(self.keys.slot()).await?.replicas())
+    }
+
     /// The key names of this handle's partition.
     pub fn keys(&self) -> &Keys {
         &self.keys

@@ -94,6 +94,11 @@ impl RespConnection {
         Ok(conn)
     }
 
+    /// The topology this connection tells of redirections, if any.
+    pub(super) fn topology(&self) -> Option<Arc<Topology>> {
+        self.topology.clone()
+    }
+
     /// Starts the task that owns the socket.
     pub(super) fn start<S>(stream: S, reply_timeout: Duration) -> Self
     where

@@ -14,6 +14,7 @@
 //! which is also when a call over several keys of the slot stops being
 //! refused with `TRYAGAIN`.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -40,6 +41,8 @@ const UNKNOWN: u16 = u16::MAX;
 pub(super) struct Node {
     endpoint: Arc<Endpoint>,
     pool: Pool,
+    /// On a cluster, how many replicas the slot map gives this primary.
+    replicas: AtomicU32,
 }
 
 impl Node {
@@ -64,7 +67,14 @@ impl Node {
         Ok(Arc::new(Self {
             endpoint: Arc::new(endpoint),
             pool,
+            replicas: AtomicU32::new(0),
         }))
+    }
+
+    /// How many replicas this primary had when the slot map was last read
+    /// (0 on a standalone Redis): how many a write may wait for.
+    pub(super) fn replicas(&self) -> u32 {
+        self.replicas.load(Ordering::Relaxed)
     }
 
     /// How to reach this server.
@@ -317,7 +327,7 @@ impl Topology {
                 Ok(ranges) => {
                     let mut map = cluster.map.lock().unwrap_or_else(PoisonError::into_inner);
                     let mut owners = vec![UNKNOWN; usize::from(CLUSTER_SLOTS)];
-                    for (start, end, host, port) in ranges {
+                    for (start, end, host, port, replicas) in ranges {
                         // No host: the node does not know its address; it
                         // is on the host we reached it at.
                         let owner = if host.is_empty() || host == "?" {
@@ -329,6 +339,10 @@ impl Topology {
                             format!("{host}:{port}")
                         };
                         let index = map.index_of(&owner, &self.seed.endpoint)?;
+                        map.nodes[usize::from(index)]
+                            .1
+                            .replicas
+                            .store(replicas, Ordering::Relaxed);
                         for slot in start..=end.min(CLUSTER_SLOTS - 1) {
                             owners[usize::from(slot)] = index;
                         }
@@ -346,8 +360,9 @@ impl Topology {
     }
 }
 
-/// `CLUSTER SLOTS` of one node: (first slot, last slot, primary host, port).
-async fn read_slots(node: &Node) -> Result<Vec<(u16, u16, String, u16)>, StoreError> {
+/// `CLUSTER SLOTS` of one node: (first slot, last slot, primary host, port,
+/// replica count).
+async fn read_slots(node: &Node) -> Result<Vec<(u16, u16, String, u16, u32)>, StoreError> {
     let mut conn = node.pooled().await?;
     let reply: Value = redis::cmd("CLUSTER")
         .arg("SLOTS")
@@ -385,7 +400,8 @@ async fn read_slots(node: &Node) -> Result<Vec<(u16, u16, String, u16)>, StoreEr
         else {
             return Err(bad("a range with a bad slot or port"));
         };
-        slots.push((start, end, host, port));
+        let replicas = u32::try_from(fields.len().saturating_sub(3)).unwrap_or(u32::MAX);
+        slots.push((start, end, host, port, replicas));
     }
     if slots.is_empty() {
         return Err(StoreError::redis("CLUSTER SLOTS")(RedisError::from((
