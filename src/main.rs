@@ -2,12 +2,13 @@
 //! subcommand from the library and maps the result to an exit code.
 
 use std::io::{IsTerminal, Write};
+use std::num::NonZeroUsize;
 use std::process::ExitCode;
 
 use clap::CommandFactory;
 use sms_alerts::cli::{Cli, CliError, Env};
 use sms_alerts::demo::DemoError;
-use sms_alerts::embedded::{EmbeddedRedis, Persistence};
+use sms_alerts::embedded::{EmbeddedCluster, EmbeddedRedis, Persistence};
 use sms_alerts::exit::ExitStatus;
 use sms_alerts::monitor::MonitorError;
 use sms_alerts::monitor::Sink;
@@ -142,25 +143,42 @@ async fn execute(
     mut settings: Settings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ExitStatus> {
-    // A demo without a Redis of the user's runs on a private one, removed afterwards.
+    // A demo without a Redis of the user's runs on a private one (or a
+    // private cluster), removed afterwards.
     let embedded = match (&settings.task, settings.redis_url_given) {
-        (Task::Demo(_), false) => {
-            let server = EmbeddedRedis::start(Persistence::Aof).await?;
-            settings.queue.redis_url = server.url().to_owned();
-            Some(server)
-        }
+        (Task::Demo(demo), false) => match demo.cluster {
+            Some(primaries) => {
+                let primaries = NonZeroUsize::new(primaries as usize).unwrap_or(NonZeroUsize::MIN);
+                let cluster = EmbeddedCluster::start(primaries, Persistence::Aof).await?;
+                settings.queue.redis_url = cluster.seed_url().to_owned();
+                Some(Private::Cluster(cluster))
+            }
+            None => {
+                let server = EmbeddedRedis::start(Persistence::Aof).await?;
+                settings.queue.redis_url = server.url().to_owned();
+                Some(Private::Redis(Box::new(server)))
+            }
+        },
         (Task::Bench(_, persistence), false) => {
             let server = EmbeddedRedis::start(*persistence).await?;
             settings.queue.redis_url = server.url().to_owned();
-            Some(server)
+            Some(Private::Redis(Box::new(server)))
         }
         _ => None,
     };
     let status = execute_on(settings, shutdown).await;
-    if let Some(server) = embedded {
-        server.stop().await;
+    match embedded {
+        Some(Private::Redis(server)) => (*server).stop().await,
+        Some(Private::Cluster(cluster)) => cluster.stop().await,
+        None => {}
     }
     status
+}
+
+/// A private Redis a task runs on, stopped when it ends.
+enum Private {
+    Redis(Box<EmbeddedRedis>),
+    Cluster(EmbeddedCluster),
 }
 
 /// Connects and opens the queue as the task needs it: `migrate` and `demo`
@@ -181,8 +199,11 @@ async fn open(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Resu
                 print_migration(&store, &report, &identity);
                 store
             }
-            Task::Demo(_) => {
-                let options = QueueOptions::default();
+            Task::Demo(demo) => {
+                let options = QueueOptions {
+                    partitions: Some(demo.partitions),
+                    ..QueueOptions::default()
+                };
                 store
                     .retrying("create the queue", || store.migrate(&options))
                     .await?
@@ -287,7 +308,13 @@ async fn execute_on(
                 store.url(),
                 std::thread::available_parallelism().map_or(0, |n| n.get())
             );
-            bench::run(&settings.queue.redis_url, sizes, &mut std::io::stdout()).await?;
+            bench::run(
+                &settings.queue.redis_url,
+                sizes,
+                persistence,
+                &mut std::io::stdout(),
+            )
+            .await?;
         }
         task => {
             // A one-shot command stops at the first signal: it has no work of

@@ -106,7 +106,12 @@ fn the_shipped_scenarios_are_valid() {
     names.sort();
     assert_eq!(
         names,
-        ["default.toml", "emergency-burst.toml", "flaky-gateway.toml"]
+        [
+            "cluster.toml",
+            "default.toml",
+            "emergency-burst.toml",
+            "flaky-gateway.toml"
+        ]
     );
     assert_eq!(settings_from(DEFAULT_SCENARIO).produce.count, 1_000);
     assert_eq!(
@@ -117,18 +122,21 @@ fn the_shipped_scenarios_are_valid() {
     );
 }
 
-#[test]
-fn the_binary_runs_the_default_demo_on_a_private_redis_and_removes_it() {
-    let output = bin()
-        .args(["demo", "--interval", "200ms"])
-        .output()
-        .expect("runs");
-    let stdout = String::from_utf8_lossy(&output.stdout);
+/// Runs the binary with `args`; its output, once it succeeded.
+fn run_ok(args: &[&std::ffi::OsStr]) -> String {
+    let output = bin().args(args).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
         "stdout: {stdout}\nstderr: {stderr}"
     );
+    stdout
+}
+
+#[test]
+fn the_binary_runs_demos_on_a_private_redis_and_cluster_and_removes_them() {
+    let stdout = run_ok(&["demo".as_ref(), "--interval".as_ref(), "200ms".as_ref()]);
     assert!(stdout.contains("produced 1000 messages"), "{stdout}");
     assert!(stdout.contains("audit: consistent"), "{stdout}");
     for sender in ["fast", "slow", "flaky"] {
@@ -137,6 +145,20 @@ fn the_binary_runs_the_default_demo_on_a_private_redis_and_removes_it() {
             "{sender} in the report: {stdout}"
         );
     }
+    // On a private cluster of three primaries, over four partitions.
+    let scenario = scenario_file(
+        &format!("cluster-{}.toml", std::process::id()),
+        &format!("partitions = 4\n{SMALL}"),
+    );
+    let stdout = run_ok(&[
+        "demo".as_ref(),
+        "--cluster".as_ref(),
+        "3".as_ref(),
+        "--scenario".as_ref(),
+        scenario.as_os_str(),
+    ]);
+    assert!(stdout.contains("in 4 partitions"), "{stdout}");
+    assert!(stdout.contains("audit: consistent"), "{stdout}");
     let leftovers = std::process::Command::new("pgrep")
         .args(["-f", "sms-alerts-redis-"])
         .output()

@@ -230,3 +230,35 @@ fn unusable_scenarios_are_refused_saying_why() {
     let err = refusal(&["demo", "--scenario", &missing]);
     assert!(err.contains(&missing), "{err}");
 }
+
+#[test]
+fn partitions_and_clusters_take_sensible_sizes_only() {
+    for (args, named) in [
+        (&["migrate", "--partitions", "0"][..], "partition count"),
+        (&["migrate", "--partitions", "5000"][..], "1024"),
+        (&["demo", "--cluster", "2"][..], "3 to 16"),
+        (
+            &["bench", "--partitions", "3", "--cluster", "40"][..],
+            "3 to 16",
+        ),
+        (&["bench", "--cluster", "3"][..], "--partitions"),
+    ] {
+        let text = refusal(args);
+        assert!(text.contains(named), "{args:?}: {text}");
+    }
+    assert_eq!(
+        task(&["bench", "--partitions", "6", "--messages", "10"]),
+        Task::Bench(
+            BenchSizes {
+                messages: 10,
+                partitions: Some(6),
+                cluster: 3,
+                ..BenchSizes::default()
+            },
+            Persistence::Aof
+        )
+    );
+    let scenario = file("cluster.toml", "cluster = 1\n[[senders]]\nname = \"a\"\n");
+    let text = refusal(&["demo", "--scenario", &scenario]);
+    assert!(text.contains("cluster = 1"), "{text}");
+}

@@ -7,6 +7,7 @@
 //! a Redis that holds other data.
 
 mod lifetime;
+mod partitions;
 
 use std::time::{Duration, Instant};
 
@@ -56,16 +57,30 @@ impl From<&[(u64, f64)]> for CeilingRounds {
 
 pub use crate::settings::BenchSizes;
 
-/// Runs every measurement against `url`, writing a line per figure to `out`.
+/// Runs every measurement against `url`, writing a line per figure to
+/// `out`; with `sizes.partitions`, only the comparison of partitions (see
+/// `partitions.rs`), whose private cluster gets `persistence`.
 pub async fn run(
     url: &str,
     sizes: BenchSizes,
+    persistence: crate::embedded::Persistence,
     out: &mut dyn std::io::Write,
 ) -> Result<(), StoreError> {
     let mut line = |text: String| {
         let _ = writeln!(out, "{text}");
         let _ = out.flush();
     };
+    if let Some(count) = sizes.partitions {
+        return partitions::run(
+            url,
+            sizes.messages,
+            count,
+            sizes.cluster,
+            persistence,
+            &mut line,
+        )
+        .await;
+    }
     let (store, ceiling) = produce_against_ceiling(url, sizes.messages, &mut line).await?;
     drain_with_one_and_two_senders(url, store, sizes.messages, ceiling, &mut line).await?;
     simulation_efficiency(url, sizes.simulation, &mut line).await?;

@@ -225,6 +225,16 @@ pub struct BenchArgs {
     /// benchmarked). Not with --redis-url: a given Redis keeps its own. [default: aof]
     #[arg(long, value_enum)]
     pub persistence: Option<Persistence>,
+    /// Compare partitions instead of the usual figures: produce and drain
+    /// --messages on 1 partition and on N partitions of one Redis, and on N
+    /// partitions of a private cluster of --cluster primaries, with each
+    /// primary's share of the cluster's Redis CPU.
+    #[arg(long, value_parser = check::partitions, value_name = "N")]
+    pub partitions: Option<u32>,
+    /// Primaries of the private cluster the partitions are compared on.
+    #[arg(long, value_parser = check::cluster_primaries, value_name = "PRIMARIES",
+          default_value_t = 3, requires = "partitions")]
+    pub cluster: u32,
 }
 
 /// Options of `demo`.
@@ -240,6 +250,11 @@ pub struct DemoArgs {
     /// Print progress as JSON lines instead of text.
     #[arg(long, env = "SMS_JSON")]
     pub json: bool,
+    /// Run on a private Redis Cluster of this many primaries (at least 3)
+    /// instead of one private Redis; not with --redis-url. [default: the
+    /// scenario's `cluster`, else none]
+    #[arg(long, env = "SMS_CLUSTER", value_parser = check::cluster_primaries, value_name = "PRIMARIES")]
+    pub cluster: Option<u32>,
 }
 
 /// Options of `migrate`.

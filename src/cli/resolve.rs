@@ -152,6 +152,8 @@ fn bench(args: BenchArgs, redis_url_given: bool) -> Result<Task, SettingsError> 
             simulation: args.simulation,
             reclaim_pending: args.reclaim_pending,
             retention: args.retention_messages,
+            partitions: args.partitions,
+            cluster: args.cluster,
         },
         args.persistence.unwrap_or_default(),
     ))
@@ -251,19 +253,31 @@ fn demo(args: &DemoArgs) -> Result<DemoSettings, SettingsError> {
     };
     let scenario = file::parse(&text, &origin)?;
     let mut description = String::new();
+    let mut cluster = None;
+    let mut partitions = 1;
     let mut produce_table = toml::Table::new();
     let mut monitor_table = toml::Table::new();
     let mut sender_tables = Vec::new();
     for (key, value) in scenario {
         match (key.as_str(), value) {
             ("description", toml::Value::String(text)) => description = text,
+            ("cluster", toml::Value::Integer(n)) => {
+                cluster = Some(
+                    check::cluster_primaries(&n.to_string())
+                        .map_err(|reason| origin.unusable(format!("cluster = {n}: {reason}")))?,
+                );
+            }
+            ("partitions", toml::Value::Integer(n)) => {
+                partitions = check::partitions(&n.to_string())
+                    .map_err(|reason| origin.unusable(format!("partitions = {n}: {reason}")))?;
+            }
             ("produce", toml::Value::Table(table)) => produce_table = table,
             ("monitor", toml::Value::Table(table)) => monitor_table = table,
             ("senders", toml::Value::Array(items)) => sender_tables = items,
             (key, _) => {
                 return Err(origin.unusable(format!(
-                    "unknown or mistyped key '{key}'; a scenario has description, [produce], \
-                     [[senders]] and [monitor]"
+                    "unknown or mistyped key '{key}'; a scenario has description, cluster, \
+                     partitions, [produce], [[senders]] and [monitor]"
                 )));
             }
         }
@@ -284,6 +298,8 @@ fn demo(args: &DemoArgs) -> Result<DemoSettings, SettingsError> {
     };
     Ok(DemoSettings {
         description,
+        cluster: args.cluster.or(cluster),
+        partitions,
         produce: produce(produce_args),
         senders,
         monitor,

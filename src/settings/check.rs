@@ -152,6 +152,14 @@ pub fn partition(value: &str) -> Result<u32, String> {
         })
 }
 
+/// The primaries of a private cluster: 3 (Redis Cluster's least) to 16.
+pub fn cluster_primaries(value: &str) -> Result<u32, String> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if (3..=16).contains(&n) => Ok(n),
+        _ => Err("a cluster has from 3 to 16 primaries".to_owned()),
+    }
+}
+
 /// Max attempts from 1 to 1,000.
 pub fn max_attempts(value: &str) -> Result<u32, String> {
     let n = positive(value, "max attempts")?;

@@ -189,6 +189,10 @@ pub const DEFAULT_LOG_KEEP: usize = 7;
 pub struct DemoSettings {
     /// What the scenario shows.
     pub description: String,
+    /// Run on a private cluster of this many primaries (none: one Redis).
+    pub cluster: Option<u32>,
+    /// The queue's partitions.
+    pub partitions: u32,
     /// What to produce.
     pub produce: ProduceSettings,
     /// The senders to run, each with its own name.

@@ -111,6 +111,11 @@ pub struct BenchSizes {
     pub reclaim_pending: u64,
     /// Messages of the continuous runs with retention 0s and forever.
     pub retention: u64,
+    /// With a partition count, the bench compares partitions instead:
+    /// one partition and this many on one Redis, and this many on a cluster.
+    pub partitions: Option<u32>,
+    /// The primaries of that cluster.
+    pub cluster: u32,
 }
 
 /// Default messages of the bench's produce and drain runs.
@@ -129,6 +134,8 @@ impl Default for BenchSizes {
             simulation: DEFAULT_BENCH_SIMULATION,
             reclaim_pending: DEFAULT_BENCH_RECLAIM_PENDING,
             retention: DEFAULT_BENCH_RETENTION,
+            partitions: None,
+            cluster: 3,
         }
     }
 }
