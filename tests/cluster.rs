@@ -1,0 +1,238 @@
+//! sms-alerts on a real Redis Cluster (tests/common/cluster.rs): a queue of
+//! several partitions spread over the primaries, senders pointed at
+//! different nodes, a primary killed mid-run with its replica taking over,
+//! a partition's slot migrated mid-run to a primary that has no Functions
+//! yet. Each ends with every partition settled exactly once and the audit
+//! consistent.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::cluster::TestCluster;
+use common::{RunningSender, send_settings, unique_prefix};
+use sms_alerts::settings::ProduceSettings;
+use sms_alerts::store::{QueueOptions, Store};
+use tokio_util::sync::CancellationToken;
+
+/// A queue of `partitions` partitions created through `url`.
+async fn queue_at(url: &str, prefix: &str, partitions: u32) -> Store {
+    let store = Store::connect(&common::queue(url, prefix))
+        .await
+        .expect("connects to the cluster");
+    assert!(store.is_cluster(), "{url} is a cluster node");
+    let options = QueueOptions {
+        partitions: Some(partitions),
+        ..QueueOptions::default()
+    };
+    store.migrate(&options).await.expect("migrates").0
+}
+
+/// The same queue opened through another node.
+async fn open_at(url: &str, prefix: &str) -> Store {
+    Store::connect(&common::queue(url, prefix))
+        .await
+        .expect("connects")
+        .open()
+        .await
+        .expect("opens")
+}
+
+/// Produces `count` seeded messages, routed by recipient.
+async fn produce(store: &Store, count: u64, seed: u64) -> u64 {
+    let settings = ProduceSettings {
+        count,
+        seed: Some(seed),
+        batch: 500,
+        ..ProduceSettings::default()
+    };
+    sms_alerts::produce::run(store, &settings, &CancellationToken::new())
+        .await
+        .expect("produces")
+        .count
+}
+
+/// Whether every partition is settled: nothing pending, sent + dead =
+/// produced, and `total` produced in all.
+async fn all_settled(store: &Store, total: u64) -> bool {
+    let mut produced = 0;
+    for partition in 0..store.partition_count() {
+        let Ok(counts) =
+            tokio::time::timeout(Duration::from_secs(5), counters_or_none(store, partition)).await
+        else {
+            return false;
+        };
+        let Some((p, sent, dead, pending)) = counts else {
+            return false;
+        };
+        if pending != 0 || sent + dead != p {
+            return false;
+        }
+        produced += p;
+    }
+    produced == total
+}
+
+/// One partition's `produced`, `sent` and `dead` counters and pending count,
+/// through the queue's own routing; `None` while Redis cannot tell.
+async fn counters_or_none(store: &Store, partition: u32) -> Option<(u64, u64, u64, u64)> {
+    let part = store.partition(partition);
+    let stats = part.operator().hash(&part.keys().stats()).await.ok()?;
+    let get = |field: &str| stats.get(field).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let pending = part.inspector().group_info().await.ok()?.pending;
+    Some((get("produced"), get("sent"), get("dead"), pending))
+}
+
+async fn wait_settled(store: &Store, total: u64, deadline: Duration) {
+    common::wait_until("every partition is settled", deadline, || {
+        all_settled(store, total)
+    })
+    .await;
+}
+
+async fn assert_audit_consistent(store: &Store) {
+    let audit = sms_alerts::audit::run(store, sms_alerts::audit::DEFAULT_PAGE)
+        .await
+        .expect("audits");
+    assert!(audit.is_consistent(), "audit: {:?}", audit.problems);
+}
+
+#[tokio::test]
+async fn six_partitions_spread_over_three_primaries_and_settle_once() {
+    let cluster = TestCluster::start(3, 0).await;
+    let nodes = cluster.node_urls();
+    let prefix = unique_prefix("spread");
+    let store = queue_at(&nodes[1], &prefix, 6).await;
+    let mut owners = BTreeSet::new();
+    for partition in 0..6 {
+        owners.insert(
+            cluster
+                .owner_of_slot(store.partition(partition).keys().slot())
+                .await,
+        );
+    }
+    assert_eq!(
+        owners.len(),
+        3,
+        "every primary holds partitions: {owners:?}"
+    );
+    let total = produce(&store, 30_000, 5).await;
+    assert_eq!(total, 30_000);
+    // Three senders, each pointed at a different node.
+    let mut senders = Vec::new();
+    for (i, url) in nodes.iter().take(3).enumerate() {
+        let at = open_at(url, &prefix).await;
+        let mut settings = send_settings(&format!("node-{i}"), 1, 0.05);
+        settings.concurrency = 200;
+        senders.push(RunningSender::start(&at, settings));
+    }
+    wait_settled(&store, total, Duration::from_secs(120)).await;
+    let mut sent = 0;
+    for sender in senders {
+        let summary = sender.stop().await;
+        assert!(summary.flushed.sent > 0, "every sender worked: {summary:?}");
+        sent += summary.flushed.sent + summary.flushed.dead;
+    }
+    assert_eq!(sent, total, "the senders settled each message once");
+    for partition in 0..6 {
+        let (produced, ..) = counters_or_none(&store, partition)
+            .await
+            .expect("reads the counters");
+        assert!(produced > 0, "partition {partition} got messages");
+    }
+    assert_audit_consistent(&store).await;
+}
+
+/// Messages produced so far, over every partition.
+async fn produced_so_far(store: &Store) -> u64 {
+    let mut produced = 0;
+    for partition in 0..store.partition_count() {
+        produced += counters_or_none(store, partition).await.map_or(0, |c| c.0);
+    }
+    produced
+}
+
+#[tokio::test]
+async fn a_primary_killed_mid_run_loses_nothing() {
+    let mut cluster = TestCluster::start(3, 1).await;
+    let prefix = unique_prefix("failover");
+    let store = queue_at(&cluster.seed_url(), &prefix, 3).await;
+    let mut settings = send_settings("survivor", 1, 0.05);
+    settings.concurrency = 200;
+    let sender = RunningSender::start(&store, settings);
+    let total = 200_000;
+    let producer = tokio::spawn({
+        let store = store.clone();
+        async move { produce(&store, total, 9).await }
+    });
+    common::wait_until(
+        "producing is under way",
+        Duration::from_secs(60),
+        || async { produced_so_far(&store).await >= 10_000 },
+    )
+    .await;
+    // Partition 1's primary dies while the producer writes and the sender
+    // reports; its replica takes over. Batches count as written only once
+    // a replica has them, so none is lost with the primary.
+    let producing = !producer.is_finished();
+    let failover = cluster
+        .kill_primary_of(store.partition(1).keys().slot())
+        .await;
+    assert_ne!(failover.killed, failover.promoted);
+    assert!(producing, "the primary died while the producer wrote");
+    assert_eq!(producer.await.expect("producer task"), total);
+    wait_settled(&store, total, Duration::from_secs(180)).await;
+    let summary = sender.stop().await;
+    assert_eq!(
+        summary.flushed.sent + summary.flushed.dead,
+        total,
+        "each message settled once: {summary:?}"
+    );
+    assert_audit_consistent(&store).await;
+}
+
+#[tokio::test]
+async fn a_partition_moved_mid_run_to_a_new_primary_loses_nothing() {
+    let mut cluster = TestCluster::start(3, 0).await;
+    let prefix = unique_prefix("reshard");
+    let store = queue_at(&cluster.seed_url(), &prefix, 3).await;
+    let total = produce(&store, 12_000, 13).await;
+    // The new primary has no Functions: calls that reach it load them.
+    let newcomer = cluster.add_empty_primary().await;
+    let mut settings = send_settings("mover", 3, 0.05);
+    settings.concurrency = 50;
+    let sender = RunningSender::start(&store, settings);
+    let slot = store.partition(2).keys().slot();
+    common::wait_until("sending is under way", Duration::from_secs(60), || async {
+        counters_or_none(&store, 2)
+            .await
+            .is_some_and(|c| c.1 >= 500)
+    })
+    .await;
+    let moved = cluster
+        .migrate_slot(slot, &newcomer, async |_key: &str| {
+            // Senders meet the slot half moved (ASK, TRYAGAIN) meanwhile.
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        })
+        .await;
+    assert!(moved >= 4, "the partition's keys moved: {moved}");
+    assert_eq!(cluster.owner_of_slot(slot).await, newcomer);
+    wait_settled(&store, total, Duration::from_secs(120)).await;
+    // The newcomer had no Functions; the first call that needed them there
+    // loaded them.
+    let mut conn = redis::Client::open(newcomer.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects to the newcomer");
+    let version: i64 = redis::cmd("FCALL_RO")
+        .arg("sms_version")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("the library is loaded on the newcomer");
+    assert!(version > 0);
+    sender.stop().await;
+    assert_audit_consistent(&store).await;
+}
