@@ -203,7 +203,9 @@ async fn a_partition_moved_mid_run_to_a_new_primary_loses_nothing() {
     let mut settings = send_settings("mover", 3, 0.05);
     settings.concurrency = 50;
     let sender = RunningSender::start(&store, settings);
-    let slot = store.partition(2).keys().slot();
+    let moving = store.partition(2);
+    let slot = moving.keys().slot();
+    let mut followed_ask = None;
     common::wait_until("sending is under way", Duration::from_secs(60), || async {
         counters_or_none(&store, 2)
             .await
@@ -211,12 +213,23 @@ async fn a_partition_moved_mid_run_to_a_new_primary_loses_nothing() {
     })
     .await;
     let moved = cluster
-        .migrate_slot(slot, &newcomer, async |_key: &str| {
+        .migrate_slot(slot, &newcomer, async |key: &str| {
             // Senders meet the slot half moved (ASK, TRYAGAIN) meanwhile.
             tokio::time::sleep(Duration::from_millis(150)).await;
+            if key == moving.keys().messages() {
+                // The stream is on the newcomer, the slot still the old
+                // primary's: it answers ASK, and a read follows it.
+                let info = moving.inspector().stream_info(key).await;
+                followed_ask = Some(info.map(|i| i.entries_added));
+            }
         })
         .await;
     assert!(moved >= 4, "the partition's keys moved: {moved}");
+    let read = followed_ask.expect("the stream moved while the slot was migrating");
+    assert!(
+        read.as_ref().is_ok_and(|added| *added > 0),
+        "a read of a moved key follows ASK: {read:?}"
+    );
     assert_eq!(cluster.owner_of_slot(slot).await, newcomer);
     wait_settled(&store, total, Duration::from_secs(120)).await;
     // The newcomer had no Functions; the first call that needed them there

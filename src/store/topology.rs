@@ -9,10 +9,12 @@
 //! once and has the whole map read again (a failover moves many slots); a
 //! lost connection or a cluster that says it is down has the map read again
 //! before the next connection is opened. An `ASK` reply (a slot half-way
-//! through a migration) changes nothing: the call is retried like any
-//! transient failure and reaches the new owner once the migration is over,
-//! which is also when a call over several keys of the slot stops being
-//! refused with `TRYAGAIN`.
+//! through a migration, the key already moved) changes no map: a pooled
+//! command follows it once, to the node it names, after `ASKING`; on our
+//! own pipelined connections (reads, reports, batches) the call is retried
+//! like any transient failure, as is a call over several keys of the slot
+//! that meets `TRYAGAIN`, until the migration ends. A report that fails so
+//! is written again on a pooled connection, which follows the `ASK`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -262,6 +264,38 @@ impl Topology {
         }
     }
 
+    /// Sends `cmd` once to the node at `addr` after `ASKING`: how a command
+    /// that met `ASK` (its slot half-way through a migration, its keys
+    /// already moved) reaches them. A multi-key command whose keys are split
+    /// between the nodes gets `TRYAGAIN` there, retried like any transient
+    /// failure.
+    async fn ask(&self, addr: &str, cmd: &redis::Cmd) -> Result<Value, RedisError> {
+        let node = {
+            let Some(cluster) = &self.cluster else {
+                return Err(RedisError::from((
+                    ErrorKind::Server(ServerErrorKind::Ask),
+                    "ASK from a Redis that is not a cluster",
+                )));
+            };
+            let mut map = cluster.map.lock().unwrap_or_else(PoisonError::into_inner);
+            let index = map
+                .index_of(addr, &self.seed.endpoint)
+                .map_err(|err| RedisError::from((ErrorKind::Client, "ASK", err.to_string())))?;
+            map.nodes[usize::from(index)].1.clone()
+        };
+        let mut conn = node.pool.get().await.map_err(|err| match err {
+            deadpool_redis::PoolError::Backend(err) => err,
+            other => RedisError::from((ErrorKind::Io, "ASK target", other.to_string())),
+        })?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("ASKING").ignore().add_command(cmd.clone());
+        let mut replies: Vec<Value> = pipe.query_async(&mut conn).await?;
+        tracing::debug!(node = addr, "followed an ASK redirection");
+        replies.pop().ok_or_else(|| {
+            RedisError::from((ErrorKind::Client, "ASK", "no reply after ASKING".to_owned()))
+        })
+    }
+
     /// A node could not be reached: the map is read again before the next
     /// connection is opened.
     pub(super) fn lost_node(&self) {
@@ -419,7 +453,22 @@ fn split_addr(addr: &str) -> Option<(&str, u16)> {
     Some((host, port.parse().ok()?))
 }
 
-/// A pooled connection whose failures teach the topology ([`Topology::saw`]).
+/// The node an `ASK` redirection in `result` names, if it is one.
+fn ask_target(result: &Result<Value, RedisError>) -> Option<String> {
+    match result {
+        Err(err) if err.kind() == ErrorKind::Server(ServerErrorKind::Ask) => {
+            err.redirect_node().map(|(addr, _)| addr.to_owned())
+        }
+        // "<slot> <host:port>"
+        Ok(Value::ServerError(err)) if err.kind() == Some(ServerErrorKind::Ask) => {
+            err.details()?.split_whitespace().nth(1).map(str::to_owned)
+        }
+        _ => None,
+    }
+}
+
+/// A pooled connection whose failures teach the topology ([`Topology::saw`]),
+/// and which follows an `ASK` redirection of a single command.
 pub(super) struct Conn {
     inner: deadpool_redis::Connection,
     topology: Arc<Topology>,
@@ -449,7 +498,10 @@ impl redis::aio::ConnectionLike for Conn {
         Box::pin(async move {
             let result = self.inner.req_packed_command(cmd).await;
             self.check(&result, |value| vec![value]);
-            result
+            match ask_target(&result) {
+                Some(addr) => self.topology.ask(&addr, cmd).await,
+                None => result,
+            }
         })
     }
 
