@@ -119,8 +119,9 @@ enum Next {
     Reclaim(usize, OwnedSemaphorePermit),
     /// Read new messages of this lane.
     Read(usize, OwnedSemaphorePermit),
-    /// Nothing without waiting.
-    Wait,
+    /// Nothing without waiting: for a hold slot (a lane could go out with
+    /// one), or for sends to end (none is wanted now), or only for replies.
+    Wait { for_hold: bool, for_ends: bool },
 }
 
 impl Dispatcher {
@@ -149,7 +150,9 @@ impl Dispatcher {
             match self.next_step() {
                 Next::Reclaim(lane, hold) => self.reclaim_stale(lane, hold, stop).await?,
                 Next::Read(lane, hold) => self.start_read(lane, hold, stop).await?,
-                Next::Wait => self.wait_for_work(stop).await?,
+                Next::Wait { for_hold, for_ends } => {
+                    self.wait_for_work(for_hold, for_ends, stop).await?;
+                }
             }
         }
     }
@@ -159,21 +162,28 @@ impl Dispatcher {
     fn next_step(&mut self) -> Next {
         let budget = self.read_budget();
         if budget == 0 {
-            return Next::Wait;
+            return Next::Wait {
+                for_hold: false,
+                for_ends: true,
+            };
         }
         let several = self.lanes.len() > 1;
         let count = self.lanes.len();
+        let mut for_hold = false;
         for offset in 0..count {
             let index = (self.next_lane + offset) % count;
             let lane = &self.lanes[index];
             if !lane.is_open() {
                 continue;
             }
-            if lane.reclaim.is_due()
-                && let Some(hold) = self.try_free_hold(budget.min(lane.reads.per_read))
-            {
-                self.next_lane = (index + 1) % count;
-                return Next::Reclaim(index, hold);
+            if lane.reclaim.is_due() {
+                match self.try_free_hold(budget.min(lane.reads.per_read)) {
+                    Some(hold) => {
+                        self.next_lane = (index + 1) % count;
+                        return Next::Reclaim(index, hold);
+                    }
+                    None => for_hold = true,
+                }
             }
             let watching = several && lane.idle;
             let room = if watching {
@@ -181,17 +191,26 @@ impl Dispatcher {
             } else {
                 lane.reads.has_room()
             };
+            if !room {
+                continue;
+            }
             let wanted = if watching {
                 1
             } else {
                 budget.min(lane.reads.per_read)
             };
-            if room && let Some(hold) = self.try_free_hold(wanted) {
-                self.next_lane = (index + 1) % count;
-                return Next::Read(index, hold);
+            match self.try_free_hold(wanted) {
+                Some(hold) => {
+                    self.next_lane = (index + 1) % count;
+                    return Next::Read(index, hold);
+                }
+                None => for_hold = true,
             }
         }
-        Next::Wait
+        Next::Wait {
+            for_hold,
+            for_ends: false,
+        }
     }
 
     /// Takes the entries of the reads already sent: they are this sender's
@@ -206,13 +225,17 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Nothing can go out without waiting. Waits for a read's reply, a
-    /// hold slot, sends that end (or come within the read-ahead horizon),
-    /// a lane added, or the end of a lane's pause.
-    async fn wait_for_work(&mut self, stop: &CancellationToken) -> Result<(), StoreError> {
-        let budget = self.read_budget();
-        let wants_hold = budget > 0;
-        let wants_ends = budget == 0;
+    /// Nothing can go out without waiting. Waits for a read's reply, for a
+    /// hold slot if `wants_hold`, for sends that end (or come within the
+    /// read-ahead horizon) if `wants_ends`, or for the end of a lane's
+    /// pause. Lanes added meanwhile are taken at the next turn, at most a
+    /// blocking read later.
+    async fn wait_for_work(
+        &mut self,
+        wants_hold: bool,
+        wants_ends: bool,
+        stop: &CancellationToken,
+    ) -> Result<(), StoreError> {
         let resume_at = self
             .lanes
             .iter()
