@@ -3,6 +3,7 @@
 //! conditions with a deadline, running senders in-process or as processes, and
 //! an independent scan of Redis to check the counters against.
 #![allow(dead_code, unreachable_pub)]
+pub mod cluster;
 
 use std::future::Future;
 use std::path::PathBuf;
