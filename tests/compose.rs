@@ -77,6 +77,45 @@ fn the_compose_file_validates_and_its_images_are_configurable() {
     assert!(text.contains("appendonly"), "Redis runs with AOF:\n{text}");
 }
 
+#[test]
+fn the_cluster_profile_validates() {
+    let Some(cli) = compose_cli() else { return };
+    let output = compose(
+        &cli,
+        "smsvalidate",
+        &[],
+        &["--profile", "cluster", "config"],
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for n in 1..=6 {
+        let node = format!("redis-node-{n}:");
+        assert!(text.contains(&node), "cluster node {node} missing:\n{text}");
+    }
+    for service in [
+        "cluster-create:",
+        "cluster-migrate:",
+        "cluster-produce:",
+        "cluster-sender-fast:",
+        "cluster-sender-slow:",
+        "cluster-monitor:",
+    ] {
+        assert!(text.contains(service), "service {service} missing:\n{text}");
+    }
+    for needle in [
+        "--cluster-replicas 1",
+        "cluster-enabled",
+        "--partitions",
+        "redis://redis-node-1:6379",
+    ] {
+        assert!(text.contains(needle), "{needle} missing:\n{text}");
+    }
+}
+
 /// Takes the stack down (and its volume) however the test ends.
 struct Stack {
     cli: Vec<&'static str>,
