@@ -118,9 +118,14 @@ async fn run(settings: Settings) -> ExitStatus {
 /// a bad URL or a request the queue refuses (an unknown run id, a partition
 /// it does not have, a dead letter named ambiguously), else 1.
 fn exit_status(err: &anyhow::Error) -> ExitStatus {
-    if err
-        .downcast_ref::<ProduceError>()
-        .is_some_and(ProduceError::is_usage)
+    let refused_partition = matches!(
+        err.downcast_ref::<SendError>(),
+        Some(SendError::NoSuchPartition { .. })
+    );
+    if refused_partition
+        || err
+            .downcast_ref::<ProduceError>()
+            .is_some_and(ProduceError::is_usage)
     {
         return ExitStatus::Usage;
     }

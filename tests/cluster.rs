@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use common::cluster::TestCluster;
 use common::{RunningSender, send_settings, unique_prefix};
+use sms_alerts::routing::partition_of_key;
 use sms_alerts::settings::ProduceSettings;
 use sms_alerts::store::{QueueOptions, Store};
 use tokio_util::sync::CancellationToken;
@@ -140,8 +141,74 @@ async fn six_partitions_spread_over_three_primaries_and_settle_once() {
             .await
             .expect("reads the counters");
         assert!(produced > 0, "partition {partition} got messages");
+        // Each message is in the partition its recipient routes to.
+        let recipients = recipients_in(&store, partition).await;
+        assert_eq!(recipients.len() as u64, produced);
+        let strays: Vec<&String> = recipients
+            .iter()
+            .filter(|r| partition_of_key(r.as_bytes(), 6) != partition)
+            .collect();
+        assert!(strays.is_empty(), "partition {partition} holds {strays:?}");
     }
     assert_audit_consistent(&store).await;
+}
+
+/// The recipient of every message in `partition`'s stream, oldest first.
+async fn recipients_in(store: &Store, partition: u32) -> Vec<String> {
+    let part = store.partition(partition);
+    let inspector = part.inspector();
+    let conn = inspector
+        .read_connection(Duration::ZERO)
+        .await
+        .expect("a read connection to the partition's node");
+    let mut recipients = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = inspector
+            .range_page(&conn, &part.keys().messages(), after.as_deref(), 5_000)
+            .await
+            .expect("reads the stream");
+        let Some(last) = page.last() else {
+            return recipients;
+        };
+        after = Some(last.id.clone());
+        for entry in &page {
+            let message = entry.message().expect("a well-formed message");
+            recipients.push(message.recipient.to_owned());
+        }
+    }
+}
+
+#[tokio::test]
+async fn partitions_added_mid_run_are_spread_over_the_primaries_and_read() {
+    let cluster = TestCluster::start(3, 0).await;
+    let prefix = unique_prefix("grow");
+    let store = queue_at(&cluster.seed_url(), &prefix, 2).await;
+    let sender = RunningSender::start(&store, send_settings("follower", 1, 0.0));
+    let first = produce(&store, 4_000, 21).await;
+    wait_settled(&store, first, Duration::from_secs(60)).await;
+    let options = QueueOptions {
+        partitions: Some(9),
+        ..QueueOptions::default()
+    };
+    let (grown, _, identity) = store.migrate(&options).await.expect("grows");
+    assert_eq!(identity.partitions, (2, 9));
+    let second = produce(&grown, 9_000, 22).await;
+    wait_settled(&grown, first + second, Duration::from_secs(60)).await;
+    let summary = sender.stop().await;
+    assert_eq!(summary.flushed.sent, first + second, "{summary:?}");
+    let mut owners = BTreeSet::new();
+    for partition in 2..9 {
+        let counts = counters_or_none(&grown, partition).await.expect("counters");
+        assert!(counts.1 > 0, "partition {partition} was read: {counts:?}");
+        owners.insert(
+            cluster
+                .owner_of_slot(grown.partition(partition).keys().slot())
+                .await,
+        );
+    }
+    assert_eq!(owners.len(), 3, "the added partitions span the primaries");
+    assert_audit_consistent(&grown).await;
 }
 
 /// Messages produced so far, over every partition.

@@ -242,6 +242,11 @@ fn partitions_and_clusters_take_sensible_sizes_only() {
             "3 to 16",
         ),
         (&["bench", "--cluster", "3"][..], "--partitions"),
+        (&["send", "--read-partitions", "1,1"][..], "listed twice"),
+        (
+            &["send", "--read-partitions", "1,x"][..],
+            "partition number",
+        ),
     ] {
         let text = refusal(args);
         assert!(text.contains(named), "{args:?}: {text}");
@@ -258,6 +263,10 @@ fn partitions_and_clusters_take_sensible_sizes_only() {
             Persistence::Aof
         )
     );
+    match task(&["send", "--read-partitions", "0,2,4"]) {
+        Task::Send(send) => assert_eq!(send.partitions, Some(vec![0, 2, 4])),
+        other => panic!("{other:?}"),
+    }
     let scenario = file("cluster.toml", "cluster = 1\n[[senders]]\nname = \"a\"\n");
     let text = refusal(&["demo", "--scenario", &scenario]);
     assert!(text.contains("cluster = 1"), "{text}");

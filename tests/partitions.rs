@@ -232,3 +232,54 @@ async fn a_restarted_sender_takes_back_its_work_in_every_partition() {
     assert_eq!(summary.dispatched.recovered, 20, "{summary:?}");
     assert_eq!(summary.flushed.sent, 120, "{summary:?}");
 }
+
+#[tokio::test]
+async fn a_sender_given_partitions_reads_only_those() {
+    let redis = start_redis().await;
+    let store = queue(&redis.url, "pinned", 4).await;
+    for partition in 0..4 {
+        fill(&redis.url, &store, partition, 200).await;
+    }
+    let mut settings = send_settings("pinned", 1, 0.0);
+    settings.partitions = Some(vec![1, 3]);
+    let sender = RunningSender::start(&store, settings);
+    for partition in [1, 3] {
+        common::wait_until(
+            "its partitions are settled",
+            Duration::from_secs(30),
+            || settled(&redis.url, &store, partition),
+        )
+        .await;
+    }
+    let summary = sender.stop().await;
+    assert_eq!(summary.flushed.sent, 400, "{summary:?}");
+    for partition in [0, 2] {
+        let c = counts(&redis.url, &store, partition).await;
+        assert_eq!((c.sent, c.pending), (0, 0), "partition {partition}: {c:?}");
+    }
+    // A partition the queue lacks is refused before anything is read:
+    // in process, and by the binary with exit code 2 naming it.
+    let mut settings = send_settings("astray", 1, 0.0);
+    settings.partitions = Some(vec![2, 7]);
+    let err = sms_alerts::send::run(store.clone(), settings, Default::default())
+        .await
+        .expect_err("partition 7 does not exist");
+    assert!(err.to_string().contains("'7'"), "{err}");
+    let prefix = store.keys().messages();
+    let prefix = prefix
+        .trim_start_matches('{')
+        .split(':')
+        .next()
+        .expect("prefix");
+    let output = common::bin()
+        .args(["--redis-url", &redis.url, "--prefix", prefix])
+        .args(["send", "--name", "astray", "--read-partitions", "1,7"])
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("'7'") && stderr.contains("4 partition"),
+        "{stderr}"
+    );
+}

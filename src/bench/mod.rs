@@ -313,6 +313,7 @@ fn sender(name: String, concurrency: usize, mean: Duration) -> SendSettings {
         retry_backoff: Duration::from_secs(1),
         shutdown_timeout: Duration::from_secs(10),
         seed: Some(1),
+        partitions: None,
     }
 }
 

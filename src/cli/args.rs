@@ -466,6 +466,12 @@ pub struct SendArgs {
     /// [default: random]
     #[arg(long, env = "SMS_SEED")]
     pub seed: Option<u64>,
+    /// Read only these partitions, e.g. 0,2,4 (each must exist when the sender
+    /// starts). Within a partition the group shares the work among its senders.
+    /// [default: every partition, and those added while it runs]
+    #[arg(long, env = "SMS_READ_PARTITIONS", value_parser = check::partition,
+          value_delimiter = ',', value_name = "P,...")]
+    pub read_partitions: Option<Vec<u32>>,
 }
 
 /// Options of `monitor`.

@@ -193,6 +193,16 @@ fn send(
             args.retry_backoff, args.lease
         )));
     }
+    if let Some(list) = &args.read_partitions
+        && let Some(twice) = list
+            .iter()
+            .enumerate()
+            .find_map(|(i, p)| list[..i].contains(p).then_some(*p))
+    {
+        return Err(SettingsError::Conflict(format!(
+            "invalid value for '--read-partitions': partition {twice} is listed twice"
+        )));
+    }
     Ok(SendSettings {
         name: args.name.unwrap_or_else(default_name),
         delay: DelayModel {
@@ -207,6 +217,7 @@ fn send(
         retry_backoff,
         shutdown_timeout: args.shutdown_timeout.into(),
         seed: args.seed,
+        partitions: args.read_partitions,
     })
 }
 

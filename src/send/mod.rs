@@ -105,6 +105,17 @@ pub enum SendError {
         /// The name.
         name: String,
     },
+    /// `--read-partitions` named a partition the queue does not have.
+    #[error(
+        "invalid value '{partition}' for '--read-partitions': the queue has {count} partition(s), \
+         numbered from 0"
+    )]
+    NoSuchPartition {
+        /// The partition named.
+        partition: u32,
+        /// The queue's partition count.
+        count: u32,
+    },
     /// Redis failed in a way retrying cannot fix.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -155,6 +166,7 @@ pub async fn run(
     let store = store.sender();
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let stop = shutdown.child_token();
+    let read = partitions_to_read(&store, &settings)?;
     if !name::acquire(&store, &settings.name, &token, settings.lease, &stop).await? {
         return Ok(SendSummary::default());
     }
@@ -163,12 +175,12 @@ pub async fn run(
         concurrency = settings.concurrency,
         mean_ms = settings.delay.mean.as_millis() as u64,
         failure_rate = settings.failure_rate,
-        partitions = store.partition_count(),
+        partitions = ?read,
         "sender started"
     );
     let sender = Shared {
         fatal: Fatal::new(stop.clone()),
-        partitions: watch::channel(store.partition_count()).0,
+        partitions: watch::channel(read).0,
         store,
         settings,
         token,
@@ -213,8 +225,9 @@ struct Shared {
     /// This process's hold on the sender name.
     token: String,
     fatal: Fatal,
-    /// The queue's partition count as the sender knows it: it grows.
-    partitions: watch::Sender<u32>,
+    /// The partitions the sender reads: all the queue has (they grow), or
+    /// those it was given.
+    partitions: watch::Sender<Vec<u32>>,
     /// What every partition holds in flight.
     held: Held,
     progress: Arc<Progress>,
@@ -244,14 +257,18 @@ impl Shared {
         let (gateway, inlet) = Gateway::new(self.settings.concurrency, abort_sends.clone());
         let gateway = tokio::spawn(gateway.run());
         let writers = Mutex::new(Vec::new());
-        let lanes = (0..self.store.partition_count())
-            .map(|partition| self.open_lane(partition, &writers))
+        let lanes = self
+            .partitions
+            .borrow()
+            .iter()
+            .map(|&partition| self.open_lane(partition, &writers))
             .collect();
         let (new_lanes_tx, new_lanes) = mpsc::unbounded_channel();
         let mut dispatcher = self.dispatcher(lanes, new_lanes, inlet);
         let outcome = tokio::select! {
             outcome = dispatcher.run(stop) => outcome,
-            never = self.follow_growth(&new_lanes_tx, &writers) => match never {},
+            never = self.follow_growth(&new_lanes_tx, &writers),
+                if self.settings.partitions.is_none() => match never {},
         };
         stop.cancel();
         let dispatched = dispatcher.totals;
@@ -313,7 +330,8 @@ impl Shared {
             for partition in known.partition_count()..grown.partition_count() {
                 let _ = new_lanes.send(self.open_lane(partition, writers));
             }
-            self.partitions.send_replace(grown.partition_count());
+            self.partitions
+                .send_replace((0..grown.partition_count()).collect());
             known = grown;
         }
     }
@@ -449,6 +467,22 @@ impl Upkeep {
             tracing::warn!(error = %err, "could not release the sender name; it frees itself when its lease runs out");
         }
         name_lost
+    }
+}
+
+/// The partitions `settings` ask to read, each one the queue has; all of
+/// them when none are named.
+fn partitions_to_read(store: &Sender, settings: &SendSettings) -> Result<Vec<u32>, SendError> {
+    let count = store.partition_count();
+    match &settings.partitions {
+        None => Ok((0..count).collect()),
+        Some(list) => match list.iter().find(|&&p| p >= count) {
+            Some(&missing) => Err(SendError::NoSuchPartition {
+                partition: missing,
+                count,
+            }),
+            None => Ok(list.clone()),
+        },
     }
 }
 

@@ -15,11 +15,11 @@ use crate::store::{Retry, Sender, StoreError, Trimmed};
 /// keeps up with 500,000 settled messages a second.
 pub(super) const TRIM_EVERY: Duration = Duration::from_millis(200);
 
-/// Trims every partition (as many as `partitions` says there are now)
-/// every [`TRIM_EVERY`] until `stop`; lost or damaged state is raised.
+/// Trims the partitions the sender reads (as `partitions` says now) every
+/// [`TRIM_EVERY`] until `stop`; lost or damaged state is raised.
 pub(super) async fn keep_trimmed(
     store: Sender,
-    partitions: watch::Receiver<u32>,
+    partitions: watch::Receiver<Vec<u32>>,
     stop: CancellationToken,
     fatal: Fatal,
 ) {
@@ -31,8 +31,8 @@ pub(super) async fn keep_trimmed(
             _ = tick.tick() => {}
             () = stop.cancelled() => return,
         }
-        let count = *partitions.borrow();
-        match trim_all(&store, count).await {
+        let list = partitions.borrow().clone();
+        match trim_all(&store, &list).await {
             Ok(trimmed) => {
                 retry.succeeded();
                 if trimmed.entries + trimmed.dead_letters > 0 {
@@ -53,10 +53,10 @@ pub(super) async fn keep_trimmed(
     }
 }
 
-/// Trims partitions 0 to `count` - 1 in turn; what they removed, together.
-async fn trim_all(store: &Sender, count: u32) -> Result<Trimmed, StoreError> {
+/// Trims `partitions` in turn; what they removed, together.
+async fn trim_all(store: &Sender, partitions: &[u32]) -> Result<Trimmed, StoreError> {
     let mut all = Trimmed::default();
-    for partition in 0..count {
+    for &partition in partitions {
         let trimmed = store.partition(partition).trim().await?;
         all.entries += trimmed.entries;
         all.dead_letters += trimmed.dead_letters;

@@ -149,6 +149,9 @@ pub struct SendSettings {
     pub shutdown_timeout: Duration,
     /// Seed of send times and failures; `None` for a random one.
     pub seed: Option<u64>,
+    /// The partitions to read; `None` for all of them, including those
+    /// added while the sender runs.
+    pub partitions: Option<Vec<u32>>,
 }
 
 /// Settings of `monitor`.
