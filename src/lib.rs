@@ -14,8 +14,9 @@
 //!    [`embedded`] (a private redis-server), [`exit`] (the exit codes).
 //! 2. [`generator`]: seeded random messages.
 //! 3. [`store`]: Redis. The queue's identity (created once by `migrate`,
-//!    checked by every write), the connections (a pool for cold commands,
-//!    a pipelined connection of our own for the hot paths), stream
+//!    checked by every write), its partitions, where each is served (one
+//!    Redis, or a cluster's primaries by slot), the connections (a pool for
+//!    cold commands, a pipelined connection of our own for the hot paths), stream
 //!    operations, typed wrappers of the Functions library in `migrations/`,
 //!    producer runs, migrations and the one retry policy. Callers act
 //!    through a role handle (producer, sender, inspector, operator) that

@@ -3,6 +3,13 @@
 //! Functions library, the migrations, and the one place where transient
 //! failures are retried.
 //!
+//! A [`Store`] is a handle on one partition of a queue: partition P's keys
+//! share the hash tag `{prefix:P}`, so every command of a handle goes to one
+//! Redis, on a cluster the primary of that slot (`topology.rs`, which also
+//! follows the cluster as it changes). [`Store::partition`] gives the
+//! handle of another partition over the same connections; partition 0
+//! holds what belongs to the whole queue (the partition count, runs).
+//!
 //! Callers act through a role handle (`roles.rs`): [`Producer`], [`Sender`],
 //! [`Inspector`] or [`Operator`], each with only the commands its job needs.
 //! [`Store`] itself only connects, opens and migrates the queue and hands
@@ -20,10 +27,10 @@
 //! its reply awaited later ([`PendingReply`]), so several are on the wire at
 //! once, in the order they were made.
 //!
-//! Every connection, pooled or our own, is made from one endpoint
-//! (`transport.rs`): the URL, the password that overrides the URL's, and for
-//! `rediss://` the TLS files (`tls.rs`), so all of them log in and verify
-//! Redis the same way.
+//! Every connection, pooled or our own, is made from the endpoint of its
+//! node (`transport.rs`): the address, the password that overrides the
+//! URL's, and for `rediss://` the TLS files (`tls.rs`), the same for every
+//! node, so all of them log in and verify Redis the same way.
 
 mod batches;
 mod endpoint;
