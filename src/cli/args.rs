@@ -107,7 +107,7 @@ pub struct GlobalArgs {
     pub group: String,
 
     /// TOML file with settings: top-level keys are the global options, tables
-    /// [produce], [send] and [monitor] the subcommands' (see config/).
+    /// named after the subcommands (produce, send, monitor) theirs (see config/).
     #[arg(long, global = true, env = "SMS_CONFIG", value_name = "FILE")]
     pub config: Option<PathBuf>,
 
