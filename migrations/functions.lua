@@ -60,7 +60,7 @@
     abandoned     messages `repair` gave up when it re-created a lost group
 ]]
 
-local LIBRARY_VERSION = 9
+local LIBRARY_VERSION = 10
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
@@ -712,26 +712,29 @@ local function sms_snapshot(keys, args)
   local oldest_pending, oldest_queued, floor_ms, floor_group = -1, -1, -1, ''
   if stype == 'stream' then
     local info = redis.call('XINFO', 'STREAM', stream)
-    local newest = '0-0'
     for i = 1, #info, 2 do
       if info[i] == 'entries-added' then added = info[i + 1] end
       if info[i] == 'length' then length = info[i + 1] end
-      if info[i] == 'last-generated-id' then newest = info[i + 1] end
     end
     for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
       local f = {}
       for i = 1, #g, 2 do f[g[i]] = g[i + 1] end
-      local floor = f['last-delivered-id']
+      -- The oldest entry the group still needs: its oldest pending one, or
+      -- the first it has not read. One that has read and settled every
+      -- entry needs none, however old the newest is; one that has read
+      -- nothing needs the stream's first entry, not id 0-0.
+      local needed = nil
       if f['pending'] > 0 then
         local summary = redis.call('XPENDING', stream, f['name'])
-        if id_less(summary[2], floor) then floor = summary[2] end
+        needed = summary[2]
         if f['name'] == group then oldest_pending = id_ms(summary[2]) end
       end
-      -- A group with nothing pending that has read every entry keeps only
-      -- the newest one: it holds nothing back, however old that entry is.
-      local caught_up = f['pending'] == 0 and f['last-delivered-id'] == newest
-      if not caught_up and (floor_ms == -1 or id_ms(floor) < floor_ms) then
-        floor_ms, floor_group = id_ms(floor), f['name']
+      local unread = redis.call('XRANGE', stream, '(' .. f['last-delivered-id'], '+', 'COUNT', 1)
+      if #unread == 1 and (needed == nil or id_less(unread[1][1], needed)) then
+        needed = unread[1][1]
+      end
+      if needed and (floor_ms == -1 or id_ms(needed) < floor_ms) then
+        floor_ms, floor_group = id_ms(needed), f['name']
       end
       if f['name'] == group then
         exists, pending = 1, f['pending']

@@ -396,6 +396,7 @@ async fn produce_task(
     mut settings: sms_alerts::settings::ProduceSettings,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<ExitStatus> {
+    produce::check_routing(store, &settings)?;
     match &settings.resume {
         Some(run) => println!("resuming producer run {run}"),
         None => {

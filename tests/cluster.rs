@@ -316,3 +316,53 @@ async fn a_partition_moved_mid_run_to_a_new_primary_loses_nothing() {
     sender.stop().await;
     assert_audit_consistent(&store).await;
 }
+
+#[tokio::test]
+async fn a_primary_that_lost_the_library_gets_it_back_from_any_reader() {
+    let cluster = TestCluster::start(3, 0).await;
+    let prefix = unique_prefix("relib");
+    let store = queue_at(&cluster.seed_url(), &prefix, 6).await;
+    let total = produce(&store, 3_000, 31).await;
+    // A primary that serves a partition but not partition 0 loses its
+    // Functions (FUNCTION FLUSH, or a restart without its data).
+    let home = cluster.owner_of_slot(store.keys().slot()).await;
+    let mut owner = home.clone();
+    for partition in 1..6 {
+        owner = cluster
+            .owner_of_slot(store.partition(partition).keys().slot())
+            .await;
+        if owner != home {
+            break;
+        }
+    }
+    assert_ne!(owner, home, "six partitions span more than one primary");
+    let mut conn = redis::Client::open(owner.as_str())
+        .expect("url")
+        .get_multiplexed_async_connection()
+        .await
+        .expect("connects");
+    redis::cmd("FUNCTION")
+        .arg("FLUSH")
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("FUNCTION FLUSH");
+    // The monitor's read goes through the retry policy, which loads the
+    // library where it is missing (not only on partition 0's node).
+    let snapshot = tokio::time::timeout(
+        Duration::from_secs(20),
+        store.retrying("read the queue's figures", || {
+            sms_alerts::stats::Snapshot::read(&store)
+        }),
+    )
+    .await
+    .expect("the read recovers in time")
+    .expect("reads");
+    assert_eq!(snapshot.produced, total);
+    let version: i64 = redis::cmd("FCALL_RO")
+        .arg("sms_version")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .expect("the library is back on the node that lost it");
+    assert!(version > 0);
+}

@@ -283,3 +283,113 @@ async fn a_sender_given_partitions_reads_only_those() {
         "{stderr}"
     );
 }
+
+/// Deletes every key of `partition`, as a flushed node or one restarted
+/// without its data would lose them.
+async fn lose_partition(url: &str, store: &Store, partition: u32) {
+    let mut conn = raw(url).await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(store.partition(partition).keys().all_pattern())
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    assert!(!keys.is_empty());
+    redis::cmd("DEL")
+        .arg(&keys)
+        .query_async::<()>(&mut conn)
+        .await
+        .expect("DEL");
+}
+
+#[tokio::test]
+async fn a_lost_partition_is_never_created_again_by_migrate() {
+    let redis = start_redis().await;
+    let store = queue(&redis.url, "lost", 3).await;
+    fill(&redis.url, &store, 2, 50).await;
+    lose_partition(&redis.url, &store, 2).await;
+    for attempt in [None, Some(3), Some(4)] {
+        let options = QueueOptions {
+            partitions: attempt,
+            ..QueueOptions::default()
+        };
+        let err = store
+            .migrate(&options)
+            .await
+            .expect_err("a lost partition stops migrate");
+        assert!(err.is_queue_state(), "{err}");
+        assert!(err.to_string().contains("partition(s) 2 "), "{err}");
+    }
+    let err = store.open().await.expect_err("and every process");
+    assert!(err.is_queue_state(), "{err}");
+    assert!(
+        !redis_exists(&redis.url, &store.partition(2).keys().queue()).await,
+        "nothing was re-created"
+    );
+    // Partition 0 lost while the others remain: not a new queue either.
+    lose_partition(&redis.url, &store, 0).await;
+    let err = store
+        .migrate(&QueueOptions::default())
+        .await
+        .expect_err("partition 0 lost stops migrate");
+    assert!(err.to_string().contains("partition 0"), "{err}");
+    assert!(err.to_string().contains("partitions 1 remain"), "{err}");
+}
+
+async fn redis_exists(url: &str, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query_async(&mut raw(url).await)
+        .await
+        .expect("EXISTS")
+}
+
+#[tokio::test]
+async fn a_partition_count_lowered_by_hand_stops_processes_instead_of_stranding_work() {
+    let redis = start_redis().await;
+    let store = queue(&redis.url, "lowered", 4).await;
+    for partition in 0..4 {
+        fill(&redis.url, &store, partition, 30).await;
+    }
+    let sender = RunningSender::start(&store, send_settings("watcher", 1, 0.0));
+    wait_all_settled(&redis.url, &store, 4, Duration::from_secs(30)).await;
+    redis::cmd("HSET")
+        .arg(store.keys().queue())
+        .arg("partitions")
+        .arg(2)
+        .query_async::<()>(&mut raw(&redis.url).await)
+        .await
+        .expect("HSET");
+    // The running sender notices at its next look at the count.
+    let err = sender
+        .join(Duration::from_secs(30))
+        .await
+        .expect_err("the sender stops");
+    let text = err.to_string();
+    assert!(text.contains("lowered by hand"), "{text}");
+    for opened in [store.open().await, store.open_read_only().await] {
+        let err = opened.expect_err("a new process stops too");
+        assert!(err.is_queue_state(), "{err}");
+        assert!(err.to_string().contains("partition(s) 2 "), "{err}");
+    }
+    let err = store
+        .migrate(&QueueOptions::default())
+        .await
+        .expect_err("migrate does not take the lower count");
+    assert!(err.to_string().contains("partition(s) 2, 3 "), "{err}");
+}
+
+#[tokio::test]
+async fn a_fresh_queue_holds_nothing_back_from_before_its_first_entry() {
+    let redis = start_redis().await;
+    let store = queue(&redis.url, "floor", 2).await;
+    fill(&redis.url, &store, 1, 20).await;
+    let snapshot = sms_alerts::stats::Snapshot::read(&store)
+        .await
+        .expect("snapshot");
+    let (group, age_ms) = snapshot.floor.expect("the group needs the unread entries");
+    assert_eq!(group, "senders");
+    assert!(
+        age_ms < 60_000,
+        "the floor is the first unread entry, not id 0-0: {age_ms} ms"
+    );
+}

@@ -351,6 +351,8 @@ async fn a_partition_the_queue_lacks_is_refused_with_exit_2() {
         "expected exit 2 naming partition 6 and the count 6, got {:?}: {stderr}",
         output.status.code()
     );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.is_empty(), "no run is announced: {stdout}");
     let runs = store.inspector().all_runs().await.expect("runs");
     assert!(runs.is_empty(), "expected no run recorded, got {runs:?}");
 }

@@ -130,6 +130,20 @@ impl ProduceSummary {
     }
 }
 
+/// Refuses `settings` when they route every message to a partition the
+/// queue of `store` does not have; before anything is recorded.
+pub fn check_routing(store: &Store, settings: &ProduceSettings) -> Result<(), ProduceError> {
+    match settings.routing {
+        Routing::Partition(partition) if partition >= store.partition_count() => {
+            Err(ProduceError::NoSuchPartition {
+                partition,
+                partitions: store.partition_count(),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Produces one run: `settings.count` new messages, or what a run being
 /// resumed still lacks. Stops early (between batches) if `shutdown` fires,
 /// recording the run as stopped, or at once while the run is not recorded
@@ -255,14 +269,7 @@ async fn begin(
         partitions: store.partition_count(),
         routing: settings.routing.clone(),
     };
-    if let Routing::Partition(partition) = route.routing
-        && partition >= route.partitions
-    {
-        return Err(ProduceError::NoSuchPartition {
-            partition,
-            partitions: route.partitions,
-        });
-    }
+    check_routing(store, settings)?;
     let plan = RunPlan {
         count: settings.count,
         seed: settings.seed.unwrap_or_else(|| rand::rng().random()),

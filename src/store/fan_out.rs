@@ -49,23 +49,46 @@ impl Store {
             // What is wrong with the record is for the caller to report.
             Err(_) => 1,
         };
-        let mut count = recorded;
-        while home.partition(count).has_queue_key().await? {
-            count += 1;
-        }
+        let present = home.partitions_present().await?;
+        let count = present
+            .last()
+            .map_or(recorded, |&last| recorded.max(last + 1));
         Ok(Store {
             partitions: count,
             ..home
         })
     }
 
-    /// Whether this partition's queue hash key exists, of whatever type.
-    async fn has_queue_key(&self) -> Result<bool, StoreError> {
-        let mut conn = self.conn().await?;
-        redis::cmd("EXISTS")
-            .arg(self.keys.queue())
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("EXISTS"))
+    /// The partitions whose queue hash key exists, of whatever type, found
+    /// by `SCAN` on every server (each primary of a cluster): what Redis
+    /// holds of this queue, whatever its partition count says. Ascending.
+    pub async fn partitions_present(&self) -> Result<Vec<u32>, StoreError> {
+        let pattern = format!("{{{}:*}}:queue", self.prefix);
+        let mut found = std::collections::BTreeSet::new();
+        for node in self.topology.primaries().await? {
+            let mut conn = node.pooled().await?;
+            let mut cursor = 0_u64;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1_000)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(StoreError::redis("SCAN (partitions)"))?;
+                found.extend(keys.iter().filter_map(|key| {
+                    let tag = key.strip_prefix('{')?.strip_suffix("}:queue")?;
+                    let (prefix, partition) = tag.rsplit_once(':')?;
+                    (prefix == self.prefix).then(|| partition.parse::<u32>().ok())?
+                }));
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(found.into_iter().collect())
     }
 }

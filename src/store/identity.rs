@@ -126,6 +126,9 @@ impl Store {
     /// gone while the stream has history.
     pub async fn create_queue(&self, options: &QueueOptions) -> Result<QueueIdentity, StoreError> {
         let home = self.partition(0);
+        // Check, then write: a partition the queue had that is gone now is
+        // lost state, never created again here.
+        home.check_partitions_present().await?;
         let first = home.create_partition(options, None).await?;
         let opened = home.with_epoch(first.epoch.clone());
         let before = opened.read_partition_count().await?;
@@ -151,6 +154,53 @@ impl Store {
             partitions: (before, wanted),
             ..first
         })
+    }
+
+    /// [`StoreError::Lost`] when a partition the queue has is gone from
+    /// Redis (its queue hash is missing: a flushed node, one restarted
+    /// without its data), [`StoreError::Damaged`] when partitions exist
+    /// beyond the count partition 0 records. Reads only; on a handle of
+    /// partition 0.
+    async fn check_partitions_present(&self) -> Result<(), StoreError> {
+        let present = self.partitions_present().await?;
+        let listed = |list: &[u32]| {
+            list.iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if present.first() != Some(&0) {
+            if present.is_empty() {
+                return Ok(());
+            }
+            return Err(StoreError::Lost(format!(
+                "partition 0 of queue '{}' is gone from Redis at {} while partitions {} \
+                 remain: a node was flushed or restarted without its data; see \
+                 `sms-alerts repair`",
+                self.prefix,
+                self.url,
+                listed(&present)
+            )));
+        }
+        let recorded = self.read_partition_count().await?;
+        let missing: Vec<u32> = (1..recorded).filter(|p| !present.contains(p)).collect();
+        if !missing.is_empty() {
+            return Err(StoreError::Lost(format!(
+                "partition(s) {} of queue '{}' are gone from Redis at {} (their queue hash is \
+                 missing) though {} records {recorded} partitions: a node was flushed or \
+                 restarted without its data, or the count was raised by hand; see \
+                 `sms-alerts repair`",
+                listed(&missing),
+                self.prefix,
+                self.url,
+                self.keys.queue()
+            )));
+        }
+        let beyond: Vec<u32> = present.into_iter().filter(|&p| p >= recorded).collect();
+        if !beyond.is_empty() {
+            return Err(beyond_count(&self.keys.queue(), recorded, &listed(&beyond)));
+        }
+        Ok(())
     }
 
     /// Sets the partition count (`sms_partitions`), after every partition
@@ -267,6 +317,21 @@ impl Store {
         for partition in opened.partitions().iter().skip(1) {
             partition.check_epoch().await?;
         }
+        // A partition just past the count means the count was lowered.
+        let next = opened.partition(count);
+        let mut conn = next.conn().await?;
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(next.keys.queue())
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("EXISTS (partition count)"))?;
+        if exists {
+            return Err(beyond_count(
+                &opened.keys.queue(),
+                count,
+                &count.to_string(),
+            ));
+        }
         Ok(opened)
     }
 
@@ -275,7 +340,14 @@ impl Store {
     /// added are checked like those [`Store::open`] found.
     pub async fn reopen_grown(&self) -> Result<Store, StoreError> {
         let count = self.read_partition_count().await?;
-        if count <= self.partitions {
+        if count < self.partitions {
+            return Err(beyond_count(
+                &self.partition(0).keys.queue(),
+                count,
+                &format!("{} to {}", count, self.partitions - 1),
+            ));
+        }
+        if count == self.partitions {
             return Ok(self.clone());
         }
         let grown = Store {
@@ -391,6 +463,15 @@ fn parse_count(queue: &str, count: Option<String>) -> Result<u32, StoreError> {
             ))),
         },
     }
+}
+
+/// Partitions found beyond the count partition 0 records.
+fn beyond_count(queue: &str, recorded: u32, partitions: &str) -> StoreError {
+    StoreError::Damaged(format!(
+        "partition(s) {partitions} exist beyond the {recorded} partitions {queue} records: the \
+         count was lowered by hand, which would leave their messages unread; see \
+         `sms-alerts repair`"
+    ))
 }
 
 /// The refusal to take partitions away.

@@ -42,7 +42,7 @@ const LIBRARY: &str = include_str!("../../migrations/functions.lua");
 
 /// The library version this binary brings: that of the last migration, and
 /// the `LIBRARY_VERSION` the library's source declares.
-pub(super) const LIBRARY_VERSION: u32 = 9;
+pub(super) const LIBRARY_VERSION: u32 = 10;
 
 /// Every migration, oldest first, one version step each. The names are
 /// recorded in queues' migrations hashes, so a step keeps its name.
@@ -101,6 +101,12 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_run_routing",
         step: Step::FunctionLibrary(LIBRARY),
     },
+    // `sms_snapshot`: a group holds back from the oldest entry it needs.
+    Migration {
+        version: 10,
+        name: "0010_held_back_floor",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
 ];
 
 /// What [`Store::ensure_library`] did.
@@ -122,11 +128,6 @@ impl Store {
         options: &QueueOptions,
     ) -> Result<(Store, MigrationReport, QueueIdentity), StoreError> {
         let report = self.partition(0).ensure_library().await?;
-        if self.topology.is_cluster() {
-            for node in self.topology.primaries().await? {
-                load_library_on(&node).await?;
-            }
-        }
         let identity = self.create_queue(options).await?;
         let opened = Store {
             partitions: identity.partitions.1,
@@ -139,9 +140,23 @@ impl Store {
     }
 
     /// Applies the migrations Redis is missing: loads the library once,
-    /// then records each step it brought in the migrations hash. A failed
-    /// load (e.g. an ACL without `FUNCTION`) records nothing.
+    /// then records each step it brought in this partition's migrations
+    /// hash. A failed load (e.g. an ACL without `FUNCTION`) records nothing.
+    /// On a cluster every primary gets the library too, so whichever node
+    /// lacked it (one added, flushed, or restarted without its data) has it
+    /// after any process found it missing, whatever partition it was on.
     pub async fn ensure_library(&self) -> Result<MigrationReport, StoreError> {
+        let report = self.ensure_library_here().await?;
+        if self.topology.is_cluster() {
+            for node in self.topology.primaries().await? {
+                load_library_on(&node).await?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// [`Store::ensure_library`] on this partition's server only.
+    async fn ensure_library_here(&self) -> Result<MigrationReport, StoreError> {
         let loaded = self.library_version().await?;
         let mut report = MigrationReport {
             applied: Vec::new(),
