@@ -67,27 +67,12 @@ impl Store {
         let mut found = std::collections::BTreeSet::new();
         for node in self.topology.primaries().await? {
             let mut conn = node.pooled().await?;
-            let mut cursor = 0_u64;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1_000)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(StoreError::redis("SCAN (partitions)"))?;
-                found.extend(keys.iter().filter_map(|key| {
-                    let tag = key.strip_prefix('{')?.strip_suffix("}:queue")?;
-                    let (prefix, partition) = tag.rsplit_once(':')?;
-                    (prefix == self.prefix).then(|| partition.parse::<u32>().ok())?
-                }));
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
+            let keys = super::inspect::scan(&mut conn, &pattern).await?;
+            found.extend(keys.iter().filter_map(|key| {
+                let tag = key.strip_prefix('{')?.strip_suffix("}:queue")?;
+                let (prefix, partition) = tag.rsplit_once(':')?;
+                (prefix == self.prefix).then(|| partition.parse::<u32>().ok())?
+            }));
         }
         Ok(found.into_iter().collect())
     }

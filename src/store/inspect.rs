@@ -426,57 +426,50 @@ impl Operator {
     /// Every key of this queue (its prefix and partition), by SCAN. For
     /// `repair`; never on a hot path.
     pub async fn all_keys(&self) -> Result<Vec<String>, StoreError> {
-        let pattern = self.store.keys.all_pattern();
         let mut conn = self.store.conn().await?;
-        let mut cursor: u64 = 0;
-        let mut all = Vec::new();
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut conn)
-                .await
-                .map_err(StoreError::redis("SCAN"))?;
-            all.extend(keys);
-            if next == 0 {
-                all.sort();
-                all.dedup();
-                return Ok(all);
-            }
-            cursor = next;
-        }
+        scan(&mut conn, &self.store.keys.all_pattern()).await
     }
 
     /// Deletes every key of this queue (its prefix and partition), by SCAN.
     /// For benchmarks and tests; never on a hot path.
     pub async fn delete_all_keys(&self) -> Result<(), StoreError> {
-        let pattern = self.store.keys.all_pattern();
         let mut conn = self.store.conn().await?;
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(1_000)
-                .query_async(&mut conn)
+        let keys = scan(&mut conn, &self.store.keys.all_pattern()).await?;
+        for chunk in keys.chunks(1_000) {
+            redis::cmd("UNLINK")
+                .arg(chunk)
+                .query_async::<()>(&mut conn)
                 .await
-                .map_err(StoreError::redis("SCAN"))?;
-            if !keys.is_empty() {
-                redis::cmd("UNLINK")
-                    .arg(&keys)
-                    .query_async::<()>(&mut conn)
-                    .await
-                    .map_err(StoreError::redis("UNLINK"))?;
-            }
-            if next == 0 {
-                return Ok(());
-            }
-            cursor = next;
+                .map_err(StoreError::redis("UNLINK"))?;
         }
+        Ok(())
+    }
+}
+
+/// Every key of the server behind `conn` matching `pattern`, by SCAN, sorted
+/// and each once (SCAN may return a key twice).
+pub(super) async fn scan(
+    conn: &mut impl redis::aio::ConnectionLike,
+    pattern: &str,
+) -> Result<Vec<String>, StoreError> {
+    let mut cursor: u64 = 0;
+    let mut all = Vec::new();
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(pattern)
+            .arg("COUNT")
+            .arg(1_000)
+            .query_async(conn)
+            .await
+            .map_err(StoreError::redis("SCAN"))?;
+        all.extend(keys);
+        if next == 0 {
+            all.sort();
+            all.dedup();
+            return Ok(all);
+        }
+        cursor = next;
     }
 }
