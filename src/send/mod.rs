@@ -163,7 +163,9 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<SendSummary, SendError> {
     let started = Instant::now();
-    let store = store.sender();
+    // Whatever partition's handle it is given: the name's lease, like
+    // everything that belongs to the whole queue, is in partition 0.
+    let store = store.partition(0).sender();
     let token = format!("{:016x}", rand::rng().random::<u64>());
     let stop = shutdown.child_token();
     let read = partitions_to_read(&store, &settings)?;
