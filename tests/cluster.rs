@@ -14,7 +14,7 @@ use common::cluster::TestCluster;
 use common::{RunningSender, send_settings, unique_prefix};
 use sms_alerts::routing::partition_of_key;
 use sms_alerts::settings::ProduceSettings;
-use sms_alerts::store::{QueueOptions, Store};
+use sms_alerts::store::{BatchWrite, QueueOptions, Store, StoreError};
 use tokio_util::sync::CancellationToken;
 
 /// A queue of `partitions` partitions created through `url`.
@@ -365,4 +365,75 @@ async fn a_primary_that_lost_the_library_gets_it_back_from_any_reader() {
         .await
         .expect("the library is back on the node that lost it");
     assert!(version > 0);
+}
+
+#[tokio::test]
+async fn a_batch_found_written_counts_only_once_a_replica_has_it() {
+    let cluster = TestCluster::start(3, 1).await;
+    let prefix = unique_prefix("wait");
+    let store = queue_at(&cluster.seed_url(), &prefix, 1).await;
+    let owner = cluster.owner_of_slot(store.keys().slot()).await;
+    let owner_port = owner.rsplit(':').next().expect("port").to_owned();
+    // The owner's replica.
+    let mut replica = None;
+    for url in cluster.node_urls() {
+        let mut conn = redis::Client::open(url.as_str())
+            .expect("url")
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connects");
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .expect("INFO");
+        if info.contains("role:slave") && info.contains(&format!("master_port:{owner_port}")) {
+            replica = Some(conn);
+        }
+    }
+    let mut replica = replica.expect("the owner has a replica");
+    assert_eq!(
+        store.replicas().await.expect("slot map"),
+        1,
+        "the map knows it"
+    );
+    let producer = store.producer();
+    let mut generator = sms_alerts::generator::MessageGenerator::seeded(1);
+    let messages: Vec<_> = (0..10).map(|_| generator.next_message(0)).collect();
+    let batch = producer.prepare_batch("wait-run", 1, &messages);
+    // The replica stops answering for 8 s: the write lands on the primary
+    // but is not confirmed within WAIT's 2 s.
+    let sleeper = tokio::spawn(async move {
+        redis::cmd("DEBUG")
+            .arg("SLEEP")
+            .arg(8)
+            .query_async::<()>(&mut replica)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = producer.write_batch(&batch).await;
+    assert!(
+        matches!(first, Err(StoreError::NotReplicated { .. })),
+        "{first:?}"
+    );
+    // Sent again, the batch is found written; that still counts only once a
+    // replica confirms it, which it cannot yet.
+    let again = producer.write_batch(&batch).await;
+    assert!(
+        matches!(again, Err(StoreError::NotReplicated { .. })),
+        "a batch found written while no replica has it: {again:?}"
+    );
+    // The client may give up on DEBUG SLEEP's reply; the replica sleeps on.
+    let _ = sleeper.await;
+    common::wait_until(
+        "the batch is confirmed once the replica is back",
+        Duration::from_secs(30),
+        || async {
+            matches!(
+                producer.write_batch(&batch).await,
+                Ok(BatchWrite::AlreadyWritten)
+            )
+        },
+    )
+    .await;
 }

@@ -243,7 +243,9 @@ impl Dispatcher {
                 let blocked = *lane.writes_blocked.borrow();
                 // A lane whose writes are blocked is looked at again shortly.
                 let blocked_until = blocked.then(|| Instant::now() + BLOCKED_RECHECK);
-                lane.paused_until.or(blocked_until)
+                // Only a pause still to come: one that is over wakes nobody.
+                let paused = lane.paused_until.filter(|&at| at > Instant::now());
+                paused.or(blocked_until)
             })
             .min();
         let lanes = &mut self.lanes;

@@ -53,13 +53,22 @@ pub(super) async fn keep_trimmed(
     }
 }
 
-/// Trims `partitions` in turn; what they removed, together.
+/// Trims `partitions` in turn, each whatever became of the others (one on
+/// a node that is down must not leave the rest untrimmed); what they
+/// removed, together, or the first error.
 async fn trim_all(store: &Sender, partitions: &[u32]) -> Result<Trimmed, StoreError> {
     let mut all = Trimmed::default();
+    let mut failure = None;
     for &partition in partitions {
-        let trimmed = store.partition(partition).trim().await?;
-        all.entries += trimmed.entries;
-        all.dead_letters += trimmed.dead_letters;
+        match store.partition(partition).trim().await {
+            Ok(trimmed) => {
+                all.entries += trimmed.entries;
+                all.dead_letters += trimmed.dead_letters;
+            }
+            // Lost or damaged state ends the sender: no need to go on.
+            Err(err) if err.is_queue_state() => return Err(err),
+            Err(err) => failure = failure.or(Some(err)),
+        }
     }
-    Ok(all)
+    failure.map_or(Ok(all), Err)
 }

@@ -198,22 +198,29 @@ impl StartedBatch {
             (EXEC, EXEC_CMD)
         };
         let last = PendingReply::new(self.conn.send(command, Bytes::from_static(packed), 1));
-        // Also after a DISCARD: the earlier try that wrote the batch may not
-        // have reached the replicas yet.
+        // One replica is enough: a failover promotes the replica that is
+        // furthest along. Also after a DISCARD, as the earlier try that wrote
+        // the batch may not have reached a replica yet; but WAIT counts only
+        // this connection's own writes, and a DISCARD writes nothing, so a
+        // write that changes nothing (HINCRBY by 0, replicated in order after
+        // that earlier try) goes first for WAIT to count.
         let replicated = (self.replicas > 0).then(|| {
             let mut wait = Vec::new();
-            let (replicas, timeout) = (self.replicas.to_string(), REPLICATION_WAIT_MS.to_string());
-            encode(
-                &mut wait,
-                &[b"WAIT", replicas.as_bytes(), timeout.as_bytes()],
-            );
-            PendingReply::new(self.conn.send(WAIT, Bytes::from(wait), 1))
+            let mut replies = 1;
+            if marked {
+                let stats = self.queue.stats.as_bytes();
+                encode(&mut wait, &[b"HINCRBY", stats, b"produced", b"0"]);
+                replies += 1;
+            }
+            let timeout = REPLICATION_WAIT_MS.to_string();
+            encode(&mut wait, &[b"WAIT", b"1", timeout.as_bytes()]);
+            PendingReply::new(self.conn.send(WAIT, Bytes::from(wait), replies))
         });
         Ok(CommittedBatch {
             queued: self.queued,
             last,
             discarded: marked,
-            replicated: replicated.map(|reply| (self.replicas, reply)),
+            replicated: replicated.map(|reply| (marked, reply)),
             topology: self.conn.topology(),
         })
     }
@@ -288,8 +295,9 @@ pub struct CommittedBatch {
     queued: Reply,
     last: Reply,
     discarded: bool,
-    /// The replicas asked to confirm the batch, and their answer.
-    replicated: Option<(u32, Reply)>,
+    /// Whether a write that changes nothing precedes the `WAIT`, and the
+    /// replies of both (see [`StartedBatch::commit`]).
+    replicated: Option<(bool, Reply)>,
     /// Told when the replicas do not confirm, so the next connection looks
     /// at the cluster's map again.
     topology: Option<std::sync::Arc<super::topology::Topology>>,
@@ -313,11 +321,17 @@ impl CommittedBatch {
             server_error(replies.element()?).map_err(StoreError::redis(QUEUE))?;
         }
         let last = self.last.await?;
-        if let Some((wanted, reply)) = self.replicated {
+        if let Some((noop_first, reply)) = self.replicated {
             let reply = reply.await?;
-            server_error(&reply).map_err(StoreError::redis(WAIT))?;
-            let got = Cursor::new(WAIT, &reply).int()?;
+            let mut replies = Cursor::new(WAIT, &reply);
+            if noop_first {
+                server_error(replies.element()?).map_err(StoreError::redis(WAIT))?;
+            }
+            let wait = replies.element()?;
+            server_error(wait).map_err(StoreError::redis(WAIT))?;
+            let got = Cursor::new(WAIT, wait).int()?;
             let got = u32::try_from(got).unwrap_or(0);
+            let wanted = 1;
             if got < wanted {
                 if let Some(topology) = &self.topology {
                     topology.lost_node();

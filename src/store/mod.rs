@@ -174,11 +174,26 @@ impl Store {
         self.topology.is_cluster()
     }
 
-    /// How many replicas the primary serving this partition has (0 on a
-    /// standalone Redis): a write that must survive a failover waits until
-    /// they have it.
+    /// How many replicas are connected to the cluster primary serving this
+    /// partition now (`INFO replication`; 0 on a standalone Redis): a write
+    /// that must survive a failover waits until one has it. Asked of the
+    /// primary itself, as `CLUSTER SLOTS` leaves out a replica until it has
+    /// synced and gossiped its offset.
     pub async fn replicas(&self) -> Result<u32, StoreError> {
-        Ok(self.topology.node(self.keys.slot()).await?.replicas())
+        if !self.topology.is_cluster() {
+            return Ok(0);
+        }
+        let mut conn = self.conn().await?;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("INFO replication"))?;
+        Ok(info
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_slaves:"))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or(0))
     }
 
     /// The key names of this handle's partition.
@@ -228,11 +243,12 @@ impl Store {
     /// A pooled connection to the server of this handle's partition.
     async fn conn(&self) -> Result<Conn, StoreError> {
         let node = self.topology.node(self.keys.slot()).await?;
-        let conn = node.pooled().await.inspect_err(|err| {
-            if let StoreError::Redis { source, .. } = err {
-                self.topology.saw(source);
-            }
-        })?;
+        // No connection to the node, however it failed (refused, timed out
+        // while a node is blackholed): the map is read again first.
+        let conn = node
+            .pooled()
+            .await
+            .inspect_err(|_| self.topology.lost_node())?;
         Ok(Conn::new(conn, self.topology.clone()))
     }
 }

@@ -16,7 +16,6 @@
 //! that meets `TRYAGAIN`, until the migration ends. A report that fails so
 //! is written again on a pooled connection, which follows the `ASK`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -43,8 +42,6 @@ const UNKNOWN: u16 = u16::MAX;
 pub(super) struct Node {
     endpoint: Arc<Endpoint>,
     pool: Pool,
-    /// On a cluster, how many replicas the slot map gives this primary.
-    replicas: AtomicU32,
 }
 
 impl Node {
@@ -69,14 +66,7 @@ impl Node {
         Ok(Arc::new(Self {
             endpoint: Arc::new(endpoint),
             pool,
-            replicas: AtomicU32::new(0),
         }))
-    }
-
-    /// How many replicas this primary had when the slot map was last read
-    /// (0 on a standalone Redis): how many a write may wait for.
-    pub(super) fn replicas(&self) -> u32 {
-        self.replicas.load(Ordering::Relaxed)
     }
 
     /// How to reach this server.
@@ -361,7 +351,7 @@ impl Topology {
                 Ok(ranges) => {
                     let mut map = cluster.map.lock().unwrap_or_else(PoisonError::into_inner);
                     let mut owners = vec![UNKNOWN; usize::from(CLUSTER_SLOTS)];
-                    for (start, end, host, port, replicas) in ranges {
+                    for (start, end, host, port) in ranges {
                         // No host: the node does not know its address; it
                         // is on the host we reached it at.
                         let owner = if host.is_empty() || host == "?" {
@@ -373,10 +363,6 @@ impl Topology {
                             format!("{host}:{port}")
                         };
                         let index = map.index_of(&owner, &self.seed.endpoint)?;
-                        map.nodes[usize::from(index)]
-                            .1
-                            .replicas
-                            .store(replicas, Ordering::Relaxed);
                         for slot in start..=end.min(CLUSTER_SLOTS - 1) {
                             owners[usize::from(slot)] = index;
                         }
@@ -394,9 +380,8 @@ impl Topology {
     }
 }
 
-/// `CLUSTER SLOTS` of one node: (first slot, last slot, primary host, port,
-/// replica count).
-async fn read_slots(node: &Node) -> Result<Vec<(u16, u16, String, u16, u32)>, StoreError> {
+/// `CLUSTER SLOTS` of one node: (first slot, last slot, primary host, port).
+async fn read_slots(node: &Node) -> Result<Vec<(u16, u16, String, u16)>, StoreError> {
     let mut conn = node.pooled().await?;
     let reply: Value = redis::cmd("CLUSTER")
         .arg("SLOTS")
@@ -434,8 +419,7 @@ async fn read_slots(node: &Node) -> Result<Vec<(u16, u16, String, u16, u32)>, St
         else {
             return Err(bad("a range with a bad slot or port"));
         };
-        let replicas = u32::try_from(fields.len().saturating_sub(3)).unwrap_or(u32::MAX);
-        slots.push((start, end, host, port, replicas));
+        slots.push((start, end, host, port));
     }
     if slots.is_empty() {
         return Err(StoreError::redis("CLUSTER SLOTS")(RedisError::from((
