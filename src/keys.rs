@@ -171,6 +171,20 @@ impl Keys {
         format!("{}:run:{run_id}:batches", self.tag)
     }
 
+    /// A SCAN pattern matching the queue hash of every partition of the
+    /// queue under `prefix` (prefixes are validated key parts: no glob
+    /// characters to escape).
+    pub fn queue_pattern(prefix: &str) -> String {
+        format!("{{{prefix}:*}}:queue")
+    }
+
+    /// The partition whose queue hash `key` is, if it is one under `prefix`.
+    pub fn queue_partition(prefix: &str, key: &str) -> Option<u32> {
+        let tag = key.strip_prefix('{')?.strip_suffix("}:queue")?;
+        let (found, partition) = tag.rsplit_once(':')?;
+        (found == prefix).then(|| partition.parse().ok())?
+    }
+
     /// A SCAN pattern matching every key of this partition. Prefixes are
     /// validated key parts, so there are no glob characters to escape.
     pub fn all_pattern(&self) -> String {
@@ -264,6 +278,16 @@ mod tests {
         }
         assert_eq!(keys.role("{other:0}:stats"), None);
         assert_eq!(keys.role("{sms:0}:whatever"), None);
+    }
+
+    #[test]
+    fn queue_hashes_name_their_partition() {
+        assert_eq!(Keys::queue_pattern("sms"), "{sms:*}:queue");
+        let seventh = Keys::for_partition("sms", 7).queue();
+        assert_eq!(Keys::queue_partition("sms", &seventh), Some(7));
+        assert_eq!(Keys::queue_partition("sms", "{sms:x}:queue"), None);
+        assert_eq!(Keys::queue_partition("sms", "{other:1}:queue"), None);
+        assert_eq!(Keys::queue_partition("sms", "{sms:1}:stats"), None);
     }
 
     #[test]

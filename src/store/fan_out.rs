@@ -9,6 +9,7 @@ use std::future::Future;
 use tokio::task::JoinSet;
 
 use super::{Store, StoreError};
+use crate::keys::Keys;
 
 impl Store {
     /// Runs `op` on the handle of every partition at once and returns the
@@ -63,16 +64,15 @@ impl Store {
     /// by `SCAN` on every server (each primary of a cluster): what Redis
     /// holds of this queue, whatever its partition count says. Ascending.
     pub async fn partitions_present(&self) -> Result<Vec<u32>, StoreError> {
-        let pattern = format!("{{{}:*}}:queue", self.prefix);
+        let pattern = Keys::queue_pattern(&self.prefix);
         let mut found = std::collections::BTreeSet::new();
         for node in self.topology.primaries().await? {
             let mut conn = node.pooled().await?;
             let keys = super::inspect::scan(&mut conn, &pattern).await?;
-            found.extend(keys.iter().filter_map(|key| {
-                let tag = key.strip_prefix('{')?.strip_suffix("}:queue")?;
-                let (prefix, partition) = tag.rsplit_once(':')?;
-                (prefix == self.prefix).then(|| partition.parse::<u32>().ok())?
-            }));
+            found.extend(
+                keys.iter()
+                    .filter_map(|key| Keys::queue_partition(&self.prefix, key)),
+            );
         }
         Ok(found.into_iter().collect())
     }

@@ -196,11 +196,26 @@ impl Store {
                 self.keys.queue()
             )));
         }
-        let beyond: Vec<u32> = present.into_iter().filter(|&p| p >= recorded).collect();
+        let mut beyond = Vec::new();
+        for partition in present.into_iter().filter(|&p| p >= recorded) {
+            if self.partition(partition).was_written().await? {
+                beyond.push(partition);
+            }
+        }
         if !beyond.is_empty() {
             return Err(beyond_count(&self.keys.queue(), recorded, &listed(&beyond)));
         }
         Ok(())
+    }
+
+    /// Whether anything was ever written to this partition's stream. A
+    /// partition past the count that never was is a grow that did not end
+    /// (a `migrate` stopped between creating partitions and recording the
+    /// count, or one still under way): harmless, and the next `migrate
+    /// --partitions` takes it in.
+    async fn was_written(&self) -> Result<bool, StoreError> {
+        let info = self.inspector().stream_info(&self.keys.messages()).await?;
+        Ok(info.entries_added > 0)
     }
 
     /// Sets the partition count (`sms_partitions`), after every partition
@@ -317,15 +332,9 @@ impl Store {
         for partition in opened.partitions().iter().skip(1) {
             partition.check_epoch().await?;
         }
-        // A partition just past the count means the count was lowered.
-        let next = opened.partition(count);
-        let mut conn = next.conn().await?;
-        let exists: bool = redis::cmd("EXISTS")
-            .arg(next.keys.queue())
-            .query_async(&mut conn)
-            .await
-            .map_err(StoreError::redis("EXISTS (partition count)"))?;
-        if exists {
+        // A partition just past the count that holds messages means the
+        // count was lowered; one that never held any is a grow under way.
+        if opened.partition(count).was_written().await? {
             return Err(beyond_count(
                 &opened.keys.queue(),
                 count,
