@@ -22,7 +22,7 @@ use super::recover::Reclaim;
 use super::simulate::Simulator;
 use super::summary::Progress;
 use crate::settings::SendSettings;
-use crate::store::{Outcome, ReportItem, Sender, StoreError, StreamEntry};
+use crate::store::{Outcome, ReportItem, Retry, Sender, StoreError, StreamEntry};
 
 /// Longest a read blocks, so the loop checks for work to reclaim and for
 /// shutdown at least this often.
@@ -57,8 +57,12 @@ pub(super) struct Lane {
     /// is read from it.
     pub writes_blocked: watch::Receiver<bool>,
     /// Whether the messages left pending under this sender's name were
-    /// taken back (done first, for each lane).
+    /// taken back (done first, for each lane, before it reads new ones).
     pub recovered: bool,
+    /// Where taking them back stands.
+    pub recover_cursor: Option<String>,
+    /// Failures to take them back are retried by this policy.
+    pub recover_retry: Retry<'static>,
     /// Whether its last read found nothing: with several partitions, an
     /// idle one is watched with a one-message blocking read, so it holds one
     /// hold slot, not a read's worth, while the others have work.
@@ -83,6 +87,8 @@ impl Lane {
             out,
             writes_blocked,
             recovered: false,
+            recover_cursor: None,
+            recover_retry: Retry::new("recover own pending messages"),
             idle: false,
             paused_until: None,
         }
@@ -115,6 +121,8 @@ pub(super) struct Dispatcher {
 
 /// What the dispatcher can do next.
 enum Next {
+    /// Take back this lane's messages left pending under this name.
+    Recover(usize, OwnedSemaphorePermit),
     /// Take over stale messages of this lane.
     Reclaim(usize, OwnedSemaphorePermit),
     /// Read new messages of this lane.
@@ -140,14 +148,8 @@ impl Dispatcher {
                 );
                 self.lanes.push(lane);
             }
-            let unrecovered = self.lanes.iter().position(|lane| !lane.recovered);
-            if let Some(lane) = unrecovered {
-                if self.recover_own(lane, stop).await? {
-                    self.lanes[lane].recovered = true;
-                }
-                continue;
-            }
             match self.next_step() {
+                Next::Recover(lane, hold) => self.recover_own(lane, hold, stop).await?,
                 Next::Reclaim(lane, hold) => self.reclaim_stale(lane, hold, stop).await?,
                 Next::Read(lane, hold) => self.start_read(lane, hold, stop).await?,
                 Next::Wait { for_hold, for_ends } => {
@@ -170,10 +172,27 @@ impl Dispatcher {
         let several = self.lanes.len() > 1;
         let count = self.lanes.len();
         let mut for_hold = false;
+        let mut for_ends = false;
         for offset in 0..count {
             let index = (self.next_lane + offset) % count;
             let lane = &self.lanes[index];
             if !lane.is_open() {
+                continue;
+            }
+            if !lane.recovered {
+                // Taken back only into free send slots, so they start at once.
+                let free = self.gateway.load.free_slots(self.settings.concurrency);
+                if free == 0 {
+                    for_ends = true;
+                    continue;
+                }
+                match self.try_free_hold(free) {
+                    Some(hold) => {
+                        self.next_lane = (index + 1) % count;
+                        return Next::Recover(index, hold);
+                    }
+                    None => for_hold = true,
+                }
                 continue;
             }
             if lane.reclaim.is_due() {
@@ -207,10 +226,7 @@ impl Dispatcher {
                 None => for_hold = true,
             }
         }
-        Next::Wait {
-            for_hold,
-            for_ends: false,
-        }
+        Next::Wait { for_hold, for_ends }
     }
 
     /// Takes the entries of the reads already sent: they are this sender's
@@ -429,16 +445,21 @@ impl Dispatcher {
         stop: &CancellationToken,
     ) -> Result<(), StoreError> {
         let this = &mut self.lanes[lane];
+        let retry = if this.recovered {
+            &mut this.reads.retry
+        } else {
+            &mut this.recover_retry
+        };
         if err.needs_library() || err.is_no_group() {
             return tokio::select! {
                 // First, so an error that ends the sender is returned even
                 // when `stop` has fired.
                 biased;
-                waited = this.store.wait_to_retry(&mut this.reads.retry, err) => waited,
+                waited = this.store.wait_to_retry(retry, err) => waited,
                 () = stop.cancelled() => Ok(()),
             };
         }
-        let wait = this.reads.retry.failed(err)?;
+        let wait = retry.failed(err)?;
         this.paused_until = Some(Instant::now() + wait);
         Ok(())
     }

@@ -4,7 +4,6 @@
 //! idle longer than the lease (a dead sender's, or failed ones due for
 //! retry) and claims them, dead-lettering those out of attempts.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::OwnedSemaphorePermit;
@@ -109,78 +108,58 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Finishes the messages of `lane` left pending under this sender's name
-    /// by an earlier process of the same name, before reading new ones.
-    /// Returns false if `stop` fired.
+    /// Takes back the next page of the messages of `lane` left pending
+    /// under this sender's name by an earlier process of the same name, as
+    /// many as `hold` can take (the send slots free now, so they start at
+    /// once), and reads them ahead; the lane is recovered after the last
+    /// page. One try: a failure pauses the lane (see
+    /// [`Dispatcher::lane_failed`]) while the others go on.
     pub(super) async fn recover_own(
         &mut self,
         lane: usize,
+        mut hold: OwnedSemaphorePermit,
         stop: &CancellationToken,
-    ) -> Result<bool, StoreError> {
-        let mut cursor: Option<String> = None;
-        loop {
-            let Some(mut hold) = self.free_to_recover(stop).await else {
-                return Ok(false);
-            };
-            let wanted = hold.num_permits();
-            let name = self.settings.name.clone();
-            let store = self.lanes[lane].store.clone();
-            let Some(reply) = self
-                .until_stopped(
-                    stop,
-                    store.retrying("recover own pending messages", || {
-                        store.claim(
-                            &name,
-                            Duration::ZERO,
-                            cursor.as_deref(),
-                            wanted,
-                            self.settings.max_attempts,
-                            Some(&name),
-                        )
-                    }),
-                )
-                .await?
-            else {
-                return Ok(false);
-            };
-            self.totals.dead_on_claim += reply.dead;
-            self.totals.recovered += reply.claimed.len() as u64;
-            self.progress.dead_on_claim(reply.dead);
-            self.progress.took(reply.claimed.len() as u64);
-            if !reply.claimed.is_empty() {
-                tracing::info!(
-                    count = reply.claimed.len(),
-                    partition = store.keys().partition(),
-                    "resuming messages left pending under this name"
-                );
-            }
-            for claimed in reply.claimed {
-                self.read_ahead(lane, claimed.entry, &mut hold);
-            }
-            match reply.cursor {
-                Some(next) => cursor = Some(next),
-                None => return Ok(true),
-            }
+    ) -> Result<(), StoreError> {
+        let wanted = hold.num_permits();
+        let name = self.settings.name.clone();
+        let store = self.lanes[lane].store.clone();
+        let cursor = self.lanes[lane].recover_cursor.clone();
+        let claimed = self
+            .until_stopped(
+                stop,
+                store.claim(
+                    &name,
+                    Duration::ZERO,
+                    cursor.as_deref(),
+                    wanted,
+                    self.settings.max_attempts,
+                    Some(&name),
+                ),
+            )
+            .await;
+        let reply = match claimed {
+            Ok(Some(reply)) => reply,
+            Ok(None) => return Ok(()),
+            Err(err) => return self.lane_failed(lane, err, stop).await,
+        };
+        self.totals.dead_on_claim += reply.dead;
+        self.totals.recovered += reply.claimed.len() as u64;
+        self.progress.dead_on_claim(reply.dead);
+        self.progress.took(reply.claimed.len() as u64);
+        if !reply.claimed.is_empty() {
+            tracing::info!(
+                count = reply.claimed.len(),
+                partition = store.keys().partition(),
+                "resuming messages left pending under this name"
+            );
         }
-    }
-
-    /// Waits until recovered messages would start at once (the gateway has
-    /// a free send slot) and a hold slot is free, then takes a hold slot for
-    /// each message that can start now.
-    async fn free_to_recover(&self, stop: &CancellationToken) -> Option<OwnedSemaphorePermit> {
-        loop {
-            let free = self.gateway.load.free_slots(self.settings.concurrency);
-            if let Some(hold) = self.try_free_hold(free) {
-                return Some(hold);
-            }
-            tokio::select! {
-                () = stop.cancelled() => return None,
-                () = self.gateway.load.changed.notified(), if free == 0 => {}
-                // Freed again at once: the loop takes it with the others free.
-                hold = Arc::clone(&self.hold_slots).acquire_owned(), if free > 0 => {
-                    drop(hold.ok()?);
-                }
-            }
+        for claimed in reply.claimed {
+            self.read_ahead(lane, claimed.entry, &mut hold);
         }
+        let this = &mut self.lanes[lane];
+        this.recover_retry.succeeded();
+        this.recovered = reply.cursor.is_none();
+        this.recover_cursor = reply.cursor;
+        Ok(())
     }
 }
