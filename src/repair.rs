@@ -261,6 +261,10 @@ pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreE
         partition_count: store.partition_count(),
         ..RepairPlan::default()
     };
+    if let Some(step) = count_step(&store).await? {
+        plan.partitions.push(0);
+        plan.steps.push(step);
+    }
     let mut home = Home::Itself;
     for partition in store.partitions() {
         let (steps, epoch) = plan_partition(&partition, group_start, &home).await?;
@@ -272,6 +276,35 @@ pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreE
         plan.steps.extend(steps);
     }
     Ok(plan)
+}
+
+/// Setting the partition count partition 0 records to the partitions Redis
+/// holds, when it records fewer (lowered by hand, which leaves the rest
+/// unread) or something that is no count; `None` when it is right, or when
+/// partition 0's identity is gone (giving it a new one records the count).
+async fn count_step(store: &Store) -> Result<Option<Step>, StoreError> {
+    let home = store.partition(0);
+    let queue = home.keys().queue();
+    if home.operator().key_type(&queue).await? != "hash" {
+        return Ok(None);
+    }
+    let fields = home.operator().hash(&queue).await?;
+    let found = store.partition_count();
+    let recorded = fields.get("partitions");
+    let sound = match recorded {
+        None => found == 1,
+        Some(text) => text.parse::<u32>().is_ok_and(|n| n >= found.max(1)),
+    };
+    if sound {
+        return Ok(None);
+    }
+    Ok(Some(Step::SetCounter {
+        key: queue,
+        field: "partitions".to_owned(),
+        found: recorded.cloned().unwrap_or_default(),
+        to: i64::from(found),
+        how: format!("the partitions Redis holds, 0 to {}", found - 1),
+    }))
 }
 
 /// The repairs of the handle's partition, and the epoch it holds now.

@@ -377,6 +377,30 @@ async fn a_partition_count_lowered_by_hand_stops_processes_instead_of_stranding_
         .await
         .expect_err("migrate does not take the lower count");
     assert!(err.to_string().contains("partition(s) 2, 3 "), "{err}");
+    // repair sets the count back from what Redis holds; so too for one
+    // that is no number.
+    for damage in ["2", "x"] {
+        redis::cmd("HSET")
+            .arg(store.keys().queue())
+            .arg("partitions")
+            .arg(damage)
+            .query_async::<()>(&mut raw(&redis.url).await)
+            .await
+            .expect("HSET");
+        let plan = sms_alerts::repair::plan(&store, "end")
+            .await
+            .expect("plans");
+        let text = plan.to_text();
+        assert!(
+            text.contains("set counter partitions of") && text.contains("to 4"),
+            "{damage}: {text}"
+        );
+        sms_alerts::repair::apply(&store, &plan)
+            .await
+            .expect("repairs");
+        let opened = store.open().await.expect("opens after the repair");
+        assert_eq!(opened.partition_count(), 4);
+    }
 }
 
 #[tokio::test]
