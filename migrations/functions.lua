@@ -23,6 +23,7 @@
     sms_requeue       move dead letters back into the stream
     sms_dead_purge    remove dead letters older than an id
     sms_partitions    grow the queue's partition count
+    sms_ingest        add messages an HTTP request brought, once per request
     sms_version       LIBRARY_VERSION (read-only)
 
   Every multi-step update that must be atomic runs here, server-side. Every
@@ -60,7 +61,7 @@
     abandoned     messages `repair` gave up when it re-created a lost group
 ]]
 
-local LIBRARY_VERSION = 10
+local LIBRARY_VERSION = 11
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
@@ -1093,6 +1094,56 @@ local function sms_partitions(keys, args)
 end
 
 --[[
+  sms_ingest: add the messages one HTTP request brings to one partition and
+  count them, atomically; with an idempotency record, at most once per
+  request, answering a repeat with the ids of the first.
+  KEYS: 1 queue, 2 stream, 3 stats, [4 idempotency record]
+  ARGV: 1 epoch, 2 the request's fingerprint, 3 the record's ttl_ms,
+        then per message: its number of field/value pairs, then the pairs.
+  Returns: { 'written', id... } | { 'replayed', id... } | { 'mismatch' }
+  The record (a string: the fingerprint, a newline, the ids separated by
+  spaces) is written with the messages, so a request whose reply was lost
+  and that is sent again finds it and adds nothing. The same key with
+  another fingerprint is another request reusing the key: 'mismatch', and
+  nothing is written.
+]]
+local function sms_ingest(keys, args)
+  local queue, stream, stats, record = keys[1], keys[2], keys[3], keys[4]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(stream, 'stream') end,
+    function() return expect_type(stats, 'hash') end,
+    function() return check_counters(stats, { 'produced' }) end,
+    function() return record and expect_type(record, 'string', true) end)
+  if err then return err end
+  local fingerprint = args[2]
+  if record then
+    local kept = redis.call('GET', record)
+    if kept then
+      local newline = string.find(kept, '\n', 1, true)
+      if not newline or string.sub(kept, 1, newline - 1) ~= fingerprint then
+        return { 'mismatch' }
+      end
+      local reply = { 'replayed' }
+      for id in string.gmatch(string.sub(kept, newline + 1), '%S+') do reply[#reply + 1] = id end
+      return reply
+    end
+  end
+  local reply = { 'written' }
+  local i = 4
+  while i <= #args do
+    local pairs_count = tonumber(args[i])
+    reply[#reply + 1] = redis.call('XADD', stream, '*', unpack(args, i + 1, i + 2 * pairs_count))
+    i = i + 1 + 2 * pairs_count
+  end
+  redis.call('HINCRBY', stats, 'produced', #reply - 1)
+  if record then
+    redis.call('SET', record, fingerprint .. '\n' .. table.concat(reply, ' ', 2), 'PX', args[3])
+  end
+  return reply
+end
+
+--[[
   sms_version: the version of this library, so that a binary loads it only
   over an older one and never replaces a newer one.
   KEYS: none
@@ -1114,6 +1165,7 @@ redis.register_function('sms_run_end', sms_run_end)
 redis.register_function('sms_requeue', sms_requeue)
 redis.register_function('sms_dead_purge', sms_dead_purge)
 redis.register_function('sms_partitions', sms_partitions)
+redis.register_function('sms_ingest', sms_ingest)
 redis.register_function { function_name = 'sms_trim', callback = sms_trim, flags = { 'allow-oom' } }
 redis.register_function { function_name = 'sms_hold_name', callback = sms_hold_name, flags = { 'allow-oom' } }
 redis.register_function { function_name = 'sms_release_name', callback = sms_release_name, flags = { 'allow-oom' } }

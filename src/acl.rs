@@ -73,6 +73,9 @@ pub const COMMANDS: &[&str] = &[
     "multi",
     "exec",
     "discard",
+    // produce and serve on a cluster primary with replicas: a write counts
+    // once a replica confirms it.
+    "wait",
     // monitor (INFO memory), audit, senders, runs, dead list: reads.
     "info",
     "xrevrange",

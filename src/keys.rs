@@ -33,6 +33,8 @@ pub enum KeyRole {
     RunBatches,
     /// The migrations applied.
     Migrations,
+    /// The answer to one HTTP request with an idempotency key.
+    Idempotency,
 }
 
 impl KeyRole {
@@ -40,7 +42,7 @@ impl KeyRole {
     pub fn redis_type(self) -> &'static str {
         match self {
             Self::Messages | Self::Dead => "stream",
-            Self::SenderLease | Self::RunLease => "string",
+            Self::SenderLease | Self::RunLease | Self::Idempotency => "string",
             Self::Runs => "zset",
             Self::OpenRuns => "set",
             Self::Queue
@@ -171,6 +173,13 @@ impl Keys {
         format!("{}:run:{run_id}:batches", self.tag)
     }
 
+    /// The record of the HTTP request with idempotency key `key` on this
+    /// partition: the request's fingerprint and the ids its messages got
+    /// here, kept for the key's lifetime so that a repeat lands nothing.
+    pub fn idempotency(&self, key: &str) -> String {
+        format!("{}:idem:{key}", self.tag)
+    }
+
     /// A SCAN pattern matching the queue hash of every partition of the
     /// queue under `prefix` (prefixes are validated key parts: no glob
     /// characters to escape).
@@ -221,6 +230,8 @@ impl Keys {
                     KeyRole::SenderStats
                 } else if rest.starts_with("lease:") {
                     KeyRole::SenderLease
+                } else if rest.starts_with("idem:") {
+                    KeyRole::Idempotency
                 } else {
                     return None;
                 }
@@ -250,6 +261,7 @@ mod tests {
             keys.run_lease("r"),
             keys.run_batches("r"),
             keys.migrations(),
+            keys.idempotency("k"),
         ] {
             assert!(key.starts_with("{sms:0}:"), "{key} lacks the hash tag");
         }
@@ -273,6 +285,7 @@ mod tests {
             (keys.run_lease("r"), KeyRole::RunLease),
             (keys.run_batches("r"), KeyRole::RunBatches),
             (keys.migrations(), KeyRole::Migrations),
+            (keys.idempotency("k"), KeyRole::Idempotency),
         ] {
             assert_eq!(keys.role(&key), Some(role), "{key}");
         }

@@ -30,9 +30,10 @@
 //!    alerts), [`metrics`] (Prometheus), [`audit`] (an independent
 //!    reconciliation), [`senders`], [`dead`], [`repair`] and [`acl`] (the
 //!    least-privilege rule).
-//! 7. [`demo`] (a whole simulation in one process) and
+//! 7. [`demo`] (a whole simulation in one process),
 //!    [`bench`](mod@bench) (throughput, efficiency, memory and latency
-//!    against Redis's own XADD ceiling).
+//!    against Redis's own XADD ceiling) and [`serve`] (the HTTP API: writes
+//!    once per idempotency key, the monitor's report, metrics).
 //! 8. [`cli`]: what the user typed (flags, environment, config file), each
 //!    option declared once, turned into settings.
 //!
@@ -70,6 +71,7 @@ pub mod repair;
 pub mod routing;
 pub mod send;
 pub mod senders;
+pub mod serve;
 pub mod settings;
 pub mod stats;
 pub mod store;

@@ -14,11 +14,14 @@ use sms_alerts::monitor::MonitorError;
 use sms_alerts::monitor::Sink;
 use sms_alerts::produce::ProduceError;
 use sms_alerts::send::SendError;
+use sms_alerts::serve::ServeError;
 use sms_alerts::settings::{DeadTask, LogFormat, LogRotation, LogSettings, Settings, Task};
 use sms_alerts::store::{
     MigrationReport, QueueIdentity, QueueOptions, QueueStatus, Store, StoreError,
 };
-use sms_alerts::{audit, bench, dead, demo, metrics, monitor, produce, repair, send, senders};
+use sms_alerts::{
+    audit, bench, dead, demo, metrics, monitor, produce, repair, send, senders, serve,
+};
 use tokio_util::sync::CancellationToken;
 use tracing_appender::rolling::Rotation;
 use tracing_subscriber::EnvFilter;
@@ -134,7 +137,8 @@ fn exit_status(err: &anyhow::Error) -> ExitStatus {
         .or_else(|| err.downcast_ref::<SendError>()?.store_error())
         .or_else(|| err.downcast_ref::<MonitorError>()?.store_error())
         .or_else(|| err.downcast_ref::<DemoError>()?.store_error())
-        .or_else(|| err.downcast_ref::<ProduceError>()?.store_error());
+        .or_else(|| err.downcast_ref::<ProduceError>()?.store_error())
+        .or_else(|| err.downcast_ref::<ServeError>()?.store_error());
     match store_error {
         Some(err) if err.is_queue_state() => ExitStatus::QueueState,
         Some(
@@ -292,6 +296,13 @@ async fn execute_on(
             let mut stdout = std::io::stdout();
             let sink = sink_for(&mut stdout, monitor_settings.json);
             monitor::run(&store, &monitor_settings, sink, shutdown).await?;
+        }
+        Task::Serve(serve_settings) => {
+            let addr = serve_settings.listen;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|err| anyhow::anyhow!("cannot serve HTTP on {addr}: {err}"))?;
+            serve::run(store, serve_settings, listener, shutdown.clone()).await?;
         }
         Task::Demo(demo_settings) => {
             let mut stdout = std::io::stdout();

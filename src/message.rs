@@ -14,6 +14,14 @@ pub mod field {
     pub const BODY: &str = "body";
     /// When the message was created, in milliseconds since the Unix epoch.
     pub const CREATED_MS: &str = "created_ms";
+    /// The recipient's e-mail address, when the request gave one.
+    pub const EMAIL: &str = "email";
+    /// The id the client gave the request that brought the message.
+    pub const REQUEST_ID: &str = "request_id";
+    /// The client's transaction id, carried along for its records.
+    pub const TRANSACTION_ID: &str = "transaction_id";
+    /// The client's customer id, carried along for its records.
+    pub const CUSTOMER_ID: &str = "customer_id";
 }
 
 /// A stream entry's field/value pairs as stored: raw bytes, because a poison
@@ -29,6 +37,35 @@ pub struct Message {
     pub body: String,
     /// Creation time in milliseconds since the Unix epoch.
     pub created_ms: u64,
+}
+
+/// What a message may carry beyond what it is sent with, from the HTTP API:
+/// stored with it and shown with it (in dead letters), never needed to send
+/// it, so an entry without them is as valid as one with them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// The recipient's e-mail address.
+    pub email: Option<String>,
+    /// The id the client gave its request.
+    pub request_id: Option<String>,
+    /// The client's transaction id.
+    pub transaction_id: Option<String>,
+    /// The client's customer id.
+    pub customer_id: Option<String>,
+}
+
+impl Metadata {
+    /// The fields present, by stream field name, in a fixed order.
+    pub fn fields(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
+            (field::EMAIL, &self.email),
+            (field::REQUEST_ID, &self.request_id),
+            (field::TRANSACTION_ID, &self.transaction_id),
+            (field::CUSTOMER_ID, &self.customer_id),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| Some((name, value.as_deref()?)))
+    }
 }
 
 /// Why a stream entry is not a valid message; such an entry is dead-lettered

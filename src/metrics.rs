@@ -24,7 +24,7 @@ use crate::stats::{SenderSnapshot, Snapshot};
 use crate::store::{RunState, Store};
 
 /// The exposition format's content type.
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Serves `/metrics` on `listener` until `shutdown` fires. The caller binds,
 /// so a port already in use fails at start-up, not mid-run.

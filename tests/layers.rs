@@ -14,7 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "produce", "send", "monitor", "metrics", "audit", "senders", "dead", "repair", "acl",
     ],
-    &["demo", "bench"],
+    &["demo", "bench", "serve"],
     &["cli"],
 ];
 

@@ -16,7 +16,6 @@ const MAX_BYTES: usize = 15_000;
 /// The `##` sections, in order.
 const SECTIONS: &[&str] = &[
     "Quickstart",
-    "Install",
     "Concepts",
     "Subcommands by example",
     "Configuration",

@@ -18,9 +18,10 @@ use crate::embedded::Persistence;
 use crate::settings::{
     self, DEFAULT_ALERT_HELD_BACK, DEFAULT_BATCH, DEFAULT_BENCH_MESSAGES,
     DEFAULT_BENCH_RECLAIM_PENDING, DEFAULT_BENCH_RETENTION, DEFAULT_BENCH_SIMULATION,
-    DEFAULT_CONCURRENCY, DEFAULT_COUNT, DEFAULT_DEAD_LIMIT, DEFAULT_GROUP, DEFAULT_INTERVAL,
-    DEFAULT_LEASE, DEFAULT_LOG_KEEP, DEFAULT_MAX_ATTEMPTS, DEFAULT_MEAN, DEFAULT_PREFIX,
-    DEFAULT_PRUNE_IDLE, DEFAULT_REDIS_URL, DEFAULT_RETRY_BACKOFF, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_CONCURRENCY, DEFAULT_COUNT, DEFAULT_DEAD_LIMIT, DEFAULT_GROUP, DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_INTERVAL, DEFAULT_LEASE, DEFAULT_LISTEN, DEFAULT_LOG_KEEP, DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_MEAN, DEFAULT_PREFIX, DEFAULT_PRUNE_IDLE,
+    DEFAULT_REDIS_URL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_SHUTDOWN_TIMEOUT,
     Distribution, LogFormat, LogRotation, check,
 };
 
@@ -177,6 +178,10 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
+    /// Serve the HTTP API: POST /api/v1/produce adds messages (one, or a batch,
+    /// once per Idempotency-Key), GET /api/v1/stats is the monitor's JSON report;
+    /// /healthz, /readyz and /metrics for operations.
+    Serve(ServeArgs),
     /// Measure throughput, efficiency, memory and latency against Redis's own XADD
     /// ceiling (redis-benchmark, same run). Without --redis-url it starts a private
     /// redis-server; on a given Redis it uses fresh key prefixes and deletes them.
@@ -472,6 +477,41 @@ pub struct SendArgs {
     #[arg(long, env = "SMS_READ_PARTITIONS", value_parser = check::partition,
           value_delimiter = ',', value_name = "P,...")]
     pub read_partitions: Option<Vec<u32>>,
+}
+
+/// Options of `serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on, e.g. 0.0.0.0:8080.
+    #[arg(long, env = "SMS_LISTEN", value_name = "ADDR", value_parser = check::socket_addr,
+          default_value = DEFAULT_LISTEN)]
+    pub listen: std::net::SocketAddr,
+    /// Most messages one request may carry; a larger batch gets 413.
+    #[arg(long, env = "SMS_MAX_BATCH", value_parser = check::batch,
+          default_value_t = DEFAULT_MAX_BATCH)]
+    pub max_batch: usize,
+    /// Largest request body in bytes; a larger one gets 413.
+    #[arg(long, env = "SMS_MAX_BODY", value_parser = check::body_size,
+          default_value_t = DEFAULT_MAX_BODY)]
+    pub max_body: usize,
+    /// How long the answer to a request with an Idempotency-Key (or a message's
+    /// request_id) is kept: a repeat within it lands nothing and gets the same ids.
+    #[arg(long, env = "SMS_IDEMPOTENCY_TTL", value_parser = span(check::positive_duration),
+          allow_hyphen_values = true, default_value_t = DEFAULT_IDEMPOTENCY_TTL.into())]
+    pub idempotency_ttl: Span,
+    /// Refuse writes with 429 and Retry-After while a queue holds more unsettled
+    /// messages than this (its backlog). [default: no limit]
+    #[arg(long, env = "SMS_MAX_LAG", value_parser = check::count)]
+    pub max_lag: Option<u64>,
+    /// File holding the API token (trailing newline ignored): every /api/ request
+    /// must then carry `Authorization: Bearer <token>`. SMS_API_TOKEN gives the
+    /// token itself. [default: no token needed]
+    #[arg(long, env = "SMS_API_TOKEN_FILE", value_parser = check::readable_file)]
+    pub api_token_file: Option<PathBuf>,
+    /// How long a write may wait for Redis before the request gets 503.
+    #[arg(long, env = "SMS_REQUEST_TIMEOUT", value_parser = span(check::positive_duration),
+          allow_hyphen_values = true, default_value_t = DEFAULT_REQUEST_TIMEOUT.into())]
+    pub request_timeout: Span,
 }
 
 /// Options of `monitor`.

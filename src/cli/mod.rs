@@ -33,6 +33,8 @@ pub struct Env {
     pub redis_url: Option<String>,
     /// `REDIS_PASSWORD`: ranks below `--redis-password-file`.
     pub redis_password: Option<String>,
+    /// `SMS_API_TOKEN`: the API token of `serve`; ranks below `--api-token-file`.
+    pub api_token: Option<String>,
 }
 
 impl Env {
@@ -41,6 +43,7 @@ impl Env {
         Self {
             redis_url: std::env::var("REDIS_URL").ok(),
             redis_password: std::env::var("REDIS_PASSWORD").ok(),
+            api_token: std::env::var("SMS_API_TOKEN").ok(),
         }
     }
 }
@@ -262,6 +265,7 @@ mod tests {
         let env = Env {
             redis_url: Some("redis://env:2".to_owned()),
             redis_password: Some("s3cret".to_owned()),
+            api_token: None,
         };
         let from_env = parse_from(["sms-alerts", "--config", &path, "trim"], &env).expect("ok");
         assert_eq!(from_env.queue.redis_url, "redis://env:2");

@@ -10,15 +10,15 @@ use clap::{ArgMatches, Args, FromArgMatches};
 
 use super::args::{
     BenchArgs, Cli, Command, DeadAction, DemoArgs, GlobalArgs, MonitorArgs, ProduceArgs, SendArgs,
-    SendersAction,
+    SendersAction, ServeArgs,
 };
 use super::file::{self, Origin};
 use super::{Env, one_line_error};
 use crate::routing::Routing;
 use crate::settings::{
     BenchSizes, DEFAULT_DEMO_INTERVAL, DEFAULT_SCENARIO, DeadTask, DelayModel, DemoSettings,
-    LogSettings, MonitorSettings, ProduceSettings, QueueSettings, SendSettings, Settings,
-    SettingsError, Task, TlsSettings, check,
+    LogSettings, MonitorSettings, ProduceSettings, QueueSettings, SendSettings, ServeSettings,
+    Settings, SettingsError, Task, TlsSettings, check,
 };
 use crate::store::{QueueOptions, redact_url};
 
@@ -37,7 +37,7 @@ pub(super) fn settings(
         rotation: cli.global.log_rotation,
         keep: cli.global.log_keep,
     };
-    let task = task(cli.command, redis_url_given)?;
+    let task = task(cli.command, redis_url_given, env)?;
     Ok(Settings {
         queue,
         redis_url_given,
@@ -78,8 +78,13 @@ fn queue(args: &GlobalArgs, url_typed: bool, env: &Env) -> Result<QueueSettings,
 
 /// The password in `path`, without the line break an editor leaves.
 fn read_password(path: &std::path::Path) -> Result<String, SettingsError> {
+    read_secret(path, "--redis-password-file")
+}
+
+/// The secret in `path` (for `option`), without the line break an editor leaves.
+fn read_secret(path: &std::path::Path, option: &str) -> Result<String, SettingsError> {
     let text = std::fs::read_to_string(path).map_err(|err| SettingsError::Invalid {
-        option: "--redis-password-file".to_owned(),
+        option: option.to_owned(),
         value: path.display().to_string(),
         origin: String::new(),
         reason: err.to_string(),
@@ -87,7 +92,7 @@ fn read_password(path: &std::path::Path) -> Result<String, SettingsError> {
     Ok(text.trim_end_matches(['\r', '\n']).to_owned())
 }
 
-fn task(command: Command, redis_url_given: bool) -> Result<Task, SettingsError> {
+fn task(command: Command, redis_url_given: bool, env: &Env) -> Result<Task, SettingsError> {
     Ok(match command {
         Command::Migrate(args) => Task::Migrate(QueueOptions {
             retention: args.retention,
@@ -112,6 +117,7 @@ fn task(command: Command, redis_url_given: bool) -> Result<Task, SettingsError> 
         Command::Completions { shell } => Task::Completions(shell),
         Command::Acl(args) => Task::Acl { user: args.user },
         Command::Bench(args) => bench(args, redis_url_given)?,
+        Command::Serve(args) => Task::Serve(serve(args, env)?),
         Command::Senders(args) => match args.action {
             None => Task::ListSenders { json: args.json },
             Some(SendersAction::Prune { idle }) => Task::PruneSenders {
@@ -119,6 +125,30 @@ fn task(command: Command, redis_url_given: bool) -> Result<Task, SettingsError> 
                 idle: idle.into(),
             },
         },
+    })
+}
+
+fn serve(args: ServeArgs, env: &Env) -> Result<ServeSettings, SettingsError> {
+    let api_token = match &args.api_token_file {
+        Some(path) => Some(read_secret(path, "--api-token-file")?),
+        None => env.api_token.clone(),
+    };
+    if api_token
+        .as_deref()
+        .is_some_and(|token| token.trim().is_empty())
+    {
+        return Err(SettingsError::Conflict(
+            "the API token is empty: a request could pass with no token at all".to_owned(),
+        ));
+    }
+    Ok(ServeSettings {
+        listen: args.listen,
+        max_batch: args.max_batch,
+        max_body: args.max_body,
+        idempotency_ttl: args.idempotency_ttl.into(),
+        max_lag: args.max_lag,
+        api_token,
+        request_timeout: args.request_timeout.into(),
     })
 }
 

@@ -97,6 +97,24 @@ pub fn count(value: &str) -> Result<u64, String> {
     positive(value, "the count")
 }
 
+/// A duration longer than zero, e.g. 5s, 24h.
+pub fn positive_duration(value: &str) -> Result<Duration, String> {
+    let parsed = duration(value)?;
+    if parsed.is_zero() {
+        return Err("expected a duration longer than zero, e.g. 5s".to_owned());
+    }
+    Ok(parsed)
+}
+
+/// A request body limit: 1 KiB to 1 GiB, in bytes.
+pub fn body_size(value: &str) -> Result<usize, String> {
+    let n = positive(value, "the size")?;
+    if !(1024..=1 << 30).contains(&n) {
+        return Err("expected 1024 to 1073741824 bytes".to_owned());
+    }
+    Ok(n as usize)
+}
+
 /// A count that may be 0 (to skip a step).
 pub fn count_or_zero(value: &str) -> Result<u64, String> {
     value

@@ -53,6 +53,17 @@ pub const DEFAULT_ALERT_HELD_BACK: Duration = Duration::from_secs(300);
 pub const DEFAULT_AUDIT_PAGE: usize = 10_000;
 /// Default number of dead letters `dead list` shows.
 pub const DEFAULT_DEAD_LIMIT: u64 = 100;
+/// Default address `serve` listens on.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default most messages one API request may carry.
+pub const DEFAULT_MAX_BATCH: usize = 1000;
+/// Default largest API request body, in bytes: a full batch of messages in
+/// the longer request shape fits with room to spare.
+pub const DEFAULT_MAX_BODY: usize = 2 * 1024 * 1024;
+/// Default time an idempotency key's answer is kept.
+pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Default time an API write may wait for Redis before the request gets 503.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// A bad setting. Every one is a usage error: exit code 2.
 #[derive(Debug, Error)]
@@ -289,6 +300,8 @@ pub enum Task {
     },
     /// `dead ...`.
     Dead(DeadTask),
+    /// `serve`.
+    Serve(ServeSettings),
     /// `repair`.
     Repair {
         /// Do it, rather than only print it.
@@ -310,6 +323,53 @@ impl Task {
                 | Self::Runs { .. }
                 | Self::Dead(DeadTask::List { .. })
         )
+    }
+}
+
+/// Settings of `serve`.
+#[derive(Clone, PartialEq)]
+pub struct ServeSettings {
+    /// Where to listen.
+    pub listen: std::net::SocketAddr,
+    /// Most messages one request may carry.
+    pub max_batch: usize,
+    /// Largest request body, in bytes.
+    pub max_body: usize,
+    /// How long an idempotency key's answer is kept.
+    pub idempotency_ttl: Duration,
+    /// Unsettled messages in a queue over which writes get 429; `None`: no limit.
+    pub max_lag: Option<u64>,
+    /// The bearer token every `/api/` request must carry; `None`: no auth.
+    pub api_token: Option<String>,
+    /// How long a write may wait for Redis before the request gets 503.
+    pub request_timeout: Duration,
+}
+
+impl std::fmt::Debug for ServeSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeSettings")
+            .field("listen", &self.listen)
+            .field("max_batch", &self.max_batch)
+            .field("max_body", &self.max_body)
+            .field("idempotency_ttl", &self.idempotency_ttl)
+            .field("max_lag", &self.max_lag)
+            .field("api_token", &self.api_token.as_ref().map(|_| "***"))
+            .field("request_timeout", &self.request_timeout)
+            .finish()
+    }
+}
+
+impl Default for ServeSettings {
+    fn default() -> Self {
+        Self {
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            max_batch: DEFAULT_MAX_BATCH,
+            max_body: DEFAULT_MAX_BODY,
+            idempotency_ttl: DEFAULT_IDEMPOTENCY_TTL,
+            max_lag: None,
+            api_token: None,
+            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+        }
     }
 }
 

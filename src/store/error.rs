@@ -198,6 +198,19 @@ impl StoreError {
         })
     }
 
+    /// Whether Redis refused the command before running it because it went
+    /// to the wrong node (`MOVED`, the slot map is read again) or the slot
+    /// is being moved (`TRYAGAIN`): sending it again cannot run it twice.
+    pub fn was_not_run(&self) -> bool {
+        matches!(
+            self,
+            Self::Redis { source, .. } if matches!(
+                source.kind(),
+                ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::TryAgain)
+            )
+        )
+    }
+
     /// Whether the stream or the consumer group was missing (NOGROUP), or
     /// deleted under a blocked read (UNBLOCKED): the queue must be diagnosed
     /// ([`super::Store::diagnose`]), never re-created here.

@@ -42,7 +42,7 @@ const LIBRARY: &str = include_str!("../../migrations/functions.lua");
 
 /// The library version this binary brings: that of the last migration, and
 /// the `LIBRARY_VERSION` the library's source declares.
-pub(super) const LIBRARY_VERSION: u32 = 10;
+pub(super) const LIBRARY_VERSION: u32 = 11;
 
 /// Every migration, oldest first, one version step each. The names are
 /// recorded in queues' migrations hashes, so a step keeps its name.
@@ -105,6 +105,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 10,
         name: "0010_held_back_floor",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
+    // `sms_ingest`: the HTTP API's writes, at most once per idempotency key.
+    Migration {
+        version: 11,
+        name: "0011_ingest",
         step: Step::FunctionLibrary(LIBRARY),
     },
 ];

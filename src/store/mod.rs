@@ -39,6 +39,7 @@ mod fan_out;
 mod frame;
 mod functions;
 mod identity;
+mod ingest;
 mod inspect;
 mod migrate;
 mod pending;
@@ -65,6 +66,7 @@ pub use functions::{
     ReportReply, SnapshotFields, Trimmed,
 };
 pub use identity::{QueueIdentity, QueueOptions, QueueStatus, Retention};
+pub use ingest::{IdempotencyRecord, Ingested};
 pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use pending::PendingReply;
@@ -72,7 +74,7 @@ pub use reader::ReadConnection;
 pub use reply::is_counter;
 pub use report::ReportConnection;
 pub use retry::Retry;
-pub use roles::{Inspector, Operator, Producer, Sender};
+pub use roles::{Ingester, Inspector, Operator, Producer, Sender};
 pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunRoute, RunState};
 pub use streams::{StreamEntry, id_order};
 
@@ -153,6 +155,31 @@ impl Store {
         }
     }
 
+    /// A handle on another queue (`prefix`) of the same Redis or cluster,
+    /// over the same connections: not opened yet (no epoch, one partition),
+    /// as [`Store::connect`] gives.
+    pub fn other_queue(&self, prefix: &str) -> Store {
+        Store {
+            keys: Keys::new(prefix),
+            prefix: prefix.to_owned(),
+            epoch: Arc::from(""),
+            partitions: 1,
+            ..self.clone()
+        }
+    }
+
+    /// Whether Redis holds a queue under this handle's prefix (its
+    /// partition 0's identity hash), without opening it.
+    pub async fn queue_exists(&self) -> Result<bool, StoreError> {
+        let mut conn = self.partition(0).conn().await?;
+        let exists: u64 = redis::cmd("EXISTS")
+            .arg(Keys::new(&self.prefix).queue())
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis("EXISTS"))?;
+        Ok(exists == 1)
+    }
+
     /// The handles of every partition of the queue, in order.
     pub fn partitions(&self) -> Vec<Store> {
         (0..self.partitions).map(|p| self.partition(p)).collect()
@@ -194,6 +221,11 @@ impl Store {
             .find_map(|line| line.strip_prefix("connected_slaves:"))
             .and_then(|n| n.trim().parse().ok())
             .unwrap_or(0))
+    }
+
+    /// The queue's name: its key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The key names of this handle's partition.

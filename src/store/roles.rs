@@ -1,6 +1,7 @@
 //! What each part of the program may do with the queue: a narrow handle per
 //! role over one [`Store`], so each caller sees only the commands its job
-//! needs. A producer writes batches and runs; a sender reads, claims,
+//! needs. A producer writes batches and runs; the HTTP API adds the
+//! messages of its requests; a sender reads, claims,
 //! reports and trims; an inspector only reads (monitor, audit, senders,
 //! metrics); an operator repairs, requeues and prunes. Each handle is cheap to
 //! clone, shares the store's connections, and retries under the store's one
@@ -52,6 +53,12 @@ role!(
     /// batches exactly once.
     Producer,
     producer
+);
+role!(
+    /// What the HTTP API may do: add the messages of a request, once per
+    /// idempotency key.
+    Ingester,
+    ingester
 );
 role!(
     /// What a sender may do: read new messages, claim stale ones, renew its

@@ -1,0 +1,378 @@
+//! What a `POST /api/v1/produce` body asks for, validated: one message or a
+//! batch (`{"messages": [...]}`), each in our shape (`recipient`, `body`,
+//! `key`, `partition`) or in the alerting-request shape clients already
+//! send (`phone`, `message_body`, `topic_name`, `email`, `request_id`,
+//! `transaction_id`, `customer_id`, `key`). A message is checked by the
+//! producer's rules ([`crate::message`]); a batch refuses its bad messages
+//! one by one and keeps the good ones.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::answer::Refusal;
+use crate::message::{MAX_BODY_CHARS, Metadata, is_e164};
+
+/// The longest key, id or idempotency key a request may carry, in bytes.
+pub(super) const MAX_ID_BYTES: usize = 255;
+/// The longest e-mail address (RFC 5321's path limit).
+const MAX_EMAIL_BYTES: usize = 254;
+
+/// One valid message of a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Incoming {
+    /// The queue it goes to (`topic_name`); `None` for the server's own.
+    pub(super) topic: Option<String>,
+    /// The phone number, E.164.
+    pub(super) recipient: String,
+    /// The text.
+    pub(super) body: String,
+    /// The routing key; `None` routes by the recipient.
+    pub(super) key: Option<String>,
+    /// An explicit partition, over any key.
+    pub(super) partition: Option<u32>,
+    /// What travels with it.
+    pub(super) metadata: Metadata,
+}
+
+/// A request's messages, each valid or refused with its reason.
+#[derive(Debug)]
+pub(super) enum Parsed {
+    /// A lone message: the answer is its own.
+    Single(Result<Incoming, Refusal>),
+    /// `{"messages": [...]}`: one result per message, in order.
+    Batch(Vec<Result<Incoming, Refusal>>),
+}
+
+/// A message as the client wrote it: every field either shape may use.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireMessage {
+    recipient: Option<String>,
+    phone: Option<String>,
+    body: Option<String>,
+    message_body: Option<String>,
+    key: Option<String>,
+    partition: Option<u32>,
+    topic_name: Option<String>,
+    email: Option<String>,
+    request_id: Option<String>,
+    transaction_id: Option<String>,
+    customer_id: Option<String>,
+}
+
+/// Reads a request body already known to be JSON. A body that is not an
+/// object, or a `messages` that is not a list of 1 to `max_batch`, refuses
+/// the whole request.
+pub(super) fn parse(body: &[u8], max_batch: usize) -> Result<Parsed, Refusal> {
+    let value: Value = serde_json::from_slice(body).map_err(|err| {
+        Refusal::bad_request("", "", format!("the body is not valid JSON: {err}"))
+    })?;
+    let Value::Object(mut object) = value else {
+        return Err(Refusal::bad_request(
+            "",
+            "",
+            "expected a JSON object: one message, or {\"messages\": [...]}",
+        ));
+    };
+    let Some(messages) = object.remove("messages") else {
+        return Ok(Parsed::Single(message(Value::Object(object))));
+    };
+    if let Some(other) = object.keys().next() {
+        return Err(Refusal::bad_request(
+            other,
+            "",
+            format!("unknown field '{other}' beside 'messages'"),
+        ));
+    }
+    let Value::Array(messages) = messages else {
+        return Err(Refusal::bad_request(
+            "messages",
+            &shown(&messages),
+            "'messages' must be a list of messages",
+        ));
+    };
+    if messages.is_empty() {
+        return Err(Refusal::bad_request(
+            "messages",
+            "[]",
+            "'messages' holds no message",
+        ));
+    }
+    if messages.len() > max_batch {
+        return Err(Refusal::too_large(format!(
+            "the batch holds {} messages, more than --max-batch {max_batch}",
+            messages.len()
+        )));
+    }
+    Ok(Parsed::Batch(messages.into_iter().map(message).collect()))
+}
+
+/// One message, checked.
+fn message(value: Value) -> Result<Incoming, Refusal> {
+    if !value.is_object() {
+        return Err(Refusal::bad_request(
+            "",
+            &shown(&value),
+            "a message must be a JSON object",
+        ));
+    }
+    let wire: WireMessage = serde_json::from_value(value)
+        .map_err(|err| Refusal::bad_request("", "", format!("invalid message: {err}")))?;
+    let recipient = one_of(wire.recipient, "recipient", wire.phone, "phone")?;
+    let body = one_of(wire.body, "body", wire.message_body, "message_body")?;
+    let (recipient_field, recipient) = recipient;
+    if !is_e164(&recipient) {
+        return Err(Refusal::bad_request(
+            recipient_field,
+            &recipient,
+            format!("'{recipient_field}' is not an E.164 phone number (+ and 7 to 15 digits)"),
+        ));
+    }
+    let (body_field, body) = body;
+    let chars = body.chars().count();
+    if !(1..=MAX_BODY_CHARS).contains(&chars) {
+        return Err(Refusal::bad_request(
+            body_field,
+            &body,
+            format!("'{body_field}' has {chars} characters, expected 1 to {MAX_BODY_CHARS}"),
+        ));
+    }
+    let topic = wire
+        .topic_name
+        .map(|topic| checked_topic(topic, "topic_name"))
+        .transpose()?;
+    let key = wire.key.map(|key| bounded(key, "key")).transpose()?;
+    let request_id = wire
+        .request_id
+        .map(|id| idempotency_key(id, "request_id"))
+        .transpose()?;
+    let email = wire.email.map(checked_email).transpose()?;
+    let transaction_id = wire
+        .transaction_id
+        .map(|id| bounded(id, "transaction_id"))
+        .transpose()?;
+    let customer_id = wire
+        .customer_id
+        .map(|id| bounded(id, "customer_id"))
+        .transpose()?;
+    Ok(Incoming {
+        topic,
+        recipient,
+        body,
+        key,
+        partition: wire.partition,
+        metadata: Metadata {
+            email,
+            request_id,
+            transaction_id,
+            customer_id,
+        },
+    })
+}
+
+/// The one of two synonymous fields the message gives.
+fn one_of(
+    first: Option<String>,
+    first_name: &'static str,
+    second: Option<String>,
+    second_name: &'static str,
+) -> Result<(&'static str, String), Refusal> {
+    match (first, second) {
+        (Some(value), None) => Ok((first_name, value)),
+        (None, Some(value)) => Ok((second_name, value)),
+        (None, None) => Err(Refusal::bad_request(
+            first_name,
+            "",
+            format!("missing field '{first_name}' (or '{second_name}')"),
+        )),
+        (Some(value), Some(_)) => Err(Refusal::bad_request(
+            second_name,
+            &value,
+            format!("give '{first_name}' or '{second_name}', not both"),
+        )),
+    }
+}
+
+/// A free-form id carried along: at most [`MAX_ID_BYTES`].
+fn bounded(value: String, field: &'static str) -> Result<String, Refusal> {
+    if value.is_empty() || value.len() > MAX_ID_BYTES {
+        return Err(Refusal::bad_request(
+            field,
+            &value,
+            format!("'{field}' must be 1 to {MAX_ID_BYTES} bytes long"),
+        ));
+    }
+    Ok(value)
+}
+
+/// An idempotency key (the `Idempotency-Key` header, or a message's
+/// `request_id`): 1 to [`MAX_ID_BYTES`] visible ASCII characters, as it
+/// becomes part of a Redis key name.
+pub(super) fn idempotency_key(value: String, field: &'static str) -> Result<String, Refusal> {
+    let visible = value.bytes().all(|b| b.is_ascii_graphic());
+    if value.is_empty() || value.len() > MAX_ID_BYTES || !visible {
+        return Err(Refusal::bad_request(
+            field,
+            &value,
+            format!("'{field}' must be 1 to {MAX_ID_BYTES} visible ASCII characters"),
+        ));
+    }
+    Ok(value)
+}
+
+/// A queue name: what `--prefix` accepts.
+fn checked_topic(value: String, field: &'static str) -> Result<String, Refusal> {
+    crate::settings::check::key_part(&value)
+        .map_err(|reason| Refusal::bad_request(field, &value, format!("'{field}': {reason}")))
+}
+
+/// An e-mail address, checked for its shape only (one `@` between a local
+/// part and a domain with a dot); whether it exists is the mail server's
+/// business.
+fn checked_email(value: String) -> Result<String, Refusal> {
+    let shaped = value.len() <= MAX_EMAIL_BYTES
+        && !value.chars().any(char::is_whitespace)
+        && value.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        });
+    if !shaped {
+        return Err(Refusal::bad_request(
+            "email",
+            &value,
+            "'email' is not an e-mail address (local@domain.tld)",
+        ));
+    }
+    Ok(value)
+}
+
+/// A JSON value as an error may quote it.
+fn shown(value: &Value) -> String {
+    value.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn single(body: &str) -> Result<Incoming, Refusal> {
+        match parse(body.as_bytes(), 10).expect("parses") {
+            Parsed::Single(message) => message,
+            Parsed::Batch(_) => panic!("expected a single message"),
+        }
+    }
+
+    #[test]
+    fn both_shapes_give_the_same_message() {
+        let ours =
+            single(r#"{"recipient": "+4915112345678", "body": "Flood warning"}"#).expect("valid");
+        let theirs = single(
+            r#"{"request_id": "r-1", "topic_name": "alerts", "message_body": "Flood warning",
+                "transaction_id": "t-9", "email": "a@example.org", "phone": "+4915112345678",
+                "customer_id": "c-7", "key": "district-4"}"#,
+        )
+        .expect("valid");
+        assert_eq!(
+            (ours.recipient.as_str(), ours.body.as_str()),
+            ("+4915112345678", "Flood warning")
+        );
+        assert_eq!((theirs.recipient, theirs.body), (ours.recipient, ours.body));
+        assert_eq!(theirs.topic.as_deref(), Some("alerts"));
+        assert_eq!(theirs.key.as_deref(), Some("district-4"));
+        assert_eq!(theirs.metadata.request_id.as_deref(), Some("r-1"));
+        assert_eq!(theirs.metadata.customer_id.as_deref(), Some("c-7"));
+        assert_eq!(theirs.metadata.fields().count(), 4);
+    }
+
+    #[test]
+    fn each_bad_field_is_named_with_its_value() {
+        for (body, field, value) in [
+            (
+                r#"{"recipient": "555-1234", "body": "x"}"#,
+                "recipient",
+                "555-1234",
+            ),
+            (r#"{"phone": "+0123", "body": "x"}"#, "phone", "+0123"),
+            (r#"{"recipient": "+4915112345678", "body": ""}"#, "body", ""),
+            (r#"{"recipient": "+4915112345678"}"#, "body", ""),
+            (
+                r#"{"recipient": "+4915112345678", "body": "x", "email": "nobody"}"#,
+                "email",
+                "nobody",
+            ),
+            (
+                r#"{"recipient": "+4915112345678", "body": "x", "topic_name": "a b"}"#,
+                "topic_name",
+                "a b",
+            ),
+            (
+                r#"{"recipient": "+4915112345678", "body": "x", "request_id": "a b"}"#,
+                "request_id",
+                "a b",
+            ),
+            (
+                r#"{"recipient": "+4915112345678", "phone": "+4915112345678", "body": "x"}"#,
+                "phone",
+                "+4915112345678",
+            ),
+        ] {
+            let refusal = single(body).expect_err(body);
+            assert_eq!(
+                (refusal.field.as_str(), refusal.value.as_str()),
+                (field, value),
+                "{body}"
+            );
+            assert_eq!(refusal.status, 400, "{body}");
+        }
+        let long = format!(
+            r#"{{"recipient": "+4915112345678", "body": "{}"}}"#,
+            "a".repeat(101)
+        );
+        assert!(
+            single(&long)
+                .expect_err("too long")
+                .error
+                .contains("101 characters")
+        );
+        let unknown = single(r#"{"recipient": "+4915112345678", "body": "x", "colour": 1}"#)
+            .expect_err("unknown field");
+        assert!(unknown.error.contains("colour"), "{}", unknown.error);
+    }
+
+    #[test]
+    fn a_batch_keeps_its_good_messages_and_refuses_its_bad_ones() {
+        let body = r#"{"messages": [
+            {"recipient": "+4915112345678", "body": "one"},
+            {"recipient": "bad", "body": "two"},
+            {"recipient": "+4915112345679", "body": "three", "partition": 2}
+        ]}"#;
+        let Parsed::Batch(messages) = parse(body.as_bytes(), 10).expect("parses") else {
+            panic!("expected a batch");
+        };
+        let valid: Vec<bool> = messages.iter().map(Result::is_ok).collect();
+        assert_eq!(valid, [true, false, true]);
+        assert_eq!(messages[2].as_ref().expect("valid").partition, Some(2));
+    }
+
+    #[test]
+    fn whole_requests_are_refused_for_their_shape_or_size() {
+        for (body, status) in [
+            ("[1, 2]", 400),
+            (r#"{"messages": {}}"#, 400),
+            (r#"{"messages": []}"#, 400),
+            (r#"{"messages": [], "extra": 1}"#, 400),
+            ("{not json", 400),
+        ] {
+            let refusal = parse(body.as_bytes(), 2).expect_err(body);
+            assert_eq!(refusal.status, status, "{body}");
+        }
+        let three = r#"{"messages": [{}, {}, {}]}"#;
+        assert_eq!(
+            parse(three.as_bytes(), 2).expect_err("too many").status,
+            413
+        );
+    }
+}

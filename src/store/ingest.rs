@@ -1,0 +1,200 @@
+//! The HTTP API's writes (`sms_ingest`): one request's messages for one
+//! partition, added and counted in one Function call, with the request's
+//! idempotency record when it has one.
+//!
+//! A Function rather than the producer's `MULTI`/`EXEC` batches: the record
+//! must hold the ids the messages got, which a transaction only learns once
+//! it has run. A request is small next to a producer batch, so the Lua call
+//! per message costs little; one request of the largest batch is still one
+//! call per partition.
+
+use std::time::Duration;
+
+use redis::Value;
+
+use super::reply::{array, bad, text};
+use super::{Ingester, StoreError};
+
+/// The function's name, for errors.
+const INGEST: &str = "sms_ingest";
+/// The `WAIT` after a write on a primary with replicas.
+const WAIT: &str = "WAIT (ingest replicated)";
+/// How long a write waits for a replica to confirm it.
+const REPLICATION_WAIT_MS: u64 = 2_000;
+/// Tries of a call Redis refused without running it (wrong node, slot on
+/// the move, library missing on a new primary).
+const TRIES: u32 = 4;
+/// Wait between two such tries.
+const TRY_AGAIN_AFTER: Duration = Duration::from_millis(50);
+
+/// An idempotency key and how long its record is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyRecord {
+    /// The key the client sent.
+    pub key: String,
+    /// A digest of what the request asked for: a repeat must match it.
+    pub fingerprint: String,
+    /// How long the record is kept.
+    pub ttl: Duration,
+}
+
+/// What one ingest call did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ingested {
+    /// The messages were added; their ids, in order.
+    Written(Vec<String>),
+    /// The request had landed before: the ids its messages got then.
+    Replayed(Vec<String>),
+    /// The idempotency key was used before with another request; nothing
+    /// was written.
+    Mismatch,
+}
+
+impl Ingester {
+    /// The handle of partition `partition` of the same queue.
+    pub fn partition(&self, partition: u32) -> Ingester {
+        Ingester {
+            store: self.store.partition(partition),
+        }
+    }
+
+    /// How many partitions the queue had when this handle opened it.
+    pub fn partition_count(&self) -> u32 {
+        self.store.partition_count()
+    }
+
+    /// A handle that knows the partitions `migrate` added since this one
+    /// was opened ([`super::Store::reopen_grown`]).
+    pub async fn reopen_grown(&self) -> Result<Ingester, StoreError> {
+        Ok(Ingester {
+            store: self.store.reopen_grown().await?,
+        })
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.store.ping().await
+    }
+
+    /// Adds `messages` (each its stream fields) to this partition and counts
+    /// them, in one atomic call; with `record`, only if no request with the
+    /// same key landed here before. On a cluster primary with replicas, the
+    /// write counts only once a replica confirms it
+    /// ([`StoreError::NotReplicated`] otherwise; sending the same request
+    /// again with its key is then safe).
+    pub async fn ingest(
+        &self,
+        record: Option<&IdempotencyRecord>,
+        messages: &[Vec<(&'static str, String)>],
+    ) -> Result<Ingested, StoreError> {
+        let mut tries = 1;
+        loop {
+            match self.ingest_once(record, messages).await {
+                Err(err) if tries < TRIES && err.needs_library() => {
+                    self.store.ensure_library().await?;
+                }
+                Err(err) if tries < TRIES && err.was_not_run() => {
+                    tokio::time::sleep(TRY_AGAIN_AFTER).await;
+                }
+                result => return result,
+            }
+            tries += 1;
+        }
+    }
+
+    async fn ingest_once(
+        &self,
+        record: Option<&IdempotencyRecord>,
+        messages: &[Vec<(&'static str, String)>],
+    ) -> Result<Ingested, StoreError> {
+        let keys = &self.store.keys;
+        let mut key_names = vec![keys.queue(), keys.messages(), keys.stats()];
+        let mut cmd = redis::cmd("FCALL");
+        if let Some(record) = record {
+            key_names.push(keys.idempotency(&record.key));
+        }
+        cmd.arg(INGEST).arg(key_names.len()).arg(&key_names);
+        cmd.arg(&*self.store.epoch);
+        match record {
+            Some(record) => cmd
+                .arg(&record.fingerprint)
+                .arg(record.ttl.as_millis().max(1) as u64),
+            None => cmd.arg("").arg(0),
+        };
+        for fields in messages {
+            cmd.arg(fields.len());
+            for (name, value) in fields {
+                cmd.arg(*name).arg(value);
+            }
+        }
+        let replicas = self.store.replicas().await?;
+        let mut conn = self.store.conn().await?;
+        let reply: Value = cmd
+            .query_async(&mut conn)
+            .await
+            .map_err(StoreError::redis(INGEST))?;
+        let ingested = ingested(reply)?;
+        if replicas > 0 && !matches!(ingested, Ingested::Mismatch) {
+            let got: i64 = redis::cmd("WAIT")
+                .arg(1)
+                .arg(REPLICATION_WAIT_MS)
+                .query_async(&mut conn)
+                .await
+                .map_err(StoreError::redis(WAIT))?;
+            if got < 1 {
+                return Err(StoreError::NotReplicated {
+                    command: WAIT,
+                    wanted: 1,
+                    got: got.max(0) as u32,
+                });
+            }
+        }
+        Ok(ingested)
+    }
+}
+
+/// Decodes `sms_ingest`'s reply.
+fn ingested(reply: Value) -> Result<Ingested, StoreError> {
+    let mut items = array(INGEST, reply)?.into_iter();
+    let status = text(INGEST, items.next().unwrap_or(Value::Nil))?;
+    let ids = || {
+        items
+            .map(|id| text(INGEST, id))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    match status.as_str() {
+        "written" => Ok(Ingested::Written(ids()?)),
+        "replayed" => Ok(Ingested::Replayed(ids()?)),
+        "mismatch" => Ok(Ingested::Mismatch),
+        other => Err(bad(INGEST, format!("unknown status {other:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(text: &str) -> Value {
+        Value::BulkString(text.as_bytes().to_vec())
+    }
+
+    #[test]
+    fn replies_decode_by_status() {
+        let written = Value::Array(vec![bulk("written"), bulk("1-0"), bulk("1-1")]);
+        assert_eq!(
+            ingested(written).expect("written"),
+            Ingested::Written(vec!["1-0".into(), "1-1".into()])
+        );
+        let replayed = Value::Array(vec![bulk("replayed"), bulk("2-0")]);
+        assert_eq!(
+            ingested(replayed).expect("replayed"),
+            Ingested::Replayed(vec!["2-0".into()])
+        );
+        assert_eq!(
+            ingested(Value::Array(vec![bulk("mismatch")])).expect("mismatch"),
+            Ingested::Mismatch
+        );
+        assert!(ingested(Value::Array(vec![bulk("odd")])).is_err());
+        assert!(ingested(Value::Int(1)).is_err());
+    }
+}

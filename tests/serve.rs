@@ -1,0 +1,599 @@
+//! `serve`: the HTTP API on a real Redis over real HTTP — single messages,
+//! batches, each refusal with its status and body, idempotent repeats,
+//! backpressure, Redis paused, auth, other queues, damage and shutdown.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::{TestRedis, raw, start_redis, store, unique_prefix, wait_until};
+use redis::AsyncCommands;
+use serde_json::{Value, json};
+use sms_alerts::settings::ServeSettings;
+use sms_alerts::store::{QueueOptions, Store};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// A server on a free port, over the queue of `store`.
+struct Server {
+    base: String,
+    shutdown: CancellationToken,
+    task: JoinHandle<Result<(), sms_alerts::serve::ServeError>>,
+}
+
+impl Server {
+    async fn start(store: &Store, settings: ServeSettings) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("a free port");
+        let base = format!("http://{}", listener.local_addr().expect("bound"));
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(sms_alerts::serve::run(
+            store.clone(),
+            settings,
+            listener,
+            shutdown.clone(),
+        ));
+        Self {
+            base,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops the server as a signal would, and waits until it has stopped cleanly.
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("the server stops")
+            .expect("joins")
+            .expect("stops cleanly");
+    }
+
+    async fn post(&self, body: &str, headers: &[(&str, &str)]) -> Answer {
+        self.request("POST", "/api/v1/produce", Some(body.to_owned()), headers)
+            .await
+    }
+
+    async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<String>,
+        headers: &[(&str, &str)],
+    ) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let method = method.to_owned();
+        let headers: Vec<(String, String)> = headers
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        tokio::task::spawn_blocking(move || http(&method, &url, body, &headers))
+            .await
+            .expect("the request thread")
+            .expect("the server answers")
+    }
+}
+
+/// An HTTP answer: status, headers (lower-case names) and body as JSON
+/// (`Value::Null` when it is not JSON).
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    headers: HashMap<String, String>,
+    body: Value,
+}
+
+fn http(
+    method: &str,
+    url: &str,
+    body: Option<String>,
+    headers: &[(String, String)],
+) -> Result<Answer, ureq::Error> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(20)))
+        .build()
+        .into();
+    let mut response = match body {
+        Some(body) => {
+            let mut request = agent.post(url);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            let _ = method;
+            request.send(body)?
+        }
+        None => {
+            let mut request = agent.get(url);
+            for (name, value) in headers {
+                request = request.header(name, value);
+            }
+            request.call()?
+        }
+    };
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let text = response.body_mut().read_to_string()?;
+    Ok(Answer {
+        status,
+        headers,
+        body: serde_json::from_str(&text).unwrap_or(Value::Null),
+    })
+}
+
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+
+async fn queue_of(redis: &TestRedis, test: &str, partitions: u32) -> Store {
+    let prefix = unique_prefix(test);
+    let store = store(&redis.url, &prefix).await;
+    if partitions > 1 {
+        let options = QueueOptions {
+            partitions: Some(partitions),
+            ..QueueOptions::default()
+        };
+        store.migrate(&options).await.expect("grows");
+    }
+    store.open().await.expect("opens")
+}
+
+/// Entries in every partition's stream.
+async fn entries(redis: &TestRedis, store: &Store) -> u64 {
+    let mut con = raw(&redis.url).await;
+    let mut total = 0;
+    for partition in store.partitions() {
+        let n: u64 = con.xlen(partition.keys().messages()).await.expect("XLEN");
+        total += n;
+    }
+    total
+}
+
+/// The fields of the stream entry `id` of `partition`'s stream.
+async fn entry(redis: &TestRedis, partition: &Store, id: &str) -> HashMap<String, String> {
+    let found: Vec<(String, HashMap<String, String>)> = redis::cmd("XRANGE")
+        .arg(partition.keys().messages())
+        .arg(id)
+        .arg(id)
+        .query_async(&mut raw(&redis.url).await)
+        .await
+        .expect("XRANGE");
+    found.into_iter().next().expect("the entry exists").1
+}
+
+/// `CLIENT PAUSE ms WRITE`, or `CLIENT UNPAUSE` for `None`.
+async fn client_pause(redis: &TestRedis, ms: Option<u64>) {
+    let mut cmd = redis::cmd("CLIENT");
+    match ms {
+        Some(ms) => cmd.arg("PAUSE").arg(ms).arg("WRITE"),
+        None => cmd.arg("UNPAUSE"),
+    };
+    let _: () = cmd
+        .query_async(&mut raw(&redis.url).await)
+        .await
+        .expect("CLIENT PAUSE/UNPAUSE");
+}
+
+fn message(i: u32) -> Value {
+    json!({"recipient": format!("+49151{:07}", 1_000_000 + i), "body": format!("alert {i}")})
+}
+
+#[tokio::test]
+async fn single_and_batch_messages_land_where_routing_says() {
+    let redis = start_redis().await;
+    let store = queue_of(&redis, "single", 3).await;
+    let server = Server::start(&store, ServeSettings::default()).await;
+
+    let one = server.post(&message(1).to_string(), &[JSON]).await;
+    assert_eq!(one.status, 201, "{one:?}");
+    let id = one.body["id"].as_str().expect("an id");
+    let partition = one.body["partition"].as_u64().expect("a partition") as u32;
+    assert_eq!(
+        partition,
+        sms_alerts::routing::partition_of_key(
+            message(1)["recipient"]
+                .as_str()
+                .expect("a recipient")
+                .as_bytes(),
+            3
+        ),
+        "routed by recipient"
+    );
+    let fields = entry(&redis, &store.partition(partition), id).await;
+    assert_eq!(fields["body"], "alert 1", "the id names the entry");
+
+    let batch: Vec<Value> = (0..30).map(message).collect();
+    let many = server
+        .post(&json!({ "messages": batch }).to_string(), &[JSON])
+        .await;
+    assert_eq!(many.status, 201, "{many:?}");
+    let results = many.body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 30);
+    let used: std::collections::BTreeSet<u64> = results
+        .iter()
+        .filter_map(|r| r["partition"].as_u64())
+        .collect();
+    assert_eq!(used.len(), 3, "30 recipients spread over the 3 partitions");
+    let keyed = server
+        .post(
+            &json!({"messages": [
+                {"recipient": "+4915112345678", "body": "a", "key": "district-4"},
+                {"recipient": "+4915112345679", "body": "b", "key": "district-4"},
+                {"recipient": "+4915112345670", "body": "c", "partition": 2}
+            ]})
+            .to_string(),
+            &[JSON],
+        )
+        .await;
+    let parts: Vec<u64> = keyed.body["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["partition"].as_u64().expect("partition"))
+        .collect();
+    let by_key = u64::from(sms_alerts::routing::partition_of_key(b"district-4", 3));
+    assert_eq!(parts, [by_key, by_key, 2]);
+    assert_eq!(entries(&redis, &store).await, 34);
+
+    let stats = server.request("GET", "/api/v1/stats", None, &[]).await;
+    assert_eq!(stats.status, 200);
+    assert_eq!(stats.body["produced"], 34, "{:?}", stats.body);
+    let ready = server.request("GET", "/readyz", None, &[]).await;
+    assert_eq!(ready.status, 200);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn every_refusal_has_its_status_and_names_what_is_wrong() {
+    let redis = start_redis().await;
+    let store = queue_of(&redis, "refusals", 2).await;
+    let settings = ServeSettings {
+        max_batch: 3,
+        max_body: 4096,
+        ..ServeSettings::default()
+    };
+    let server = Server::start(&store, settings).await;
+
+    let bad = server
+        .post(r#"{"recipient": "555-1234", "body": "x"}"#, &[JSON])
+        .await;
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert_eq!(bad.body["field"], "recipient");
+    assert_eq!(bad.body["value"], "555-1234");
+
+    let partial = server
+        .post(
+            &json!({"messages": [message(1), {"recipient": "+4915112345678", "body": ""}, message(2)]})
+                .to_string(),
+            &[JSON],
+        )
+        .await;
+    assert_eq!(partial.status, 207, "{partial:?}");
+    let results = partial.body["results"].as_array().expect("results");
+    assert!(results[0]["id"].is_string() && results[2]["id"].is_string());
+    assert_eq!(results[1]["status"], 400);
+    assert_eq!(results[1]["field"], "body");
+    assert_eq!(entries(&redis, &store).await, 2, "the good ones landed");
+
+    let beyond = server
+        .post(
+            r#"{"recipient": "+4915112345678", "body": "x", "partition": 2}"#,
+            &[JSON],
+        )
+        .await;
+    assert_eq!(
+        (beyond.status, beyond.body["field"].as_str()),
+        (400, Some("partition"))
+    );
+
+    let four: Vec<Value> = (0..4).map(message).collect();
+    let too_many = server
+        .post(&json!({ "messages": four }).to_string(), &[JSON])
+        .await;
+    assert_eq!(too_many.status, 413, "{too_many:?}");
+    let huge = json!({"recipient": "+4915112345678", "body": "x".repeat(5000)}).to_string();
+    let too_big = server.post(&huge, &[JSON]).await;
+    assert_eq!(too_big.status, 413, "{too_big:?}");
+    assert!(
+        too_big.body["error"]
+            .as_str()
+            .expect("error")
+            .contains("4096")
+    );
+
+    let text = server
+        .post(&message(1).to_string(), &[("Content-Type", "text/plain")])
+        .await;
+    assert_eq!(text.status, 415, "{text:?}");
+    let garbage = server.post("recipient=+49151&body=x", &[]).await;
+    assert_eq!(garbage.status, 415, "{garbage:?}");
+    let broken = server.post("{\"recipient\": ", &[JSON]).await;
+    assert_eq!(broken.status, 400, "{broken:?}");
+
+    let nowhere = server
+        .post(
+            r#"{"phone": "+4915112345678", "message_body": "x", "topic_name": "no-such-queue"}"#,
+            &[JSON],
+        )
+        .await;
+    assert_eq!(nowhere.status, 404, "{nowhere:?}");
+    assert_eq!(nowhere.body["value"], "no-such-queue");
+    let bad_key = server
+        .post(&message(1).to_string(), &[JSON, ("Idempotency-Key", "a b")])
+        .await;
+    assert_eq!(
+        (bad_key.status, bad_key.body["field"].as_str()),
+        (400, Some("Idempotency-Key"))
+    );
+    assert_eq!(
+        entries(&redis, &store).await,
+        2,
+        "no refusal wrote anything"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_repeated_request_lands_once_and_gets_the_same_ids() {
+    let redis = start_redis().await;
+    let store = queue_of(&redis, "idempotent", 3).await;
+    let server = Server::start(&store, ServeSettings::default()).await;
+    let batch = json!({ "messages": (0..20).map(message).collect::<Vec<_>>() }).to_string();
+    let key = ("Idempotency-Key", "order-4711");
+
+    let first = server.post(&batch, &[JSON, key]).await;
+    assert_eq!(first.status, 201, "{first:?}");
+    assert_eq!(entries(&redis, &store).await, 20);
+    let again = server.post(&batch, &[JSON, key]).await;
+    assert_eq!(again.status, 201, "{again:?}");
+    assert_eq!(again.body, first.body, "the same answer, the same ids");
+    assert_eq!(
+        again.headers.get("idempotent-replayed").map(String::as_str),
+        Some("true")
+    );
+    assert_eq!(entries(&redis, &store).await, 20, "nothing landed twice");
+
+    let other = json!({ "messages": (100..103).map(message).collect::<Vec<_>>() }).to_string();
+    let reused = server.post(&other, &[JSON, key]).await;
+    assert_eq!(reused.status, 422, "{reused:?}");
+    assert_eq!(reused.body["field"], "Idempotency-Key");
+    assert_eq!(
+        entries(&redis, &store).await,
+        20,
+        "a reused key writes nothing"
+    );
+
+    // The alerting-request shape: request_id is the key when no header gives one.
+    let theirs = json!({"request_id": "req-1", "topic_name": store.prefix(),
+        "message_body": "Evacuate", "transaction_id": "tx-9", "email": "a@example.org",
+        "phone": "+4915112345678", "customer_id": "c-7"})
+    .to_string();
+    let first = server.post(&theirs, &[JSON]).await;
+    assert_eq!(first.status, 201, "{first:?}");
+    let again = server.post(&theirs, &[JSON]).await;
+    assert_eq!(again.body["id"], first.body["id"]);
+    assert_eq!(entries(&redis, &store).await, 21);
+    let partition = first.body["partition"].as_u64().expect("partition") as u32;
+    let id = first.body["id"].as_str().expect("id");
+    let fields = entry(&redis, &store.partition(partition), id).await;
+    assert_eq!(fields["body"], "Evacuate");
+    assert_eq!(fields["email"], "a@example.org");
+    assert_eq!(fields["transaction_id"], "tx-9");
+    assert_eq!(fields["customer_id"], "c-7");
+    assert_eq!(fields["request_id"], "req-1");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_backlog_over_the_limit_gets_429_with_retry_after() {
+    let redis = start_redis().await;
+    let store = queue_of(&redis, "backlog", 1).await;
+    let settings = ServeSettings {
+        max_lag: Some(5),
+        ..ServeSettings::default()
+    };
+    let server = Server::start(&store, settings).await;
+    let batch = json!({ "messages": (0..10).map(message).collect::<Vec<_>>() }).to_string();
+    assert_eq!(server.post(&batch, &[JSON]).await.status, 201);
+    wait_until(
+        "the backlog refuses writes",
+        Duration::from_secs(10),
+        || async {
+            let answer = server.post(&message(99).to_string(), &[JSON]).await;
+            if answer.status == 429 {
+                assert_eq!(
+                    answer.headers.get("retry-after").map(String::as_str),
+                    Some("1")
+                );
+                assert!(
+                    answer.body["error"]
+                        .as_str()
+                        .expect("error")
+                        .contains("--max-lag 5")
+                );
+                return true;
+            }
+            assert_eq!(answer.status, 201, "{answer:?}");
+            false
+        },
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn redis_paused_gets_503_and_a_token_guards_the_api() {
+    let redis = start_redis().await;
+    let store = queue_of(&redis, "paused", 1).await;
+    let settings = ServeSettings {
+        request_timeout: Duration::from_millis(500),
+        api_token: Some("s3cret".to_owned()),
+        ..ServeSettings::default()
+    };
+    let server = Server::start(&store, settings).await;
+    let auth = ("Authorization", "Bearer s3cret");
+
+    let none = server.post(&message(1).to_string(), &[JSON]).await;
+    assert_eq!(none.status, 401, "{none:?}");
+    let wrong = server
+        .post(
+            &message(1).to_string(),
+            &[JSON, ("Authorization", "Bearer s3cre")],
+        )
+        .await;
+    assert_eq!(wrong.status, 401);
+    assert_eq!(
+        server
+            .request("GET", "/api/v1/stats", None, &[])
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        server.request("GET", "/healthz", None, &[]).await.status,
+        200
+    );
+    assert_eq!(
+        server
+            .post(&message(1).to_string(), &[JSON, auth])
+            .await
+            .status,
+        201
+    );
+
+    client_pause(&redis, Some(3000)).await;
+    let paused = server
+        .post(
+            &message(2).to_string(),
+            &[JSON, auth, ("Idempotency-Key", "k-2")],
+        )
+        .await;
+    assert_eq!(paused.status, 503, "{paused:?}");
+    assert_eq!(
+        paused.headers.get("retry-after").map(String::as_str),
+        Some("1")
+    );
+    client_pause(&redis, None).await;
+    // The paused write may land once Redis resumes; a retry with the key
+    // lands it at most once either way.
+    let retried = server
+        .post(
+            &message(2).to_string(),
+            &[JSON, auth, ("Idempotency-Key", "k-2")],
+        )
+        .await;
+    assert_eq!(retried.status, 201, "{retried:?}");
+    wait_until(
+        "the paused write settles",
+        Duration::from_secs(10),
+        || async { entries(&redis, &store).await == 2 },
+    )
+    .await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn requests_in_flight_finish_when_the_server_stops() {
+    let redis = start_redis().await;
+    let store = queue_of(&redis, "shutdown", 1).await;
+    let server = Server::start(&store, ServeSettings::default()).await;
+    client_pause(&redis, Some(1500)).await;
+    let url = format!("{}/api/v1/produce", server.base);
+    let body = message(1).to_string();
+    let in_flight = tokio::task::spawn_blocking(move || {
+        http(
+            "POST",
+            &url,
+            Some(body),
+            &[("Content-Type".into(), "application/json".into())],
+        )
+    });
+    wait_until(
+        "the write waits in Redis",
+        Duration::from_secs(10),
+        || async {
+            let clients: String = redis::cmd("CLIENT")
+                .arg("LIST")
+                .query_async(&mut raw(&redis.url).await)
+                .await
+                .expect("CLIENT LIST");
+            clients
+                .lines()
+                .any(|line| line.contains("cmd=fcall") && line.contains("flags=b"))
+        },
+    )
+    .await;
+    server.shutdown.cancel();
+    let late = tokio::task::spawn_blocking({
+        let url = format!("{}/api/v1/produce", server.base);
+        let body = message(2).to_string();
+        move || {
+            http(
+                "POST",
+                &url,
+                Some(body),
+                &[("Content-Type".into(), "application/json".into())],
+            )
+        }
+    })
+    .await
+    .expect("the late request thread");
+    if let Ok(late) = &late {
+        assert_eq!(
+            late.status, 503,
+            "a request after shutdown is refused: {late:?}"
+        );
+    }
+    let finished = in_flight.await.expect("thread").expect("answered");
+    assert_eq!(finished.status, 201, "{finished:?}");
+    tokio::time::timeout(Duration::from_secs(10), server.task)
+        .await
+        .expect("the server stops")
+        .expect("joins")
+        .expect("stops cleanly");
+    assert_eq!(entries(&redis, &store).await, 1);
+}
+
+#[tokio::test]
+async fn other_queues_by_topic_and_a_flushed_queue_stops_the_server() {
+    let redis = start_redis().await;
+    let store = queue_of(&redis, "home", 1).await;
+    let other = queue_of(&redis, "other", 2).await;
+    let server = Server::start(&store, ServeSettings::default()).await;
+    let to_other =
+        json!({"phone": "+4915112345678", "message_body": "x", "topic_name": other.prefix()});
+    let answer = server.post(&to_other.to_string(), &[JSON]).await;
+    assert_eq!(answer.status, 201, "{answer:?}");
+    assert_eq!(entries(&redis, &other).await, 1);
+    assert_eq!(entries(&redis, &store).await, 0);
+
+    let _: () = redis::cmd("FLUSHALL")
+        .query_async(&mut raw(&redis.url).await)
+        .await
+        .expect("FLUSHALL");
+    let lost = server.post(&message(1).to_string(), &[JSON]).await;
+    assert_eq!(lost.status, 500, "{lost:?}");
+    assert!(
+        lost.body["error"].as_str().expect("error").contains("gone"),
+        "{lost:?}"
+    );
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server.task)
+        .await
+        .expect("the server stops by itself")
+        .expect("joins");
+    let err = stopped.expect_err("the loss is the server's error");
+    assert!(
+        err.store_error().is_some_and(|e| e.is_queue_state()),
+        "{err}"
+    );
+}
