@@ -1116,6 +1116,19 @@ local function sms_ingest(keys, args)
     function() return check_counters(stats, { 'produced' }) end,
     function() return record and expect_type(record, 'string', true) end)
   if err then return err end
+  local ttl = tonumber(args[3])
+  if record and (not ttl or ttl < 1 or ttl > 2592000000 or ttl ~= math.floor(ttl)) then
+    return redis.error_reply('ERR sms_ingest: the record ttl ' .. shown(args[3]) ..
+                             ' is not 1 to 2592000000 ms')
+  end
+  local i = 4
+  while i <= #args do
+    local n = tonumber(args[i])
+    if not n or n < 1 or n ~= math.floor(n) or i + 2 * n > #args then
+      return redis.error_reply('ERR sms_ingest: message fields do not add up at argument ' .. i)
+    end
+    i = i + 1 + 2 * n
+  end
   local fingerprint = args[2]
   if record then
     local kept = redis.call('GET', record)
@@ -1130,7 +1143,7 @@ local function sms_ingest(keys, args)
     end
   end
   local reply = { 'written' }
-  local i = 4
+  i = 4
   while i <= #args do
     local pairs_count = tonumber(args[i])
     reply[#reply + 1] = redis.call('XADD', stream, '*', unpack(args, i + 1, i + 2 * pairs_count))

@@ -495,8 +495,9 @@ pub struct ServeArgs {
           default_value_t = DEFAULT_MAX_BODY)]
     pub max_body: usize,
     /// How long the answer to a request with an Idempotency-Key (or a message's
-    /// request_id) is kept: a repeat within it lands nothing and gets the same ids.
-    #[arg(long, env = "SMS_IDEMPOTENCY_TTL", value_parser = span(check::positive_duration),
+    /// request_id) is kept, up to 30 days: a repeat within it lands nothing and gets
+    /// the same ids.
+    #[arg(long, env = "SMS_IDEMPOTENCY_TTL", value_parser = span(check::idempotency_ttl),
           allow_hyphen_values = true, default_value_t = DEFAULT_IDEMPOTENCY_TTL.into())]
     pub idempotency_ttl: Span,
     /// Refuse writes with 429 and Retry-After while a queue holds more unsettled

@@ -140,7 +140,9 @@ pub(super) async fn write(
 async fn queue_for(app: &App, topic: Option<&str>) -> Result<Arc<Queue>, Refusal> {
     app.queues.get(topic).await.map_err(|err| match err {
         QueueError::Missing => Refusal::no_such_queue(topic.unwrap_or_default()),
-        QueueError::TooMany => Refusal::unavailable(
+        QueueError::TooMany => Refusal::bad_request(
+            "topic_name",
+            topic.unwrap_or_default(),
             "this server holds as many queues as it will; send to one it already serves",
         ),
         QueueError::Store(err) => app.refusal(&err),
@@ -243,9 +245,15 @@ async fn run_units(
     let mut replayed = !anchors.is_empty() || !rest.is_empty();
     for unit in anchors {
         let result = ingest(&unit, app.settings.request_timeout).await;
-        if matches!(result, Ok(Ingested::Mismatch)) {
-            let key = unit.record.map(|record| record.key).unwrap_or_default();
-            return Err(Refusal::key_reused(IDEMPOTENCY_HEADER, &key));
+        match &result {
+            Ok(Ingested::Mismatch) => {
+                let key = unit.record.map(|record| record.key).unwrap_or_default();
+                return Err(Refusal::key_reused(IDEMPOTENCY_HEADER, &key));
+            }
+            // Unchecked, the key may belong to another request: write
+            // nothing more; the client sends the request again.
+            Err(err) => return Err(write_refusal(app, err)),
+            Ok(_) => {}
         }
         replayed &= matches!(result, Ok(Ingested::Replayed(_)));
         settle(app, &unit, result, outcomes);
@@ -317,15 +325,26 @@ fn settle(
                     .as_ref()
                     .map_or("", |record| record.key.as_str()),
             )),
-            Err(WriteError::Store(err)) => Outcome::Refused(app.refusal(err)),
-            Err(WriteError::TimedOut(after)) => Outcome::Refused(Refusal::unavailable(format!(
-                "Redis did not answer within {after:?}; the message may have been added: \
-                 send it again with an idempotency key to be sure it lands once"
-            ))),
+            Err(err) => Outcome::Refused(write_refusal(app, err)),
         }
     };
     for &index in &unit.indexes {
         outcomes[index] = Some(answer(index));
+    }
+}
+
+/// The refusal for a write that failed.
+fn write_refusal(app: &App, err: &WriteError) -> Refusal {
+    match err {
+        WriteError::Store(StoreError::NotReplicated { .. }) => Refusal::unavailable(
+            "the write reached Redis but no replica confirmed it; send it again with an \
+             idempotency key to be sure it lands once",
+        ),
+        WriteError::Store(err) => app.refusal(err),
+        WriteError::TimedOut(after) => Refusal::unavailable(format!(
+            "Redis did not answer within {after:?}; the message may have been added: send it \
+             again with an idempotency key to be sure it lands once"
+        )),
     }
 }
 
@@ -353,17 +372,13 @@ fn canonical(incoming: &Incoming, out: &mut Vec<u8>) {
         incoming.key.as_deref(),
         partition.as_deref(),
     ];
-    let metadata = incoming
-        .metadata
-        .fields()
-        .map(|(name, value)| Some((name, value)));
     for part in parts {
         let text = part.unwrap_or("");
         out.extend_from_slice(&(text.len() as u64).to_le_bytes());
         out.extend_from_slice(text.as_bytes());
         out.push(u8::from(part.is_some()));
     }
-    for (name, value) in metadata.flatten() {
+    for (name, value) in incoming.metadata.fields() {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(&(value.len() as u64).to_le_bytes());
         out.extend_from_slice(value.as_bytes());

@@ -106,11 +106,20 @@ pub fn positive_duration(value: &str) -> Result<Duration, String> {
     Ok(parsed)
 }
 
+/// How long an idempotency key is kept: up to 30 days.
+pub fn idempotency_ttl(value: &str) -> Result<Duration, String> {
+    let parsed = positive_duration(value)?;
+    if parsed > Duration::from_secs(30 * 24 * 3600) {
+        return Err("expected at most 30 days, e.g. 24h".to_owned());
+    }
+    Ok(parsed)
+}
+
 /// A request body limit: 1 KiB to 1 GiB, in bytes.
 pub fn body_size(value: &str) -> Result<usize, String> {
     let n = positive(value, "the size")?;
-    if !(1024..=1 << 30).contains(&n) {
-        return Err("expected 1024 to 1073741824 bytes".to_owned());
+    if !(1024..=64 << 20).contains(&n) {
+        return Err("expected 1024 to 67108864 bytes (64 MiB)".to_owned());
     }
     Ok(n as usize)
 }
