@@ -173,11 +173,17 @@ impl Keys {
         format!("{}:run:{run_id}:batches", self.tag)
     }
 
-    /// The record of the HTTP request with idempotency key `key` on this
+    /// The record of the HTTP request with `Idempotency-Key` `key` on this
     /// partition: the request's fingerprint and the ids its messages got
     /// here, kept for the key's lifetime so that a repeat lands nothing.
-    pub fn idempotency(&self, key: &str) -> String {
-        format!("{}:idem:{key}", self.tag)
+    pub fn request_idempotency(&self, key: &str) -> String {
+        format!("{}:idem:req:{key}", self.tag)
+    }
+
+    /// The record of the messages with `request_id` `key` on this
+    /// partition, as [`Keys::request_idempotency`] for a request.
+    pub fn message_idempotency(&self, key: &str) -> String {
+        format!("{}:idem:msg:{key}", self.tag)
     }
 
     /// A SCAN pattern matching the queue hash of every partition of the
@@ -261,7 +267,8 @@ mod tests {
             keys.run_lease("r"),
             keys.run_batches("r"),
             keys.migrations(),
-            keys.idempotency("k"),
+            keys.request_idempotency("k"),
+            keys.message_idempotency("k"),
         ] {
             assert!(key.starts_with("{sms:0}:"), "{key} lacks the hash tag");
         }
@@ -285,7 +292,8 @@ mod tests {
             (keys.run_lease("r"), KeyRole::RunLease),
             (keys.run_batches("r"), KeyRole::RunBatches),
             (keys.migrations(), KeyRole::Migrations),
-            (keys.idempotency("k"), KeyRole::Idempotency),
+            (keys.request_idempotency("k"), KeyRole::Idempotency),
+            (keys.message_idempotency("k"), KeyRole::Idempotency),
         ] {
             assert_eq!(keys.role(&key), Some(role), "{key}");
         }

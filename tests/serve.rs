@@ -395,6 +395,59 @@ async fn a_repeated_request_lands_once_and_gets_the_same_ids() {
 }
 
 #[tokio::test]
+async fn a_key_reused_on_another_queue_or_a_grown_one_writes_nothing() {
+    let redis = start_redis().await;
+    let store = queue_of(&redis, "reuse", 2).await;
+    let other = queue_of(&redis, "reuse-other", 1).await;
+    let server = Server::start(&store, ServeSettings::default()).await;
+    let key = ("Idempotency-Key", "k-1");
+    let home = json!({ "messages": (0..4).map(message).collect::<Vec<_>>() }).to_string();
+    assert_eq!(server.post(&home, &[JSON, key]).await.status, 201);
+
+    // The same key on a request to another queue: refused before anything
+    // is written there.
+    let elsewhere =
+        json!({"phone": "+4915112345678", "message_body": "x", "topic_name": other.prefix()})
+            .to_string();
+    let reused = server.post(&elsewhere, &[JSON, key]).await;
+    assert_eq!(reused.status, 422, "{reused:?}");
+    assert_eq!(
+        entries(&redis, &other).await,
+        0,
+        "nothing written to the other queue"
+    );
+
+    // A message's request_id is a key of its own kind: the same text as a
+    // header key is no conflict.
+    let by_id = json!({"recipient": "+4915112345678", "body": "y", "request_id": "k-1"});
+    assert_eq!(server.post(&by_id.to_string(), &[JSON]).await.status, 201);
+    assert_eq!(entries(&redis, &store).await, 5);
+
+    // The queue grows: the same request now routes differently, so its
+    // repeat is refused instead of written again where no record is.
+    let options = QueueOptions {
+        partitions: Some(5),
+        ..QueueOptions::default()
+    };
+    store.migrate(&options).await.expect("grows");
+    wait_until(
+        "the server routes over 5 partitions",
+        Duration::from_secs(10),
+        || async {
+            let answer = server.post(&home, &[JSON, key]).await;
+            assert!(matches!(answer.status, 201 | 422), "{answer:?}");
+            answer.status == 422
+        },
+    )
+    .await;
+    assert_eq!(
+        entries(&redis, &store.open().await.expect("opens")).await,
+        5
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_backlog_over_the_limit_gets_429_with_retry_after() {
     let redis = start_redis().await;
     let store = queue_of(&redis, "backlog", 1).await;

@@ -84,7 +84,10 @@ impl Refusal {
             value: truncated(key),
             ..Self::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                format!("idempotency key '{key}' was used before with a different request"),
+                format!(
+                    "idempotency key '{key}' was used before with a different request (or \
+                     before the queue's partition count changed)"
+                ),
             )
         }
     }
@@ -159,8 +162,9 @@ pub(super) enum Outcome {
     Refused(Refusal),
 }
 
-/// The answer to a batch: 201 when every message was accepted; the common
-/// status when every one was refused alike (e.g. all 503); else 207.
+/// The answer to a batch: 201 when every message was accepted, 207 when
+/// some were; when none was, the refusals' common status, else 503 if any
+/// refusal passes with time (429, 503), else 400.
 pub(super) fn batch(results: Vec<Outcome>) -> Response {
     let refusals: Vec<&Refusal> = results
         .iter()
@@ -171,13 +175,15 @@ pub(super) fn batch(results: Vec<Outcome>) -> Response {
         .collect();
     let (status, retry_after) = match refusals.first() {
         None => (StatusCode::CREATED, None),
-        Some(first)
-            if refusals.len() == results.len()
-                && refusals.iter().all(|r| r.status == first.status) =>
-        {
+        Some(_) if refusals.len() < results.len() => (StatusCode::MULTI_STATUS, None),
+        Some(first) if refusals.iter().all(|r| r.status == first.status) => {
             (first.status_code(), first.retry_after)
         }
-        Some(_) => (StatusCode::MULTI_STATUS, None),
+        // Nothing accepted, for several reasons: worth retrying if any is.
+        Some(_) => match refusals.iter().find(|r| r.retry_after.is_some()) {
+            Some(passing) => (StatusCode::SERVICE_UNAVAILABLE, passing.retry_after),
+            None => (StatusCode::BAD_REQUEST, None),
+        },
     };
     let mut response = json(status, &serde_json::json!({ "results": results }));
     if let Some(after) = retry_after {

@@ -17,6 +17,7 @@
 
 mod answer;
 mod auth;
+mod fingerprint;
 mod queues;
 mod request;
 mod write;
@@ -24,7 +25,7 @@ mod write;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
@@ -92,19 +93,25 @@ pub(crate) struct App {
 }
 
 impl App {
-    /// The refusal for a failed write; damage also stops the server.
-    fn refusal(&self, err: &StoreError) -> Refusal {
+    /// The refusal for a failed Redis call. Damage to the server's own
+    /// queue (`home`) also stops the server; another queue's damage
+    /// refuses only what is bound for it.
+    fn refusal(&self, err: &StoreError, home: bool) -> Refusal {
         if err.is_queue_state() {
-            tracing::error!(error = %err, "the queue's state is lost or damaged; stopping");
-            let mut damage = self
-                .damage
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            damage.get_or_insert_with(|| match err {
-                StoreError::Lost(detail) => StoreError::Lost(detail.clone()),
-                other => StoreError::Damaged(other.to_string()),
-            });
-            self.stopping.cancel();
+            if home {
+                tracing::error!(error = %err, "the queue's state is lost or damaged; stopping");
+                let mut damage = self
+                    .damage
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                damage.get_or_insert_with(|| match err {
+                    StoreError::Lost(detail) => StoreError::Lost(detail.clone()),
+                    other => StoreError::Damaged(other.to_string()),
+                });
+                self.stopping.cancel();
+            } else {
+                tracing::error!(error = %err, "a queue a request named is lost or damaged");
+            }
             return Refusal::internal(format!("the queue cannot take messages: {err}"));
         }
         if err.is_transient() {
@@ -137,9 +144,20 @@ pub async fn run(
         started: Instant::now(),
     });
     tracing::info!(%addr, queue = %app.queues.home().topic, "serving the HTTP API");
-    let served = axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(async move { stopping.cancelled().await })
-        .await;
+    let draining = stopping.clone();
+    let serving = axum::serve(listener, router(app.clone()))
+        .with_graceful_shutdown(async move { draining.cancelled().await });
+    // A client that never finishes its request must not hold the server
+    // open: requests get as long as a write may take, and a second more.
+    let drain = app.settings.request_timeout + Duration::from_secs(1);
+    let served = tokio::select! {
+        served = serving => served,
+        () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(after = ?drain, "requests still open at shutdown; closing them");
+            Ok(())
+        }
+    };
+    app.queues.stop().await;
     let damage = app
         .damage
         .lock()
@@ -288,7 +306,7 @@ async fn stats(State(app): State<Arc<App>>) -> Response {
     };
     let (snapshot, senders) = match within(&app, read).await {
         Ok(Ok(read)) => read,
-        Ok(Err(err)) => return app.refusal(&err).into_response(),
+        Ok(Err(err)) => return app.refusal(&err, true).into_response(),
         Err(refusal) => return refusal.into_response(),
     };
     let now = Instant::now();

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::stats::Snapshot;
 use crate::store::{Ingester, Store, StoreError};
@@ -94,17 +95,28 @@ pub(super) struct Queues {
     others: Mutex<HashMap<String, Arc<Queue>>>,
     max_lag: Option<u64>,
     shutdown: CancellationToken,
+    /// The followers of the open queues.
+    followers: TaskTracker,
 }
 
 impl Queues {
     /// The registry around the server's own queue, `home` (opened).
     pub(super) fn new(home: Store, max_lag: Option<u64>, shutdown: CancellationToken) -> Arc<Self> {
+        let followers = TaskTracker::new();
         Arc::new(Self {
-            home: Self::follow(home, max_lag, &shutdown),
+            home: Self::follow(home, max_lag, &shutdown, &followers),
             others: Mutex::new(HashMap::new()),
             max_lag,
             shutdown,
+            followers,
         })
+    }
+
+    /// Waits for the followers, which end at shutdown.
+    pub(super) async fn stop(&self) {
+        self.shutdown.cancel();
+        self.followers.close();
+        self.followers.wait().await;
     }
 
     /// The server's own queue.
@@ -140,7 +152,7 @@ impl Queues {
         if others.len() >= MAX_QUEUES {
             return Err(QueueError::TooMany);
         }
-        let queue = Self::follow(opened, self.max_lag, &self.shutdown);
+        let queue = Self::follow(opened, self.max_lag, &self.shutdown, &self.followers);
         others.insert(topic.to_owned(), queue.clone());
         Ok(queue)
     }
@@ -152,7 +164,12 @@ impl Queues {
     }
 
     /// Wraps an opened queue and follows it until shutdown.
-    fn follow(store: Store, max_lag: Option<u64>, shutdown: &CancellationToken) -> Arc<Queue> {
+    fn follow(
+        store: Store,
+        max_lag: Option<u64>,
+        shutdown: &CancellationToken,
+        followers: &TaskTracker,
+    ) -> Arc<Queue> {
         let queue = Arc::new(Queue {
             topic: store.prefix().to_owned(),
             store: RwLock::new(store),
@@ -160,7 +177,7 @@ impl Queues {
         });
         let followed = queue.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        followers.spawn(async move {
             let mut tick = tokio::time::interval(REFRESH_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {

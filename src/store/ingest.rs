@@ -27,11 +27,23 @@ const TRIES: u32 = 4;
 /// Wait between two such tries.
 const TRY_AGAIN_AFTER: Duration = Duration::from_millis(50);
 
+/// What an idempotency key covers; each has its own key names, so a
+/// message's `request_id` never meets a request's header key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdempotencyScope {
+    /// A whole request (the `Idempotency-Key` header).
+    Request,
+    /// The messages carrying one `request_id`.
+    Message,
+}
+
 /// An idempotency key and how long its record is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IdempotencyRecord {
     /// The key the client sent.
     pub key: String,
+    /// What it covers.
+    pub scope: IdempotencyScope,
     /// A digest of what the request asked for: a repeat must match it.
     pub fingerprint: String,
     /// How long the record is kept.
@@ -111,7 +123,10 @@ impl Ingester {
         let mut key_names = vec![keys.queue(), keys.messages(), keys.stats()];
         let mut cmd = redis::cmd("FCALL");
         if let Some(record) = record {
-            key_names.push(keys.idempotency(&record.key));
+            key_names.push(match record.scope {
+                IdempotencyScope::Request => keys.request_idempotency(&record.key),
+                IdempotencyScope::Message => keys.message_idempotency(&record.key),
+            });
         }
         cmd.arg(INGEST).arg(key_names.len()).arg(&key_names);
         cmd.arg(&*self.store.epoch);
