@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::stats::Snapshot;
-use crate::store::{Ingester, Store, StoreError};
+use crate::store::{IdempotencyRecord, IngestConnection, Ingested, Ingester, Store, StoreError};
 
 /// How often a queue's partition count and backlog are read again.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
@@ -33,6 +33,8 @@ pub(super) struct Queue {
     store: RwLock<Store>,
     /// Messages added and not settled, as last read.
     backlog: AtomicU64,
+    /// Each partition's connection for writes, once opened.
+    connections: Mutex<HashMap<u32, IngestConnection>>,
 }
 
 impl Queue {
@@ -47,6 +49,47 @@ impl Queue {
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .clone()
+    }
+
+    /// Adds `messages` to partition `ingester` as [`Ingester::ingest`]
+    /// does. On a Redis without replicas the call goes over the partition's
+    /// own pipelined connection, shared by every request; a failed one is
+    /// dropped, and a call Redis refused unrun is tried again the pooled way.
+    pub(super) async fn ingest(
+        &self,
+        ingester: &Ingester,
+        record: Option<&IdempotencyRecord>,
+        messages: &[Vec<(&'static str, String)>],
+    ) -> Result<Ingested, StoreError> {
+        if ingester.is_cluster() {
+            return ingester.ingest(record, messages).await;
+        }
+        let partition = ingester.partition_id();
+        let cached = self.lock_connections().get(&partition).cloned();
+        let conn = match cached {
+            Some(conn) => conn,
+            None => {
+                let opened = ingester.ingest_connection().await?;
+                self.lock_connections().insert(partition, opened.clone());
+                opened
+            }
+        };
+        match conn.send(ingester, record, messages).await {
+            Err(err) if !err.is_queue_state() => {
+                self.lock_connections().remove(&partition);
+                if err.needs_library() || err.was_not_run() {
+                    return ingester.ingest(record, messages).await;
+                }
+                Err(err)
+            }
+            result => result,
+        }
+    }
+
+    fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<u32, IngestConnection>> {
+        self.connections
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Messages added and not yet settled, as last read.
@@ -174,6 +217,7 @@ impl Queues {
             topic: store.prefix().to_owned(),
             store: RwLock::new(store),
             backlog: AtomicU64::new(UNKNOWN),
+            connections: Mutex::new(HashMap::new()),
         });
         let followed = queue.clone();
         let shutdown = shutdown.clone();

@@ -6,8 +6,10 @@
 //! producer's rules ([`crate::message`]); a batch refuses its bad messages
 //! one by one and keeps the good ones.
 
+use std::collections::HashMap;
+
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::answer::Refusal;
 use crate::message::{MAX_BODY_CHARS, Metadata, is_e164};
@@ -63,31 +65,38 @@ struct WireMessage {
 /// Reads a request body already known to be JSON. A body that is not an
 /// object, or a `messages` that is not a list of 1 to `max_batch`, refuses
 /// the whole request.
+///
+/// The body is read once into its top-level fields, each kept as raw JSON,
+/// and each message is then read straight into its typed form: no tree of
+/// JSON values is built for a batch of a thousand messages.
 pub(super) fn parse(body: &[u8], max_batch: usize) -> Result<Parsed, Refusal> {
-    let value: Value = serde_json::from_slice(body).map_err(|err| {
+    let not_json = |err: serde_json::Error| {
         Refusal::bad_request("", "", format!("the body is not valid JSON: {err}"))
-    })?;
-    let Value::Object(mut object) = value else {
+    };
+    let top: &RawValue = serde_json::from_slice(body).map_err(not_json)?;
+    if !top.get().starts_with('{') {
         return Err(Refusal::bad_request(
             "",
             "",
             "expected a JSON object: one message, or {\"messages\": [...]}",
         ));
+    }
+    let mut fields: HashMap<String, &RawValue> =
+        serde_json::from_str(top.get()).map_err(not_json)?;
+    let Some(messages) = fields.remove("messages") else {
+        return Ok(Parsed::Single(message(top)));
     };
-    let Some(messages) = object.remove("messages") else {
-        return Ok(Parsed::Single(message(Value::Object(object))));
-    };
-    if let Some(other) = object.keys().next() {
+    if let Some(other) = fields.keys().next() {
         return Err(Refusal::bad_request(
             other,
             "",
             format!("unknown field '{other}' beside 'messages'"),
         ));
     }
-    let Value::Array(messages) = messages else {
+    let Ok(messages) = serde_json::from_str::<Vec<&RawValue>>(messages.get()) else {
         return Err(Refusal::bad_request(
             "messages",
-            &shown(&messages),
+            messages.get(),
             "'messages' must be a list of messages",
         ));
     };
@@ -108,15 +117,15 @@ pub(super) fn parse(body: &[u8], max_batch: usize) -> Result<Parsed, Refusal> {
 }
 
 /// One message, checked.
-fn message(value: Value) -> Result<Incoming, Refusal> {
-    if !value.is_object() {
+fn message(raw: &RawValue) -> Result<Incoming, Refusal> {
+    if !raw.get().starts_with('{') {
         return Err(Refusal::bad_request(
             "",
-            &shown(&value),
+            raw.get(),
             "a message must be a JSON object",
         ));
     }
-    let wire: WireMessage = serde_json::from_value(value)
+    let wire: WireMessage = serde_json::from_str(raw.get())
         .map_err(|err| Refusal::bad_request("", "", format!("invalid message: {err}")))?;
     let recipient = one_of(wire.recipient, "recipient", wire.phone, "phone")?;
     let body = one_of(wire.body, "body", wire.message_body, "message_body")?;
@@ -247,11 +256,6 @@ fn checked_email(value: String) -> Result<String, Refusal> {
         ));
     }
     Ok(value)
-}
-
-/// A JSON value as an error may quote it.
-fn shown(value: &Value) -> String {
-    value.to_string()
 }
 
 #[cfg(test)]

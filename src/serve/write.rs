@@ -55,6 +55,8 @@ struct Placed {
 /// Messages bound for one partition under one idempotency key.
 #[derive(Debug)]
 struct Unit {
+    /// The queue it goes to.
+    queue: Arc<Queue>,
     /// Whether the queue is the server's own: damage there stops the server.
     home: bool,
     ingester: Ingester,
@@ -155,7 +157,7 @@ fn group(app: &App, header_key: Option<&str>, raw_body: &[u8], placed: Vec<Place
     let now_ms = now_ms();
     let mut units: Vec<Unit> = Vec::new();
     let mut unit_of: HashMap<(String, u32, Option<String>), usize> = HashMap::new();
-    let mut unit_for = |units: &mut Vec<Unit>, queue: &Queue, partition, record: Option<_>| {
+    let mut unit_for = |units: &mut Vec<Unit>, queue: &Arc<Queue>, partition, record: Option<_>| {
         let slot = (
             queue.topic.clone(),
             partition,
@@ -163,6 +165,7 @@ fn group(app: &App, header_key: Option<&str>, raw_body: &[u8], placed: Vec<Place
         );
         *unit_of.entry(slot).or_insert_with(|| {
             units.push(Unit {
+                queue: queue.clone(),
                 home: queue.topic == app.queues.home().topic,
                 ingester: queue.ingester().partition(partition),
                 partition,
@@ -322,7 +325,9 @@ enum WriteError {
 }
 
 async fn ingest(unit: &Unit, timeout: Duration) -> Result<Ingested, WriteError> {
-    let call = unit.ingester.ingest(unit.record.as_ref(), &unit.fields);
+    let call = unit
+        .queue
+        .ingest(&unit.ingester, unit.record.as_ref(), &unit.fields);
     match tokio::time::timeout(timeout, call).await {
         Ok(result) => result.map_err(WriteError::Store),
         Err(_) => Err(WriteError::TimedOut(timeout)),

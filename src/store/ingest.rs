@@ -8,11 +8,14 @@
 //! per message costs little; one request of the largest batch is still one
 //! call per partition.
 
+use std::future::Future;
 use std::time::Duration;
 
 use redis::Value;
 
+use super::frame::{Cursor, server_error};
 use super::reply::{array, bad, text};
+use super::resp::RespConnection;
 use super::{Ingester, StoreError};
 
 /// The function's name, for errors.
@@ -70,6 +73,11 @@ impl Ingester {
         }
     }
 
+    /// This handle's partition.
+    pub fn partition_id(&self) -> u32 {
+        self.store.partition_id()
+    }
+
     /// How many partitions the queue had when this handle opened it.
     pub fn partition_count(&self) -> u32 {
         self.store.partition_count()
@@ -119,29 +127,7 @@ impl Ingester {
         record: Option<&IdempotencyRecord>,
         messages: &[Vec<(&'static str, String)>],
     ) -> Result<Ingested, StoreError> {
-        let keys = &self.store.keys;
-        let mut key_names = vec![keys.queue(), keys.messages(), keys.stats()];
-        let mut cmd = redis::cmd("FCALL");
-        if let Some(record) = record {
-            key_names.push(match record.scope {
-                IdempotencyScope::Request => keys.request_idempotency(&record.key),
-                IdempotencyScope::Message => keys.message_idempotency(&record.key),
-            });
-        }
-        cmd.arg(INGEST).arg(key_names.len()).arg(&key_names);
-        cmd.arg(&*self.store.epoch);
-        match record {
-            Some(record) => cmd
-                .arg(&record.fingerprint)
-                .arg(record.ttl.as_millis().max(1) as u64),
-            None => cmd.arg("").arg(0),
-        };
-        for fields in messages {
-            cmd.arg(fields.len());
-            for (name, value) in fields {
-                cmd.arg(*name).arg(value);
-            }
-        }
+        let cmd = self.ingest_cmd(record, messages);
         let replicas = self.store.replicas().await?;
         let mut conn = self.store.conn().await?;
         let reply: Value = cmd
@@ -166,6 +152,94 @@ impl Ingester {
         }
         Ok(ingested)
     }
+
+    /// Whether the queue lives on Redis Cluster, where a write also waits
+    /// for a replica (and so goes over a pooled connection).
+    pub fn is_cluster(&self) -> bool {
+        self.store.is_cluster()
+    }
+
+    /// A connection of this partition's own for writes (see
+    /// [`IngestConnection`]).
+    pub async fn ingest_connection(&self) -> Result<IngestConnection, StoreError> {
+        Ok(IngestConnection {
+            conn: self.store.resp_connection(Duration::ZERO).await?,
+        })
+    }
+
+    /// The FCALL of one ingest.
+    fn ingest_cmd(
+        &self,
+        record: Option<&IdempotencyRecord>,
+        messages: &[Vec<(&'static str, String)>],
+    ) -> redis::Cmd {
+        let keys = &self.store.keys;
+        let mut key_names = vec![keys.queue(), keys.messages(), keys.stats()];
+        if let Some(record) = record {
+            key_names.push(match record.scope {
+                IdempotencyScope::Request => keys.request_idempotency(&record.key),
+                IdempotencyScope::Message => keys.message_idempotency(&record.key),
+            });
+        }
+        let mut cmd = redis::cmd("FCALL");
+        cmd.arg(INGEST).arg(key_names.len()).arg(&key_names);
+        cmd.arg(&*self.store.epoch);
+        match record {
+            Some(record) => cmd
+                .arg(&record.fingerprint)
+                .arg(record.ttl.as_millis().max(1) as u64),
+            None => cmd.arg("").arg(0),
+        };
+        for fields in messages {
+            cmd.arg(fields.len());
+            for (name, value) in fields {
+                cmd.arg(*name).arg(value);
+            }
+        }
+        cmd
+    }
+}
+
+/// A connection of one partition's own for the API's writes on a Redis
+/// without replicas: the calls of every request pipelined on it, in the
+/// order they are made, without a pool checkout and its health check per
+/// call. Cheap to clone. After an error, open another: it may be broken.
+#[derive(Clone, Debug)]
+pub struct IngestConnection {
+    conn: RespConnection,
+}
+
+impl IngestConnection {
+    /// Sends one ingest call (as [`Ingester::ingest`], without its retries
+    /// and without waiting for replicas) now; its outcome comes later.
+    pub fn send(
+        &self,
+        ingester: &Ingester,
+        record: Option<&IdempotencyRecord>,
+        messages: &[Vec<(&'static str, String)>],
+    ) -> impl Future<Output = Result<Ingested, StoreError>> + Send + 'static + use<> {
+        let reply = self
+            .conn
+            .send_cmd(INGEST, &ingester.ingest_cmd(record, messages));
+        async move { ingested_frame(&reply.await?) }
+    }
+}
+
+/// Decodes `sms_ingest`'s reply as our connection frames it.
+fn ingested_frame(frame: &[u8]) -> Result<Ingested, StoreError> {
+    server_error(frame).map_err(StoreError::redis(INGEST))?;
+    let mut reply = Cursor::new(INGEST, frame);
+    let count = reply
+        .array()?
+        .ok_or_else(|| reply.bad("expected an array, got nil"))?;
+    let mut items = Vec::with_capacity(count);
+    for _ in 0..count {
+        let item = reply
+            .string()?
+            .ok_or_else(|| reply.bad("expected a string, got nil"))?;
+        items.push(Value::BulkString(item.to_vec()));
+    }
+    ingested(Value::Array(items))
 }
 
 /// Decodes `sms_ingest`'s reply.
@@ -210,6 +284,12 @@ mod tests {
             Ingested::Mismatch
         );
         assert!(ingested(Value::Array(vec![bulk("odd")])).is_err());
+        assert_eq!(
+            ingested_frame(b"*2\r\n$7\r\nwritten\r\n$3\r\n1-0\r\n").expect("framed"),
+            Ingested::Written(vec!["1-0".into()])
+        );
+        let lost = ingested_frame(b"-LOST the queue identity is gone\r\n").expect_err("lost");
+        assert!(lost.is_queue_state(), "{lost}");
         assert!(ingested(Value::Int(1)).is_err());
     }
 }

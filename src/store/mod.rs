@@ -66,7 +66,7 @@ pub use functions::{
     ReportReply, SnapshotFields, Trimmed,
 };
 pub use identity::{QueueIdentity, QueueOptions, QueueStatus, Retention};
-pub use ingest::{IdempotencyRecord, IdempotencyScope, Ingested};
+pub use ingest::{IdempotencyRecord, IdempotencyScope, IngestConnection, Ingested};
 pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use pending::PendingReply;
