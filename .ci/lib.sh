@@ -126,8 +126,9 @@ remove_leftover_containers() {
 prepare_test_run() {
   ensure_redis_server
   # The live display runs in tmux; compose validates docker-compose.yml; tests/memory.rs
-  # reads the audit's peak RSS from GNU time.
-  apt_install tmux docker-compose time
+  # reads the audit's peak RSS from GNU time; tests/dashboard.rs loads the dashboard in
+  # headless Chromium.
+  apt_install tmux docker-compose time chromium
   ensure_docker
   ensure_redis_image
   remove_leftover_containers

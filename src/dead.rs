@@ -42,6 +42,12 @@ pub struct DeadLetter {
     pub recipient: Option<String>,
     /// The body, if the message had one.
     pub body: Option<String>,
+    /// The client's transaction id, if the message came with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transaction_id: Option<String>,
+    /// The client's customer id, if the message came with one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<String>,
 }
 
 impl DeadLetter {
@@ -63,6 +69,8 @@ impl DeadLetter {
             consumer: field("dead_consumer").unwrap_or_default(),
             recipient: field(crate::message::field::RECIPIENT),
             body: field(crate::message::field::BODY),
+            transaction_id: field(crate::message::field::TRANSACTION_ID),
+            customer_id: field(crate::message::field::CUSTOMER_ID),
         }
     }
 }

@@ -7,146 +7,14 @@ mod common;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::{TestRedis, raw, start_redis, store, unique_prefix, wait_until};
+use common::http::{Server, http};
+use common::{TestRedis, opened_queue, raw, start_redis, wait_until};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use sms_alerts::settings::ServeSettings;
 use sms_alerts::store::{QueueOptions, Store};
-use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
-
-/// A server on a free port, over the queue of `store`.
-struct Server {
-    base: String,
-    shutdown: CancellationToken,
-    task: JoinHandle<Result<(), sms_alerts::serve::ServeError>>,
-}
-
-impl Server {
-    async fn start(store: &Store, settings: ServeSettings) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let base = format!("http://{}", listener.local_addr().expect("bound"));
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(sms_alerts::serve::run(
-            store.clone(),
-            settings,
-            listener,
-            shutdown.clone(),
-        ));
-        Self {
-            base,
-            shutdown,
-            task,
-        }
-    }
-
-    /// Stops the server as a signal would, and waits until it has stopped cleanly.
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("the server stops")
-            .expect("joins")
-            .expect("stops cleanly");
-    }
-
-    async fn post(&self, body: &str, headers: &[(&str, &str)]) -> Answer {
-        self.request("POST", "/api/v1/produce", Some(body.to_owned()), headers)
-            .await
-    }
-
-    async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<String>,
-        headers: &[(&str, &str)],
-    ) -> Answer {
-        let url = format!("{}{path}", self.base);
-        let method = method.to_owned();
-        let headers: Vec<(String, String)> = headers
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect();
-        tokio::task::spawn_blocking(move || http(&method, &url, body, &headers))
-            .await
-            .expect("the request thread")
-            .expect("the server answers")
-    }
-}
-
-/// An HTTP answer: status, headers (lower-case names) and body as JSON
-/// (`Value::Null` when it is not JSON).
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    headers: HashMap<String, String>,
-    body: Value,
-}
-
-fn http(
-    method: &str,
-    url: &str,
-    body: Option<String>,
-    headers: &[(String, String)],
-) -> Result<Answer, ureq::Error> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(20)))
-        .build()
-        .into();
-    let mut response = match body {
-        Some(body) => {
-            let mut request = agent.post(url);
-            for (name, value) in headers {
-                request = request.header(name, value);
-            }
-            let _ = method;
-            request.send(body)?
-        }
-        None => {
-            let mut request = agent.get(url);
-            for (name, value) in headers {
-                request = request.header(name, value);
-            }
-            request.call()?
-        }
-    };
-    let status = response.status().as_u16();
-    let headers = response
-        .headers()
-        .iter()
-        .map(|(k, v)| {
-            (
-                k.as_str().to_ascii_lowercase(),
-                v.to_str().unwrap_or_default().to_owned(),
-            )
-        })
-        .collect();
-    let text = response.body_mut().read_to_string()?;
-    Ok(Answer {
-        status,
-        headers,
-        body: serde_json::from_str(&text).unwrap_or(Value::Null),
-    })
-}
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
-
-async fn queue_of(redis: &TestRedis, test: &str, partitions: u32) -> Store {
-    let prefix = unique_prefix(test);
-    let store = store(&redis.url, &prefix).await;
-    if partitions > 1 {
-        let options = QueueOptions {
-            partitions: Some(partitions),
-            ..QueueOptions::default()
-        };
-        store.migrate(&options).await.expect("grows");
-    }
-    store.open().await.expect("opens")
-}
 
 /// Entries in every partition's stream.
 async fn entries(redis: &TestRedis, store: &Store) -> u64 {
@@ -191,7 +59,7 @@ fn message(i: u32) -> Value {
 #[tokio::test]
 async fn single_and_batch_messages_land_where_routing_says() {
     let redis = start_redis().await;
-    let store = queue_of(&redis, "single", 3).await;
+    let store = opened_queue(&redis.url, "single", 3).await;
     let server = Server::start(&store, ServeSettings::default()).await;
 
     let one = server.post(&message(1).to_string(), &[JSON]).await;
@@ -256,7 +124,7 @@ async fn single_and_batch_messages_land_where_routing_says() {
 #[tokio::test]
 async fn every_refusal_has_its_status_and_names_what_is_wrong() {
     let redis = start_redis().await;
-    let store = queue_of(&redis, "refusals", 2).await;
+    let store = opened_queue(&redis.url, "refusals", 2).await;
     let settings = ServeSettings {
         max_batch: 3,
         max_body: 4096,
@@ -346,7 +214,7 @@ async fn every_refusal_has_its_status_and_names_what_is_wrong() {
 #[tokio::test]
 async fn a_repeated_request_lands_once_and_gets_the_same_ids() {
     let redis = start_redis().await;
-    let store = queue_of(&redis, "idempotent", 3).await;
+    let store = opened_queue(&redis.url, "idempotent", 3).await;
     let server = Server::start(&store, ServeSettings::default()).await;
     let batch = json!({ "messages": (0..20).map(message).collect::<Vec<_>>() }).to_string();
     let key = ("Idempotency-Key", "order-4711");
@@ -397,8 +265,8 @@ async fn a_repeated_request_lands_once_and_gets_the_same_ids() {
 #[tokio::test]
 async fn a_key_reused_on_another_queue_or_a_grown_one_writes_nothing() {
     let redis = start_redis().await;
-    let store = queue_of(&redis, "reuse", 2).await;
-    let other = queue_of(&redis, "reuse-other", 1).await;
+    let store = opened_queue(&redis.url, "reuse", 2).await;
+    let other = opened_queue(&redis.url, "reuse-other", 1).await;
     let server = Server::start(&store, ServeSettings::default()).await;
     let key = ("Idempotency-Key", "k-1");
     let home = json!({ "messages": (0..4).map(message).collect::<Vec<_>>() }).to_string();
@@ -450,7 +318,7 @@ async fn a_key_reused_on_another_queue_or_a_grown_one_writes_nothing() {
 #[tokio::test]
 async fn a_backlog_over_the_limit_gets_429_with_retry_after() {
     let redis = start_redis().await;
-    let store = queue_of(&redis, "backlog", 1).await;
+    let store = opened_queue(&redis.url, "backlog", 1).await;
     let settings = ServeSettings {
         max_lag: Some(5),
         ..ServeSettings::default()
@@ -487,7 +355,7 @@ async fn a_backlog_over_the_limit_gets_429_with_retry_after() {
 #[tokio::test]
 async fn redis_paused_gets_503_and_a_token_guards_the_api() {
     let redis = start_redis().await;
-    let store = queue_of(&redis, "paused", 1).await;
+    let store = opened_queue(&redis.url, "paused", 1).await;
     let settings = ServeSettings {
         request_timeout: Duration::from_millis(500),
         api_token: Some("s3cret".to_owned()),
@@ -558,7 +426,7 @@ async fn redis_paused_gets_503_and_a_token_guards_the_api() {
 #[tokio::test]
 async fn requests_in_flight_finish_when_the_server_stops() {
     let redis = start_redis().await;
-    let store = queue_of(&redis, "shutdown", 1).await;
+    let store = opened_queue(&redis.url, "shutdown", 1).await;
     let server = Server::start(&store, ServeSettings::default()).await;
     client_pause(&redis, Some(1500)).await;
     let url = format!("{}/api/v1/produce", server.base);
@@ -620,8 +488,8 @@ async fn requests_in_flight_finish_when_the_server_stops() {
 #[tokio::test]
 async fn other_queues_by_topic_and_a_flushed_queue_stops_the_server() {
     let redis = start_redis().await;
-    let store = queue_of(&redis, "home", 1).await;
-    let other = queue_of(&redis, "other", 2).await;
+    let store = opened_queue(&redis.url, "home", 1).await;
+    let other = opened_queue(&redis.url, "other", 2).await;
     let server = Server::start(&store, ServeSettings::default()).await;
     let to_other =
         json!({"phone": "+4915112345678", "message_body": "x", "topic_name": other.prefix()});

@@ -1,7 +1,7 @@
 //! `serve`: the HTTP front door (axum). `POST /api/v1/produce` adds one
 //! message or a batch, answered per message; `GET /api/v1/stats` is the
-//! monitor's JSON report; `/healthz`, `/readyz` and `/metrics` are for
-//! whoever runs it.
+//! monitor's JSON report; `/` is a dashboard over it (`dashboard.rs`);
+//! `/healthz`, `/readyz` and `/metrics` are for whoever runs it.
 //!
 //! The layout: `request.rs` reads and checks a body, `write.rs` routes the
 //! messages and writes them once per idempotency key, `answer.rs` turns
@@ -17,6 +17,7 @@
 
 mod answer;
 mod auth;
+mod dashboard;
 mod fingerprint;
 mod queues;
 mod request;
@@ -174,12 +175,15 @@ fn router(app: Arc<App>) -> Router {
     let api = Router::new()
         .route("/api/v1/produce", post(produce))
         .route("/api/v1/stats", get(stats))
+        .route("/api/v1/dead", get(dashboard::dead_letters))
+        .route("/api/v1/dead/requeue", post(dashboard::requeue))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_token,
         ));
     Router::new()
         .merge(api)
+        .route("/", get(dashboard::page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -4,6 +4,7 @@
 //! an independent scan of Redis to check the counters against.
 #![allow(dead_code, unreachable_pub)]
 pub mod cluster;
+pub mod http;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -165,6 +166,20 @@ pub async fn store_with(
         .await
         .expect("the queue is created")
         .0
+}
+
+/// A store on a queue of `partitions` partitions just created under a
+/// prefix of its own for `test`, opened as a process opens it.
+pub async fn opened_queue(url: &str, test: &str, partitions: u32) -> Store {
+    let store = store(url, &unique_prefix(test)).await;
+    if partitions > 1 {
+        let options = sms_alerts::store::QueueOptions {
+            partitions: Some(partitions),
+            ..sms_alerts::store::QueueOptions::default()
+        };
+        store.migrate(&options).await.expect("grows");
+    }
+    store.open().await.expect("opens")
 }
 
 /// Produces `count` seeded messages in batches of 100.

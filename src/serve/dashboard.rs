@@ -1,0 +1,82 @@
+//! The web dashboard at `/`: one page of HTML with a little JavaScript that
+//! reads `/api/v1/stats` and `/api/v1/dead` every second and shows totals,
+//! rates, send-time percentiles, queue ages, senders, partitions and dead
+//! letters by reason, each reason with a button that requeues them. No
+//! build step and no assets beyond the page, which is compiled in.
+//!
+//! The page itself holds no data, so it is served without the API token;
+//! its requests carry the token given after `#token=` in its address (a
+//! fragment never reaches the server's logs).
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::answer::{self, Refusal};
+use super::{App, within};
+use crate::dead::{self, Selection};
+
+/// The page.
+const PAGE: &str = include_str!("dashboard.html");
+/// Dead letters the page lists.
+const DEAD_SHOWN: u64 = 20;
+
+/// `GET /`: the page.
+pub(super) async fn page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        PAGE,
+    )
+        .into_response()
+}
+
+/// `GET /api/v1/dead`: the newest dead letters of the server's own queue.
+pub(super) async fn dead_letters(State(app): State<Arc<App>>) -> Response {
+    let store = app.queues.home().store();
+    match within(&app, dead::list(&store, None, DEAD_SHOWN)).await {
+        Ok(Ok(letters)) => answer::json(
+            StatusCode::OK,
+            &serde_json::json!({ "dead_letters": letters }),
+        ),
+        Ok(Err(err)) => app.refusal(&err, true).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
+
+/// What `POST /api/v1/dead/requeue` asks for.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequeueRequest {
+    /// Every dead letter with this reason.
+    reason: String,
+}
+
+/// `POST /api/v1/dead/requeue` `{"reason": "..."}`: moves the dead letters
+/// with that reason back into the stream, as `dead requeue --reason` does.
+pub(super) async fn requeue(State(app): State<Arc<App>>, body: Bytes) -> Response {
+    let request: RequeueRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(err) => {
+            return Refusal::bad_request(
+                "reason",
+                "",
+                format!("expected {{\"reason\": \"...\"}}: {err}"),
+            )
+            .into_response();
+        }
+    };
+    let store = app.queues.home().store();
+    let selection = Selection::Reason(request.reason);
+    match within(&app, dead::requeue(&store, &selection)).await {
+        Ok(Ok(report)) => answer::json(StatusCode::OK, &report),
+        Ok(Err(err)) => app.refusal(&err, true).into_response(),
+        Err(refusal) => refusal.into_response(),
+    }
+}
