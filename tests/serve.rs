@@ -80,18 +80,32 @@ async fn single_and_batch_messages_land_where_routing_says() {
     let fields = entry(&redis, &store.partition(partition), id).await;
     assert_eq!(fields["body"], "alert 1", "the id names the entry");
 
-    let batch: Vec<Value> = (0..30).map(message).collect();
+    // 200 messages over 3 partitions: large enough per partition to go as
+    // transactions.
+    let batch: Vec<Value> = (0..200).map(message).collect();
     let many = server
         .post(&json!({ "messages": batch }).to_string(), &[JSON])
         .await;
     assert_eq!(many.status, 201, "{many:?}");
     let results = many.body["results"].as_array().expect("results");
-    assert_eq!(results.len(), 30);
+    assert_eq!(results.len(), 200);
+    let first = &results[0];
+    let partition = first["partition"].as_u64().expect("partition") as u32;
+    let fields = entry(
+        &redis,
+        &store.partition(partition),
+        first["id"].as_str().expect("id"),
+    )
+    .await;
+    assert_eq!(
+        fields["body"], "alert 0",
+        "a transaction's ids name its entries"
+    );
     let used: std::collections::BTreeSet<u64> = results
         .iter()
         .filter_map(|r| r["partition"].as_u64())
         .collect();
-    assert_eq!(used.len(), 3, "30 recipients spread over the 3 partitions");
+    assert_eq!(used.len(), 3, "200 recipients spread over the 3 partitions");
     let keyed = server
         .post(
             &json!({"messages": [
@@ -111,11 +125,11 @@ async fn single_and_batch_messages_land_where_routing_says() {
         .collect();
     let by_key = u64::from(sms_alerts::routing::partition_of_key(b"district-4", 3));
     assert_eq!(parts, [by_key, by_key, 2]);
-    assert_eq!(entries(&redis, &store).await, 34);
+    assert_eq!(entries(&redis, &store).await, 204);
 
     let stats = server.request("GET", "/api/v1/stats", None, &[]).await;
     assert_eq!(stats.status, 200);
-    assert_eq!(stats.body["produced"], 34, "{:?}", stats.body);
+    assert_eq!(stats.body["produced"], 204, "{:?}", stats.body);
     let ready = server.request("GET", "/readyz", None, &[]).await;
     assert_eq!(ready.status, 200);
     server.stop().await;
@@ -448,9 +462,13 @@ async fn requests_in_flight_finish_when_the_server_stops() {
                 .query_async(&mut raw(&redis.url).await)
                 .await
                 .expect("CLIENT LIST");
-            clients
-                .lines()
-                .any(|line| line.contains("cmd=fcall") && line.contains("flags=b"))
+            // A client held by the pause has flag `b` (with `x` inside a
+            // transaction).
+            clients.lines().any(|line| {
+                line.split(' ')
+                    .find_map(|field| field.strip_prefix("flags="))
+                    .is_some_and(|flags| flags.contains('b'))
+            })
         },
     )
     .await;
@@ -502,11 +520,21 @@ async fn other_queues_by_topic_and_a_flushed_queue_stops_the_server() {
         .query_async(&mut raw(&redis.url).await)
         .await
         .expect("FLUSHALL");
-    let lost = server.post(&message(1).to_string(), &[JSON]).await;
+    // A batch large enough to go as a transaction checks the identity too.
+    let batch = json!({ "messages": (0..100).map(message).collect::<Vec<_>>() }).to_string();
+    let lost = server.post(&batch, &[JSON]).await;
     assert_eq!(lost.status, 500, "{lost:?}");
     assert!(
-        lost.body["error"].as_str().expect("error").contains("gone"),
+        lost.body["results"][0]["error"]
+            .as_str()
+            .expect("error")
+            .contains("gone"),
         "{lost:?}"
+    );
+    assert_eq!(
+        entries(&redis, &store).await,
+        0,
+        "nothing written after the flush"
     );
     let stopped = tokio::time::timeout(Duration::from_secs(10), server.task)
         .await

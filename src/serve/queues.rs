@@ -14,13 +14,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::stats::Snapshot;
-use crate::store::{IdempotencyRecord, IngestConnection, Ingested, Ingester, Store, StoreError};
+use crate::store::{
+    IdempotencyRecord, IngestConnection, Ingested, Ingester, Store, StoreError,
+    TransactionConnection,
+};
 
 /// How often a queue's partition count and backlog are read again.
 const REFRESH_EVERY: Duration = Duration::from_secs(1);
 /// Most queues one server keeps open: names beyond are refused, so that
 /// requests naming ever new queues cannot make the server hold ever more.
 const MAX_QUEUES: usize = 256;
+/// Fewest messages of a key-less write that go as a transaction: below,
+/// the Function's dearer `XADD`s cost Redis less than the transaction's
+/// second round trip costs the request (about 2 µs a message against some
+/// 50 µs).
+const TRANSACTION_FROM: usize = 32;
 /// The backlog before it was first read: never over a limit.
 const UNKNOWN: u64 = 0;
 
@@ -33,8 +41,10 @@ pub(super) struct Queue {
     store: RwLock<Store>,
     /// Messages added and not settled, as last read.
     backlog: AtomicU64,
-    /// Each partition's connection for writes, once opened.
+    /// Each partition's connection for keyed writes, once opened.
     connections: Mutex<HashMap<u32, IngestConnection>>,
+    /// Each partition's idle connections for key-less writes.
+    transactions: Mutex<HashMap<u32, Vec<TransactionConnection>>>,
 }
 
 impl Queue {
@@ -52,9 +62,12 @@ impl Queue {
     }
 
     /// Adds `messages` to partition `ingester` as [`Ingester::ingest`]
-    /// does. On a Redis without replicas the call goes over the partition's
-    /// own pipelined connection, shared by every request; a failed one is
-    /// dropped, and a call Redis refused unrun is tried again the pooled way.
+    /// does. On a Redis without replicas a write goes over the partition's
+    /// own pipelined connection, shared by every request; a large write
+    /// without a key is a transaction on an idle connection of the
+    /// partition's instead (half the Redis time of the Function). A failed
+    /// connection is dropped, and a call Redis refused unrun is tried again
+    /// the pooled way.
     pub(super) async fn ingest(
         &self,
         ingester: &Ingester,
@@ -63,6 +76,9 @@ impl Queue {
     ) -> Result<Ingested, StoreError> {
         if ingester.is_cluster() {
             return ingester.ingest(record, messages).await;
+        }
+        if record.is_none() && messages.len() >= TRANSACTION_FROM {
+            return self.transact(ingester, messages).await;
         }
         let partition = ingester.partition_id();
         let cached = self.lock_connections().get(&partition).cloned();
@@ -84,6 +100,39 @@ impl Queue {
             }
             result => result,
         }
+    }
+
+    /// A key-less write as one transaction on an idle connection of the
+    /// partition's, opened if none is idle and kept for the next write
+    /// unless it failed.
+    async fn transact(
+        &self,
+        ingester: &Ingester,
+        messages: &[Vec<(&'static str, String)>],
+    ) -> Result<Ingested, StoreError> {
+        let partition = ingester.partition_id();
+        let idle = self
+            .lock_transactions()
+            .get_mut(&partition)
+            .and_then(Vec::pop);
+        let mut conn = match idle {
+            Some(conn) => conn,
+            None => ingester.transaction_connection().await?,
+        };
+        let ids = conn.write(ingester, messages).await?;
+        self.lock_transactions()
+            .entry(partition)
+            .or_default()
+            .push(conn);
+        Ok(Ingested::Written(ids))
+    }
+
+    fn lock_transactions(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<u32, Vec<TransactionConnection>>> {
+        self.transactions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn lock_connections(&self) -> std::sync::MutexGuard<'_, HashMap<u32, IngestConnection>> {
@@ -218,6 +267,7 @@ impl Queues {
             store: RwLock::new(store),
             backlog: AtomicU64::new(UNKNOWN),
             connections: Mutex::new(HashMap::new()),
+            transactions: Mutex::new(HashMap::new()),
         });
         let followed = queue.clone();
         let shutdown = shutdown.clone();

@@ -228,17 +228,22 @@ impl StartedBatch {
 
 /// What a batch's check expects of the queue, to judge the check's replies.
 #[derive(Debug, Clone)]
-struct QueueCheck {
-    epoch: std::sync::Arc<str>,
-    queue: String,
-    stream: String,
-    stats: String,
+pub(super) struct QueueCheck {
+    pub(super) epoch: std::sync::Arc<str>,
+    pub(super) queue: String,
+    pub(super) stream: String,
+    pub(super) stats: String,
 }
 
 impl QueueCheck {
     /// Judges the replies of `HGET queue epoch`, `TYPE stream` and
     /// `HGET stats produced`.
-    fn verdict(&self, epoch: &[u8], stream_type: &[u8], produced: &[u8]) -> Result<(), StoreError> {
+    pub(super) fn verdict(
+        &self,
+        epoch: &[u8],
+        stream_type: &[u8],
+        produced: &[u8],
+    ) -> Result<(), StoreError> {
         let found = optional_string(CHECK, epoch)?;
         match found {
             None => {
@@ -280,7 +285,7 @@ impl QueueCheck {
 }
 
 /// A string reply, or `None` for nil.
-fn optional_string<'a>(
+pub(super) fn optional_string<'a>(
     command: &'static str,
     reply: &'a [u8],
 ) -> Result<Option<&'a [u8]>, StoreError> {

@@ -40,6 +40,7 @@ mod frame;
 mod functions;
 mod identity;
 mod ingest;
+mod ingest_tx;
 mod inspect;
 mod migrate;
 mod pending;
@@ -67,6 +68,7 @@ pub use functions::{
 };
 pub use identity::{QueueIdentity, QueueOptions, QueueStatus, Retention};
 pub use ingest::{IdempotencyRecord, IdempotencyScope, IngestConnection, Ingested};
+pub use ingest_tx::TransactionConnection;
 pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
 pub use migrate::{MIGRATIONS, Migration, MigrationReport, Step};
 pub use pending::PendingReply;
