@@ -139,7 +139,20 @@ async fn the_dashboard_shows_what_the_api_reports() {
     );
     println!("dashboard screenshot: {}", screenshot.display());
 
-    // The requeue button's endpoint moves the dead letters back.
+    // The requeue button's endpoint checks what it is given, then moves the
+    // dead letters back.
+    let bogus = server
+        .request(
+            "POST",
+            "/api/v1/dead/requeue",
+            Some(r#"{"reason": "bogus"}"#.to_owned()),
+            &[auth],
+        )
+        .await;
+    assert_eq!(
+        (bogus.status, bogus.body["field"].as_str()),
+        (400, Some("reason"))
+    );
     let requeued = server
         .request(
             "POST",

@@ -222,6 +222,14 @@ async fn every_refusal_has_its_status_and_names_what_is_wrong() {
         2,
         "no refusal wrote anything"
     );
+    // A keyed request refused whole takes no record: the key stays free.
+    let free = ("Idempotency-Key", "k-free");
+    let refused = server
+        .post(r#"{"recipient": "555", "body": "x"}"#, &[JSON, free])
+        .await;
+    assert_eq!(refused.status, 400, "{refused:?}");
+    let landed = server.post(&message(3).to_string(), &[JSON, free]).await;
+    assert_eq!(landed.status, 201, "{landed:?}");
     server.stop().await;
 }
 
@@ -520,6 +528,8 @@ async fn other_queues_by_topic_and_a_flushed_queue_stops_the_server() {
         .query_async(&mut raw(&redis.url).await)
         .await
         .expect("FLUSHALL");
+    let ready = server.request("GET", "/readyz", None, &[]).await;
+    assert_eq!(ready.status, 503, "a flushed queue is not ready: {ready:?}");
     // A batch large enough to go as a transaction checks the identity too.
     let batch = json!({ "messages": (0..100).map(message).collect::<Vec<_>>() }).to_string();
     let lost = server.post(&batch, &[JSON]).await;

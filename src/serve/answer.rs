@@ -163,7 +163,7 @@ pub(super) enum Outcome {
 }
 
 /// The answer to a batch: 201 when every message was accepted, 207 when
-/// some were; when none was, the refusals' common status, else 503 if any
+/// some were (with `Retry-After` if a refusal passes with time); when none was, the refusals' common status, else 503 if any
 /// refusal passes with time (429, 503), else 400.
 pub(super) fn batch(results: Vec<Outcome>) -> Response {
     let refusals: Vec<&Refusal> = results
@@ -175,7 +175,11 @@ pub(super) fn batch(results: Vec<Outcome>) -> Response {
         .collect();
     let (status, retry_after) = match refusals.first() {
         None => (StatusCode::CREATED, None),
-        Some(_) if refusals.len() < results.len() => (StatusCode::MULTI_STATUS, None),
+        // Some accepted: say when the others that may pass could be sent again.
+        Some(_) if refusals.len() < results.len() => (
+            StatusCode::MULTI_STATUS,
+            refusals.iter().find_map(|r| r.retry_after),
+        ),
         Some(first) if refusals.iter().all(|r| r.status == first.status) => {
             (first.status_code(), first.retry_after)
         }
@@ -247,6 +251,12 @@ mod tests {
             batch(vec![accepted("1-0"), bad.clone()]).status(),
             StatusCode::MULTI_STATUS
         );
+        let part = batch(vec![
+            accepted("1-0"),
+            Outcome::Refused(Refusal::unavailable("Redis is away")),
+        ]);
+        assert_eq!(part.status(), StatusCode::MULTI_STATUS);
+        assert_eq!(part.headers()[header::RETRY_AFTER], "1");
         assert_eq!(
             batch(vec![bad.clone(), bad]).status(),
             StatusCode::BAD_REQUEST

@@ -12,18 +12,20 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
 use super::answer::{self, Refusal};
-use super::{App, within};
+use super::{App, check_json, within};
 use crate::dead::{self, Selection};
 
 /// The page.
 const PAGE: &str = include_str!("dashboard.html");
 /// Dead letters the page lists.
 const DEAD_SHOWN: u64 = 20;
+/// Why a message can be dead, as dead letters record it.
+const REASONS: &[&str] = &["max_attempts", "malformed", "deleted"];
 
 /// `GET /`: the page.
 pub(super) async fn page() -> Response {
@@ -60,9 +62,25 @@ struct RequeueRequest {
 
 /// `POST /api/v1/dead/requeue` `{"reason": "..."}`: moves the dead letters
 /// with that reason back into the stream, as `dead requeue --reason` does.
-pub(super) async fn requeue(State(app): State<Arc<App>>, body: Bytes) -> Response {
-    let request: RequeueRequest = match serde_json::from_slice(&body) {
-        Ok(request) => request,
+pub(super) async fn requeue(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    // JSON only: a form posted from another site cannot trigger it.
+    if let Err(refusal) = check_json(&headers, &body) {
+        return refusal.into_response();
+    }
+    let request = match serde_json::from_slice::<RequeueRequest>(&body) {
+        Ok(request) if REASONS.contains(&request.reason.as_str()) => request,
+        Ok(request) => {
+            return Refusal::bad_request(
+                "reason",
+                &request.reason,
+                format!("'reason' must be one of {}", REASONS.join(", ")),
+            )
+            .into_response();
+        }
         Err(err) => {
             return Refusal::bad_request(
                 "reason",

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::monitor::Report;
 use crate::settings::ServeSettings;
-use crate::stats::{SenderSnapshot, Snapshot};
+use crate::stats::{QueueState, SenderSnapshot, Snapshot};
 use crate::store::{Store, StoreError};
 use answer::Refusal;
 use queues::Queues;
@@ -331,14 +331,20 @@ async fn healthz() -> Response {
     answer::json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 
-/// Ready: Redis answers and the queue is open (migrated, library loaded).
+/// Ready: Redis answers and the queue is open (migrated, library loaded)
+/// and sound (its identity, keys and counters in place).
 async fn readyz(State(app): State<Arc<App>>) -> Response {
     let store = app.queues.home().store();
     let checked = async {
         store.ping().await?;
-        Snapshot::read_partition(&store).await
+        Snapshot::read(&store).await
     };
     match within(&app, checked).await {
+        Ok(Ok(snapshot)) if snapshot.state != QueueState::Sound => Refusal::unavailable(format!(
+            "not ready: the queue is {:?}: {}",
+            snapshot.state, snapshot.state_detail
+        ))
+        .into_response(),
         Ok(Ok(_)) => answer::json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
         Ok(Err(err)) => Refusal::unavailable(format!("not ready: {err}")).into_response(),
         Err(refusal) => refusal.into_response(),

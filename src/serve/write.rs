@@ -177,7 +177,8 @@ fn group(app: &App, header_key: Option<&str>, raw_body: &[u8], placed: Vec<Place
             units.len() - 1
         })
     };
-    if let (Some(key), Some(print)) = (header_key, &request_print) {
+    // A request that writes nothing takes no record: its key stays free.
+    if let (Some(key), Some(print), false) = (header_key, &request_print, placed.is_empty()) {
         let home = app.queues.home().clone();
         let anchor = unit_for(
             &mut units,

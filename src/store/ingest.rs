@@ -111,6 +111,9 @@ impl Ingester {
         loop {
             match self.ingest_once(record, messages).await {
                 Err(err) if tries < TRIES && err.needs_library() => {
+                    // A Redis without the library may be one that lost the
+                    // queue: nothing is loaded into it before that is ruled out.
+                    self.store.diagnose().await?;
                     self.store.ensure_library().await?;
                 }
                 Err(err) if tries < TRIES && err.was_not_run() => {
