@@ -57,6 +57,15 @@ fn every_bad_flag_exits_2_naming_option_and_value() {
         (&["produce", "--count", "many"], &["--count", "many"]),
         (&["monitor", "--interval", "soon"], &["--interval", "soon"]),
         (&["--prefix", "a b", "migrate"], &["--prefix", "a b"]),
+        (
+            &["send", "--outage-every", "5s", "--outage-for", "10s"],
+            &["--outage-for", "10s"],
+        ),
+        (&["serve", "--max-body", "12"], &["--max-body", "12"]),
+        (
+            &["serve", "--idempotency-ttl", "90d"],
+            &["--idempotency-ttl", "90d"],
+        ),
     ];
     for (args, names) in cases {
         assert_usage_error(args, names);

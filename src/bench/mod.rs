@@ -314,6 +314,7 @@ fn sender(name: String, concurrency: usize, mean: Duration) -> SendSettings {
         shutdown_timeout: Duration::from_secs(10),
         seed: Some(1),
         partitions: None,
+        outage: None,
     }
 }
 

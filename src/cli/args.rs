@@ -446,6 +446,16 @@ pub struct SendArgs {
     #[arg(long, env = "SMS_FAILURE_RATE", value_parser = check::failure_rate,
           allow_hyphen_values = true, default_value_t = 0.0)]
     pub failure_rate: f64,
+    /// Take the simulated gateway down for --outage-for at the start of every such
+    /// period (on the wall clock, so every sender sees the same outages), e.g. 60s.
+    /// Every attempt fails while it is down. [default: never]
+    #[arg(long, env = "SMS_OUTAGE_EVERY", value_parser = check::positive_duration,
+          requires = "outage_for")]
+    pub outage_every: Option<Duration>,
+    /// How long each outage of --outage-every lasts, e.g. 10s.
+    #[arg(long, env = "SMS_OUTAGE_FOR", value_parser = check::positive_duration,
+          requires = "outage_every")]
+    pub outage_for: Option<Duration>,
     /// Most simulated sends in progress at once.
     #[arg(long, env = "SMS_CONCURRENCY", value_parser = check::concurrency,
           allow_hyphen_values = true, default_value_t = DEFAULT_CONCURRENCY)]

@@ -17,8 +17,8 @@ use super::{Env, one_line_error};
 use crate::routing::Routing;
 use crate::settings::{
     BenchSizes, DEFAULT_DEMO_INTERVAL, DEFAULT_SCENARIO, DeadTask, DelayModel, DemoSettings,
-    LogSettings, MonitorSettings, ProduceSettings, QueueSettings, SendSettings, ServeSettings,
-    Settings, SettingsError, Task, TlsSettings, check,
+    LogSettings, MonitorSettings, OutageSchedule, ProduceSettings, QueueSettings, SendSettings,
+    ServeSettings, Settings, SettingsError, Task, TlsSettings, check,
 };
 use crate::store::{QueueOptions, redact_url};
 
@@ -233,6 +233,18 @@ fn send(
             "invalid value for '--read-partitions': partition {twice} is listed twice"
         )));
     }
+    let outage = match (args.outage_every, args.outage_for) {
+        (Some(every), Some(down)) if down >= every => {
+            return Err(SettingsError::Conflict(format!(
+                "invalid value '{}' for '--outage-for': an outage must end before the next \
+                 one starts, --outage-every {}",
+                humantime::format_duration(down),
+                humantime::format_duration(every)
+            )));
+        }
+        (Some(every), Some(down)) => Some(OutageSchedule { every, down }),
+        _ => None,
+    };
     Ok(SendSettings {
         name: args.name.unwrap_or_else(default_name),
         delay: DelayModel {
@@ -248,6 +260,7 @@ fn send(
         shutdown_timeout: args.shutdown_timeout.into(),
         seed: args.seed,
         partitions: args.read_partitions,
+        outage,
     })
 }
 

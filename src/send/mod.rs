@@ -405,7 +405,12 @@ impl Shared {
     ) -> Dispatcher {
         let settings = &self.settings;
         Dispatcher {
-            simulator: Simulator::new(settings.delay, settings.failure_rate, settings.seed),
+            simulator: Simulator::new(
+                settings.delay,
+                settings.failure_rate,
+                settings.outage,
+                settings.seed,
+            ),
             hold_slots: Arc::new(Semaphore::new(
                 settings.concurrency.saturating_mul(HOLD_PER_SEND_SLOT),
             )),

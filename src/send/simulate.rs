@@ -9,8 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution as _, Exp, Normal, Uniform};
 
-use crate::settings::DelayModel;
-use crate::settings::Distribution;
+use crate::settings::{DelayModel, Distribution, OutageSchedule};
 use crate::store::Outcome;
 
 /// What one simulated attempt will do.
@@ -39,6 +38,7 @@ pub struct Simulator {
     rng: StdRng,
     delay: Sampler,
     failure_rate: f64,
+    outage: Option<OutageSchedule>,
 }
 
 #[derive(Debug)]
@@ -51,9 +51,15 @@ enum Sampler {
 }
 
 impl Simulator {
-    /// A simulator for `model` failing with probability `failure_rate`; `seed`
-    /// fixes the sequence of attempts (`None`: seeded from the OS).
-    pub fn new(model: DelayModel, failure_rate: f64, seed: Option<u64>) -> Self {
+    /// A simulator for `model` failing with probability `failure_rate`, and
+    /// always while `outage` says the gateway is down; `seed` fixes the
+    /// sequence of attempts (`None`: seeded from the OS).
+    pub fn new(
+        model: DelayModel,
+        failure_rate: f64,
+        outage: Option<OutageSchedule>,
+        seed: Option<u64>,
+    ) -> Self {
         let rng = match seed {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => rand::make_rng::<StdRng>(),
@@ -82,6 +88,7 @@ impl Simulator {
             rng,
             delay,
             failure_rate,
+            outage,
         }
     }
 
@@ -94,10 +101,18 @@ impl Simulator {
             Sampler::Exponential(d) => d.sample(&mut self.rng),
             Sampler::Uniform(d) => d.sample(&mut self.rng),
         };
+        // Drawn whatever the outage, so that a seed gives the same draws.
+        let unlucky = self.failure_rate > 0.0 && self.rng.random_bool(self.failure_rate);
+        let down = self.outage.is_some_and(|outage| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |since| since.as_millis() as u64);
+            outage.is_down_at(now)
+        });
         Attempt {
             // Truncated at zero: a send cannot take negative time.
             delay: Duration::from_secs_f64(seconds.max(0.0)),
-            fails: self.failure_rate > 0.0 && self.rng.random_bool(self.failure_rate),
+            fails: unlucky || down,
         }
     }
 }
@@ -122,7 +137,7 @@ mod tests {
             Distribution::Uniform,
             Distribution::Constant,
         ] {
-            let mut sim = Simulator::new(model(distribution, 200, 50), 0.0, Some(42));
+            let mut sim = Simulator::new(model(distribution, 200, 50), 0.0, None, Some(42));
             let n = 20_000;
             let total: f64 = (0..n).map(|_| sim.next_attempt().delay.as_secs_f64()).sum();
             let mean_ms = total / f64::from(n) * 1000.0;
@@ -135,8 +150,8 @@ mod tests {
 
     #[test]
     fn failure_rate_and_seed() {
-        let mut a = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, Some(9));
-        let mut b = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, Some(9));
+        let mut a = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, None, Some(9));
+        let mut b = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, None, Some(9));
         let draws: Vec<_> = (0..10_000).map(|_| a.next_attempt()).collect();
         assert!(
             draws
@@ -153,12 +168,33 @@ mod tests {
     }
 
     #[test]
+    fn an_outage_fails_every_attempt_while_it_lasts() {
+        let always = OutageSchedule {
+            every: Duration::from_secs(10),
+            down: Duration::from_secs(10),
+        };
+        let mut sim = Simulator::new(
+            model(Distribution::Constant, 1, 0),
+            0.0,
+            Some(always),
+            Some(1),
+        );
+        assert!((0..100).all(|_| sim.next_attempt().fails));
+        let minute = OutageSchedule {
+            every: Duration::from_secs(60),
+            down: Duration::from_secs(10),
+        };
+        assert!(minute.is_down_at(120_000) && minute.is_down_at(129_999));
+        assert!(!minute.is_down_at(130_000) && !minute.is_down_at(179_999));
+    }
+
+    #[test]
     fn zero_mean_means_no_delay_and_rate_bounds_hold() {
-        let mut sim = Simulator::new(model(Distribution::Normal, 0, 0), 1.0, Some(1));
+        let mut sim = Simulator::new(model(Distribution::Normal, 0, 0), 1.0, None, Some(1));
         let attempt = sim.next_attempt();
         assert_eq!(attempt.delay, Duration::ZERO);
         assert!(attempt.fails);
-        let mut never = Simulator::new(model(Distribution::Constant, 5, 0), 0.0, Some(1));
+        let mut never = Simulator::new(model(Distribution::Constant, 5, 0), 0.0, None, Some(1));
         assert!((0..1000).all(|_| !never.next_attempt().fails));
     }
 }

@@ -139,6 +139,28 @@ pub struct DelayModel {
     pub stddev: Duration,
 }
 
+/// When the simulated gateway is down: for `down` at the start of every
+/// `every`, on the wall clock, so that every sender sees the same outages
+/// (as senders sharing one real gateway would). An attempt drawn while it is
+/// down fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutageSchedule {
+    /// The period.
+    pub every: Duration,
+    /// How long each outage lasts, from the start of a period (less than
+    /// `every`).
+    pub down: Duration,
+}
+
+impl OutageSchedule {
+    /// Whether the gateway is down at `unix_ms` (milliseconds since the Unix
+    /// epoch).
+    pub fn is_down_at(&self, unix_ms: u64) -> bool {
+        let every = self.every.as_millis().max(1) as u64;
+        unix_ms % every < self.down.as_millis() as u64
+    }
+}
+
 /// Settings of `send`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendSettings {
@@ -163,6 +185,8 @@ pub struct SendSettings {
     /// The partitions to read; `None` for all of them, including those
     /// added while the sender runs.
     pub partitions: Option<Vec<u32>>,
+    /// When the simulated gateway is down; `None` for never.
+    pub outage: Option<OutageSchedule>,
 }
 
 /// Settings of `monitor`.

@@ -212,6 +212,7 @@ pub fn send_settings(name: &str, mean_ms: u64, failure_rate: f64) -> SendSetting
         shutdown_timeout: Duration::from_secs(10),
         seed: Some(7),
         partitions: None,
+        outage: None,
     }
 }
 
