@@ -307,11 +307,30 @@ async fn a_key_reused_on_another_queue_or_a_grown_one_writes_nothing() {
         "nothing written to the other queue"
     );
 
+    // A request_id reused with another partition is refused, whichever
+    // partition either goes to, and nothing more is written.
+    let first = json!({"recipient": "+4915112345678", "body": "A", "request_id": "r-9",
+                       "partition": 0});
+    let moved = json!({"recipient": "+4915112345678", "body": "B", "request_id": "r-9",
+                       "partition": 1});
+    assert_eq!(server.post(&first.to_string(), &[JSON]).await.status, 201);
+    let reused = server.post(&moved.to_string(), &[JSON]).await;
+    assert_eq!(
+        (reused.status, reused.body["field"].as_str()),
+        (422, Some("request_id"))
+    );
+    let again = server.post(&first.to_string(), &[JSON]).await;
+    assert_eq!(
+        again.status, 201,
+        "the first request's repeat replays: {again:?}"
+    );
+    assert_eq!(entries(&redis, &store).await, 5);
+
     // A message's request_id is a key of its own kind: the same text as a
     // header key is no conflict.
     let by_id = json!({"recipient": "+4915112345678", "body": "y", "request_id": "k-1"});
     assert_eq!(server.post(&by_id.to_string(), &[JSON]).await.status, 201);
-    assert_eq!(entries(&redis, &store).await, 5);
+    assert_eq!(entries(&redis, &store).await, 6);
 
     // The queue grows: the same request now routes differently, so its
     // repeat is refused instead of written again where no record is.
@@ -332,7 +351,7 @@ async fn a_key_reused_on_another_queue_or_a_grown_one_writes_nothing() {
     .await;
     assert_eq!(
         entries(&redis, &store.open().await.expect("opens")).await,
-        5
+        6
     );
     server.stop().await;
 }

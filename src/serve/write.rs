@@ -11,7 +11,9 @@
 //! that partition's messages, or none). Every request with the key passes
 //! the server's own anchor first, so a key reused with another request is
 //! refused there (422) while nothing of the new request is written. Without
-//! the header, a message's `request_id` is its own idempotency key.
+//! the header, a message's `request_id` is its own idempotency key, its
+//! record taken first in the partition the id itself routes to, so the same
+//! id sent with another partition or key is refused there (422).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -197,6 +199,22 @@ fn group(app: &App, header_key: Option<&str>, raw_body: &[u8], placed: Vec<Place
             units[anchor].stage = units[anchor].stage.min(1);
         }
     }
+    // A request_id's record is taken first in the partition its id routes
+    // to, whichever partition its messages go to: the same id sent again
+    // with another partition or key meets it there.
+    if header_key.is_none() {
+        for p in &placed {
+            let Some(id) = &p.incoming.metadata.request_id else {
+                continue;
+            };
+            if let Some(print) = id_prints.get(id) {
+                let home = partition_of_key(id.as_bytes(), p.partitions);
+                let record = Some(record(id, IdempotencyScope::Message, print));
+                let anchor = unit_for(&mut units, &p.queue, home, record);
+                units[anchor].stage = units[anchor].stage.min(1);
+            }
+        }
+    }
     for p in placed {
         let record = match (header_key, &request_print, &p.incoming.metadata.request_id) {
             (Some(key), Some(print), _) => Some(record(key, IdempotencyScope::Request, print)),
@@ -272,7 +290,10 @@ fn fields_of(incoming: &Incoming, created_ms: u64) -> Vec<(&'static str, String)
 
 /// Runs the anchors one after another (the server's own first), then
 /// every other unit, several at once, and fills in the outcomes of their
-/// messages. True when every unit found its request written before.
+/// messages. True when every unit found its request written before. A
+/// header key's anchor that fails refuses the whole request; a
+/// `request_id`'s refuses the messages carrying it, and its other units
+/// are not written.
 async fn run_units(
     app: &App,
     units: Vec<Unit>,
@@ -281,17 +302,29 @@ async fn run_units(
     let (mut anchors, rest): (Vec<Unit>, Vec<Unit>) = units.into_iter().partition(|u| u.stage < 2);
     anchors.sort_by_key(|unit| unit.stage);
     let mut replayed = !anchors.is_empty() || !rest.is_empty();
+    let mut blocked: HashMap<String, Refusal> = HashMap::new();
     for unit in anchors {
         let result = ingest(&unit, app.settings.request_timeout).await;
-        match &result {
-            Ok(Ingested::Mismatch) => {
+        let message_key = unit
+            .record
+            .as_ref()
+            .filter(|record| record.scope == IdempotencyScope::Message)
+            .map(|record| record.key.clone());
+        match (&result, message_key) {
+            (Ok(Ingested::Mismatch), None) => {
                 let key = unit.record.map(|record| record.key).unwrap_or_default();
                 return Err(Refusal::key_reused(IDEMPOTENCY_HEADER, &key));
             }
             // Unchecked, the key may belong to another request: write
             // nothing more; the client sends the request again.
-            Err(err) => return Err(write_refusal(app, &unit, err)),
-            Ok(_) => {}
+            (Err(err), None) => return Err(write_refusal(app, &unit, err)),
+            (Ok(Ingested::Mismatch), Some(key)) => {
+                blocked.insert(key.clone(), Refusal::key_reused("request_id", &key));
+            }
+            (Err(err), Some(key)) => {
+                blocked.insert(key, write_refusal(app, &unit, err));
+            }
+            (Ok(_), _) => {}
         }
         replayed &= matches!(result, Ok(Ingested::Replayed(_)));
         settle(app, &unit, result, outcomes);
@@ -300,6 +333,17 @@ async fn run_units(
     let slots = Arc::new(Semaphore::new(WRITES_AT_ONCE));
     let mut running = JoinSet::new();
     for unit in rest {
+        let refused = unit
+            .record
+            .as_ref()
+            .and_then(|record| blocked.get(&record.key));
+        if let Some(refusal) = refused {
+            for &index in &unit.indexes {
+                outcomes[index] = Some(Outcome::Refused(refusal.clone()));
+            }
+            replayed = false;
+            continue;
+        }
         let slots = slots.clone();
         running.spawn(async move {
             let _slot = slots.acquire_owned().await;
