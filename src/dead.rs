@@ -76,10 +76,7 @@ impl DeadLetter {
 }
 
 fn shortened(text: &str) -> String {
-    match text.char_indices().nth(40) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
-    }
+    crate::message::cut_short(text, 40)
 }
 
 /// Up to `limit` dead letters of every partition, newest first, only those

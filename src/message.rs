@@ -196,11 +196,24 @@ pub fn is_e164(number: &str) -> bool {
 
 /// Keeps error messages short when the bad value is a huge poison field.
 fn truncated(value: &str) -> String {
-    const LIMIT: usize = 40;
-    match value.char_indices().nth(LIMIT) {
+    cut_short(value, 40)
+}
+
+/// `value` cut to its first `limit` characters, `…` marking the cut: how
+/// a value of any length is quoted in a message or a table.
+pub fn cut_short(value: &str, limit: usize) -> String {
+    match value.char_indices().nth(limit) {
         Some((cut, _)) => format!("{}…", &value[..cut]),
         None => value.to_owned(),
     }
+}
+
+/// Now, in milliseconds since the Unix epoch: the clock messages are
+/// stamped with (`created_ms`), and wall-clock schedules read.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64)
 }
 
 #[cfg(test)]

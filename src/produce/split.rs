@@ -9,7 +9,6 @@
 //! the whole batches, and a resumed run skips a batch whose head it finds.
 
 use std::collections::HashMap;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 
@@ -127,10 +126,7 @@ pub(super) fn generate(
         let mut seq: u64 = 0;
         while generated < count {
             let size = (count - generated).min(batch);
-            let now_ms = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
+            let now_ms = crate::message::now_ms();
             let messages: Vec<Message> =
                 (0..size).map(|_| generator.next_message(now_ms)).collect();
             seq += 1;

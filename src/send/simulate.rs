@@ -103,12 +103,9 @@ impl Simulator {
         };
         // Drawn whatever the outage, so that a seed gives the same draws.
         let unlucky = self.failure_rate > 0.0 && self.rng.random_bool(self.failure_rate);
-        let down = self.outage.is_some_and(|outage| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |since| since.as_millis() as u64);
-            outage.is_down_at(now)
-        });
+        let down = self
+            .outage
+            .is_some_and(|outage| outage.is_down_at(crate::message::now_ms()));
         Attempt {
             // Truncated at zero: a send cannot take negative time.
             delay: Duration::from_secs_f64(seconds.max(0.0)),

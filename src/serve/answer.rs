@@ -225,11 +225,7 @@ fn set_retry_after(response: &mut Response, after: Duration) {
 
 /// A value short enough to quote in an error.
 fn truncated(value: &str) -> String {
-    const LIMIT: usize = 64;
-    match value.char_indices().nth(LIMIT) {
-        Some((cut, _)) => format!("{}…", &value[..cut]),
-        None => value.to_owned(),
-    }
+    crate::message::cut_short(value, 64)
 }
 
 #[cfg(test)]

@@ -27,7 +27,7 @@ use super::fingerprint;
 use super::queues::{Queue, QueueError};
 use super::request::Incoming;
 use super::{App, IDEMPOTENCY_HEADER};
-use crate::message::Message;
+use crate::message::{Message, now_ms};
 use crate::routing::partition_of_key;
 use crate::store::{IdempotencyRecord, IdempotencyScope, Ingested, Ingester, StoreError};
 
@@ -437,12 +437,6 @@ fn write_refusal(app: &App, unit: &Unit, err: &WriteError) -> Refusal {
              again with an idempotency key to be sure it lands once"
         )),
     }
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| since.as_millis() as u64)
 }
 
 #[cfg(test)]
