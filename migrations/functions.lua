@@ -9,7 +9,8 @@
 
   Functions, each headed below by its KEYS, ARGV and return value:
     sms_create        create, adopt or check the queue; set its retention
-    sms_report        acknowledge and count a batch of send results
+    sms_settle        acknowledge and count a batch of send results
+    sms_report        sms_settle, as senders from before channels call it
     sms_claim         take over idle pending entries, or dead-letter them
     sms_renew         extend the lease of entries a sender is working on
     sms_hold_name     take or renew a sender's or a producer run's lease
@@ -20,9 +21,12 @@
     sms_run_start     record a new producer run
     sms_run_resume    take over a run whose producer is gone
     sms_run_end       end a producer run
-    sms_requeue       move dead letters back into the stream
+    sms_requeue_to    move a channel's dead letters back into the stream
+    sms_requeue       sms_requeue_to, as callers from before channels call it
     sms_dead_purge    remove dead letters older than an id
     sms_partitions    grow the queue's partition count
+    sms_channel       give a partition a channel (its consumer group)
+    sms_channels      record the queue's channels
     sms_ingest        add messages an HTTP request brought, once per request
     sms_version       LIBRARY_VERSION (read-only)
 
@@ -61,7 +65,7 @@
     abandoned     messages `repair` gave up when it re-created a lost group
 ]]
 
-local LIBRARY_VERSION = 11
+local LIBRARY_VERSION = 12
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
@@ -76,7 +80,8 @@ BUCKET_NAMES[#LATENCY_BOUNDS + 1] = 'le_inf'
 
 -- The counters a settling call (report, claim) may increment.
 local SETTLE_COUNTERS = { 'sent', 'duplicates', 'failed', 'attempts', 'send_time_us',
-                          'dead', 'dead_max_attempts', 'dead_deleted', 'dead_malformed' }
+                          'dead', 'dead_max_attempts', 'dead_deleted', 'dead_malformed',
+                          'dead_expired', 'skipped', 'deferred' }
 
 -- A dead-letter entry keeps at most this many original field/value pairs, so
 -- that a poison entry with thousands of fields cannot overflow Lua's stack,
@@ -392,39 +397,46 @@ local function sms_create(keys, args)
 end
 
 --[[
-  sms_report: acknowledge and count a batch of send results, atomically.
+  sms_settle: acknowledge and count a batch of send results, atomically.
   KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats, 5 stats:<consumer>,
         6 latency histogram
   ARGV: 1 epoch, 2 group, 3 consumer, 4 max_attempts, 5 retry_idle_ms,
         6 batch_token, 7 batch_seq,
-        8 n_ok, 9 n_fail, 10 n_malformed,
-        11 send_time_us: the summed send times of the ok and failed attempts,
-        12 .. 11 + #BUCKET_NAMES: those attempts counted per histogram
+        8 n_ok, 9 n_fail, 10 n_malformed, 11 n_skipped, 12 n_deferred,
+        13 n_expired, 14 defer_idle_ms,
+        15 send_time_us: the summed send times of the ok and failed attempts,
+        16 .. 15 + #BUCKET_NAMES: those attempts counted per histogram
           bucket, in BUCKET_NAMES order,
-        then the ids: n_ok successes, then n_fail failures, then n_malformed
-        malformed entries.
-  Returns: { sent, duplicates, failed, dead, replayed }
+        then the ids, grouped in the order of the counts.
+  Returns: { sent, duplicates, failed, dead, replayed, skipped, deferred }
   Successes are acknowledged with one XACK per ACK_CHUNK ids (each XACK is
   also one AOF record): those XACK acknowledged count as sent, the rest as
   duplicates (someone settled them already). A failure stays pending with its
   idle time set to retry_idle_ms, so it becomes claimable after
   (lease - retry_idle) = the retry backoff; at max_attempts deliveries it is
-  dead-lettered instead. The sender buckets the send times it measured, so
-  the per-result work here is only the Redis commands each result needs.
+  dead-lettered instead. A skipped message (nothing for this channel: no
+  address, or requeued for another channel) is acknowledged and counted as
+  skipped. A deferred one (the gateway throttled it, or its breaker is open:
+  never attempted) stays pending with its delivery count set back by one, so
+  waiting spends no attempt, and idle time defer_idle_ms. An expired one
+  goes to the dead stream as `expired`.
+  The sender buckets the send times it measured, so the per-result work here
+  is only the Redis commands each result needs.
   (batch_token, batch_seq) make a retried call idempotent: a batch whose reply
   was lost is not applied twice. The sender's hash keeps the highest seq
   applied and a bitmap of the BATCH_WINDOW seqs below it, so batches may be
   applied out of order (several are in flight, and a failed one is retried
   after later ones landed) and each still applies exactly once.
 ]]
-local function sms_report(keys, args)
+local function sms_settle(keys, args)
   local queue, stream, dead, stats, cstats, latency =
     keys[1], keys[2], keys[3], keys[4], keys[5], keys[6]
   local epoch, group, consumer = args[1], args[2], args[3]
   local max_attempts, retry_idle = tonumber(args[4]), args[5]
   local token, seq = args[6], tonumber(args[7])
+  local defer_idle = args[14]
 
-  local buckets_at = 12
+  local buckets_at = 16
   local incremented = {}
   for i = 1, #BUCKET_NAMES do
     if args[buckets_at + i - 1] ~= '0' then incremented[#incremented + 1] = BUCKET_NAMES[i] end
@@ -445,48 +457,81 @@ local function sms_report(keys, args)
   if seq <= high then
     local back = high - seq
     if back >= BATCH_WINDOW or bit.band(window, bit.lshift(1, back)) ~= 0 then
-      return { 0, 0, 0, 0, 1 }
+      return { 0, 0, 0, 0, 1, 0, 0 }
     end
   end
 
   local n_ok, n_fail, n_malformed = tonumber(args[8]), tonumber(args[9]), tonumber(args[10])
+  local n_skipped, n_deferred, n_expired = tonumber(args[11]), tonumber(args[12]), tonumber(args[13])
   local d = { sent = 0, duplicates = 0, failed = n_fail, attempts = n_ok + n_fail,
-              send_time_us = tonumber(args[11]), dead = 0, dead_max_attempts = 0,
-              dead_deleted = 0, dead_malformed = 0 }
-  local ids_at = buckets_at + #BUCKET_NAMES
+              send_time_us = tonumber(args[15]), dead = 0, dead_max_attempts = 0,
+              dead_deleted = 0, dead_malformed = 0, dead_expired = 0, skipped = 0,
+              deferred = 0 }
+  local at = buckets_at + #BUCKET_NAMES
 
-  local ok_end = ids_at + n_ok - 1
-  for first = ids_at, ok_end, ACK_CHUNK do
-    local last_id = math.min(first + ACK_CHUNK - 1, ok_end)
-    d.sent = d.sent + redis.call('XACK', stream, group, unpack(args, first, last_id))
+  local function acknowledge(first, n)
+    local acked = 0
+    for from = first, first + n - 1, ACK_CHUNK do
+      local to = math.min(from + ACK_CHUNK - 1, first + n - 1)
+      acked = acked + redis.call('XACK', stream, group, unpack(args, from, to))
+    end
+    return acked
   end
-  d.duplicates = n_ok - d.sent
+  local function bury(id, reason, deliveries, holder)
+    local n = dead_letter(stream, dead, group, id, reason, deliveries, holder)
+    d.dead, d['dead_' .. reason] = d.dead + n, d['dead_' .. reason] + n
+  end
 
-  for i = ok_end + 1, ok_end + n_fail do
+  d.sent = acknowledge(at, n_ok)
+  d.duplicates = n_ok - d.sent
+  at = at + n_ok
+
+  for i = at, at + n_fail - 1 do
     local id = args[i]
     local row = pending_row(stream, group, id)
     -- Not pending any more, or reclaimed by another sender: its fate is
     -- theirs now; only the failed attempt is ours to count.
     if row and row.owner == consumer then
       if entry_fields(stream, id) == nil then
-        local n = dead_letter(stream, dead, group, id, 'deleted', row.deliveries, consumer)
-        d.dead, d.dead_deleted = d.dead + n, d.dead_deleted + n
+        bury(id, 'deleted', row.deliveries, consumer)
       elseif row.deliveries >= max_attempts then
-        local n = dead_letter(stream, dead, group, id, 'max_attempts', row.deliveries, consumer)
-        d.dead, d.dead_max_attempts = d.dead + n, d.dead_max_attempts + n
+        bury(id, 'max_attempts', row.deliveries, consumer)
       else
         redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', retry_idle, 'JUSTID')
       end
     end
   end
+  at = at + n_fail
 
-  for i = ok_end + n_fail + 1, ok_end + n_fail + n_malformed do
-    local id = args[i]
-    local row = pending_row(stream, group, id)
+  for i = at, at + n_malformed - 1 do
+    local row = pending_row(stream, group, args[i])
     local deliveries = 0
     if row then deliveries = row.deliveries end
-    local n = dead_letter(stream, dead, group, id, 'malformed', deliveries, consumer)
-    d.dead, d.dead_malformed = d.dead + n, d.dead_malformed + n
+    bury(args[i], 'malformed', deliveries, consumer)
+  end
+  at = at + n_malformed
+
+  d.skipped = acknowledge(at, n_skipped)
+  at = at + n_skipped
+
+  for i = at, at + n_deferred - 1 do
+    local id = args[i]
+    local row = pending_row(stream, group, id)
+    if row and row.owner == consumer then
+      if entry_fields(stream, id) == nil then
+        bury(id, 'deleted', row.deliveries, consumer)
+      else
+        redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', defer_idle,
+                   'RETRYCOUNT', math.max(row.deliveries - 1, 0), 'JUSTID')
+        d.deferred = d.deferred + 1
+      end
+    end
+  end
+  at = at + n_deferred
+
+  for i = at, at + n_expired - 1 do
+    local row = pending_row(stream, group, args[i])
+    if row and row.owner == consumer then bury(args[i], 'expired', row.deliveries, consumer) end
   end
 
   count(stats, cstats, d)
@@ -504,7 +549,23 @@ local function sms_report(keys, args)
     window = bit.bor(window, bit.lshift(1, high - seq))
   end
   redis.call('HSET', cstats, 'batch_token', token, 'batch_seq', high, 'batch_window', window)
-  return { d.sent, d.duplicates, d.failed, d.dead, 0 }
+  return { d.sent, d.duplicates, d.failed, d.dead, 0, d.skipped, d.deferred }
+end
+
+--[[
+  sms_report: sms_settle with the argument layout of senders from before
+  channels, which still call it while a queue is upgraded under them.
+  KEYS: as sms_settle
+  ARGV: 1 .. 10 as sms_settle, 11 send_time_us, then the buckets, then the
+        ids of the ok, failed and malformed results.
+  Returns: as sms_settle.
+]]
+local function sms_report(keys, args)
+  local settle_args = {}
+  for i = 1, 10 do settle_args[i] = args[i] end
+  settle_args[11], settle_args[12], settle_args[13], settle_args[14] = '0', '0', '0', args[5]
+  for i = 11, #args do settle_args[#settle_args + 1] = args[i] end
+  return sms_settle(keys, settle_args)
 end
 
 --[[
@@ -648,9 +709,11 @@ end
 --[[
   sms_snapshot: everything the monitor shows, read in one consistent call.
   Never fails on damaged keys: it reports them.
-  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats, 5 latency histogram
+  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats, 5 latency histogram,
+        [6 the queue's totals, for a channel whose counters are not in them]
   ARGV: 1 group, 2 the epoch the caller started with ('' for none)
-  Returns: a flat list of name, value pairs: the stats hash's integer fields,
+  Returns: a flat list of name, value pairs: the stats hash's integer fields
+  (with a channel's hash, also produced, requeued and trimmed of the totals),
   plus entries_added, length, group_exists, pending, lag (-1 when Redis does
   not know it), dead_length, latency_le_<bound> per histogram bucket,
   retention_ms and dead_retention_ms (-1: forever; -2: unset), now_ms,
@@ -704,6 +767,13 @@ local function sms_snapshot(keys, args)
     problem(4, stats .. ' is a ' .. key_type(stats) .. ', not a hash')
   elseif current then
     problem(4, stats .. ' is missing')
+  end
+  local totals = keys[6]
+  if totals and totals ~= stats and key_type(totals) == 'hash' then
+    local values = redis.call('HMGET', totals, 'produced', 'requeued', 'trimmed')
+    for i, name in ipairs({ 'produced', 'requeued', 'trimmed' }) do
+      if values[i] and is_integer(values[i]) then put(name, tonumber(values[i])) end
+    end
   end
 
   local now = now_ms()
@@ -849,19 +919,24 @@ end
   them), and only whole stream nodes go (`~`), at most TRIM_LIMIT entries
   per stream per call. Harmless when several processes trim at once.
   Allowed when Redis is out of memory: it only frees memory.
-  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats
+  KEYS: 1 queue, 2 stream, 3 the channel's dead stream, 4 stats (the
+        queue's totals), [5 the channel's stats, where dead_trimmed is
+        counted; the totals when absent]
   ARGV: 1 epoch, 2 group
   Returns: { trimmed, dead_trimmed }
 ]]
 local function sms_trim(keys, args)
   local queue, stream, dead, stats = keys[1], keys[2], keys[3], keys[4]
+  local chstats = keys[5] or stats
   local err = first_error(
     function() return check_identity(queue, args[1]) end,
     function() return expect_type(stream, 'stream') end,
     function() return expect_type(dead, 'stream', true) end,
     function() return expect_type(stats, 'hash') end,
+    function() return expect_type(chstats, 'hash') end,
     function() return check_group(stream, args[2]) end,
-    function() return check_counters(stats, { 'trimmed', 'dead_trimmed' }) end)
+    function() return check_counters(stats, { 'trimmed' }) end,
+    function() return check_counters(chstats, { 'dead_trimmed' }) end)
   if err then return err end
   local retention = redis.call('HMGET', queue, 'retention_ms', 'dead_retention_ms')
   local keep, dead_keep = tonumber(retention[1] or '-1') or -1, tonumber(retention[2] or '-1') or -1
@@ -880,7 +955,7 @@ local function sms_trim(keys, args)
     dead_trimmed = redis.call('XTRIM', dead, 'MINID', '~', threshold, 'LIMIT', TRIM_LIMIT)
   end
   if trimmed > 0 then redis.call('HINCRBY', stats, 'trimmed', trimmed) end
-  if dead_trimmed > 0 then redis.call('HINCRBY', stats, 'dead_trimmed', dead_trimmed) end
+  if dead_trimmed > 0 then redis.call('HINCRBY', chstats, 'dead_trimmed', dead_trimmed) end
   return { trimmed, dead_trimmed }
 end
 
@@ -990,34 +1065,45 @@ local function sms_run_end(keys, args)
 end
 
 --[[
-  sms_requeue: move dead letters back into the stream, to be sent again.
-  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats
-  ARGV: 1 epoch, then dead-letter ids
+  sms_requeue_to: move one channel's dead letters back into the stream, to be
+  sent again by that channel only.
+  KEYS: 1 queue, 2 stream, 3 the channel's dead stream, 4 stats (the queue's
+        totals), 5 the channel's stats
+  ARGV: 1 epoch, 2 the channel ('' when the queue has only one: the entry
+        then carries no channel field), then dead-letter ids
   Returns: { requeued, id of each new stream entry ..., 'missing', ids not in
   the dead stream (or holding no message) ... }
-  Each dead letter's original fields (those not starting 'dead_') go back
-  with field requeued_from naming the dead letter, which is deleted; counted
-  as `requeued`, so produced + requeued = entries added still balances.
+  Each dead letter's original fields (those not starting 'dead_', and not an
+  earlier `channel`) go back with field requeued_from naming the dead letter,
+  which is deleted, and field `channel` naming the channel, so that the
+  other channels, which settled the message already, skip it. Counted as
+  `requeued` in the totals (produced + requeued = entries added still
+  balances) and as `dead_requeued` in the channel's stats (its dead stream's
+  own balance).
 ]]
-local function sms_requeue(keys, args)
-  local queue, stream, dead, stats = keys[1], keys[2], keys[3], keys[4]
+local function sms_requeue_to(keys, args)
+  local queue, stream, dead, stats, chstats = keys[1], keys[2], keys[3], keys[4], keys[5]
+  local channel = args[2]
   local err = first_error(
     function() return check_identity(queue, args[1]) end,
     function() return expect_type(stream, 'stream') end,
     function() return expect_type(dead, 'stream', true) end,
     function() return expect_type(stats, 'hash') end,
-    function() return check_counters(stats, { 'requeued' }) end)
+    function() return expect_type(chstats, 'hash') end,
+    function() return check_counters(stats, { 'requeued' }) end,
+    function() return check_counters(chstats, { 'dead_requeued' }) end)
   if err then return err end
   -- Each dead letter is deleted as it is moved, before the next id is read:
   -- an id given twice is found once, so it goes back once.
   local added, missing = {}, {}
-  for i = 2, #args do
+  for i = 3, #args do
     local fields = nil
     if key_type(dead) == 'stream' then fields = entry_fields(dead, args[i]) end
     local message = {}
     for j = 1, #(fields or {}), 2 do
-      if string.sub(fields[j], 1, 5) ~= 'dead_' then
-        message[#message + 1] = fields[j]
+      local name = fields[j]
+      if string.sub(name, 1, 5) ~= 'dead_' and name ~= 'channel' and name ~= 'requeued_from' then
+        message[#message + 1] = name
         message[#message + 1] = fields[j + 1]
       end
     end
@@ -1026,16 +1112,103 @@ local function sms_requeue(keys, args)
     else
       message[#message + 1] = 'requeued_from'
       message[#message + 1] = args[i]
+      if channel ~= '' then
+        message[#message + 1] = 'channel'
+        message[#message + 1] = channel
+      end
       added[#added + 1] = redis.call('XADD', stream, '*', unpack(message))
       redis.call('XDEL', dead, args[i])
     end
   end
   local out = { #added }
   for _, id in ipairs(added) do out[#out + 1] = id end
-  if #added > 0 then redis.call('HINCRBY', stats, 'requeued', #added) end
+  if #added > 0 then
+    redis.call('HINCRBY', stats, 'requeued', #added)
+    redis.call('HINCRBY', chstats, 'dead_requeued', #added)
+  end
   out[#out + 1] = 'missing'
   for _, id in ipairs(missing) do out[#out + 1] = id end
   return out
+end
+
+--[[
+  sms_requeue: sms_requeue_to for callers from before channels.
+  KEYS: 1 queue, 2 stream, 3 dead stream, 4 stats
+  ARGV: 1 epoch, then dead-letter ids
+  Returns: as sms_requeue_to.
+]]
+local function sms_requeue(keys, args)
+  local to_args = { args[1], '' }
+  for i = 2, #args do to_args[#to_args + 1] = args[i] end
+  return sms_requeue_to({ keys[1], keys[2], keys[3], keys[4], keys[4] }, to_args)
+end
+
+--[[
+  sms_channel: give one partition a channel: its consumer group on the
+  stream and its stats hash.
+  KEYS: 1 queue, 2 stream, 3 the channel's stats
+  ARGV: 1 epoch, 2 group (the channel's name), 3 where a new group starts:
+        '$' (the current end: messages already in the stream are not the
+        new channel's) or '0' (the entries the stream still holds)
+  Returns: 'created' or 'existing'.
+  A new channel's stats hash records what came before it, for its
+  reconciliation: base_added, the entries added to the stream that it will
+  never see.
+  A channel whose group is gone while its stats hash remains lost its
+  pending messages and its place in the stream: that is damage for
+  `repair`, refused here (creating it again would send or skip by guess).
+]]
+local function sms_channel(keys, args)
+  local queue, stream, chstats = keys[1], keys[2], keys[3]
+  local group, start = args[2], args[3]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(stream, 'stream') end,
+    function() return expect_type(chstats, 'hash', true) end)
+  if err then return err end
+  if start ~= '$' and start ~= '0' then
+    return redis.error_reply("ERR sms_channel: start " .. shown(start) .. " is not '$' or '0'")
+  end
+  if group_exists(stream, group) then
+    redis.call('HSETNX', chstats, 'sent', '0')
+    return 'existing'
+  end
+  if key_type(chstats) == 'hash' then return check_group(stream, group) end
+  local info = redis.call('XINFO', 'STREAM', stream)
+  local added, length = 0, 0
+  for i = 1, #info, 2 do
+    if info[i] == 'entries-added' then added = info[i + 1] end
+    if info[i] == 'length' then length = info[i + 1] end
+  end
+  local unseen = added
+  if start == '0' then unseen = added - length end
+  redis.call('XGROUP', 'CREATE', stream, group, start)
+  redis.call('HSET', chstats, 'sent', '0', 'base_added', tostring(unseen))
+  return 'created'
+end
+
+--[[
+  sms_channels: record the queue's channels, in partition 0's queue hash
+  (field `channels`: name:kind pairs, comma-separated, the first channel
+  first). `migrate` gives every partition the channel first, and records it
+  here last. A channel is never taken away: its group holds what it has not
+  settled.
+  KEYS: 1 queue (of partition 0)
+  ARGV: 1 epoch, 2 the list
+  Returns: 'recorded' or 'unchanged'. Refuses with SHRINK when the list
+  recorded is not where the new one starts.
+]]
+local function sms_channels(keys, args)
+  local queue, list = keys[1], args[2]
+  local err = check_identity(queue, args[1])
+  if err then return err end
+  local current = redis.call('HGET', queue, 'channels')
+  if current == list then return 'unchanged' end
+  if current and string.sub(list, 1, #current + 1) ~= current .. ',' then
+    return redis.error_reply('SHRINK ' .. current)
+  end
+  redis.call('HSET', queue, 'channels', list)
+  return 'recorded'
 end
 
 --[[
@@ -1169,6 +1342,10 @@ end
 
 redis.register_function('sms_create', sms_create)
 redis.register_function('sms_report', sms_report)
+redis.register_function('sms_settle', sms_settle)
+redis.register_function('sms_requeue_to', sms_requeue_to)
+redis.register_function('sms_channel', sms_channel)
+redis.register_function('sms_channels', sms_channels)
 redis.register_function('sms_claim', sms_claim)
 redis.register_function('sms_renew', sms_renew)
 redis.register_function('sms_prune', sms_prune)

@@ -63,6 +63,13 @@ pub struct AuditReport {
     /// more than one; the figures above are their totals.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<AuditReport>,
+    /// The channel reconciled above.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    /// Every channel's own report, by name, when the queue has more than
+    /// one; the problems above include theirs, each naming its channel.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub channels: BTreeMap<String, AuditReport>,
 }
 
 impl AuditReport {
@@ -94,6 +101,8 @@ impl AuditReport {
             counters,
             problems,
             partitions: Vec::new(),
+            channel: String::new(),
+            channels: BTreeMap::new(),
         }
     }
 
@@ -131,8 +140,19 @@ impl AuditReport {
     /// The line that says the books balance.
     fn balanced_line(&self) -> String {
         let c = &self.counters;
+        let skipped = if c.skipped > 0 {
+            format!(" + skipped {}", c.skipped)
+        } else {
+            String::new()
+        };
+        let unseen = if c.unseen > 0 {
+            format!(" - before the channel {}", c.unseen)
+        } else {
+            String::new()
+        };
         format!(
-            "consistent: sent {} + dead {} + abandoned {} + pending {} + queued {} = produced {}",
+            "consistent: sent {} + dead {} + abandoned {}{skipped} + pending {} + queued {} = \
+             produced {}{unseen}",
             c.sent, c.dead, c.abandoned, self.pending, self.queued, self.produced
         )
     }
@@ -186,6 +206,14 @@ impl AuditReport {
                 "INCONSISTENT".to_owned()
             };
             out.push_str(&format!("partition {partition}: {verdict}\n"));
+        }
+        for (name, channel) in &self.channels {
+            let verdict = if channel.is_consistent() {
+                channel.balanced_line()
+            } else {
+                "INCONSISTENT".to_owned()
+            };
+            out.push_str(&format!("channel {name}: {verdict}\n"));
         }
         if self.is_consistent() {
             out.push_str(&format!("{}\n", self.balanced_line()));
@@ -281,11 +309,57 @@ const WALKS: usize = 3;
 /// Audits the queue, every partition Redis holds of it at once, reading
 /// `page` entries per round trip.
 pub async fn run(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
-    let store = store.found_partitions().await?;
+    let store = store.found_partitions().await?.found_channels().await?;
+    if store.channels().len() == 1 {
+        return audit_channel(&store, page).await;
+    }
+    let mut channels = BTreeMap::new();
+    for channel in store.every_channel() {
+        channels.insert(
+            channel.group().to_owned(),
+            audit_channel(&channel, page).await?,
+        );
+    }
+    let mut report = channels
+        .get(store.group())
+        .cloned()
+        .unwrap_or_else(|| AuditReport::empty(Snapshot::default(), Vec::new()));
+    report.problems = channels
+        .iter()
+        .flat_map(|(name, channel)| {
+            channel
+                .problems
+                .iter()
+                .map(move |p| format!("channel {name}: {p}"))
+        })
+        .collect();
+    report.channels = channels;
+    Ok(report)
+}
+
+/// Audits one channel: every partition at once.
+async fn audit_channel(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     let parts = store
         .each_partition(|partition| async move { audit_partition(&partition, page).await })
         .await?;
-    Ok(AuditReport::total(parts))
+    let mut report = AuditReport::total(parts);
+    report.channel = store.group().to_owned();
+    Ok(report)
+}
+
+/// How many of this partition's dead letters of the handle's channel were
+/// requeued. The first channel's are the totals' `requeued` less the other
+/// channels' own: `requeued` counted them alone before queues had channels.
+async fn dead_requeued(store: &Store, counters: &Snapshot) -> Result<u64, StoreError> {
+    let first = store.channels().first().map(|c| c.name.as_str());
+    if first != Some(store.group()) {
+        return Ok(counters.dead_requeued);
+    }
+    let mut others = 0;
+    for channel in store.every_channel().iter().skip(1) {
+        others += Snapshot::read_partition(channel).await?.dead_requeued;
+    }
+    Ok(counters.requeued.saturating_sub(others))
 }
 
 /// Audits the handle's own partition.
@@ -370,6 +444,7 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     }
 
     let (dead_length, dead_by_reason) = dead_reasons(&inspector, &ids, page).await?;
+    let requeued = dead_requeued(store, &counters).await?;
 
     let mut report = AuditReport {
         produced: info.entries_added,
@@ -383,8 +458,10 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
         counters,
         problems: Vec::new(),
         partitions: Vec::new(),
+        channel: String::new(),
+        channels: BTreeMap::new(),
     };
-    report.problems = problems(&report, group.pending);
+    report.problems = problems(&report, group.pending, requeued);
     Ok(report)
 }
 
@@ -431,7 +508,7 @@ async fn dead_reasons(
 }
 
 /// Every way the figures fail to reconcile.
-fn problems(r: &AuditReport, pending_summary: u64) -> Vec<String> {
+fn problems(r: &AuditReport, pending_summary: u64, dead_requeued: u64) -> Vec<String> {
     let c = &r.counters;
     let mut problems = Vec::new();
     match c.state {
@@ -453,12 +530,12 @@ fn problems(r: &AuditReport, pending_summary: u64) -> Vec<String> {
             r.pending + r.dangling_pending
         ));
     }
-    let dead_left = c.dead_trimmed + c.dead_purged + c.requeued;
+    let dead_left = c.dead_trimmed + c.dead_purged + dead_requeued;
     if r.dead_length + dead_left != c.dead {
         problems.push(format!(
             "the dead stream holds {} entries, and {} left it (trimmed {}, purged {}, requeued \
              {}), but the dead counter says {}",
-            r.dead_length, dead_left, c.dead_trimmed, c.dead_purged, c.requeued, c.dead
+            r.dead_length, dead_left, c.dead_trimmed, c.dead_purged, dead_requeued, c.dead
         ));
     }
     // Entries that left the dead stream are counted in all, not by reason.
@@ -467,6 +544,7 @@ fn problems(r: &AuditReport, pending_summary: u64) -> Vec<String> {
             ("max_attempts", c.dead_max_attempts),
             ("malformed", c.dead_malformed),
             ("deleted", c.dead_deleted),
+            ("expired", c.dead_expired),
         ] {
             let found = r.dead_by_reason.get(reason).copied().unwrap_or(0);
             if found != counted {
@@ -476,13 +554,24 @@ fn problems(r: &AuditReport, pending_summary: u64) -> Vec<String> {
             }
         }
     }
-    let settled = c.sent + c.dead + c.abandoned;
+    let settled = c.settled();
     let accounted = settled + r.pending + r.queued;
-    if accounted != r.produced {
+    let own = r.produced.saturating_sub(c.unseen);
+    if accounted != own {
+        let before = if c.unseen > 0 {
+            format!(" ({} before the channel began)", c.unseen)
+        } else {
+            String::new()
+        };
+        let skipped = if c.skipped > 0 {
+            format!(" + skipped {}", c.skipped)
+        } else {
+            String::new()
+        };
         problems.push(format!(
-            "sent {} + dead {} + abandoned {} + pending {} + queued {} = {accounted}, but {} \
-             entries were produced",
-            c.sent, c.dead, c.abandoned, r.pending, r.queued, r.produced
+            "sent {} + dead {} + abandoned {}{skipped} + pending {} + queued {} = {accounted}, \
+             but {own} entries were produced{before}",
+            c.sent, c.dead, c.abandoned, r.pending, r.queued
         ));
     }
     // An entry leaves the stream only by retention, or deleted while
@@ -499,17 +588,21 @@ fn problems(r: &AuditReport, pending_summary: u64) -> Vec<String> {
             c.dead_deleted,
             r.produced as i64 - left as i64
         ));
-    } else if r.acknowledged + c.trimmed + c.dead_deleted != settled {
+    } else if r.acknowledged + c.trimmed + c.dead_deleted != settled + c.unseen {
+        // Entries from before a channel began count as acknowledged by it:
+        // it never reads them.
         problems.push(format!(
             "{} entries were acknowledged (in the stream {}, trimmed {}, deleted while pending \
-             {}) but sent {} + dead {} + abandoned {} = {settled} were counted",
+             {}) but sent {} + dead {} + abandoned {}{} = {} were counted",
             r.acknowledged + c.trimmed + c.dead_deleted,
             r.acknowledged,
             c.trimmed,
             c.dead_deleted,
             c.sent,
             c.dead,
-            c.abandoned
+            c.abandoned,
+            channel_terms(c),
+            settled + c.unseen
         ));
     }
     if c.produced_by_producers > r.produced {
@@ -519,6 +612,19 @@ fn problems(r: &AuditReport, pending_summary: u64) -> Vec<String> {
         ));
     }
     problems
+}
+
+/// The terms only a channel has, as ` + skipped 3 + before the channel 5`
+/// (those that are not zero).
+fn channel_terms(c: &Snapshot) -> String {
+    let mut terms = String::new();
+    if c.skipped > 0 {
+        terms.push_str(&format!(" + skipped {}", c.skipped));
+    }
+    if c.unseen > 0 {
+        terms.push_str(&format!(" + before the channel {}", c.unseen));
+    }
+    terms
 }
 
 #[cfg(test)]
@@ -549,8 +655,10 @@ mod tests {
             },
             problems: Vec::new(),
             partitions: Vec::new(),
+            channel: String::new(),
+            channels: BTreeMap::new(),
         };
-        let found = problems(&report, 0);
+        let found = problems(&report, 0, report.counters.requeued);
         assert_eq!(found.len(), 1, "{found:?}");
         assert!(
             found[0].contains("= 9, but 10 entries were produced"),
@@ -585,6 +693,8 @@ mod tests {
             },
             problems: Vec::new(),
             partitions: Vec::new(),
+            channel: String::new(),
+            channels: BTreeMap::new(),
         }
     }
 
@@ -594,7 +704,10 @@ mod tests {
 
     #[test]
     fn each_mismatch_is_named_with_its_figures() {
-        assert_eq!(problems(&balanced(), 1), Vec::<String>::new());
+        assert_eq!(
+            problems(&balanced(), 1, balanced().counters.requeued),
+            Vec::<String>::new()
+        );
         let cases: [Case; 8] = [
             (
                 "queue state lost: flushed",
@@ -649,7 +762,7 @@ mod tests {
         for (expected, damage, pending_summary) in cases {
             let mut report = balanced();
             damage(&mut report);
-            let found = problems(&report, pending_summary);
+            let found = problems(&report, pending_summary, report.counters.requeued);
             assert!(
                 found.len() == 1 && found[0].contains(expected),
                 "expected only '{expected}', found {found:?}"
@@ -661,7 +774,7 @@ mod tests {
     fn acknowledged_entries_must_match_what_was_settled() {
         let mut report = balanced();
         report.acknowledged = 6;
-        let found = problems(&report, 1);
+        let found = problems(&report, 1, report.counters.requeued);
         assert_eq!(
             found,
             ["7 entries were acknowledged (in the stream 6, trimmed 1, deleted while pending 0) \

@@ -32,13 +32,23 @@ const BODY_ALPHABET: &[char] = &[
 #[derive(Debug)]
 pub struct MessageGenerator {
     rng: StdRng,
+    /// Whether messages get an e-mail address too (most of them do).
+    emails: bool,
 }
+
+/// One message in this many gets no e-mail address when messages get them,
+/// so that an e-mail channel has messages to skip.
+const NO_EMAIL_ONE_IN: u32 = 10;
+
+/// The domains of generated e-mail addresses (reserved for examples).
+const EMAIL_DOMAINS: &[&str] = &["example.org", "example.com", "example.net"];
 
 impl MessageGenerator {
     /// A generator whose sequence is fixed by `seed`.
     pub fn seeded(seed: u64) -> Self {
         Self {
             rng: StdRng::seed_from_u64(seed),
+            emails: false,
         }
     }
 
@@ -46,16 +56,47 @@ impl MessageGenerator {
     pub fn from_entropy() -> Self {
         Self {
             rng: rand::make_rng::<StdRng>(),
+            emails: false,
+        }
+    }
+
+    /// The same generator, giving nine messages in ten an e-mail address
+    /// too (for a queue with an e-mail channel). Without it, the sequence
+    /// for a seed is what it always was.
+    pub fn with_emails(self) -> Self {
+        Self {
+            emails: true,
+            ..self
         }
     }
 
     /// The next message, stamped with `created_ms`.
     pub fn next_message(&mut self, created_ms: u64) -> Message {
+        let recipient = self.recipient();
+        let body = self.body();
+        let email = if self.emails && self.rng.random_range(0..NO_EMAIL_ONE_IN) != 0 {
+            Some(self.email())
+        } else {
+            None
+        };
         Message {
-            recipient: self.recipient(),
-            body: self.body(),
+            recipient,
+            body,
             created_ms,
+            email,
         }
+    }
+
+    fn email(&mut self) -> String {
+        let len = self.rng.random_range(3..=12);
+        let mut address = String::with_capacity(len + 13);
+        let mut draws = Draws::new(&mut self.rng);
+        for _ in 0..len {
+            address.push(char::from(b'a' + draws.below(26) as u8));
+        }
+        address.push('@');
+        address.push_str(EMAIL_DOMAINS[draws.below(EMAIL_DOMAINS.len())]);
+        address
     }
 
     fn recipient(&mut self) -> String {
@@ -138,6 +179,24 @@ mod tests {
             MessageGenerator::seeded(7).next_message(1),
             c.next_message(1)
         );
+    }
+
+    #[test]
+    fn most_messages_get_an_email_address_when_asked() {
+        let mut generator = MessageGenerator::seeded(5).with_emails();
+        let messages: Vec<Message> = (0..1000).map(|_| generator.next_message(1)).collect();
+        let with = messages.iter().filter(|m| m.email.is_some()).count();
+        assert!(
+            (850..=950).contains(&with),
+            "{with} of 1000 have an address"
+        );
+        for message in &messages {
+            if let Some(email) = &message.email {
+                assert!(crate::message::is_email(email), "{email}");
+            }
+        }
+        let mut plain = MessageGenerator::seeded(5);
+        assert!(plain.next_message(1).email.is_none());
     }
 
     #[test]

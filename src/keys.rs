@@ -77,11 +77,19 @@ pub fn cluster_slot(key: &[u8]) -> u16 {
     SLOT_CRC.checksum(hashed) % CLUSTER_SLOTS
 }
 
-/// The key names of one partition of a queue: a prefix and a partition.
+/// The key names of one partition of a queue, as one channel sees them: a
+/// prefix, a partition and a channel.
+///
+/// A channel's own keys (its counters, dead letters, histogram and sender
+/// names) carry `ch:<channel>:` after the hash tag, except the queue's first
+/// channel's, which keep the names they had before queues had channels; the
+/// first channel's counters share the totals hash with `produced`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Keys {
     tag: String,
     partition: u32,
+    /// `ch:<channel>` for a channel other than the queue's first, else empty.
+    channel: String,
 }
 
 impl Keys {
@@ -96,7 +104,34 @@ impl Keys {
         Self {
             tag: format!("{{{prefix}:{partition}}}"),
             partition,
+            channel: String::new(),
         }
+    }
+
+    /// Partition `partition` of the same queue, as the same channel sees it.
+    pub fn on_partition(&self, partition: u32) -> Self {
+        Self {
+            tag: match self.tag.rsplit_once(':') {
+                Some((prefix, _)) => format!("{prefix}:{partition}}}"),
+                None => self.tag.clone(),
+            },
+            partition,
+            channel: self.channel.clone(),
+        }
+    }
+
+    /// The same partition as channel `channel` sees it: `None` for the
+    /// queue's first channel.
+    pub fn with_channel(&self, channel: Option<&str>) -> Self {
+        Self {
+            channel: channel.map_or_else(String::new, |name| format!(":ch:{name}")),
+            ..self.clone()
+        }
+    }
+
+    /// The start of this channel's own key names.
+    fn channel_tag(&self) -> String {
+        format!("{}{}", self.tag, self.channel)
     }
 
     /// The partition these keys belong to.
@@ -114,29 +149,37 @@ impl Keys {
         format!("{}:messages", self.tag)
     }
 
-    /// The dead-letter stream: messages that used up their attempts or could not be decoded.
+    /// The channel's dead-letter stream: messages that used up their
+    /// attempts, expired or could not be decoded.
     pub fn dead(&self) -> String {
-        format!("{}:dead", self.tag)
+        format!("{}:dead", self.channel_tag())
     }
 
-    /// The hash of queue-wide counters.
+    /// The hash of the channel's counters (sent, failed, dead, …); for the
+    /// first channel, the totals hash.
     pub fn stats(&self) -> String {
+        format!("{}:stats", self.channel_tag())
+    }
+
+    /// The hash of the queue's totals: what producers and retention count
+    /// (produced, requeued, trimmed), whichever channel this is.
+    pub fn totals(&self) -> String {
         format!("{}:stats", self.tag)
     }
 
     /// The hash of one sender's counters.
     pub fn sender_stats(&self, consumer: &str) -> String {
-        format!("{}:stats:{consumer}", self.tag)
+        format!("{}:stats:{consumer}", self.channel_tag())
     }
 
     /// The hash of send-time histogram buckets (`le_<µs>` fields), for percentiles.
     pub fn latency(&self) -> String {
-        format!("{}:latency", self.tag)
+        format!("{}:latency", self.channel_tag())
     }
 
     /// The liveness lease that keeps two live processes from sharing a sender name.
     pub fn sender_lease(&self, consumer: &str) -> String {
-        format!("{}:lease:{consumer}", self.tag)
+        format!("{}:lease:{consumer}", self.channel_tag())
     }
 
     /// The queue's identity and settings: its epoch, creation time and
@@ -211,9 +254,20 @@ impl Keys {
         format!("{}:migrations", self.tag)
     }
 
-    /// What `key` is for, if it is one of this queue's keys.
+    /// What `key` is for, if it is one of this queue's keys (of any channel).
     pub fn role(&self, key: &str) -> Option<KeyRole> {
         let rest = key.strip_prefix(&self.tag)?.strip_prefix(':')?;
+        if let Some(channel_key) = rest.strip_prefix("ch:") {
+            let (_, own) = channel_key.split_once(':')?;
+            return Some(match own {
+                "dead" => KeyRole::Dead,
+                "stats" => KeyRole::Stats,
+                "latency" => KeyRole::Latency,
+                _ if own.starts_with("stats:") => KeyRole::SenderStats,
+                _ if own.starts_with("lease:") => KeyRole::SenderLease,
+                _ => return None,
+            });
+        }
         Some(match rest {
             "queue" => KeyRole::Queue,
             "messages" => KeyRole::Messages,
@@ -297,6 +351,25 @@ mod tests {
         ] {
             assert_eq!(keys.role(&key), Some(role), "{key}");
         }
+        let email = keys.with_channel(Some("email"));
+        for (key, role) in [
+            (email.dead(), KeyRole::Dead),
+            (email.stats(), KeyRole::Stats),
+            (email.sender_stats("a"), KeyRole::SenderStats),
+            (email.latency(), KeyRole::Latency),
+            (email.sender_lease("a"), KeyRole::SenderLease),
+        ] {
+            assert!(key.starts_with("{sms:0}:ch:email:"), "{key}");
+            assert_eq!(keys.role(&key), Some(role), "{key}");
+        }
+        assert_eq!(email.totals(), keys.stats());
+        let third = email.on_partition(3);
+        assert_eq!(third.dead(), "{sms:3}:ch:email:dead");
+        assert_eq!(
+            third,
+            Keys::for_partition("sms", 3).with_channel(Some("email"))
+        );
+        assert_eq!(email.messages(), keys.messages());
         assert_eq!(keys.role("{other:0}:stats"), None);
         assert_eq!(keys.role("{sms:0}:whatever"), None);
     }

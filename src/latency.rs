@@ -1,4 +1,4 @@
-//! The send-time histogram: bucket counts kept in Redis by `sms_report`, and
+//! The send-time histogram: bucket counts kept in Redis by `sms_settle`, and
 //! percentiles estimated from them (never from a scan).
 
 use std::collections::HashMap;

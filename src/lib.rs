@@ -12,7 +12,8 @@
 //!    partition a message goes to), [`message`] (the SMS message type, encoded to and
 //!    decoded from stream fields), [`latency`] (the send-time histogram),
 //!    [`embedded`] (a private redis-server), [`exit`] (the exit codes).
-//! 2. [`generator`]: seeded random messages.
+//! 2. [`generator`]: seeded random messages; [`channel`]: the ways an
+//!    alert goes out (SMS, e-mail), each a consumer group.
 //! 3. [`store`]: Redis. The queue's identity (created once by `migrate`,
 //!    checked by every write), its partitions, where each is served (one
 //!    Redis, or a cluster's primaries by slot), the connections (a pool for
@@ -55,6 +56,7 @@
 pub mod acl;
 pub mod audit;
 pub mod bench;
+pub mod channel;
 pub mod cli;
 pub mod dead;
 pub mod demo;

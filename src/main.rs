@@ -260,10 +260,19 @@ fn print_migration(store: &Store, report: &MigrationReport, identity: &QueueIden
         }
         (before, after) => format!(", {after} partitions (grown from {before})"),
     };
+    let channels: Vec<String> = identity
+        .channels
+        .iter()
+        .map(|channel| {
+            let added = identity.added_channels.contains(&channel.name);
+            format!("{channel}{}", if added { " (added)" } else { "" })
+        })
+        .collect();
     println!(
-        "{what} '{}'{partitions} (epoch {}): settled messages kept {}, dead letters kept {}; \
-         {applied}: Functions library version {}",
+        "{what} '{}'{partitions}, channels {} (epoch {}): settled messages kept {}, dead \
+         letters kept {}; {applied}: Functions library version {}",
         store.keys().messages(),
+        channels.join(", "),
         identity.epoch,
         identity.retention,
         identity.dead_retention,

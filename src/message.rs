@@ -22,6 +22,8 @@ pub mod field {
     pub const TRANSACTION_ID: &str = "transaction_id";
     /// The client's customer id, carried along for its records.
     pub const CUSTOMER_ID: &str = "customer_id";
+    /// The one channel a requeued message is for; the others skip it.
+    pub const CHANNEL: &str = "channel";
 }
 
 /// A stream entry's field/value pairs as stored: raw bytes, because a poison
@@ -37,6 +39,9 @@ pub struct Message {
     pub body: String,
     /// Creation time in milliseconds since the Unix epoch.
     pub created_ms: u64,
+    /// The recipient's e-mail address, for the e-mail channel; `None` when
+    /// the message has none (that channel skips it).
+    pub email: Option<String>,
 }
 
 /// What a message may carry beyond what it is sent with, from the HTTP API:
@@ -84,6 +89,9 @@ pub enum DecodeError {
     /// The body is empty or longer than [`MAX_BODY_CHARS`].
     #[error("body has {0} characters, expected 1 to {MAX_BODY_CHARS}")]
     InvalidBodyLength(usize),
+    /// The e-mail address does not have the shape of one.
+    #[error("email '{0}' is not an e-mail address")]
+    InvalidEmail(String),
     /// The creation time is not a whole number of milliseconds.
     #[error("created_ms '{0}' is not a whole number")]
     InvalidCreatedMs(String),
@@ -119,21 +127,36 @@ impl Oversized {
 
 impl Message {
     /// The stream fields of this message, in a fixed order.
-    pub fn to_fields(&self) -> [(&'static str, String); 3] {
-        [
+    pub fn to_fields(&self) -> Vec<(&'static str, String)> {
+        let mut fields = vec![
             (field::RECIPIENT, self.recipient.clone()),
             (field::BODY, self.body.clone()),
             (field::CREATED_MS, self.created_ms.to_string()),
-        ]
+        ];
+        if let Some(email) = &self.email {
+            fields.push((field::EMAIL, email.clone()));
+        }
+        fields
     }
 
     /// Decodes and validates a stream entry's fields (raw bytes, as stored).
     pub fn from_fields(fields: &RawFields) -> Result<Self, DecodeError> {
         let view = MessageRef::from_fields(fields)?;
+        let email = fields
+            .iter()
+            .find(|(key, _)| key.as_slice() == field::EMAIL.as_bytes())
+            .map(|(_, value)| {
+                String::from_utf8(value.clone()).map_err(|_| DecodeError::NotUtf8(field::EMAIL))
+            })
+            .transpose()?;
+        if let Some(email) = email.as_deref().filter(|e| !is_email(e)) {
+            return Err(DecodeError::InvalidEmail(truncated(email)));
+        }
         Ok(Self {
             recipient: view.recipient.to_owned(),
             body: view.body.to_owned(),
             created_ms: view.created_ms,
+            email,
         })
     }
 }
@@ -148,6 +171,81 @@ pub struct MessageRef<'a> {
     pub body: &'a str,
     /// Creation time in milliseconds since the Unix epoch.
     pub created_ms: u64,
+}
+
+/// What a channel makes of a stream entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Addressed<'a> {
+    /// A valid message with an address for the channel: the address and
+    /// the text.
+    To {
+        /// The address: a phone number or an e-mail address.
+        address: &'a str,
+        /// The text.
+        body: &'a str,
+        /// Creation time in milliseconds since the Unix epoch.
+        created_ms: u64,
+    },
+    /// A valid message with nothing for this channel: no address of its
+    /// kind, or requeued for another channel.
+    NotForChannel,
+}
+
+impl<'a> Addressed<'a> {
+    /// Decodes and validates a stream entry's fields for the channel
+    /// `channel`, whose address is in field `address_field` (`recipient`
+    /// or `email`). An entry with neither address is malformed, not
+    /// skipped everywhere.
+    pub fn from_fields(
+        fields: &'a RawFields,
+        channel: &str,
+        address_field: &'static str,
+    ) -> Result<Self, DecodeError> {
+        let text = |name: &'static str| -> Result<Option<&'a str>, DecodeError> {
+            fields
+                .iter()
+                .find(|(key, _)| key.as_slice() == name.as_bytes())
+                .map(|(_, value)| {
+                    std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8(name))
+                })
+                .transpose()
+        };
+        let body = text(field::BODY)?.ok_or(DecodeError::MissingField(field::BODY))?;
+        let chars = body.chars().count();
+        if !(1..=MAX_BODY_CHARS).contains(&chars) {
+            return Err(DecodeError::InvalidBodyLength(chars));
+        }
+        let created =
+            text(field::CREATED_MS)?.ok_or(DecodeError::MissingField(field::CREATED_MS))?;
+        let created_ms = created
+            .parse()
+            .map_err(|_| DecodeError::InvalidCreatedMs(truncated(created)))?;
+        let recipient = text(field::RECIPIENT)?;
+        let email = text(field::EMAIL)?;
+        if let Some(recipient) = recipient.filter(|r| !is_e164(r)) {
+            return Err(DecodeError::InvalidRecipient(truncated(recipient)));
+        }
+        if let Some(email) = email.filter(|e| !is_email(e)) {
+            return Err(DecodeError::InvalidEmail(truncated(email)));
+        }
+        if recipient.is_none() && email.is_none() {
+            return Err(DecodeError::MissingField(field::RECIPIENT));
+        }
+        let for_other = text(field::CHANNEL)?.is_some_and(|only| only != channel);
+        let address = if address_field == field::EMAIL {
+            email
+        } else {
+            recipient
+        };
+        Ok(match address {
+            Some(address) if !for_other => Self::To {
+                address,
+                body,
+                created_ms,
+            },
+            _ => Self::NotForChannel,
+        })
+    }
 }
 
 impl<'a> MessageRef<'a> {
@@ -180,6 +278,24 @@ impl<'a> MessageRef<'a> {
             created_ms,
         })
     }
+}
+
+/// The longest e-mail address (RFC 5321's path limit), in bytes.
+const MAX_EMAIL_BYTES: usize = 254;
+
+/// Whether `address` has the shape of an e-mail address: one `@` between a
+/// local part and a domain with a dot, no spaces. Whether it exists is the
+/// mail server's business.
+pub fn is_email(address: &str) -> bool {
+    address.len() <= MAX_EMAIL_BYTES
+        && !address.chars().any(char::is_whitespace)
+        && address.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+        })
 }
 
 /// Whether `number` is an E.164 phone number: `+`, a non-zero digit, then 6 to
@@ -233,6 +349,7 @@ mod tests {
             recipient: "+447700900123".into(),
             body: "Évacuez la zone 🚨".into(),
             created_ms: 1_700_000_000_000,
+            email: Some("a.b@example.org".into()),
         };
         let encoded: Vec<_> = message
             .to_fields()

@@ -5,6 +5,7 @@
 
 mod partitions;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -125,6 +126,18 @@ pub struct Snapshot {
     pub requeued: u64,
     /// Messages `repair` gave up when it re-created a lost group.
     pub abandoned: u64,
+    /// Messages the channel settled as nothing for it (no address of its
+    /// kind, or requeued for another channel).
+    pub skipped: u64,
+    /// Times a message was set back to wait without spending an attempt
+    /// (throttled, or its gateway's breaker open).
+    pub deferred: u64,
+    /// Messages dead-lettered because they were older than their age limit.
+    pub dead_expired: u64,
+    /// The channel's dead letters moved back into the stream.
+    pub dead_requeued: u64,
+    /// Entries added before the channel began, which it never sees.
+    pub unseen: u64,
     /// Send times of all attempts, by bucket.
     pub latency: Histogram,
     /// How long settled entries are kept; `None` when the queue has no identity.
@@ -154,6 +167,12 @@ pub struct Snapshot {
     pub live_senders: u64,
     /// Redis's memory.
     pub memory: Memory,
+    /// The channel these figures are of.
+    pub channel: String,
+    /// Every channel's figures, by name, when the queue has more than one
+    /// (the fields above are the first channel's, or the one asked for).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub channels: BTreeMap<String, Snapshot>,
     /// Each partition's own figures, in partition order (the index is the
     /// partition); the queue-wide ones (runs, live senders, memory) are left
     /// empty there. The fields above are their totals. Empty in a
@@ -186,12 +205,37 @@ impl Snapshot {
     pub async fn read(store: &Store) -> Result<Self, StoreError> {
         let home = store.partition(0).inspector();
         let (open_runs, any_run) = home.open_runs().await?;
-        let parts = store
-            .each_partition(|partition| async move { Self::read_partition(&partition).await })
-            .await?;
-        let mut snapshot = Self::total(parts);
+        let mut channels = BTreeMap::new();
+        let mut own = None;
+        let many = store.channels().len() > 1;
+        let every = if many {
+            store.every_channel()
+        } else {
+            vec![store.clone()]
+        };
+        for channel in every {
+            let parts = channel
+                .each_partition(|partition| async move { Self::read_partition(&partition).await })
+                .await?;
+            let mut snapshot = Self::total(parts);
+            snapshot.channel = channel.group().to_owned();
+            snapshot.live_senders = partitions::live_sender_count(&channel).await?;
+            if channel.group() == store.group() {
+                own = Some(snapshot.clone());
+            }
+            if many {
+                channels.insert(snapshot.channel.clone(), snapshot);
+            }
+        }
+        let mut snapshot = own.unwrap_or_default();
+        for (name, channel) in &channels {
+            if snapshot.state == QueueState::Sound && channel.state != QueueState::Sound {
+                snapshot.state = channel.state;
+                snapshot.state_detail = format!("channel {name}: {}", channel.state_detail);
+            }
+        }
+        snapshot.channels = channels;
         (snapshot.open_runs, snapshot.any_run) = (open_runs, any_run);
-        snapshot.live_senders = partitions::live_sender_count(store).await?;
         snapshot.memory = Memory::from_info(&home.info("memory").await?);
         Ok(snapshot)
     }
@@ -241,6 +285,11 @@ impl Snapshot {
             dead_purged: get("dead_purged"),
             requeued: get("requeued"),
             abandoned: get("abandoned"),
+            skipped: get("skipped"),
+            deferred: get("deferred"),
+            dead_expired: get("dead_expired"),
+            dead_requeued: get("dead_requeued"),
+            unseen: get("base_added"),
             latency: Histogram::from_fields(numbers),
             retention: retention("retention_ms"),
             dead_retention: retention("dead_retention_ms"),
@@ -256,6 +305,8 @@ impl Snapshot {
             any_run: false,
             live_senders: 0,
             memory: Memory::default(),
+            channel: String::new(),
+            channels: BTreeMap::new(),
             partitions: Vec::new(),
         }
     }
@@ -265,9 +316,15 @@ impl Snapshot {
         (self.attempts > 0).then(|| self.send_time_us as f64 / self.attempts as f64 / 1000.0)
     }
 
-    /// Messages settled for good: sent, dead, or given up by `repair`.
+    /// Messages settled for good: sent, dead, skipped, or given up by
+    /// `repair`.
     pub fn settled(&self) -> u64 {
-        self.sent + self.dead + self.abandoned
+        self.sent + self.dead + self.abandoned + self.skipped
+    }
+
+    /// Entries this channel has to settle: those added since it began.
+    pub fn to_settle(&self) -> u64 {
+        self.produced.saturating_sub(self.unseen)
     }
 
     /// Whether something was produced (by a recorded producer run, or
@@ -294,10 +351,16 @@ impl Snapshot {
     /// nothing pending, and every produced message settled.
     pub fn is_done(&self) -> bool {
         self.producers_finished()
-            && self.group_exists
+            && self.channel_done()
+            && self.channels.values().all(Self::channel_done)
+    }
+
+    /// Whether this channel has settled everything it has seen so far.
+    fn channel_done(&self) -> bool {
+        self.group_exists
             && self.pending == 0
             && self.lag.is_none_or(|lag| lag == 0)
-            && self.settled() >= self.produced
+            && self.settled() >= self.to_settle()
     }
 
     /// The group holding trimming back beyond the retention by more than

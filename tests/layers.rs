@@ -7,7 +7,7 @@ use std::path::Path;
 /// Layers, lowest first, as in `src/lib.rs`.
 const LAYERS: &[&[&str]] = &[
     &["keys", "routing", "message", "latency", "embedded", "exit"],
-    &["generator"],
+    &["generator", "channel"],
     &["store"],
     &["settings"],
     &["stats"],

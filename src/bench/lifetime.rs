@@ -186,8 +186,7 @@ struct Continuous {
 async fn continuous(url: &str, total: u64, retention: Retention) -> Result<Continuous, StoreError> {
     let options = QueueOptions {
         retention: Some(retention),
-        dead_retention: None,
-        partitions: None,
+        ..QueueOptions::default()
     };
     let store = fresh_with(url, "retention", &options).await?;
     let peak = Arc::new(AtomicU64::new(0));

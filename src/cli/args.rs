@@ -18,7 +18,7 @@ use crate::embedded::Persistence;
 use crate::settings::{
     self, DEFAULT_ALERT_HELD_BACK, DEFAULT_BATCH, DEFAULT_BENCH_MESSAGES,
     DEFAULT_BENCH_RECLAIM_PENDING, DEFAULT_BENCH_RETENTION, DEFAULT_BENCH_SIMULATION,
-    DEFAULT_CONCURRENCY, DEFAULT_COUNT, DEFAULT_DEAD_LIMIT, DEFAULT_GROUP, DEFAULT_IDEMPOTENCY_TTL,
+    DEFAULT_CONCURRENCY, DEFAULT_COUNT, DEFAULT_DEAD_LIMIT, DEFAULT_IDEMPOTENCY_TTL,
     DEFAULT_INTERVAL, DEFAULT_LEASE, DEFAULT_LISTEN, DEFAULT_LOG_KEEP, DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_MEAN, DEFAULT_PREFIX, DEFAULT_PRUNE_IDLE,
     DEFAULT_REDIS_URL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_SHUTDOWN_TIMEOUT,
@@ -102,10 +102,11 @@ pub struct GlobalArgs {
           default_value = DEFAULT_PREFIX)]
     pub prefix: String,
 
-    /// Consumer group the senders form on the stream.
-    #[arg(long, global = true, env = "SMS_GROUP", value_parser = check::key_part,
-          default_value = DEFAULT_GROUP)]
-    pub group: String,
+    /// The channel to work on (send, list senders or dead letters, pause): its
+    /// consumer group. [default: the queue's first channel; for a new queue `sms`]
+    #[arg(long, global = true, env = "SMS_CHANNEL", value_parser = check::key_part,
+          alias = "group", value_name = "NAME")]
+    pub channel: Option<String>,
 
     /// TOML file with settings: top-level keys are the global options, tables
     /// named after the subcommands (produce, send, monitor) theirs (see config/).
@@ -280,6 +281,18 @@ pub struct MigrateArgs {
     /// number of primaries. [default: the queue's, 1 for a new queue]
     #[arg(long, env = "SMS_PARTITIONS", value_parser = check::partitions, value_name = "N")]
     pub partitions: Option<u32>,
+    /// Channels the queue has, each a consumer group fed by every message:
+    /// NAME or NAME:KIND, KIND `sms` (to the phone number) or `email` (to the
+    /// e-mail address); a bare `email` is of the e-mail kind, any other bare
+    /// name of the SMS kind. Channels the queue lacks are added (never taken
+    /// away). [default: the queue's, `sms` for a new queue]
+    #[arg(long, env = "SMS_CHANNELS", value_delimiter = ',', value_parser = check::channel,
+          value_name = "NAME[:KIND],...")]
+    pub channels: Vec<crate::channel::Channel>,
+    /// A channel added now begins with the oldest message the queue still holds,
+    /// instead of after the newest (the messages already there are not its own).
+    #[arg(long, requires = "channels")]
+    pub from_start: bool,
 }
 
 /// Options of `dead`.

@@ -20,7 +20,7 @@ use crate::settings::{
     LogSettings, MonitorSettings, OutageSchedule, ProduceSettings, QueueSettings, SendSettings,
     ServeSettings, Settings, SettingsError, Task, TlsSettings, check,
 };
-use crate::store::{QueueOptions, redact_url};
+use crate::store::{ChannelStart, QueueOptions, redact_url};
 
 /// The settings of one invocation, from its parsed options.
 pub(super) fn settings(
@@ -72,7 +72,7 @@ fn queue(args: &GlobalArgs, url_typed: bool, env: &Env) -> Result<QueueSettings,
         password,
         tls,
         prefix: args.prefix.clone(),
-        group: args.group.clone(),
+        group: args.channel.clone().unwrap_or_default(),
     })
 }
 
@@ -98,6 +98,12 @@ fn task(command: Command, redis_url_given: bool, env: &Env) -> Result<Task, Sett
             retention: args.retention,
             dead_retention: args.dead_retention,
             partitions: args.partitions,
+            channels: args.channels,
+            channel_start: if args.from_start {
+                ChannelStart::Beginning
+            } else {
+                ChannelStart::End
+            },
         }),
         Command::Trim(args) => Task::Trim { json: args.json },
         Command::Runs(args) => Task::Runs { json: args.json },

@@ -237,7 +237,7 @@ mod tests {
         assert_eq!(
             health,
             "oldest queued -, pending - | live senders 0 | \
-             dead: deleted 0, malformed 5, max_attempts 20 | trimmed 100 | retention -"
+             dead: deleted 0, expired 0, malformed 5, max_attempts 20 | trimmed 100 | retention -"
         );
         let table: Vec<String> = live.table.iter().map(|line| line.message()).collect();
         let fields = |line: &str| {

@@ -172,6 +172,19 @@ pub struct Report {
     /// Each partition's figures, in partition order (the totals above are
     /// their sums; the oldest ages, their largest).
     pub partitions: Vec<PartitionRow>,
+    /// The channel the figures above are of.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub channel: String,
+    /// Messages the channel settled as nothing for it (no address).
+    pub skipped: u64,
+    /// Messages the channel has to settle: those added since it began.
+    pub to_settle: u64,
+    /// Times a message waited without spending an attempt (throttled,
+    /// breaker open).
+    pub deferred: u64,
+    /// Every channel's report, by name, when the queue has more than one.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub channels: BTreeMap<String, Report>,
 }
 
 fn round(value: f64, places: i32) -> f64 {
@@ -209,6 +222,7 @@ impl Report {
                 ("max_attempts", now.dead_max_attempts),
                 ("malformed", now.dead_malformed),
                 ("deleted", now.dead_deleted),
+                ("expired", now.dead_expired),
             ]),
             trimmed: now.trimmed,
             dead_trimmed: now.dead_trimmed,
@@ -228,6 +242,49 @@ impl Report {
                 .zip(&now.partitions)
                 .map(|(partition, s)| PartitionRow::new(partition, s))
                 .collect(),
+            channel: now.channel.clone(),
+            skipped: now.skipped,
+            to_settle: now.to_settle(),
+            deferred: now.deferred,
+            channels: now
+                .channels
+                .iter()
+                .map(|(name, channel)| {
+                    let before =
+                        previous.and_then(|(before, dt)| Some((before.channels.get(name)?, dt)));
+                    let mut report = Self::new(channel, before, elapsed);
+                    report.done = report.done && now.producers_finished();
+                    report.runs.clear();
+                    (name.clone(), report)
+                })
+                .collect(),
+        }
+    }
+
+    /// Each channel's progress, as ` | sms 900/1000, email 850/1000 (skipped
+    /// 100)`; empty for a queue of one channel.
+    pub fn channels_text(&self) -> String {
+        let parts: Vec<String> = self
+            .channels
+            .iter()
+            .map(|(name, c)| {
+                let skipped = if c.skipped > 0 {
+                    format!(" (skipped {})", c.skipped)
+                } else {
+                    String::new()
+                };
+                format!(
+                    "{name} {}/{}{skipped}{}",
+                    c.sent + c.dead + c.skipped,
+                    c.to_settle,
+                    if c.done { " done" } else { "" }
+                )
+            })
+            .collect();
+        if parts.is_empty() {
+            String::new()
+        } else {
+            format!(" | channels {}", parts.join(", "))
         }
     }
 
@@ -280,7 +337,7 @@ impl Report {
         let lag = lag_text(self.lag);
         format!(
             "[{:>7.1}s] produced {} | sent {} | failed {} | dead {} | pending {} | queued {} | duplicates {} | \
-             avg {}/msg | {} | {:.1} msg/s | {} | senders {}{}",
+             avg {}/msg | {} | {:.1} msg/s | {} | senders {}{}{}",
             self.elapsed_s,
             self.produced,
             self.sent,
@@ -294,6 +351,7 @@ impl Report {
             self.rate_per_s,
             self.ages_text(),
             self.live_senders,
+            self.channels_text(),
             if self.done { " | done" } else { "" }
         )
     }

@@ -8,6 +8,7 @@
 //! parts have landed (`writer.rs`). Counting the heads (one `HLEN`) counts
 //! the whole batches, and a resumed run skips a batch whose head it finds.
 
+use crate::channel::ChannelKind;
 use std::collections::HashMap;
 
 use tokio::sync::mpsc;
@@ -121,7 +122,16 @@ pub(super) fn generate(
     let mut router = Router::new(route.routing.clone(), round_robin_start(plan, route));
     let handle = tokio::task::spawn_blocking(move || {
         let mut parts_on = vec![0u64; partitions as usize];
+        // Messages get an e-mail address too when the queue has a channel
+        // that sends e-mail.
         let mut generator = MessageGenerator::seeded(seed);
+        if producers[0]
+            .channels()
+            .iter()
+            .any(|c| c.kind == ChannelKind::Email)
+        {
+            generator = generator.with_emails();
+        }
         let mut generated: u64 = 0;
         let mut seq: u64 = 0;
         while generated < count {

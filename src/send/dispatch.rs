@@ -21,6 +21,8 @@ use super::in_flight::{Finished, LaneOut, PendingRead, Reads};
 use super::recover::Reclaim;
 use super::simulate::Simulator;
 use super::summary::Progress;
+use crate::channel::Channel;
+use crate::message::Addressed;
 use crate::settings::SendSettings;
 use crate::store::{Outcome, ReportItem, Retry, Sender, StoreError, StreamEntry};
 
@@ -103,6 +105,8 @@ impl Lane {
 /// The dispatcher's state.
 pub(super) struct Dispatcher {
     pub settings: SendSettings,
+    /// The channel whose messages this sender sends.
+    pub channel: Channel,
     pub simulator: Simulator,
     /// One per message held, from its read until its result is written.
     pub hold_slots: Arc<Semaphore>,
@@ -389,12 +393,21 @@ impl Dispatcher {
         let out = Arc::clone(&self.lanes[lane].out);
         // Its lease is renewed from now on, until its result is written.
         out.in_flight.insert(&entry.id);
-        let checked = entry.message().map(|_| ());
+        let checked = entry
+            .addressed(&self.channel)
+            .map(|addressed| matches!(addressed, Addressed::To { .. }));
         let id = entry.id;
-        if let Err(err) = checked {
-            tracing::warn!(id, error = %err, "malformed entry; moving it to the dead stream");
-            finish_now(&out, id, Outcome::Malformed, hold);
-            return;
+        match checked {
+            Err(err) => {
+                tracing::warn!(id, error = %err, "malformed entry; moving it to the dead stream");
+                finish_now(&out, id, Outcome::Malformed, hold);
+                return;
+            }
+            Ok(false) => {
+                finish_now(&out, id, Outcome::Skipped, hold);
+                return;
+            }
+            Ok(true) => {}
         }
         let attempt = self.simulator.next_attempt();
         if attempt.delay.is_zero() {

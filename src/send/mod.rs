@@ -178,6 +178,7 @@ pub async fn run(
         mean_ms = settings.delay.mean.as_millis() as u64,
         failure_rate = settings.failure_rate,
         partitions = ?read,
+        channel = %store.channel(),
         "sender started"
     );
     let sender = Shared {
@@ -405,6 +406,7 @@ impl Shared {
     ) -> Dispatcher {
         let settings = &self.settings;
         Dispatcher {
+            channel: self.store.channel().clone(),
             simulator: Simulator::new(
                 settings.delay,
                 settings.failure_rate,

@@ -277,8 +277,10 @@ fn fields_of(incoming: &Incoming, created_ms: u64) -> Vec<(&'static str, String)
         recipient: incoming.recipient.clone(),
         body: incoming.body.clone(),
         created_ms,
+        // The e-mail address travels with the metadata's fields.
+        email: None,
     };
-    let mut fields = Vec::from(message.to_fields());
+    let mut fields = message.to_fields();
     fields.extend(
         incoming
             .metadata

@@ -210,6 +210,13 @@ pub fn key_part(value: &str) -> Result<String, String> {
     }
 }
 
+/// A channel: `NAME` or `NAME:KIND`, the name a valid key part.
+pub fn channel(value: &str) -> Result<crate::channel::Channel, String> {
+    let channel = crate::channel::Channel::parse(value)?;
+    key_part(&channel.name).map_err(|reason| format!("channel name: {reason}"))?;
+    Ok(channel)
+}
+
 /// A file that exists and can be read (a certificate, a key, a password).
 pub fn readable_file(value: &str) -> Result<std::path::PathBuf, String> {
     let path = std::path::PathBuf::from(value);

@@ -24,8 +24,6 @@ pub use values::{
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 /// Default key prefix.
 pub const DEFAULT_PREFIX: &str = "sms";
-/// Default consumer group.
-pub const DEFAULT_GROUP: &str = "senders";
 /// Default number of messages a producer generates.
 pub const DEFAULT_COUNT: u64 = 1000;
 /// Default messages per pipelined write.

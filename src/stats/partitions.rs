@@ -54,6 +54,11 @@ impl Snapshot {
             (&mut self.dead_purged, other.dead_purged),
             (&mut self.requeued, other.requeued),
             (&mut self.abandoned, other.abandoned),
+            (&mut self.skipped, other.skipped),
+            (&mut self.deferred, other.deferred),
+            (&mut self.dead_expired, other.dead_expired),
+            (&mut self.dead_requeued, other.dead_requeued),
+            (&mut self.unseen, other.unseen),
         ] {
             *sum += value;
         }

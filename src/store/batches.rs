@@ -394,7 +394,7 @@ impl Producer {
     /// failure.
     pub fn prepare_batch(&self, run_id: &str, seq: u64, messages: &[Message]) -> PreparedBatch {
         let stream = self.store.keys.messages();
-        let stats = self.store.keys.stats();
+        let stats = self.store.keys.totals();
         let run = self.store.keys.run_batches(run_id);
         let queue = self.store.keys.queue();
         let mut number = itoa::Buffer::new();
@@ -410,7 +410,7 @@ impl Producer {
 
         let per_message: usize = messages
             .iter()
-            .map(|m| m.recipient.len() + m.body.len())
+            .map(|m| m.recipient.len() + m.body.len() + m.email.as_ref().map_or(0, String::len))
             .sum::<usize>()
             + messages.len() * (100 + stream.len());
         let mut body = Vec::with_capacity(per_message + 256);
@@ -420,20 +420,29 @@ impl Producer {
             &[b"HSET", run.as_bytes(), &seq_text, count.as_bytes()],
         );
         for message in messages {
-            encode(
-                &mut body,
-                &[
-                    b"XADD",
-                    stream.as_bytes(),
-                    b"*",
-                    field::RECIPIENT.as_bytes(),
-                    message.recipient.as_bytes(),
-                    field::BODY.as_bytes(),
-                    message.body.as_bytes(),
-                    field::CREATED_MS.as_bytes(),
-                    number.format(message.created_ms).as_bytes(),
-                ],
-            );
+            let created = number.format(message.created_ms).as_bytes().to_vec();
+            let mut command: [&[u8]; 11] = [
+                b"XADD",
+                stream.as_bytes(),
+                b"*",
+                field::RECIPIENT.as_bytes(),
+                message.recipient.as_bytes(),
+                field::BODY.as_bytes(),
+                message.body.as_bytes(),
+                field::CREATED_MS.as_bytes(),
+                &created,
+                b"",
+                b"",
+            ];
+            let used = match &message.email {
+                Some(email) => {
+                    command[9] = field::EMAIL.as_bytes();
+                    command[10] = email.as_bytes();
+                    11
+                }
+                None => 9,
+            };
+            encode(&mut body, &command[..used]);
         }
         encode(
             &mut body,

@@ -15,7 +15,7 @@ use super::streams::StreamEntry;
 use super::{Inspector, Operator, Sender, Store, StoreError};
 
 /// How one send attempt ended. The order is that of the id groups of
-/// `sms_report`'s arguments.
+/// `sms_settle`'s arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
     /// Sent: acknowledge and count it.
@@ -24,6 +24,31 @@ pub enum Outcome {
     Failed = 1,
     /// Not a valid message: dead-letter it with reason `malformed`.
     Malformed = 2,
+    /// Nothing for this channel (no address for it, or requeued for
+    /// another channel): acknowledge it and count it as skipped.
+    Skipped = 3,
+    /// Not attempted (the gateway throttled it, or its breaker is open):
+    /// retry it after the backoff without spending an attempt.
+    Deferred = 4,
+    /// Older than the alert's age limit: dead-letter it as `expired`.
+    Expired = 5,
+}
+
+impl Outcome {
+    /// Every outcome, in the order `sms_settle` takes their ids.
+    const ALL: [Self; 6] = [
+        Self::Sent,
+        Self::Failed,
+        Self::Malformed,
+        Self::Skipped,
+        Self::Deferred,
+        Self::Expired,
+    ];
+
+    /// Whether the result was an attempt to send, with a send time.
+    fn attempted(self) -> bool {
+        matches!(self, Self::Sent | Self::Failed)
+    }
 }
 
 /// One result to report.
@@ -50,6 +75,10 @@ pub struct ReportReply {
     pub dead: u64,
     /// Whether this batch had been applied already (a retry after a lost reply).
     pub replayed: bool,
+    /// Messages settled as nothing for this channel.
+    pub skipped: u64,
+    /// Messages set back to wait without spending an attempt.
+    pub deferred: u64,
 }
 
 /// An entry this sender now holds, and how many deliveries it has had,
@@ -121,7 +150,7 @@ pub struct Trimmed {
 }
 
 impl ReportReply {
-    /// The reply of `sms_report`, whichever decoder reads it, from `counts`:
+    /// The reply of `sms_settle`, whichever decoder reads it, from `counts`:
     /// its integers in order (negative ones as 0), `None` past the end.
     pub(super) fn from_counts(
         mut counts: impl FnMut() -> Option<Result<i64, StoreError>>,
@@ -137,11 +166,13 @@ impl ReportReply {
             failed: next()?,
             dead: next()?,
             replayed: next()? == 1,
+            skipped: next()?,
+            deferred: next()?,
         })
     }
 }
 
-/// An `sms_report` call encoded for sending: cheap to send again.
+/// An `sms_settle` call encoded for sending: cheap to send again.
 #[derive(Debug, Clone)]
 pub struct PreparedReport(Arc<redis::Cmd>);
 
@@ -153,9 +184,9 @@ impl PreparedReport {
 }
 
 /// The name of the report function, named in errors.
-pub(super) const REPORT: &str = "sms_report";
+pub(super) const REPORT: &str = "sms_settle";
 
-/// Decodes `sms_report`'s reply as redis-rs gives it (on a pooled connection).
+/// Decodes `sms_settle`'s reply as redis-rs gives it (on a pooled connection).
 fn report_reply(reply: redis::RedisResult<Value>) -> Result<ReportReply, StoreError> {
     let mut counts = array(REPORT, reply.map_err(StoreError::redis(REPORT))?)?.into_iter();
     ReportReply::from_counts(|| counts.next().map(|value| int(REPORT, value)))
@@ -212,7 +243,7 @@ impl Store {
 
 impl Sender {
     /// Acknowledges and counts a batch of results in one atomic call
-    /// (`sms_report`) on a pooled connection. `(token, seq)` identify the
+    /// (`sms_settle`) on a pooled connection. `(token, seq)` identify the
     /// batch, so that a retry after a lost reply is not applied twice: `token`
     /// is unique per process and `seq` grows with every batch; batches may
     /// land in any order.
@@ -254,10 +285,10 @@ impl Sender {
         // so Redis does no per-result work beyond the commands each needs.
         let mut histogram = Histogram::default();
         let mut send_time_us: u64 = 0;
-        let mut by_outcome = [0usize; 3];
+        let mut by_outcome = [0usize; Outcome::ALL.len()];
         for item in items {
             by_outcome[item.outcome as usize] += 1;
-            if item.outcome != Outcome::Malformed {
+            if item.outcome.attempted() {
                 histogram.record_us(item.send_time_us);
                 send_time_us += item.send_time_us;
             }
@@ -274,9 +305,11 @@ impl Sender {
             .arg(token)
             .arg(seq)
             .arg(&by_outcome[..])
+            // A deferred message waits the retry backoff, as a failed one.
+            .arg(retry_idle.as_millis() as u64)
             .arg(send_time_us)
             .arg(&histogram.counts[..]);
-        for outcome in [Outcome::Sent, Outcome::Failed, Outcome::Malformed] {
+        for outcome in Outcome::ALL {
             for item in items.iter().filter(|item| item.outcome == outcome) {
                 cmd.arg(&item.id);
             }
@@ -397,6 +430,7 @@ impl Sender {
             self.store.keys.queue(),
             self.store.keys.messages(),
             self.store.keys.dead(),
+            self.store.keys.totals(),
             self.store.keys.stats(),
         ];
         let args = vec![
@@ -444,19 +478,29 @@ impl Operator {
         })
     }
 
-    /// Moves dead letters back into the stream (`sms_requeue`, one atomic
-    /// call). Returns how many were requeued and the ids that were not in
-    /// the dead stream (or held no message).
+    /// Moves this channel's dead letters back into the stream, to be sent
+    /// again by this channel only (`sms_requeue_to`, one atomic call).
+    /// Returns how many were requeued and the ids that were not in the dead
+    /// stream (or held no message).
     pub async fn requeue(&self, ids: &[String]) -> Result<(u64, Vec<String>), StoreError> {
-        const NAME: &str = "sms_requeue";
+        const NAME: &str = "sms_requeue_to";
         let keys = [
             self.store.keys.queue(),
             self.store.keys.messages(),
             self.store.keys.dead(),
+            self.store.keys.totals(),
             self.store.keys.stats(),
         ];
-        let mut args = Vec::with_capacity(1 + ids.len());
+        // With one channel, nothing to tell other channels: the entry
+        // stays as a message from before channels would be.
+        let only = if self.store.channels.len() > 1 {
+            self.store.group.as_str()
+        } else {
+            ""
+        };
+        let mut args = Vec::with_capacity(2 + ids.len());
         args.push(self.store.epoch.as_bytes().to_vec());
+        args.push(only.as_bytes().to_vec());
         args.extend(ids.iter().map(|id| id.as_bytes().to_vec()));
         let mut reply = array(NAME, self.store.fcall(NAME, &keys, args).await?)?.into_iter();
         let requeued = int(NAME, reply.next().unwrap_or(Value::Nil))?.max(0) as u64;
@@ -502,6 +546,7 @@ impl Inspector {
             self.store.keys.dead(),
             self.store.keys.stats(),
             self.store.keys.latency(),
+            self.store.keys.totals(),
         ];
         let mut cmd = redis::cmd("FCALL_RO");
         cmd.arg(NAME)

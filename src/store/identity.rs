@@ -16,8 +16,10 @@ use std::time::Duration;
 use rand::RngExt;
 use redis::Value;
 
+use super::channels::{self, ChannelStart};
 use super::reply::{array, text};
 use super::{Store, StoreError};
+use crate::channel::Channel;
 
 /// How long settled entries (or dead letters) are kept.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +74,7 @@ impl std::fmt::Display for Retention {
 
 /// What `migrate` asks of the queue; `None` keeps what the queue has (or the
 /// default for a new queue).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueOptions {
     /// Retention of settled entries.
     pub retention: Option<Retention>,
@@ -80,6 +82,11 @@ pub struct QueueOptions {
     pub dead_retention: Option<Retention>,
     /// How many partitions the queue has: it may grow, never shrink.
     pub partitions: Option<u32>,
+    /// Channels the queue must have; those it lacks are added after the
+    /// ones it has (a channel is never taken away).
+    pub channels: Vec<Channel>,
+    /// Where a channel added to a queue holding messages begins.
+    pub channel_start: ChannelStart,
 }
 
 /// What [`Store::create_queue`] found or did.
@@ -106,6 +113,10 @@ pub struct QueueIdentity {
     pub dead_retention: Retention,
     /// The partition count before `migrate`, and after.
     pub partitions: (u32, u32),
+    /// The queue's channels after `migrate`, first one first.
+    pub channels: Vec<Channel>,
+    /// The channels `migrate` added.
+    pub added_channels: Vec<String>,
 }
 
 /// The field of the migrations hash that records that the queue was given
@@ -129,6 +140,15 @@ impl Store {
         // Check, then write: a partition the queue had that is gone now is
         // lost state, never created again here.
         home.check_partitions_present().await?;
+        let had = home.read_channels().await?;
+        let had = had.unwrap_or_else(|| vec![home.first_channel(&options.channels)]);
+        let channels = channels::merged(&had, &options.channels)?;
+        let home = Store {
+            group: had[0].name.clone(),
+            channels: Arc::from(had.clone()),
+            keys: home.keys.with_channel(None),
+            ..home
+        };
         let first = home.create_partition(options, None).await?;
         let opened = home.with_epoch(first.epoch.clone());
         let before = opened.read_partition_count().await?;
@@ -149,9 +169,32 @@ impl Store {
                 )));
             }
         }
+        // Every partition gets every channel before the count or the list
+        // names it, so no producer writes where a channel has no group yet.
+        let mut added = Vec::new();
+        for partition in 0..wanted {
+            // A partition new now is empty: every channel starts with it.
+            let start = if partition < before {
+                options.channel_start
+            } else {
+                ChannelStart::Beginning
+            };
+            for (i, channel) in channels.iter().enumerate() {
+                let created = opened
+                    .partition(partition)
+                    .add_channel(channel, i == 0, start)
+                    .await?;
+                if created && i >= had.len() && !added.contains(&channel.name) {
+                    added.push(channel.name.clone());
+                }
+            }
+        }
         opened.grow_partitions(wanted).await?;
+        opened.record_channels(&channels).await?;
         Ok(QueueIdentity {
             partitions: (before, wanted),
+            channels,
+            added_channels: added,
             ..first
         })
     }
@@ -264,7 +307,7 @@ impl Store {
         let keys = [
             self.keys.queue(),
             self.keys.messages(),
-            self.keys.stats(),
+            self.keys.totals(),
             self.keys.dead(),
             self.keys.migrations(),
         ];
@@ -299,6 +342,8 @@ impl Store {
             retention: millis(next()?),
             dead_retention: millis(next()?),
             partitions: (1, 1),
+            channels: self.channels.to_vec(),
+            added_channels: Vec::new(),
         })
     }
 
@@ -325,9 +370,13 @@ impl Store {
     pub async fn open_read_only(&self) -> Result<Store, StoreError> {
         let home = self.partition(0);
         let (epoch, count) = home.read_identity().await?;
+        let channels = home
+            .read_channels()
+            .await?
+            .unwrap_or_else(|| self.channels.to_vec());
         let opened = Store {
             partitions: count,
-            ..home.with_epoch(epoch)
+            ..home.with_epoch(epoch).on_channel(channels)?
         };
         for partition in opened.partitions().iter().skip(1) {
             partition.check_epoch().await?;

@@ -177,7 +177,7 @@ impl Ingester {
         messages: &[Vec<(&'static str, String)>],
     ) -> redis::Cmd {
         let keys = &self.store.keys;
-        let mut key_names = vec![keys.queue(), keys.messages(), keys.stats()];
+        let mut key_names = vec![keys.queue(), keys.messages(), keys.totals()];
         if let Some(record) = record {
             key_names.push(match record.scope {
                 IdempotencyScope::Request => keys.request_idempotency(&record.key),

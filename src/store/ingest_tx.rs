@@ -62,7 +62,7 @@ impl TransactionConnection {
         let (queue, stream, stats) = (
             store.keys.queue(),
             store.keys.messages(),
-            store.keys.stats(),
+            store.keys.totals(),
         );
         let mut check = Vec::with_capacity(128);
         encode(&mut check, &[b"WATCH", queue.as_bytes()]);

@@ -264,6 +264,31 @@ impl Inspector {
         Ok(GroupInfo::default())
     }
 
+    /// The names of the consumer groups on this partition's stream (none
+    /// when the stream is missing).
+    pub async fn group_names(&self) -> Result<Vec<String>, StoreError> {
+        const COMMAND: &str = "XINFO GROUPS";
+        let mut conn = self.store.conn().await?;
+        let reply: Value = match redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(self.store.keys.messages())
+            .query_async(&mut conn)
+            .await
+        {
+            Err(err) if err.detail().is_some_and(|d| d.contains("no such key")) => {
+                return Ok(Vec::new());
+            }
+            other => other.map_err(StoreError::redis(COMMAND))?,
+        };
+        array(COMMAND, reply)?
+            .into_iter()
+            .map(|group| {
+                let mut map = fields(COMMAND, group)?;
+                text(COMMAND, map.remove("name").unwrap_or(Value::Nil))
+            })
+            .collect()
+    }
+
     /// The group's consumers; none when the stream or the group is missing
     /// (what that means is for [`Store::diagnose`](super::Store::diagnose) to say).
     pub async fn consumers(&self) -> Result<Vec<ConsumerInfo>, StoreError> {

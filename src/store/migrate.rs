@@ -42,7 +42,7 @@ const LIBRARY: &str = include_str!("../../migrations/functions.lua");
 
 /// The library version this binary brings: that of the last migration, and
 /// the `LIBRARY_VERSION` the library's source declares.
-pub(super) const LIBRARY_VERSION: u32 = 11;
+pub(super) const LIBRARY_VERSION: u32 = 12;
 
 /// Every migration, oldest first, one version step each. The names are
 /// recorded in queues' migrations hashes, so a step keeps its name.
@@ -111,6 +111,13 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 11,
         name: "0011_ingest",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
+    // Channels: `sms_channel`, `sms_channels`, `sms_settle` (skipped,
+    // deferred and expired results), `sms_requeue_to`.
+    Migration {
+        version: 12,
+        name: "0012_channels",
         step: Step::FunctionLibrary(LIBRARY),
     },
 ];

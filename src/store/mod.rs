@@ -33,6 +33,7 @@
 //! node, so all of them log in and verify Redis the same way.
 
 mod batches;
+mod channels;
 mod endpoint;
 mod error;
 mod fan_out;
@@ -60,6 +61,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use batches::{BatchConnection, BatchWrite, CommittedBatch, PreparedBatch, StartedBatch};
+pub use channels::ChannelStart;
 pub use endpoint::{QueueSettings, TlsSettings};
 pub use error::StoreError;
 pub use functions::{
@@ -80,6 +82,7 @@ pub use roles::{Ingester, Inspector, Operator, Producer, Sender};
 pub use runs::{RUN_KEEP, RunEnd, RunInfo, RunPlan, RunRoute, RunState};
 pub use streams::{StreamEntry, id_order};
 
+use crate::channel::Channel;
 use crate::keys::Keys;
 use topology::{CONNECT_TIMEOUT, Conn, RESPONSE_TIMEOUT, Topology};
 use transport::Endpoint;
@@ -102,6 +105,9 @@ pub struct Store {
     epoch: Arc<str>,
     /// The queue's partition count, as read when it was opened (1 before).
     partitions: u32,
+    /// The queue's channels, first one first, as read when it was opened
+    /// (before: the one asked for).
+    channels: Arc<[Channel]>,
 }
 
 impl std::fmt::Debug for Store {
@@ -143,6 +149,11 @@ impl Store {
             url: url.clone(),
             epoch: Arc::from(""),
             partitions: 1,
+            channels: Arc::from(Vec::new()),
+        };
+        let store = Store {
+            channels: Arc::from(vec![store.first_channel(&[])]),
+            ..store
         };
         store.ping().await.map_err(unreachable)?;
         Ok(store)
@@ -152,7 +163,7 @@ impl Store {
     /// connections, epoch and partition count, that partition's keys.
     pub fn partition(&self, partition: u32) -> Store {
         Store {
-            keys: Keys::for_partition(&self.prefix, partition),
+            keys: self.keys.on_partition(partition),
             ..self.clone()
         }
     }
@@ -166,6 +177,8 @@ impl Store {
             prefix: prefix.to_owned(),
             epoch: Arc::from(""),
             partitions: 1,
+            channels: Arc::from(vec![Channel::sms(crate::channel::DEFAULT_CHANNEL)]),
+            group: String::new(),
             ..self.clone()
         }
     }
@@ -235,7 +248,7 @@ impl Store {
         &self.keys
     }
 
-    /// The consumer group of this queue.
+    /// The consumer group this handle works in: its channel's name.
     pub fn group(&self) -> &str {
         &self.group
     }

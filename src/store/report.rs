@@ -64,8 +64,8 @@ mod tests {
 
     #[test]
     fn counts_decode_in_order_negatives_as_zero() {
-        let reply =
-            report_reply(b"*6\r\n:3\r\n:-1\r\n$1\r\n2\r\n:0\r\n:1\r\n:9\r\n").expect("decodes");
+        let reply = report_reply(b"*7\r\n:3\r\n:-1\r\n$1\r\n2\r\n:0\r\n:1\r\n:9\r\n:0\r\n")
+            .expect("decodes");
         assert_eq!(
             reply,
             ReportReply {
@@ -73,7 +73,9 @@ mod tests {
                 duplicates: 0,
                 failed: 2,
                 dead: 0,
-                replayed: true
+                replayed: true,
+                skipped: 9,
+                deferred: 0,
             }
         );
     }

@@ -11,6 +11,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use super::{ReadConnection, Retry, Store, StoreError};
+use crate::channel::Channel;
 use crate::keys::Keys;
 
 /// Declares a role handle: a newtype over [`Store`] with the key names and
@@ -34,6 +35,16 @@ macro_rules! role {
             /// The key names of this queue.
             pub fn keys(&self) -> &Keys {
                 self.store.keys()
+            }
+
+            /// The channel this handle works on.
+            pub fn channel(&self) -> &Channel {
+                self.store.channel()
+            }
+
+            /// The queue's channels, first one first.
+            pub fn channels(&self) -> &[Channel] {
+                self.store.channels()
             }
 
             /// Runs `op` under the store's retry policy ([`Store::retrying`]).

@@ -1,7 +1,8 @@
 //! Stream operations: the sender's group reads and stream entries.
 
 use super::{PendingReply, ReadConnection, Sender};
-use crate::message::{DecodeError, MessageRef, Oversized, RawFields};
+use crate::channel::Channel;
+use crate::message::{Addressed, DecodeError, MessageRef, Oversized, RawFields};
 
 /// One stream entry, its fields kept as raw bytes until decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +33,17 @@ impl StreamEntry {
         match &self.oversized {
             Some(oversized) => Err(oversized.clone().into()),
             None => MessageRef::from_fields(&self.fields),
+        }
+    }
+
+    /// The entry decoded for `channel`: its address and text, or nothing
+    /// for that channel; an error when it is not a valid message.
+    pub fn addressed(&self, channel: &Channel) -> Result<Addressed<'_>, DecodeError> {
+        match &self.oversized {
+            Some(oversized) => Err(oversized.clone().into()),
+            None => {
+                Addressed::from_fields(&self.fields, &channel.name, channel.kind.address_field())
+            }
         }
     }
 }

@@ -1,0 +1,226 @@
+//! The queue's channels: which ones it has (recorded in partition 0's queue
+//! hash, `sms_channels`), giving a partition a channel (`sms_channel`), and
+//! the handle of one channel.
+//!
+//! A queue from before channels records none: its channels are the
+//! consumer groups its partition 0 has, each of the SMS kind, until
+//! `migrate` records them.
+
+use super::reply::text;
+use super::{Store, StoreError};
+use crate::channel::{self, Channel, DEFAULT_CHANNEL};
+
+/// Where a channel added to a queue that already holds messages begins.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChannelStart {
+    /// After the newest message: the messages already in the queue are not
+    /// the new channel's.
+    #[default]
+    End,
+    /// With the oldest message the streams still hold.
+    Beginning,
+}
+
+impl ChannelStart {
+    fn id(self) -> &'static str {
+        match self {
+            Self::End => "$",
+            Self::Beginning => "0",
+        }
+    }
+}
+
+impl Store {
+    /// The queue's channels, first one first, as this handle read them when
+    /// it opened the queue (one, the asked-for group, before that).
+    pub fn channels(&self) -> &[Channel] {
+        &self.channels
+    }
+
+    /// The channel this handle works on.
+    pub fn channel(&self) -> &Channel {
+        self.channels
+            .iter()
+            .find(|c| c.name == self.group)
+            .unwrap_or(&self.channels[0])
+    }
+
+    /// The handle of channel `name` of the same queue and partition.
+    /// [`StoreError::Refused`] when the queue has no such channel.
+    pub fn for_channel(&self, name: &str) -> Result<Store, StoreError> {
+        let position = self
+            .channels
+            .iter()
+            .position(|c| c.name == name)
+            .ok_or_else(|| self.unknown_channel(name))?;
+        let own = (position > 0).then_some(name);
+        Ok(Store {
+            group: name.to_owned(),
+            keys: self.keys.with_channel(own),
+            ..self.clone()
+        })
+    }
+
+    /// The handles of every channel of this partition, first one first.
+    pub fn every_channel(&self) -> Vec<Store> {
+        self.channels
+            .iter()
+            .filter_map(|c| self.for_channel(&c.name).ok())
+            .collect()
+    }
+
+    fn unknown_channel(&self, name: &str) -> StoreError {
+        let names: Vec<&str> = self.channels.iter().map(|c| c.name.as_str()).collect();
+        StoreError::Refused(format!(
+            "queue '{}' has no channel '{name}'; its channels: {}",
+            self.prefix,
+            names.join(", ")
+        ))
+    }
+
+    /// The channels partition 0 records, or, for a queue from before
+    /// channels, its groups as SMS channels; `None` when there is no queue
+    /// stream to ask.
+    pub(super) async fn read_channels(&self) -> Result<Option<Vec<Channel>>, StoreError> {
+        let home = self.partition(0);
+        let queue = home.keys.queue();
+        let mut conn = home.conn().await?;
+        let recorded: Option<String> = redis::cmd("HGET")
+            .arg(&queue)
+            .arg("channels")
+            .query_async(&mut conn)
+            .await
+            .or_else(|err| match err.code() {
+                Some("WRONGTYPE") => Ok(None),
+                _ => Err(err),
+            })
+            .map_err(StoreError::redis("HGET (channels)"))?;
+        if let Some(text) = recorded {
+            return channel::decode(&text).map(Some).map_err(|reason| {
+                StoreError::Damaged(format!("{queue} field channels is {text:?}: {reason}"))
+            });
+        }
+        let groups = home.inspector().group_names().await?;
+        if groups.is_empty() {
+            return Ok(None);
+        }
+        // The group asked for first, as it was the queue's one channel.
+        let mut channels: Vec<Channel> = groups.iter().map(|g| Channel::sms(g)).collect();
+        if let Some(at) = channels.iter().position(|c| c.name == self.group) {
+            channels.swap(0, at);
+        }
+        Ok(Some(channels))
+    }
+
+    /// The handle of the channel asked for, with the channels Redis holds
+    /// of the queue, for the tools that look at a queue without opening it
+    /// (audit, repair): a channel list that cannot be read leaves the one
+    /// channel this handle knows, for them to report.
+    pub async fn found_channels(&self) -> Result<Store, StoreError> {
+        match self.read_channels().await {
+            Ok(Some(channels)) => self.on_channel(channels),
+            Ok(None) => Ok(self.clone()),
+            Err(err) if err.is_transient() => Err(err),
+            Err(_) => Ok(self.clone()),
+        }
+    }
+
+    /// This handle made the handle of the channel it was asked for (its
+    /// group; the queue's first channel when none was asked for), among
+    /// `channels`. [`StoreError::Refused`] when there is no such channel.
+    pub(super) fn on_channel(&self, channels: Vec<Channel>) -> Result<Store, StoreError> {
+        let asked = if self.group.is_empty() {
+            channels[0].name.clone()
+        } else {
+            self.group.clone()
+        };
+        Store {
+            channels: channels.into(),
+            ..self.clone()
+        }
+        .for_channel(&asked)
+    }
+
+    /// The first channel of a queue being created: the first of `wanted`,
+    /// else the one asked for, else the default.
+    pub(super) fn first_channel(&self, wanted: &[Channel]) -> Channel {
+        wanted.first().cloned().unwrap_or_else(|| {
+            Channel::sms(if self.group.is_empty() {
+                DEFAULT_CHANNEL
+            } else {
+                &self.group
+            })
+        })
+    }
+
+    /// Gives this handle's partition channel `channel` (`sms_channel`):
+    /// its group, starting at `start` when created now, and its counters.
+    /// Returns whether it was created.
+    pub(super) async fn add_channel(
+        &self,
+        channel: &Channel,
+        is_first: bool,
+        start: ChannelStart,
+    ) -> Result<bool, StoreError> {
+        const NAME: &str = "sms_channel";
+        let keys = [
+            self.keys.queue(),
+            self.keys.messages(),
+            self.keys
+                .with_channel((!is_first).then_some(channel.name.as_str()))
+                .stats(),
+        ];
+        let args = vec![
+            self.epoch.as_bytes().to_vec(),
+            channel.name.as_bytes().to_vec(),
+            start.id().as_bytes().to_vec(),
+        ];
+        let reply = self.fcall(NAME, &keys, args).await?;
+        Ok(text(NAME, reply)? == "created")
+    }
+
+    /// Records the queue's channels on partition 0 (`sms_channels`), after
+    /// every partition has them.
+    pub(super) async fn record_channels(&self, channels: &[Channel]) -> Result<(), StoreError> {
+        const NAME: &str = "sms_channels";
+        let home = self.partition(0);
+        let keys = [home.keys.queue()];
+        let args = vec![
+            self.epoch.as_bytes().to_vec(),
+            channel::encode(channels).into_bytes(),
+        ];
+        match home.fcall(NAME, &keys, args).await {
+            Err(StoreError::Redis { source, .. }) if source.code() == Some("SHRINK") => {
+                Err(StoreError::Refused(format!(
+                    "queue '{}' records channels {}; a channel is never taken away or \
+                     reordered (its group holds what it has not settled)",
+                    self.prefix,
+                    source.detail().unwrap_or("").trim()
+                )))
+            }
+            other => other.map(drop),
+        }
+    }
+}
+
+/// The channels a queue has after `migrate`: those it had, then those asked
+/// for that it lacks. [`StoreError::Refused`] when one asked for has a name
+/// the queue already uses for another kind.
+pub(super) fn merged(had: &[Channel], wanted: &[Channel]) -> Result<Vec<Channel>, StoreError> {
+    let mut all = had.to_vec();
+    for channel in wanted {
+        match all.iter().find(|c| c.name == channel.name) {
+            Some(existing) if existing.kind != channel.kind => {
+                return Err(StoreError::Refused(format!(
+                    "channel '{}' is of kind {} already, not {}",
+                    channel.name,
+                    existing.kind.name(),
+                    channel.kind.name()
+                )));
+            }
+            Some(_) => {}
+            None => all.push(channel.clone()),
+        }
+    }
+    Ok(all)
+}
