@@ -256,7 +256,7 @@ async fn read(store: &Store) -> Result<Found, StoreError> {
 /// do; writes nothing. `group_start` is `end` or an entry id (see
 /// [`Step::RecreateGroup`]).
 pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreError> {
-    let store = store.found_partitions().await?;
+    let store = store.found_partitions().await?.found_channels().await?;
     let mut plan = RepairPlan {
         partition_count: store.partition_count(),
         ..RepairPlan::default()
@@ -513,6 +513,7 @@ async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<S
 
 /// Does the repairs of `plan`, in order, each in one transaction.
 pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
+    let store = store.found_channels().await?;
     for (step, partition) in plan.steps.iter().zip(&plan.partitions) {
         apply_step(&store.partition(*partition), step, plan.partition_count).await?;
     }

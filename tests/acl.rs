@@ -271,7 +271,7 @@ async fn a_command_missing_from_the_rule_is_named_in_the_error() {
     let (_, log) = outputs(&prefix, "noxack");
     let logged = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_until("the sender logs the denial", DEADLINE, || async {
-        logged().contains("Redis refused sms_report to this user (ACL)")
+        logged().contains("Redis refused sms_settle to this user (ACL)")
     })
     .await;
     assert!(!logged().contains(PASSWORD), "{}", logged());

@@ -145,7 +145,7 @@ fn every_option_is_explained_in_help() {
         "--seed",
         "--redis-url",
         "--prefix",
-        "--group",
+        "--channel",
         "--config",
         "--log-format",
         "SMS_MEAN",

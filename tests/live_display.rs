@@ -57,7 +57,7 @@ async fn the_terminal_shows_a_progress_bar_a_sender_table_and_alerts() {
                 && screen.contains("p50/p95/p99")
                 && screen.contains("oldest queued")
                 && screen.contains("live senders 2")
-                && screen.contains("dead: deleted 0, malformed 0, max_attempts")
+                && screen.contains("dead: deleted 0, expired 0, malformed 0, max_attempts")
                 && screen.lines().any(|l| l.trim_start().starts_with("alpha"))
                 && screen.lines().any(|l| l.trim_start().starts_with("bravo"))
                 && screen.contains("ALERT failure rate");

@@ -298,7 +298,7 @@ impl Sender {
             .arg(keys.len())
             .arg(&keys)
             .arg(&*self.store.epoch)
-            .arg(&self.store.group)
+            .arg(self.store.group())
             .arg(consumer)
             .arg(max_attempts)
             .arg(retry_idle.as_millis() as u64)
@@ -348,7 +348,7 @@ impl Sender {
         ];
         let args = vec![
             self.store.epoch.as_bytes().to_vec(),
-            self.store.group.as_bytes().to_vec(),
+            self.store.group().as_bytes().to_vec(),
             consumer.as_bytes().to_vec(),
             min_idle.as_millis().to_string().into_bytes(),
             cursor.unwrap_or("-").as_bytes().to_vec(),
@@ -391,7 +391,7 @@ impl Sender {
         }
         let mut args = Vec::with_capacity(3 + ids.len());
         args.push(self.store.epoch.as_bytes().to_vec());
-        args.push(self.store.group.as_bytes().to_vec());
+        args.push(self.store.group().as_bytes().to_vec());
         args.push(consumer.as_bytes().to_vec());
         args.extend(ids.iter().map(|id| id.as_bytes().to_vec()));
         let keys = [self.store.keys.queue(), self.store.keys.messages()];
@@ -435,7 +435,7 @@ impl Sender {
         ];
         let args = vec![
             self.store.epoch.as_bytes().to_vec(),
-            self.store.group.as_bytes().to_vec(),
+            self.store.group().as_bytes().to_vec(),
         ];
         let mut reply = array(NAME, self.store.fcall(NAME, &keys, args).await?)?.into_iter();
         let mut next = || int(NAME, reply.next().unwrap_or(Value::Nil)).map(|n| n.max(0) as u64);
@@ -463,7 +463,7 @@ impl Operator {
         ];
         let args = vec![
             self.store.epoch.as_bytes().to_vec(),
-            self.store.group.as_bytes().to_vec(),
+            self.store.group().as_bytes().to_vec(),
             consumer.as_bytes().to_vec(),
             min_idle.as_millis().to_string().into_bytes(),
         ];
@@ -494,7 +494,7 @@ impl Operator {
         // With one channel, nothing to tell other channels: the entry
         // stays as a message from before channels would be.
         let only = if self.store.channels.len() > 1 {
-            self.store.group.as_str()
+            self.store.group()
         } else {
             ""
         };
@@ -552,7 +552,7 @@ impl Inspector {
         cmd.arg(NAME)
             .arg(keys.len())
             .arg(&keys)
-            .arg(&self.store.group)
+            .arg(self.store.group())
             .arg(&*self.store.epoch);
         let mut conn = self.store.conn().await?;
         let reply: Value = cmd

@@ -319,7 +319,7 @@ impl Store {
             str::to_owned,
         );
         let args = vec![
-            self.group.as_bytes().to_vec(),
+            self.group().as_bytes().to_vec(),
             new_epoch.into_bytes(),
             setting(options.retention).into_bytes(),
             setting(options.dead_retention).into_bytes(),
@@ -459,7 +459,7 @@ impl Store {
             return Err(StoreError::Damaged(format!(
                 "consumer group {} of {} is gone; it is not re-created by itself, which would \
                  send every message in the stream again: see `sms-alerts repair`",
-                self.group,
+                self.group(),
                 self.keys.messages()
             )));
         }

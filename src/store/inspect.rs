@@ -182,7 +182,7 @@ impl Inspector {
         let mut conn = self.store.conn().await?;
         let reply: Value = redis::cmd(COMMAND)
             .arg(self.store.keys.messages())
-            .arg(&self.store.group)
+            .arg(self.store.group())
             .arg(start)
             .arg("+")
             .arg(count)
@@ -245,7 +245,7 @@ impl Inspector {
         };
         for group in array(COMMAND, reply)? {
             let mut map = fields(COMMAND, group)?;
-            if text(COMMAND, map.remove("name").unwrap_or(Value::Nil))? != self.store.group {
+            if text(COMMAND, map.remove("name").unwrap_or(Value::Nil))? != self.store.group() {
                 continue;
             }
             return Ok(GroupInfo {
@@ -297,7 +297,7 @@ impl Inspector {
         let reply: Value = match redis::cmd("XINFO")
             .arg("CONSUMERS")
             .arg(self.store.keys.messages())
-            .arg(&self.store.group)
+            .arg(self.store.group())
             .query_async(&mut conn)
             .await
         {

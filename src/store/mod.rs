@@ -250,7 +250,7 @@ impl Store {
 
     /// The consumer group this handle works in: its channel's name.
     pub fn group(&self) -> &str {
-        &self.group
+        &self.channel().name
     }
 
     /// The Redis URL with any password redacted, for messages.

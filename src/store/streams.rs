@@ -64,7 +64,7 @@ impl Sender {
     ) -> PendingReply<Vec<StreamEntry>> {
         let mut cmd = redis::cmd("XREADGROUP");
         cmd.arg("GROUP")
-            .arg(&self.store.group)
+            .arg(self.store.group())
             .arg(consumer)
             .arg("COUNT")
             .arg(count);
