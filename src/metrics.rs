@@ -6,8 +6,16 @@
 //! per partition: on a queue with several, each carries a `partition` label
 //! (`sum without (partition)` gives the queue's totals; `max` its oldest
 //! age). A queue with one partition has them unlabelled, as always. The
-//! queue-wide series (state, retention, live senders, memory, runs) and the
-//! per-sender ones (summed over the partitions) carry no `partition`.
+//! queue-wide series (state, retention, memory, runs) and the per-sender
+//! ones (summed over the partitions) carry no `partition`.
+//!
+//! On a queue of several channels each channel settles every message on its
+//! own, so the series of what a channel did or holds (sent, failed, dead,
+//! skipped, deferred, pending, lag, ages, send times, live senders) carry a
+//! `channel` label too, one series per channel and partition. The stream's
+//! own counters (produced, trimmed, requeued) are shared by the channels and
+//! stay without one, so that a `sum` never counts an entry once per channel.
+//! A queue of one channel has no `channel` label at all.
 
 use std::fmt::Write as _;
 
@@ -74,35 +82,28 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-/// The gauges of the queue's health: live senders, retention, state,
-/// Redis's memory, unfinished producer runs.
+/// The gauges of the queue's health: state, Redis's memory, retention,
+/// unfinished producer runs.
 fn queue_gauges(out: &mut String, s: &Snapshot) {
     for (name, help, value) in [
         (
-            "sms_live_senders",
-            "Senders whose process is alive.",
-            Some(s.live_senders as f64),
-        ),
-        (
             "sms_queue_state",
             "0 sound, 1 identity lost, 2 created anew, 3 group gone, 4 damaged.",
-            Some(s.state as u8 as f64),
+            s.state as u8 as f64,
         ),
         (
             "sms_redis_used_memory_bytes",
             "Memory Redis uses.",
-            Some(s.memory.used as f64),
+            s.memory.used as f64,
         ),
         (
             "sms_redis_maxmemory_bytes",
             "Redis's memory limit (0: none).",
-            Some(s.memory.max as f64),
+            s.memory.max as f64,
         ),
     ] {
-        if let Some(value) = value {
-            family(out, name, "gauge", help);
-            let _ = writeln!(out, "{name} {value}");
-        }
+        family(out, name, "gauge", help);
+        let _ = writeln!(out, "{name} {value}");
     }
     family(
         out,
@@ -143,18 +144,47 @@ fn by_partition(s: &Snapshot) -> Vec<(String, &Snapshot)> {
         .collect()
 }
 
+/// The label of channel `name`, for a queue of several channels.
+fn channel_label(name: &str) -> String {
+    format!("channel=\"{}\"", label(name))
+}
+
+/// Each channel's and partition's labels and figures: those of
+/// [`by_partition`] for a queue of one channel, else those of every
+/// channel's partitions, each with its channel's label first.
+fn by_channel(s: &Snapshot) -> Vec<(String, &Snapshot)> {
+    if s.channels.is_empty() {
+        return by_partition(s);
+    }
+    s.channels
+        .iter()
+        .flat_map(|(name, channel)| {
+            let channel_label = channel_label(name);
+            by_partition(channel)
+                .into_iter()
+                .map(move |(part, s)| (joined(&[&channel_label, &part]), s))
+        })
+        .collect()
+}
+
+/// `labels` separated by commas, the empty ones left out.
+fn joined(labels: &[&str]) -> String {
+    let labels: Vec<&str> = labels.iter().copied().filter(|l| !l.is_empty()).collect();
+    labels.join(",")
+}
+
 /// `name{labels}`, the empty labels left out; `name` alone without any.
 fn series(name: &str, labels: &[&str]) -> String {
-    let labels: Vec<&str> = labels.iter().copied().filter(|l| !l.is_empty()).collect();
+    let labels = joined(labels);
     if labels.is_empty() {
         name.to_owned()
     } else {
-        format!("{name}{{{}}}", labels.join(","))
+        format!("{name}{{{labels}}}")
     }
 }
 
-/// A family with one series per partition that has a value: none at all
-/// when no partition has one.
+/// A family with one series per partition (or channel and partition) that
+/// has a value: none at all when none has one.
 fn partition_family(
     out: &mut String,
     parts: &[(String, &Snapshot)],
@@ -174,107 +204,131 @@ fn partition_family(
     }
 }
 
-/// A counter family: its name, help, and where a snapshot holds its value.
-type Counter = (&'static str, &'static str, fn(&Snapshot) -> u64);
+/// Whose figures a counter is: the stream's, which every channel shares, or
+/// each channel's own.
+#[derive(Clone, Copy)]
+enum Scope {
+    Stream,
+    Channel,
+}
+
+/// A counter family: its name, help, scope, and where a snapshot holds its
+/// value.
+type Counter = (&'static str, &'static str, Scope, fn(&Snapshot) -> u64);
+
+/// The counter families, in the order they are written.
+const COUNTERS: [Counter; 12] = [
+    (
+        "sms_produced_total",
+        "Entries ever added to the stream.",
+        Scope::Stream,
+        |s| s.produced,
+    ),
+    (
+        "sms_sent_total",
+        "Messages sent, each counted once.",
+        Scope::Channel,
+        |s| s.sent,
+    ),
+    (
+        "sms_failed_total",
+        "Failed send attempts.",
+        Scope::Channel,
+        |s| s.failed,
+    ),
+    (
+        "sms_duplicates_total",
+        "Successful sends of already settled messages.",
+        Scope::Channel,
+        |s| s.duplicates,
+    ),
+    (
+        "sms_attempts_total",
+        "Send attempts of any outcome.",
+        Scope::Channel,
+        |s| s.attempts,
+    ),
+    (
+        "sms_trimmed_total",
+        "Settled entries removed from the stream by retention.",
+        Scope::Stream,
+        |s| s.trimmed,
+    ),
+    (
+        "sms_dead_trimmed_total",
+        "Dead letters removed by their retention.",
+        Scope::Channel,
+        |s| s.dead_trimmed,
+    ),
+    (
+        "sms_dead_purged_total",
+        "Dead letters removed by `dead purge`.",
+        Scope::Channel,
+        |s| s.dead_purged,
+    ),
+    (
+        "sms_requeued_total",
+        "Dead letters moved back into the stream.",
+        Scope::Stream,
+        |s| s.requeued,
+    ),
+    (
+        "sms_abandoned_total",
+        "Messages a repair gave up when it re-created a lost group.",
+        Scope::Channel,
+        |s| s.abandoned,
+    ),
+    (
+        "sms_skipped_total",
+        "Messages settled as nothing for the channel (no address of its kind).",
+        Scope::Channel,
+        |s| s.skipped,
+    ),
+    (
+        "sms_deferred_total",
+        "Times a message was set back without spending an attempt (throttled, breaker open).",
+        Scope::Channel,
+        |s| s.deferred,
+    ),
+];
 
 /// Renders the queue's figures in the Prometheus text format.
 pub fn render(s: &Snapshot, senders: &[SenderSnapshot]) -> String {
     let mut out = String::new();
     let parts = by_partition(s);
-    let counters: [Counter; 10] = [
-        (
-            "sms_produced_total",
-            "Entries ever added to the stream.",
-            |s| s.produced,
-        ),
-        ("sms_sent_total", "Messages sent, each counted once.", |s| {
-            s.sent
-        }),
-        ("sms_failed_total", "Failed send attempts.", |s| s.failed),
-        (
-            "sms_duplicates_total",
-            "Successful sends of already settled messages.",
-            |s| s.duplicates,
-        ),
-        ("sms_attempts_total", "Send attempts of any outcome.", |s| {
-            s.attempts
-        }),
-        (
-            "sms_trimmed_total",
-            "Settled entries removed from the stream by retention.",
-            |s| s.trimmed,
-        ),
-        (
-            "sms_dead_trimmed_total",
-            "Dead letters removed by their retention.",
-            |s| s.dead_trimmed,
-        ),
-        (
-            "sms_dead_purged_total",
-            "Dead letters removed by `dead purge`.",
-            |s| s.dead_purged,
-        ),
-        (
-            "sms_requeued_total",
-            "Dead letters moved back into the stream.",
-            |s| s.requeued,
-        ),
-        (
-            "sms_abandoned_total",
-            "Messages a repair gave up when it re-created a lost group.",
-            |s| s.abandoned,
-        ),
-    ];
-    for (name, help, value) in counters {
-        partition_family(&mut out, &parts, (name, "counter", help), |s| {
+    let channels = by_channel(s);
+    for (name, help, scope, value) in COUNTERS {
+        let over = match scope {
+            Scope::Stream => &parts,
+            Scope::Channel => &channels,
+        };
+        partition_family(&mut out, over, (name, "counter", help), |s| {
             Some(value(s) as f64)
         });
     }
-    family(
-        &mut out,
-        "sms_dead_total",
-        "counter",
-        "Messages moved to the dead stream, by reason.",
-    );
-    for (label, p) in &parts {
-        for (reason, value) in [
-            ("max_attempts", p.dead_max_attempts),
-            ("malformed", p.dead_malformed),
-            ("deleted", p.dead_deleted),
-        ] {
-            let reason = format!("reason=\"{reason}\"");
-            let _ = writeln!(
-                out,
-                "{} {value}",
-                series("sms_dead_total", &[label, &reason])
-            );
-        }
-    }
+    dead_by_reason(&mut out, &channels);
     let seconds = |ms: u64| ms as f64 / 1000.0;
-    partition_family(
-        &mut out,
-        &parts,
+    for (name, help, value) in [
         (
             "sms_oldest_queued_age_seconds",
-            "gauge",
             "Age of the oldest message never delivered.",
+            (|s: &Snapshot| s.oldest_queued_age_ms) as fn(&Snapshot) -> Option<u64>,
         ),
-        |s| s.oldest_queued_age_ms.map(seconds),
-    );
-    partition_family(
-        &mut out,
-        &parts,
         (
             "sms_oldest_pending_age_seconds",
-            "gauge",
             "Age of the oldest message delivered and not settled.",
+            |s| s.oldest_pending_age_ms,
         ),
-        |s| s.oldest_pending_age_ms.map(seconds),
-    );
+    ] {
+        partition_family(&mut out, &channels, (name, "gauge", help), |s| {
+            value(s).map(seconds)
+        });
+    }
+    live_senders(&mut out, s);
     queue_gauges(&mut out, s);
     partition_family(
         &mut out,
-        &parts,
+        &channels,
         (
             "sms_pending",
             "gauge",
@@ -284,11 +338,65 @@ pub fn render(s: &Snapshot, senders: &[SenderSnapshot]) -> String {
     );
     partition_family(
         &mut out,
-        &parts,
+        &channels,
         ("sms_lag", "gauge", "Messages never delivered yet."),
         |s| s.lag.map(|lag| lag as f64),
     );
+    sender_series(&mut out, s, senders);
+    histogram(&mut out, &channels);
+    out
+}
 
+/// Dead letters by reason, for each channel and partition.
+fn dead_by_reason(out: &mut String, channels: &[(String, &Snapshot)]) {
+    family(
+        out,
+        "sms_dead_total",
+        "counter",
+        "Messages moved to the dead stream, by reason.",
+    );
+    for (label, p) in channels {
+        for (reason, value) in [
+            ("max_attempts", p.dead_max_attempts),
+            ("malformed", p.dead_malformed),
+            ("deleted", p.dead_deleted),
+            ("expired", p.dead_expired),
+        ] {
+            let reason = format!("reason=\"{reason}\"");
+            let _ = writeln!(
+                out,
+                "{} {value}",
+                series("sms_dead_total", &[label, &reason])
+            );
+        }
+    }
+}
+
+/// Senders whose process is alive: of the queue, or of each channel (a
+/// sender serves one channel).
+fn live_senders(out: &mut String, s: &Snapshot) {
+    let name = "sms_live_senders";
+    family(out, name, "gauge", "Senders whose process is alive.");
+    if s.channels.is_empty() {
+        let _ = writeln!(out, "{name} {}", s.live_senders);
+    }
+    for (channel, c) in &s.channels {
+        let labels = channel_label(channel);
+        let _ = writeln!(out, "{} {}", series(name, &[&labels]), c.live_senders);
+    }
+}
+
+/// The per-sender series. The senders are those of the snapshot's own
+/// channel, which labels them on a queue of several channels.
+fn sender_series(out: &mut String, s: &Snapshot, senders: &[SenderSnapshot]) {
+    if senders.is_empty() {
+        return;
+    }
+    let channel = if s.channels.is_empty() {
+        String::new()
+    } else {
+        channel_label(&s.channel)
+    };
     for (name, kind, help, value) in [
         (
             "sms_sender_sent_total",
@@ -315,25 +423,15 @@ pub fn render(s: &Snapshot, senders: &[SenderSnapshot]) -> String {
             |x| x.pending,
         ),
     ] {
-        if senders.is_empty() {
-            break;
-        }
-        family(&mut out, name, kind, help);
+        family(out, name, kind, help);
         for sender in senders {
-            let _ = writeln!(
-                out,
-                "{name}{{sender=\"{}\"}} {}",
-                label(&sender.name),
-                value(sender)
-            );
+            let who = format!("sender=\"{}\"", label(&sender.name));
+            let _ = writeln!(out, "{} {}", series(name, &[&channel, &who]), value(sender));
         }
     }
-
-    histogram(&mut out, &parts);
-    out
 }
 
-/// The send-time histogram, one per partition.
+/// The send-time histogram, one per channel and partition.
 fn histogram(out: &mut String, parts: &[(String, &Snapshot)]) {
     let name = "sms_send_duration_seconds";
     family(out, name, "histogram", "Simulated send time per attempt.");
@@ -450,6 +548,88 @@ mod tests {
             text.matches("# TYPE sms_sent_total counter").count(),
             1,
             "one family, three series"
+        );
+    }
+
+    #[test]
+    fn each_channel_is_its_own_series_and_the_stream_is_not_counted_twice() {
+        let part = |produced: u64, sent: u64, skipped: u64| {
+            let mut s = Snapshot {
+                produced,
+                sent,
+                skipped,
+                attempts: sent,
+                lag: Some(produced - sent - skipped),
+                ..Snapshot::default()
+            };
+            s.latency.counts[0] = sent;
+            s
+        };
+        let channel = |name: &str, parts: Vec<Snapshot>, live: u64| {
+            let mut s = Snapshot::total(parts);
+            s.channel = name.to_owned();
+            s.live_senders = live;
+            s
+        };
+        let sms = channel("sms", vec![part(4, 4, 0), part(6, 5, 0)], 2);
+        let mut email = channel("email", vec![part(4, 1, 1), part(6, 0, 2)], 1);
+        email.dead_expired = 3;
+        email.partitions[1].dead_expired = 3;
+        let mut queue = sms.clone();
+        queue.channels = [("sms".to_owned(), sms.clone()), ("email".to_owned(), email)].into();
+        let sender = SenderSnapshot {
+            name: "a".to_owned(),
+            sent: 9,
+            failed: 0,
+            dead: 0,
+            attempts: 9,
+            send_time_us: 0,
+            pending: 0,
+            pending_by_partition: vec![0, 0],
+            idle_ms: 0,
+            live: true,
+        };
+        let text = render(&queue, &[sender]);
+        for line in [
+            "sms_sent_total{channel=\"sms\",partition=\"1\"} 5\n",
+            "sms_sent_total{channel=\"email\",partition=\"0\"} 1\n",
+            "sms_skipped_total{channel=\"email\",partition=\"1\"} 2\n",
+            "sms_skipped_total{channel=\"sms\",partition=\"0\"} 0\n",
+            "sms_deferred_total{channel=\"email\",partition=\"0\"} 0\n",
+            "sms_dead_total{channel=\"email\",partition=\"1\",reason=\"expired\"} 3\n",
+            "sms_dead_total{channel=\"sms\",partition=\"1\",reason=\"expired\"} 0\n",
+            "sms_lag{channel=\"email\",partition=\"1\"} 4\n",
+            "sms_lag{channel=\"sms\",partition=\"1\"} 1\n",
+            "sms_send_duration_seconds_count{channel=\"sms\",partition=\"1\"} 5\n",
+            "sms_send_duration_seconds_bucket{channel=\"email\",partition=\"0\",le=\"+Inf\"} 1\n",
+            "sms_live_senders{channel=\"sms\"} 2\n",
+            "sms_live_senders{channel=\"email\"} 1\n",
+            "sms_sender_sent_total{channel=\"sms\",sender=\"a\"} 9\n",
+            "sms_produced_total{partition=\"1\"} 6\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing in:\n{text}");
+        }
+        for absent in [
+            "sms_produced_total{channel=",
+            "sms_sent_total{partition=",
+            "\nsms_live_senders ",
+        ] {
+            assert!(!text.contains(absent), "{absent:?} found in:\n{text}");
+        }
+        assert_eq!(
+            text.matches("# TYPE sms_sent_total counter").count(),
+            1,
+            "one family, a series per channel and partition"
+        );
+
+        let alone = render(&sms, &[]);
+        assert!(
+            !alone.contains("channel="),
+            "one channel, no channel label:\n{alone}"
+        );
+        assert!(
+            alone.contains("sms_skipped_total{partition=\"0\"} 0\n"),
+            "{alone}"
         );
     }
 }

@@ -1,7 +1,8 @@
 //! The dashboard in a real browser: headless Chromium loads `/` of a running
-//! `serve` (with an API token, passed after `#token=`), and the figures it
-//! shows must be those `/api/v1/stats` gives; its screenshot is saved to
-//! `target/dashboard.png`. Its requeue button's endpoint is checked too.
+//! `serve` (with an API token, passed after `#token=`) over a queue of two
+//! channels, and the figures it shows, the totals and each channel's row,
+//! must be those `/api/v1/stats` gives; its screenshot is saved to
+//! `target/tmp/dashboard.png`. Its requeue button's endpoint is checked too.
 
 mod common;
 
@@ -9,9 +10,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::http::Server;
-use common::{RunningSender, all_settled, opened_queue, send_settings, start_redis, wait_until};
+use common::{
+    RunningSender, all_settled, queue, send_settings, start_redis, unique_prefix, wait_until,
+};
 use serde_json::{Value, json};
-use sms_alerts::settings::ServeSettings;
+use sms_alerts::channel::Channel;
+use sms_alerts::settings::{QueueSettings, ServeSettings};
+use sms_alerts::stats::Snapshot;
+use sms_alerts::store::{QueueOptions, Store};
 use tokio::process::Command;
 
 const TOKEN: &str = "dash-t0ken";
@@ -53,20 +59,76 @@ fn shown(dom: &str, name: &str) -> String {
     text[..text.find('<').expect("text ends")].to_owned()
 }
 
+/// The texts of the cells of the row carrying `data-channel="name"` in `dom`.
+fn channel_row(dom: &str, name: &str) -> Vec<String> {
+    let marker = format!("data-channel=\"{name}\"");
+    let start = dom
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no {marker} in the page"));
+    let row = &dom[start..];
+    let row = &row[..row.find("</tr>").expect("row ends")];
+    row.split("<td>")
+        .skip(1)
+        .map(|cell| cell[..cell.find("</td>").expect("cell ends")].to_owned())
+        .collect()
+}
+
+/// Whether `cell` shows `value` as the page does: `-` for none, a mark when
+/// done, whole numbers as they are, others to two places.
+fn shows(cell: &str, value: &Value) -> bool {
+    match value {
+        Value::Null => cell == "-",
+        Value::Bool(done) => cell == if *done { "\u{2713}" } else { "" },
+        Value::Number(n) if n.is_u64() => cell == n.to_string(),
+        Value::Number(n) => cell
+            .parse::<f64>()
+            .is_ok_and(|shown| (shown - n.as_f64().unwrap_or(f64::NAN)).abs() < 0.0051),
+        _ => false,
+    }
+}
+
+/// A queue of two partitions and two channels, `sms` then `email`, opened
+/// on `sms`.
+async fn two_channel_queue(url: &str) -> Store {
+    let settings = QueueSettings {
+        group: "sms".to_owned(),
+        ..queue(url, &unique_prefix("dashboard"))
+    };
+    let connected = Store::connect(&settings).await.expect("connects");
+    let channel = |spec: &str| Channel::parse(spec).expect("a valid channel");
+    let options = QueueOptions {
+        partitions: Some(2),
+        channels: vec![channel("sms"), channel("email")],
+        ..QueueOptions::default()
+    };
+    connected
+        .migrate(&options)
+        .await
+        .expect("the queue is created");
+    connected.open().await.expect("opens")
+}
+
 #[tokio::test]
 async fn the_dashboard_shows_what_the_api_reports() {
     let redis = start_redis().await;
-    let store = opened_queue(&redis.url, "dashboard", 2).await;
+    let store = two_channel_queue(&redis.url).await;
     let settings = ServeSettings {
         api_token: Some(TOKEN.to_owned()),
         ..ServeSettings::default()
     };
     let server = Server::start(&store, settings).await;
     let auth = ("Authorization", "Bearer dash-t0ken");
+    // Every third message has an e-mail address; the email channel skips
+    // the others.
     let messages: Vec<Value> = (0..40)
         .map(|i| {
-            json!({"phone": format!("+4915112{:06}", i), "message_body": format!("alert {i}"),
-                   "transaction_id": format!("tx-{i}"), "customer_id": "c-7"})
+            let mut message = json!({"phone": format!("+4915112{:06}", i),
+                "message_body": format!("alert {i}"), "transaction_id": format!("tx-{i}"),
+                "customer_id": "c-7"});
+            if i % 3 == 0 {
+                message["email"] = json!(format!("user{i}@example.org"));
+            }
+            message
         })
         .collect();
     let batch = json!({ "messages": messages }).to_string();
@@ -79,11 +141,23 @@ async fn the_dashboard_shows_what_the_api_reports() {
     let mut sender_settings = send_settings("dash-a", 1, 0.5);
     sender_settings.max_attempts = 1;
     let sender = RunningSender::start(&store, sender_settings);
-    wait_until("every message is settled", Duration::from_secs(30), || {
-        all_settled(&store, 40)
-    })
+    let email = store.for_channel("email").expect("an email channel");
+    let mailer = RunningSender::start(&email, send_settings("dash-mail", 1, 0.0));
+    wait_until(
+        "every message is settled",
+        Duration::from_secs(30),
+        || async {
+            let mailed = Snapshot::read(&store).await.is_ok_and(|s| {
+                s.channels
+                    .get("email")
+                    .is_some_and(|c| c.pending == 0 && c.settled() == 40)
+            });
+            mailed && all_settled(&store, 40).await
+        },
+    )
     .await;
     sender.stop().await;
+    mailer.stop().await;
 
     let stats = server
         .request("GET", "/api/v1/stats", None, &[auth])
@@ -119,6 +193,38 @@ async fn the_dashboard_shows_what_the_api_reports() {
         );
     }
     assert_eq!(shown(&dom, "state"), "sound");
+    let channels = stats["channels"].as_object().expect("a channels object");
+    assert_eq!(channels.len(), 2, "two channels: {stats}");
+    assert!(
+        channels["email"]["skipped"].as_u64() > Some(0),
+        "the email channel skipped those without an address: {stats}"
+    );
+    let columns = [
+        "to_settle",
+        "sent",
+        "failed",
+        "dead",
+        "skipped",
+        "deferred",
+        "pending",
+        "lag",
+        "avg_send_ms",
+        "p50_ms",
+        "p99_ms",
+        "done",
+    ];
+    for (name, report) in channels {
+        let cells = channel_row(&dom, name);
+        assert_eq!(cells.len(), columns.len() + 1, "{name}'s row: {cells:?}");
+        assert_eq!(&cells[0], name);
+        for (column, cell) in columns.iter().zip(&cells[1..]) {
+            assert!(
+                shows(cell, &report[column]),
+                "channel {name}, {column}: the page shows {cell:?}, /api/v1/stats has {}",
+                report[column]
+            );
+        }
+    }
     let newest = dead["dead_letters"][0]["id"]
         .as_str()
         .expect("a dead letter");
@@ -131,7 +237,7 @@ async fn the_dashboard_shows_what_the_api_reports() {
 
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let shot = format!("--screenshot={}", screenshot.display());
-    chromium(&url, &[&shot, "--window-size=1280,1100"]).await;
+    chromium(&url, &[&shot, "--window-size=1280,1250"]).await;
     let png = std::fs::read(&screenshot).expect("the screenshot is saved");
     assert!(
         png.starts_with(b"\x89PNG") && png.len() > 20_000,

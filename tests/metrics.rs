@@ -1,5 +1,6 @@
 //! Prometheus: the monitor serves /metrics; a real HTTP client scrapes it and a
-//! parser of the exposition format reads it back.
+//! parser of the exposition format reads it back, on a queue of one channel
+//! and on one of two, whose channels are series of their own.
 
 mod common;
 
@@ -7,7 +8,11 @@ use std::time::Duration;
 
 use common::*;
 use prometheus_parse::{Scrape, Value};
+use sms_alerts::channel::Channel;
+use sms_alerts::settings::QueueSettings;
 use sms_alerts::stats::Snapshot;
+use sms_alerts::store::{QueueOptions, Store};
+use tokio_util::sync::CancellationToken;
 
 fn scrape(url: &str) -> Option<(String, String)> {
     let mut response = ureq::get(url).call().ok()?;
@@ -120,6 +125,145 @@ async fn the_monitor_serves_metrics_that_parse_and_match_the_counters() {
         buckets.windows(2).all(|w| w[0].count <= w[1].count),
         "cumulative buckets"
     );
+}
+
+/// The value of the sample of `name` whose labels include every one of
+/// `labels`.
+fn sample(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let found = scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .unwrap_or_else(|| panic!("no {name} with {labels:?}"));
+    match &found.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
+        Value::Histogram(buckets) => buckets.iter().map(|b| b.count).fold(0.0, f64::max),
+        other => panic!("{name} is {other:?}"),
+    }
+}
+
+/// A queue of two channels, `sms` then `email`, opened on `sms`.
+async fn two_channel_queue(url: &str, prefix: &str) -> Store {
+    let settings = QueueSettings {
+        group: "sms".to_owned(),
+        ..queue(url, prefix)
+    };
+    let connected = Store::connect(&settings).await.expect("connects");
+    let channel = |spec: &str| Channel::parse(spec).expect("a valid channel");
+    let options = QueueOptions {
+        channels: vec![channel("sms"), channel("email")],
+        ..QueueOptions::default()
+    };
+    connected
+        .migrate(&options)
+        .await
+        .expect("the queue is created");
+    connected.open().await.expect("opens")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_channel_is_scraped_as_series_of_its_own() {
+    let redis = start_redis().await;
+    let store = two_channel_queue(&redis.url, &unique_prefix("metrics-channels")).await;
+    produce_n(&store, 11, 200).await;
+    // Only the e-mail channel sends: it settles all 200 (sent, dead, or
+    // skipped for want of an address), the SMS channel none.
+    let email = store.for_channel("email").expect("an email channel");
+    let sender = RunningSender::start(&email, send_settings("mailer", 1, 0.3));
+    wait_until(
+        "the email channel settled all",
+        Duration::from_secs(30),
+        || async {
+            Snapshot::read(&store).await.is_ok_and(|s| {
+                s.channels
+                    .get("email")
+                    .is_some_and(|c| c.pending == 0 && c.settled() == 200)
+            })
+        },
+    )
+    .await;
+    sender.stop().await;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let url = format!("http://{}/metrics", listener.local_addr().expect("bound"));
+    let shutdown = CancellationToken::new();
+    let server = tokio::spawn(sms_alerts::metrics::serve(
+        store.clone(),
+        listener,
+        shutdown.clone(),
+    ));
+    let (_, text) = tokio::task::spawn_blocking(move || scrape(&url))
+        .await
+        .expect("joins")
+        .expect("a scrape");
+    shutdown.cancel();
+    server.await.expect("joins").expect("stops cleanly");
+
+    let scrape =
+        Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).expect("valid exposition format");
+    let snapshot = Snapshot::read(&store).await.expect("snapshot");
+    let (sms, mail) = (&snapshot.channels["sms"], &snapshot.channels["email"]);
+    assert!(
+        mail.sent > 0 && mail.skipped > 0 && mail.dead > 0,
+        "the email channel sent, skipped and dead-lettered: {mail:?}"
+    );
+    for (name, channel, expected) in [
+        ("sms_sent_total", "email", mail.sent),
+        ("sms_sent_total", "sms", 0),
+        ("sms_skipped_total", "email", mail.skipped),
+        ("sms_skipped_total", "sms", 0),
+        ("sms_failed_total", "email", mail.failed),
+        ("sms_attempts_total", "email", mail.attempts),
+        ("sms_attempts_total", "sms", 0),
+        ("sms_deferred_total", "email", mail.deferred),
+        ("sms_pending", "email", 0),
+        ("sms_lag", "email", 0),
+        (
+            "sms_lag",
+            "sms",
+            sms.lag.expect("the sms channel's lag is known"),
+        ),
+        ("sms_send_duration_seconds", "email", mail.attempts),
+        ("sms_send_duration_seconds", "sms", 0),
+    ] {
+        assert_eq!(
+            sample(&scrape, name, &[("channel", channel)]),
+            expected as f64,
+            "{name} of channel {channel} in:\n{text}"
+        );
+    }
+    assert_eq!(sms.lag, Some(200), "the sms channel read nothing");
+    let dead: f64 = ["max_attempts", "malformed", "deleted", "expired"]
+        .into_iter()
+        .map(|reason| {
+            sample(
+                &scrape,
+                "sms_dead_total",
+                &[("channel", "email"), ("reason", reason)],
+            )
+        })
+        .sum();
+    assert_eq!(
+        dead, mail.dead as f64,
+        "the email channel's dead letters by reason"
+    );
+    assert_eq!(sample(&scrape, "sms_produced_total", &[]), 200.0);
+    for shared in [
+        "sms_produced_total",
+        "sms_trimmed_total",
+        "sms_requeued_total",
+    ] {
+        assert!(
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == shared)
+                .all(|s| s.labels.get("channel").is_none()),
+            "{shared} is the stream's, not a channel's:\n{text}"
+        );
+    }
 }
 
 #[test]

@@ -1,8 +1,10 @@
 //! The web dashboard at `/`: one page of HTML with a little JavaScript that
 //! reads `/api/v1/stats` and `/api/v1/dead` every second and shows totals,
-//! rates, send-time percentiles, queue ages, senders, partitions and dead
-//! letters by reason, each reason with a button that requeues them. No
-//! build step and no assets beyond the page, which is compiled in.
+//! each channel's progress (one row per channel, from the report's
+//! `channels`; the report itself for a queue of one channel), rates,
+//! send-time percentiles, queue ages, senders, partitions and dead letters
+//! by reason, each reason with a button that requeues them. No build step
+//! and no assets beyond the page, which is compiled in.
 //!
 //! The page itself holds no data, so it is served without the API token;
 //! its requests carry the token given after `#token=` in its address (a
@@ -25,7 +27,7 @@ const PAGE: &str = include_str!("dashboard.html");
 /// Dead letters the page lists.
 const DEAD_SHOWN: u64 = 20;
 /// Why a message can be dead, as dead letters record it.
-const REASONS: &[&str] = &["max_attempts", "malformed", "deleted"];
+const REASONS: &[&str] = &["max_attempts", "malformed", "deleted", "expired"];
 
 /// `GET /`: the page.
 pub(super) async fn page() -> Response {
