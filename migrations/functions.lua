@@ -27,6 +27,9 @@
     sms_partitions    grow the queue's partition count
     sms_channel       give a partition a channel (its consumer group)
     sms_channels      record the queue's channels
+    sms_gateway_take  take tokens of a gateway's shared throughput cap
+    sms_sender_state  publish a sender's gateway and breaker state
+    sms_pause         pause or resume a channel's sending
     sms_ingest        add messages an HTTP request brought, once per request
     sms_version       LIBRARY_VERSION (read-only)
 
@@ -1330,6 +1333,92 @@ local function sms_ingest(keys, args)
 end
 
 --[[
+  sms_gateway_take: take up to `want` tokens from a gateway's bucket, the
+  throughput cap every sender of that gateway shares, in any process.
+  KEYS: 1 queue, 2 the gateway's bucket (a hash)
+  ARGV: 1 epoch, 2 rate (tokens per second), 3 burst (most tokens the
+        bucket holds), 4 want
+  Returns: { granted, ms until the next token when fewer were granted }
+  The bucket fills at `rate` from Redis's own clock, so every sender sees
+  the same time; it holds milli-tokens (field `mtokens`) and the time of
+  its last fill in microseconds (`at_us`), integers. A bucket left unused
+  for a minute expires: it would be full by then anyway.
+  Allowed when Redis is out of memory: senders must go on settling
+  messages, which is what frees memory.
+]]
+local function sms_gateway_take(keys, args)
+  local queue, bucket = keys[1], keys[2]
+  local rate, burst, want = tonumber(args[2]), tonumber(args[3]), tonumber(args[4])
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(bucket, 'hash', true) end,
+    function() return check_counters(bucket, { 'mtokens', 'at_us' }) end)
+  if err then return err end
+  if not rate or rate <= 0 or not burst or burst < 1 or not want or want < 0 then
+    return redis.error_reply('ERR sms_gateway_take: rate ' .. shown(args[2]) .. ', burst ' ..
+                             shown(args[3]) .. ' or want ' .. shown(args[4]) .. ' is not valid')
+  end
+  local t = redis.call('TIME')
+  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local kept = redis.call('HMGET', bucket, 'mtokens', 'at_us')
+  local full = burst * 1000
+  local mtokens, at_us = full, now_us
+  if kept[1] and kept[2] then
+    at_us = tonumber(kept[2])
+    mtokens = math.min(full, tonumber(kept[1]) + math.floor((now_us - at_us) * rate / 1000))
+    if mtokens < 0 then mtokens = 0 end
+  end
+  local granted = math.min(want, math.floor(mtokens / 1000))
+  mtokens = mtokens - granted * 1000
+  redis.call('HSET', bucket, 'mtokens', string.format('%d', mtokens), 'at_us', string.format('%d', now_us))
+  redis.call('PEXPIRE', bucket, 60000)
+  local wait_ms = 0
+  if granted < want then
+    wait_ms = math.ceil((1000 - mtokens % 1000) / rate)
+  end
+  return { granted, wait_ms }
+end
+
+--[[
+  sms_sender_state: publish what a sender's gateway is doing, in the
+  sender's hash of partition 0, for the monitor.
+  KEYS: 1 queue, 2 stats:<consumer>
+  ARGV: 1 epoch, 2 gateway name, 3 breaker state (closed, open,
+        half_open), 4 1 when the breaker opened now (counted in
+        breaker_opened), else 0
+  Returns: 1
+]]
+local function sms_sender_state(keys, args)
+  local queue, cstats = keys[1], keys[2]
+  local err = first_error(
+    function() return check_identity(queue, args[1]) end,
+    function() return expect_type(cstats, 'hash', true) end,
+    function() return check_counters(cstats, { 'breaker_opened' }) end)
+  if err then return err end
+  redis.call('HSET', cstats, 'gateway', args[2], 'breaker', args[3])
+  if args[4] == '1' then redis.call('HINCRBY', cstats, 'breaker_opened', 1) end
+  return 1
+end
+
+--[[
+  sms_pause: pause or resume a channel's sending, in partition 0's queue
+  hash (field paused:<channel>); senders of the channel look at it often.
+  KEYS: 1 queue (of partition 0)
+  ARGV: 1 epoch, 2 channel, 3 '1' to pause, '0' to resume
+  Returns: 1 if that changed anything, else 0.
+]]
+local function sms_pause(keys, args)
+  local queue = keys[1]
+  local err = check_identity(queue, args[1])
+  if err then return err end
+  local field = 'paused:' .. args[2]
+  if args[3] == '1' then
+    return redis.call('HSETNX', queue, field, tostring(now_ms()))
+  end
+  return redis.call('HDEL', queue, field)
+end
+
+--[[
   sms_version: the version of this library, so that a binary loads it only
   over an older one and never replaces a newer one.
   KEYS: none
@@ -1346,6 +1435,9 @@ redis.register_function('sms_settle', sms_settle)
 redis.register_function('sms_requeue_to', sms_requeue_to)
 redis.register_function('sms_channel', sms_channel)
 redis.register_function('sms_channels', sms_channels)
+redis.register_function('sms_sender_state', sms_sender_state)
+redis.register_function('sms_pause', sms_pause)
+redis.register_function { function_name = 'sms_gateway_take', callback = sms_gateway_take, flags = { 'allow-oom' } }
 redis.register_function('sms_claim', sms_claim)
 redis.register_function('sms_renew', sms_renew)
 redis.register_function('sms_prune', sms_prune)

@@ -35,6 +35,8 @@ pub enum KeyRole {
     Migrations,
     /// The answer to one HTTP request with an idempotency key.
     Idempotency,
+    /// A gateway's token bucket.
+    GatewayBucket,
 }
 
 impl KeyRole {
@@ -51,7 +53,8 @@ impl KeyRole {
             | Self::Latency
             | Self::Run
             | Self::RunBatches
-            | Self::Migrations => "hash",
+            | Self::Migrations
+            | Self::GatewayBucket => "hash",
         }
     }
 }
@@ -216,6 +219,12 @@ impl Keys {
         format!("{}:run:{run_id}:batches", self.tag)
     }
 
+    /// The token bucket of gateway `name`: the throughput cap every sender
+    /// of that gateway shares (kept with partition 0's keys).
+    pub fn gateway_bucket(&self, name: &str) -> String {
+        format!("{}:gateway:{name}", self.tag)
+    }
+
     /// The record of the HTTP request with `Idempotency-Key` `key` on this
     /// partition: the request's fingerprint and the ids its messages got
     /// here, kept for the key's lifetime so that a repeat lands nothing.
@@ -292,6 +301,8 @@ impl Keys {
                     KeyRole::SenderLease
                 } else if rest.starts_with("idem:") {
                     KeyRole::Idempotency
+                } else if rest.starts_with("gateway:") {
+                    KeyRole::GatewayBucket
                 } else {
                     return None;
                 }
@@ -348,6 +359,7 @@ mod tests {
             (keys.migrations(), KeyRole::Migrations),
             (keys.request_idempotency("k"), KeyRole::Idempotency),
             (keys.message_idempotency("k"), KeyRole::Idempotency),
+            (keys.gateway_bucket("g"), KeyRole::GatewayBucket),
         ] {
             assert_eq!(keys.role(&key), Some(role), "{key}");
         }

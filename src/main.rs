@@ -211,6 +211,7 @@ async fn open(settings: &Settings, shutdown: &CancellationToken) -> anyhow::Resu
             Task::Demo(demo) => {
                 let options = QueueOptions {
                     partitions: Some(demo.partitions),
+                    channels: demo.channels.clone(),
                     ..QueueOptions::default()
                 };
                 store
@@ -387,6 +388,19 @@ async fn one_shot(store: &Store, task: Task) -> anyhow::Result<ExitStatus> {
                 "dead_trimmed": trimmed.dead_letters,
             });
             print_json_or_text(json, &value, &(text + "\n"))?;
+        }
+        Task::Pause { paused, json } => {
+            let changed = store.operator().set_paused(paused).await?;
+            let channel = store.group();
+            let what = match (paused, changed) {
+                (true, true) => "paused: its senders stop starting sends",
+                (true, false) => "was paused already",
+                (false, true) => "resumed: its senders go on",
+                (false, false) => "was not paused",
+            };
+            let value =
+                serde_json::json!({ "channel": channel, "paused": paused, "changed": changed });
+            print_json_or_text(json, &value, &format!("channel {channel} {what}\n"))?;
         }
         Task::Runs { json } => {
             let runs = store.inspector().all_runs().await?;

@@ -53,7 +53,7 @@ pub async fn serve(
 async fn scrape(State(store): State<Store>) -> Response {
     let read = async {
         let snapshot = Snapshot::read(&store).await?;
-        let senders = SenderSnapshot::read_all(&store).await?;
+        let senders = SenderSnapshot::read_every_channel(&store).await?;
         Ok::<_, crate::store::StoreError>(render(&snapshot, &senders))
     };
     match read.await {
@@ -386,16 +386,20 @@ fn live_senders(out: &mut String, s: &Snapshot) {
     }
 }
 
-/// The per-sender series. The senders are those of the snapshot's own
-/// channel, which labels them on a queue of several channels.
+/// The per-sender series, each labelled with its sender's channel on a
+/// queue of several channels.
 fn sender_series(out: &mut String, s: &Snapshot, senders: &[SenderSnapshot]) {
     if senders.is_empty() {
         return;
     }
-    let channel = if s.channels.is_empty() {
-        String::new()
-    } else {
-        channel_label(&s.channel)
+    let channel_of = |sender: &SenderSnapshot| {
+        if s.channels.is_empty() {
+            String::new()
+        } else if sender.channel.is_empty() {
+            channel_label(&s.channel)
+        } else {
+            channel_label(&sender.channel)
+        }
     };
     for (name, kind, help, value) in [
         (
@@ -422,11 +426,34 @@ fn sender_series(out: &mut String, s: &Snapshot, senders: &[SenderSnapshot]) {
             "Messages a sender holds.",
             |x| x.pending,
         ),
+        (
+            "sms_sender_breaker_open",
+            "gauge",
+            "Whether a sender's gateway breaker is open or half-open (1) or closed (0).",
+            |x| u64::from(!x.breaker.is_empty() && x.breaker != "closed"),
+        ),
+        (
+            "sms_sender_breaker_opened_total",
+            "counter",
+            "Times a sender's gateway breaker opened.",
+            |x| x.breaker_opened,
+        ),
     ] {
         family(out, name, kind, help);
         for sender in senders {
             let who = format!("sender=\"{}\"", label(&sender.name));
-            let _ = writeln!(out, "{} {}", series(name, &[&channel, &who]), value(sender));
+            let channel = channel_of(sender);
+            let gateway = if sender.gateway.is_empty() {
+                String::new()
+            } else {
+                format!("gateway=\"{}\"", label(&sender.gateway))
+            };
+            let _ = writeln!(
+                out,
+                "{} {}",
+                series(name, &[&channel, &gateway, &who]),
+                value(sender)
+            );
         }
     }
 }
@@ -472,6 +499,10 @@ mod tests {
         snapshot.latency.counts[3] = 2;
         snapshot.latency.counts[4] = 1;
         let sender = SenderSnapshot {
+            gateway: String::new(),
+            breaker: String::new(),
+            breaker_opened: 0,
+            channel: String::new(),
             name: "we\"ird".to_owned(),
             sent: 3,
             failed: 0,
@@ -578,6 +609,10 @@ mod tests {
         let mut queue = sms.clone();
         queue.channels = [("sms".to_owned(), sms.clone()), ("email".to_owned(), email)].into();
         let sender = SenderSnapshot {
+            gateway: String::new(),
+            breaker: String::new(),
+            breaker_opened: 0,
+            channel: String::new(),
             name: "a".to_owned(),
             sent: 9,
             failed: 0,

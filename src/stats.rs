@@ -400,6 +400,15 @@ pub struct SenderSnapshot {
     pub idle_ms: u64,
     /// Whether a live process holds its name.
     pub live: bool,
+    /// The gateway it sends through, as it published it (empty before).
+    pub gateway: String,
+    /// Its gateway's breaker: closed, open or half_open (empty when it
+    /// published none).
+    pub breaker: String,
+    /// Times its breaker opened.
+    pub breaker_opened: u64,
+    /// Its channel.
+    pub channel: String,
 }
 
 impl SenderSnapshot {
@@ -416,7 +425,20 @@ impl SenderSnapshot {
         let parts = store
             .each_partition(|partition| async move { Self::read_partition(&partition).await })
             .await?;
-        Ok(partitions::merge_senders(parts, count))
+        let mut senders = partitions::merge_senders(parts, count);
+        for sender in &mut senders {
+            sender.channel = store.group().to_owned();
+        }
+        Ok(senders)
+    }
+
+    /// The senders of every channel of the queue, channel by channel.
+    pub async fn read_every_channel(store: &Store) -> Result<Vec<Self>, StoreError> {
+        let mut all = Vec::new();
+        for channel in store.every_channel() {
+            all.extend(Self::read_all(&channel).await?);
+        }
+        Ok(all)
     }
 
     /// The senders of the handle's own partition, by name, with what they
@@ -432,8 +454,19 @@ impl SenderSnapshot {
             .zip(stats)
             .zip(live)
             .map(|((consumer, fields), live)| {
-                let get = |name: &str| fields.get(name).copied().unwrap_or(0).max(0) as u64;
+                let get = |name: &str| {
+                    fields
+                        .get(name)
+                        .and_then(|v| v.parse::<i64>().ok())
+                        .unwrap_or(0)
+                        .max(0) as u64
+                };
+                let text = |name: &str| fields.get(name).cloned().unwrap_or_default();
                 Self {
+                    channel: String::new(),
+                    gateway: text("gateway"),
+                    breaker: text("breaker"),
+                    breaker_opened: get("breaker_opened"),
                     sent: get("sent"),
                     failed: get("failed"),
                     dead: get("dead"),

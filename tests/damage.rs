@@ -482,7 +482,7 @@ async fn a_destroyed_group_is_never_recreated_and_nothing_is_sent_twice() {
     all_stop_with_exit_3(
         &mut processes,
         &prefix,
-        "error: queue state damaged: consumer group senders",
+        "error: queue state damaged: consumer group sms",
         destroyed,
     )
     .await;

@@ -110,6 +110,7 @@ fn the_shipped_scenarios_are_valid() {
             "cluster.toml",
             "default.toml",
             "emergency-burst.toml",
+            "emergency.toml",
             "flaky-gateway.toml"
         ]
     );

@@ -10,7 +10,7 @@ use common::{
     RunningSender, all_settled, produce_n, send_settings, start_redis, store, unique_prefix,
     wait_until,
 };
-use sms_alerts::settings::OutageSchedule;
+use sms_alerts::settings::{Outage, OutageSchedule};
 use sms_alerts::stats::Snapshot;
 
 #[tokio::test]
@@ -23,10 +23,10 @@ async fn attempts_fail_while_the_gateway_is_down_and_pass_after() {
     let mut settings = send_settings("out-a", 10, 0.0);
     settings.concurrency = 10;
     settings.max_attempts = 100;
-    settings.outage = Some(OutageSchedule {
+    settings.outage = Some(Outage::Every(OutageSchedule {
         every: Duration::from_secs(1),
         down: Duration::from_millis(500),
-    });
+    }));
     let sender = RunningSender::start(&store, settings);
     wait_until("every message is settled", Duration::from_secs(60), || {
         all_settled(&store, 1000)

@@ -412,7 +412,7 @@ async fn a_fresh_queue_holds_nothing_back_from_before_its_first_entry() {
         .await
         .expect("snapshot");
     let (group, age_ms) = snapshot.floor.expect("the group needs the unread entries");
-    assert_eq!(group, "senders");
+    assert_eq!(group, "sms");
     assert!(
         age_ms < 60_000,
         "the floor is the first unread entry, not id 0-0: {age_ms} ms"

@@ -315,6 +315,8 @@ fn sender(name: String, concurrency: usize, mean: Duration) -> SendSettings {
         seed: Some(1),
         partitions: None,
         outage: None,
+        gateway: crate::settings::GatewaySettings::default(),
+        channel: None,
     }
 }
 

@@ -18,11 +18,11 @@ use crate::embedded::Persistence;
 use crate::settings::{
     self, DEFAULT_ALERT_HELD_BACK, DEFAULT_BATCH, DEFAULT_BENCH_MESSAGES,
     DEFAULT_BENCH_RECLAIM_PENDING, DEFAULT_BENCH_RETENTION, DEFAULT_BENCH_SIMULATION,
-    DEFAULT_CONCURRENCY, DEFAULT_COUNT, DEFAULT_DEAD_LIMIT, DEFAULT_IDEMPOTENCY_TTL,
-    DEFAULT_INTERVAL, DEFAULT_LEASE, DEFAULT_LISTEN, DEFAULT_LOG_KEEP, DEFAULT_MAX_ATTEMPTS,
-    DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_MEAN, DEFAULT_PREFIX, DEFAULT_PRUNE_IDLE,
-    DEFAULT_REDIS_URL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_SHUTDOWN_TIMEOUT,
-    Distribution, LogFormat, LogRotation, check,
+    DEFAULT_CONCURRENCY, DEFAULT_COUNT, DEFAULT_DEAD_LIMIT, DEFAULT_GATEWAY,
+    DEFAULT_IDEMPOTENCY_TTL, DEFAULT_INTERVAL, DEFAULT_LEASE, DEFAULT_LISTEN, DEFAULT_LOG_KEEP,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_MEAN, DEFAULT_PREFIX,
+    DEFAULT_PRUNE_IDLE, DEFAULT_REDIS_URL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF,
+    DEFAULT_SHUTDOWN_TIMEOUT, Distribution, LogFormat, LogRotation, check,
 };
 
 /// A duration option's value: shown in `--help` as it is written (`200ms`).
@@ -159,6 +159,12 @@ pub enum Command {
     /// than it (never one a consumer group still needs) and print what was removed.
     /// Senders do this in passing; this is for a queue without running senders.
     Trim(JsonArgs),
+    /// Pause a channel (--channel; default the queue's first): its senders stop
+    /// starting sends within a second, keeping what they hold (no attempt is spent
+    /// waiting), until `resume`. Other channels go on.
+    Pause(JsonArgs),
+    /// Resume a channel paused by `pause`.
+    Resume(JsonArgs),
     /// List producer runs: id, state (running, finished, stopped, died) and batches
     /// written of total. A stopped or died run is finished by `produce --resume RUN`.
     Runs(JsonArgs),
@@ -465,10 +471,47 @@ pub struct SendArgs {
     #[arg(long, env = "SMS_OUTAGE_EVERY", value_parser = check::positive_duration,
           requires = "outage_for")]
     pub outage_every: Option<Duration>,
-    /// How long each outage of --outage-every lasts, e.g. 10s.
-    #[arg(long, env = "SMS_OUTAGE_FOR", value_parser = check::positive_duration,
-          requires = "outage_every")]
+    /// How long each outage of --outage-every (or the one of --outage-after) lasts,
+    /// e.g. 10s.
+    #[arg(long, env = "SMS_OUTAGE_FOR", value_parser = check::positive_duration)]
     pub outage_for: Option<Duration>,
+    /// Take the simulated gateway down once, this long after the sender starts, for
+    /// --outage-for (a scenario's timeline), e.g. 20s.
+    #[arg(long, env = "SMS_OUTAGE_AFTER", value_parser = check::duration,
+          requires = "outage_for", conflicts_with = "outage_every")]
+    pub outage_after: Option<Duration>,
+    /// The gateway this sender sends through: senders of one gateway, in any
+    /// process, share its --gateway-rate.
+    #[arg(long, env = "SMS_GATEWAY", value_parser = check::key_part,
+          default_value = DEFAULT_GATEWAY)]
+    pub gateway: String,
+    /// Most sends per second through the gateway, over every sender sharing it
+    /// (a token bucket in Redis), e.g. 100/s. Messages over the cap wait without
+    /// spending an attempt. [default: no cap]
+    #[arg(long, env = "SMS_GATEWAY_RATE", value_parser = check::rate_per_second,
+          value_name = "N/s")]
+    pub gateway_rate: Option<u32>,
+    /// Open the gateway's circuit breaker after this many failed sends in a row:
+    /// nothing is sent through it (messages wait, spending no attempt) until a
+    /// probe passes after --breaker-cooldown (doubling, up to 30s, while probes
+    /// fail). [default: no breaker]
+    #[arg(long, env = "SMS_BREAKER_FAILURES", value_parser = check::breaker_failures,
+          value_name = "N")]
+    pub breaker_failures: Option<u32>,
+    /// How long an open breaker waits before it probes the gateway.
+    #[arg(long, env = "SMS_BREAKER_COOLDOWN", value_parser = check::positive_duration,
+          requires = "breaker_failures", default_value = "1s")]
+    pub breaker_cooldown: Duration,
+    /// Probability in [0, 1] that the simulated gateway answers "throttled": the
+    /// message is retried after --retry-backoff without spending an attempt.
+    #[arg(long, env = "SMS_THROTTLE_RATE", value_parser = check::failure_rate,
+          allow_hyphen_values = true, default_value_t = 0.0)]
+    pub throttle_rate: f64,
+    /// Dead-letter a message as `expired` instead of sending it when it is older
+    /// than this (alerts that would arrive too late), e.g. 10m. [default: never]
+    #[arg(long, env = "SMS_EXPIRE_AFTER", value_parser = check::positive_duration,
+          value_name = "AGE")]
+    pub expire_after: Option<Duration>,
     /// Most simulated sends in progress at once.
     #[arg(long, env = "SMS_CONCURRENCY", value_parser = check::concurrency,
           allow_hyphen_values = true, default_value_t = DEFAULT_CONCURRENCY)]

@@ -16,9 +16,10 @@ use super::file::{self, Origin};
 use super::{Env, one_line_error};
 use crate::routing::Routing;
 use crate::settings::{
-    BenchSizes, DEFAULT_DEMO_INTERVAL, DEFAULT_SCENARIO, DeadTask, DelayModel, DemoSettings,
-    LogSettings, MonitorSettings, OutageSchedule, ProduceSettings, QueueSettings, SendSettings,
-    ServeSettings, Settings, SettingsError, Task, TlsSettings, check,
+    BREAKER_PROBES, BenchSizes, BreakerSettings, DEFAULT_DEMO_INTERVAL, DEFAULT_SCENARIO, DeadTask,
+    DelayModel, DemoSettings, GatewaySettings, LogSettings, MAX_BREAKER_COOLDOWN, MonitorSettings,
+    Outage, OutageSchedule, ProduceSettings, QueueSettings, SendSettings, ServeSettings, Settings,
+    SettingsError, Task, TlsSettings, check,
 };
 use crate::store::{ChannelStart, QueueOptions, redact_url};
 
@@ -106,6 +107,14 @@ fn task(command: Command, redis_url_given: bool, env: &Env) -> Result<Task, Sett
             },
         }),
         Command::Trim(args) => Task::Trim { json: args.json },
+        Command::Pause(args) => Task::Pause {
+            paused: true,
+            json: args.json,
+        },
+        Command::Resume(args) => Task::Pause {
+            paused: false,
+            json: args.json,
+        },
         Command::Runs(args) => Task::Runs { json: args.json },
         Command::Dead(args) => Task::Dead(dead(args.action)),
         Command::Repair(args) => Task::Repair {
@@ -240,6 +249,16 @@ fn send(
         )));
     }
     let outage = match (args.outage_every, args.outage_for) {
+        (None, Some(down)) => match args.outage_after {
+            Some(after) => Some(Outage::Once { after, down }),
+            None => {
+                return Err(SettingsError::Conflict(
+                    "'--outage-for' needs '--outage-every' or '--outage-after': when is the \
+                     gateway down?"
+                        .to_owned(),
+                ));
+            }
+        },
         (Some(every), Some(down)) if down >= every => {
             return Err(SettingsError::Conflict(format!(
                 "invalid value '{}' for '--outage-for': an outage must end before the next \
@@ -248,7 +267,7 @@ fn send(
                 humantime::format_duration(every)
             )));
         }
-        (Some(every), Some(down)) => Some(OutageSchedule { every, down }),
+        (Some(every), Some(down)) => Some(Outage::Every(OutageSchedule { every, down })),
         _ => None,
     };
     Ok(SendSettings {
@@ -267,6 +286,19 @@ fn send(
         seed: args.seed,
         partitions: args.read_partitions,
         outage,
+        channel: None,
+        gateway: GatewaySettings {
+            name: args.gateway,
+            rate: args.gateway_rate,
+            breaker: args.breaker_failures.map(|failures| BreakerSettings {
+                failures,
+                cooldown: args.breaker_cooldown,
+                max_cooldown: MAX_BREAKER_COOLDOWN.max(args.breaker_cooldown),
+                probes: BREAKER_PROBES,
+            }),
+            throttle_rate: args.throttle_rate,
+            expire_after: args.expire_after,
+        },
     })
 }
 
@@ -315,6 +347,7 @@ fn demo(args: &DemoArgs) -> Result<DemoSettings, SettingsError> {
     let mut description = String::new();
     let mut cluster = None;
     let mut partitions = 1;
+    let mut channels = Vec::new();
     let mut produce_table = toml::Table::new();
     let mut monitor_table = toml::Table::new();
     let mut sender_tables = Vec::new();
@@ -331,13 +364,21 @@ fn demo(args: &DemoArgs) -> Result<DemoSettings, SettingsError> {
                 partitions = check::partitions(&n.to_string())
                     .map_err(|reason| origin.unusable(format!("partitions = {n}: {reason}")))?;
             }
+            ("channels", toml::Value::Array(items)) => {
+                for item in items {
+                    let spec = item.as_str().unwrap_or_default();
+                    channels.push(check::channel(spec).map_err(|reason| {
+                        origin.unusable(format!("channels = {item}: {reason}"))
+                    })?);
+                }
+            }
             ("produce", toml::Value::Table(table)) => produce_table = table,
             ("monitor", toml::Value::Table(table)) => monitor_table = table,
             ("senders", toml::Value::Array(items)) => sender_tables = items,
             (key, _) => {
                 return Err(origin.unusable(format!(
                     "unknown or mistyped key '{key}'; a scenario has description, cluster, \
-                     partitions, [produce], [[senders]] and [monitor]"
+                     partitions, channels, [produce], [[senders]] and [monitor]"
                 )));
             }
         }
@@ -360,6 +401,7 @@ fn demo(args: &DemoArgs) -> Result<DemoSettings, SettingsError> {
         description,
         cluster: args.cluster.or(cluster),
         partitions,
+        channels,
         produce: produce(produce_args),
         senders,
         monitor,
@@ -382,8 +424,23 @@ fn scenario_senders(
             return Err(origin.unusable("[[senders]] must be tables"));
         };
         let section = format!("senders[{}]", i + 1);
-        let (args, _) = scenario_args::<SendArgs>(table, &section, origin)?;
-        let sender = send(args, || format!("sender-{}", i + 1))?;
+        // `channel` is a global option on the command line; in a scenario
+        // each sender names its own.
+        let mut table = table.clone();
+        let channel = match table.remove("channel") {
+            None => None,
+            Some(toml::Value::String(name)) => Some(check::key_part(&name).map_err(|reason| {
+                origin.unusable(format!("[[senders]] channel = {name:?}: {reason}"))
+            })?),
+            Some(other) => {
+                return Err(origin.unusable(format!(
+                    "[[senders]] channel = {other}: expected a channel's name"
+                )));
+            }
+        };
+        let (args, _) = scenario_args::<SendArgs>(&table, &section, origin)?;
+        let mut sender = send(args, || format!("sender-{}", i + 1))?;
+        sender.channel = channel;
         if senders.iter().any(|s| s.name == sender.name) {
             return Err(SettingsError::Conflict(format!(
                 "two senders in the scenario are named '{}': each needs its own name",

@@ -199,6 +199,10 @@ mod tests {
         report.alerts = vec!["ALERT failure rate 6.0% over 0.05".to_owned()];
         report.senders = vec![
             SenderRow {
+                gateway: String::new(),
+                breaker: String::new(),
+                breaker_opened: 0,
+                channel: String::new(),
                 name: "a-long-sender-name".to_owned(),
                 sent: 400,
                 failed: 30,
@@ -208,6 +212,10 @@ mod tests {
                 rate_per_s: 33.3,
             },
             SenderRow {
+                gateway: String::new(),
+                breaker: String::new(),
+                breaker_opened: 0,
+                channel: String::new(),
                 name: "b".to_owned(),
                 sent: 200,
                 failed: 10,

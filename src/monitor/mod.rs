@@ -93,7 +93,9 @@ pub async fn run(
     let started = Instant::now();
     let mut live = matches!(sink, Sink::Terminal).then(|| live::Live::new(settings.by_partition));
     // Per-sender rows cost two more round trips; only the displays that show them pay.
-    let per_sender = settings.json || live.is_some();
+    // Plain lines show no sender rows, but they name open breakers, which
+    // only the senders' hashes hold.
+    let per_sender = true;
     let mut previous: Option<(Snapshot, Instant)> = None;
     let mut previous_senders: HashMap<String, u64> = HashMap::new();
     let mut alerts = AlertState::default();
@@ -107,7 +109,7 @@ pub async fn run(
         let read = store.retrying("read the queue's figures", || async {
             let snapshot = Snapshot::read(store).await?;
             let senders = if per_sender {
-                SenderSnapshot::read_all(store).await?
+                SenderSnapshot::read_every_channel(store).await?
             } else {
                 Vec::new()
             };

@@ -26,6 +26,16 @@ pub struct SenderRow {
     pub avg_send_ms: Option<f64>,
     /// Messages it sent per second over the last interval.
     pub rate_per_s: f64,
+    /// The gateway it sends through (empty when it published none).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub gateway: String,
+    /// Its gateway's breaker: closed, open or half_open.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub breaker: String,
+    /// Times its breaker opened.
+    pub breaker_opened: u64,
+    /// Its channel.
+    pub channel: String,
 }
 
 /// One partition's row.
@@ -304,6 +314,10 @@ impl Report {
                 dead: s.dead,
                 pending: s.pending,
                 avg_send_ms: s.avg_send_ms().map(|ms| round(ms, 3)),
+                gateway: s.gateway.clone(),
+                breaker: s.breaker.clone(),
+                breaker_opened: s.breaker_opened,
+                channel: s.channel.clone(),
                 rate_per_s: match (dt, previous.get(&s.name)) {
                     (Some(dt), Some(before)) if !dt.is_zero() => {
                         round(s.sent.saturating_sub(*before) as f64 / dt.as_secs_f64(), 1)
@@ -329,6 +343,22 @@ impl Report {
         ages_text(self.oldest_queued_age_ms, self.oldest_pending_age_ms)
     }
 
+    /// The senders whose breaker is not closed, as ` | breaker open: a
+    /// (gw-1), half_open: b (gw-2)`; empty when none.
+    pub fn breakers_text(&self) -> String {
+        let tripped: Vec<String> = self
+            .senders
+            .iter()
+            .filter(|s| !s.breaker.is_empty() && s.breaker != "closed")
+            .map(|s| format!("{} {} ({})", s.breaker, s.name, s.gateway))
+            .collect();
+        if tripped.is_empty() {
+            String::new()
+        } else {
+            format!(" | breaker {}", tripped.join(", "))
+        }
+    }
+
     /// One human-readable line.
     pub fn to_text(&self) -> String {
         let avg = self
@@ -337,7 +367,7 @@ impl Report {
         let lag = lag_text(self.lag);
         format!(
             "[{:>7.1}s] produced {} | sent {} | failed {} | dead {} | pending {} | queued {} | duplicates {} | \
-             avg {}/msg | {} | {:.1} msg/s | {} | senders {}{}{}",
+             avg {}/msg | {} | {:.1} msg/s | {} | senders {}{}{}{}",
             self.elapsed_s,
             self.produced,
             self.sent,
@@ -351,6 +381,7 @@ impl Report {
             self.rate_per_s,
             self.ages_text(),
             self.live_senders,
+            self.breakers_text(),
             self.channels_text(),
             if self.done { " | done" } else { "" }
         )

@@ -10,6 +10,7 @@
 //! [`Load`](super::gateway::Load) tells.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -107,6 +108,11 @@ pub(super) struct Dispatcher {
     pub settings: SendSettings,
     /// The channel whose messages this sender sends.
     pub channel: Channel,
+    /// Whether a send that takes no time may end at once, without the
+    /// gateway: no cap, breaker, outage or age limit to apply.
+    pub direct: bool,
+    /// Whether an operator paused the channel (polled by the upkeep).
+    pub paused: Arc<AtomicBool>,
     pub simulator: Simulator,
     /// One per message held, from its read until its result is written.
     pub hold_slots: Arc<Semaphore>,
@@ -395,22 +401,25 @@ impl Dispatcher {
         out.in_flight.insert(&entry.id);
         let checked = entry
             .addressed(&self.channel)
-            .map(|addressed| matches!(addressed, Addressed::To { .. }));
+            .map(|addressed| match addressed {
+                Addressed::To { created_ms, .. } => Some(created_ms),
+                Addressed::NotForChannel => None,
+            });
         let id = entry.id;
-        match checked {
+        let created_ms = match checked {
             Err(err) => {
                 tracing::warn!(id, error = %err, "malformed entry; moving it to the dead stream");
                 finish_now(&out, id, Outcome::Malformed, hold);
                 return;
             }
-            Ok(false) => {
+            Ok(None) => {
                 finish_now(&out, id, Outcome::Skipped, hold);
                 return;
             }
-            Ok(true) => {}
-        }
+            Ok(Some(created_ms)) => created_ms,
+        };
         let attempt = self.simulator.next_attempt();
-        if attempt.delay.is_zero() {
+        if attempt.delay.is_zero() && self.direct && !self.paused.load(AtomicOrdering::Relaxed) {
             finish_now(&out, id, attempt.outcome(), hold);
             return;
         }
@@ -418,6 +427,7 @@ impl Dispatcher {
             id,
             lane: out,
             attempt,
+            created_ms,
             hold_slot: hold,
         });
     }

@@ -21,17 +21,18 @@
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering as AtomicOrdering};
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::admission::{Admission, Blocked, PAUSE_POLL};
 use super::ending::Ending;
 use super::in_flight::{Finished, LaneOut};
 use super::simulate::Attempt;
-use crate::store::ReportItem;
+use crate::store::{Outcome, ReportItem};
 
 /// A message read ahead, checked and its attempt drawn, waiting for a send
 /// slot.
@@ -43,6 +44,8 @@ pub(super) struct Ready {
     pub lane: Arc<LaneOut>,
     /// What its send will do.
     pub attempt: Attempt,
+    /// When it was created (ms since the Unix epoch), for its age limit.
+    pub created_ms: u64,
     /// Its hold slot, which goes on with the result to the writer.
     pub hold_slot: OwnedSemaphorePermit,
 }
@@ -72,6 +75,9 @@ pub(super) struct Load {
     held: AtomicUsize,
     /// Sends that end within the read-ahead horizon.
     ending_soon: AtomicUsize,
+    /// Set while the gateway's breaker is open: nothing is to be read for
+    /// it until it half-opens.
+    halted: AtomicBool,
     /// Signalled when sends end or come within the horizon.
     pub changed: Notify,
 }
@@ -80,6 +86,9 @@ impl Load {
     /// Messages to read for now: one per send slot that is free or about to
     /// free, less the messages already waiting for one.
     pub(super) fn wanted(&self, concurrency: usize) -> usize {
+        if self.halted.load(AtomicOrdering::Relaxed) {
+            return 0;
+        }
         (concurrency + self.ending_soon.load(AtomicOrdering::Relaxed))
             .saturating_sub(self.held.load(AtomicOrdering::Relaxed))
     }
@@ -156,12 +165,18 @@ pub(super) struct Gateway {
     order: u64,
     /// How much earlier than a send's end the gateway wakes for it.
     early: Duration,
+    /// Whether a send may start now, and what the gateway does to it then.
+    admission: Admission,
 }
 
 impl Gateway {
     /// A gateway with nothing to send yet, and the inlet to hand it
     /// messages through.
-    pub(super) fn new(concurrency: usize, abort: CancellationToken) -> (Self, Inlet) {
+    pub(super) fn new(
+        concurrency: usize,
+        abort: CancellationToken,
+        admission: Admission,
+    ) -> (Self, Inlet) {
         let (sends, incoming) = mpsc::unbounded_channel();
         let load = Arc::new(Load::default());
         let inlet = Inlet {
@@ -178,6 +193,7 @@ impl Gateway {
             ending: Ending::default(),
             order: 0,
             early: Duration::from_millis(1),
+            admission,
         };
         (gateway, inlet)
     }
@@ -187,21 +203,42 @@ impl Gateway {
     /// (ready or sending), each with its partition's lane.
     pub(super) async fn run(mut self) -> Vec<(Arc<LaneOut>, String)> {
         let mut open = true;
+        let tokens = self.admission.tokens();
         loop {
-            self.start_ready();
+            let blocked = self.start_ready();
+            self.follow_breaker(!open && blocked.is_some());
             let soon = self.ending.soon(Instant::now());
             if self.load.ending_soon.swap(soon, AtomicOrdering::Relaxed) < soon {
                 // More sends end soon: the dispatcher may read ahead for them.
                 self.load.changed.notify_one();
             }
             let next_end = self.sending.peek().map(|q| q.send.ends_at - self.early);
-            let wake_at = match (next_end, self.ending.next_change()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
+            let unblocks_at = match blocked {
+                Some(Blocked::Until(at)) => Some(at),
+                Some(Blocked::Paused) => Some(Instant::now() + PAUSE_POLL),
+                // Halted with nothing waiting: wake when it half-opens, to
+                // let reads go on.
+                _ => self.admission.breaker_reopens_at(),
             };
+            let wake_at = [next_end, self.ending.next_change(), unblocks_at]
+                .into_iter()
+                .flatten()
+                .min();
+            let wants_token = blocked == Some(Blocked::Tokens);
             tokio::select! {
                 biased;
                 () = self.abort.cancelled() => return self.abandon(),
+                token = async {
+                    match &tokens {
+                        Some(pool) => pool.acquire().await.ok(),
+                        None => std::future::pending().await,
+                    }
+                }, if wants_token => {
+                    if let Some(token) = token {
+                        token.forget();
+                        self.admission.keep_token();
+                    }
+                }
                 received = self.incoming.recv(), if open => match received {
                     Some(ready) => {
                         self.ready.push_back(ready);
@@ -226,16 +263,86 @@ impl Gateway {
         }
     }
 
-    /// Starts ready messages in the free send slots.
-    fn start_ready(&mut self) {
-        while self.sending.len() < self.concurrency && self.start_next(Instant::now()) {}
+    /// While the breaker is open, reads stop and the messages waiting go
+    /// back to the queue without spending an attempt (another gateway's
+    /// senders may take them); they start again when it half-opens.
+    /// `stopping` (the dispatcher has stopped and the rules hold messages
+    /// back) sends the waiting ones back too, so shutdown does not wait on
+    /// a breaker, a pause or the cap.
+    fn follow_breaker(&mut self, stopping: bool) {
+        let open = self.admission.breaker_open(Instant::now());
+        if self.load.halted.swap(open, AtomicOrdering::Relaxed) && !open {
+            self.load.changed.notify_one();
+        }
+        if open || stopping {
+            self.defer_ready();
+        }
     }
 
-    /// Starts the first ready message at `now`, if there is one.
-    fn start_next(&mut self, now: Instant) -> bool {
+    /// Hands every message waiting for a slot back as deferred.
+    fn defer_ready(&mut self) {
+        let deferred = self.ready.len();
+        if deferred == 0 {
+            return;
+        }
+        for ready in self.ready.drain(..) {
+            let item = ReportItem {
+                id: ready.id,
+                outcome: Outcome::Deferred,
+                send_time_us: 0,
+            };
+            let _ = ready.lane.results.send(Finished {
+                item,
+                hold_slot: ready.hold_slot,
+            });
+        }
+        self.load.held.fetch_sub(deferred, AtomicOrdering::Relaxed);
+        self.load.changed.notify_one();
+    }
+
+    /// Starts ready messages in the free send slots, as far as the
+    /// admission rules let it; returns what stopped it, if they did.
+    fn start_ready(&mut self) -> Option<Blocked> {
+        while self.sending.len() < self.concurrency && !self.ready.is_empty() {
+            if let Err(blocked) = self.start_next(Instant::now()) {
+                return Some(blocked);
+            }
+        }
+        None
+    }
+
+    /// Starts the first ready message at `now` if the rules allow: a
+    /// message past its age limit ends at once as expired, one sent while
+    /// the gateway is down fails when its send ends. `Ok(false)` when no
+    /// message is ready.
+    fn start_next(&mut self, now: Instant) -> Result<bool, Blocked> {
+        if self.ready.is_empty() {
+            return Ok(false);
+        }
+        let created_ms = self.ready.front().map_or(0, |r| r.created_ms);
+        let at_start = self
+            .admission
+            .at_start(created_ms, crate::message::now_ms());
+        if at_start != Some(Outcome::Expired) {
+            self.admission.admit(now)?;
+        }
         let Some(ready) = self.ready.pop_front() else {
-            return false;
+            return Ok(false);
         };
+        if at_start == Some(Outcome::Expired) {
+            let item = ReportItem {
+                id: ready.id,
+                outcome: Outcome::Expired,
+                send_time_us: 0,
+            };
+            let _ = ready.lane.results.send(Finished {
+                item,
+                hold_slot: ready.hold_slot,
+            });
+            self.load.held.fetch_sub(1, AtomicOrdering::Relaxed);
+            self.load.changed.notify_one();
+            return Ok(true);
+        }
         let ends_at = now + ready.attempt.delay;
         self.ending.add(ends_at);
         let send = InProgress {
@@ -243,7 +350,7 @@ impl Gateway {
             ends_at,
             item: ReportItem {
                 id: ready.id,
-                outcome: ready.attempt.outcome(),
+                outcome: at_start.unwrap_or_else(|| ready.attempt.outcome()),
                 send_time_us: 0,
             },
             lane: ready.lane,
@@ -254,7 +361,7 @@ impl Gateway {
             order: self.order,
         });
         self.order += 1;
-        true
+        Ok(true)
     }
 
     /// Gives up every message not sent yet; their lanes and ids.
@@ -291,11 +398,14 @@ impl Gateway {
             let mut item = send.item;
             item.send_time_us = now.duration_since(send.started).as_micros() as u64;
             ended += 1;
+            self.admission.record(item.outcome, now);
             let _ = send.lane.results.send(Finished {
                 item,
                 hold_slot: send.hold_slot,
             });
-            self.start_next(now);
+            // A slot the rules keep empty is filled by the loop once they
+            // allow it.
+            let _ = self.start_next(now);
         }
         if ended > 0 {
             self.load
@@ -334,7 +444,9 @@ mod tests {
             attempt: Attempt {
                 delay: Duration::from_millis(ms),
                 fails: false,
+                throttled: false,
             },
+            created_ms: 0,
             hold_slot: Arc::clone(slots).try_acquire_owned().unwrap(),
         }
     }
@@ -357,7 +469,7 @@ mod tests {
         Arc<LaneOut>,
         mpsc::UnboundedReceiver<Finished>,
     ) {
-        let (gateway, inlet) = Gateway::new(concurrency, abort.clone());
+        let (gateway, inlet) = Gateway::new(concurrency, abort.clone(), Admission::default());
         let (lane, results_rx) = lane();
         (gateway, inlet, lane, results_rx)
     }

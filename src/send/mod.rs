@@ -36,18 +36,23 @@
 //! damaged it stops at once and ends with that error: nothing it could still
 //! write would be true.
 
+mod admission;
+mod breaker;
 mod dispatch;
 mod ending;
 mod fatal;
 mod flush;
 mod gateway;
+mod gateway_watch;
 mod in_flight;
 mod name;
 mod recover;
 pub mod simulate;
 mod summary;
+mod throttle;
 mod trim;
 
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -63,6 +68,8 @@ pub use flush::FlushTotals;
 
 use crate::settings::SendSettings;
 use crate::store::{Sender, Store, StoreError};
+use admission::Admission;
+use breaker::Breaker;
 use dispatch::{Dispatcher, Lane};
 use fatal::Fatal;
 use flush::Flusher;
@@ -163,6 +170,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<SendSummary, SendError> {
     let started = Instant::now();
+    let store = match &settings.channel {
+        Some(channel) => store.for_channel(channel)?,
+        None => store,
+    };
     // Whatever partition's handle it is given: the name's lease, like
     // everything that belongs to the whole queue, is in partition 0.
     let store = store.partition(0).sender();
@@ -189,6 +200,7 @@ pub async fn run(
         token,
         held: Held::default(),
         progress: Arc::default(),
+        paused: Arc::default(),
     };
     let upkeep = sender.start_upkeep(&stop);
     let sent = sender.send(&stop).await;
@@ -234,6 +246,8 @@ struct Shared {
     /// What every partition holds in flight.
     held: Held,
     progress: Arc<Progress>,
+    /// Whether an operator paused the channel.
+    paused: Arc<AtomicBool>,
 }
 
 /// A partition's writer task, and how to make it give up.
@@ -256,8 +270,18 @@ impl Shared {
     /// Reads and sends until `stop` fires, then drains: sends what was read
     /// until the shutdown deadline and writes the results.
     async fn send(&self, stop: &CancellationToken) -> Sent {
+        // A sender started while its channel is paused sends nothing from
+        // the start; the watch follows the flag from then on.
+        if let Ok(paused) = self.store.is_paused().await {
+            self.paused
+                .store(paused, std::sync::atomic::Ordering::Relaxed);
+        }
         let abort_sends = CancellationToken::new();
-        let (gateway, inlet) = Gateway::new(self.settings.concurrency, abort_sends.clone());
+        let watching = CancellationToken::new();
+        let (admission, watcher) = self.admission(&watching);
+        let direct = admission.is_open();
+        let (gateway, inlet) =
+            Gateway::new(self.settings.concurrency, abort_sends.clone(), admission);
         let gateway = tokio::spawn(gateway.run());
         let writers = Mutex::new(Vec::new());
         let lanes = self
@@ -268,6 +292,7 @@ impl Shared {
             .collect();
         let (new_lanes_tx, new_lanes) = mpsc::unbounded_channel();
         let mut dispatcher = self.dispatcher(lanes, new_lanes, inlet);
+        dispatcher.direct = direct;
         let outcome = tokio::select! {
             outcome = dispatcher.run(stop) => outcome,
             never = self.follow_growth(&new_lanes_tx, &writers),
@@ -280,6 +305,10 @@ impl Shared {
         drop(dispatcher);
         drop(new_lanes_tx);
         let abandoned = self.drain(gateway, abort_sends).await;
+        watching.cancel();
+        for task in watcher {
+            let _ = task.await;
+        }
         let writers = writers.into_inner().unwrap_or_else(PoisonError::into_inner);
         Sent {
             outcome,
@@ -287,6 +316,45 @@ impl Shared {
             flushed: join_writers(writers).await,
             abandoned,
         }
+    }
+
+    /// The gateway's rules (pause, breaker, throughput cap, outages, age
+    /// limit) and the tasks that keep them: the token refill and the watch
+    /// on the pause flag and the breaker, both until `watching` fires.
+    fn admission(&self, watching: &CancellationToken) -> (Admission, Vec<JoinHandle<()>>) {
+        let gateway = &self.settings.gateway;
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let mut tasks = vec![tokio::spawn(gateway_watch::watch(
+            self.store.clone(),
+            self.settings.name.clone(),
+            gateway.name.clone(),
+            Arc::clone(&self.paused),
+            changes,
+            watching.clone(),
+        ))];
+        let tokens = gateway.rate.map(|rate| {
+            let pool = Arc::new(Semaphore::new(0));
+            tasks.push(tokio::spawn(throttle::refill(
+                self.store.clone(),
+                gateway.name.clone(),
+                rate,
+                Arc::clone(&pool),
+                watching.clone(),
+            )));
+            pool
+        });
+        let breaker = gateway
+            .breaker
+            .map(|settings| Breaker::new(settings, tokio::time::Instant::now()));
+        let admission = Admission::new(
+            breaker,
+            tokens,
+            Arc::clone(&self.paused),
+            self.settings.outage,
+            gateway.expire_after,
+            changes_tx,
+        );
+        (admission, tasks)
     }
 
     /// Opens the lane of `partition`: starts its writer (kept in `writers`)
@@ -407,10 +475,12 @@ impl Shared {
         let settings = &self.settings;
         Dispatcher {
             channel: self.store.channel().clone(),
+            direct: true,
+            paused: Arc::clone(&self.paused),
             simulator: Simulator::new(
                 settings.delay,
                 settings.failure_rate,
-                settings.outage,
+                settings.gateway.throttle_rate,
                 settings.seed,
             ),
             hold_slots: Arc::new(Semaphore::new(

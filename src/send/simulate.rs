@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution as _, Exp, Normal, Uniform};
 
-use crate::settings::{DelayModel, Distribution, OutageSchedule};
+use crate::settings::{DelayModel, Distribution};
 use crate::store::Outcome;
 
 /// What one simulated attempt will do.
@@ -19,13 +19,18 @@ pub struct Attempt {
     pub delay: Duration,
     /// Whether it fails.
     pub fails: bool,
+    /// Whether the gateway answers "throttled": never processed, to be
+    /// tried again without spending an attempt.
+    pub throttled: bool,
 }
 
 impl Attempt {
-    /// How the attempt ends: sent or failed.
+    /// How the attempt ends: sent, failed, or throttled (deferred).
     pub fn outcome(self) -> Outcome {
         if self.fails {
             Outcome::Failed
+        } else if self.throttled {
+            Outcome::Deferred
         } else {
             Outcome::Sent
         }
@@ -38,7 +43,7 @@ pub struct Simulator {
     rng: StdRng,
     delay: Sampler,
     failure_rate: f64,
-    outage: Option<OutageSchedule>,
+    throttle_rate: f64,
 }
 
 #[derive(Debug)]
@@ -51,13 +56,14 @@ enum Sampler {
 }
 
 impl Simulator {
-    /// A simulator for `model` failing with probability `failure_rate`, and
-    /// always while `outage` says the gateway is down; `seed` fixes the
-    /// sequence of attempts (`None`: seeded from the OS).
+    /// A simulator for `model` failing with probability `failure_rate` and
+    /// answering "throttled" with probability `throttle_rate`; `seed` fixes
+    /// the sequence of attempts (`None`: seeded from the OS). Outages are
+    /// the gateway's business, at the moment a send starts.
     pub fn new(
         model: DelayModel,
         failure_rate: f64,
-        outage: Option<OutageSchedule>,
+        throttle_rate: f64,
         seed: Option<u64>,
     ) -> Self {
         let rng = match seed {
@@ -88,7 +94,7 @@ impl Simulator {
             rng,
             delay,
             failure_rate,
-            outage,
+            throttle_rate,
         }
     }
 
@@ -101,15 +107,13 @@ impl Simulator {
             Sampler::Exponential(d) => d.sample(&mut self.rng),
             Sampler::Uniform(d) => d.sample(&mut self.rng),
         };
-        // Drawn whatever the outage, so that a seed gives the same draws.
-        let unlucky = self.failure_rate > 0.0 && self.rng.random_bool(self.failure_rate);
-        let down = self
-            .outage
-            .is_some_and(|outage| outage.is_down_at(crate::message::now_ms()));
+        let fails = self.failure_rate > 0.0 && self.rng.random_bool(self.failure_rate);
+        let throttled = self.throttle_rate > 0.0 && self.rng.random_bool(self.throttle_rate);
         Attempt {
             // Truncated at zero: a send cannot take negative time.
             delay: Duration::from_secs_f64(seconds.max(0.0)),
-            fails: unlucky || down,
+            fails,
+            throttled,
         }
     }
 }
@@ -134,7 +138,7 @@ mod tests {
             Distribution::Uniform,
             Distribution::Constant,
         ] {
-            let mut sim = Simulator::new(model(distribution, 200, 50), 0.0, None, Some(42));
+            let mut sim = Simulator::new(model(distribution, 200, 50), 0.0, 0.0, Some(42));
             let n = 20_000;
             let total: f64 = (0..n).map(|_| sim.next_attempt().delay.as_secs_f64()).sum();
             let mean_ms = total / f64::from(n) * 1000.0;
@@ -147,8 +151,8 @@ mod tests {
 
     #[test]
     fn failure_rate_and_seed() {
-        let mut a = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, None, Some(9));
-        let mut b = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, None, Some(9));
+        let mut a = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, 0.0, Some(9));
+        let mut b = Simulator::new(model(Distribution::Normal, 10, 5), 0.25, 0.0, Some(9));
         let draws: Vec<_> = (0..10_000).map(|_| a.next_attempt()).collect();
         assert!(
             draws
@@ -165,19 +169,22 @@ mod tests {
     }
 
     #[test]
-    fn an_outage_fails_every_attempt_while_it_lasts() {
-        let always = OutageSchedule {
-            every: Duration::from_secs(10),
-            down: Duration::from_secs(10),
-        };
-        let mut sim = Simulator::new(
-            model(Distribution::Constant, 1, 0),
-            0.0,
-            Some(always),
-            Some(1),
-        );
-        assert!((0..100).all(|_| sim.next_attempt().fails));
-        let minute = OutageSchedule {
+    fn throttled_answers_come_at_their_rate_and_cost_no_failure() {
+        let mut sim = Simulator::new(model(Distribution::Constant, 1, 0), 0.0, 0.2, Some(3));
+        let draws: Vec<Attempt> = (0..10_000).map(|_| sim.next_attempt()).collect();
+        let throttled = draws.iter().filter(|d| d.throttled).count();
+        assert!((1_800..=2_200).contains(&throttled), "{throttled} of 10000");
+        assert!(draws.iter().all(|d| !d.fails));
+        let deferred = draws
+            .iter()
+            .filter(|d| d.outcome() == Outcome::Deferred)
+            .count();
+        assert_eq!(deferred, throttled);
+    }
+
+    #[test]
+    fn an_outage_schedule_is_on_the_wall_clock() {
+        let minute = crate::settings::OutageSchedule {
             every: Duration::from_secs(60),
             down: Duration::from_secs(10),
         };
@@ -187,11 +194,11 @@ mod tests {
 
     #[test]
     fn zero_mean_means_no_delay_and_rate_bounds_hold() {
-        let mut sim = Simulator::new(model(Distribution::Normal, 0, 0), 1.0, None, Some(1));
+        let mut sim = Simulator::new(model(Distribution::Normal, 0, 0), 1.0, 0.0, Some(1));
         let attempt = sim.next_attempt();
         assert_eq!(attempt.delay, Duration::ZERO);
         assert!(attempt.fails);
-        let mut never = Simulator::new(model(Distribution::Constant, 5, 0), 0.0, None, Some(1));
+        let mut never = Simulator::new(model(Distribution::Constant, 5, 0), 0.0, 0.0, Some(1));
         assert!((0..1000).all(|_| !never.next_attempt().fails));
     }
 }

@@ -305,7 +305,7 @@ async fn stats(State(app): State<Arc<App>>) -> Response {
     let store = app.queues.home().store();
     let read = async {
         let snapshot = Snapshot::read(&store).await?;
-        let senders = SenderSnapshot::read_all(&store).await?;
+        let senders = SenderSnapshot::read_every_channel(&store).await?;
         Ok::<_, StoreError>((snapshot, senders))
     };
     let (snapshot, senders) = match within(&app, read).await {
@@ -357,7 +357,7 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
     let store = app.queues.home().store();
     let read = async {
         let snapshot = Snapshot::read(&store).await?;
-        let senders = SenderSnapshot::read_all(&store).await?;
+        let senders = SenderSnapshot::read_every_channel(&store).await?;
         Ok::<_, StoreError>(crate::metrics::render(&snapshot, &senders))
     };
     match within(&app, read).await {

@@ -210,6 +210,24 @@ pub fn key_part(value: &str) -> Result<String, String> {
     }
 }
 
+/// A throughput cap: `N/s` (or a bare `N`), 1 to 10,000,000 per second.
+pub fn rate_per_second(value: &str) -> Result<u32, String> {
+    let number = value.trim();
+    let number = number.strip_suffix("/s").unwrap_or(number);
+    match number.parse::<u32>() {
+        Ok(n) if (1..=10_000_000).contains(&n) => Ok(n),
+        _ => Err("expected a rate such as 100/s (1 to 10000000 per second)".to_owned()),
+    }
+}
+
+/// Failed sends in a row that open a breaker: 1 to 1,000,000.
+pub fn breaker_failures(value: &str) -> Result<u32, String> {
+    match value.trim().parse::<u32>() {
+        Ok(n) if (1..=1_000_000).contains(&n) => Ok(n),
+        _ => Err("expected 1 to 1000000 failed sends in a row".to_owned()),
+    }
+}
+
 /// A channel: `NAME` or `NAME:KIND`, the name a valid key part.
 pub fn channel(value: &str) -> Result<crate::channel::Channel, String> {
     let channel = crate::channel::Channel::parse(value)?;

@@ -159,6 +159,62 @@ impl OutageSchedule {
     }
 }
 
+/// The circuit breaker of a sender's gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerSettings {
+    /// Failed sends in a row that open it.
+    pub failures: u32,
+    /// How long it stays open before probing.
+    pub cooldown: Duration,
+    /// The longest cool-down, which doubles each time a probe fails.
+    pub max_cooldown: Duration,
+    /// Probes that must pass to close it (sent one at a time or together).
+    pub probes: u32,
+}
+
+/// The gateway a sender sends through, and how it behaves.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GatewaySettings {
+    /// Its name: senders of one gateway share its throughput cap.
+    pub name: String,
+    /// Most sends per second through it, over every sender sharing it;
+    /// `None` for no cap.
+    pub rate: Option<u32>,
+    /// Its circuit breaker; `None` for none.
+    pub breaker: Option<BreakerSettings>,
+    /// Probability that the simulated gateway answers "throttled": the
+    /// message is retried later without spending an attempt.
+    pub throttle_rate: f64,
+    /// Messages older than this when their turn comes are dead-lettered as
+    /// `expired` instead of sent late; `None` for no limit.
+    pub expire_after: Option<Duration>,
+}
+
+/// Default gateway name.
+pub const DEFAULT_GATEWAY: &str = "default";
+/// Default failed sends in a row that open a breaker (with --breaker).
+pub const DEFAULT_BREAKER_FAILURES: u32 = 20;
+/// Default cool-down of an open breaker.
+pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// Longest cool-down of a breaker whose probes keep failing.
+pub const MAX_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+/// Probes that close a half-open breaker.
+pub const BREAKER_PROBES: u32 = 3;
+
+/// When the simulated gateway is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outage {
+    /// On a schedule, on the wall clock.
+    Every(OutageSchedule),
+    /// Once, `after` the sender starts, for `down` (a scenario's timeline).
+    Once {
+        /// How long after the sender starts the outage begins.
+        after: Duration,
+        /// How long it lasts.
+        down: Duration,
+    },
+}
+
 /// Settings of `send`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SendSettings {
@@ -184,7 +240,12 @@ pub struct SendSettings {
     /// added while the sender runs.
     pub partitions: Option<Vec<u32>>,
     /// When the simulated gateway is down; `None` for never.
-    pub outage: Option<OutageSchedule>,
+    pub outage: Option<Outage>,
+    /// The gateway it sends through.
+    pub gateway: GatewaySettings,
+    /// The channel it sends for, when not the one its queue handle is on
+    /// (a scenario's senders, which share one handle).
+    pub channel: Option<String>,
 }
 
 /// Settings of `monitor`.
@@ -229,6 +290,8 @@ pub struct DemoSettings {
     pub cluster: Option<u32>,
     /// The queue's partitions.
     pub partitions: u32,
+    /// The queue's channels (none: the default one).
+    pub channels: Vec<crate::channel::Channel>,
     /// What to produce.
     pub produce: ProduceSettings,
     /// The senders to run, each with its own name.
@@ -312,6 +375,13 @@ pub enum Task {
     },
     /// `trim`.
     Trim {
+        /// JSON instead of text.
+        json: bool,
+    },
+    /// `pause` (`true`) or `resume`.
+    Pause {
+        /// Pause, or resume.
+        paused: bool,
         /// JSON instead of text.
         json: bool,
     },

@@ -101,7 +101,16 @@ pub(super) fn merge_senders(parts: Vec<Vec<SenderSnapshot>>, count: usize) -> Ve
                     pending_by_partition: vec![0; count],
                     idle_ms: u64::MAX,
                     live: false,
+                    gateway: String::new(),
+                    breaker: String::new(),
+                    breaker_opened: 0,
+                    channel: String::new(),
                 });
+            if row.gateway.is_empty() {
+                row.gateway.clone_from(&sender.gateway);
+                row.breaker.clone_from(&sender.breaker);
+            }
+            row.breaker_opened += sender.breaker_opened;
             row.sent += sender.sent;
             row.failed += sender.failed;
             row.dead += sender.dead;
@@ -224,6 +233,10 @@ mod tests {
     fn a_sender_is_one_row_with_its_pending_per_partition() {
         let sender =
             |name: &str, sent: u64, pending: u64, idle_ms: u64, live: bool| SenderSnapshot {
+                gateway: String::new(),
+                breaker: String::new(),
+                breaker_opened: 0,
+                channel: String::new(),
                 name: name.to_owned(),
                 sent,
                 failed: 0,

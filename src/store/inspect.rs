@@ -326,7 +326,7 @@ impl Inspector {
     pub async fn sender_stats(
         &self,
         names: &[String],
-    ) -> Result<Vec<HashMap<String, i64>>, StoreError> {
+    ) -> Result<Vec<HashMap<String, String>>, StoreError> {
         if names.is_empty() {
             return Ok(Vec::new());
         }
@@ -335,19 +335,9 @@ impl Inspector {
             pipe.hgetall(self.store.keys.sender_stats(name));
         }
         let mut conn = self.store.conn().await?;
-        let replies: Vec<HashMap<String, String>> = pipe
-            .query_async(&mut conn)
+        pipe.query_async(&mut conn)
             .await
-            .map_err(StoreError::redis("HGETALL"))?;
-        Ok(replies
-            .into_iter()
-            .map(|fields| {
-                fields
-                    .into_iter()
-                    .filter_map(|(k, v)| v.parse().ok().map(|n| (k, n)))
-                    .collect()
-            })
-            .collect())
+            .map_err(StoreError::redis("HGETALL"))
     }
 
     /// One section of INFO, as text.

@@ -144,7 +144,10 @@ impl Store {
         let identity = self.create_queue(options).await?;
         let opened = Store {
             partitions: identity.partitions.1,
-            ..self.partition(0).with_epoch(identity.epoch.clone())
+            ..self
+                .partition(0)
+                .with_epoch(identity.epoch.clone())
+                .on_channel(identity.channels.clone())?
         };
         for partition in opened.partitions().iter().skip(1) {
             partition.ensure_library().await?;

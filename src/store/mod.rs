@@ -39,6 +39,7 @@ mod error;
 mod fan_out;
 mod frame;
 mod functions;
+mod gateway;
 mod identity;
 mod ingest;
 mod ingest_tx;

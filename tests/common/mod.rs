@@ -144,7 +144,7 @@ pub fn queue(url: &str, prefix: &str) -> QueueSettings {
     QueueSettings {
         redis_url: url.to_owned(),
         prefix: prefix.to_owned(),
-        group: "senders".to_owned(),
+        group: String::new(),
         ..QueueSettings::default()
     }
 }
@@ -213,6 +213,8 @@ pub fn send_settings(name: &str, mean_ms: u64, failure_rate: f64) -> SendSetting
         seed: Some(7),
         partitions: None,
         outage: None,
+        gateway: sms_alerts::settings::GatewaySettings::default(),
+        channel: None,
     }
 }
 

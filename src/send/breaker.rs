@@ -1,0 +1,229 @@
+//! The circuit breaker of a sender's gateway: after enough failed sends in
+//! a row it opens and the sender sends nothing through the gateway; after a
+//! cool-down it lets a few probes through (half-open), and closes when they
+//! pass. A probe that fails opens it again, for twice the cool-down (up to
+//! a limit), so a gateway that stays down costs one probe per cool-down,
+//! not an attempt per message. Messages that wait meanwhile are never
+//! attempted, so they spend no attempt.
+//!
+//! Pure state: the gateway task feeds it results and asks it before each
+//! send; the clock is passed in, so tests drive it.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::settings::BreakerSettings;
+
+/// Where the breaker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum BreakerState {
+    /// Sending normally.
+    Closed,
+    /// Sending nothing until the cool-down ends.
+    Open,
+    /// Letting a few probes through.
+    HalfOpen,
+}
+
+impl BreakerState {
+    /// The state's name, as the monitor and the logs show it.
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Self::Closed => "closed",
+            Self::Open => "open",
+            Self::HalfOpen => "half_open",
+        }
+    }
+}
+
+/// The breaker of one gateway.
+#[derive(Debug)]
+pub(super) struct Breaker {
+    settings: BreakerSettings,
+    state: BreakerState,
+    /// Failed sends in a row while closed.
+    failures: u32,
+    /// When an open breaker goes half-open.
+    open_until: Instant,
+    /// The cool-down the next opening gets.
+    cooldown: Duration,
+    /// Probes started and not ended while half-open.
+    probing: u32,
+    /// Probes that passed while half-open.
+    passed: u32,
+}
+
+/// What the breaker says about starting a send now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// Send it.
+    Yes,
+    /// Not before this moment (an open breaker's end), or `None` until a
+    /// probe in progress ends.
+    NotUntil(Option<Instant>),
+}
+
+impl Breaker {
+    /// A closed breaker; `None` settings make one that never opens.
+    pub(super) fn new(settings: BreakerSettings, now: Instant) -> Self {
+        Self {
+            cooldown: settings.cooldown,
+            settings,
+            state: BreakerState::Closed,
+            failures: 0,
+            open_until: now,
+            probing: 0,
+            passed: 0,
+        }
+    }
+
+    /// Its state at `now` (an open breaker whose cool-down is over is
+    /// half-open).
+    pub(super) fn state(&mut self, now: Instant) -> BreakerState {
+        if self.state == BreakerState::Open && now >= self.open_until {
+            self.state = BreakerState::HalfOpen;
+            self.probing = 0;
+            self.passed = 0;
+        }
+        self.state
+    }
+
+    /// When an open breaker half-opens; `None` when it is not open.
+    pub(super) fn reopens_at(&self) -> Option<Instant> {
+        (self.state == BreakerState::Open).then_some(self.open_until)
+    }
+
+    /// Whether a send may start at `now`; a send let through while
+    /// half-open is a probe, counted until it ends.
+    pub(super) fn admit(&mut self, now: Instant) -> Admit {
+        match self.state(now) {
+            BreakerState::Closed => Admit::Yes,
+            BreakerState::Open => Admit::NotUntil(Some(self.open_until)),
+            BreakerState::HalfOpen if self.probing + self.passed < self.settings.probes => {
+                self.probing += 1;
+                Admit::Yes
+            }
+            BreakerState::HalfOpen => Admit::NotUntil(None),
+        }
+    }
+
+    /// Takes the result of a send that started when `admit` said yes:
+    /// returns the new state when this result changed it.
+    pub(super) fn record(&mut self, failed: bool, now: Instant) -> Option<BreakerState> {
+        match self.state(now) {
+            BreakerState::Closed => {
+                self.failures = if failed { self.failures + 1 } else { 0 };
+                if self.failures >= self.settings.failures {
+                    return Some(self.open(now));
+                }
+                None
+            }
+            BreakerState::HalfOpen if failed => {
+                self.cooldown = (self.cooldown * 2).min(self.settings.max_cooldown);
+                Some(self.open(now))
+            }
+            BreakerState::HalfOpen => {
+                self.probing = self.probing.saturating_sub(1);
+                self.passed += 1;
+                if self.passed >= self.settings.probes {
+                    self.state = BreakerState::Closed;
+                    self.failures = 0;
+                    self.cooldown = self.settings.cooldown;
+                    return Some(BreakerState::Closed);
+                }
+                None
+            }
+            // A send started before the breaker opened: its result is old news.
+            BreakerState::Open => None,
+        }
+    }
+
+    fn open(&mut self, now: Instant) -> BreakerState {
+        self.state = BreakerState::Open;
+        self.open_until = now + self.cooldown;
+        self.failures = 0;
+        BreakerState::Open
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            failures: 3,
+            cooldown: Duration::from_secs(1),
+            max_cooldown: Duration::from_secs(4),
+            probes: 2,
+        }
+    }
+
+    #[test]
+    fn opens_after_failures_in_a_row_only() {
+        let t = Instant::now();
+        let mut breaker = Breaker::new(settings(), t);
+        for failed in [true, true, false, true, true] {
+            assert_eq!(breaker.record(failed, t), None);
+        }
+        assert_eq!(breaker.record(true, t), Some(BreakerState::Open));
+        assert_eq!(
+            breaker.admit(t),
+            Admit::NotUntil(Some(t + Duration::from_secs(1)))
+        );
+    }
+
+    #[test]
+    fn probes_after_the_cooldown_and_closes_when_they_pass() {
+        let t = Instant::now();
+        let mut breaker = Breaker::new(settings(), t);
+        for _ in 0..3 {
+            breaker.record(true, t);
+        }
+        let later = t + Duration::from_secs(1);
+        assert_eq!(breaker.state(later), BreakerState::HalfOpen);
+        assert_eq!(breaker.admit(later), Admit::Yes);
+        assert_eq!(breaker.admit(later), Admit::Yes);
+        assert_eq!(
+            breaker.admit(later),
+            Admit::NotUntil(None),
+            "two probes at most"
+        );
+        assert_eq!(breaker.record(false, later), None);
+        assert_eq!(breaker.record(false, later), Some(BreakerState::Closed));
+        assert_eq!(breaker.admit(later), Admit::Yes);
+    }
+
+    #[test]
+    fn a_failed_probe_opens_it_for_longer_up_to_the_limit() {
+        let t = Instant::now();
+        let mut breaker = Breaker::new(settings(), t);
+        for _ in 0..3 {
+            breaker.record(true, t);
+        }
+        let mut now = t;
+        for expected in [2, 4, 4] {
+            now += Duration::from_secs(10);
+            assert_eq!(breaker.admit(now), Admit::Yes);
+            assert_eq!(breaker.record(true, now), Some(BreakerState::Open));
+            assert_eq!(
+                breaker.admit(now),
+                Admit::NotUntil(Some(now + Duration::from_secs(expected)))
+            );
+        }
+        // Closing brings the cool-down back to its start.
+        now += Duration::from_secs(10);
+        breaker.admit(now);
+        breaker.admit(now);
+        breaker.record(false, now);
+        breaker.record(false, now);
+        for _ in 0..3 {
+            breaker.record(true, now);
+        }
+        assert_eq!(
+            breaker.admit(now),
+            Admit::NotUntil(Some(now + Duration::from_secs(1)))
+        );
+    }
+}

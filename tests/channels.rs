@@ -1,0 +1,274 @@
+//! Channels: every message goes out on each channel of the queue (SMS and
+//! e-mail), each settling it on its own books. A channel whose senders are
+//! down only lags; its dead letters go back to it alone; a channel added
+//! later begins where it is told to.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{
+    KillOnDrop, RunningSender, send_settings, spawn_sender_process, start_redis, terminate,
+    unique_prefix, wait_exit, wait_until,
+};
+use sms_alerts::audit;
+use sms_alerts::channel::Channel;
+use sms_alerts::dead::{self, Selection};
+use sms_alerts::stats::Snapshot;
+use sms_alerts::store::{ChannelStart, QueueOptions, Store};
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn sms_and_email() -> Vec<Channel> {
+    vec![
+        Channel::parse("sms").expect("sms"),
+        Channel::parse("email").expect("email"),
+    ]
+}
+
+/// A queue with `channels` over `partitions` partitions, opened.
+async fn queue_with(url: &str, test: &str, channels: Vec<Channel>, partitions: u32) -> Store {
+    let options = QueueOptions {
+        channels,
+        partitions: Some(partitions),
+        ..QueueOptions::default()
+    };
+    common::store_with(url, &unique_prefix(test), &options)
+        .await
+        .open()
+        .await
+        .expect("opens")
+}
+
+/// Entries of the queue's streams with no e-mail address.
+async fn without_email(url: &str, store: &Store) -> u64 {
+    let mut conn = common::raw(url).await;
+    let mut count = 0;
+    for partition in store.partitions() {
+        let entries: Vec<(String, Vec<(String, String)>)> = redis::cmd("XRANGE")
+            .arg(partition.keys().messages())
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn)
+            .await
+            .expect("XRANGE");
+        count += entries
+            .iter()
+            .filter(|(_, fields)| !fields.iter().any(|(name, _)| name == "email"))
+            .count() as u64;
+    }
+    count
+}
+
+async fn snapshot(store: &Store) -> Snapshot {
+    Snapshot::read(store).await.expect("snapshot")
+}
+
+#[tokio::test]
+async fn each_channel_settles_every_message_and_one_down_only_lags() {
+    let redis = start_redis().await;
+    let store = queue_with(&redis.url, "fanout", sms_and_email(), 2).await;
+    let email = store.for_channel("email").expect("email channel");
+    assert_eq!(
+        store.channel().name,
+        "sms",
+        "the first channel is the default"
+    );
+    common::produce_n(&store, 11, 3000).await;
+    let no_address = without_email(&redis.url, &store).await;
+    assert!(
+        (150..=450).contains(&no_address),
+        "about one message in ten has no e-mail address: {no_address}"
+    );
+
+    let sms_sender = RunningSender::start(&store, send_settings("sms-1", 1, 0.1));
+    // A process of its own, to be killed as a crash would: what it holds
+    // stays pending under its name.
+    let mail_args = [
+        "--channel",
+        "email",
+        "--mean",
+        "1ms",
+        "--failure-rate",
+        "0.1",
+        "--lease",
+        "2s",
+        "--retry-backoff",
+        "50ms",
+        "--max-attempts",
+        "3",
+        "--seed",
+        "7",
+    ];
+    let prefix = store.prefix().to_owned();
+    let mut email_sender = KillOnDrop(spawn_sender_process(
+        &redis.url, &prefix, "mail-1", &mail_args,
+    ));
+    wait_until("the e-mail channel has sent some", DEADLINE, || async {
+        snapshot(&email).await.sent >= 300
+    })
+    .await;
+    email_sender.kill().expect("SIGKILL");
+    email_sender.wait().expect("reaped");
+    wait_until("the SMS channel is done", DEADLINE, || async {
+        let s = snapshot(&store).await;
+        s.pending == 0 && s.settled() == 3000
+    })
+    .await;
+    let lagging = snapshot(&store).await;
+    let mail = &lagging.channels["email"];
+    assert!(!lagging.is_done(), "not done while e-mail lags");
+    assert!(
+        mail.settled() < 3000 && mail.lag.unwrap_or(0) + mail.pending > 0,
+        "the e-mail channel lags, visibly: {mail:?}"
+    );
+    assert!(lagging.channels["sms"].settled() == 3000);
+
+    // Restarted under the same name, it resumes its own pending work.
+    let mut email_sender = KillOnDrop(spawn_sender_process(
+        &redis.url, &prefix, "mail-1", &mail_args,
+    ));
+    wait_until("both channels are done", DEADLINE, || async {
+        snapshot(&store).await.is_done()
+    })
+    .await;
+    terminate(&email_sender);
+    assert!(wait_exit(&mut email_sender, DEADLINE).await.success());
+    sms_sender.stop().await;
+
+    let done = snapshot(&store).await;
+    for (name, channel) in &done.channels {
+        assert_eq!(
+            channel.sent + channel.dead + channel.skipped,
+            3000,
+            "channel {name}: {channel:?}"
+        );
+        assert!(channel.failed > 0, "channel {name} failed some attempts");
+    }
+    assert_eq!(done.channels["sms"].skipped, 0);
+    assert_eq!(
+        done.channels["email"].skipped, no_address,
+        "e-mail skips exactly the messages without an address"
+    );
+    let report = audit::run(&store, 500).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+    assert_eq!(report.channels.len(), 2, "{}", report.to_text());
+    for (name, channel) in &report.channels {
+        assert!(
+            channel.is_consistent(),
+            "channel {name}: {}",
+            channel.to_text()
+        );
+        assert_eq!(channel.produced, 3000);
+    }
+}
+
+#[tokio::test]
+async fn a_requeued_dead_letter_goes_back_to_its_channel_alone() {
+    let redis = start_redis().await;
+    let store = queue_with(&redis.url, "requeue", sms_and_email(), 1).await;
+    let email = store.for_channel("email").expect("email channel");
+    common::produce_n(&store, 5, 200).await;
+    let mut failing = send_settings("mail-bad", 0, 1.0);
+    failing.max_attempts = 1;
+    let sms_sender = RunningSender::start(&store, send_settings("sms-1", 0, 0.0));
+    let bad = RunningSender::start(&email, failing);
+    wait_until(
+        "every message is settled on both channels",
+        DEADLINE,
+        || async { snapshot(&store).await.is_done() },
+    )
+    .await;
+    bad.stop().await;
+    let before = snapshot(&store).await;
+    let dead_mail = before.channels["email"].dead;
+    assert!(dead_mail > 150, "e-mails went dead: {dead_mail}");
+    assert_eq!(before.channels["sms"].dead, 0);
+
+    let requeued = dead::requeue(&email, &Selection::Reason("max_attempts".into()))
+        .await
+        .expect("requeues");
+    assert_eq!(requeued.requeued, dead_mail);
+    let good = RunningSender::start(&email, send_settings("mail-good", 0, 0.0));
+    wait_until("the requeued e-mails are sent", DEADLINE, || async {
+        snapshot(&store).await.is_done()
+    })
+    .await;
+    good.stop().await;
+    sms_sender.stop().await;
+
+    let after = snapshot(&store).await;
+    let (sms, mail) = (&after.channels["sms"], &after.channels["email"]);
+    assert_eq!(sms.sent, 200, "no SMS went out twice");
+    assert_eq!(
+        sms.skipped, dead_mail,
+        "the SMS channel skipped the requeued e-mails"
+    );
+    assert_eq!(mail.sent, dead_mail, "the requeued e-mails went out");
+    assert_eq!(after.produced, 200 + dead_mail);
+    let report = audit::run(&store, 100).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+}
+
+#[tokio::test]
+async fn a_channel_added_later_begins_where_it_is_told() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("added");
+    let first = common::store_with(&redis.url, &prefix, &QueueOptions::default()).await;
+    let store = first.open().await.expect("opens");
+    assert_eq!(store.channels().len(), 1);
+    common::produce_n(&store, 3, 100).await;
+
+    let add = |channel: &str, channel_start| QueueOptions {
+        channels: vec![Channel::parse(channel).expect("channel")],
+        channel_start,
+        ..QueueOptions::default()
+    };
+    let (_, _, identity) = store
+        .migrate(&add("email", ChannelStart::End))
+        .await
+        .expect("adds email");
+    assert_eq!(identity.added_channels, ["email"]);
+    let (_, _, identity) = store
+        .migrate(&add("relay:email", ChannelStart::Beginning))
+        .await
+        .expect("adds relay");
+    assert_eq!(identity.added_channels, ["relay"]);
+    let names: Vec<String> = identity.channels.iter().map(|c| c.to_string()).collect();
+    assert_eq!(names, ["sms:sms", "email:email", "relay:email"]);
+    let refused = store
+        .migrate(&add("email:sms", ChannelStart::End))
+        .await
+        .expect_err("a channel keeps its kind");
+    assert!(refused.to_string().contains("email"), "{refused}");
+
+    let store = store.open().await.expect("reopens");
+    common::produce_n(&store, 4, 50).await;
+    let senders: Vec<RunningSender> = ["sms", "email", "relay"]
+        .into_iter()
+        .map(|name| {
+            let channel = store.for_channel(name).expect("channel");
+            RunningSender::start(&channel, send_settings(&format!("{name}-1"), 0, 0.0))
+        })
+        .collect();
+    wait_until("every channel is done", DEADLINE, || async {
+        snapshot(&store).await.is_done()
+    })
+    .await;
+    for sender in senders {
+        sender.stop().await;
+    }
+    let done = snapshot(&store).await;
+    let settled = |name: &str| done.channels[name].settled();
+    assert_eq!(settled("sms"), 150);
+    assert_eq!(settled("email"), 50, "email began after the first 100");
+    assert_eq!(done.channels["email"].unseen, 100);
+    assert_eq!(settled("relay"), 150, "relay began with the oldest message");
+    // The first 100 were produced before any e-mail channel: no addresses.
+    assert!(done.channels["relay"].skipped >= 100);
+    let report = audit::run(&store, 100).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+
+    let unknown = store.for_channel("fax").expect_err("no such channel");
+    assert!(unknown.to_string().contains("'fax'"), "{unknown}");
+}
