@@ -52,6 +52,9 @@ pub struct DemoReport {
     pub finished: bool,
     /// Wall time.
     pub elapsed: Duration,
+    /// From the start until the monitor saw every message settled on every
+    /// channel (the senders and the producer start together).
+    pub settled: Duration,
     /// Each sender's name and what it did.
     pub senders: Vec<(String, SendSummary)>,
     /// The audit at the end.
@@ -65,9 +68,11 @@ impl DemoReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "\n{} in {:.1}s: produced {}, sent {}, dead {}, failed attempts {}, duplicates {}{}",
+            "\n{} in {:.1}s (settled after {:.1}s): produced {}, sent {}, dead {}, failed \
+             attempts {}, duplicates {}{}",
             if self.finished { "finished" } else { "stopped" },
             self.elapsed.as_secs_f64(),
+            self.settled.as_secs_f64(),
             self.audit.produced,
             c.sent,
             c.dead,
@@ -77,6 +82,15 @@ impl DemoReport {
                 .map(|ms| format!(", average send {ms:.1} ms"))
                 .unwrap_or_default()
         );
+        for (name, channel) in &self.audit.channels {
+            let c = &channel.counters;
+            let _ = writeln!(
+                out,
+                "channel {name}: sent {}, dead {} (expired {}), skipped {}, failed attempts {}, \
+                 deferred {}",
+                c.sent, c.dead, c.dead_expired, c.skipped, c.failed, c.deferred
+            );
+        }
         let width = self
             .senders
             .iter()
@@ -143,6 +157,7 @@ pub async fn run(
         produced.rate_per_s()
     ));
     let outcome = monitor::run(store, &settings.monitor, sink, shutdown).await;
+    let settled = started.elapsed();
     senders_stop.cancel();
     let mut summaries = Vec::with_capacity(senders.len());
     for (name, handle) in senders {
@@ -158,6 +173,7 @@ pub async fn run(
     Ok(DemoReport {
         finished,
         elapsed: started.elapsed(),
+        settled,
         senders: summaries,
         audit,
     })

@@ -308,6 +308,13 @@ async fn execute_on(
             monitor::run(&store, &monitor_settings, sink, shutdown).await?;
         }
         Task::Serve(serve_settings) => {
+            let added = store.ensure_channels(&serve_settings.channels).await?;
+            let store = if added.is_empty() {
+                store
+            } else {
+                tracing::info!(channels = ?added, "added channels the queue lacked");
+                store.open().await?
+            };
             let addr = serve_settings.listen;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await

@@ -28,6 +28,10 @@ use rand::RngExt;
 use crate::keys::KeyRole;
 use crate::store::{Retention, Store, StoreError, is_counter};
 
+/// The fields of a sender's hash that hold text, not counts: its report
+/// batches' token, its gateway and its breaker's state.
+const SENDER_TEXT_FIELDS: &[&str] = &["batch_token", "gateway", "breaker"];
+
 /// Totals counters and how each is set again when it is not a number.
 const TOTALS: &[&str] = &[
     "produced",
@@ -410,7 +414,7 @@ async fn other_key_steps(store: &Store, stamp: u64) -> Result<Vec<Step>, StoreEr
         }
         let mut window_broken = false;
         for (field, value) in operator.hash(&key).await? {
-            if is_counter(value.as_bytes()) || field == "batch_token" {
+            if is_counter(value.as_bytes()) || SENDER_TEXT_FIELDS.contains(&field.as_str()) {
                 continue;
             }
             if field == "batch_seq" || field == "batch_window" {

@@ -272,3 +272,37 @@ async fn a_channel_added_later_begins_where_it_is_told() {
     let unknown = store.for_channel("fax").expect_err("no such channel");
     assert!(unknown.to_string().contains("'fax'"), "{unknown}");
 }
+
+#[tokio::test]
+async fn serve_adds_the_channels_a_queue_lacks_and_never_creates_one() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("ensure");
+    let store = common::store_with(&redis.url, &prefix, &QueueOptions::default())
+        .await
+        .open()
+        .await
+        .expect("opens");
+    common::produce_n(&store, 7, 40).await;
+    let added = store.ensure_channels(&sms_and_email()).await.expect("adds");
+    assert_eq!(added, ["email"]);
+    let reopened = store.open().await.expect("reopens");
+    assert_eq!(reopened.channels(), sms_and_email().as_slice());
+    assert!(
+        reopened
+            .ensure_channels(&sms_and_email())
+            .await
+            .expect("checks")
+            .is_empty()
+    );
+    let email = Snapshot::read(&reopened).await.expect("snapshot").channels["email"].clone();
+    assert_eq!(
+        (email.unseen, email.lag),
+        (40, Some(0)),
+        "it begins after the newest"
+    );
+
+    let nothing = Store::connect(&common::queue(&redis.url, &unique_prefix("none")))
+        .await
+        .expect("connects");
+    assert!(nothing.open().await.is_err(), "no queue to add channels to");
+}

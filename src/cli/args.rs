@@ -548,6 +548,11 @@ pub struct SendArgs {
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Channels the queue must have (as `migrate --channels`): those it lacks are
+    /// added at boot, after the newest message. [default: the queue's]
+    #[arg(long, env = "SMS_CHANNELS", value_delimiter = ',', value_parser = check::channel,
+          value_name = "NAME[:KIND],...")]
+    pub channels: Vec<crate::channel::Channel>,
     /// Address to listen on, e.g. 0.0.0.0:8080.
     #[arg(long, env = "SMS_LISTEN", value_name = "ADDR", value_parser = check::socket_addr,
           default_value = DEFAULT_LISTEN)]

@@ -138,6 +138,7 @@ impl Flusher {
             if reports.is_done() {
                 break;
             }
+            let due_at = reports.due_at();
             let settled = tokio::select! {
                 () = give_up.cancelled() => false,
                 reply = reports.oldest_reply(), if reports.has_writes() => {
@@ -148,6 +149,12 @@ impl Flusher {
                     reports.take(next);
                     true
                 }
+                () = async {
+                    match due_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                } => true,
                 _ = renewal.tick.tick() => {
                     let settled = self.settle_all(&mut reports, &mut conn, &mut totals, &give_up).await;
                     if settled {
@@ -295,12 +302,17 @@ impl Flusher {
     /// Renews the leases of the messages in flight; a failure is retried at
     /// the next tick.
     async fn renew(&self, retry: &mut Retry<'_>) {
-        let ids = self.in_flight.snapshot();
+        // Renewed every third of a lease, each lease at least that old: a
+        // message taken just after one renewal is renewed by the next but
+        // one, at two thirds of its lease at most.
+        let ids = self.in_flight.older_than(self.lease / 3);
         if ids.is_empty() {
             return;
         }
+        let at = tokio::time::Instant::now();
         match self.store.renew(&self.consumer, &ids).await {
             Ok(lost) => {
+                self.in_flight.renewed(&ids, at);
                 retry.succeeded();
                 if !lost.is_empty() {
                     tracing::warn!(

@@ -3,10 +3,12 @@
 //! written), the reads on the wire, and the results gathering into the next
 //! report call with the report calls on the wire.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::time::Instant;
 
 use crate::store::{
     PendingReply, PreparedReport, ReadConnection, ReportItem, ReportReply, Retry, StoreError,
@@ -21,27 +23,52 @@ const MAX_BATCH: usize = 2_000;
 /// Report calls in flight at once: while Redis applies one batch, the next
 /// is encoded and sent.
 const REPORTS_IN_FLIGHT: usize = 2;
-/// Fewest results a report call needs to go out while another is in flight.
+/// Fewest results a report call needs to go out while another is in flight,
+/// or at once when none is.
 const MIN_PIPELINED_BATCH: usize = 64;
+/// Longest a smaller batch waits for more results before it goes out
+/// alone: each report call costs Redis a fixed price (its checks) however
+/// few results it carries, so a lane settling a few hundred messages a
+/// second writes them a few at a time instead of one by one.
+const LINGER: Duration = Duration::from_millis(5);
 
-/// Ids of the messages this sender holds: read or claimed, not yet written.
+/// Ids of the messages this sender holds (read or claimed, not yet
+/// written), each with when its lease was last reset in Redis: when it was
+/// taken, or last renewed.
 #[derive(Debug, Clone, Default)]
-pub(super) struct InFlight(Arc<Mutex<HashSet<String>>>);
+pub(super) struct InFlight(Arc<Mutex<HashMap<String, Instant>>>);
 
 impl InFlight {
     pub(super) fn insert(&self, id: &str) {
-        self.lock().insert(id.to_owned());
+        self.lock().insert(id.to_owned(), Instant::now());
     }
 
     pub(super) fn remove_all<'a>(&self, ids: impl Iterator<Item = &'a str>) {
-        let mut set = self.lock();
+        let mut held = self.lock();
         for id in ids {
-            set.remove(id);
+            held.remove(id);
         }
     }
 
-    pub(super) fn snapshot(&self) -> Vec<String> {
-        self.lock().iter().cloned().collect()
+    /// The ids whose lease was last reset at least `age` ago: those a
+    /// renewal must reach. Most messages are settled long before.
+    pub(super) fn older_than(&self, age: Duration) -> Vec<String> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= age)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Records that the leases of `ids` were reset at `at` (those still held).
+    pub(super) fn renewed(&self, ids: &[String], at: Instant) {
+        let mut held = self.lock();
+        for id in ids {
+            if let Some(since) = held.get_mut(id) {
+                *since = at;
+            }
+        }
     }
 
     /// How many messages the sender holds.
@@ -49,8 +76,8 @@ impl InFlight {
         self.lock().len()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
-        // A panic while holding this lock leaves a valid set behind.
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        // A panic while holding this lock leaves a valid map behind.
         self.0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -190,6 +217,8 @@ pub(super) struct Reports {
     open: bool,
     /// Numbers the report calls, so a call sent again is applied once.
     seq: u64,
+    /// When the oldest result of the batch came.
+    first_at: Option<Instant>,
 }
 
 impl Reports {
@@ -222,6 +251,7 @@ impl Reports {
     pub(super) fn take(&mut self, next: Option<Finished>) {
         match next {
             Some(finished) => {
+                self.first_at.get_or_insert_with(Instant::now);
                 self.batch.push(finished.item);
                 self.slots.push(finished.hold_slot);
             }
@@ -233,8 +263,24 @@ impl Reports {
     /// its own call; otherwise the results wait for the next one.
     pub(super) fn worth_writing(&self) -> bool {
         match self.writes.len() {
-            0 => !self.batch.is_empty(),
+            0 => {
+                self.batch.len() >= MIN_PIPELINED_BATCH
+                    || (!self.batch.is_empty() && (!self.open || self.lingered()))
+            }
             n => n < REPORTS_IN_FLIGHT && self.batch.len() >= MIN_PIPELINED_BATCH,
+        }
+    }
+
+    fn lingered(&self) -> bool {
+        self.first_at.is_some_and(|at| at.elapsed() >= LINGER)
+    }
+
+    /// When a small batch with no write in flight is due to go out anyway.
+    pub(super) fn due_at(&self) -> Option<Instant> {
+        if self.writes.is_empty() {
+            self.first_at.map(|at| at + LINGER)
+        } else {
+            None
         }
     }
 
@@ -255,6 +301,7 @@ impl Reports {
 
     /// Puts the batch on the wire as `report`, its reply to come as `reply`.
     pub(super) fn push_write(&mut self, report: PreparedReport, reply: PendingReply<ReportReply>) {
+        self.first_at = None;
         self.writes.push_back(PendingWrite {
             items: std::mem::take(&mut self.batch),
             _slots: std::mem::take(&mut self.slots),

@@ -18,7 +18,7 @@ use crate::store::Sender;
 
 /// Shortest wait between two asks when the bucket was empty: a cap of
 /// thousands a second would otherwise be asked thousands of times.
-const MIN_ASK_GAP: Duration = Duration::from_millis(5);
+const MIN_ASK_GAP: Duration = Duration::from_millis(20);
 /// Longest wait between two asks while the pool is full.
 const FULL_POLL: Duration = Duration::from_millis(20);
 /// Wait after a failed ask: the other paths (reads, reports) say what is

@@ -435,6 +435,8 @@ pub struct ServeSettings {
     pub api_token: Option<String>,
     /// How long a write may wait for Redis before the request gets 503.
     pub request_timeout: Duration,
+    /// Channels the queue must have, added at boot when it lacks them.
+    pub channels: Vec<crate::channel::Channel>,
 }
 
 impl std::fmt::Debug for ServeSettings {
@@ -447,6 +449,7 @@ impl std::fmt::Debug for ServeSettings {
             .field("max_lag", &self.max_lag)
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
             .field("request_timeout", &self.request_timeout)
+            .field("channels", &self.channels)
             .finish()
     }
 }
@@ -461,6 +464,7 @@ impl Default for ServeSettings {
             max_lag: None,
             api_token: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            channels: Vec::new(),
         }
     }
 }

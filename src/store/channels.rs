@@ -179,6 +179,57 @@ impl Store {
         Ok(text(NAME, reply)? == "created")
     }
 
+    /// Gives partitions `0..count` every channel of `channels` (the first
+    /// `had` of which the queue had): partitions below `before` existed,
+    /// so a channel new to them begins at `start`; the others are new and
+    /// empty, and every channel begins with them. Returns the names of the
+    /// channels created now.
+    pub(super) async fn give_channels(
+        &self,
+        channels: &[Channel],
+        had: usize,
+        before: u32,
+        count: u32,
+        start: ChannelStart,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut added = Vec::new();
+        for partition in 0..count {
+            let start = if partition < before {
+                start
+            } else {
+                ChannelStart::Beginning
+            };
+            for (i, channel) in channels.iter().enumerate() {
+                let created = self
+                    .partition(partition)
+                    .add_channel(channel, i == 0, start)
+                    .await?;
+                if created && i >= had && !added.contains(&channel.name) {
+                    added.push(channel.name.clone());
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Adds to an opened queue the channels of `wanted` it lacks, after
+    /// the newest message, on every partition, then records them; the
+    /// queue is never created here. Returns the names added; reopen the
+    /// queue to work on them.
+    pub async fn ensure_channels(&self, wanted: &[Channel]) -> Result<Vec<String>, StoreError> {
+        let had = self.channels.to_vec();
+        let channels = merged(&had, wanted)?;
+        if channels.len() == had.len() {
+            return Ok(Vec::new());
+        }
+        let count = self.partitions;
+        let added = self
+            .give_channels(&channels, had.len(), count, count, ChannelStart::End)
+            .await?;
+        self.record_channels(&channels).await?;
+        Ok(added)
+    }
+
     /// Records the queue's channels on partition 0 (`sms_channels`), after
     /// every partition has them.
     pub(super) async fn record_channels(&self, channels: &[Channel]) -> Result<(), StoreError> {

@@ -171,24 +171,9 @@ impl Store {
         }
         // Every partition gets every channel before the count or the list
         // names it, so no producer writes where a channel has no group yet.
-        let mut added = Vec::new();
-        for partition in 0..wanted {
-            // A partition new now is empty: every channel starts with it.
-            let start = if partition < before {
-                options.channel_start
-            } else {
-                ChannelStart::Beginning
-            };
-            for (i, channel) in channels.iter().enumerate() {
-                let created = opened
-                    .partition(partition)
-                    .add_channel(channel, i == 0, start)
-                    .await?;
-                if created && i >= had.len() && !added.contains(&channel.name) {
-                    added.push(channel.name.clone());
-                }
-            }
-        }
+        let added = opened
+            .give_channels(&channels, had.len(), before, wanted, options.channel_start)
+            .await?;
         opened.grow_partitions(wanted).await?;
         opened.record_channels(&channels).await?;
         Ok(QueueIdentity {
