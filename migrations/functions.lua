@@ -406,9 +406,10 @@ end
   ARGV: 1 epoch, 2 group, 3 consumer, 4 max_attempts, 5 retry_idle_ms,
         6 batch_token, 7 batch_seq,
         8 n_ok, 9 n_fail, 10 n_malformed, 11 n_skipped, 12 n_deferred,
-        13 n_expired, 14 defer_idle_ms,
-        15 send_time_us: the summed send times of the ok and failed attempts,
-        16 .. 15 + #BUCKET_NAMES: those attempts counted per histogram
+        13 n_expired, 14 n_probe_failed, 15 defer_idle_ms,
+        16 send_time_us: the summed send times of the attempts (ok, failed,
+          probes failed),
+        17 .. 16 + #BUCKET_NAMES: those attempts counted per histogram
           bucket, in BUCKET_NAMES order,
         then the ids, grouped in the order of the counts.
   Returns: { sent, duplicates, failed, dead, replayed, skipped, deferred }
@@ -422,7 +423,10 @@ end
   skipped. A deferred one (the gateway throttled it, or its breaker is open:
   never attempted) stays pending with its delivery count set back by one, so
   waiting spends no attempt, and idle time defer_idle_ms. An expired one
-  goes to the dead stream as `expired`.
+  goes to the dead stream as `expired`. A failed probe (a send a
+  half-open breaker let through to test the gateway) is a failure, except
+  that it never uses up a message's last attempt: then its delivery count
+  is set back, as a deferred one's, so no message dies of an outage.
   The sender buckets the send times it measured, so the per-result work here
   is only the Redis commands each result needs.
   (batch_token, batch_seq) make a retried call idempotent: a batch whose reply
@@ -437,9 +441,9 @@ local function sms_settle(keys, args)
   local epoch, group, consumer = args[1], args[2], args[3]
   local max_attempts, retry_idle = tonumber(args[4]), args[5]
   local token, seq = args[6], tonumber(args[7])
-  local defer_idle = args[14]
+  local defer_idle = args[15]
 
-  local buckets_at = 16
+  local buckets_at = 17
   local incremented = {}
   for i = 1, #BUCKET_NAMES do
     if args[buckets_at + i - 1] ~= '0' then incremented[#incremented + 1] = BUCKET_NAMES[i] end
@@ -466,8 +470,10 @@ local function sms_settle(keys, args)
 
   local n_ok, n_fail, n_malformed = tonumber(args[8]), tonumber(args[9]), tonumber(args[10])
   local n_skipped, n_deferred, n_expired = tonumber(args[11]), tonumber(args[12]), tonumber(args[13])
-  local d = { sent = 0, duplicates = 0, failed = n_fail, attempts = n_ok + n_fail,
-              send_time_us = tonumber(args[15]), dead = 0, dead_max_attempts = 0,
+  local n_probe = tonumber(args[14])
+  local d = { sent = 0, duplicates = 0, failed = n_fail + n_probe,
+              attempts = n_ok + n_fail + n_probe,
+              send_time_us = tonumber(args[16]), dead = 0, dead_max_attempts = 0,
               dead_deleted = 0, dead_malformed = 0, dead_expired = 0, skipped = 0,
               deferred = 0 }
   local at = buckets_at + #BUCKET_NAMES
@@ -536,6 +542,23 @@ local function sms_settle(keys, args)
     local row = pending_row(stream, group, args[i])
     if row and row.owner == consumer then bury(args[i], 'expired', row.deliveries, consumer) end
   end
+  at = at + n_expired
+
+  for i = at, at + n_probe - 1 do
+    local id = args[i]
+    local row = pending_row(stream, group, id)
+    if row and row.owner == consumer then
+      if entry_fields(stream, id) == nil then
+        bury(id, 'deleted', row.deliveries, consumer)
+      elseif row.deliveries >= max_attempts then
+        redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', defer_idle,
+                   'RETRYCOUNT', math.max(row.deliveries - 1, 0), 'JUSTID')
+        d.deferred = d.deferred + 1
+      else
+        redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', retry_idle, 'JUSTID')
+      end
+    end
+  end
 
   count(stats, cstats, d)
   for i = 1, #BUCKET_NAMES do
@@ -566,7 +589,8 @@ end
 local function sms_report(keys, args)
   local settle_args = {}
   for i = 1, 10 do settle_args[i] = args[i] end
-  settle_args[11], settle_args[12], settle_args[13], settle_args[14] = '0', '0', '0', args[5]
+  settle_args[11], settle_args[12], settle_args[13], settle_args[14] = '0', '0', '0', '0'
+  settle_args[15] = args[5]
   for i = 11, #args do settle_args[#settle_args + 1] = args[i] end
   return sms_settle(keys, settle_args)
 end

@@ -77,26 +77,35 @@ async fn three_senders_share_one_gateway_cap() {
     );
 }
 
-/// A queue sending through a gateway down 3 s of every 6: returns the
-/// figures once every message is settled, and the breaker states the
-/// sender published meanwhile.
-async fn through_outages(
+/// A queue of `count` messages sent by `senders` senders sharing a gateway
+/// of `rate`/s that goes down once, 1 s after they start, for `down`, with
+/// --max-attempts 3: returns the figures once every message is settled,
+/// and the breaker states the first sender published meanwhile.
+async fn through_an_outage(
     redis_url: &str,
+    count: u64,
+    senders: usize,
+    rate: u32,
+    down: Duration,
     breaker: Option<BreakerSettings>,
 ) -> (Snapshot, Vec<String>) {
     let store = common::opened_queue(redis_url, "outage", 1).await;
-    common::produce_n(&store, 3, 3000).await;
-    let mut settings = through("flaky", send_settings("s1", 5, 0.0), |g| {
-        g.rate = Some(500);
-        g.breaker = breaker;
-    });
-    settings.max_attempts = 3;
-    settings.concurrency = 16;
-    settings.outage = Some(Outage::Every(OutageSchedule {
-        every: Duration::from_secs(6),
-        down: Duration::from_secs(3),
-    }));
-    let sender = RunningSender::start(&store, settings);
+    common::produce_n(&store, 3, count).await;
+    let running: Vec<RunningSender> = (0..senders)
+        .map(|i| {
+            let mut settings = through("flaky", send_settings(&format!("s{i}"), 5, 0.0), |g| {
+                g.rate = Some(rate);
+                g.breaker = breaker;
+            });
+            settings.max_attempts = 3;
+            settings.concurrency = 16;
+            settings.outage = Some(Outage::Once {
+                after: Duration::from_secs(1),
+                down,
+            });
+            RunningSender::start(&store, settings)
+        })
+        .collect();
     let seen = std::sync::Mutex::new(Vec::<String>::new());
     wait_until("every message is settled", DEADLINE, || async {
         if let Some(s) = SenderSnapshot::read_all(&store)
@@ -113,7 +122,9 @@ async fn through_outages(
     })
     .await;
     let seen = seen.into_inner().unwrap();
-    sender.stop().await;
+    for sender in running {
+        sender.stop().await;
+    }
     let report = audit::run(&store, 500).await.expect("audit");
     assert!(report.is_consistent(), "{}", report.to_text());
     (snapshot(&store).await, seen)
@@ -124,11 +135,21 @@ async fn an_open_breaker_spends_no_attempts_while_the_gateway_is_down() {
     let redis = start_redis().await;
     let breaker = BreakerSettings {
         failures: 5,
-        cooldown: Duration::from_millis(500),
-        max_cooldown: Duration::from_secs(2),
-        probes: 2,
+        cooldown: Duration::from_secs(1),
+        max_cooldown: Duration::from_secs(4),
+        probes: 3,
     };
-    let (with, states) = through_outages(&redis.url, Some(breaker)).await;
+    // Three senders probing the same dead gateway for 10 s: the oldest
+    // messages are every probe's, and still none may die of it.
+    let (with, states) = through_an_outage(
+        &redis.url,
+        4500,
+        3,
+        300,
+        Duration::from_secs(10),
+        Some(breaker),
+    )
+    .await;
     println!(
         "with a breaker: dead {}, failed {}, states {states:?}",
         with.dead, with.failed
@@ -137,7 +158,8 @@ async fn an_open_breaker_spends_no_attempts_while_the_gateway_is_down() {
         with.dead_max_attempts, 0,
         "no message died of the outage: {with:?}"
     );
-    assert_eq!(with.sent, 3000);
+    assert_eq!(with.sent, 4500);
+    assert!(with.failed > 0, "probes and the sends in flight failed");
     assert!(
         states.iter().any(|s| s == "open"),
         "the breaker was seen open: {states:?}"
@@ -148,8 +170,9 @@ async fn an_open_breaker_spends_no_attempts_while_the_gateway_is_down() {
         "and closed again"
     );
 
-    // The same outages without a breaker burn every attempt.
-    let (without, _) = through_outages(&redis.url, None).await;
+    // A shorter outage without a breaker burns every attempt.
+    let (without, _) =
+        through_an_outage(&redis.url, 1500, 1, 500, Duration::from_secs(3), None).await;
     println!("without: dead {}, failed {}", without.dead, without.failed);
     assert!(
         without.dead_max_attempts > 0,

@@ -492,9 +492,10 @@ pub struct SendArgs {
           value_name = "N/s")]
     pub gateway_rate: Option<u32>,
     /// Open the gateway's circuit breaker after this many failed sends in a row:
-    /// nothing is sent through it (messages wait, spending no attempt) until a
-    /// probe passes after --breaker-cooldown (doubling, up to 30s, while probes
-    /// fail). [default: no breaker]
+    /// nothing is sent through it (messages wait, spending no attempt) until
+    /// probes pass after --breaker-cooldown (doubling, up to 4 times it, while
+    /// probes fail; a failed probe never uses up a message's last attempt).
+    /// [default: no breaker]
     #[arg(long, env = "SMS_BREAKER_FAILURES", value_parser = check::breaker_failures,
           value_name = "N")]
     pub breaker_failures: Option<u32>,

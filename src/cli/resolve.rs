@@ -17,9 +17,9 @@ use super::{Env, one_line_error};
 use crate::routing::Routing;
 use crate::settings::{
     BREAKER_PROBES, BenchSizes, BreakerSettings, DEFAULT_DEMO_INTERVAL, DEFAULT_SCENARIO, DeadTask,
-    DelayModel, DemoSettings, GatewaySettings, LogSettings, MAX_BREAKER_COOLDOWN, MonitorSettings,
-    Outage, OutageSchedule, ProduceSettings, QueueSettings, SendSettings, ServeSettings, Settings,
-    SettingsError, Task, TlsSettings, check,
+    DelayModel, DemoSettings, GatewaySettings, LogSettings, MAX_BREAKER_COOLDOWN_FACTOR,
+    MonitorSettings, Outage, OutageSchedule, ProduceSettings, QueueSettings, SendSettings,
+    ServeSettings, Settings, SettingsError, Task, TlsSettings, check,
 };
 use crate::store::{ChannelStart, QueueOptions, redact_url};
 
@@ -294,7 +294,7 @@ fn send(
             breaker: args.breaker_failures.map(|failures| BreakerSettings {
                 failures,
                 cooldown: args.breaker_cooldown,
-                max_cooldown: MAX_BREAKER_COOLDOWN.max(args.breaker_cooldown),
+                max_cooldown: args.breaker_cooldown * MAX_BREAKER_COOLDOWN_FACTOR,
                 probes: BREAKER_PROBES,
             }),
             throttle_rate: args.throttle_rate,

@@ -122,9 +122,10 @@ impl Admission {
         self.prepaid += 1;
     }
 
-    /// Whether a send may start at `now`; when it may, it is counted (a
-    /// token spent, a probe started).
-    pub(super) fn admit(&mut self, now: Instant) -> Result<(), Blocked> {
+    /// Whether a send may start at `now`, and whether it is a probe of a
+    /// half-open breaker; when it may, it is counted (a token spent, a
+    /// probe started).
+    pub(super) fn admit(&mut self, now: Instant) -> Result<bool, Blocked> {
         if self.paused.load(Ordering::Relaxed) {
             return Err(Blocked::Paused);
         }
@@ -135,17 +136,16 @@ impl Admission {
             token.forget();
             self.prepaid = 1;
         }
-        if let Some(breaker) = &mut self.breaker {
-            match breaker.admit(now) {
-                Admit::Yes => {}
-                Admit::NotUntil(Some(at)) => return Err(Blocked::Until(at)),
-                Admit::NotUntil(None) => return Err(Blocked::SendsEnd),
-            }
-        }
+        let probe = match self.breaker.as_mut().map(|breaker| breaker.admit(now)) {
+            None | Some(Admit::Yes) => false,
+            Some(Admit::Probe) => true,
+            Some(Admit::NotUntil(Some(at))) => return Err(Blocked::Until(at)),
+            Some(Admit::NotUntil(None)) => return Err(Blocked::SendsEnd),
+        };
         if self.tokens.is_some() {
             self.prepaid -= 1;
         }
-        Ok(())
+        Ok(probe)
     }
 
     /// Whether the breaker is open at `now`: nothing may be sent through
@@ -180,7 +180,7 @@ impl Admission {
     /// no news about the gateway's health.
     pub(super) fn record(&mut self, outcome: Outcome, now: Instant) {
         let failed = match outcome {
-            Outcome::Failed => true,
+            Outcome::Failed | Outcome::ProbeFailed => true,
             Outcome::Sent => false,
             _ => return,
         };
@@ -212,14 +212,14 @@ mod tests {
             tx,
         );
         let now = Instant::now();
-        assert_eq!(rules.admit(now), Ok(()));
-        assert_eq!(rules.admit(now), Ok(()));
+        assert_eq!(rules.admit(now), Ok(false));
+        assert_eq!(rules.admit(now), Ok(false));
         assert_eq!(rules.admit(now), Err(Blocked::Tokens));
         pool.add_permits(1);
         paused.store(true, Ordering::Relaxed);
         assert_eq!(rules.admit(now), Err(Blocked::Paused));
         paused.store(false, Ordering::Relaxed);
-        assert_eq!(rules.admit(now), Ok(()));
+        assert_eq!(rules.admit(now), Ok(false));
     }
 
     #[test]
@@ -249,7 +249,11 @@ mod tests {
         assert!(matches!(rules.admit(now), Err(Blocked::Until(_))));
         assert_eq!(pool.available_permits(), 0, "the token is kept for later");
         let later = now + Duration::from_secs(1);
-        assert_eq!(rules.admit(later), Ok(()), "the probe uses the kept token");
+        assert_eq!(
+            rules.admit(later),
+            Ok(true),
+            "the probe uses the kept token"
+        );
         rules.record(Outcome::Sent, later);
         assert_eq!(rx.try_recv(), Ok(BreakerState::Closed));
     }

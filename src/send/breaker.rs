@@ -2,9 +2,10 @@
 //! a row it opens and the sender sends nothing through the gateway; after a
 //! cool-down it lets a few probes through (half-open), and closes when they
 //! pass. A probe that fails opens it again, for twice the cool-down (up to
-//! a limit), so a gateway that stays down costs one probe per cool-down,
+//! a limit), so a gateway that stays down costs a few probes per cool-down,
 //! not an attempt per message. Messages that wait meanwhile are never
-//! attempted, so they spend no attempt.
+//! attempted, so they spend no attempt, and a failed probe never uses up a
+//! message's last attempt (`sms_settle`), so no message dies of an outage.
 //!
 //! Pure state: the gateway task feeds it results and asks it before each
 //! send; the clock is passed in, so tests drive it.
@@ -59,6 +60,8 @@ pub(super) struct Breaker {
 pub(super) enum Admit {
     /// Send it.
     Yes,
+    /// Send it as a probe of the gateway (half-open).
+    Probe,
     /// Not before this moment (an open breaker's end), or `None` until a
     /// probe in progress ends.
     NotUntil(Option<Instant>),
@@ -102,7 +105,7 @@ impl Breaker {
             BreakerState::Open => Admit::NotUntil(Some(self.open_until)),
             BreakerState::HalfOpen if self.probing + self.passed < self.settings.probes => {
                 self.probing += 1;
-                Admit::Yes
+                Admit::Probe
             }
             BreakerState::HalfOpen => Admit::NotUntil(None),
         }
@@ -183,8 +186,8 @@ mod tests {
         }
         let later = t + Duration::from_secs(1);
         assert_eq!(breaker.state(later), BreakerState::HalfOpen);
-        assert_eq!(breaker.admit(later), Admit::Yes);
-        assert_eq!(breaker.admit(later), Admit::Yes);
+        assert_eq!(breaker.admit(later), Admit::Probe);
+        assert_eq!(breaker.admit(later), Admit::Probe);
         assert_eq!(
             breaker.admit(later),
             Admit::NotUntil(None),
@@ -205,7 +208,7 @@ mod tests {
         let mut now = t;
         for expected in [2, 4, 4] {
             now += Duration::from_secs(10);
-            assert_eq!(breaker.admit(now), Admit::Yes);
+            assert_eq!(breaker.admit(now), Admit::Probe);
             assert_eq!(breaker.record(true, now), Some(BreakerState::Open));
             assert_eq!(
                 breaker.admit(now),

@@ -112,6 +112,8 @@ struct InProgress {
     lane: Arc<LaneOut>,
     /// Its hold slot, which goes on with the result to the writer.
     hold_slot: OwnedSemaphorePermit,
+    /// Whether a half-open breaker let it through as a probe.
+    probe: bool,
 }
 
 /// Most the gateway wakes early to make up for a late timer.
@@ -323,9 +325,11 @@ impl Gateway {
         let at_start = self
             .admission
             .at_start(created_ms, crate::message::now_ms());
-        if at_start != Some(Outcome::Expired) {
-            self.admission.admit(now)?;
-        }
+        let probe = if at_start == Some(Outcome::Expired) {
+            false
+        } else {
+            self.admission.admit(now)?
+        };
         let Some(ready) = self.ready.pop_front() else {
             return Ok(false);
         };
@@ -355,6 +359,7 @@ impl Gateway {
             },
             lane: ready.lane,
             hold_slot: ready.hold_slot,
+            probe,
         };
         self.sending.push(Scheduled {
             send,
@@ -397,6 +402,9 @@ impl Gateway {
             lateness_us += signed_us(now, send.ends_at);
             let mut item = send.item;
             item.send_time_us = now.duration_since(send.started).as_micros() as u64;
+            if send.probe && item.outcome == Outcome::Failed {
+                item.outcome = Outcome::ProbeFailed;
+            }
             ended += 1;
             self.admission.record(item.outcome, now);
             let _ = send.lane.results.send(Finished {

@@ -196,8 +196,10 @@ pub const DEFAULT_GATEWAY: &str = "default";
 pub const DEFAULT_BREAKER_FAILURES: u32 = 20;
 /// Default cool-down of an open breaker.
 pub const DEFAULT_BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
-/// Longest cool-down of a breaker whose probes keep failing.
-pub const MAX_BREAKER_COOLDOWN: Duration = Duration::from_secs(30);
+/// How many times its first cool-down a breaker whose probes keep failing
+/// waits at most: long enough not to probe a dead gateway every second,
+/// short enough that sending resumes soon after the gateway is back.
+pub const MAX_BREAKER_COOLDOWN_FACTOR: u32 = 4;
 /// Probes that close a half-open breaker.
 pub const BREAKER_PROBES: u32 = 3;
 

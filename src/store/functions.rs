@@ -32,22 +32,27 @@ pub enum Outcome {
     Deferred = 4,
     /// Older than the alert's age limit: dead-letter it as `expired`.
     Expired = 5,
+    /// A probe of a half-open breaker failed: a failed attempt, except that
+    /// it never uses up the message's last attempt (the gateway is down,
+    /// not the message at fault).
+    ProbeFailed = 6,
 }
 
 impl Outcome {
     /// Every outcome, in the order `sms_settle` takes their ids.
-    const ALL: [Self; 6] = [
+    const ALL: [Self; 7] = [
         Self::Sent,
         Self::Failed,
         Self::Malformed,
         Self::Skipped,
         Self::Deferred,
         Self::Expired,
+        Self::ProbeFailed,
     ];
 
     /// Whether the result was an attempt to send, with a send time.
     fn attempted(self) -> bool {
-        matches!(self, Self::Sent | Self::Failed)
+        matches!(self, Self::Sent | Self::Failed | Self::ProbeFailed)
     }
 }
 
