@@ -491,25 +491,33 @@ local function sms_settle(keys, args)
     d.dead, d['dead_' .. reason] = d.dead + n, d['dead_' .. reason] + n
   end
 
+  -- A message to be tried again: claimable after the backoff; or, when
+  -- `spare` (never attempted) or its last attempt is `spare_last`, with
+  -- its delivery count set back; else, at its last attempt, dead. One no
+  -- longer pending, or reclaimed by another sender, is theirs now: only
+  -- the attempt is ours to count.
+  local function again(id, spare, spare_last)
+    local row = pending_row(stream, group, id)
+    if not (row and row.owner == consumer) then return end
+    local last = row.deliveries >= max_attempts
+    if entry_fields(stream, id) == nil then
+      bury(id, 'deleted', row.deliveries, consumer)
+    elseif spare or (last and spare_last) then
+      redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', defer_idle,
+                 'RETRYCOUNT', math.max(row.deliveries - 1, 0), 'JUSTID')
+      d.deferred = d.deferred + 1
+    elseif last then
+      bury(id, 'max_attempts', row.deliveries, consumer)
+    else
+      redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', retry_idle, 'JUSTID')
+    end
+  end
+
   d.sent = acknowledge(at, n_ok)
   d.duplicates = n_ok - d.sent
   at = at + n_ok
 
-  for i = at, at + n_fail - 1 do
-    local id = args[i]
-    local row = pending_row(stream, group, id)
-    -- Not pending any more, or reclaimed by another sender: its fate is
-    -- theirs now; only the failed attempt is ours to count.
-    if row and row.owner == consumer then
-      if entry_fields(stream, id) == nil then
-        bury(id, 'deleted', row.deliveries, consumer)
-      elseif row.deliveries >= max_attempts then
-        bury(id, 'max_attempts', row.deliveries, consumer)
-      else
-        redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', retry_idle, 'JUSTID')
-      end
-    end
-  end
+  for i = at, at + n_fail - 1 do again(args[i], false, false) end
   at = at + n_fail
 
   for i = at, at + n_malformed - 1 do
@@ -523,19 +531,7 @@ local function sms_settle(keys, args)
   d.skipped = acknowledge(at, n_skipped)
   at = at + n_skipped
 
-  for i = at, at + n_deferred - 1 do
-    local id = args[i]
-    local row = pending_row(stream, group, id)
-    if row and row.owner == consumer then
-      if entry_fields(stream, id) == nil then
-        bury(id, 'deleted', row.deliveries, consumer)
-      else
-        redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', defer_idle,
-                   'RETRYCOUNT', math.max(row.deliveries - 1, 0), 'JUSTID')
-        d.deferred = d.deferred + 1
-      end
-    end
-  end
+  for i = at, at + n_deferred - 1 do again(args[i], true, true) end
   at = at + n_deferred
 
   for i = at, at + n_expired - 1 do
@@ -544,21 +540,7 @@ local function sms_settle(keys, args)
   end
   at = at + n_expired
 
-  for i = at, at + n_probe - 1 do
-    local id = args[i]
-    local row = pending_row(stream, group, id)
-    if row and row.owner == consumer then
-      if entry_fields(stream, id) == nil then
-        bury(id, 'deleted', row.deliveries, consumer)
-      elseif row.deliveries >= max_attempts then
-        redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', defer_idle,
-                   'RETRYCOUNT', math.max(row.deliveries - 1, 0), 'JUSTID')
-        d.deferred = d.deferred + 1
-      else
-        redis.call('XCLAIM', stream, group, consumer, 0, id, 'IDLE', retry_idle, 'JUSTID')
-      end
-    end
-  end
+  for i = at, at + n_probe - 1 do again(args[i], false, true) end
 
   count(stats, cstats, d)
   for i = 1, #BUCKET_NAMES do

@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use common::{RunningSender, send_settings, start_redis, unique_prefix, wait_until};
 use sms_alerts::audit;
 use sms_alerts::channel::Channel;
-use sms_alerts::settings::{
-    BreakerSettings, GatewaySettings, Outage, OutageSchedule, SendSettings,
-};
+use sms_alerts::settings::{BreakerSettings, GatewaySettings, Outage, SendSettings};
 use sms_alerts::stats::{SenderSnapshot, Snapshot};
 use sms_alerts::store::{QueueOptions, Store};
 

@@ -534,6 +534,7 @@ mod tests {
                     send_time_us: 0,
                 },
                 lane: Arc::clone(&lane),
+                probe: false,
                 hold_slot: Arc::clone(&slots).try_acquire_owned().unwrap(),
             };
             gateway.load.held.fetch_add(1, AtomicOrdering::Relaxed);
