@@ -21,6 +21,9 @@ use crate::store::{
     StoreError,
 };
 
+/// Lease renewals per third of a lease.
+const RENEWALS_PER_THIRD_LEASE: u32 = 2;
+
 /// Totals of what this sender's reports counted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FlushTotals {
@@ -124,7 +127,7 @@ impl Flusher {
         give_up: CancellationToken,
     ) -> FlushTotals {
         let mut totals = FlushTotals::default();
-        let mut renewal = Renewal::every(self.lease / 3);
+        let mut renewal = Renewal::every(self.lease / RENEWALS_PER_THIRD_LEASE / 3);
         // A connection of its own: its reports reach Redis without waiting
         // for a pooled connection's health check, several at once.
         let mut conn: Option<ReportConnection> = None;
@@ -302,10 +305,15 @@ impl Flusher {
     /// Renews the leases of the messages in flight; a failure is retried at
     /// the next tick.
     async fn renew(&self, retry: &mut Retry<'_>) {
-        // Renewed every third of a lease, each lease at least that old: a
-        // message taken just after one renewal is renewed by the next but
-        // one, at two thirds of its lease at most.
-        let ids = self.in_flight.older_than(self.lease / 3);
+        // Renewals come every sixth of a lease and reach the leases at least
+        // that old: a message taken just after one is renewed by the next
+        // but one, a third of a lease old at most, as when every lease was
+        // renewed every third (so a sender with a lease a third shorter
+        // never takes live work), while a message settled within a sixth of
+        // a lease, nearly all of them, is never renewed.
+        let ids = self
+            .in_flight
+            .older_than(self.lease / RENEWALS_PER_THIRD_LEASE / 3);
         if ids.is_empty() {
             return;
         }
