@@ -49,6 +49,10 @@ const TOTALS: &[&str] = &[
     "dead_purged",
     "requeued",
     "abandoned",
+    "skipped",
+    "deferred",
+    "dead_expired",
+    "dead_requeued",
 ];
 
 /// One repair.
@@ -495,9 +499,13 @@ fn counter_steps(found: &Found, stats: &str) -> Vec<Step> {
 }
 
 async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<Step, StoreError> {
+    // A channel's books: what it settled, skipped included, of the entries
+    // added since it began.
     let settled = found.total("sent").unwrap_or(0)
         + found.total("dead").unwrap_or(0)
-        + found.total("abandoned").unwrap_or(0);
+        + found.total("abandoned").unwrap_or(0)
+        + found.total("skipped").unwrap_or(0)
+        + found.total("base_added").unwrap_or(0);
     let (start, after) = if group_start == "end" {
         ("$".to_owned(), 0)
     } else {

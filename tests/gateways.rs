@@ -287,3 +287,37 @@ async fn a_paused_channel_sends_nothing_until_resumed() {
     assert_eq!(done.channels["email"].settled(), 300);
     assert_eq!(done.channels["email"].dead, 0);
 }
+
+#[tokio::test]
+async fn throttled_probes_never_jam_a_half_open_breaker() {
+    let redis = start_redis().await;
+    let store = common::opened_queue(&redis.url, "jam", 1).await;
+    common::produce_n(&store, 8, 600).await;
+    let mut settings = through("busy-and-flaky", send_settings("s1", 5, 0.0), |g| {
+        g.rate = Some(300);
+        g.throttle_rate = 0.5;
+        g.breaker = Some(BreakerSettings {
+            failures: 3,
+            cooldown: Duration::from_millis(200),
+            max_cooldown: Duration::from_millis(400),
+            probes: 3,
+        });
+    });
+    settings.max_attempts = 5;
+    settings.outage = Some(Outage::Once {
+        after: Duration::from_millis(500),
+        down: Duration::from_secs(1),
+    });
+    let sender = RunningSender::start(&store, settings);
+    wait_until(
+        "every message is sent after the outage",
+        DEADLINE,
+        || async { snapshot(&store).await.is_done() },
+    )
+    .await;
+    sender.stop().await;
+    let done = snapshot(&store).await;
+    assert_eq!((done.sent, done.dead), (600, 0), "{done:?}");
+    let report = audit::run(&store, 100).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+}

@@ -175,14 +175,20 @@ impl Admission {
             .then_some(Outcome::Failed)
     }
 
-    /// Takes the outcome of a send that was admitted: failures and
-    /// successes move the breaker; anything else (throttled, expired) is
-    /// no news about the gateway's health.
-    pub(super) fn record(&mut self, outcome: Outcome, now: Instant) {
+    /// Takes the outcome of a send that was admitted (`probe`: as a probe
+    /// of a half-open breaker): failures and successes move the breaker;
+    /// anything else (throttled) is no news about the gateway's health,
+    /// and a probe that ends so leaves its place to another.
+    pub(super) fn record(&mut self, outcome: Outcome, probe: bool, now: Instant) {
         let failed = match outcome {
             Outcome::Failed | Outcome::ProbeFailed => true,
             Outcome::Sent => false,
-            _ => return,
+            _ => {
+                if probe && let Some(breaker) = &mut self.breaker {
+                    breaker.release_probe();
+                }
+                return;
+            }
         };
         if let Some(breaker) = &mut self.breaker
             && let Some(state) = breaker.record(failed, now)
@@ -244,7 +250,7 @@ mod tests {
             tx,
         );
         let now = Instant::now();
-        rules.record(Outcome::Failed, now);
+        rules.record(Outcome::Failed, false, now);
         assert_eq!(rx.try_recv(), Ok(BreakerState::Open));
         assert!(matches!(rules.admit(now), Err(Blocked::Until(_))));
         assert_eq!(pool.available_permits(), 0, "the token is kept for later");
@@ -254,7 +260,7 @@ mod tests {
             Ok(true),
             "the probe uses the kept token"
         );
-        rules.record(Outcome::Sent, later);
+        rules.record(Outcome::Sent, true, later);
         assert_eq!(rx.try_recv(), Ok(BreakerState::Closed));
     }
 

@@ -142,6 +142,14 @@ impl Breaker {
         }
     }
 
+    /// Takes back a probe that ended telling nothing of the gateway's
+    /// health (throttled): another message may probe in its place.
+    pub(super) fn release_probe(&mut self) {
+        if self.state == BreakerState::HalfOpen {
+            self.probing = self.probing.saturating_sub(1);
+        }
+    }
+
     fn open(&mut self, now: Instant) -> BreakerState {
         self.state = BreakerState::Open;
         self.open_until = now + self.cooldown;
@@ -196,6 +204,25 @@ mod tests {
         assert_eq!(breaker.record(false, later), None);
         assert_eq!(breaker.record(false, later), Some(BreakerState::Closed));
         assert_eq!(breaker.admit(later), Admit::Yes);
+    }
+
+    #[test]
+    fn a_probe_that_tells_nothing_lets_another_probe() {
+        let t = Instant::now();
+        let mut breaker = Breaker::new(settings(), t);
+        for _ in 0..3 {
+            breaker.record(true, t);
+        }
+        let later = t + Duration::from_secs(1);
+        assert_eq!(breaker.admit(later), Admit::Probe);
+        assert_eq!(breaker.admit(later), Admit::Probe);
+        assert_eq!(breaker.admit(later), Admit::NotUntil(None));
+        breaker.release_probe();
+        assert_eq!(
+            breaker.admit(later),
+            Admit::Probe,
+            "a throttled probe frees its place"
+        );
     }
 
     #[test]

@@ -406,7 +406,7 @@ impl Gateway {
                 item.outcome = Outcome::ProbeFailed;
             }
             ended += 1;
-            self.admission.record(item.outcome, now);
+            self.admission.record(item.outcome, send.probe, now);
             let _ = send.lane.results.send(Finished {
                 item,
                 hold_slot: send.hold_slot,

@@ -78,6 +78,23 @@ impl Store {
         ))
     }
 
+    /// Whether partition 0 records the queue's channels (else they are
+    /// inferred from its groups).
+    pub(super) async fn channels_recorded(&self) -> Result<bool, StoreError> {
+        let home = self.partition(0);
+        let mut conn = home.conn().await?;
+        redis::cmd("HEXISTS")
+            .arg(home.keys.queue())
+            .arg("channels")
+            .query_async(&mut conn)
+            .await
+            .or_else(|err| match err.code() {
+                Some("WRONGTYPE") => Ok(false),
+                _ => Err(err),
+            })
+            .map_err(StoreError::redis("HEXISTS (channels)"))
+    }
+
     /// The channels partition 0 records, or, for a queue from before
     /// channels, its groups as SMS channels; `None` when there is no queue
     /// stream to ask.
@@ -104,10 +121,21 @@ impl Store {
         if groups.is_empty() {
             return Ok(None);
         }
-        // The group asked for first, as it was the queue's one channel.
+        // The first channel is the one whose keys have no channel part: the
+        // group asked for, else the one a queue from before channels had
+        // by default, else the default now (a `migrate --channels` that
+        // stopped before recording its list); XINFO lists groups by name.
         let mut channels: Vec<Channel> = groups.iter().map(|g| Channel::sms(g)).collect();
-        if let Some(at) = channels.iter().position(|c| c.name == self.group) {
-            channels.swap(0, at);
+        let first = [self.group.as_str(), "senders", DEFAULT_CHANNEL]
+            .into_iter()
+            .find_map(|name| {
+                channels
+                    .iter()
+                    .position(|c| !name.is_empty() && c.name == name)
+            });
+        if let Some(at) = first {
+            let channel = channels.remove(at);
+            channels.insert(0, channel);
         }
         Ok(Some(channels))
     }
@@ -218,7 +246,7 @@ impl Store {
     /// queue to work on them.
     pub async fn ensure_channels(&self, wanted: &[Channel]) -> Result<Vec<String>, StoreError> {
         let had = self.channels.to_vec();
-        let channels = merged(&had, wanted)?;
+        let channels = merged(&had, true, wanted)?;
         if channels.len() == had.len() {
             return Ok(Vec::new());
         }
@@ -256,11 +284,17 @@ impl Store {
 
 /// The channels a queue has after `migrate`: those it had, then those asked
 /// for that it lacks. [`StoreError::Refused`] when one asked for has a name
-/// the queue already uses for another kind.
-pub(super) fn merged(had: &[Channel], wanted: &[Channel]) -> Result<Vec<Channel>, StoreError> {
+/// the queue already records for another kind; a kind only inferred (no
+/// list recorded yet) takes the one asked for.
+pub(super) fn merged(
+    had: &[Channel],
+    recorded: bool,
+    wanted: &[Channel],
+) -> Result<Vec<Channel>, StoreError> {
     let mut all = had.to_vec();
     for channel in wanted {
-        match all.iter().find(|c| c.name == channel.name) {
+        match all.iter_mut().find(|c| c.name == channel.name) {
+            Some(existing) if !recorded => existing.kind = channel.kind,
             Some(existing) if existing.kind != channel.kind => {
                 return Err(StoreError::Refused(format!(
                     "channel '{}' is of kind {} already, not {}",

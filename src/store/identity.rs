@@ -140,9 +140,10 @@ impl Store {
         // Check, then write: a partition the queue had that is gone now is
         // lost state, never created again here.
         home.check_partitions_present().await?;
+        let recorded = home.channels_recorded().await?;
         let had = home.read_channels().await?;
         let had = had.unwrap_or_else(|| vec![home.first_channel(&options.channels)]);
-        let channels = channels::merged(&had, &options.channels)?;
+        let channels = channels::merged(&had, recorded, &options.channels)?;
         let home = Store {
             group: had[0].name.clone(),
             channels: Arc::from(had.clone()),
