@@ -269,8 +269,53 @@ async fn a_channel_added_later_begins_where_it_is_told() {
     let report = audit::run(&store, 100).await.expect("audit");
     assert!(report.is_consistent(), "{}", report.to_text());
 
+    let twice = store
+        .migrate(&add("sms", ChannelStart::End))
+        .await
+        .expect("sms is there already: nothing to add");
+    assert_eq!(twice.2.added_channels, Vec::<String>::new());
     let unknown = store.for_channel("fax").expect_err("no such channel");
     assert!(unknown.to_string().contains("'fax'"), "{unknown}");
+}
+
+#[tokio::test]
+async fn a_queue_from_before_channels_is_not_given_a_second_sms_channel() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("legacy");
+    let settings = sms_alerts::store::QueueSettings {
+        group: "senders".to_owned(),
+        ..common::queue(&redis.url, &prefix)
+    };
+    let legacy = Store::connect(&settings).await.expect("connects");
+    legacy
+        .migrate(&QueueOptions::default())
+        .await
+        .expect("creates");
+    let store = Store::connect(&common::queue(&redis.url, &prefix))
+        .await
+        .expect("connects");
+    let refused = store
+        .migrate(&QueueOptions {
+            channels: sms_and_email(),
+            ..QueueOptions::default()
+        })
+        .await
+        .expect_err("sms would send every SMS again");
+    assert!(
+        refused.to_string().contains("'senders' sends sms already"),
+        "{refused}"
+    );
+    let (_, _, identity) = store
+        .migrate(&QueueOptions {
+            channels: vec![
+                Channel::parse("senders").unwrap(),
+                Channel::parse("email").unwrap(),
+            ],
+            ..QueueOptions::default()
+        })
+        .await
+        .expect("adds email beside senders");
+    assert_eq!(identity.added_channels, ["email"]);
 }
 
 #[tokio::test]

@@ -170,14 +170,14 @@ impl Store {
     }
 
     /// The first channel of a queue being created: the first of `wanted`,
-    /// else the one asked for, else the default.
+    /// else the one asked for (of the kind its name says), else the default.
     pub(super) fn first_channel(&self, wanted: &[Channel]) -> Channel {
         wanted.first().cloned().unwrap_or_else(|| {
-            Channel::sms(if self.group.is_empty() {
-                DEFAULT_CHANNEL
+            if self.group.is_empty() {
+                Channel::sms(DEFAULT_CHANNEL)
             } else {
-                &self.group
-            })
+                Channel::parse(&self.group).unwrap_or_else(|_| Channel::sms(&self.group))
+            }
         })
     }
 
@@ -304,8 +304,52 @@ pub(super) fn merged(
                 )));
             }
             Some(_) => {}
-            None => all.push(channel.clone()),
+            None => {
+                // `sms` (or `email`) added where a channel of that kind
+                // exists under another name is most likely a queue from
+                // before channels, whose `senders` group sends SMS already:
+                // a second SMS channel would send every message again.
+                if let Some(same) = all
+                    .iter()
+                    .find(|c| c.kind == channel.kind && channel.name == channel.kind.name())
+                {
+                    return Err(StoreError::Refused(format!(
+                        "channel '{}' sends {} already; channel '{}' would send every message \
+                         again: list '{}' instead, or name a second channel of that kind \
+                         yourself (e.g. backup:{})",
+                        same.name,
+                        channel.kind.name(),
+                        channel.name,
+                        same.name,
+                        channel.kind.name()
+                    )));
+                }
+                all.push(channel.clone());
+            }
         }
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parsed(specs: &[&str]) -> Vec<Channel> {
+        specs.iter().map(|s| Channel::parse(s).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_second_channel_named_after_a_kind_the_queue_sends_is_refused() {
+        let legacy = parsed(&["senders"]);
+        let refused = merged(&legacy, true, &parsed(&["sms", "email"])).unwrap_err();
+        assert!(
+            refused.to_string().contains("'senders' sends sms already"),
+            "{refused}"
+        );
+        let kept = merged(&legacy, true, &parsed(&["senders", "email", "backup:sms"])).unwrap();
+        assert_eq!(kept, parsed(&["senders", "email", "backup:sms"]));
+        let fresh = merged(&parsed(&["sms"]), false, &parsed(&["sms", "email"])).unwrap();
+        assert_eq!(fresh, parsed(&["sms", "email"]));
+    }
 }
