@@ -288,15 +288,7 @@ impl Gateway {
             return;
         }
         for ready in self.ready.drain(..) {
-            let item = ReportItem {
-                id: ready.id,
-                outcome: Outcome::Deferred,
-                send_time_us: 0,
-            };
-            let _ = ready.lane.results.send(Finished {
-                item,
-                hold_slot: ready.hold_slot,
-            });
+            unsent(ready, Outcome::Deferred);
         }
         self.load.held.fetch_sub(deferred, AtomicOrdering::Relaxed);
         self.load.changed.notify_one();
@@ -334,15 +326,7 @@ impl Gateway {
             return Ok(false);
         };
         if at_start == Some(Outcome::Expired) {
-            let item = ReportItem {
-                id: ready.id,
-                outcome: Outcome::Expired,
-                send_time_us: 0,
-            };
-            let _ = ready.lane.results.send(Finished {
-                item,
-                hold_slot: ready.hold_slot,
-            });
+            unsent(ready, Outcome::Expired);
             self.load.held.fetch_sub(1, AtomicOrdering::Relaxed);
             self.load.changed.notify_one();
             return Ok(true);
@@ -426,6 +410,20 @@ impl Gateway {
             self.early = Duration::from_micros(next as u64);
         }
     }
+}
+
+/// Hands the result of a message that was never sent (`outcome`: deferred
+/// or expired) to its writer, with its hold slot.
+fn unsent(ready: Ready, outcome: Outcome) {
+    let item = ReportItem {
+        id: ready.id,
+        outcome,
+        send_time_us: 0,
+    };
+    let _ = ready.lane.results.send(Finished {
+        item,
+        hold_slot: ready.hold_slot,
+    });
 }
 
 /// `a - b` in microseconds, negative if `a` is earlier.

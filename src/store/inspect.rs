@@ -68,6 +68,9 @@ fn range_after(key: &str, after: Option<&str>, count: usize) -> redis::Cmd {
 }
 
 /// A flat `name, value, ...` reply as a map.
+/// The command the group figures come from, named in errors.
+const XINFO_GROUPS: &str = "XINFO GROUPS";
+
 fn fields(command: &'static str, value: Value) -> Result<HashMap<String, Value>, StoreError> {
     let items = array(command, value)?;
     let mut map = HashMap::with_capacity(items.len() / 2);
@@ -226,10 +229,9 @@ impl Inspector {
         })
     }
 
-    /// This queue's group figures (`exists` false when the group or the
-    /// stream is missing).
-    pub async fn group_info(&self) -> Result<GroupInfo, StoreError> {
-        const COMMAND: &str = "XINFO GROUPS";
+    /// The groups on this partition's stream as `XINFO GROUPS` gives them,
+    /// each a map of its fields (none when the stream is missing).
+    async fn groups(&self) -> Result<Vec<HashMap<String, Value>>, StoreError> {
         let mut conn = self.store.conn().await?;
         let reply: Value = match redis::cmd("XINFO")
             .arg("GROUPS")
@@ -239,22 +241,30 @@ impl Inspector {
         {
             // No stream: no group either.
             Err(err) if err.detail().is_some_and(|d| d.contains("no such key")) => {
-                return Ok(GroupInfo::default());
+                return Ok(Vec::new());
             }
-            other => other.map_err(StoreError::redis(COMMAND))?,
+            other => other.map_err(StoreError::redis(XINFO_GROUPS))?,
         };
-        for group in array(COMMAND, reply)? {
-            let mut map = fields(COMMAND, group)?;
-            if text(COMMAND, map.remove("name").unwrap_or(Value::Nil))? != self.store.group() {
+        array(XINFO_GROUPS, reply)?
+            .into_iter()
+            .map(|group| fields(XINFO_GROUPS, group))
+            .collect()
+    }
+
+    /// This queue's group figures (`exists` false when the group or the
+    /// stream is missing).
+    pub async fn group_info(&self) -> Result<GroupInfo, StoreError> {
+        for mut map in self.groups().await? {
+            if text(XINFO_GROUPS, map.remove("name").unwrap_or(Value::Nil))? != self.store.group() {
                 continue;
             }
             return Ok(GroupInfo {
                 exists: true,
                 last_delivered_id: text(
-                    COMMAND,
+                    XINFO_GROUPS,
                     map.remove("last-delivered-id").unwrap_or(Value::Nil),
                 )?,
-                pending: count(COMMAND, &mut map, "pending")?,
+                pending: count(XINFO_GROUPS, &mut map, "pending")?,
                 lag: match map.remove("lag") {
                     Some(Value::Int(lag)) => u64::try_from(lag).ok(),
                     _ => None,
@@ -267,25 +277,10 @@ impl Inspector {
     /// The names of the consumer groups on this partition's stream (none
     /// when the stream is missing).
     pub async fn group_names(&self) -> Result<Vec<String>, StoreError> {
-        const COMMAND: &str = "XINFO GROUPS";
-        let mut conn = self.store.conn().await?;
-        let reply: Value = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(self.store.keys.messages())
-            .query_async(&mut conn)
-            .await
-        {
-            Err(err) if err.detail().is_some_and(|d| d.contains("no such key")) => {
-                return Ok(Vec::new());
-            }
-            other => other.map_err(StoreError::redis(COMMAND))?,
-        };
-        array(COMMAND, reply)?
+        self.groups()
+            .await?
             .into_iter()
-            .map(|group| {
-                let mut map = fields(COMMAND, group)?;
-                text(COMMAND, map.remove("name").unwrap_or(Value::Nil))
-            })
+            .map(|mut map| text(XINFO_GROUPS, map.remove("name").unwrap_or(Value::Nil)))
             .collect()
     }
 
