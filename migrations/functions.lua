@@ -68,7 +68,7 @@
     abandoned     messages `repair` gave up when it re-created a lost group
 ]]
 
-local LIBRARY_VERSION = 12
+local LIBRARY_VERSION = 13
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
@@ -106,12 +106,17 @@ local BATCH_WINDOW = 32
 -- holds 8000 slots.
 local ACK_CHUNK = 1000
 
--- Most pending-list rows one sms_claim call looks at, whatever the size of
--- the pending list, and most entries it claims (each costs a lookup, a claim
--- and its fields in the reply): the call's cost is bounded whatever the
--- list's length, and the caller walks the list with the cursor it returns.
-local CLAIM_SCAN = 1000
+-- Most entries one sms_claim call claims (each costs a claim and its fields
+-- in the reply); the caller walks the pending list with the cursor it returns.
 local CLAIM_MAX = 200
+
+-- Up to this many pending entries, sms_claim leaves finding the idle ones
+-- to XPENDING's IDLE filter, which walks the whole list from the cursor in C
+-- (about 0.1 us a row: 2 ms at most). A longer list is walked in slices of
+-- CLAIM_SCAN rows looked at in Lua (about 1.5 us a row), so that one call's
+-- cost stays bounded however long the list.
+local IDLE_SCAN_MAX = 20000
+local CLAIM_SCAN = 1000
 
 -- Most entries one sms_trim call removes from each stream (approximate
 -- trimming removes whole nodes of ~100 entries), so that a call after a
@@ -183,13 +188,18 @@ local function check_counters(key, fields)
   return nil
 end
 
-local function group_exists(stream, group)
+-- The group's row of XINFO GROUPS as a table (name, pending, ...), or nil.
+local function group_info(stream, group)
   for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-    for i = 1, #g, 2 do
-      if g[i] == 'name' and g[i + 1] == group then return true end
-    end
+    local info = {}
+    for i = 1, #g, 2 do info[g[i]] = g[i + 1] end
+    if info.name == group then return info end
   end
-  return false
+  return nil
+end
+
+local function group_exists(stream, group)
+  return group_info(stream, group) ~= nil
 end
 
 local function check_group(stream, group)
@@ -253,12 +263,8 @@ local function too_big(fields)
   return bytes > MAX_ENTRY_BYTES
 end
 
--- Moves one pending entry to the dead stream and acknowledges it. Returns 1
--- if it did, 0 if the entry was no longer pending (already settled by someone
--- else), so a message can never be dead-lettered twice.
-local function dead_letter(stream, dead, group, id, reason, attempts, consumer)
-  if redis.call('XACK', stream, group, id) == 0 then return 0 end
-  local fields = entry_fields(stream, id) or {}
+-- Writes a dead letter: the entry's fields (clipped), then why and by whom.
+local function write_dead_letter(dead, id, fields, reason, attempts, consumer)
   local args = { dead, '*' }
   local kept = math.min(#fields, MAX_DEAD_FIELDS * 2)
   local cut = 0
@@ -285,6 +291,15 @@ local function dead_letter(stream, dead, group, id, reason, attempts, consumer)
     'dead_at_ms', tostring(now_ms()),
   }) do args[#args + 1] = v end
   redis.call('XADD', unpack(args))
+end
+
+-- Moves one pending entry to the dead stream and acknowledges it. Returns 1
+-- if it did, 0 if the entry was no longer pending (already settled by someone
+-- else), so a message can never be dead-lettered twice. `fields` are the
+-- entry's when the caller has them.
+local function dead_letter(stream, dead, group, id, reason, attempts, consumer, fields)
+  if redis.call('XACK', stream, group, id) == 0 then return 0 end
+  write_dead_letter(dead, id, fields or entry_fields(stream, id) or {}, reason, attempts, consumer)
   return 1
 end
 
@@ -588,10 +603,9 @@ end
           sender recovering its own pending list, with min_idle_ms 0)
   Returns: { next_cursor ('0' when the scan reached the end), dead,
              { id, deliveries, { field, value, ... } }, ... }
-  Each call looks at no more than CLAIM_SCAN rows of the pending list from
-  the cursor and claims no more than `count` (at most CLAIM_MAX) entries, so
-  its cost does not grow with the pending list; the caller walks the list
-  with the cursor.
+  Each call claims no more than `count` (at most CLAIM_MAX) entries, from
+  the cursor on, and its cost is bounded however long the pending list (see
+  IDLE_SCAN_MAX); the caller walks the list with the cursor it returns.
   `deliveries` counts this claim: it is the attempt the claimer now makes.
 ]]
 local function sms_claim(keys, args)
@@ -603,40 +617,57 @@ local function sms_claim(keys, args)
   local err = check_settling(queue, epoch, stream, dead, stats, cstats, group)
   if err then return err end
 
-  local query = { 'XPENDING', stream, group, start, '+', CLAIM_SCAN }
-  if owner ~= '' then query[#query + 1] = owner end
-  local rows = redis.call(unpack(query))
-
   local d = { dead = 0, dead_max_attempts = 0, dead_deleted = 0, dead_malformed = 0 }
+  local function bury(id, reason, attempts, holder, fields)
+    local n = dead_letter(stream, dead, group, id, reason, attempts, holder, fields)
+    d['dead_' .. reason] = d['dead_' .. reason] + n
+    d.dead = d.dead + n
+  end
+
   local claimed = {}
-  local cursor = '0'
-  if #rows == CLAIM_SCAN then cursor = '(' .. rows[#rows][1] end
-  for i, row in ipairs(rows) do
-    if #claimed >= batch then
-      cursor = '(' .. rows[i - 1][1]
-      break
-    end
-    local id, holder, idle, deliveries = row[1], row[2], tonumber(row[3]), tonumber(row[4])
-    if idle >= min_idle then
+  local function take(id, holder, deliveries)
+    if deliveries >= max_attempts then
       local fields = entry_fields(stream, id)
-      local n, reason = 0, nil
       if fields == nil then
-        reason = 'deleted'
+        bury(id, 'deleted', deliveries, holder, {})
       elseif too_big(fields) then
-        reason = 'malformed'
-      elseif deliveries >= max_attempts then
-        reason = 'max_attempts'
-      end
-      if reason then
-        n = dead_letter(stream, dead, group, id, reason, deliveries, holder)
-        d['dead_' .. reason] = d['dead_' .. reason] + n
-        d.dead = d.dead + n
+        bury(id, 'malformed', deliveries, holder, fields)
       else
-        local got = redis.call('XCLAIM', stream, group, consumer, min_idle, id)
-        if #got == 1 then
-          claimed[#claimed + 1] = { id, deliveries + 1, got[1][2] }
-        end
+        bury(id, 'max_attempts', deliveries, holder, fields)
       end
+      return
+    end
+    -- XCLAIM drops from the pending list an entry gone from the stream
+    -- and returns nothing for it.
+    local got = redis.call('XCLAIM', stream, group, consumer, min_idle, id)
+    if #got == 0 then
+      write_dead_letter(dead, id, {}, 'deleted', deliveries, holder)
+      d.dead, d.dead_deleted = d.dead + 1, d.dead_deleted + 1
+    elseif too_big(got[1][2]) then
+      bury(id, 'malformed', deliveries, holder, got[1][2])
+    else
+      claimed[#claimed + 1] = { id, deliveries + 1, got[1][2] }
+    end
+  end
+
+  local cursor = '0'
+  if tonumber(group_info(stream, group).pending) <= IDLE_SCAN_MAX then
+    local query = { 'XPENDING', stream, group, 'IDLE', min_idle, start, '+', batch }
+    if owner ~= '' then query[#query + 1] = owner end
+    local rows = redis.call(unpack(query))
+    if #rows == batch then cursor = '(' .. rows[#rows][1] end
+    for _, row in ipairs(rows) do take(row[1], row[2], tonumber(row[4])) end
+  else
+    local query = { 'XPENDING', stream, group, start, '+', CLAIM_SCAN }
+    if owner ~= '' then query[#query + 1] = owner end
+    local rows = redis.call(unpack(query))
+    if #rows == CLAIM_SCAN then cursor = '(' .. rows[#rows][1] end
+    for i, row in ipairs(rows) do
+      if #claimed >= batch then
+        cursor = '(' .. rows[i - 1][1]
+        break
+      end
+      if tonumber(row[3]) >= min_idle then take(row[1], row[2], tonumber(row[4])) end
     end
   end
   count(stats, cstats, d)

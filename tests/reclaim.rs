@@ -1,8 +1,9 @@
-//! The reclaim scan is bounded: one claim call looks at no more
-//! than 1,000 rows of the pending list and claims no more than 200 entries,
-//! whatever the list's length, and returns a cursor; walking it finds stale
-//! work however deep in the list it lies. (The Redis time of a call over
-//! 2,000,000 pending is measured by `sms-alerts bench`.)
+//! The reclaim scan is bounded: up to 20,000 pending, one claim call has
+//! XPENDING's IDLE filter find the stale entries from its cursor on (in C);
+//! over that, it looks at no more than 1,000 rows of the pending list. Either
+//! way it claims no more than 200 entries and returns a cursor; walking it
+//! finds stale work however deep in the list it lies. (The Redis time of a
+//! call over 2,000,000 pending is measured by `sms-alerts bench`.)
 
 mod common;
 
@@ -10,28 +11,53 @@ use std::time::Duration;
 
 use common::*;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_call_scans_a_bounded_slice_and_the_cursor_finds_stale_work_deep_down() {
-    let redis = start_redis().await;
-    let store = store(&redis.url, &unique_prefix("slice")).await;
-    produce_n(&store, 21, 5_000).await;
-    let held = read_as(&redis.url, &store, "holder", 5_000).await;
-    // The last 100 are stale (idle an hour); the 4,900 before them are live.
-    let stale = &held[4_900..];
+/// Makes `ids`, pending under `holder`, idle for an hour.
+async fn make_stale(url: &str, store: &sms_alerts::store::Store, ids: &[String]) {
     let mut claim = redis::cmd("XCLAIM");
     claim
         .arg(store.keys().messages())
         .arg(store.group())
         .arg("holder")
         .arg(0)
-        .arg(stale)
+        .arg(ids)
         .arg("IDLE")
         .arg(3_600_000)
         .arg("JUSTID");
     claim
-        .query_async::<redis::Value>(&mut raw(&redis.url).await)
+        .query_async::<redis::Value>(&mut raw(url).await)
         .await
         .expect("make them stale");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_call_finds_stale_entries_among_live_ones_at_once() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("idle")).await;
+    produce_n(&store, 20, 5_000).await;
+    let held = read_as(&redis.url, &store, "holder", 5_000).await;
+    // Every 50th is stale (idle an hour); the others are live.
+    let stale: Vec<String> = held.iter().step_by(50).cloned().collect();
+    make_stale(&redis.url, &store, &stale).await;
+
+    let reply = store
+        .sender()
+        .claim("taker", Duration::from_secs(60), None, 1_000, 3, None)
+        .await
+        .expect("claim");
+    let claimed: Vec<String> = reply.claimed.into_iter().map(|c| c.entry.id).collect();
+    assert_eq!(claimed, stale, "exactly the stale entries, in order");
+    assert_eq!(reply.cursor, None, "one call walked the whole list");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_call_over_a_long_list_scans_a_bounded_slice() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("slice")).await;
+    produce_n(&store, 21, 25_000).await;
+    let held = read_as(&redis.url, &store, "holder", 25_000).await;
+    // The last 100 are stale; the 24,900 before them are live.
+    let stale = &held[24_900..];
+    make_stale(&redis.url, &store, stale).await;
 
     let lease = Duration::from_secs(60);
     let first = store
@@ -57,12 +83,54 @@ async fn a_claim_call_scans_a_bounded_slice_and_the_cursor_finds_stale_work_deep
         claimed.extend(reply.claimed.into_iter().map(|c| c.entry.id));
         cursor = reply.cursor;
         calls += 1;
-        assert!(calls <= 10, "the walk ends");
+        assert!(calls <= 40, "the walk ends");
     }
-    // Five full slices of 1,000; a full slice cannot tell it was the last,
-    // so a sixth call finds the end (as SCAN does).
-    assert_eq!(calls, 6, "5,000 rows in slices of 1,000");
+    // 25 full slices of 1,000; a full slice cannot tell it was the last,
+    // so a 26th call finds the end (as SCAN does).
+    assert_eq!(calls, 26, "25,000 rows in slices of 1,000");
     assert_eq!(claimed, stale, "exactly the stale entries, in order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_dead_letters_a_stale_entry_gone_from_the_stream() {
+    let redis = start_redis().await;
+    let store = store(&redis.url, &unique_prefix("gone")).await;
+    produce_n(&store, 24, 10).await;
+    let held = read_as(&redis.url, &store, "holder", 10).await;
+    make_stale(&redis.url, &store, &held).await;
+    let mut conn = raw(&redis.url).await;
+    let _: i64 = redis::cmd("XDEL")
+        .arg(store.keys().messages())
+        .arg(&held[..3])
+        .query_async(&mut conn)
+        .await
+        .expect("XDEL");
+
+    let reply = store
+        .sender()
+        .claim("taker", Duration::from_secs(60), None, 100, 3, None)
+        .await
+        .expect("claim");
+    assert_eq!(reply.dead, 3);
+    let claimed: Vec<String> = reply.claimed.into_iter().map(|c| c.entry.id).collect();
+    assert_eq!(claimed, &held[3..]);
+    let dead = dead_entries(&redis.url, &store).await;
+    assert_eq!(dead.len(), 3);
+    for (letter, id) in dead.iter().zip(&held) {
+        assert_eq!(
+            letter.get("dead_reason").map(String::as_str),
+            Some("deleted")
+        );
+        assert_eq!(letter.get("dead_message_id"), Some(id));
+        assert_eq!(
+            letter.get("dead_consumer").map(String::as_str),
+            Some("holder")
+        );
+        assert_eq!(letter.get("dead_attempts").map(String::as_str), Some("1"));
+    }
+    let scan = scan(&redis.url, &store).await;
+    assert_eq!(scan.stat("dead_deleted"), 3);
+    assert_eq!(scan.pending, 7, "the deleted ones left the pending list");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -79,8 +79,13 @@ impl Sink<'_> {
     }
 }
 
+/// How often `until_done` looks whether the work is done between two
+/// reports: one Function call per partition, so that the end is seen (and
+/// reported) within this, not up to a whole interval late.
+const DONE_LOOK_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Prints a report every interval until shutdown, or until done with
-/// `until_done`. Redis outages are retried and logged; the monitor never exits
+/// `until_done` (then with one last report as soon as it is done). Redis outages are retried and logged; the monitor never exits
 /// because of one. Lost or damaged queue state is an alert; with
 /// `until_done` the monitor then ends with that error (the work can never be
 /// done). Nothing is written to Redis.
@@ -101,10 +106,23 @@ pub async fn run(
     let mut alerts = AlertState::default();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut look = tokio::time::interval(DONE_LOOK_EVERY.min(settings.interval));
+    look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let outcome = loop {
-        tokio::select! {
-            _ = tick.tick() => {}
+        let report_due = tokio::select! {
+            _ = tick.tick() => true,
+            _ = look.tick(), if settings.until_done => false,
             () = shutdown.cancelled() => break MonitorOutcome::Stopped(previous.map(|(s, _)| s)),
+        };
+        if !report_due {
+            let look = store.retrying("read the queue's figures", || Snapshot::read(store));
+            let snapshot = tokio::select! {
+                read = look => read?,
+                () = shutdown.cancelled() => break MonitorOutcome::Stopped(previous.map(|(s, _)| s)),
+            };
+            if snapshot.state == QueueState::Sound && !snapshot.is_done() {
+                continue;
+            }
         }
         let read = store.retrying("read the queue's figures", || async {
             let snapshot = Snapshot::read(store).await?;

@@ -88,6 +88,8 @@ pub(super) struct Flusher {
     /// Idle time given to a failed message: lease − backoff.
     pub retry_idle: Duration,
     pub lease: Duration,
+    /// The sender's send slots, which size its report batches.
+    pub concurrency: usize,
     pub token: String,
     pub in_flight: InFlight,
     /// Where lost or damaged queue state is raised.
@@ -131,7 +133,7 @@ impl Flusher {
         // A connection of its own: its reports reach Redis without waiting
         // for a pooled connection's health check, several at once.
         let mut conn: Option<ReportConnection> = None;
-        let mut reports = Reports::new();
+        let mut reports = Reports::new(self.concurrency);
         loop {
             reports.gather(&mut results);
             if reports.worth_writing() {

@@ -456,6 +456,7 @@ impl Shared {
                 .lease
                 .saturating_sub(self.settings.retry_backoff),
             lease: self.settings.lease,
+            concurrency: self.settings.concurrency,
             token: self.token.clone(),
             in_flight,
             fatal: self.fatal.clone(),

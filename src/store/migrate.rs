@@ -42,7 +42,7 @@ const LIBRARY: &str = include_str!("../../migrations/functions.lua");
 
 /// The library version this binary brings: that of the last migration, and
 /// the `LIBRARY_VERSION` the library's source declares.
-pub(super) const LIBRARY_VERSION: u32 = 12;
+pub(super) const LIBRARY_VERSION: u32 = 13;
 
 /// Every migration, oldest first, one version step each. The names are
 /// recorded in queues' migrations hashes, so a step keeps its name.
@@ -118,6 +118,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 12,
         name: "0012_channels",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
+    // `sms_claim` leaves the pending list's idle rows to XPENDING's filter.
+    Migration {
+        version: 13,
+        name: "0013_idle_claims",
         step: Step::FunctionLibrary(LIBRARY),
     },
 ];
