@@ -40,6 +40,9 @@ pub struct DeadLetter {
     pub consumer: String,
     /// The recipient, if the message had one.
     pub recipient: Option<String>,
+    /// The e-mail address, if the message had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     /// The body, if the message had one.
     pub body: Option<String>,
     /// The client's transaction id, if the message came with one.
@@ -68,6 +71,7 @@ impl DeadLetter {
             message_id: field("dead_message_id").unwrap_or_default(),
             consumer: field("dead_consumer").unwrap_or_default(),
             recipient: field(crate::message::field::RECIPIENT),
+            email: field(crate::message::field::EMAIL),
             body: field(crate::message::field::BODY),
             transaction_id: field(crate::message::field::TRANSACTION_ID),
             customer_id: field(crate::message::field::CUSTOMER_ID),

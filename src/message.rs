@@ -3,8 +3,14 @@
 
 use thiserror::Error;
 
-/// The longest body a message may have, in characters.
+/// The longest body a message with a phone number may have, in characters:
+/// one SMS.
 pub const MAX_BODY_CHARS: usize = 100;
+
+/// The longest e-mail text, in characters: the body of a message with only
+/// an e-mail address, or its `email_body`. 4,000 bytes at most, so a dead
+/// letter keeps it whole (and a requeue sends it whole).
+pub const MAX_EMAIL_BODY_CHARS: usize = 1_000;
 
 /// Field names of a message entry in the stream, readable with redis-cli.
 pub mod field {
@@ -24,6 +30,9 @@ pub mod field {
     pub const CUSTOMER_ID: &str = "customer_id";
     /// The one channel a requeued message is for; the others skip it.
     pub const CHANNEL: &str = "channel";
+    /// The e-mail channel's text when it differs from the SMS text: 1 to
+    /// 1,000 characters.
+    pub const EMAIL_BODY: &str = "email_body";
 }
 
 /// A stream entry's field/value pairs as stored: raw bytes, because a poison
@@ -89,6 +98,10 @@ pub enum DecodeError {
     /// The body is empty or longer than [`MAX_BODY_CHARS`].
     #[error("body has {0} characters, expected 1 to {MAX_BODY_CHARS}")]
     InvalidBodyLength(usize),
+    /// The text of a message without a phone number, or its `email_body`,
+    /// is empty or longer than [`MAX_EMAIL_BODY_CHARS`].
+    #[error("{0} has {1} characters, expected 1 to {MAX_EMAIL_BODY_CHARS}")]
+    InvalidEmailBodyLength(&'static str, usize),
     /// The e-mail address does not have the shape of one.
     #[error("email '{0}' is not an e-mail address")]
     InvalidEmail(String),
@@ -211,10 +224,6 @@ impl<'a> Addressed<'a> {
                 .transpose()
         };
         let body = text(field::BODY)?.ok_or(DecodeError::MissingField(field::BODY))?;
-        let chars = body.chars().count();
-        if !(1..=MAX_BODY_CHARS).contains(&chars) {
-            return Err(DecodeError::InvalidBodyLength(chars));
-        }
         let created =
             text(field::CREATED_MS)?.ok_or(DecodeError::MissingField(field::CREATED_MS))?;
         let created_ms = created
@@ -231,11 +240,20 @@ impl<'a> Addressed<'a> {
         if recipient.is_none() && email.is_none() {
             return Err(DecodeError::MissingField(field::RECIPIENT));
         }
+        check_body(body, recipient.is_some())?;
+        let email_body = text(field::EMAIL_BODY)?;
+        if let Some(text) = email_body {
+            check_email_text(field::EMAIL_BODY, text)?;
+        }
         let for_other = text(field::CHANNEL)?.is_some_and(|only| only != channel);
         let address = if address_field == field::EMAIL {
             email
         } else {
             recipient
+        };
+        let body = match (address_field, email_body) {
+            (field::EMAIL, Some(email_body)) => email_body,
+            _ => body,
         };
         Ok(match address {
             Some(address) if !for_other => Self::To {
@@ -278,6 +296,29 @@ impl<'a> MessageRef<'a> {
             created_ms,
         })
     }
+}
+
+/// Checks a message's `body`: one SMS when it has a phone number, else an
+/// e-mail's text.
+pub fn check_body(body: &str, has_phone: bool) -> Result<(), DecodeError> {
+    if has_phone {
+        let chars = body.chars().count();
+        if !(1..=MAX_BODY_CHARS).contains(&chars) {
+            return Err(DecodeError::InvalidBodyLength(chars));
+        }
+        Ok(())
+    } else {
+        check_email_text(field::BODY, body)
+    }
+}
+
+/// Checks an e-mail's text, in field `name`.
+fn check_email_text(name: &'static str, text: &str) -> Result<(), DecodeError> {
+    let chars = text.chars().count();
+    if !(1..=MAX_EMAIL_BODY_CHARS).contains(&chars) {
+        return Err(DecodeError::InvalidEmailBodyLength(name, chars));
+    }
+    Ok(())
 }
 
 /// The longest e-mail address (RFC 5321's path limit), in bytes.
@@ -422,6 +463,51 @@ mod tests {
             DecodeError::from(Oversized::new(None, 70_000)).to_string(),
             "field '…' is 70000 bytes, too long to read"
         );
+    }
+
+    #[test]
+    fn the_email_channel_takes_its_own_text_and_an_email_alone_a_longer_one() {
+        let long = "b".repeat(MAX_EMAIL_BODY_CHARS);
+        let both = fields(&[
+            ("recipient", b"+15551234567"),
+            ("email", b"a@example.org"),
+            ("body", b"Flood"),
+            ("email_body", long.as_bytes()),
+            ("created_ms", b"1"),
+        ]);
+        let text = |entry: &RawFields, channel, address| match Addressed::from_fields(
+            entry, channel, address,
+        )
+        .expect("valid")
+        {
+            Addressed::To { body, .. } => body.len(),
+            Addressed::NotForChannel => 0,
+        };
+        assert_eq!(text(&both, "sms", field::RECIPIENT), 5);
+        assert_eq!(text(&both, "email", field::EMAIL), MAX_EMAIL_BODY_CHARS);
+        let mail_only = fields(&[
+            ("email", b"a@example.org"),
+            ("body", long.as_bytes()),
+            ("created_ms", b"1"),
+        ]);
+        assert_eq!(
+            text(&mail_only, "email", field::EMAIL),
+            MAX_EMAIL_BODY_CHARS
+        );
+        assert_eq!(text(&mail_only, "sms", field::RECIPIENT), 0, "skipped");
+        let long_sms = fields(&[
+            ("recipient", b"+15551234567"),
+            ("email", b"a@example.org"),
+            ("body", long.as_bytes()),
+            ("created_ms", b"1"),
+        ]);
+        for (channel, address) in [("sms", field::RECIPIENT), ("email", field::EMAIL)] {
+            assert_eq!(
+                Addressed::from_fields(&long_sms, channel, address),
+                Err(DecodeError::InvalidBodyLength(MAX_EMAIL_BODY_CHARS)),
+                "malformed on every channel alike"
+            );
+        }
     }
 
     #[test]

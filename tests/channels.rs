@@ -11,9 +11,11 @@ use common::{
     KillOnDrop, RunningSender, send_settings, spawn_sender_process, start_redis, terminate,
     unique_prefix, wait_exit, wait_until,
 };
+use serde_json::json;
 use sms_alerts::audit;
 use sms_alerts::channel::Channel;
 use sms_alerts::dead::{self, Selection};
+use sms_alerts::settings::ServeSettings;
 use sms_alerts::stats::Snapshot;
 use sms_alerts::store::{ChannelStart, QueueOptions, Store};
 
@@ -350,4 +352,55 @@ async fn serve_adds_the_channels_a_queue_lacks_and_never_creates_one() {
         .await
         .expect("connects");
     assert!(nothing.open().await.is_err(), "no queue to add channels to");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_alone_goes_out_by_email_and_the_sms_channel_skips_it() {
+    let redis = start_redis().await;
+    let store = queue_with(&redis.url, "mail-only", sms_and_email(), 1).await;
+    let server = common::http::Server::start(&store, ServeSettings::default()).await;
+    // One SMS holds 100 characters; an e-mail's text, 1,000.
+    let long = "m".repeat(1_000);
+    let batch = json!({"messages": [
+        {"email": "a@example.org", "message_body": long},
+        {"phone": "+4915112345678", "email": "b@example.org", "message_body": "Flood",
+         "email_body": long},
+        {"phone": "+4915112345679", "message_body": "Flood"},
+    ]})
+    .to_string();
+    let posted = server
+        .post(&batch, &[("Content-Type", "application/json")])
+        .await;
+    assert_eq!(posted.status, 201, "{posted:?}");
+    let sms = RunningSender::start(&store, send_settings("sms-1", 1, 0.0));
+    let email = store.for_channel("email").expect("an email channel");
+    let mailer = RunningSender::start(&email, send_settings("mail-1", 1, 0.0));
+    wait_until("both channels settled all three", DEADLINE, || async {
+        Snapshot::read(&store).await.is_ok_and(|s| {
+            s.pending == 0
+                && s.settled() == 3
+                && s.channels
+                    .get("email")
+                    .is_some_and(|c| c.pending == 0 && c.settled() == 3)
+        })
+    })
+    .await;
+    sms.stop().await;
+    mailer.stop().await;
+    server.stop().await;
+
+    let snapshot = Snapshot::read(&store).await.expect("reads");
+    let mail = &snapshot.channels["email"];
+    assert_eq!(
+        (snapshot.sent, snapshot.skipped, snapshot.dead),
+        (2, 1, 0),
+        "SMS: the two with a phone number; the e-mail alone skipped"
+    );
+    assert_eq!(
+        (mail.sent, mail.skipped, mail.dead),
+        (2, 1, 0),
+        "e-mail: the two with an address, long texts and all; none malformed"
+    );
+    let report = audit::run(&store, 100).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
 }

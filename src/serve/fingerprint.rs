@@ -49,14 +49,20 @@ fn canonical(incoming: &Incoming, out: &mut Vec<u8>) {
     let partition = incoming.partition.map(|p| p.to_string());
     for part in [
         incoming.topic.as_deref(),
-        Some(incoming.recipient.as_str()),
+        incoming.recipient.as_deref(),
         Some(incoming.body.as_str()),
         incoming.key.as_deref(),
         partition.as_deref(),
     ] {
         field(out, part);
     }
-    for (name, value) in incoming.metadata.fields() {
+    // Named pairs, present only when given, so that a request without them
+    // keeps the fingerprint it had before they existed.
+    let email_body = incoming
+        .email_body
+        .as_deref()
+        .map(|text| (crate::message::field::EMAIL_BODY, text));
+    for (name, value) in email_body.into_iter().chain(incoming.metadata.fields()) {
         field(out, Some(name));
         field(out, Some(value));
     }
@@ -93,8 +99,9 @@ mod tests {
     fn incoming(body: &str, key: Option<&str>) -> Incoming {
         Incoming {
             topic: None,
-            recipient: "+4915112345678".to_owned(),
+            recipient: Some("+4915112345678".to_owned()),
             body: body.to_owned(),
+            email_body: None,
             key: key.map(str::to_owned),
             partition: None,
             metadata: Metadata {

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::answer::Refusal;
-use crate::message::{MAX_BODY_CHARS, Metadata, is_e164, is_email};
+use crate::message::{DecodeError, Metadata, check_body, is_e164, is_email};
 
 /// The longest key, id or idempotency key a request may carry, in bytes.
 pub(super) const MAX_ID_BYTES: usize = 255;
@@ -22,10 +22,13 @@ pub(super) const MAX_ID_BYTES: usize = 255;
 pub(super) struct Incoming {
     /// The queue it goes to (`topic_name`); `None` for the server's own.
     pub(super) topic: Option<String>,
-    /// The phone number, E.164.
-    pub(super) recipient: String,
-    /// The text.
+    /// The phone number, E.164; `None` for a message to an e-mail address
+    /// alone.
+    pub(super) recipient: Option<String>,
+    /// The text: one SMS with a phone number, else an e-mail's.
     pub(super) body: String,
+    /// The e-mail channel's own text, when it differs from the SMS.
+    pub(super) email_body: Option<String>,
     /// The routing key; `None` routes by the recipient.
     pub(super) key: Option<String>,
     /// An explicit partition, over any key.
@@ -51,6 +54,7 @@ struct WireMessage {
     phone: Option<String>,
     body: Option<String>,
     message_body: Option<String>,
+    email_body: Option<String>,
     key: Option<String>,
     partition: Option<u32>,
     topic_name: Option<String>,
@@ -125,25 +129,44 @@ fn message(raw: &RawValue) -> Result<Incoming, Refusal> {
     }
     let wire: WireMessage = serde_json::from_str(raw.get())
         .map_err(|err| Refusal::bad_request("", "", format!("invalid message: {err}")))?;
-    let recipient = one_of(wire.recipient, "recipient", wire.phone, "phone")?;
+    let recipient = match (wire.recipient, wire.phone, &wire.email) {
+        (None, None, Some(_)) => None,
+        (None, None, None) => {
+            return Err(Refusal::bad_request(
+                "recipient",
+                "",
+                "missing field 'recipient' (or 'phone'; or 'email' for an e-mail alone)",
+            ));
+        }
+        (recipient, phone, _) => Some(one_of(recipient, "recipient", phone, "phone")?),
+    };
     let body = one_of(wire.body, "body", wire.message_body, "message_body")?;
-    let (recipient_field, recipient) = recipient;
-    if !is_e164(&recipient) {
+    if let Some((recipient_field, recipient)) = &recipient
+        && !is_e164(recipient)
+    {
         return Err(Refusal::bad_request(
             recipient_field,
-            &recipient,
+            recipient,
             format!("'{recipient_field}' is not an E.164 phone number (+ and 7 to 15 digits)"),
         ));
     }
     let (body_field, body) = body;
-    let chars = body.chars().count();
-    if !(1..=MAX_BODY_CHARS).contains(&chars) {
-        return Err(Refusal::bad_request(
-            body_field,
-            &body,
-            format!("'{body_field}' has {chars} characters, expected 1 to {MAX_BODY_CHARS}"),
-        ));
-    }
+    check_body(&body, recipient.is_some())
+        .map_err(|err| length_refusal(body_field, &body, &err))?;
+    let email_body = match (wire.email_body, &wire.email) {
+        (Some(text), None) => {
+            return Err(Refusal::bad_request(
+                "email_body",
+                &text,
+                "'email_body' is the e-mail channel's text: the message needs an 'email'",
+            ));
+        }
+        (Some(text), Some(_)) => {
+            check_body(&text, false).map_err(|err| length_refusal("email_body", &text, &err))?;
+            Some(text)
+        }
+        (None, _) => None,
+    };
     let topic = wire
         .topic_name
         .map(|topic| checked_topic(topic, "topic_name"))
@@ -164,8 +187,9 @@ fn message(raw: &RawValue) -> Result<Incoming, Refusal> {
         .transpose()?;
     Ok(Incoming {
         topic,
-        recipient,
+        recipient: recipient.map(|(_, recipient)| recipient),
         body,
+        email_body,
         key,
         partition: wire.partition,
         metadata: Metadata {
@@ -175,6 +199,23 @@ fn message(raw: &RawValue) -> Result<Incoming, Refusal> {
             customer_id,
         },
     })
+}
+
+/// A refusal of a text of the wrong length, in field `name`, with the
+/// limit for the message's addresses.
+fn length_refusal(name: &'static str, text: &str, err: &DecodeError) -> Refusal {
+    let why = match err {
+        DecodeError::InvalidBodyLength(chars) => format!(
+            "'{name}' has {chars} characters, expected 1 to {} (one SMS)",
+            crate::message::MAX_BODY_CHARS
+        ),
+        DecodeError::InvalidEmailBodyLength(_, chars) => format!(
+            "'{name}' has {chars} characters, expected 1 to {} for an e-mail",
+            crate::message::MAX_EMAIL_BODY_CHARS
+        ),
+        other => other.to_string(),
+    };
+    Refusal::bad_request(name, text, why)
 }
 
 /// The one of two synonymous fields the message gives.
@@ -267,8 +308,8 @@ mod tests {
         )
         .expect("valid");
         assert_eq!(
-            (ours.recipient.as_str(), ours.body.as_str()),
-            ("+4915112345678", "Flood warning")
+            (ours.recipient.as_deref(), ours.body.as_str()),
+            (Some("+4915112345678"), "Flood warning")
         );
         assert_eq!((theirs.recipient, theirs.body), (ours.recipient, ours.body));
         assert_eq!(theirs.topic.as_deref(), Some("alerts"));
@@ -331,6 +372,46 @@ mod tests {
         let unknown = single(r#"{"recipient": "+4915112345678", "body": "x", "colour": 1}"#)
             .expect_err("unknown field");
         assert!(unknown.error.contains("colour"), "{}", unknown.error);
+    }
+
+    #[test]
+    fn an_email_alone_may_carry_a_longer_text() {
+        let long = "a".repeat(1_000);
+        let mail = single(&format!(
+            r#"{{"email": "a@example.org", "message_body": "{long}"}}"#
+        ))
+        .expect("an e-mail address is address enough");
+        assert_eq!((mail.recipient, mail.body.len()), (None, 1_000));
+        let too_long = single(&format!(
+            r#"{{"email": "a@example.org", "body": "{long}a"}}"#
+        ))
+        .expect_err("over the e-mail limit");
+        assert_eq!(too_long.field, "body");
+        assert!(
+            too_long.error.contains("1001 characters"),
+            "{}",
+            too_long.error
+        );
+        let sms = single(&format!(
+            r#"{{"phone": "+4915112345678", "email": "a@example.org", "body": "{}"}}"#,
+            "a".repeat(101)
+        ))
+        .expect_err("a phone number keeps the body to one SMS");
+        assert!(sms.error.contains("one SMS"), "{}", sms.error);
+        let both = single(&format!(
+            r#"{{"phone": "+4915112345678", "email": "a@example.org", "body": "Flood",
+                 "email_body": "{long}"}}"#
+        ))
+        .expect("the e-mail's own text");
+        assert_eq!(both.email_body.map(|t| t.len()), Some(1_000));
+        let orphan = single(r#"{"phone": "+4915112345678", "body": "x", "email_body": "y"}"#)
+            .expect_err("email_body without an email");
+        assert_eq!(
+            (orphan.field.as_str(), orphan.value.as_str()),
+            ("email_body", "y")
+        );
+        let nowhere = single(r#"{"body": "x"}"#).expect_err("no address");
+        assert_eq!(nowhere.field, "recipient");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use super::fingerprint;
 use super::queues::{Queue, QueueError};
 use super::request::Incoming;
 use super::{App, IDEMPOTENCY_HEADER};
-use crate::message::{Message, now_ms};
+use crate::message::{field, now_ms};
 use crate::routing::partition_of_key;
 use crate::store::{IdempotencyRecord, IdempotencyScope, Ingested, Ingester, StoreError};
 
@@ -254,7 +254,8 @@ fn over_backlog(app: &App, queue: &Queue) -> Result<(), Refusal> {
 }
 
 /// The partition a message goes to: its explicit one, else by its key,
-/// else by its recipient, as `produce` routes.
+/// else by its recipient (phone number, else e-mail address), as `produce`
+/// routes.
 fn partition_for(incoming: &Incoming, partitions: u32) -> Result<u32, Refusal> {
     match (incoming.partition, &incoming.key) {
         (Some(partition), _) if partition >= partitions => Err(Refusal::bad_request(
@@ -267,20 +268,28 @@ fn partition_for(incoming: &Incoming, partitions: u32) -> Result<u32, Refusal> {
         )),
         (Some(partition), _) => Ok(partition),
         (None, Some(key)) => Ok(partition_of_key(key.as_bytes(), partitions)),
-        (None, None) => Ok(partition_of_key(incoming.recipient.as_bytes(), partitions)),
+        (None, None) => {
+            let address = incoming
+                .recipient
+                .as_deref()
+                .or(incoming.metadata.email.as_deref())
+                .unwrap_or_default();
+            Ok(partition_of_key(address.as_bytes(), partitions))
+        }
     }
 }
 
 /// The stream fields of a message: the producer's, then what travels with it.
 fn fields_of(incoming: &Incoming, created_ms: u64) -> Vec<(&'static str, String)> {
-    let message = Message {
-        recipient: incoming.recipient.clone(),
-        body: incoming.body.clone(),
-        created_ms,
-        // The e-mail address travels with the metadata's fields.
-        email: None,
-    };
-    let mut fields = message.to_fields();
+    let mut fields = Vec::with_capacity(8);
+    if let Some(recipient) = &incoming.recipient {
+        fields.push((field::RECIPIENT, recipient.clone()));
+    }
+    fields.push((field::BODY, incoming.body.clone()));
+    fields.push((field::CREATED_MS, created_ms.to_string()));
+    if let Some(text) = &incoming.email_body {
+        fields.push((field::EMAIL_BODY, text.clone()));
+    }
     fields.extend(
         incoming
             .metadata
@@ -449,8 +458,9 @@ mod tests {
     fn incoming(recipient: &str, key: Option<&str>, partition: Option<u32>) -> Incoming {
         Incoming {
             topic: None,
-            recipient: recipient.to_owned(),
+            recipient: Some(recipient.to_owned()),
             body: "hello".to_owned(),
+            email_body: None,
             key: key.map(str::to_owned),
             partition,
             metadata: Metadata::default(),
