@@ -50,9 +50,30 @@ async fn chromium(url: &str, args: &[&str]) -> String {
 
 /// The text of the element carrying `data-field="name"` in `dom`.
 fn shown(dom: &str, name: &str) -> String {
-    let marker = format!("data-field=\"{name}\"");
+    text_at(dom, &format!("data-field=\"{name}\""))
+}
+
+/// The text of the element with `id="name"` in `dom`.
+fn text_of_id(dom: &str, name: &str) -> String {
+    text_at(dom, &format!("id=\"{name}\""))
+}
+
+/// The answer to a requeue request of `body`.
+async fn requeue(server: &Server, body: &str, auth: (&str, &str)) -> common::http::Answer {
+    server
+        .request(
+            "POST",
+            "/api/v1/dead/requeue",
+            Some(body.to_owned()),
+            &[auth],
+        )
+        .await
+}
+
+/// The text of the element whose tag holds `marker`.
+fn text_at(dom: &str, marker: &str) -> String {
     let start = dom
-        .find(&marker)
+        .find(marker)
         .unwrap_or_else(|| panic!("no {marker} in the page"));
     let rest = &dom[start..];
     let text = &rest[rest.find('>').expect("tag ends") + 1..];
@@ -61,7 +82,12 @@ fn shown(dom: &str, name: &str) -> String {
 
 /// The texts of the cells of the row carrying `data-channel="name"` in `dom`.
 fn channel_row(dom: &str, name: &str) -> Vec<String> {
-    let marker = format!("data-channel=\"{name}\"");
+    row_of(dom, "channel", name)
+}
+
+/// The texts of the cells of the row carrying `data-<attribute>="name"`.
+fn row_of(dom: &str, attribute: &str, name: &str) -> Vec<String> {
+    let marker = format!("data-{attribute}=\"{name}\"");
     let start = dom
         .find(&marker)
         .unwrap_or_else(|| panic!("no {marker} in the page"));
@@ -137,12 +163,17 @@ async fn the_dashboard_shows_what_the_api_reports() {
         .await;
     assert_eq!(posted.status, 201, "{posted:?}");
 
-    // Half the sends fail and one attempt is all they get: dead letters.
+    // Half the sends fail and one attempt is all they get: dead letters, on
+    // both channels. Each channel's senders go through a gateway of its own.
     let mut sender_settings = send_settings("dash-a", 1, 0.5);
     sender_settings.max_attempts = 1;
+    sender_settings.gateway.name = "gw-sms".to_owned();
     let sender = RunningSender::start(&store, sender_settings);
     let email = store.for_channel("email").expect("an email channel");
-    let mailer = RunningSender::start(&email, send_settings("dash-mail", 1, 0.0));
+    let mut mailer_settings = send_settings("dash-mail", 2, 0.5);
+    mailer_settings.max_attempts = 1;
+    mailer_settings.gateway.name = "gw-mail".to_owned();
+    let mailer = RunningSender::start(&email, mailer_settings);
     wait_until(
         "every message is settled",
         Duration::from_secs(30),
@@ -235,6 +266,56 @@ async fn the_dashboard_shows_what_the_api_reports() {
     assert!(dom.contains("tx-"), "dead letters show the transaction id");
     assert!(dom.contains("dash-a"), "the sender is listed");
 
+    // Gateways: their senders' figures added up, as /api/v1/stats has them.
+    let senders = stats["senders"].as_array().expect("senders");
+    for (gateway, channel) in [("gw-sms", "sms"), ("gw-mail", "email")] {
+        let cells = row_of(&dom, "gateway", gateway);
+        let of_gateway: Vec<&Value> = senders.iter().filter(|s| s["gateway"] == gateway).collect();
+        assert_eq!(of_gateway.len(), 1, "{gateway}'s sender: {stats}");
+        assert_eq!(cells[..3], [gateway, channel, "1"], "{gateway}: {cells:?}");
+        for (column, cell) in ["sent", "failed", "dead", "pending"]
+            .iter()
+            .zip(&cells[3..7])
+        {
+            assert_eq!(
+                cell,
+                &of_gateway[0][column].to_string(),
+                "{gateway} {column}: {cells:?}"
+            );
+        }
+    }
+    let not_closed = senders
+        .iter()
+        .filter(|s| s["breaker"].as_str().is_some_and(|b| b != "closed"))
+        .count();
+    assert_eq!(
+        text_of_id(&dom, "open-breakers"),
+        not_closed.to_string(),
+        "breakers not closed"
+    );
+    // Dead letters by reason, per channel: both channels lost some.
+    for (name, report) in channels {
+        let died = report["dead_by_reason"]["max_attempts"]
+            .as_u64()
+            .unwrap_or(0);
+        assert!(died > 0, "channel {name} has dead letters: {stats}");
+        let cells = row_of(&dom, "reason", &format!("{name}/max_attempts"));
+        assert_eq!(
+            cells[..3],
+            [name.as_str(), "max_attempts", &died.to_string()]
+        );
+    }
+    let dead_channels: Vec<&str> = dead["dead_letters"]
+        .as_array()
+        .expect("dead letters")
+        .iter()
+        .filter_map(|letter| letter["channel"].as_str())
+        .collect();
+    assert!(
+        dead_channels.contains(&"sms") && dead_channels.contains(&"email"),
+        "dead letters of both channels, each named: {dead_channels:?}"
+    );
+
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
     let shot = format!("--screenshot={}", screenshot.display());
     chromium(&url, &[&shot, "--window-size=1280,1250"]).await;
@@ -247,27 +328,35 @@ async fn the_dashboard_shows_what_the_api_reports() {
 
     // The requeue button's endpoint checks what it is given, then moves the
     // dead letters back.
-    let bogus = server
-        .request(
-            "POST",
-            "/api/v1/dead/requeue",
-            Some(r#"{"reason": "bogus"}"#.to_owned()),
-            &[auth],
-        )
-        .await;
+    let bogus = requeue(&server, r#"{"reason": "bogus"}"#, auth).await;
     assert_eq!(
         (bogus.status, bogus.body["field"].as_str()),
         (400, Some("reason"))
     );
-    let requeued = server
-        .request(
-            "POST",
-            "/api/v1/dead/requeue",
-            Some(r#"{"reason": "max_attempts"}"#.to_owned()),
-            &[auth],
-        )
-        .await;
+    let requeued = requeue(&server, r#"{"reason": "max_attempts"}"#, auth).await;
     assert_eq!(requeued.status, 200, "{requeued:?}");
     assert_eq!(requeued.body["requeued"], stats["dead"]);
+    let unknown = requeue(
+        &server,
+        r#"{"reason": "max_attempts", "channel": "fax"}"#,
+        auth,
+    )
+    .await;
+    assert_eq!(
+        (unknown.status, unknown.body["value"].as_str()),
+        (400, Some("fax")),
+        "{unknown:?}"
+    );
+    let mails = requeue(
+        &server,
+        r#"{"reason": "max_attempts", "channel": "email"}"#,
+        auth,
+    )
+    .await;
+    assert_eq!(mails.status, 200, "{mails:?}");
+    assert_eq!(
+        mails.body["requeued"], channels["email"]["dead"],
+        "the email channel's own dead letters"
+    );
     server.stop().await;
 }

@@ -2,9 +2,10 @@
 //! reads `/api/v1/stats` and `/api/v1/dead` every second and shows totals,
 //! each channel's progress (one row per channel, from the report's
 //! `channels`; the report itself for a queue of one channel), rates,
-//! send-time percentiles, queue ages, senders, partitions and dead letters
-//! by reason, each reason with a button that requeues them. No build step
-//! and no assets beyond the page, which is compiled in.
+//! send-time percentiles, queue ages, gateways (their senders' figures
+//! added up, and their breakers), senders, partitions and each channel's
+//! dead letters by reason, each with a button that requeues them. No build
+//! step and no assets beyond the page, which is compiled in.
 //!
 //! The page itself holds no data, so it is served without the API token;
 //! its requests carry the token given after `#token=` in its address (a
@@ -41,10 +42,22 @@ pub(super) async fn page() -> Response {
         .into_response()
 }
 
-/// `GET /api/v1/dead`: the newest dead letters of the server's own queue.
+/// `GET /api/v1/dead`: the newest dead letters of each channel of the
+/// server's own queue, each with its `channel`.
 pub(super) async fn dead_letters(State(app): State<Arc<App>>) -> Response {
     let store = app.queues.home().store();
-    match within(&app, dead::list(&store, None, DEAD_SHOWN)).await {
+    let every = async {
+        let mut shown = Vec::new();
+        for channel in store.every_channel() {
+            for letter in dead::list(&channel, None, DEAD_SHOWN).await? {
+                let mut row = serde_json::to_value(letter).unwrap_or_default();
+                row["channel"] = serde_json::Value::from(channel.group());
+                shown.push(row);
+            }
+        }
+        Ok::<_, crate::store::StoreError>(shown)
+    };
+    match within(&app, every).await {
         Ok(Ok(letters)) => answer::json(
             StatusCode::OK,
             &serde_json::json!({ "dead_letters": letters }),
@@ -60,10 +73,13 @@ pub(super) async fn dead_letters(State(app): State<Arc<App>>) -> Response {
 struct RequeueRequest {
     /// Every dead letter with this reason.
     reason: String,
+    /// Of this channel; the queue's first when not given.
+    channel: Option<String>,
 }
 
-/// `POST /api/v1/dead/requeue` `{"reason": "..."}`: moves the dead letters
-/// with that reason back into the stream, as `dead requeue --reason` does.
+/// `POST /api/v1/dead/requeue` `{"reason": "...", "channel"?: "..."}`:
+/// moves the channel's dead letters with that reason back into the stream,
+/// for that channel alone, as `dead requeue --reason --channel` does.
 pub(super) async fn requeue(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
@@ -87,12 +103,24 @@ pub(super) async fn requeue(
             return Refusal::bad_request(
                 "reason",
                 "",
-                format!("expected {{\"reason\": \"...\"}}: {err}"),
+                format!("expected {{\"reason\": \"...\", \"channel\"?: \"...\"}}: {err}"),
             )
             .into_response();
         }
     };
-    let store = app.queues.home().store();
+    let home = app.queues.home().store();
+    let store = match request
+        .channel
+        .as_deref()
+        .map(|name| home.for_channel(name))
+    {
+        None => home,
+        Some(Ok(store)) => store,
+        Some(Err(err)) => {
+            let name = request.channel.as_deref().unwrap_or_default();
+            return Refusal::bad_request("channel", name, err.to_string()).into_response();
+        }
+    };
     let selection = Selection::Reason(request.reason);
     match within(&app, dead::requeue(&store, &selection)).await {
         Ok(Ok(report)) => answer::json(StatusCode::OK, &report),
