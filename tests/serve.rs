@@ -575,3 +575,81 @@ async fn other_queues_by_topic_and_a_flushed_queue_stops_the_server() {
         "{err}"
     );
 }
+
+/// Reads from `stream` until the server closes it or `deadline` passes;
+/// what arrived, and whether it was closed.
+async fn read_until_closed(
+    stream: &mut tokio::net::TcpStream,
+    deadline: Duration,
+) -> (String, bool) {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = tokio::time::timeout(deadline, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .is_ok();
+    (String::from_utf8_lossy(&got).into_owned(), closed)
+}
+
+#[tokio::test]
+async fn a_client_that_trickles_its_request_is_cut_off() {
+    use tokio::io::AsyncWriteExt;
+    let redis = start_redis().await;
+    let store = opened_queue(&redis.url, "slowloris", 1).await;
+    let settings = ServeSettings {
+        client_timeout: Duration::from_millis(500),
+        ..ServeSettings::default()
+    };
+    let server = Server::start(&store, settings).await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+
+    // A head that never ends: the connection is closed.
+    let mut head = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connects");
+    head.write_all(b"POST /api/v1/produce HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .expect("writes");
+    let started = std::time::Instant::now();
+    let (_, closed) = read_until_closed(&mut head, Duration::from_secs(10)).await;
+    assert!(
+        closed,
+        "the server closed a connection whose head never ended"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "not before the timeout"
+    );
+
+    // A body that never ends: 408, naming the limit.
+    let mut body = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connects");
+    body.write_all(
+        b"POST /api/v1/produce HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 100\r\n\r\n{\"recipient\": ",
+    )
+    .await
+    .expect("writes");
+    let (answer, closed) = read_until_closed(&mut body, Duration::from_secs(10)).await;
+    assert!(closed, "the connection ends after the answer: {answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("--client-timeout 500ms"), "{answer}");
+
+    // Clients that send in time are served as ever.
+    let posted = server.post(&message(1).to_string(), &[JSON]).await;
+    assert_eq!(posted.status, 201, "{posted:?}");
+    assert_eq!(
+        entries(&redis, &store).await,
+        1,
+        "only the prompt request landed"
+    );
+    server.stop().await;
+}

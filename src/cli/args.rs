@@ -18,11 +18,11 @@ use crate::embedded::Persistence;
 use crate::settings::{
     self, DEFAULT_ALERT_HELD_BACK, DEFAULT_BATCH, DEFAULT_BENCH_MESSAGES,
     DEFAULT_BENCH_RECLAIM_PENDING, DEFAULT_BENCH_RETENTION, DEFAULT_BENCH_SIMULATION,
-    DEFAULT_CONCURRENCY, DEFAULT_COUNT, DEFAULT_DEAD_LIMIT, DEFAULT_GATEWAY,
-    DEFAULT_IDEMPOTENCY_TTL, DEFAULT_INTERVAL, DEFAULT_LEASE, DEFAULT_LISTEN, DEFAULT_LOG_KEEP,
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_MEAN, DEFAULT_PREFIX,
-    DEFAULT_PRUNE_IDLE, DEFAULT_REDIS_URL, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF,
-    DEFAULT_SHUTDOWN_TIMEOUT, Distribution, LogFormat, LogRotation, check,
+    DEFAULT_CLIENT_TIMEOUT, DEFAULT_CONCURRENCY, DEFAULT_COUNT, DEFAULT_DEAD_LIMIT,
+    DEFAULT_GATEWAY, DEFAULT_IDEMPOTENCY_TTL, DEFAULT_INTERVAL, DEFAULT_LEASE, DEFAULT_LISTEN,
+    DEFAULT_LOG_KEEP, DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_BATCH, DEFAULT_MAX_BODY, DEFAULT_MEAN,
+    DEFAULT_PREFIX, DEFAULT_PRUNE_IDLE, DEFAULT_REDIS_URL, DEFAULT_REQUEST_TIMEOUT,
+    DEFAULT_RETRY_BACKOFF, DEFAULT_SHUTDOWN_TIMEOUT, Distribution, LogFormat, LogRotation, check,
 };
 
 /// A duration option's value: shown in `--help` as it is written (`200ms`).
@@ -585,6 +585,12 @@ pub struct ServeArgs {
     #[arg(long, env = "SMS_REQUEST_TIMEOUT", value_parser = span(check::positive_duration),
           allow_hyphen_values = true, default_value_t = DEFAULT_REQUEST_TIMEOUT.into())]
     pub request_timeout: Span,
+    /// How long a client has to send a request's head, and then its body; a
+    /// slower one is cut off (its connection closed, or 408 for a body), so
+    /// that clients trickling bytes cannot hold connections open.
+    #[arg(long, env = "SMS_CLIENT_TIMEOUT", value_parser = span(check::positive_duration),
+          allow_hyphen_values = true, default_value_t = DEFAULT_CLIENT_TIMEOUT.into())]
+    pub client_timeout: Span,
 }
 
 /// Options of `monitor`.

@@ -164,6 +164,7 @@ fn serve(args: ServeArgs, env: &Env) -> Result<ServeSettings, SettingsError> {
         max_lag: args.max_lag,
         api_token,
         request_timeout: args.request_timeout.into(),
+        client_timeout: args.client_timeout.into(),
         channels: args.channels,
     })
 }

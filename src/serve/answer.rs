@@ -52,6 +52,11 @@ impl Refusal {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, reason)
     }
 
+    /// 408: the client took too long to send the body.
+    pub(super) fn too_slow(reason: impl Into<String>) -> Self {
+        Self::new(StatusCode::REQUEST_TIMEOUT, reason)
+    }
+
     /// 415: the body is not JSON.
     pub(super) fn not_json(reason: impl Into<String>) -> Self {
         Self::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, reason)

@@ -6,7 +6,8 @@
 //! The layout: `request.rs` reads and checks a body, `write.rs` routes the
 //! messages and writes them once per idempotency key, `answer.rs` turns
 //! outcomes into statuses and JSON, `queues.rs` keeps the queues a request
-//! may name, `auth.rs` checks the bearer token. Every answer is JSON, and
+//! may name, `auth.rs` checks the bearer token, `connections.rs` accepts
+//! connections and bounds how long a client may take to send a request. Every answer is JSON, and
 //! none is a 2xx with an error inside.
 //!
 //! Shutdown: once `shutdown` fires, requests that arrive get 503, those in
@@ -17,6 +18,7 @@
 
 mod answer;
 mod auth;
+mod connections;
 mod dashboard;
 mod fingerprint;
 mod queues;
@@ -145,17 +147,19 @@ pub async fn run(
         started: Instant::now(),
     });
     tracing::info!(%addr, queue = %app.queues.home().topic, "serving the HTTP API");
-    let draining = stopping.clone();
-    let serving = axum::serve(listener, router(app.clone()))
-        .with_graceful_shutdown(async move { draining.cancelled().await });
+    let serving = connections::accept_until(
+        listener,
+        router(app.clone()),
+        app.settings.client_timeout,
+        stopping.clone(),
+    );
     // A client that never finishes its request must not hold the server
     // open: requests get as long as a write may take, and a second more.
     let drain = app.settings.request_timeout + Duration::from_secs(1);
-    let served = tokio::select! {
-        served = serving => served,
+    tokio::select! {
+        () = serving => {}
         () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
             tracing::warn!(after = ?drain, "requests still open at shutdown; closing them");
-            Ok(())
         }
     };
     app.queues.stop().await;
@@ -167,7 +171,7 @@ pub async fn run(
     if let Some(err) = damage {
         return Err(ServeError::Store(err));
     }
-    served.map_err(|source| ServeError::Listen { addr, source })
+    Ok(())
 }
 
 fn router(app: Arc<App>) -> Router {
@@ -188,6 +192,10 @@ fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            connections::body_in_time,
+        ))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             refuse_when_stopping,

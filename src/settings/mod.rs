@@ -62,6 +62,9 @@ pub const DEFAULT_MAX_BODY: usize = 2 * 1024 * 1024;
 pub const DEFAULT_IDEMPOTENCY_TTL: Duration = Duration::from_secs(24 * 3600);
 /// Default time an API write may wait for Redis before the request gets 503.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default time an HTTP client has to send a request's head, and then its
+/// body.
+pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A bad setting. Every one is a usage error: exit code 2.
 #[derive(Debug, Error)]
@@ -437,6 +440,9 @@ pub struct ServeSettings {
     pub api_token: Option<String>,
     /// How long a write may wait for Redis before the request gets 503.
     pub request_timeout: Duration,
+    /// How long a client has to send a request's head (else the connection
+    /// is closed), and then its body (else 408).
+    pub client_timeout: Duration,
     /// Channels the queue must have, added at boot when it lacks them.
     pub channels: Vec<crate::channel::Channel>,
 }
@@ -451,6 +457,7 @@ impl std::fmt::Debug for ServeSettings {
             .field("max_lag", &self.max_lag)
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
             .field("request_timeout", &self.request_timeout)
+            .field("client_timeout", &self.client_timeout)
             .field("channels", &self.channels)
             .finish()
     }
@@ -466,6 +473,7 @@ impl Default for ServeSettings {
             max_lag: None,
             api_token: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            client_timeout: DEFAULT_CLIENT_TIMEOUT,
             channels: Vec::new(),
         }
     }
