@@ -177,6 +177,21 @@ async fn every_refusal_has_its_status_and_names_what_is_wrong() {
         (beyond.status, beyond.body["field"].as_str()),
         (400, Some("partition"))
     );
+    let mistyped = server
+        .post(
+            r#"{"recipient": "+4915112345678", "body": "x", "partition": "two"}"#,
+            &[JSON],
+        )
+        .await;
+    assert_eq!(
+        (
+            mistyped.status,
+            mistyped.body["field"].as_str(),
+            mistyped.body["value"].as_str()
+        ),
+        (400, Some("partition"), Some("\"two\"")),
+        "{mistyped:?}"
+    );
 
     let four: Vec<Value> = (0..4).map(message).collect();
     let too_many = server

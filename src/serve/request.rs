@@ -127,8 +127,9 @@ fn message(raw: &RawValue) -> Result<Incoming, Refusal> {
             "a message must be a JSON object",
         ));
     }
-    let wire: WireMessage = serde_json::from_str(raw.get())
-        .map_err(|err| Refusal::bad_request("", "", format!("invalid message: {err}")))?;
+    let wire: WireMessage =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_str(raw.get()))
+            .map_err(|err| type_refusal(raw, &err))?;
     let recipient = match (wire.recipient, wire.phone, &wire.email) {
         (None, None, Some(_)) => None,
         (None, None, None) => {
@@ -216,6 +217,30 @@ fn length_refusal(name: &'static str, text: &str, err: &DecodeError) -> Refusal 
         other => other.to_string(),
     };
     Refusal::bad_request(name, text, why)
+}
+
+/// The refusal of a message serde could not read: the field at fault and
+/// its value as the client wrote it, when the fault lies in one field (a
+/// wrong type); none for an unknown field, which the error names.
+fn type_refusal(raw: &RawValue, err: &serde_path_to_error::Error<serde_json::Error>) -> Refusal {
+    let path = err.path().to_string();
+    let (field, value) = match path.as_str() {
+        "." | "" => (String::new(), String::new()),
+        field => {
+            let value =
+                serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(raw.get())
+                    .ok()
+                    .and_then(|fields| fields.get(field).map(ToString::to_string))
+                    .unwrap_or_default();
+            (field.to_owned(), value)
+        }
+    };
+    let why = if field.is_empty() {
+        format!("invalid message: {}", err.inner())
+    } else {
+        format!("invalid message: '{field}': {}", err.inner())
+    };
+    Refusal::bad_request(&field, &value, why)
 }
 
 /// The one of two synonymous fields the message gives.
@@ -372,6 +397,45 @@ mod tests {
         let unknown = single(r#"{"recipient": "+4915112345678", "body": "x", "colour": 1}"#)
             .expect_err("unknown field");
         assert!(unknown.error.contains("colour"), "{}", unknown.error);
+        for (body, field, value) in [
+            (
+                r#"{"recipient": "+4915112345678", "body": "x", "partition": "two"}"#,
+                "partition",
+                "\"two\"",
+            ),
+            (
+                r#"{"recipient": "+4915112345678", "body": "x", "partition": -1}"#,
+                "partition",
+                "-1",
+            ),
+            (
+                r#"{"recipient": 4915112345678, "body": "x"}"#,
+                "recipient",
+                "4915112345678",
+            ),
+            (
+                r#"{"recipient": "+4915112345678", "body": ["x"]}"#,
+                "body",
+                "[\"x\"]",
+            ),
+        ] {
+            let refusal = single(body).expect_err(body);
+            assert_eq!(
+                (
+                    refusal.status,
+                    refusal.field.as_str(),
+                    refusal.value.as_str()
+                ),
+                (400, field, value),
+                "{body}: {}",
+                refusal.error
+            );
+            assert!(
+                refusal.error.contains(&format!("'{field}'")),
+                "{}",
+                refusal.error
+            );
+        }
     }
 
     #[test]
