@@ -1189,14 +1189,19 @@ end
   KEYS: 1 queue, 2 stream, 3 the channel's stats
   ARGV: 1 epoch, 2 group (the channel's name), 3 where a new group starts:
         '$' (the current end: messages already in the stream are not the
-        new channel's) or '0' (the entries the stream still holds)
+        new channel's) or '0' (the entries the stream still holds),
+        4 '1' when the queue records no channels yet, so that a group
+        without a stats hash is one from before channels, adopted with
+        empty counters; '0' when the list is recorded (absent: '1')
   Returns: 'created' or 'existing'.
   A new channel's stats hash records what came before it, for its
   reconciliation: base_added, the entries added to the stream that it will
   never see.
   A channel whose group is gone while its stats hash remains lost its
-  pending messages and its place in the stream: that is damage for
-  `repair`, refused here (creating it again would send or skip by guess).
+  pending messages and its place in the stream; one whose stats hash is
+  gone while its group remains (on a queue that records its channels) lost
+  its counts: both are damage, refused here (creating either again would
+  send, skip or count by guess).
 ]]
 local function sms_channel(keys, args)
   local queue, stream, chstats = keys[1], keys[2], keys[3]
@@ -1210,7 +1215,12 @@ local function sms_channel(keys, args)
     return redis.error_reply("ERR sms_channel: start " .. shown(start) .. " is not '$' or '0'")
   end
   if group_exists(stream, group) then
-    redis.call('HSETNX', chstats, 'sent', '0')
+    if key_type(chstats) == 'hash' then return 'existing' end
+    if args[4] == '0' then
+      return damaged(chstats .. ' is missing while the group ' .. group .. ' of ' .. stream ..
+                     ' remains: the channel\'s counts are lost')
+    end
+    redis.call('HSET', chstats, 'sent', '0')
     return 'existing'
   end
   if key_type(chstats) == 'hash' then return check_group(stream, group) end

@@ -404,3 +404,33 @@ async fn an_email_alone_goes_out_by_email_and_the_sms_channel_skips_it() {
     let report = audit::run(&store, 100).await.expect("audit");
     assert!(report.is_consistent(), "{}", report.to_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_whose_counters_are_gone_is_refused_not_refilled() {
+    let redis = start_redis().await;
+    let store = queue_with(&redis.url, "lost-counters", sms_and_email(), 1).await;
+    let counters = store.for_channel("email").expect("email").keys().stats();
+    let mut conn = common::raw(&redis.url).await;
+    let _: i64 = redis::cmd("DEL")
+        .arg(&counters)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+
+    let wanted = [Channel::parse("backup:sms").expect("a channel")];
+    let err = store
+        .ensure_channels(&wanted)
+        .await
+        .expect_err("a group without its counters is damage");
+    assert!(
+        matches!(err, sms_alerts::store::StoreError::Damaged(_))
+            && err.to_string().contains(&counters),
+        "{err}"
+    );
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&counters)
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert_eq!(exists, 0, "the counters were not made up anew");
+}

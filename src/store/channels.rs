@@ -183,12 +183,16 @@ impl Store {
 
     /// Gives this handle's partition channel `channel` (`sms_channel`):
     /// its group, starting at `start` when created now, and its counters.
+    /// With `adopt` (the queue records no channels yet), a group from
+    /// before channels without counters of its own gets empty ones;
+    /// otherwise a group whose counters are gone is refused as damaged.
     /// Returns whether it was created.
     pub(super) async fn add_channel(
         &self,
         channel: &Channel,
         is_first: bool,
         start: ChannelStart,
+        adopt: bool,
     ) -> Result<bool, StoreError> {
         const NAME: &str = "sms_channel";
         let keys = [
@@ -202,6 +206,7 @@ impl Store {
             self.epoch.as_bytes().to_vec(),
             channel.name.as_bytes().to_vec(),
             start.id().as_bytes().to_vec(),
+            if adopt { b"1".to_vec() } else { b"0".to_vec() },
         ];
         let reply = self.fcall(NAME, &keys, args).await?;
         Ok(text(NAME, reply)? == "created")
@@ -210,15 +215,16 @@ impl Store {
     /// Gives partitions `0..count` every channel of `channels` (the first
     /// `had` of which the queue had): partitions below `before` existed,
     /// so a channel new to them begins at `start`; the others are new and
-    /// empty, and every channel begins with them. Returns the names of the
-    /// channels created now.
+    /// empty, and every channel begins with them. `recorded`: whether the
+    /// queue records its channels (see [`Store::add_channel`]). Returns the
+    /// names of the channels created now.
     pub(super) async fn give_channels(
         &self,
         channels: &[Channel],
         had: usize,
-        before: u32,
-        count: u32,
+        (before, count): (u32, u32),
         start: ChannelStart,
+        recorded: bool,
     ) -> Result<Vec<String>, StoreError> {
         let mut added = Vec::new();
         for partition in 0..count {
@@ -230,7 +236,7 @@ impl Store {
             for (i, channel) in channels.iter().enumerate() {
                 let created = self
                     .partition(partition)
-                    .add_channel(channel, i == 0, start)
+                    .add_channel(channel, i == 0, start, !recorded)
                     .await?;
                 if created && i >= had && !added.contains(&channel.name) {
                     added.push(channel.name.clone());
@@ -251,8 +257,15 @@ impl Store {
             return Ok(Vec::new());
         }
         let count = self.partitions;
+        let recorded = self.partition(0).channels_recorded().await?;
         let added = self
-            .give_channels(&channels, had.len(), count, count, ChannelStart::End)
+            .give_channels(
+                &channels,
+                had.len(),
+                (count, count),
+                ChannelStart::End,
+                recorded,
+            )
             .await?;
         self.record_channels(&channels).await?;
         Ok(added)

@@ -173,7 +173,13 @@ impl Store {
         // Every partition gets every channel before the count or the list
         // names it, so no producer writes where a channel has no group yet.
         let added = opened
-            .give_channels(&channels, had.len(), before, wanted, options.channel_start)
+            .give_channels(
+                &channels,
+                had.len(),
+                (before, wanted),
+                options.channel_start,
+                recorded,
+            )
             .await?;
         opened.grow_partitions(wanted).await?;
         opened.record_channels(&channels).await?;
