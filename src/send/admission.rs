@@ -191,7 +191,7 @@ impl Admission {
             }
         };
         if let Some(breaker) = &mut self.breaker
-            && let Some(state) = breaker.record(failed, now)
+            && let Some(state) = breaker.record(failed, probe, now)
             && let Some(changes) = &self.changes
         {
             let _ = changes.send(state);

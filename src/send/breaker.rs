@@ -111,9 +111,15 @@ impl Breaker {
         }
     }
 
-    /// Takes the result of a send that started when `admit` said yes:
-    /// returns the new state when this result changed it.
-    pub(super) fn record(&mut self, failed: bool, now: Instant) -> Option<BreakerState> {
+    /// Takes the result of a send that started when `admit` said yes (a
+    /// `probe` when it said probe): returns the new state when this result
+    /// changed it.
+    pub(super) fn record(
+        &mut self,
+        failed: bool,
+        probe: bool,
+        now: Instant,
+    ) -> Option<BreakerState> {
         match self.state(now) {
             BreakerState::Closed => {
                 self.failures = if failed { self.failures + 1 } else { 0 };
@@ -122,6 +128,9 @@ impl Breaker {
                 }
                 None
             }
+            // A send started before the breaker opened, ending while it
+            // probes: old news, which must neither fail nor pass a probe.
+            BreakerState::HalfOpen if !probe => None,
             BreakerState::HalfOpen if failed => {
                 self.cooldown = (self.cooldown * 2).min(self.settings.max_cooldown);
                 Some(self.open(now))
@@ -171,14 +180,24 @@ mod tests {
         }
     }
 
+    /// A breaker opened by failures, and the moment its cool-down ends.
+    fn opened() -> (Breaker, Instant) {
+        let t = Instant::now();
+        let mut breaker = Breaker::new(settings(), t);
+        for _ in 0..3 {
+            breaker.record(true, false, t);
+        }
+        (breaker, t + Duration::from_secs(1))
+    }
+
     #[test]
     fn opens_after_failures_in_a_row_only() {
         let t = Instant::now();
         let mut breaker = Breaker::new(settings(), t);
         for failed in [true, true, false, true, true] {
-            assert_eq!(breaker.record(failed, t), None);
+            assert_eq!(breaker.record(failed, false, t), None);
         }
-        assert_eq!(breaker.record(true, t), Some(BreakerState::Open));
+        assert_eq!(breaker.record(true, false, t), Some(BreakerState::Open));
         assert_eq!(
             breaker.admit(t),
             Admit::NotUntil(Some(t + Duration::from_secs(1)))
@@ -187,12 +206,7 @@ mod tests {
 
     #[test]
     fn probes_after_the_cooldown_and_closes_when_they_pass() {
-        let t = Instant::now();
-        let mut breaker = Breaker::new(settings(), t);
-        for _ in 0..3 {
-            breaker.record(true, t);
-        }
-        let later = t + Duration::from_secs(1);
+        let (mut breaker, later) = opened();
         assert_eq!(breaker.state(later), BreakerState::HalfOpen);
         assert_eq!(breaker.admit(later), Admit::Probe);
         assert_eq!(breaker.admit(later), Admit::Probe);
@@ -201,19 +215,43 @@ mod tests {
             Admit::NotUntil(None),
             "two probes at most"
         );
-        assert_eq!(breaker.record(false, later), None);
-        assert_eq!(breaker.record(false, later), Some(BreakerState::Closed));
+        assert_eq!(breaker.record(false, true, later), None);
+        assert_eq!(
+            breaker.record(false, true, later),
+            Some(BreakerState::Closed)
+        );
         assert_eq!(breaker.admit(later), Admit::Yes);
     }
 
     #[test]
+    fn a_send_from_before_the_breaker_opened_is_no_probe() {
+        let (mut breaker, later) = opened();
+        assert_eq!(breaker.admit(later), Admit::Probe);
+        // Sends started while it was closed end now, passed or failed.
+        assert_eq!(breaker.record(false, false, later), None);
+        assert_eq!(breaker.record(false, false, later), None);
+        assert_eq!(breaker.record(true, false, later), None);
+        assert_eq!(
+            breaker.state(later),
+            BreakerState::HalfOpen,
+            "neither closed nor reopened"
+        );
+        assert_eq!(
+            breaker.admit(later),
+            Admit::Probe,
+            "the second probe's place is kept"
+        );
+        assert_eq!(breaker.admit(later), Admit::NotUntil(None));
+        assert_eq!(breaker.record(false, true, later), None);
+        assert_eq!(
+            breaker.record(false, true, later),
+            Some(BreakerState::Closed)
+        );
+    }
+
+    #[test]
     fn a_probe_that_tells_nothing_lets_another_probe() {
-        let t = Instant::now();
-        let mut breaker = Breaker::new(settings(), t);
-        for _ in 0..3 {
-            breaker.record(true, t);
-        }
-        let later = t + Duration::from_secs(1);
+        let (mut breaker, later) = opened();
         assert_eq!(breaker.admit(later), Admit::Probe);
         assert_eq!(breaker.admit(later), Admit::Probe);
         assert_eq!(breaker.admit(later), Admit::NotUntil(None));
@@ -230,13 +268,13 @@ mod tests {
         let t = Instant::now();
         let mut breaker = Breaker::new(settings(), t);
         for _ in 0..3 {
-            breaker.record(true, t);
+            breaker.record(true, false, t);
         }
         let mut now = t;
         for expected in [2, 4, 4] {
             now += Duration::from_secs(10);
             assert_eq!(breaker.admit(now), Admit::Probe);
-            assert_eq!(breaker.record(true, now), Some(BreakerState::Open));
+            assert_eq!(breaker.record(true, true, now), Some(BreakerState::Open));
             assert_eq!(
                 breaker.admit(now),
                 Admit::NotUntil(Some(now + Duration::from_secs(expected)))
@@ -246,10 +284,10 @@ mod tests {
         now += Duration::from_secs(10);
         breaker.admit(now);
         breaker.admit(now);
-        breaker.record(false, now);
-        breaker.record(false, now);
+        breaker.record(false, true, now);
+        breaker.record(false, true, now);
         for _ in 0..3 {
-            breaker.record(true, now);
+            breaker.record(true, false, now);
         }
         assert_eq!(
             breaker.admit(now),
