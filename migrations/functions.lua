@@ -1109,8 +1109,8 @@ end
   sent again by that channel only.
   KEYS: 1 queue, 2 stream, 3 the channel's dead stream, 4 stats (the queue's
         totals), 5 the channel's stats
-  ARGV: 1 epoch, 2 the channel ('' when the queue has only one: the entry
-        then carries no channel field), then dead-letter ids
+  ARGV: 1 epoch, 2 the channel ('' from callers that leave the entry
+        without a channel field), then dead-letter ids
   Returns: { requeued, id of each new stream entry ..., 'missing', ids not in
   the dead stream (or holding no message) ... }
   Each dead letter's original fields (those not starting 'dead_', and not an

@@ -434,3 +434,55 @@ async fn a_channel_whose_counters_are_gone_is_refused_not_refilled() {
         .expect("EXISTS");
     assert_eq!(exists, 0, "the counters were not made up anew");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_added_from_the_beginning_skips_the_requeued_copies() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("requeue-then-add");
+    let store = common::store_with(&redis.url, &prefix, &QueueOptions::default())
+        .await
+        .open()
+        .await
+        .expect("opens");
+    common::produce_n(&store, 5, 20).await;
+    // One attempt, always failing: all 20 dead, then requeued and sent.
+    let mut hopeless = send_settings("hopeless", 0, 1.0);
+    hopeless.max_attempts = 1;
+    let sender = RunningSender::start(&store, hopeless);
+    wait_until("all dead", DEADLINE, || async {
+        snapshot(&store).await.dead == 20
+    })
+    .await;
+    sender.stop().await;
+    let requeued = dead::requeue(&store, &Selection::Reason("max_attempts".to_owned()))
+        .await
+        .expect("requeues");
+    assert_eq!(requeued.requeued, 20);
+
+    let options = QueueOptions {
+        channels: vec![Channel::parse("backup:sms").expect("channel")],
+        channel_start: ChannelStart::Beginning,
+        ..QueueOptions::default()
+    };
+    store.migrate(&options).await.expect("adds backup");
+    let store = store.open().await.expect("reopens");
+    let backup = store.for_channel("backup").expect("backup");
+    let sender = RunningSender::start(&backup, send_settings("backup-1", 0, 0.0));
+    wait_until("the backup channel is done", DEADLINE, || async {
+        snapshot(&store)
+            .await
+            .channels
+            .get("backup")
+            .is_some_and(|c| c.pending == 0 && c.settled() == 40)
+    })
+    .await;
+    sender.stop().await;
+    let backup = &snapshot(&store).await.channels["backup"];
+    assert_eq!(
+        (backup.sent, backup.skipped),
+        (20, 20),
+        "each alert once: the originals sent, the copies requeued for sms skipped"
+    );
+    let report = audit::run(&store, 100).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+}

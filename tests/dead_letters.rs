@@ -376,9 +376,14 @@ async fn requeue_by_reason_moves_each_back_once_and_the_books_balance() {
             assert_eq!(fields.get(name), dead.get(name), "{name} of {id}");
         }
         assert_eq!(
+            fields.get("channel").map(String::as_str),
+            Some(store.group()),
+            "for its channel alone: {fields:?}"
+        );
+        assert_eq!(
             fields.len(),
-            4,
-            "only the message and requeued_from: {fields:?}"
+            5,
+            "only the message, requeued_from and channel: {fields:?}"
         );
     }
     let left: Vec<String> = malformed.iter().map(|(id, _)| id.clone()).collect();

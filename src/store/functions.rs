@@ -496,16 +496,12 @@ impl Operator {
             self.store.keys.totals(),
             self.store.keys.stats(),
         ];
-        // With one channel, nothing to tell other channels: the entry
-        // stays as a message from before channels would be.
-        let only = if self.store.channels.len() > 1 {
-            self.store.group()
-        } else {
-            ""
-        };
+        // Tagged even on a queue of one channel: a channel added later
+        // from the beginning sends the original entry, and must skip this
+        // copy.
         let mut args = Vec::with_capacity(2 + ids.len());
         args.push(self.store.epoch.as_bytes().to_vec());
-        args.push(only.as_bytes().to_vec());
+        args.push(self.store.group().as_bytes().to_vec());
         args.extend(ids.iter().map(|id| id.as_bytes().to_vec()));
         let mut reply = array(NAME, self.store.fcall(NAME, &keys, args).await?)?.into_iter();
         let requeued = int(NAME, reply.next().unwrap_or(Value::Nil))?.max(0) as u64;
