@@ -668,3 +668,44 @@ async fn a_client_that_trickles_its_request_is_cut_off() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn only_the_listed_topics_can_be_named() {
+    let redis = start_redis().await;
+    let store = opened_queue(&redis.url, "topics-home", 1).await;
+    let drills = opened_queue(&redis.url, "drills", 1).await;
+    let secret = opened_queue(&redis.url, "secret", 1).await;
+    let settings = ServeSettings {
+        topics: Some(vec![drills.prefix().to_owned()]),
+        ..ServeSettings::default()
+    };
+    let server = Server::start(&store, settings).await;
+    let to = |topic: &str| {
+        json!({"phone": "+4915112345678", "message_body": "x", "topic_name": topic}).to_string()
+    };
+    let listed = server.post(&to(drills.prefix()), &[JSON]).await;
+    assert_eq!(listed.status, 201, "{listed:?}");
+    let home = server.post(&to(store.prefix()), &[JSON]).await;
+    assert_eq!(home.status, 201, "the server's own queue: {home:?}");
+    let unlisted = server.post(&to(secret.prefix()), &[JSON]).await;
+    let missing = server.post(&to("no-such-queue"), &[JSON]).await;
+    assert_eq!(unlisted.status, 404, "{unlisted:?}");
+    assert_eq!(
+        unlisted.body["error"]
+            .as_str()
+            .map(|e| e.replace(secret.prefix(), "Q")),
+        missing.body["error"]
+            .as_str()
+            .map(|e| e.replace("no-such-queue", "Q")),
+        "an unlisted queue is answered as a missing one"
+    );
+    assert_eq!(
+        (
+            entries(&redis, &drills).await,
+            entries(&redis, &store).await,
+            entries(&redis, &secret).await
+        ),
+        (1, 1, 0)
+    );
+    server.stop().await;
+}

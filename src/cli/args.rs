@@ -549,6 +549,12 @@ pub struct SendArgs {
 /// Options of `serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// The only other queues (prefixes) a request may name in `topic_name`;
+    /// any other gets 404, as a queue that does not exist. [default: any queue
+    /// on this Redis]
+    #[arg(long, env = "SMS_TOPICS", value_delimiter = ',', value_parser = check::key_part,
+          value_name = "PREFIX,...")]
+    pub topics: Option<Vec<String>>,
     /// Channels the queue must have (as `migrate --channels`): those it lacks are
     /// added at boot, after the newest message. [default: the queue's]
     #[arg(long, env = "SMS_CHANNELS", value_delimiter = ',', value_parser = check::channel,

@@ -165,6 +165,7 @@ fn serve(args: ServeArgs, env: &Env) -> Result<ServeSettings, SettingsError> {
         api_token,
         request_timeout: args.request_timeout.into(),
         client_timeout: args.client_timeout.into(),
+        topics: args.topics,
         channels: args.channels,
     })
 }

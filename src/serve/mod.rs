@@ -139,7 +139,12 @@ pub async fn run(
         .map_or_else(|_| settings.listen.to_string(), |addr| addr.to_string());
     let stopping = shutdown.child_token();
     let app = Arc::new(App {
-        queues: Queues::new(store, settings.max_lag, stopping.clone()),
+        queues: Queues::new(
+            store,
+            settings.topics.clone(),
+            settings.max_lag,
+            stopping.clone(),
+        ),
         settings,
         stopping: stopping.clone(),
         damage: Mutex::new(None),

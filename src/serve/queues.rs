@@ -1,6 +1,6 @@
 //! The queues the API writes to: the server's own (`--prefix`) and any other
-//! a request names in `topic_name`, opened on first use over the same
-//! connections. Each is followed in the background: its partition count
+//! a request names in `topic_name` (of `--topics`, when given), opened on
+//! first use over the same connections. Each is followed in the background: its partition count
 //! (so messages route over partitions `migrate` adds while the server runs)
 //! and, with `--max-lag`, its backlog, which requests read without a round
 //! trip of their own.
@@ -185,6 +185,8 @@ pub(super) enum QueueError {
 pub(super) struct Queues {
     home: Arc<Queue>,
     others: Mutex<HashMap<String, Arc<Queue>>>,
+    /// The only other queues requests may name; `None`: any.
+    allowed: Option<Vec<String>>,
     max_lag: Option<u64>,
     shutdown: CancellationToken,
     /// The followers of the open queues.
@@ -192,12 +194,19 @@ pub(super) struct Queues {
 }
 
 impl Queues {
-    /// The registry around the server's own queue, `home` (opened).
-    pub(super) fn new(home: Store, max_lag: Option<u64>, shutdown: CancellationToken) -> Arc<Self> {
+    /// The registry around the server's own queue, `home` (opened); other
+    /// queues only of `allowed`, when given.
+    pub(super) fn new(
+        home: Store,
+        allowed: Option<Vec<String>>,
+        max_lag: Option<u64>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let followers = TaskTracker::new();
         Arc::new(Self {
             home: Self::follow(home, max_lag, &shutdown, &followers),
             others: Mutex::new(HashMap::new()),
+            allowed,
             max_lag,
             shutdown,
             followers,
@@ -222,13 +231,21 @@ impl Queues {
     }
 
     /// The queue named `topic` (the home queue for `None` or its own
-    /// name), opened on first use.
+    /// name), opened on first use. One not allowed is as one missing: a
+    /// client learns nothing of the queues it may not write to.
     pub(super) async fn get(&self, topic: Option<&str>) -> Result<Arc<Queue>, QueueError> {
         let topic = match topic {
             None => return Ok(self.home.clone()),
             Some(topic) if topic == self.home.topic => return Ok(self.home.clone()),
             Some(topic) => topic,
         };
+        if self
+            .allowed
+            .as_ref()
+            .is_some_and(|allowed| !allowed.iter().any(|name| name == topic))
+        {
+            return Err(QueueError::Missing);
+        }
         if let Some(queue) = self.lock_others().get(topic) {
             return Ok(queue.clone());
         }

@@ -443,6 +443,9 @@ pub struct ServeSettings {
     /// How long a client has to send a request's head (else the connection
     /// is closed), and then its body (else 408).
     pub client_timeout: Duration,
+    /// The only other queues a request may name in `topic_name`; `None`:
+    /// any queue on the same Redis.
+    pub topics: Option<Vec<String>>,
     /// Channels the queue must have, added at boot when it lacks them.
     pub channels: Vec<crate::channel::Channel>,
 }
@@ -458,6 +461,7 @@ impl std::fmt::Debug for ServeSettings {
             .field("api_token", &self.api_token.as_ref().map(|_| "***"))
             .field("request_timeout", &self.request_timeout)
             .field("client_timeout", &self.client_timeout)
+            .field("topics", &self.topics)
             .field("channels", &self.channels)
             .finish()
     }
@@ -474,6 +478,7 @@ impl Default for ServeSettings {
             api_token: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             client_timeout: DEFAULT_CLIENT_TIMEOUT,
+            topics: None,
             channels: Vec::new(),
         }
     }
