@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::message::{Message, RawFields};
+use crate::message::{Addressed, RawFields};
 use crate::store::{Store, StoreError, StreamEntry, id_order};
 
 /// Dead letters read per round trip.
@@ -300,7 +300,10 @@ fn choose(
         ));
         return;
     }
-    match Message::from_fields(&message) {
+    // The channel's senders' own rule: an e-mail alone, or a long e-mail
+    // text, is a valid message too.
+    let channel = store.channel();
+    match Addressed::from_fields(&message, &channel.name, channel.kind.address_field()) {
         Ok(_) => chosen.push(entry.id.clone()),
         Err(err) => report.skipped.push((
             shown(store, &entry.id),

@@ -486,3 +486,45 @@ async fn a_channel_added_from_the_beginning_skips_the_requeued_copies() {
     let report = audit::run(&store, 100).await.expect("audit");
     assert!(report.is_consistent(), "{}", report.to_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_alone_that_died_is_requeued_whole() {
+    let redis = start_redis().await;
+    let store = queue_with(&redis.url, "mail-requeue", sms_and_email(), 1).await;
+    let server = common::http::Server::start(&store, ServeSettings::default()).await;
+    let text = "m".repeat(1_000);
+    let posted = server
+        .post(
+            &json!({"email": "a@example.org", "message_body": text}).to_string(),
+            &[("Content-Type", "application/json")],
+        )
+        .await;
+    assert_eq!(posted.status, 201, "{posted:?}");
+    server.stop().await;
+    let email = store.for_channel("email").expect("an email channel");
+    let mut down = send_settings("mail-down", 0, 1.0);
+    down.max_attempts = 1;
+    let sender = RunningSender::start(&email, down);
+    wait_until("the e-mail died", DEADLINE, || async {
+        snapshot(&store).await.channels["email"].dead == 1
+    })
+    .await;
+    sender.stop().await;
+
+    let report = dead::requeue(&email, &Selection::Reason("max_attempts".to_owned()))
+        .await
+        .expect("requeues");
+    assert_eq!(
+        (report.requeued, report.skipped.len()),
+        (1, 0),
+        "an e-mail alone is a message: {report:?}"
+    );
+    let sender = RunningSender::start(&email, send_settings("mail-up", 0, 0.0));
+    wait_until("the e-mail went out", DEADLINE, || async {
+        snapshot(&store).await.channels["email"].sent == 1
+    })
+    .await;
+    sender.stop().await;
+    let report = audit::run(&store, 100).await.expect("audit");
+    assert!(report.is_consistent(), "{}", report.to_text());
+}
