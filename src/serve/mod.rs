@@ -159,8 +159,9 @@ pub async fn run(
         stopping.clone(),
     );
     // A client that never finishes its request must not hold the server
-    // open: requests get as long as a write may take, and a second more.
-    let drain = app.settings.request_timeout + Duration::from_secs(1);
+    // open: requests get as long as their body may take to arrive and a
+    // write may take, and a second more.
+    let drain = app.settings.client_timeout + app.settings.request_timeout + Duration::from_secs(1);
     tokio::select! {
         () = serving => {}
         () = async { stopping.cancelled().await; tokio::time::sleep(drain).await } => {
@@ -186,6 +187,12 @@ fn router(app: Arc<App>) -> Router {
         .route("/api/v1/stats", get(stats))
         .route("/api/v1/dead", get(dashboard::dead_letters))
         .route("/api/v1/dead/requeue", post(dashboard::requeue))
+        // Inside the token check: a client without the token gets its 401
+        // before the server reads (and holds) its body.
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            connections::body_in_time,
+        ))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             auth::require_token,
@@ -197,10 +204,6 @@ fn router(app: Arc<App>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .layer(DefaultBodyLimit::max(max_body))
-        .layer(middleware::from_fn_with_state(
-            app.clone(),
-            connections::body_in_time,
-        ))
         .layer(middleware::from_fn_with_state(
             app.clone(),
             refuse_when_stopping,
