@@ -12,7 +12,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 
-use super::breaker::{Admit, Breaker, BreakerState};
+use super::breaker::{Admit, Breaker, BreakerState, Round};
 use crate::settings::Outage;
 use crate::store::Outcome;
 
@@ -123,9 +123,9 @@ impl Admission {
     }
 
     /// Whether a send may start at `now`, and whether it is a probe of a
-    /// half-open breaker; when it may, it is counted (a token spent, a
-    /// probe started).
-    pub(super) fn admit(&mut self, now: Instant) -> Result<bool, Blocked> {
+    /// half-open breaker (of which round); when it may, it is counted (a
+    /// token spent, a probe started).
+    pub(super) fn admit(&mut self, now: Instant) -> Result<Option<Round>, Blocked> {
         if self.paused.load(Ordering::Relaxed) {
             return Err(Blocked::Paused);
         }
@@ -137,8 +137,8 @@ impl Admission {
             self.prepaid = 1;
         }
         let probe = match self.breaker.as_mut().map(|breaker| breaker.admit(now)) {
-            None | Some(Admit::Yes) => false,
-            Some(Admit::Probe) => true,
+            None | Some(Admit::Yes) => None,
+            Some(Admit::Probe(round)) => Some(round),
             Some(Admit::NotUntil(Some(at))) => return Err(Blocked::Until(at)),
             Some(Admit::NotUntil(None)) => return Err(Blocked::SendsEnd),
         };
@@ -179,13 +179,13 @@ impl Admission {
     /// of a half-open breaker): failures and successes move the breaker;
     /// anything else (throttled) is no news about the gateway's health,
     /// and a probe that ends so leaves its place to another.
-    pub(super) fn record(&mut self, outcome: Outcome, probe: bool, now: Instant) {
+    pub(super) fn record(&mut self, outcome: Outcome, probe: Option<Round>, now: Instant) {
         let failed = match outcome {
             Outcome::Failed | Outcome::ProbeFailed => true,
             Outcome::Sent => false,
             _ => {
-                if probe && let Some(breaker) = &mut self.breaker {
-                    breaker.release_probe();
+                if let (Some(round), Some(breaker)) = (probe, &mut self.breaker) {
+                    breaker.release_probe(round);
                 }
                 return;
             }
@@ -218,14 +218,14 @@ mod tests {
             tx,
         );
         let now = Instant::now();
-        assert_eq!(rules.admit(now), Ok(false));
-        assert_eq!(rules.admit(now), Ok(false));
+        assert_eq!(rules.admit(now), Ok(None));
+        assert_eq!(rules.admit(now), Ok(None));
         assert_eq!(rules.admit(now), Err(Blocked::Tokens));
         pool.add_permits(1);
         paused.store(true, Ordering::Relaxed);
         assert_eq!(rules.admit(now), Err(Blocked::Paused));
         paused.store(false, Ordering::Relaxed);
-        assert_eq!(rules.admit(now), Ok(false));
+        assert_eq!(rules.admit(now), Ok(None));
     }
 
     #[test]
@@ -250,17 +250,17 @@ mod tests {
             tx,
         );
         let now = Instant::now();
-        rules.record(Outcome::Failed, false, now);
+        rules.record(Outcome::Failed, None, now);
         assert_eq!(rx.try_recv(), Ok(BreakerState::Open));
         assert!(matches!(rules.admit(now), Err(Blocked::Until(_))));
         assert_eq!(pool.available_permits(), 0, "the token is kept for later");
         let later = now + Duration::from_secs(1);
         assert_eq!(
             rules.admit(later),
-            Ok(true),
+            Ok(Some(1)),
             "the probe uses the kept token"
         );
-        rules.record(Outcome::Sent, true, later);
+        rules.record(Outcome::Sent, Some(1), later);
         assert_eq!(rx.try_recv(), Ok(BreakerState::Closed));
     }
 

@@ -53,15 +53,21 @@ pub(super) struct Breaker {
     probing: u32,
     /// Probes that passed while half-open.
     passed: u32,
+    /// How many times it opened: a probe belongs to the half-open round
+    /// that let it through, and its result counts only in that round.
+    round: Round,
 }
+
+/// The number of a half-open round: the breaker's openings so far.
+pub(super) type Round = u64;
 
 /// What the breaker says about starting a send now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Admit {
     /// Send it.
     Yes,
-    /// Send it as a probe of the gateway (half-open).
-    Probe,
+    /// Send it as a probe of the gateway in this half-open round.
+    Probe(Round),
     /// Not before this moment (an open breaker's end), or `None` until a
     /// probe in progress ends.
     NotUntil(Option<Instant>),
@@ -78,6 +84,7 @@ impl Breaker {
             open_until: now,
             probing: 0,
             passed: 0,
+            round: 0,
         }
     }
 
@@ -105,19 +112,19 @@ impl Breaker {
             BreakerState::Open => Admit::NotUntil(Some(self.open_until)),
             BreakerState::HalfOpen if self.probing + self.passed < self.settings.probes => {
                 self.probing += 1;
-                Admit::Probe
+                Admit::Probe(self.round)
             }
             BreakerState::HalfOpen => Admit::NotUntil(None),
         }
     }
 
-    /// Takes the result of a send that started when `admit` said yes (a
-    /// `probe` when it said probe): returns the new state when this result
-    /// changed it.
+    /// Takes the result of a send that started when `admit` said yes (or
+    /// said probe, of round `probe`): returns the new state when this
+    /// result changed it.
     pub(super) fn record(
         &mut self,
         failed: bool,
-        probe: bool,
+        probe: Option<Round>,
         now: Instant,
     ) -> Option<BreakerState> {
         match self.state(now) {
@@ -128,9 +135,10 @@ impl Breaker {
                 }
                 None
             }
-            // A send started before the breaker opened, ending while it
-            // probes: old news, which must neither fail nor pass a probe.
-            BreakerState::HalfOpen if !probe => None,
+            // A send started before the breaker opened, or a probe of an
+            // earlier round, ending while it probes: old news, which must
+            // neither fail nor pass this round's probes.
+            BreakerState::HalfOpen if probe != Some(self.round) => None,
             BreakerState::HalfOpen if failed => {
                 self.cooldown = (self.cooldown * 2).min(self.settings.max_cooldown);
                 Some(self.open(now))
@@ -151,16 +159,18 @@ impl Breaker {
         }
     }
 
-    /// Takes back a probe that ended telling nothing of the gateway's
-    /// health (throttled): another message may probe in its place.
-    pub(super) fn release_probe(&mut self) {
-        if self.state == BreakerState::HalfOpen {
+    /// Takes back a probe of round `round` that ended telling nothing of
+    /// the gateway's health (throttled): another message may probe in its
+    /// place.
+    pub(super) fn release_probe(&mut self, round: Round) {
+        if self.state == BreakerState::HalfOpen && round == self.round {
             self.probing = self.probing.saturating_sub(1);
         }
     }
 
     fn open(&mut self, now: Instant) -> BreakerState {
         self.state = BreakerState::Open;
+        self.round += 1;
         self.open_until = now + self.cooldown;
         self.failures = 0;
         BreakerState::Open
@@ -185,9 +195,17 @@ mod tests {
         let t = Instant::now();
         let mut breaker = Breaker::new(settings(), t);
         for _ in 0..3 {
-            breaker.record(true, false, t);
+            breaker.record(true, None, t);
         }
         (breaker, t + Duration::from_secs(1))
+    }
+
+    /// Starts a probe at `now`, which the breaker must allow.
+    fn probe(breaker: &mut Breaker, now: Instant) -> Option<Round> {
+        match breaker.admit(now) {
+            Admit::Probe(round) => Some(round),
+            other => panic!("expected a probe, got {other:?}"),
+        }
     }
 
     #[test]
@@ -195,9 +213,9 @@ mod tests {
         let t = Instant::now();
         let mut breaker = Breaker::new(settings(), t);
         for failed in [true, true, false, true, true] {
-            assert_eq!(breaker.record(failed, false, t), None);
+            assert_eq!(breaker.record(failed, None, t), None);
         }
-        assert_eq!(breaker.record(true, false, t), Some(BreakerState::Open));
+        assert_eq!(breaker.record(true, None, t), Some(BreakerState::Open));
         assert_eq!(
             breaker.admit(t),
             Admit::NotUntil(Some(t + Duration::from_secs(1)))
@@ -208,16 +226,15 @@ mod tests {
     fn probes_after_the_cooldown_and_closes_when_they_pass() {
         let (mut breaker, later) = opened();
         assert_eq!(breaker.state(later), BreakerState::HalfOpen);
-        assert_eq!(breaker.admit(later), Admit::Probe);
-        assert_eq!(breaker.admit(later), Admit::Probe);
+        let (first, second) = (probe(&mut breaker, later), probe(&mut breaker, later));
         assert_eq!(
             breaker.admit(later),
             Admit::NotUntil(None),
             "two probes at most"
         );
-        assert_eq!(breaker.record(false, true, later), None);
+        assert_eq!(breaker.record(false, first, later), None);
         assert_eq!(
-            breaker.record(false, true, later),
+            breaker.record(false, second, later),
             Some(BreakerState::Closed)
         );
         assert_eq!(breaker.admit(later), Admit::Yes);
@@ -226,25 +243,49 @@ mod tests {
     #[test]
     fn a_send_from_before_the_breaker_opened_is_no_probe() {
         let (mut breaker, later) = opened();
-        assert_eq!(breaker.admit(later), Admit::Probe);
+        let first = probe(&mut breaker, later);
         // Sends started while it was closed end now, passed or failed.
-        assert_eq!(breaker.record(false, false, later), None);
-        assert_eq!(breaker.record(false, false, later), None);
-        assert_eq!(breaker.record(true, false, later), None);
+        assert_eq!(breaker.record(false, None, later), None);
+        assert_eq!(breaker.record(false, None, later), None);
+        assert_eq!(breaker.record(true, None, later), None);
         assert_eq!(
             breaker.state(later),
             BreakerState::HalfOpen,
             "neither closed nor reopened"
         );
-        assert_eq!(
-            breaker.admit(later),
-            Admit::Probe,
-            "the second probe's place is kept"
-        );
+        let second = probe(&mut breaker, later);
         assert_eq!(breaker.admit(later), Admit::NotUntil(None));
-        assert_eq!(breaker.record(false, true, later), None);
+        assert_eq!(breaker.record(false, first, later), None);
         assert_eq!(
-            breaker.record(false, true, later),
+            breaker.record(false, second, later),
+            Some(BreakerState::Closed)
+        );
+    }
+
+    #[test]
+    fn a_probe_of_an_earlier_round_is_old_news() {
+        let (mut breaker, later) = opened();
+        let (slow, failing) = (probe(&mut breaker, later), probe(&mut breaker, later));
+        assert_eq!(
+            breaker.record(true, failing, later),
+            Some(BreakerState::Open)
+        );
+        // The next round begins while the slow probe of the first still runs.
+        let next = later + Duration::from_secs(2);
+        let current = probe(&mut breaker, next);
+        assert_ne!(slow, current);
+        assert_eq!(breaker.record(true, slow, next), None, "not reopened");
+        breaker.release_probe(slow.expect("a round"));
+        assert_eq!(breaker.record(false, slow, next), None, "passes nothing");
+        let other = probe(&mut breaker, next);
+        assert_eq!(
+            breaker.admit(next),
+            Admit::NotUntil(None),
+            "two probes, no more"
+        );
+        assert_eq!(breaker.record(false, current, next), None);
+        assert_eq!(
+            breaker.record(false, other, next),
             Some(BreakerState::Closed)
         );
     }
@@ -252,29 +293,24 @@ mod tests {
     #[test]
     fn a_probe_that_tells_nothing_lets_another_probe() {
         let (mut breaker, later) = opened();
-        assert_eq!(breaker.admit(later), Admit::Probe);
-        assert_eq!(breaker.admit(later), Admit::Probe);
+        let first = probe(&mut breaker, later);
+        probe(&mut breaker, later);
         assert_eq!(breaker.admit(later), Admit::NotUntil(None));
-        breaker.release_probe();
-        assert_eq!(
-            breaker.admit(later),
-            Admit::Probe,
+        breaker.release_probe(first.expect("a round"));
+        assert!(
+            matches!(breaker.admit(later), Admit::Probe(_)),
             "a throttled probe frees its place"
         );
     }
 
     #[test]
     fn a_failed_probe_opens_it_for_longer_up_to_the_limit() {
-        let t = Instant::now();
-        let mut breaker = Breaker::new(settings(), t);
-        for _ in 0..3 {
-            breaker.record(true, false, t);
-        }
-        let mut now = t;
+        let (mut breaker, _) = opened();
+        let mut now = Instant::now();
         for expected in [2, 4, 4] {
             now += Duration::from_secs(10);
-            assert_eq!(breaker.admit(now), Admit::Probe);
-            assert_eq!(breaker.record(true, true, now), Some(BreakerState::Open));
+            let failing = probe(&mut breaker, now);
+            assert_eq!(breaker.record(true, failing, now), Some(BreakerState::Open));
             assert_eq!(
                 breaker.admit(now),
                 Admit::NotUntil(Some(now + Duration::from_secs(expected)))
@@ -282,12 +318,11 @@ mod tests {
         }
         // Closing brings the cool-down back to its start.
         now += Duration::from_secs(10);
-        breaker.admit(now);
-        breaker.admit(now);
-        breaker.record(false, true, now);
-        breaker.record(false, true, now);
+        let (first, second) = (probe(&mut breaker, now), probe(&mut breaker, now));
+        breaker.record(false, first, now);
+        breaker.record(false, second, now);
         for _ in 0..3 {
-            breaker.record(true, false, now);
+            breaker.record(true, None, now);
         }
         assert_eq!(
             breaker.admit(now),

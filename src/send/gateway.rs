@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admission::{Admission, Blocked, PAUSE_POLL};
+use super::breaker::Round;
 use super::ending::Ending;
 use super::in_flight::{Finished, LaneOut};
 use super::simulate::Attempt;
@@ -112,8 +113,8 @@ struct InProgress {
     lane: Arc<LaneOut>,
     /// Its hold slot, which goes on with the result to the writer.
     hold_slot: OwnedSemaphorePermit,
-    /// Whether a half-open breaker let it through as a probe.
-    probe: bool,
+    /// The half-open round of the breaker that let it through as a probe.
+    probe: Option<Round>,
 }
 
 /// Most the gateway wakes early to make up for a late timer.
@@ -318,7 +319,7 @@ impl Gateway {
             .admission
             .at_start(created_ms, crate::message::now_ms());
         let probe = if at_start == Some(Outcome::Expired) {
-            false
+            None
         } else {
             self.admission.admit(now)?
         };
@@ -386,7 +387,7 @@ impl Gateway {
             lateness_us += signed_us(now, send.ends_at);
             let mut item = send.item;
             item.send_time_us = now.duration_since(send.started).as_micros() as u64;
-            if send.probe && item.outcome == Outcome::Failed {
+            if send.probe.is_some() && item.outcome == Outcome::Failed {
                 item.outcome = Outcome::ProbeFailed;
             }
             ended += 1;
@@ -532,7 +533,7 @@ mod tests {
                     send_time_us: 0,
                 },
                 lane: Arc::clone(&lane),
-                probe: false,
+                probe: None,
                 hold_slot: Arc::clone(&slots).try_acquire_owned().unwrap(),
             };
             gateway.load.held.fetch_add(1, AtomicOrdering::Relaxed);
