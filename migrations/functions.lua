@@ -303,6 +303,11 @@ local function dead_letter(stream, dead, group, id, reason, attempts, consumer, 
   return 1
 end
 
+-- Adds n dead letters of `reason` to a call's deltas `d` (see count).
+local function count_dead(d, reason, n)
+  d.dead, d['dead_' .. reason] = d.dead + n, d['dead_' .. reason] + n
+end
+
 -- Adds each non-zero delta to both the totals hash and the sender's hash.
 local function count(stats, cstats, deltas)
   for field, delta in pairs(deltas) do
@@ -502,8 +507,7 @@ local function sms_settle(keys, args)
     return acked
   end
   local function bury(id, reason, deliveries, holder)
-    local n = dead_letter(stream, dead, group, id, reason, deliveries, holder)
-    d.dead, d['dead_' .. reason] = d.dead + n, d['dead_' .. reason] + n
+    count_dead(d, reason, dead_letter(stream, dead, group, id, reason, deliveries, holder))
   end
 
   -- A message to be tried again: claimable after the backoff; or, when
@@ -619,9 +623,7 @@ local function sms_claim(keys, args)
 
   local d = { dead = 0, dead_max_attempts = 0, dead_deleted = 0, dead_malformed = 0 }
   local function bury(id, reason, attempts, holder, fields)
-    local n = dead_letter(stream, dead, group, id, reason, attempts, holder, fields)
-    d['dead_' .. reason] = d['dead_' .. reason] + n
-    d.dead = d.dead + n
+    count_dead(d, reason, dead_letter(stream, dead, group, id, reason, attempts, holder, fields))
   end
 
   local claimed = {}
@@ -642,7 +644,7 @@ local function sms_claim(keys, args)
     local got = redis.call('XCLAIM', stream, group, consumer, min_idle, id)
     if #got == 0 then
       write_dead_letter(dead, id, {}, 'deleted', deliveries, holder)
-      d.dead, d.dead_deleted = d.dead + 1, d.dead_deleted + 1
+      count_dead(d, 'deleted', 1)
     elseif too_big(got[1][2]) then
       bury(id, 'malformed', deliveries, holder, got[1][2])
     else

@@ -78,27 +78,18 @@ impl Store {
         ))
     }
 
-    /// Whether partition 0 records the queue's channels (else they are
-    /// inferred from its groups).
-    pub(super) async fn channels_recorded(&self) -> Result<bool, StoreError> {
-        let home = self.partition(0);
-        let mut conn = home.conn().await?;
-        redis::cmd("HEXISTS")
-            .arg(home.keys.queue())
-            .arg("channels")
-            .query_async(&mut conn)
-            .await
-            .or_else(|err| match err.code() {
-                Some("WRONGTYPE") => Ok(false),
-                _ => Err(err),
-            })
-            .map_err(StoreError::redis("HEXISTS (channels)"))
-    }
-
     /// The channels partition 0 records, or, for a queue from before
     /// channels, its groups as SMS channels; `None` when there is no queue
     /// stream to ask.
     pub(super) async fn read_channels(&self) -> Result<Option<Vec<Channel>>, StoreError> {
+        Ok(self.read_channel_list().await?.0)
+    }
+
+    /// [`Store::read_channels`], and whether partition 0 records the list
+    /// (else it is inferred from the groups).
+    pub(super) async fn read_channel_list(
+        &self,
+    ) -> Result<(Option<Vec<Channel>>, bool), StoreError> {
         let home = self.partition(0);
         let queue = home.keys.queue();
         let mut conn = home.conn().await?;
@@ -113,13 +104,16 @@ impl Store {
             })
             .map_err(StoreError::redis("HGET (channels)"))?;
         if let Some(text) = recorded {
-            return channel::decode(&text).map(Some).map_err(|reason| {
-                StoreError::Damaged(format!("{queue} field channels is {text:?}: {reason}"))
-            });
+            return match channel::decode(&text) {
+                Ok(channels) => Ok((Some(channels), true)),
+                Err(reason) => Err(StoreError::Damaged(format!(
+                    "{queue} field channels is {text:?}: {reason}"
+                ))),
+            };
         }
         let groups = home.inspector().group_names().await?;
         if groups.is_empty() {
-            return Ok(None);
+            return Ok((None, false));
         }
         // The first channel is the one whose keys have no channel part: the
         // group asked for, else the one a queue from before channels had
@@ -137,7 +131,7 @@ impl Store {
             let channel = channels.remove(at);
             channels.insert(0, channel);
         }
-        Ok(Some(channels))
+        Ok((Some(channels), false))
     }
 
     /// The handle of the channel asked for, with the channels Redis holds
@@ -257,7 +251,7 @@ impl Store {
             return Ok(Vec::new());
         }
         let count = self.partitions;
-        let recorded = self.partition(0).channels_recorded().await?;
+        let (_, recorded) = self.read_channel_list().await?;
         let added = self
             .give_channels(
                 &channels,

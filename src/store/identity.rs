@@ -140,8 +140,7 @@ impl Store {
         // Check, then write: a partition the queue had that is gone now is
         // lost state, never created again here.
         home.check_partitions_present().await?;
-        let recorded = home.channels_recorded().await?;
-        let had = home.read_channels().await?;
+        let (had, recorded) = home.read_channel_list().await?;
         let had = had.unwrap_or_else(|| vec![home.first_channel(&options.channels)]);
         let channels = channels::merged(&had, recorded, &options.channels)?;
         let home = Store {
