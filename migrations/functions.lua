@@ -66,9 +66,11 @@
     dead_purged   dead letters removed by `dead purge`
     requeued      dead letters moved back into the stream by `dead requeue`
     abandoned     messages `repair` gave up when it re-created a lost group
+    uncounted     messages settled before `repair` re-created lost counters
+                  (sent, skipped, abandoned or before the channel: unknown)
 ]]
 
-local LIBRARY_VERSION = 13
+local LIBRARY_VERSION = 14
 
 -- Upper bounds (microseconds) of the send-time histogram buckets; the last
 -- bucket, 'le_inf', takes the rest. Fields of the latency hash: le_<bound>.
@@ -448,7 +450,9 @@ end
   that it never uses up a message's last attempt: then its delivery count
   is set back, as a deferred one's, so no message dies of an outage.
   The sender buckets the send times it measured, so the per-result work here
-  is only the Redis commands each result needs.
+  is only the Redis commands each result needs. The buckets are counted in
+  the channel's histogram and in the sender's hash (its le_<bound> fields),
+  whose sums by gateway are the gateways' percentiles.
   (batch_token, batch_seq) make a retried call idempotent: a batch whose reply
   was lost is not applied twice. The sender's hash keeps the highest seq
   applied and a bitmap of the BATCH_WINDOW seqs below it, so batches may be
@@ -472,7 +476,11 @@ local function sms_settle(keys, args)
     function() return check_settling(queue, epoch, stream, dead, stats, cstats, group) end,
     function() return expect_type(latency, 'hash', true) end,
     function() return #incremented > 0 and check_counters(latency, incremented) or nil end,
-    function() return check_counters(cstats, { 'batch_seq', 'batch_window' }) end)
+    function()
+      local fields = { 'batch_seq', 'batch_window' }
+      for _, bucket in ipairs(incremented) do fields[#fields + 1] = bucket end
+      return check_counters(cstats, fields)
+    end)
   if err then return err end
 
   local last = redis.call('HMGET', cstats, 'batch_token', 'batch_seq', 'batch_window')
@@ -566,6 +574,7 @@ local function sms_settle(keys, args)
     local n = tonumber(args[buckets_at + i - 1])
     if n ~= 0 then
       redis.call('HINCRBY', latency, BUCKET_NAMES[i], n)
+      redis.call('HINCRBY', cstats, BUCKET_NAMES[i], n)
     end
   end
   if seq > high then

@@ -11,10 +11,11 @@
 //! told apart: the walk is repeated when the trim counters moved under it.
 //!
 //! With retention, settled entries leave the stream, so the books are:
-//! entries added = sent + dead + abandoned + pending + queued; entries in the
-//! stream acknowledged + trimmed + deleted while pending = sent + dead +
-//! abandoned; dead letters in the dead stream + trimmed + purged + requeued
-//! = dead. A queue whose identity is gone (flushed, restarted empty) is
+//! entries added = settled + pending + queued; entries in the stream
+//! acknowledged + trimmed + deleted while pending = settled, where settled
+//! = sent + dead + abandoned + skipped + uncounted (+ those before a
+//! channel began); dead letters in the dead stream + trimmed + purged +
+//! requeued = dead. A queue whose identity is gone (flushed, restarted empty) is
 //! inconsistent whatever its figures say.
 //!
 //! Each partition has its own stream, pending list, dead stream and
@@ -27,13 +28,10 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::stats::{QueueState, Snapshot};
-use crate::store::{Inspector, PendingRow, ReadConnection, Store, StoreError, id_order};
+use crate::store::{Inspector, PendingRow, Store, StoreError, id_order};
 
 /// Default entries read per round trip.
 pub const DEFAULT_PAGE: usize = crate::settings::DEFAULT_AUDIT_PAGE;
-
-/// The dead stream's field that says why an entry is there.
-const DEAD_REASON: &str = "dead_reason";
 
 /// What the audit found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -140,11 +138,7 @@ impl AuditReport {
     /// The line that says the books balance.
     fn balanced_line(&self) -> String {
         let c = &self.counters;
-        let skipped = if c.skipped > 0 {
-            format!(" + skipped {}", c.skipped)
-        } else {
-            String::new()
-        };
+        let skipped = settled_terms(c);
         let unseen = if c.unseen > 0 {
             format!(" - before the channel {}", c.unseen)
         } else {
@@ -198,6 +192,9 @@ impl AuditReport {
         );
         if c.abandoned > 0 {
             out.push_str(&format!("abandoned by a repair      {}\n", c.abandoned));
+        }
+        if c.uncounted > 0 {
+            out.push_str(&format!("uncounted, before a repair {}\n", c.uncounted));
         }
         for (partition, part) in (0..).zip(&self.partitions) {
             let verdict = if part.is_consistent() {
@@ -443,7 +440,7 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
         cursor.advance();
     }
 
-    let (dead_length, dead_by_reason) = dead_reasons(&inspector, &ids, page).await?;
+    let (dead_length, dead_by_reason) = inspector.dead_reasons(&ids, page).await?;
     let requeued = dead_requeued(store, &counters).await?;
 
     let mut report = AuditReport {
@@ -463,48 +460,6 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     };
     report.problems = problems(&report, group.pending, requeued);
     Ok(report)
-}
-
-/// Walks the dead stream on the read connection `ids`, `page` entries at a
-/// time: its length, and its entries counted by `dead_reason`. Only the id
-/// and that field of each entry are decoded, and the connection never holds
-/// a long value, so dead entries with 1 MB bodies cost no more than others.
-async fn dead_reasons(
-    store: &Inspector,
-    ids: &ReadConnection,
-    page: usize,
-) -> Result<(u64, BTreeMap<String, u64>), StoreError> {
-    let mut dead_by_reason = BTreeMap::new();
-    let mut dead_length = 0u64;
-    let mut after: Option<String> = None;
-    loop {
-        let entries = store
-            .range_values(
-                ids,
-                &store.keys().dead(),
-                after.as_deref(),
-                page,
-                DEAD_REASON,
-            )
-            .await?;
-        let Some((last, _)) = entries.last() else {
-            break;
-        };
-        after = Some(last.clone());
-        let full_page = entries.len() == page;
-        dead_length += entries.len() as u64;
-        for (_, reason) in entries {
-            let reason = reason.map_or_else(
-                || "unknown".to_owned(),
-                |reason| String::from_utf8_lossy(&reason).into_owned(),
-            );
-            *dead_by_reason.entry(reason).or_insert(0) += 1;
-        }
-        if !full_page {
-            break;
-        }
-    }
-    Ok((dead_length, dead_by_reason))
 }
 
 /// Every way the figures fail to reconcile.
@@ -563,11 +518,7 @@ fn problems(r: &AuditReport, pending_summary: u64, dead_requeued: u64) -> Vec<St
         } else {
             String::new()
         };
-        let skipped = if c.skipped > 0 {
-            format!(" + skipped {}", c.skipped)
-        } else {
-            String::new()
-        };
+        let skipped = settled_terms(c);
         problems.push(format!(
             "sent {} + dead {} + abandoned {}{skipped} + pending {} + queued {} = {accounted}, \
              but {own} entries were produced{before}",
@@ -614,13 +565,23 @@ fn problems(r: &AuditReport, pending_summary: u64, dead_requeued: u64) -> Vec<St
     problems
 }
 
-/// The terms only a channel has, as ` + skipped 3 + before the channel 5`
-/// (those that are not zero).
-fn channel_terms(c: &Snapshot) -> String {
+/// The settled terms beyond sent, dead and abandoned, as ` + skipped 3 +
+/// uncounted 7` (those that are not zero).
+fn settled_terms(c: &Snapshot) -> String {
     let mut terms = String::new();
     if c.skipped > 0 {
         terms.push_str(&format!(" + skipped {}", c.skipped));
     }
+    if c.uncounted > 0 {
+        terms.push_str(&format!(" + uncounted {}", c.uncounted));
+    }
+    terms
+}
+
+/// The terms only a channel has, and those of a repair, as ` + skipped 3 +
+/// before the channel 5` (those that are not zero).
+fn channel_terms(c: &Snapshot) -> String {
+    let mut terms = settled_terms(c);
     if c.unseen > 0 {
         terms.push_str(&format!(" + before the channel {}", c.unseen));
     }

@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::channel::ChannelKind;
 use crate::message::{Addressed, RawFields};
 use crate::store::{Store, StoreError, StreamEntry, id_order};
 
@@ -45,6 +46,9 @@ pub struct DeadLetter {
     pub email: Option<String>,
     /// The body, if the message had one.
     pub body: Option<String>,
+    /// The e-mail channel's own text, if the message had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email_body: Option<String>,
     /// The client's transaction id, if the message came with one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub transaction_id: Option<String>,
@@ -73,8 +77,26 @@ impl DeadLetter {
             recipient: field(crate::message::field::RECIPIENT),
             email: field(crate::message::field::EMAIL),
             body: field(crate::message::field::BODY),
+            email_body: field(crate::message::field::EMAIL_BODY),
             transaction_id: field(crate::message::field::TRANSACTION_ID),
             customer_id: field(crate::message::field::CUSTOMER_ID),
+        }
+    }
+
+    /// The address a channel of `kind` sent it to.
+    pub fn address(&self, kind: ChannelKind) -> Option<&str> {
+        match kind {
+            ChannelKind::Sms => self.recipient.as_deref(),
+            ChannelKind::Email => self.email.as_deref(),
+        }
+    }
+
+    /// The text a channel of `kind` sent: the e-mail channel's own text
+    /// when the message has one, else the body.
+    pub fn text(&self, kind: ChannelKind) -> Option<&str> {
+        match kind {
+            ChannelKind::Sms => self.body.as_deref(),
+            ChannelKind::Email => self.email_body.as_deref().or(self.body.as_deref()),
         }
     }
 }
@@ -137,12 +159,13 @@ async fn list_partition(
     Ok(found)
 }
 
-/// The dead letters in a table; with `partitions` over 1, each id as
+/// The dead letters in a table, each with the address and text a channel
+/// of `kind` sent; with `partitions` over 1, each id as
 /// `P/ID`, the form `dead requeue --id` takes.
-pub fn to_table(letters: &[DeadLetter], partitions: u32) -> String {
+pub fn to_table(letters: &[DeadLetter], partitions: u32, kind: ChannelKind) -> String {
     let mut out = format!(
         "{:<20}  {:<12}  {:>8}  {:<20}  {:<16}  {}\n",
-        "dead letter", "reason", "attempts", "message", "recipient", "body"
+        "dead letter", "reason", "attempts", "message", "address", "text"
     );
     for l in letters {
         out.push_str(&format!(
@@ -155,8 +178,8 @@ pub fn to_table(letters: &[DeadLetter], partitions: u32) -> String {
             l.reason,
             l.attempts.map_or_else(|| "-".to_owned(), |n| n.to_string()),
             l.message_id,
-            l.recipient.as_deref().unwrap_or("-"),
-            l.body.as_deref().map_or_else(|| "-".to_owned(), shortened)
+            l.address(kind).unwrap_or("-"),
+            l.text(kind).map_or_else(|| "-".to_owned(), shortened)
         ));
     }
     out

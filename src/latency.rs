@@ -22,16 +22,26 @@ pub struct Histogram {
 impl Histogram {
     /// Reads the `latency_le_<bound>` / `latency_le_inf` figures of a snapshot.
     pub fn from_fields(fields: &HashMap<String, i64>) -> Self {
+        Self::read(|bucket| fields.get(&format!("latency_{bucket}")).copied())
+    }
+
+    /// Reads the `le_<bound>` / `le_inf` fields of a sender's hash, as
+    /// `sms_settle` counts them there; a field that is no number counts 0.
+    pub fn from_sender_hash(fields: &HashMap<String, String>) -> Self {
+        Self::read(|bucket| fields.get(bucket).and_then(|v| v.parse().ok()))
+    }
+
+    /// The counts `field` gives for each bucket's name (`le_<bound>`, then
+    /// `le_inf`); missing or negative counts are 0.
+    fn read(field: impl Fn(&str) -> Option<i64>) -> Self {
         let mut histogram = Self::default();
-        for (i, bound) in BOUNDS_US.iter().enumerate() {
-            histogram.counts[i] = fields
-                .get(&format!("latency_le_{bound}"))
-                .copied()
-                .unwrap_or(0)
-                .max(0) as u64;
+        let names = BOUNDS_US
+            .iter()
+            .map(|bound| format!("le_{bound}"))
+            .chain(std::iter::once("le_inf".to_owned()));
+        for (count, name) in histogram.counts.iter_mut().zip(names) {
+            *count = field(&name).unwrap_or(0).max(0) as u64;
         }
-        histogram.counts[BOUNDS_US.len()] =
-            fields.get("latency_le_inf").copied().unwrap_or(0).max(0) as u64;
         histogram
     }
 
@@ -111,5 +121,24 @@ mod tests {
         h.counts[BOUNDS_US.len()] = 100; // above 10 s
         assert_eq!(h.quantile_ms(0.99), Some(10_000.0));
         assert_eq!(Histogram::default().quantile_ms(0.5), None);
+    }
+
+    #[test]
+    fn a_sender_hash_and_a_snapshot_read_the_same_buckets() {
+        let hash: HashMap<String, String> = [("le_1000", "3"), ("le_inf", "2"), ("sent", "9")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        let fields: HashMap<String, i64> = [("latency_le_1000", 3), ("latency_le_inf", 2)]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        let from_hash = Histogram::from_sender_hash(&hash);
+        assert_eq!(from_hash, Histogram::from_fields(&fields));
+        assert_eq!(
+            (from_hash.counts[0], from_hash.counts[BOUNDS_US.len()]),
+            (3, 2)
+        );
+        assert_eq!(from_hash.total(), 5);
     }
 }

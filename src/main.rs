@@ -540,7 +540,10 @@ async fn dead_task(store: &Store, task: DeadTask) -> anyhow::Result<ExitStatus> 
                     println!("{}", serde_json::to_string(letter)?);
                 }
             } else {
-                print!("{}", dead::to_table(&letters, store.partition_count()));
+                print!(
+                    "{}",
+                    dead::to_table(&letters, store.partition_count(), store.channel().kind)
+                );
             }
         }
         DeadTask::Requeue { reason, ids } => {

@@ -27,7 +27,7 @@ use axum::routing::get;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::latency::BOUNDS_US;
+use crate::latency::{BOUNDS_US, Histogram};
 use crate::stats::{SenderSnapshot, Snapshot};
 use crate::store::{RunState, Store};
 
@@ -217,7 +217,7 @@ enum Scope {
 type Counter = (&'static str, &'static str, Scope, fn(&Snapshot) -> u64);
 
 /// The counter families, in the order they are written.
-const COUNTERS: [Counter; 12] = [
+const COUNTERS: [Counter; 13] = [
     (
         "sms_produced_total",
         "Entries ever added to the stream.",
@@ -277,6 +277,12 @@ const COUNTERS: [Counter; 12] = [
         "Messages a repair gave up when it re-created a lost group.",
         Scope::Channel,
         |s| s.abandoned,
+    ),
+    (
+        "sms_uncounted_total",
+        "Messages settled before a repair re-created lost counters.",
+        Scope::Channel,
+        |s| s.uncounted,
     ),
     (
         "sms_skipped_total",
@@ -344,6 +350,7 @@ pub fn render(s: &Snapshot, senders: &[SenderSnapshot]) -> String {
     );
     sender_series(&mut out, s, senders);
     histogram(&mut out, &channels);
+    sender_histogram(&mut out, s, senders);
     out
 }
 
@@ -386,21 +393,31 @@ fn live_senders(out: &mut String, s: &Snapshot) {
     }
 }
 
+/// A sender's labels: its channel on a queue of several channels, its
+/// gateway when it named one, and its name.
+fn sender_labels(s: &Snapshot, sender: &SenderSnapshot) -> Vec<String> {
+    let mut labels = Vec::new();
+    if !s.channels.is_empty() {
+        let channel = if sender.channel.is_empty() {
+            &s.channel
+        } else {
+            &sender.channel
+        };
+        labels.push(channel_label(channel));
+    }
+    if !sender.gateway.is_empty() {
+        labels.push(format!("gateway=\"{}\"", label(&sender.gateway)));
+    }
+    labels.push(format!("sender=\"{}\"", label(&sender.name)));
+    labels
+}
+
 /// The per-sender series, each labelled with its sender's channel on a
 /// queue of several channels.
 fn sender_series(out: &mut String, s: &Snapshot, senders: &[SenderSnapshot]) {
     if senders.is_empty() {
         return;
     }
-    let channel_of = |sender: &SenderSnapshot| {
-        if s.channels.is_empty() {
-            String::new()
-        } else if sender.channel.is_empty() {
-            channel_label(&s.channel)
-        } else {
-            channel_label(&sender.channel)
-        }
-    };
     for (name, kind, help, value) in [
         (
             "sms_sender_sent_total",
@@ -441,19 +458,9 @@ fn sender_series(out: &mut String, s: &Snapshot, senders: &[SenderSnapshot]) {
     ] {
         family(out, name, kind, help);
         for sender in senders {
-            let who = format!("sender=\"{}\"", label(&sender.name));
-            let channel = channel_of(sender);
-            let gateway = if sender.gateway.is_empty() {
-                String::new()
-            } else {
-                format!("gateway=\"{}\"", label(&sender.gateway))
-            };
-            let _ = writeln!(
-                out,
-                "{} {}",
-                series(name, &[&channel, &gateway, &who]),
-                value(sender)
-            );
+            let labels = sender_labels(s, sender);
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            let _ = writeln!(out, "{} {}", series(name, &labels), value(sender));
         }
     }
 }
@@ -463,24 +470,55 @@ fn histogram(out: &mut String, parts: &[(String, &Snapshot)]) {
     let name = "sms_send_duration_seconds";
     family(out, name, "histogram", "Simulated send time per attempt.");
     for (label, s) in parts {
-        let bucket = format!("{name}_bucket");
-        let mut cumulative = 0;
-        for (bound, count) in BOUNDS_US.iter().zip(s.latency.counts) {
-            cumulative += count;
-            let le = format!("le=\"{}\"", *bound as f64 / 1e6);
-            let _ = writeln!(out, "{} {cumulative}", series(&bucket, &[label, &le]));
-        }
-        let total = s.latency.total();
-        let le = "le=\"+Inf\"";
-        let _ = writeln!(out, "{} {total}", series(&bucket, &[label, le]));
-        let sum = s.send_time_us as f64 / 1e6;
-        let _ = writeln!(out, "{} {sum}", series(&format!("{name}_sum"), &[label]));
-        let _ = writeln!(
-            out,
-            "{} {total}",
-            series(&format!("{name}_count"), &[label])
-        );
+        histogram_series(out, name, &[label], &s.latency, s.send_time_us);
     }
+}
+
+/// Each sender's send-time histogram, labelled with its channel and
+/// gateway, so that a gateway's percentiles are a sum by `gateway`.
+fn sender_histogram(out: &mut String, s: &Snapshot, senders: &[SenderSnapshot]) {
+    if senders.is_empty() {
+        return;
+    }
+    let name = "sms_sender_send_duration_seconds";
+    family(
+        out,
+        name,
+        "histogram",
+        "Simulated send time per attempt, per sender.",
+    );
+    for sender in senders {
+        let labels = sender_labels(s, sender);
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        histogram_series(out, name, &labels, &sender.latency, sender.send_time_us);
+    }
+}
+
+/// The bucket, sum and count series of one histogram.
+fn histogram_series(
+    out: &mut String,
+    name: &str,
+    labels: &[&str],
+    latency: &Histogram,
+    send_time_us: u64,
+) {
+    let bucket = format!("{name}_bucket");
+    let with = |le: &str| {
+        let mut all = labels.to_vec();
+        all.push(le);
+        series(&bucket, &all)
+    };
+    let mut cumulative = 0;
+    for (bound, count) in BOUNDS_US.iter().zip(latency.counts) {
+        cumulative += count;
+        let le = format!("le=\"{}\"", *bound as f64 / 1e6);
+        let _ = writeln!(out, "{} {cumulative}", with(&le));
+    }
+    let total = latency.total();
+    let _ = writeln!(out, "{} {total}", with("le=\"+Inf\""));
+    let sum = send_time_us as f64 / 1e6;
+    let _ = writeln!(out, "{} {sum}", series(&format!("{name}_sum"), labels));
+    let _ = writeln!(out, "{} {total}", series(&format!("{name}_count"), labels));
 }
 
 #[cfg(test)]
@@ -509,6 +547,7 @@ mod tests {
             dead: 0,
             attempts: 3,
             send_time_us: 30_000,
+            latency: snapshot.latency,
             pending: 0,
             pending_by_partition: vec![0],
             idle_ms: 0,
@@ -531,6 +570,14 @@ mod tests {
             text.contains("sms_sender_sent_total{sender=\"we\\\"ird\"} 3\n"),
             "{text}"
         );
+        for line in [
+            "sms_sender_send_duration_seconds_bucket{sender=\"we\\\"ird\",le=\"0.01\"} 2\n",
+            "sms_sender_send_duration_seconds_bucket{sender=\"we\\\"ird\",le=\"+Inf\"} 3\n",
+            "sms_sender_send_duration_seconds_sum{sender=\"we\\\"ird\"} 0.03\n",
+            "sms_sender_send_duration_seconds_count{sender=\"we\\\"ird\"} 3\n",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
         assert!(!text.contains("sms_lag"), "an unknown lag is left out");
         assert!(
             text.contains("sms_dead_total{reason=\"malformed\"} 0\n"),
@@ -619,6 +666,7 @@ mod tests {
             dead: 0,
             attempts: 9,
             send_time_us: 0,
+            latency: Histogram::default(),
             pending: 0,
             pending_by_partition: vec![0, 0],
             idle_ms: 0,

@@ -9,6 +9,9 @@
 //!   deleted, so the operator can look at it;
 //! - a counter that is not a number is set to what Redis's own figures give
 //!   where that is exact (produced, sent, dead, trimmed), else to 0;
+//! - a lost counters hash is created again from the same figures; the
+//!   messages its group had settled, whose outcomes (sent, skipped, …) went
+//!   with it, are counted as `uncounted`, so the books balance again;
 //! - a lost consumer group is created again at `--group-start`: by default
 //!   after the newest entry, so nothing is sent twice; the messages the lost
 //!   group had not settled are counted as `abandoned`, so the books balance
@@ -21,7 +24,8 @@
 //! partition 0's, and when partition 0 gets a new one, every partition
 //! gets it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
 
 use rand::RngExt;
 
@@ -31,6 +35,9 @@ use crate::store::{Retention, Store, StoreError, is_counter};
 /// The fields of a sender's hash that hold text, not counts: its report
 /// batches' token, its gateway and its breaker's state.
 const SENDER_TEXT_FIELDS: &[&str] = &["batch_token", "gateway", "breaker"];
+
+/// Why a message is dead, as dead letters record it (`dead_<reason>`).
+const DEAD_REASONS: [&str; 4] = ["max_attempts", "malformed", "deleted", "expired"];
 
 /// Totals counters and how each is set again when it is not a number.
 const TOTALS: &[&str] = &[
@@ -53,6 +60,7 @@ const TOTALS: &[&str] = &[
     "deferred",
     "dead_expired",
     "dead_requeued",
+    "uncounted",
 ];
 
 /// One repair.
@@ -84,6 +92,14 @@ pub enum Step {
         to: i64,
         /// Where the value comes from.
         how: String,
+    },
+    /// Create a lost counters hash again, from what Redis still holds.
+    RecreateCounters {
+        /// The hash.
+        key: String,
+        /// Each counter that can be told, its value and where it comes from;
+        /// every other counter starts at 0.
+        counters: Vec<(String, i64, String)>,
     },
     /// Forget a sender's window of applied report batches (its fields are
     /// not numbers): safe while the sender is stopped, as a new process
@@ -123,6 +139,17 @@ impl Step {
             Self::ResetWindow { key } => {
                 format!("forget the report batch window of {key} (it is not numbers)")
             }
+            Self::RecreateCounters { key, counters } => {
+                let set: Vec<String> = counters
+                    .iter()
+                    .map(|(field, to, how)| format!("{field} {to} ({how})"))
+                    .collect();
+                format!(
+                    "create the lost counters hash {key} again: {}; the other counters start \
+                     at 0 (their history is lost)",
+                    set.join(", ")
+                )
+            }
             Self::RecreateGroup {
                 start, abandoned, ..
             } => {
@@ -150,8 +177,12 @@ pub struct RepairPlan {
     pub steps: Vec<Step>,
     /// The partition each step repairs, in the order of `steps`.
     pub partitions: Vec<u32>,
+    /// The channel each step repairs, in the order of `steps`.
+    pub channels: Vec<String>,
     /// How many partitions were diagnosed.
     pub partition_count: u32,
+    /// How many channels were diagnosed.
+    pub channel_count: usize,
 }
 
 impl RepairPlan {
@@ -169,17 +200,30 @@ impl RepairPlan {
         }
         self.steps
             .iter()
-            .zip(&self.partitions)
+            .zip(self.partitions.iter().zip(&self.channels))
             .enumerate()
-            .map(|(i, (step, partition))| {
-                let what = step.describe();
+            .map(|(i, (step, (partition, channel)))| {
+                let mut place = Vec::new();
                 if self.partition_count > 1 {
-                    format!("{}. partition {partition}: {what}\n", i + 1)
-                } else {
-                    format!("{}. {what}\n", i + 1)
+                    place.push(format!("partition {partition}"));
                 }
+                if self.channel_count > 1 {
+                    place.push(format!("channel {channel}"));
+                }
+                let place = if place.is_empty() {
+                    String::new()
+                } else {
+                    format!("{}: ", place.join(", "))
+                };
+                format!("{}. {place}{}\n", i + 1, step.describe())
             })
             .collect()
+    }
+
+    fn push(&mut self, partition: u32, channel: &str, step: Step) {
+        self.partitions.push(partition);
+        self.channels.push(channel.to_owned());
+        self.steps.push(step);
     }
 }
 
@@ -202,6 +246,9 @@ struct Found {
     stream_length: u64,
     dead_length: u64,
     group: Option<(u64, Option<u64>)>,
+    /// Entries the group has passed (read, whether settled or pending),
+    /// when it exists.
+    passed: Option<u64>,
 }
 
 impl Found {
@@ -237,12 +284,24 @@ async fn read(store: &Store) -> Result<Found, StoreError> {
     } else {
         HashMap::new()
     };
-    let (mut entries_added, mut stream_length, mut group) = (0, 0, None);
+    let (mut entries_added, mut stream_length, mut group, mut passed) = (0, 0, None, None);
     if is(&k.messages(), "stream") {
         let info = inspector.stream_info(&k.messages()).await?;
         (entries_added, stream_length) = (info.entries_added, info.length);
         let g = inspector.group_info().await?;
         group = g.exists.then_some((g.pending, g.lag));
+        if g.exists {
+            // Without Redis's lag, the entries not yet delivered are counted.
+            let queued = match g.lag {
+                Some(lag) => lag,
+                None => {
+                    operator
+                        .count_after(&k.messages(), &g.last_delivered_id)
+                        .await?
+                }
+            };
+            passed = Some(entries_added.saturating_sub(queued));
+        }
     }
     let dead_length = if is(&k.dead(), "stream") {
         inspector.stream_info(&k.dead()).await?.length
@@ -257,31 +316,39 @@ async fn read(store: &Store) -> Result<Found, StoreError> {
         stream_length,
         dead_length,
         group,
+        passed,
     })
 }
 
-/// Reads the queue, every partition of it, and says what `repair` would
-/// do; writes nothing. `group_start` is `end` or an entry id (see
-/// [`Step::RecreateGroup`]).
+/// Reads the queue, every partition and channel of it, and says what
+/// `repair` would do; writes nothing. `group_start` is `end` or an entry
+/// id (see [`Step::RecreateGroup`]).
 pub async fn plan(store: &Store, group_start: &str) -> Result<RepairPlan, StoreError> {
     let store = store.found_partitions().await?.found_channels().await?;
+    let channels = store.every_channel();
     let mut plan = RepairPlan {
         partition_count: store.partition_count(),
+        channel_count: channels.len(),
         ..RepairPlan::default()
     };
+    let first = channels.first().map_or(store.group(), |c| c.group());
     if let Some(step) = count_step(&store).await? {
-        plan.partitions.push(0);
-        plan.steps.push(step);
+        plan.push(0, first, step);
     }
-    let mut home = Home::Itself;
-    for partition in store.partitions() {
-        let (steps, epoch) = plan_partition(&partition, group_start, &home).await?;
-        if partition.partition_id() == 0 {
-            home = epoch.map_or(Home::Renewed, Home::Keeps);
+    for (index, channel) in channels.iter().enumerate() {
+        // The first channel's plan covers what the queue's channels share.
+        let whole_queue = index == 0;
+        let mut home = Home::Itself;
+        for partition in channel.partitions() {
+            let (steps, epoch) =
+                plan_partition(&partition, group_start, &home, whole_queue).await?;
+            if partition.partition_id() == 0 {
+                home = epoch.map_or(Home::Renewed, Home::Keeps);
+            }
+            for step in steps {
+                plan.push(partition.partition_id(), channel.group(), step);
+            }
         }
-        plan.partitions
-            .extend(std::iter::repeat_n(partition.partition_id(), steps.len()));
-        plan.steps.extend(steps);
     }
     Ok(plan)
 }
@@ -315,13 +382,16 @@ async fn count_step(store: &Store) -> Result<Option<Step>, StoreError> {
     }))
 }
 
-/// The repairs of the handle's partition, and the epoch it holds now.
+/// The repairs of the handle's partition, and the epoch it holds now: of
+/// its channel's own keys and group, and with `whole_queue`, of what the
+/// queue's channels share (identity, stream, sender and run keys).
 async fn plan_partition(
     store: &Store,
     group_start: &str,
     home: &Home,
+    whole_queue: bool,
 ) -> Result<(Vec<Step>, Option<String>), StoreError> {
-    let found = read(store).await?;
+    let mut found = read(store).await?;
     let k = store.keys();
     let mut steps = Vec::new();
     let stamp = store.inspector().server_time_ms().await?;
@@ -338,15 +408,25 @@ async fn plan_partition(
     // The latency histogram is set aside, if need be, with the other keys
     // below: listed here too, it would be renamed twice and the second
     // RENAME would fail on the key gone.
-    for (key, want) in [
-        (k.queue(), "hash"),
-        (k.messages(), "stream"),
-        (k.dead(), "stream"),
-        (k.stats(), "hash"),
-    ] {
-        set_aside(key, want, &mut steps);
+    let shared = [(k.queue(), "hash"), (k.messages(), "stream")];
+    let own = [(k.dead(), "stream"), (k.stats(), "hash")];
+    let checked = if whole_queue { &shared[..] } else { &[][..] };
+    for (key, want) in checked.iter().chain(&own) {
+        set_aside(key.clone(), want, &mut steps);
+    }
+    if found.kind(&k.stats()) != "hash" {
+        let step = recreate_counters(store, &found).await?;
+        // The steps below see the counters as they will be.
+        if let Step::RecreateCounters { counters, .. } = &step {
+            found.totals = counters
+                .iter()
+                .map(|(field, to, _)| (field.clone(), to.to_string()))
+                .collect();
+        }
+        steps.push(step);
     }
     let reason = match (found.epoch.as_deref(), home) {
+        _ if !whole_queue => None,
         (None, _) if found.kind(&k.queue()) == "none" => Some("its identity is gone".to_owned()),
         (None, _) => Some("its identity holds no epoch".to_owned()),
         (Some(_), Home::Renewed) => Some("partition 0 gets a new identity".to_owned()),
@@ -359,7 +439,9 @@ async fn plan_partition(
         steps.push(Step::NewIdentity { reason });
     }
     steps.extend(counter_steps(&found, &k.stats()));
-    steps.extend(other_key_steps(store, stamp).await?);
+    if whole_queue {
+        steps.extend(other_key_steps(store, stamp).await?);
+    }
     if found.kind(&k.messages()) == "stream" {
         if found.group.is_none() {
             steps.push(group_step(store, &found, group_start).await?);
@@ -371,7 +453,9 @@ async fn plan_partition(
         let unsettled = value("produced") + value("requeued")
             - value("sent")
             - value("dead")
-            - value("abandoned");
+            - value("abandoned")
+            - value("skipped")
+            - value("uncounted");
         steps.push(Step::RecreateGroup {
             start: "$".to_owned(),
             entries_read: 0,
@@ -385,6 +469,69 @@ async fn plan_partition(
         });
     }
     Ok((steps, found.epoch.clone()))
+}
+
+/// The counters of a lost hash, from what Redis still holds: the dead
+/// letters in the dead stream, by reason; on the totals hash, the entries
+/// added and trimmed; and, as `uncounted`, the messages the group passed
+/// and settled otherwise, whose outcome (sent, skipped, abandoned, or
+/// added before the channel began) is lost with the hash.
+async fn recreate_counters(store: &Store, found: &Found) -> Result<Step, StoreError> {
+    const PAGE: usize = 1_000;
+    let k = store.keys();
+    let inspector = store.inspector();
+    let (dead_length, by_reason) = if found.kind(&k.dead()) == "stream" {
+        let ids = inspector.read_connection(Duration::ZERO).await?;
+        inspector.dead_reasons(&ids, PAGE).await?
+    } else {
+        (0, BTreeMap::new())
+    };
+    let reason = |name: &str| by_reason.get(name).copied().unwrap_or(0);
+    let mut counters: Vec<(String, u64, &str)> = Vec::new();
+    if k.stats() == k.totals() {
+        counters.push((
+            "produced".to_owned(),
+            found.entries_added,
+            "entries added to the stream, requeued dead letters among them",
+        ));
+        counters.push((
+            "trimmed".to_owned(),
+            found
+                .entries_added
+                .saturating_sub(found.stream_length + reason("deleted")),
+            "entries added, less those in the stream and those deleted while pending",
+        ));
+    }
+    counters.push((
+        "dead".to_owned(),
+        dead_length,
+        "dead letters in the dead stream",
+    ));
+    for name in DEAD_REASONS {
+        if reason(name) > 0 {
+            counters.push((
+                format!("dead_{name}"),
+                reason(name),
+                "dead letters with that reason",
+            ));
+        }
+    }
+    if let Some(passed) = found.passed {
+        let pending = found.group.map_or(0, |(pending, _)| pending);
+        counters.push((
+            "uncounted".to_owned(),
+            passed.saturating_sub(pending + dead_length),
+            "entries the group passed, less those pending and dead: sent, skipped, abandoned \
+             or added before the channel began, which is not known",
+        ));
+    }
+    Ok(Step::RecreateCounters {
+        key: k.stats(),
+        counters: counters
+            .into_iter()
+            .map(|(field, to, how)| (field, to as i64, how.to_owned()))
+            .collect(),
+    })
 }
 
 /// The other keys of the queue (per sender, per run, the histogram, the
@@ -472,11 +619,15 @@ fn counter_steps(found: &Found, stats: &str) -> Vec<Step> {
                 ),
                 "sent" => (
                     added
+                        - value("base_added")
                         - found.total("dead").unwrap_or(dead)
                         - value("abandoned")
+                        - value("skipped")
+                        - value("uncounted")
                         - pending
                         - lag,
-                    "entries added, less dead, abandoned, pending and never delivered",
+                    "entries added since the channel began, less dead, abandoned, skipped, \
+                     uncounted, pending and never delivered",
                 ),
                 "trimmed" => (
                     added - found.stream_length as i64 - value("dead_deleted"),
@@ -505,6 +656,7 @@ async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<S
         + found.total("dead").unwrap_or(0)
         + found.total("abandoned").unwrap_or(0)
         + found.total("skipped").unwrap_or(0)
+        + found.total("uncounted").unwrap_or(0)
         + found.total("base_added").unwrap_or(0);
     let (start, after) = if group_start == "end" {
         ("$".to_owned(), 0)
@@ -526,8 +678,10 @@ async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<S
 /// Does the repairs of `plan`, in order, each in one transaction.
 pub async fn apply(store: &Store, plan: &RepairPlan) -> Result<(), StoreError> {
     let store = store.found_channels().await?;
-    for (step, partition) in plan.steps.iter().zip(&plan.partitions) {
-        apply_step(&store.partition(*partition), step, plan.partition_count).await?;
+    let places = plan.partitions.iter().zip(&plan.channels);
+    for (step, (partition, channel)) in plan.steps.iter().zip(places) {
+        let channel = store.for_channel(channel)?;
+        apply_step(&channel.partition(*partition), step, plan.partition_count).await?;
     }
     Ok(())
 }
@@ -614,6 +768,18 @@ async fn apply_step(store: &Store, step: &Step, partitions: u32) -> Result<(), S
         }
         Step::SetCounter { key, field, to, .. } => {
             cmds.push(redis::cmd("HSET").arg(key).arg(field).arg(*to).clone());
+        }
+        Step::RecreateCounters { key, counters } => {
+            // Created meanwhile (say, by another repair): left as it is.
+            if store.operator().key_type(key).await? != "none" {
+                return Ok(());
+            }
+            let mut hset = redis::cmd("HSET");
+            hset.arg(key).arg("sent").arg(0);
+            for (field, to, _) in counters {
+                hset.arg(field).arg(*to);
+            }
+            cmds.push(hset);
         }
         Step::ResetWindow { key } => {
             cmds.push(

@@ -126,6 +126,10 @@ pub struct Snapshot {
     pub requeued: u64,
     /// Messages `repair` gave up when it re-created a lost group.
     pub abandoned: u64,
+    /// Messages settled before `repair` re-created lost counters: sent,
+    /// skipped, abandoned or (on a channel) added before it began, which
+    /// is no longer known.
+    pub uncounted: u64,
     /// Messages the channel settled as nothing for it (no address of its
     /// kind, or requeued for another channel).
     pub skipped: u64,
@@ -285,6 +289,7 @@ impl Snapshot {
             dead_purged: get("dead_purged"),
             requeued: get("requeued"),
             abandoned: get("abandoned"),
+            uncounted: get("uncounted"),
             skipped: get("skipped"),
             deferred: get("deferred"),
             dead_expired: get("dead_expired"),
@@ -316,10 +321,10 @@ impl Snapshot {
         (self.attempts > 0).then(|| self.send_time_us as f64 / self.attempts as f64 / 1000.0)
     }
 
-    /// Messages settled for good: sent, dead, skipped, or given up by
-    /// `repair`.
+    /// Messages settled for good: sent, dead, skipped, given up by
+    /// `repair`, or settled before it re-created lost counters.
     pub fn settled(&self) -> u64 {
-        self.sent + self.dead + self.abandoned + self.skipped
+        self.sent + self.dead + self.abandoned + self.skipped + self.uncounted
     }
 
     /// Entries this channel has to settle: those added since it began.
@@ -409,6 +414,8 @@ pub struct SenderSnapshot {
     pub breaker_opened: u64,
     /// Its channel.
     pub channel: String,
+    /// Its send times per attempt, bucketed.
+    pub latency: Histogram,
 }
 
 impl SenderSnapshot {
@@ -472,6 +479,7 @@ impl SenderSnapshot {
                     dead: get("dead"),
                     attempts: get("attempts"),
                     send_time_us: get("send_time_us"),
+                    latency: Histogram::from_sender_hash(&fields),
                     pending: consumer.pending,
                     pending_by_partition: Vec::new(),
                     idle_ms: consumer.idle_ms,

@@ -153,6 +153,7 @@ async fn the_dashboard_shows_what_the_api_reports() {
                 "customer_id": "c-7"});
             if i % 3 == 0 {
                 message["email"] = json!(format!("user{i}@example.org"));
+                message["email_body"] = json!(format!("mail text {i}"));
             }
             message
         })
@@ -266,21 +267,52 @@ async fn the_dashboard_shows_what_the_api_reports() {
     assert!(dom.contains("tx-"), "dead letters show the transaction id");
     assert!(dom.contains("dash-a"), "the sender is listed");
 
-    // Gateways: their senders' figures added up, as /api/v1/stats has them.
+    // Gateways and senders, each with its own send-time percentiles, as
+    // /api/v1/stats has them; a gateway's figures are its senders' sums.
     let senders = stats["senders"].as_array().expect("senders");
+    let gateways = stats["gateways"].as_array().expect("gateways");
+    let gateway_columns = [
+        "sent",
+        "failed",
+        "dead",
+        "pending",
+        "rate_per_s",
+        "p50_ms",
+        "p99_ms",
+    ];
     for (gateway, channel) in [("gw-sms", "sms"), ("gw-mail", "email")] {
         let cells = row_of(&dom, "gateway", gateway);
         let of_gateway: Vec<&Value> = senders.iter().filter(|s| s["gateway"] == gateway).collect();
         assert_eq!(of_gateway.len(), 1, "{gateway}'s sender: {stats}");
-        assert_eq!(cells[..3], [gateway, channel, "1"], "{gateway}: {cells:?}");
-        for (column, cell) in ["sent", "failed", "dead", "pending"]
+        let sender = of_gateway[0];
+        let report = gateways
             .iter()
-            .zip(&cells[3..7])
-        {
+            .find(|g| g["name"] == gateway)
+            .unwrap_or_else(|| panic!("{gateway} in {stats}"));
+        assert_eq!(cells[..3], [gateway, channel, "1"], "{gateway}: {cells:?}");
+        for (column, cell) in gateway_columns.iter().zip(&cells[3..]) {
+            assert!(
+                shows(cell, &report[column]),
+                "{gateway} {column}: the page shows {cell:?}, /api/v1/stats has {}",
+                report[column]
+            );
             assert_eq!(
-                cell,
-                &of_gateway[0][column].to_string(),
-                "{gateway} {column}: {cells:?}"
+                report[column], sender[column],
+                "{gateway} {column}: {stats}"
+            );
+        }
+        assert!(
+            report["p50_ms"].as_f64() > Some(0.0)
+                && report["p99_ms"].as_f64() >= report["p50_ms"].as_f64(),
+            "{gateway} has percentiles: {report}"
+        );
+        let name = sender["name"].as_str().expect("a name");
+        let cells = row_of(&dom, "sender", &format!("{channel}/{name}"));
+        for (column, cell) in ["p50_ms", "p99_ms"].iter().zip(&cells[9..11]) {
+            assert!(
+                shows(cell, &sender[column]),
+                "sender {name} {column}: the page shows {cell:?}, /api/v1/stats has {}",
+                sender[column]
             );
         }
     }
@@ -314,6 +346,28 @@ async fn the_dashboard_shows_what_the_api_reports() {
     assert!(
         dead_channels.contains(&"sms") && dead_channels.contains(&"email"),
         "dead letters of both channels, each named: {dead_channels:?}"
+    );
+    // Each lists the address and the text its channel sent: the e-mail
+    // channel's own text for e-mail.
+    for letter in dead["dead_letters"].as_array().expect("dead letters") {
+        let (address, text) = if letter["channel"] == "email" {
+            (&letter["email"], &letter["email_body"])
+        } else {
+            (&letter["recipient"], &letter["body"])
+        };
+        assert!(
+            letter["address"] == *address && letter["text"] == *text && text.is_string(),
+            "{letter}"
+        );
+    }
+    let mailed = dead["dead_letters"]
+        .as_array()
+        .and_then(|letters| letters.iter().find(|l| l["channel"] == "email"))
+        .expect("an e-mail dead letter");
+    let text = mailed["text"].as_str().expect("a text");
+    assert!(
+        text.starts_with("mail text") && dom.contains(&format!("<td>{text}</td>")),
+        "the page shows the e-mail text {text}"
     );
 
     let screenshot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");

@@ -221,13 +221,13 @@ async fn assert_audit_consistent(url: &str, prefix: &str) {
     );
 }
 
-/// The first five columns (id, reason, attempts, message, recipient) of each
+/// The first five columns (id, reason, attempts, message, address) of each
 /// row of `dead list`'s table.
 fn table_rows(table: &str) -> Vec<Vec<String>> {
     let mut lines = table.lines();
     let header = lines.next().unwrap_or_default();
     assert!(
-        header.starts_with("dead letter") && header.ends_with("body"),
+        header.starts_with("dead letter") && header.ends_with("text"),
         "expected the table header, got {header:?}"
     );
     lines

@@ -125,6 +125,23 @@ async fn the_monitor_serves_metrics_that_parse_and_match_the_counters() {
         buckets.windows(2).all(|w| w[0].count <= w[1].count),
         "cumulative buckets"
     );
+    // The one sender made every attempt: its own histogram is the queue's.
+    let of_sender = scrape
+        .samples
+        .iter()
+        .find(|s| {
+            s.metric == "sms_sender_send_duration_seconds"
+                && s.labels.get("sender") == Some("alpha")
+        })
+        .expect("the sender's histogram");
+    let Value::Histogram(sender_buckets) = &of_sender.value else {
+        panic!("not a histogram: {:?}", of_sender.value)
+    };
+    assert_eq!(
+        sender_buckets.iter().map(|b| b.count).collect::<Vec<_>>(),
+        buckets.iter().map(|b| b.count).collect::<Vec<_>>(),
+        "the sender's buckets are the queue's"
+    );
 }
 
 /// The value of the sample of `name` whose labels include every one of

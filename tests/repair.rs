@@ -1,7 +1,8 @@
 //! `repair` on damage the other tests do not cause: a queue identity without
 //! its epoch, totals that are not numbers (rebuilt from what Redis holds
 //! where that is exact), a main key of the wrong type, a message stream gone
-//! with its messages, and a group re-created at a given entry.
+//! with its messages, a group re-created at a given entry, and a counters
+//! hash gone, the totals' or a channel's (found whichever channel is asked).
 
 mod common;
 
@@ -215,4 +216,180 @@ async fn a_group_recreated_at_an_entry_delivers_only_what_follows_it() {
     let after = Snapshot::read(&found).await.expect("counters");
     assert_eq!(after.abandoned, 20);
     audit_is_consistent(&found).await;
+}
+
+/// The fields and values a `RecreateCounters` step sets, by key.
+fn recreated(plan: &repair::RepairPlan) -> Vec<(String, Vec<(String, i64)>)> {
+    plan.steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::RecreateCounters { key, counters } => Some((
+                key.clone(),
+                counters
+                    .iter()
+                    .map(|(field, to, _)| (field.clone(), *to))
+                    .collect(),
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Applies `plan`, after which there is nothing left to repair.
+async fn apply_fully(found: &Store, plan: &repair::RepairPlan) {
+    repair::apply(found, plan).await.expect("repairs");
+    let again = repair::plan(found, "end").await.expect("plans");
+    assert!(again.steps.is_empty(), "{again:?}");
+}
+
+/// Runs a sender that never fails on `store` until `total` messages are
+/// settled there; the counters then.
+async fn send_the_rest(store: &Store, total: u64) -> Snapshot {
+    let sender = RunningSender::start(store, send_settings("rest", 0, 0.0));
+    let settled = || all_settled(store, total);
+    wait_until("the rest settled", Duration::from_secs(30), settled).await;
+    sender.stop().await;
+    Snapshot::read(store).await.expect("counters")
+}
+
+fn pairs(fields: &[(&str, u64)]) -> Vec<(String, i64)> {
+    fields
+        .iter()
+        .map(|(field, to)| (field.to_string(), *to as i64))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_totals_hash_is_rebuilt_and_what_it_settled_is_uncounted() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("nototals");
+    let store = settled_queue(&redis.url, &prefix, 200).await;
+    let before = Snapshot::read(&store).await.expect("counters");
+    produce_n(&store, 23, 50).await;
+    let held = read_as(&redis.url, &store, "c1", 20).await;
+    assert_eq!(held.len(), 20);
+    command(&redis.url, &["DEL", &store.keys().stats()]).await;
+    let damaged = Snapshot::read(&store).await.expect("a snapshot");
+    assert!(damaged.state_detail.contains("is missing"), "{damaged:?}");
+
+    let found = as_found(&redis.url, &prefix).await;
+    let plan = repair::plan(&found, "end").await.expect("plans");
+    assert_eq!(plan.steps.len(), 1, "{plan:?}");
+    assert_eq!(
+        recreated(&plan),
+        [(
+            store.keys().stats(),
+            pairs(&[
+                ("produced", 250),
+                ("trimmed", 0),
+                ("dead", before.dead),
+                ("dead_max_attempts", before.dead),
+                ("uncounted", before.sent),
+            ])
+        )],
+        "what Redis holds tells these; the sent, skipped or abandoned are uncounted"
+    );
+    let text = plan.to_text();
+    assert!(
+        text.starts_with(&format!(
+            "1. create the lost counters hash {} again: produced 250 (entries added",
+            store.keys().stats()
+        )) && text.contains("the other counters start at 0"),
+        "{text}"
+    );
+
+    apply_fully(&found, &plan).await;
+    let repaired = found.open().await.expect("the repaired queue opens");
+    let after = Snapshot::read(&repaired).await.expect("counters");
+    assert_eq!(
+        (
+            after.sent,
+            after.uncounted,
+            after.dead,
+            after.pending,
+            after.lag
+        ),
+        (0, before.sent, before.dead, 20, Some(30))
+    );
+    audit_is_consistent(&repaired).await;
+
+    // The rest goes out once: the 20 held by a dead consumer after the
+    // lease, the 30 never delivered; nothing settled before goes again.
+    let done = send_the_rest(&repaired, 250).await;
+    assert_eq!(
+        (done.sent, done.dead, done.duplicates),
+        (50, before.dead, 0)
+    );
+    audit_is_consistent(&repaired).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_channel_is_repaired_whichever_one_is_asked_for() {
+    use sms_alerts::channel::Channel;
+    use sms_alerts::store::QueueOptions;
+
+    let redis = start_redis().await;
+    let prefix = unique_prefix("nochannel");
+    let options = QueueOptions {
+        channels: vec![
+            Channel::parse("sms").expect("sms"),
+            Channel::parse("email").expect("email"),
+        ],
+        partitions: Some(2),
+        ..QueueOptions::default()
+    };
+    let store = store_with(&redis.url, &prefix, &options)
+        .await
+        .open()
+        .await
+        .expect("opens");
+    let email = store.for_channel("email").expect("email");
+    produce_n(&store, 24, 100).await;
+    let mut failing = send_settings("m", 0, 0.5);
+    failing.max_attempts = 2;
+    let mailer = RunningSender::start(&email, failing);
+    let mailed = || all_settled(&email, 100);
+    wait_until("e-mail settled", Duration::from_secs(30), mailed).await;
+    mailer.stop().await;
+    let before = Snapshot::read(&email).await.expect("counters");
+    assert!(before.dead > 0 && before.skipped > 0, "{before:?}");
+    produce_n(&store, 25, 40).await;
+    let held = read_as(&redis.url, &email.partition(1), "c1", 5).await;
+    assert_eq!(held.len(), 5);
+    for partition in email.partitions() {
+        command(&redis.url, &["DEL", &partition.keys().stats()]).await;
+    }
+
+    // Asked on the first channel, repair finds the e-mail channel's damage.
+    let found = as_found(&redis.url, &prefix).await;
+    let plan = repair::plan(&found, "end").await.expect("plans");
+    assert_eq!(plan.channels, ["email", "email"], "{plan:?}");
+    assert_eq!(plan.partitions, [0, 1]);
+    let keys: Vec<String> = recreated(&plan).into_iter().map(|(key, _)| key).collect();
+    assert_eq!(
+        keys,
+        [
+            email.partition(0).keys().stats(),
+            email.partition(1).keys().stats()
+        ]
+    );
+    assert!(
+        plan.to_text()
+            .starts_with("1. partition 0, channel email: create the lost counters hash"),
+        "{}",
+        plan.to_text()
+    );
+    apply_fully(&found, &plan).await;
+    let after = Snapshot::read(&email).await.expect("counters");
+    assert_eq!(
+        (after.sent, after.skipped, after.dead, after.pending),
+        (0, 0, before.dead, 5)
+    );
+    assert_eq!(after.uncounted, before.sent + before.skipped);
+    audit_is_consistent(&store).await;
+
+    // The new messages go out by e-mail once each; the old ones stay settled.
+    let done = send_the_rest(&email, 140).await;
+    assert_eq!((done.sent + done.skipped, done.duplicates), (40, 0));
+    audit_is_consistent(&store).await;
 }

@@ -100,18 +100,19 @@ impl Live {
             .unwrap_or(6)
             .max(6);
         let mut lines = vec![format!(
-            "  {:<width$}  {:>9}  {:>8}  {:>6}  {:>9}  {:>8}  {:>7}",
-            "sender", "sent", "failed", "dead", "avg ms", "msg/s", "pending"
+            "  {:<width$}  {:>9}  {:>8}  {:>6}  {:>9}  {:>9}  {:>8}  {:>7}",
+            "sender", "sent", "failed", "dead", "avg ms", "p99 ms", "msg/s", "pending"
         )];
+        let ms = |ms: Option<f64>| ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}"));
         lines.extend(report.senders.iter().map(|s| {
             format!(
-                "  {:<width$}  {:>9}  {:>8}  {:>6}  {:>9}  {:>8.1}  {:>7}",
+                "  {:<width$}  {:>9}  {:>8}  {:>6}  {:>9}  {:>9}  {:>8.1}  {:>7}",
                 s.name,
                 s.sent,
                 s.failed,
                 s.dead,
-                s.avg_send_ms
-                    .map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}")),
+                ms(s.avg_send_ms),
+                ms(s.p99_ms),
                 s.rate_per_s,
                 s.pending
             )
@@ -209,6 +210,9 @@ mod tests {
                 dead: 20,
                 pending: 10,
                 avg_send_ms: Some(12.34),
+                p50_ms: Some(11.0),
+                p95_ms: Some(18.0),
+                p99_ms: Some(19.52),
                 rate_per_s: 33.3,
             },
             SenderRow {
@@ -222,6 +226,9 @@ mod tests {
                 dead: 5,
                 pending: 20,
                 avg_send_ms: None,
+                p50_ms: None,
+                p95_ms: None,
+                p99_ms: None,
                 rate_per_s: 0.0,
             },
         ];
@@ -257,7 +264,8 @@ mod tests {
             table.iter().map(|line| fields(line)).collect::<Vec<_>>(),
             [
                 vec![
-                    "sender", "sent", "failed", "dead", "avg", "ms", "msg/s", "pending"
+                    "sender", "sent", "failed", "dead", "avg", "ms", "p99", "ms", "msg/s",
+                    "pending"
                 ],
                 vec![
                     "a-long-sender-name",
@@ -265,10 +273,11 @@ mod tests {
                     "30",
                     "20",
                     "12.3",
+                    "19.5",
                     "33.3",
                     "10"
                 ],
-                vec!["b", "200", "10", "5", "-", "0.0", "20"],
+                vec!["b", "200", "10", "5", "-", "-", "0.0", "20"],
             ],
             "a header and one line per sender"
         );

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::latency::Histogram;
 use crate::stats::{Memory, QueueState, SenderSnapshot, Snapshot};
 use crate::store::{Retention, RunInfo};
 
@@ -24,6 +25,12 @@ pub struct SenderRow {
     pub pending: u64,
     /// Its mean send time per attempt, in milliseconds.
     pub avg_send_ms: Option<f64>,
+    /// Its median send time, in milliseconds.
+    pub p50_ms: Option<f64>,
+    /// Its 95th percentile send time, in milliseconds.
+    pub p95_ms: Option<f64>,
+    /// Its 99th percentile send time, in milliseconds.
+    pub p99_ms: Option<f64>,
     /// Messages it sent per second over the last interval.
     pub rate_per_s: f64,
     /// The gateway it sends through (empty when it published none).
@@ -36,6 +43,93 @@ pub struct SenderRow {
     pub breaker_opened: u64,
     /// Its channel.
     pub channel: String,
+}
+
+/// One gateway's row: its senders' figures added up. Senders that named
+/// no gateway send through `default`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct GatewayRow {
+    /// The gateway.
+    pub name: String,
+    /// The channels its senders serve.
+    pub channels: Vec<String>,
+    /// Its senders.
+    pub senders: u64,
+    /// Messages its senders sent.
+    pub sent: u64,
+    /// Its senders' failed attempts.
+    pub failed: u64,
+    /// Messages its senders dead-lettered.
+    pub dead: u64,
+    /// Messages its senders hold.
+    pub pending: u64,
+    /// Messages its senders sent per second over the last interval.
+    pub rate_per_s: f64,
+    /// Its senders' breakers, counted by state.
+    pub breakers: BTreeMap<String, u64>,
+    /// Median send time through it, in milliseconds.
+    pub p50_ms: Option<f64>,
+    /// 95th percentile send time through it, in milliseconds.
+    pub p95_ms: Option<f64>,
+    /// 99th percentile send time through it, in milliseconds.
+    pub p99_ms: Option<f64>,
+}
+
+impl GatewayRow {
+    /// The senders' rows summed by gateway, with the percentiles of their
+    /// histograms merged; `rows` and `senders` are in the same order.
+    fn sum(senders: &[SenderSnapshot], rows: &[SenderRow]) -> Vec<Self> {
+        let mut by_name: BTreeMap<&str, (Self, Histogram)> = BTreeMap::new();
+        for (sender, row) in senders.iter().zip(rows) {
+            let name = if sender.gateway.is_empty() {
+                "default"
+            } else {
+                sender.gateway.as_str()
+            };
+            let (gateway, latency) = by_name.entry(name).or_insert_with(|| {
+                let row = Self {
+                    name: name.to_owned(),
+                    channels: Vec::new(),
+                    senders: 0,
+                    sent: 0,
+                    failed: 0,
+                    dead: 0,
+                    pending: 0,
+                    rate_per_s: 0.0,
+                    breakers: BTreeMap::new(),
+                    p50_ms: None,
+                    p95_ms: None,
+                    p99_ms: None,
+                };
+                (row, Histogram::default())
+            });
+            if !gateway.channels.contains(&sender.channel) {
+                gateway.channels.push(sender.channel.clone());
+            }
+            gateway.senders += 1;
+            gateway.sent += sender.sent;
+            gateway.failed += sender.failed;
+            gateway.dead += sender.dead;
+            gateway.pending += sender.pending;
+            gateway.rate_per_s = round(gateway.rate_per_s + row.rate_per_s, 1);
+            if !sender.breaker.is_empty() {
+                *gateway.breakers.entry(sender.breaker.clone()).or_default() += 1;
+            }
+            latency.merge(&sender.latency);
+        }
+        by_name
+            .into_values()
+            .map(|(mut gateway, latency)| {
+                [gateway.p50_ms, gateway.p95_ms, gateway.p99_ms] = percentiles(&latency);
+                gateway
+            })
+            .collect()
+    }
+}
+
+/// The 50th, 95th and 99th percentiles of `latency`, in milliseconds.
+fn percentiles(latency: &Histogram) -> [Option<f64>; 3] {
+    [0.50, 0.95, 0.99].map(|q| latency.quantile_ms(q).map(|ms| round(ms, 3)))
 }
 
 /// One partition's row.
@@ -176,6 +270,9 @@ pub struct Report {
     /// Per-sender rows (JSON and the live display; empty in plain lines).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub senders: Vec<SenderRow>,
+    /// Per-gateway rows, the senders' summed by gateway.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub gateways: Vec<GatewayRow>,
     /// Alert and resolution lines raised by this report.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<String>,
@@ -187,6 +284,12 @@ pub struct Report {
     pub channel: String,
     /// Messages the channel settled as nothing for it (no address).
     pub skipped: u64,
+    /// Messages `repair` gave up when it re-created a lost group.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub abandoned: u64,
+    /// Messages settled before `repair` re-created lost counters.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub uncounted: u64,
     /// Messages the channel has to settle: those added since it began.
     pub to_settle: u64,
     /// Times a message waited without spending an attempt (throttled,
@@ -195,6 +298,10 @@ pub struct Report {
     /// Every channel's report, by name, when the queue has more than one.
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub channels: BTreeMap<String, Report>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn round(value: f64, places: i32) -> f64 {
@@ -212,6 +319,7 @@ impl Report {
             _ => 0.0,
         };
         let ms = |value: Option<f64>| value.map(|ms| round(ms, 3));
+        let [p50_ms, p95_ms, p99_ms] = percentiles(&now.latency);
         Self {
             produced: now.produced,
             sent: now.sent,
@@ -222,9 +330,9 @@ impl Report {
             duplicates: now.duplicates,
             attempts: now.attempts,
             avg_send_ms: ms(now.avg_send_ms()),
-            p50_ms: ms(now.latency.quantile_ms(0.50)),
-            p95_ms: ms(now.latency.quantile_ms(0.95)),
-            p99_ms: ms(now.latency.quantile_ms(0.99)),
+            p50_ms,
+            p95_ms,
+            p99_ms,
             rate_per_s: round(rate_per_s, 1),
             elapsed_s: round(elapsed.as_secs_f64(), 1),
             done: now.is_done(),
@@ -247,6 +355,7 @@ impl Report {
             runs: now.open_runs.clone(),
             memory: now.memory.clone(),
             senders: Vec::new(),
+            gateways: Vec::new(),
             alerts: Vec::new(),
             partitions: (0..)
                 .zip(&now.partitions)
@@ -254,6 +363,8 @@ impl Report {
                 .collect(),
             channel: now.channel.clone(),
             skipped: now.skipped,
+            abandoned: now.abandoned,
+            uncounted: now.uncounted,
             to_settle: now.to_settle(),
             deferred: now.deferred,
             channels: now
@@ -298,7 +409,8 @@ impl Report {
         }
     }
 
-    /// Adds per-sender rows, with rates against the senders' `previous` sent counts.
+    /// Adds per-sender rows, with rates against the senders' `previous`
+    /// sent counts, and the gateway rows they add up to.
     pub fn with_senders(
         mut self,
         senders: &[SenderSnapshot],
@@ -307,25 +419,32 @@ impl Report {
     ) -> Self {
         self.senders = senders
             .iter()
-            .map(|s| SenderRow {
-                name: s.name.clone(),
-                sent: s.sent,
-                failed: s.failed,
-                dead: s.dead,
-                pending: s.pending,
-                avg_send_ms: s.avg_send_ms().map(|ms| round(ms, 3)),
-                gateway: s.gateway.clone(),
-                breaker: s.breaker.clone(),
-                breaker_opened: s.breaker_opened,
-                channel: s.channel.clone(),
-                rate_per_s: match (dt, previous.get(&s.name)) {
-                    (Some(dt), Some(before)) if !dt.is_zero() => {
-                        round(s.sent.saturating_sub(*before) as f64 / dt.as_secs_f64(), 1)
-                    }
-                    _ => 0.0,
-                },
+            .map(|s| {
+                let [p50_ms, p95_ms, p99_ms] = percentiles(&s.latency);
+                SenderRow {
+                    name: s.name.clone(),
+                    sent: s.sent,
+                    failed: s.failed,
+                    dead: s.dead,
+                    pending: s.pending,
+                    avg_send_ms: s.avg_send_ms().map(|ms| round(ms, 3)),
+                    p50_ms,
+                    p95_ms,
+                    p99_ms,
+                    gateway: s.gateway.clone(),
+                    breaker: s.breaker.clone(),
+                    breaker_opened: s.breaker_opened,
+                    channel: s.channel.clone(),
+                    rate_per_s: match (dt, previous.get(&s.name)) {
+                        (Some(dt), Some(before)) if !dt.is_zero() => {
+                            round(s.sent.saturating_sub(*before) as f64 / dt.as_secs_f64(), 1)
+                        }
+                        _ => 0.0,
+                    },
+                }
             })
             .collect();
+        self.gateways = GatewayRow::sum(senders, &self.senders);
         self
     }
 
@@ -421,5 +540,60 @@ mod tests {
         );
         let json = serde_json::to_value(&report).expect("serializes");
         assert_eq!(json["avg_send_ms"], 200.0);
+    }
+
+    fn sender(name: &str, gateway: &str, breaker: &str, bucket: usize) -> SenderSnapshot {
+        let mut latency = Histogram::default();
+        latency.counts[bucket] = 10;
+        SenderSnapshot {
+            name: name.to_owned(),
+            sent: 10,
+            failed: 1,
+            dead: 0,
+            attempts: 11,
+            send_time_us: 0,
+            pending: 2,
+            pending_by_partition: vec![2],
+            idle_ms: 0,
+            live: true,
+            gateway: gateway.to_owned(),
+            breaker: breaker.to_owned(),
+            breaker_opened: 0,
+            channel: "sms".to_owned(),
+            latency,
+        }
+    }
+
+    #[test]
+    fn gateways_add_up_their_senders_and_merge_their_histograms() {
+        let senders = [
+            sender("a", "gw", "closed", 0),
+            sender("b", "gw", "open", 4),
+            sender("c", "", "", 2),
+        ];
+        let previous = HashMap::from([("a".to_owned(), 0), ("b".to_owned(), 5)]);
+        let report = Report::new(&Snapshot::default(), None, Duration::ZERO).with_senders(
+            &senders,
+            &previous,
+            Some(Duration::from_secs(1)),
+        );
+        let [default, gw] = &report.gateways[..] else {
+            panic!("two gateways: {:?}", report.gateways)
+        };
+        assert_eq!(default.name, "default");
+        assert_eq!((default.senders, default.sent), (1, 10));
+        assert_eq!(default.p50_ms, report.senders[2].p50_ms);
+        assert_eq!((gw.senders, gw.sent, gw.failed, gw.pending), (2, 20, 2, 4));
+        assert_eq!(gw.rate_per_s, 15.0, "10/s and 5/s");
+        assert_eq!(gw.channels, ["sms"]);
+        assert_eq!(
+            gw.breakers,
+            BTreeMap::from([("closed".to_owned(), 1), ("open".to_owned(), 1)])
+        );
+        // Half the attempts took at most 1 ms, half 10-20 ms: the median is
+        // at the top of the first bucket, the p99 in the fifth.
+        assert_eq!(report.senders[0].p99_ms, Some(0.99));
+        assert_eq!(gw.p50_ms, Some(1.0));
+        assert_eq!(gw.p99_ms, Some(19.8));
     }
 }

@@ -2,8 +2,9 @@
 //! reads `/api/v1/stats` and `/api/v1/dead` every second and shows totals,
 //! each channel's progress (one row per channel, from the report's
 //! `channels`; the report itself for a queue of one channel), rates,
-//! send-time percentiles, queue ages, gateways (their senders' figures
-//! added up, and their breakers), senders, partitions and each channel's
+//! send-time percentiles per channel, gateway and sender, queue ages,
+//! gateways (the report's sums of their senders, and their breakers),
+//! senders, partitions and each channel's
 //! dead letters by reason, each with a button that requeues them. No build
 //! step and no assets beyond the page, which is compiled in.
 //!
@@ -17,11 +18,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::answer::{self, Refusal};
 use super::{App, check_json, within};
-use crate::dead::{self, Selection};
+use crate::dead::{self, DeadLetter, Selection};
 
 /// The page.
 const PAGE: &str = include_str!("dashboard.html");
@@ -42,17 +43,35 @@ pub(super) async fn page() -> Response {
         .into_response()
 }
 
+/// A dead letter as the page lists it: with its channel, and the address
+/// and text that channel sent.
+#[derive(Debug, Serialize)]
+struct ListedLetter {
+    #[serde(flatten)]
+    letter: DeadLetter,
+    /// The channel whose dead letter it is.
+    channel: String,
+    /// The address the channel sent to.
+    address: Option<String>,
+    /// The text the channel sent.
+    text: Option<String>,
+}
+
 /// `GET /api/v1/dead`: the newest dead letters of each channel of the
-/// server's own queue, each with its `channel`.
+/// server's own queue, each with its `channel`, `address` and `text`.
 pub(super) async fn dead_letters(State(app): State<Arc<App>>) -> Response {
     let store = app.queues.home().store();
     let every = async {
         let mut shown = Vec::new();
         for channel in store.every_channel() {
+            let kind = channel.channel().kind;
             for letter in dead::list(&channel, None, DEAD_SHOWN).await? {
-                let mut row = serde_json::to_value(letter).unwrap_or_default();
-                row["channel"] = serde_json::Value::from(channel.group());
-                shown.push(row);
+                shown.push(ListedLetter {
+                    channel: channel.group().to_owned(),
+                    address: letter.address(kind).map(str::to_owned),
+                    text: letter.text(kind).map(str::to_owned),
+                    letter,
+                });
             }
         }
         Ok::<_, crate::store::StoreError>(shown)

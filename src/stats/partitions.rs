@@ -6,6 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{QueueState, SenderSnapshot, Snapshot};
+use crate::latency::Histogram;
 use crate::store::{Store, StoreError};
 
 impl Snapshot {
@@ -54,6 +55,7 @@ impl Snapshot {
             (&mut self.dead_purged, other.dead_purged),
             (&mut self.requeued, other.requeued),
             (&mut self.abandoned, other.abandoned),
+            (&mut self.uncounted, other.uncounted),
             (&mut self.skipped, other.skipped),
             (&mut self.deferred, other.deferred),
             (&mut self.dead_expired, other.dead_expired),
@@ -105,6 +107,7 @@ pub(super) fn merge_senders(parts: Vec<Vec<SenderSnapshot>>, count: usize) -> Ve
                     breaker: String::new(),
                     breaker_opened: 0,
                     channel: String::new(),
+                    latency: Histogram::default(),
                 });
             if row.gateway.is_empty() {
                 row.gateway.clone_from(&sender.gateway);
@@ -116,6 +119,7 @@ pub(super) fn merge_senders(parts: Vec<Vec<SenderSnapshot>>, count: usize) -> Ve
             row.dead += sender.dead;
             row.attempts += sender.attempts;
             row.send_time_us += sender.send_time_us;
+            row.latency.merge(&sender.latency);
             row.pending += sender.pending;
             if let Some(held) = row.pending_by_partition.get_mut(partition) {
                 *held = sender.pending;
@@ -243,6 +247,9 @@ mod tests {
                 dead: 0,
                 attempts: sent,
                 send_time_us: 0,
+                latency: Histogram {
+                    counts: [sent; crate::latency::BOUNDS_US.len() + 1],
+                },
                 pending,
                 pending_by_partition: Vec::new(),
                 idle_ms,
@@ -262,5 +269,6 @@ mod tests {
         let b = &merged[1];
         assert_eq!((b.sent, b.pending, b.idle_ms, b.live), (4, 6, 100, true));
         assert_eq!(b.pending_by_partition, [2, 0, 4]);
+        assert_eq!(b.latency.counts[0], 4, "histograms add up over partitions");
     }
 }

@@ -42,7 +42,7 @@ const LIBRARY: &str = include_str!("../../migrations/functions.lua");
 
 /// The library version this binary brings: that of the last migration, and
 /// the `LIBRARY_VERSION` the library's source declares.
-pub(super) const LIBRARY_VERSION: u32 = 13;
+pub(super) const LIBRARY_VERSION: u32 = 14;
 
 /// Every migration, oldest first, one version step each. The names are
 /// recorded in queues' migrations hashes, so a step keeps its name.
@@ -124,6 +124,12 @@ pub const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 13,
         name: "0013_idle_claims",
+        step: Step::FunctionLibrary(LIBRARY),
+    },
+    // `sms_settle` keeps each sender's send-time histogram in its hash.
+    Migration {
+        version: 14,
+        name: "0014_sender_latency",
         step: Step::FunctionLibrary(LIBRARY),
     },
 ];
