@@ -51,13 +51,11 @@ pub async fn serve(
 }
 
 async fn scrape(State(store): State<Store>) -> Response {
-    let read = async {
-        let snapshot = Snapshot::read(&store).await?;
-        let senders = SenderSnapshot::read_every_channel(&store).await?;
-        Ok::<_, crate::store::StoreError>(render(&snapshot, &senders))
-    };
-    match read.await {
-        Ok(text) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response(),
+    match Snapshot::read_watched(&store).await {
+        Ok((snapshot, senders)) => {
+            let text = render(&snapshot, &senders);
+            ([(header::CONTENT_TYPE, CONTENT_TYPE)], text).into_response()
+        }
         Err(err) => {
             tracing::warn!(error = %err, "metrics scrape could not read Redis");
             (

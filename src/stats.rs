@@ -244,6 +244,16 @@ impl Snapshot {
         Ok(snapshot)
     }
 
+    /// The snapshot and every channel's senders of the queue as it is now,
+    /// with the partitions and channels added since `store` was made (see
+    /// [`Store::watched`]), for the reports of long-running processes.
+    pub async fn read_watched(store: &Store) -> Result<(Self, Vec<SenderSnapshot>), StoreError> {
+        let store = store.watched().await?;
+        let snapshot = Self::read(&store).await?;
+        let senders = SenderSnapshot::read_every_channel(&store).await?;
+        Ok((snapshot, senders))
+    }
+
     /// The figures of the handle's own partition alone (one Function call):
     /// no runs, live senders or memory, no `partitions`.
     pub async fn read_partition(store: &Store) -> Result<Self, StoreError> {

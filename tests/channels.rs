@@ -528,3 +528,102 @@ async fn an_email_alone_that_died_is_requeued_whole() {
     let report = audit::run(&store, 100).await.expect("audit");
     assert!(report.is_consistent(), "{}", report.to_text());
 }
+
+/// A writer whose bytes the test reads while the monitor writes.
+#[derive(Clone, Default)]
+struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Shared {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("unpoisoned").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Shared {
+    /// The JSON reports written so far.
+    fn reports(&self) -> Vec<serde_json::Value> {
+        let bytes = self.0.lock().expect("unpoisoned").clone();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| serde_json::from_str(line).ok())
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_monitor_follows_a_channel_added_while_it_runs() {
+    use sms_alerts::monitor::{self, MonitorOutcome, Sink};
+    use sms_alerts::settings::MonitorSettings;
+    use tokio_util::sync::CancellationToken;
+
+    let redis = start_redis().await;
+    let prefix = unique_prefix("followed");
+    let store = common::store_with(&redis.url, &prefix, &QueueOptions::default())
+        .await
+        .open()
+        .await
+        .expect("opens");
+    common::produce_n(&store, 5, 20).await;
+    let output = Shared::default();
+    let settings = MonitorSettings {
+        interval: Duration::from_millis(50),
+        until_done: true,
+        json: true,
+        by_partition: false,
+        alerts: Default::default(),
+        metrics_addr: None,
+    };
+    let monitor = {
+        let (store, mut output) = (store.clone(), output.clone());
+        tokio::spawn(async move {
+            let shutdown = CancellationToken::new();
+            monitor::run(&store, &settings, Sink::Writer(&mut output), &shutdown).await
+        })
+    };
+    wait_until("a first report", DEADLINE, || async {
+        !output.reports().is_empty()
+    })
+    .await;
+
+    // A channel from the beginning: it has the 20 to send as well.
+    let backup = QueueOptions {
+        channels: vec![Channel::parse("backup:sms").expect("a channel")],
+        channel_start: ChannelStart::Beginning,
+        ..QueueOptions::default()
+    };
+    store.migrate(&backup).await.expect("adds backup");
+    let sender = RunningSender::start(&store, send_settings("sms-1", 0, 0.0));
+    wait_until(
+        "the monitor shows sms done, backup not",
+        DEADLINE,
+        || async {
+            output.reports().iter().any(|report| {
+                let channels = &report["channels"];
+                channels["sms"]["done"] == true && channels["backup"]["done"] == false
+            })
+        },
+    )
+    .await;
+    sender.stop().await;
+    assert!(!monitor.is_finished(), "the backup channel has work left");
+
+    let reopened = store.open().await.expect("reopens");
+    let backup = reopened.for_channel("backup").expect("backup");
+    let sender = RunningSender::start(&backup, send_settings("backup-1", 0, 0.0));
+    let outcome = tokio::time::timeout(DEADLINE, monitor)
+        .await
+        .expect("the monitor ends once both are done")
+        .expect("joins")
+        .expect("the monitor runs");
+    sender.stop().await;
+    let MonitorOutcome::Done(done) = outcome else {
+        panic!("not done: {outcome:?}")
+    };
+    assert_eq!(done.channels["backup"].settled(), 20, "{done:?}");
+    assert_eq!(done.channels["sms"].settled(), 20);
+}

@@ -102,6 +102,10 @@ pub async fn run(
     // only the senders' hashes hold.
     let per_sender = true;
     let mut previous: Option<(Snapshot, Instant)> = None;
+    // The queue as it is now: partitions and channels added while the
+    // monitor runs are counted from the next look, so `until_done` never
+    // ends while they still have work.
+    let mut watched = store.clone();
     let mut previous_senders: HashMap<String, u64> = HashMap::new();
     let mut alerts = AlertState::default();
     let mut tick = tokio::time::interval(settings.interval);
@@ -115,8 +119,12 @@ pub async fn run(
             () = shutdown.cancelled() => break MonitorOutcome::Stopped(previous.map(|(s, _)| s)),
         };
         if !report_due {
-            let look = store.retrying("read the queue's figures", || Snapshot::read(store));
-            let snapshot = tokio::select! {
+            let look = store.retrying("read the queue's figures", || async {
+                let now = watched.watched().await?;
+                Ok((Snapshot::read(&now).await?, now))
+            });
+            let snapshot;
+            (snapshot, watched) = tokio::select! {
                 read = look => read?,
                 () = shutdown.cancelled() => break MonitorOutcome::Stopped(previous.map(|(s, _)| s)),
             };
@@ -125,15 +133,17 @@ pub async fn run(
             }
         }
         let read = store.retrying("read the queue's figures", || async {
-            let snapshot = Snapshot::read(store).await?;
+            let now = watched.watched().await?;
+            let snapshot = Snapshot::read(&now).await?;
             let senders = if per_sender {
-                SenderSnapshot::read_every_channel(store).await?
+                SenderSnapshot::read_every_channel(&now).await?
             } else {
                 Vec::new()
             };
-            Ok((snapshot, senders))
+            Ok((snapshot, senders, now))
         });
-        let (snapshot, senders) = tokio::select! {
+        let (snapshot, senders);
+        (snapshot, senders, watched) = tokio::select! {
             read = read => read?,
             () = shutdown.cancelled() => break MonitorOutcome::Stopped(previous.map(|(s, _)| s)),
         };

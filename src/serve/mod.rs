@@ -44,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::monitor::Report;
 use crate::settings::ServeSettings;
-use crate::stats::{QueueState, SenderSnapshot, Snapshot};
+use crate::stats::{QueueState, Snapshot};
 use crate::store::{Store, StoreError};
 use answer::Refusal;
 use queues::Queues;
@@ -319,12 +319,7 @@ fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
 /// The monitor's JSON report of the server's own queue.
 async fn stats(State(app): State<Arc<App>>) -> Response {
     let store = app.queues.home().store();
-    let read = async {
-        let snapshot = Snapshot::read(&store).await?;
-        let senders = SenderSnapshot::read_every_channel(&store).await?;
-        Ok::<_, StoreError>((snapshot, senders))
-    };
-    let (snapshot, senders) = match within(&app, read).await {
+    let (snapshot, senders) = match within(&app, Snapshot::read_watched(&store)).await {
         Ok(Ok(read)) => read,
         Ok(Err(err)) => return app.refusal(&err, true).into_response(),
         Err(refusal) => return refusal.into_response(),
@@ -371,13 +366,9 @@ async fn readyz(State(app): State<Arc<App>>) -> Response {
 /// serves them.
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     let store = app.queues.home().store();
-    let read = async {
-        let snapshot = Snapshot::read(&store).await?;
-        let senders = SenderSnapshot::read_every_channel(&store).await?;
-        Ok::<_, StoreError>(crate::metrics::render(&snapshot, &senders))
-    };
-    match within(&app, read).await {
-        Ok(Ok(text)) => {
+    match within(&app, Snapshot::read_watched(&store)).await {
+        Ok(Ok((snapshot, senders))) => {
+            let text = crate::metrics::render(&snapshot, &senders);
             ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
         }
         Ok(Err(err)) => Refusal::unavailable(format!("cannot read Redis: {err}")).into_response(),

@@ -147,6 +147,28 @@ impl Store {
         }
     }
 
+    /// The handle with the partitions and channels `migrate` added since
+    /// this one was made, for a process that watches the queue while it
+    /// grows (the monitor, `serve`'s reports): the partitions added are
+    /// checked like those [`Store::open`] found. When the queue's records
+    /// cannot be read as they are, the same handle: a snapshot then says
+    /// what is wrong with them.
+    pub async fn watched(&self) -> Result<Store, StoreError> {
+        let reopened = async {
+            let grown = self.reopen_grown().await?;
+            match grown.read_channels().await? {
+                Some(channels) if channels.len() != grown.channels.len() => {
+                    grown.on_channel(channels)
+                }
+                _ => Ok(grown),
+            }
+        };
+        match reopened.await {
+            Err(err) if !err.is_transient() => Ok(self.clone()),
+            watched => watched,
+        }
+    }
+
     /// This handle made the handle of the channel it was asked for (its
     /// group; the queue's first channel when none was asked for), among
     /// `channels`. [`StoreError::Refused`] when there is no such channel.
