@@ -62,6 +62,17 @@ async fn without_email(url: &str, store: &Store) -> u64 {
     count
 }
 
+/// A queue of the one default channel, opened, with 20 messages.
+async fn twenty_on_one_channel(url: &str, test: &str) -> Store {
+    let store = common::store_with(url, &unique_prefix(test), &QueueOptions::default())
+        .await
+        .open()
+        .await
+        .expect("opens");
+    common::produce_n(&store, 5, 20).await;
+    store
+}
+
 async fn snapshot(store: &Store) -> Snapshot {
     Snapshot::read(store).await.expect("snapshot")
 }
@@ -438,13 +449,7 @@ async fn a_channel_whose_counters_are_gone_is_refused_not_refilled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_channel_added_from_the_beginning_skips_the_requeued_copies() {
     let redis = start_redis().await;
-    let prefix = unique_prefix("requeue-then-add");
-    let store = common::store_with(&redis.url, &prefix, &QueueOptions::default())
-        .await
-        .open()
-        .await
-        .expect("opens");
-    common::produce_n(&store, 5, 20).await;
+    let store = twenty_on_one_channel(&redis.url, "requeue-then-add").await;
     // One attempt, always failing: all 20 dead, then requeued and sent.
     let mut hopeless = send_settings("hopeless", 0, 1.0);
     hopeless.max_attempts = 1;
@@ -562,13 +567,7 @@ async fn the_monitor_follows_a_channel_added_while_it_runs() {
     use tokio_util::sync::CancellationToken;
 
     let redis = start_redis().await;
-    let prefix = unique_prefix("followed");
-    let store = common::store_with(&redis.url, &prefix, &QueueOptions::default())
-        .await
-        .open()
-        .await
-        .expect("opens");
-    common::produce_n(&store, 5, 20).await;
+    let store = twenty_on_one_channel(&redis.url, "followed").await;
     let output = Shared::default();
     let settings = MonitorSettings {
         interval: Duration::from_millis(50),
