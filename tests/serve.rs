@@ -658,6 +658,23 @@ async fn a_client_that_trickles_its_request_is_cut_off() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert!(answer.contains("--client-timeout 500ms"), "{answer}");
 
+    // A kept-alive connection that sends no next request is closed after
+    // the timeout too, as its answer said (in whole seconds: 0 here).
+    let mut idle = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connects");
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("writes");
+    let started = std::time::Instant::now();
+    let (answer, closed) = read_until_closed(&mut idle, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("keep-alive: timeout=0\r\n"), "{answer}");
+    assert!(
+        closed && started.elapsed() >= Duration::from_millis(400),
+        "closed once idle for the timeout"
+    );
+
     // Clients that send in time are served as ever.
     let posted = server.post(&message(1).to_string(), &[JSON]).await;
     assert_eq!(posted.status, 201, "{posted:?}");

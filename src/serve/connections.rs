@@ -9,6 +9,12 @@
 //!   request gets 408 ([`body_in_time`]), and no more than `--max-body`
 //!   (413).
 //!
+//! - The same timeout closes a kept-alive connection that sends no next
+//!   request (hyper times the head from the end of the last answer), so
+//!   every answer says so in `Keep-Alive: timeout=<s>` ([`keep_alive`]):
+//!   a pooled client that reads it retires the connection before the
+//!   server closes it, rather than send a request into a closing socket.
+//!
 //! At shutdown the listener closes, idle connections close, and the
 //! requests in flight finish before [`accept_until`] returns.
 
@@ -18,6 +24,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use hyper::server::conn::http1;
@@ -104,6 +111,19 @@ pub(super) async fn body_in_time(
         ))
         .into_response(),
     }
+}
+
+/// Adds `Keep-Alive: timeout=<s>` to every answer: how long the server
+/// keeps the connection open for the next request (the client timeout,
+/// whole seconds).
+pub(super) async fn keep_alive(State(app): State<Arc<App>>, mut response: Response) -> Response {
+    let seconds = app.settings.client_timeout.as_secs();
+    if let Ok(value) = HeaderValue::from_str(&format!("timeout={seconds}")) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("keep-alive"), value);
+    }
+    response
 }
 
 /// Whether reading a body failed on the size limit.

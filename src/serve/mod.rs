@@ -208,6 +208,10 @@ fn router(app: Arc<App>) -> Router {
             app.clone(),
             refuse_when_stopping,
         ))
+        .layer(middleware::map_response_with_state(
+            app.clone(),
+            connections::keep_alive,
+        ))
         .with_state(app)
 }
 
