@@ -626,3 +626,38 @@ async fn the_monitor_follows_a_channel_added_while_it_runs() {
     assert_eq!(done.channels["backup"].settled(), 20, "{done:?}");
     assert_eq!(done.channels["sms"].settled(), 20);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_added_by_two_processes_at_once_are_both_kept() {
+    let redis = start_redis().await;
+    let store = twenty_on_one_channel(&redis.url, "two-adders").await;
+    // Two processes opened the queue when it had one channel; one adds
+    // e-mail, then the other, unaware of it, adds a backup.
+    let (first, second) = (store.clone(), store.open().await.expect("opens"));
+    let email = [Channel::parse("email").expect("a channel")];
+    assert_eq!(
+        first.ensure_channels(&email).await.expect("adds"),
+        ["email"]
+    );
+    let backup = [Channel::parse("backup:sms").expect("a channel")];
+    assert_eq!(
+        second
+            .ensure_channels(&backup)
+            .await
+            .expect("adds beside it"),
+        ["backup"]
+    );
+    let reopened = store.open().await.expect("reopens");
+    let names: Vec<String> = reopened.channels().iter().map(|c| c.to_string()).collect();
+    assert_eq!(names, ["sms:sms", "email:email", "backup:sms"]);
+    // A stale handle asking for what is there already changes nothing.
+    assert!(
+        first
+            .ensure_channels(&email)
+            .await
+            .expect("no-op")
+            .is_empty()
+    );
+    let again = store.open().await.expect("reopens");
+    assert_eq!(again.channels(), reopened.channels());
+}

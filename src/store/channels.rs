@@ -288,26 +288,41 @@ impl Store {
     }
 
     /// Records the queue's channels on partition 0 (`sms_channels`), after
-    /// every partition has them.
-    pub(super) async fn record_channels(&self, channels: &[Channel]) -> Result<(), StoreError> {
+    /// every partition has them; returns the list recorded. When another
+    /// process recorded channels since this one read the list, theirs are
+    /// kept, in their order, and these added after them.
+    pub(super) async fn record_channels(
+        &self,
+        channels: &[Channel],
+    ) -> Result<Vec<Channel>, StoreError> {
         const NAME: &str = "sms_channels";
+        /// Times the list is merged with one recorded meanwhile.
+        const ATTEMPTS: usize = 5;
         let home = self.partition(0);
         let keys = [home.keys.queue()];
-        let args = vec![
-            self.epoch.as_bytes().to_vec(),
-            channel::encode(channels).into_bytes(),
-        ];
-        match home.fcall(NAME, &keys, args).await {
-            Err(StoreError::Redis { source, .. }) if source.code() == Some("SHRINK") => {
-                Err(StoreError::Refused(format!(
-                    "queue '{}' records channels {}; a channel is never taken away or \
-                     reordered (its group holds what it has not settled)",
-                    self.prefix,
-                    source.detail().unwrap_or("").trim()
-                )))
+        let mut list = channels.to_vec();
+        let mut refusal = String::new();
+        for _ in 0..ATTEMPTS {
+            let args = vec![
+                self.epoch.as_bytes().to_vec(),
+                channel::encode(&list).into_bytes(),
+            ];
+            match home.fcall(NAME, &keys, args).await {
+                Err(StoreError::Redis { source, .. }) if source.code() == Some("SHRINK") => {
+                    refusal = source.detail().unwrap_or("").trim().to_owned();
+                    match self.read_channel_list().await? {
+                        (Some(theirs), true) => list = merged(&theirs, true, &list)?,
+                        _ => break,
+                    }
+                }
+                other => return other.map(|_| list),
             }
-            other => other.map(drop),
         }
+        Err(StoreError::Refused(format!(
+            "queue '{}' records channels {refusal}; a channel is never taken away or \
+             reordered (its group holds what it has not settled)",
+            self.prefix,
+        )))
     }
 }
 

@@ -181,7 +181,7 @@ impl Store {
             )
             .await?;
         opened.grow_partitions(wanted).await?;
-        opened.record_channels(&channels).await?;
+        let channels = opened.record_channels(&channels).await?;
         Ok(QueueIdentity {
             partitions: (before, wanted),
             channels,
