@@ -61,6 +61,7 @@ const TOTALS: &[&str] = &[
     "dead_expired",
     "dead_requeued",
     "uncounted",
+    "base_added",
 ];
 
 /// One repair.
@@ -438,7 +439,13 @@ async fn plan_partition(
     if let Some(reason) = reason {
         steps.push(Step::NewIdentity { reason });
     }
-    steps.extend(counter_steps(&found, &k.stats()));
+    let others = requeued_by_others(store).await? as i64;
+    let requeued = if k.stats() == k.totals() {
+        found.total("requeued").unwrap_or(0) - others
+    } else {
+        found.total("dead_requeued").unwrap_or(0)
+    };
+    steps.extend(counter_steps(&found, &k.stats(), requeued));
     if whole_queue {
         steps.extend(other_key_steps(store, stamp).await?);
     }
@@ -450,7 +457,15 @@ async fn plan_partition(
         // The stream is gone (or set aside) while the queue lives on: its
         // unsettled messages went with it.
         let value = |field: &str| found.total(field).unwrap_or(0);
-        let unsettled = value("produced") + value("requeued")
+        // Entries added since the channel began: the totals know them.
+        let added = if k.stats() == k.totals() {
+            value("produced") + value("requeued")
+        } else {
+            let totals = store.operator().hash(&k.totals()).await?;
+            (counter(&totals, "produced") + counter(&totals, "requeued")) as i64
+                - value("base_added")
+        };
+        let unsettled = added
             - value("sent")
             - value("dead")
             - value("abandoned")
@@ -488,12 +503,36 @@ async fn recreate_counters(store: &Store, found: &Found) -> Result<Step, StoreEr
     };
     let reason = |name: &str| by_reason.get(name).copied().unwrap_or(0);
     let mut counters: Vec<(String, u64, &str)> = Vec::new();
-    if k.stats() == k.totals() {
+    let others = requeued_by_others(store).await?;
+    // Requeued dead letters are counted in the totals (`requeued`, every
+    // channel's) and by each channel but the first (`dead_requeued`); the
+    // first channel's are the difference. A lost hash keeps the others'.
+    let dead = if k.stats() == k.totals() {
         counters.push((
             "produced".to_owned(),
-            found.entries_added,
-            "entries added to the stream, requeued dead letters among them",
+            found.entries_added.saturating_sub(others),
+            "entries added to the stream, less the other channels' requeued dead letters",
         ));
+        if others > 0 {
+            counters.push((
+                "requeued".to_owned(),
+                others,
+                "the other channels' requeued dead letters; this channel's own are lost",
+            ));
+        }
+        dead_length
+    } else {
+        let mine = requeued_by_this_channel(store, others).await?;
+        if mine > 0 {
+            counters.push((
+                "dead_requeued".to_owned(),
+                mine,
+                "dead letters requeued, less the other channels' and the first channel's",
+            ));
+        }
+        dead_length + mine
+    };
+    if k.stats() == k.totals() {
         counters.push((
             "trimmed".to_owned(),
             found
@@ -504,8 +543,8 @@ async fn recreate_counters(store: &Store, found: &Found) -> Result<Step, StoreEr
     }
     counters.push((
         "dead".to_owned(),
-        dead_length,
-        "dead letters in the dead stream",
+        dead,
+        "dead letters in the dead stream, plus those requeued",
     ));
     for name in DEAD_REASONS {
         if reason(name) > 0 {
@@ -520,7 +559,7 @@ async fn recreate_counters(store: &Store, found: &Found) -> Result<Step, StoreEr
         let pending = found.group.map_or(0, |(pending, _)| pending);
         counters.push((
             "uncounted".to_owned(),
-            passed.saturating_sub(pending + dead_length),
+            passed.saturating_sub(pending + dead),
             "entries the group passed, less those pending and dead: sent, skipped, abandoned \
              or added before the channel began, which is not known",
         ));
@@ -532,6 +571,50 @@ async fn recreate_counters(store: &Store, found: &Found) -> Result<Step, StoreEr
             .map(|(field, to, how)| (field, to as i64, how.to_owned()))
             .collect(),
     })
+}
+
+/// A counter of a hash as read, 0 when absent or not a number.
+fn counter(hash: &HashMap<String, String>, field: &str) -> u64 {
+    hash.get(field)
+        .filter(|v| is_counter(v.as_bytes()))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The dead letters that the partition's channels other than the first
+/// and the handle's own counted as requeued (`dead_requeued`).
+async fn requeued_by_others(store: &Store) -> Result<u64, StoreError> {
+    let mut sum = 0;
+    for channel in store.every_channel().iter().skip(1) {
+        if channel.group() != store.group() {
+            let hash = store.operator().hash(&channel.keys().stats()).await?;
+            sum += counter(&hash, "dead_requeued");
+        }
+    }
+    Ok(sum)
+}
+
+/// The dead letters of the handle's channel (not the first) that were
+/// requeued, as the rest of the partition's counters tell: the totals'
+/// `requeued`, less `others` and the first channel's own (its dead less
+/// those in its dead stream, trimmed and purged).
+async fn requeued_by_this_channel(store: &Store, others: u64) -> Result<u64, StoreError> {
+    let operator = store.operator();
+    let totals = operator.hash(&store.keys().totals()).await?;
+    let Some(first) = store.every_channel().into_iter().next() else {
+        return Ok(0);
+    };
+    let dead = first.keys().dead();
+    let first_in_dead_stream = if operator.key_type(&dead).await? == "stream" {
+        first.inspector().stream_info(&dead).await?.length
+    } else {
+        0
+    };
+    let books = operator.hash(&first.keys().stats()).await?;
+    let first_own = counter(&books, "dead").saturating_sub(
+        first_in_dead_stream + counter(&books, "dead_trimmed") + counter(&books, "dead_purged"),
+    );
+    Ok(counter(&totals, "requeued").saturating_sub(others + first_own))
 }
 
 /// The other keys of the queue (per sender, per run, the histogram, the
@@ -587,8 +670,10 @@ async fn other_key_steps(store: &Store, stamp: u64) -> Result<Vec<Step>, StoreEr
     Ok(steps)
 }
 
-/// The totals that are not numbers, and what each is set to.
-fn counter_steps(found: &Found, stats: &str) -> Vec<Step> {
+/// The counters of the channel's hash that are not numbers, and what each
+/// is set to; `requeued` is the channel's own requeued dead letters as the
+/// other counters tell.
+fn counter_steps(found: &Found, stats: &str, requeued: i64) -> Vec<Step> {
     let bad: Vec<&str> = TOTALS
         .iter()
         .copied()
@@ -601,8 +686,7 @@ fn counter_steps(found: &Found, stats: &str) -> Vec<Step> {
         .collect();
     let value = |field: &str| found.total(field).unwrap_or(0);
     let added = found.entries_added as i64;
-    let dead =
-        found.dead_length as i64 + value("dead_trimmed") + value("dead_purged") + value("requeued");
+    let dead = found.dead_length as i64 + value("dead_trimmed") + value("dead_purged") + requeued;
     let (pending, lag) = found
         .group
         .map_or((0, 0), |(p, l)| (p as i64, l.unwrap_or(0) as i64));
@@ -632,6 +716,16 @@ fn counter_steps(found: &Found, stats: &str) -> Vec<Step> {
                 "trimmed" => (
                     added - found.stream_length as i64 - value("dead_deleted"),
                     "entries added, less those in the stream and those deleted while pending",
+                ),
+                "base_added" => (
+                    found.passed.map_or(0, |passed| passed as i64)
+                        - pending
+                        - found.total("dead").unwrap_or(dead)
+                        - value("sent")
+                        - value("abandoned")
+                        - value("skipped")
+                        - value("uncounted"),
+                    "entries the group passed, less those pending and settled",
                 ),
                 _ => (
                     0,
@@ -770,9 +864,13 @@ async fn apply_step(store: &Store, step: &Step, partitions: u32) -> Result<(), S
             cmds.push(redis::cmd("HSET").arg(key).arg(field).arg(*to).clone());
         }
         Step::RecreateCounters { key, counters } => {
-            // Created meanwhile (say, by another repair): left as it is.
+            // Written meanwhile (another repair, a process that writes it):
+            // what the plan derived may no longer hold.
             if store.operator().key_type(key).await? != "none" {
-                return Ok(());
+                return Err(StoreError::Refused(format!(
+                    "{key} was created again since the plan was made: run `sms-alerts repair` \
+                     again to see what is left to do"
+                )));
             }
             let mut hset = redis::cmd("HSET");
             hset.arg(key).arg("sent").arg(0);

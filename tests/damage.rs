@@ -151,6 +151,11 @@ fn tampers(store: &Store) -> Vec<Tamper> {
             k.stats(),
             vec!["report", "claim", "trim", "requeue", "purge", "batch"],
         ),
+        (
+            "the totals hash is gone".to_owned(),
+            vec![s(&["DEL", &k.stats()])],
+            vec!["report", "claim", "trim", "requeue", "purge", "batch"],
+        ),
         wrong_type(k.sender_stats("c1"), vec!["report"]),
         wrong_type(k.latency(), vec!["report"]),
         wrong_type(k.open_runs(), vec!["run start"]),

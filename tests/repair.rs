@@ -351,8 +351,28 @@ async fn every_channel_is_repaired_whichever_one_is_asked_for() {
     let mailed = || all_settled(&email, 100);
     wait_until("e-mail settled", Duration::from_secs(30), mailed).await;
     mailer.stop().await;
+    // Some of its dead letters went back to it, and died again: each
+    // channel's requeues are counted twice, in the totals and its own.
+    let died = Snapshot::read(&email).await.expect("counters").dead;
+    let requeued = sms_alerts::dead::requeue(
+        &email,
+        &sms_alerts::dead::Selection::Reason("max_attempts".to_owned()),
+    )
+    .await
+    .expect("requeues")
+    .requeued;
+    assert_eq!(requeued, died);
+    let mut failing = send_settings("m", 0, 1.0);
+    failing.max_attempts = 1;
+    let mailer = RunningSender::start(&email, failing);
+    let mailed = || all_settled(&email, 100 + requeued);
+    wait_until("the requeued died again", Duration::from_secs(30), mailed).await;
+    mailer.stop().await;
     let before = Snapshot::read(&email).await.expect("counters");
-    assert!(before.dead > 0 && before.skipped > 0, "{before:?}");
+    assert!(
+        before.dead_requeued == requeued && before.skipped > 0,
+        "{before:?}"
+    );
     produce_n(&store, 25, 40).await;
     let held = read_as(&redis.url, &email.partition(1), "c1", 5).await;
     assert_eq!(held.len(), 5);
@@ -385,11 +405,12 @@ async fn every_channel_is_repaired_whichever_one_is_asked_for() {
         (after.sent, after.skipped, after.dead, after.pending),
         (0, 0, before.dead, 5)
     );
+    assert_eq!(after.dead_requeued, requeued, "told by the totals and sms");
     assert_eq!(after.uncounted, before.sent + before.skipped);
     audit_is_consistent(&store).await;
 
     // The new messages go out by e-mail once each; the old ones stay settled.
-    let done = send_the_rest(&email, 140).await;
+    let done = send_the_rest(&email, 140 + requeued).await;
     assert_eq!((done.sent + done.skipped, done.duplicates), (40, 0));
     audit_is_consistent(&store).await;
 }

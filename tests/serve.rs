@@ -659,7 +659,7 @@ async fn a_client_that_trickles_its_request_is_cut_off() {
     assert!(answer.contains("--client-timeout 500ms"), "{answer}");
 
     // A kept-alive connection that sends no next request is closed after
-    // the timeout too, as its answer said (in whole seconds: 0 here).
+    // the timeout too; its answer said not to count on more (0 seconds).
     let mut idle = tokio::net::TcpStream::connect(&addr)
         .await
         .expect("connects");

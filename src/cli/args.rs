@@ -594,8 +594,8 @@ pub struct ServeArgs {
     /// How long a client has to send a request's head, and then its body; a
     /// slower one is cut off (its connection closed, or 408 for a body), so
     /// that clients trickling bytes cannot hold connections open. Also how
-    /// long a kept-alive connection waits for its next request, as each
-    /// answer's `Keep-Alive: timeout=<s>` says.
+    /// long a kept-alive connection waits for its next request (answers say a
+    /// second less, in `Keep-Alive: timeout=<s>`).
     #[arg(long, env = "SMS_CLIENT_TIMEOUT", value_parser = span(check::positive_duration),
           allow_hyphen_values = true, default_value_t = DEFAULT_CLIENT_TIMEOUT.into())]
     pub client_timeout: Span,

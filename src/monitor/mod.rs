@@ -16,8 +16,6 @@ pub mod alerts;
 mod live;
 pub mod report;
 
-use std::collections::HashMap;
-
 use std::io::Write;
 use std::time::Instant;
 
@@ -106,7 +104,7 @@ pub async fn run(
     // monitor runs are counted from the next look, so `until_done` never
     // ends while they still have work.
     let mut watched = store.clone();
-    let mut previous_senders: HashMap<String, u64> = HashMap::new();
+    let mut previous_senders = report::SentBySender::new();
     let mut alerts = AlertState::default();
     let mut tick = tokio::time::interval(settings.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -186,7 +184,7 @@ pub async fn run(
             }
             (Sink::Terminal, None) => {}
         }
-        previous_senders = senders.into_iter().map(|s| (s.name, s.sent)).collect();
+        previous_senders = report::sent_by_sender(&senders);
         if settings.until_done && snapshot.state != QueueState::Sound {
             if let Some(live) = live {
                 live.finish();

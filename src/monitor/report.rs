@@ -10,6 +10,18 @@ use crate::latency::Histogram;
 use crate::stats::{Memory, QueueState, SenderSnapshot, Snapshot};
 use crate::store::{Retention, RunInfo};
 
+/// Each sender's messages sent, by channel and name: what the next
+/// report's rates are measured against.
+pub type SentBySender = HashMap<(String, String), u64>;
+
+/// The senders' sent counts now, for the next report's rates.
+pub fn sent_by_sender(senders: &[SenderSnapshot]) -> SentBySender {
+    senders
+        .iter()
+        .map(|s| ((s.channel.clone(), s.name.clone()), s.sent))
+        .collect()
+}
+
 /// One sender's row.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct SenderRow {
@@ -414,7 +426,7 @@ impl Report {
     pub fn with_senders(
         mut self,
         senders: &[SenderSnapshot],
-        previous: &HashMap<String, u64>,
+        previous: &SentBySender,
         dt: Option<Duration>,
     ) -> Self {
         self.senders = senders
@@ -435,7 +447,7 @@ impl Report {
                     breaker: s.breaker.clone(),
                     breaker_opened: s.breaker_opened,
                     channel: s.channel.clone(),
-                    rate_per_s: match (dt, previous.get(&s.name)) {
+                    rate_per_s: match (dt, previous.get(&(s.channel.clone(), s.name.clone()))) {
                         (Some(dt), Some(before)) if !dt.is_zero() => {
                             round(s.sent.saturating_sub(*before) as f64 / dt.as_secs_f64(), 1)
                         }
@@ -571,7 +583,10 @@ mod tests {
             sender("b", "gw", "open", 4),
             sender("c", "", "", 2),
         ];
-        let previous = HashMap::from([("a".to_owned(), 0), ("b".to_owned(), 5)]);
+        let previous = SentBySender::from([
+            (("sms".to_owned(), "a".to_owned()), 0),
+            (("sms".to_owned(), "b".to_owned()), 5),
+        ]);
         let report = Report::new(&Snapshot::default(), None, Duration::ZERO).with_senders(
             &senders,
             &previous,

@@ -11,7 +11,7 @@
 //!
 //! - The same timeout closes a kept-alive connection that sends no next
 //!   request (hyper times the head from the end of the last answer), so
-//!   every answer says so in `Keep-Alive: timeout=<s>` ([`keep_alive`]):
+//!   every answer says so in `Keep-Alive: timeout=<s>` ([`keep_alive`]),
 //!   a pooled client that reads it retires the connection before the
 //!   server closes it, rather than send a request into a closing socket.
 //!
@@ -24,6 +24,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Request, State};
+use axum::http::header::CONNECTION;
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -113,11 +114,20 @@ pub(super) async fn body_in_time(
     }
 }
 
-/// Adds `Keep-Alive: timeout=<s>` to every answer: how long the server
-/// keeps the connection open for the next request (the client timeout,
-/// whole seconds).
+/// Adds `Keep-Alive: timeout=<s>` to every answer that keeps its
+/// connection: how long the client may count on the server waiting for
+/// the next request. The server's timer starts when the answer is written,
+/// before the client reads it, so the hint is a second short of the
+/// client timeout (0 below two seconds: do not reuse).
 pub(super) async fn keep_alive(State(app): State<Arc<App>>, mut response: Response) -> Response {
-    let seconds = app.settings.client_timeout.as_secs();
+    let closes = response
+        .headers()
+        .get(CONNECTION)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+    if closes {
+        return response;
+    }
+    let seconds = app.settings.client_timeout.as_secs().saturating_sub(1);
     if let Ok(value) = HeaderValue::from_str(&format!("timeout={seconds}")) {
         response
             .headers_mut()

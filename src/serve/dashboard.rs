@@ -62,6 +62,7 @@ struct ListedLetter {
 pub(super) async fn dead_letters(State(app): State<Arc<App>>) -> Response {
     let store = app.queues.home().store();
     let every = async {
+        let store = store.watched().await?;
         let mut shown = Vec::new();
         for channel in store.every_channel() {
             let kind = channel.channel().kind;

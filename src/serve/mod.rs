@@ -25,7 +25,6 @@ mod queues;
 mod request;
 mod write;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -43,6 +42,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::monitor::Report;
+use crate::monitor::report::{self, SentBySender};
 use crate::settings::ServeSettings;
 use crate::stats::{QueueState, Snapshot};
 use crate::store::{Store, StoreError};
@@ -90,8 +90,9 @@ pub(crate) struct App {
     stopping: CancellationToken,
     /// The damage that stopped the server, if any.
     damage: Mutex<Option<StoreError>>,
-    /// The last snapshot `/api/v1/stats` read, for rates.
-    last_stats: tokio::sync::Mutex<Option<(Snapshot, Instant)>>,
+    /// The last snapshot `/api/v1/stats` read, for rates,
+    /// and each sender's sent count then.
+    last_stats: tokio::sync::Mutex<Option<(Snapshot, SentBySender, Instant)>>,
     started: Instant,
 }
 
@@ -330,14 +331,15 @@ async fn stats(State(app): State<Arc<App>>) -> Response {
     };
     let now = Instant::now();
     let mut last = app.last_stats.lock().await;
-    let since = last.as_ref().map(|(s, at)| (s, now.duration_since(*at)));
+    let since = last.as_ref().map(|(s, _, at)| (s, now.duration_since(*at)));
+    let sent_before = last.as_ref().map(|(_, sent, _)| sent);
     let report = Report::new(&snapshot, since, now.duration_since(app.started)).with_senders(
         &senders,
-        &HashMap::new(),
-        None,
+        sent_before.unwrap_or(&SentBySender::new()),
+        since.map(|(_, dt)| dt),
     );
     let response = answer::json(StatusCode::OK, &report);
-    *last = Some((snapshot, now));
+    *last = Some((snapshot, report::sent_by_sender(&senders), now));
     response
 }
 

@@ -271,9 +271,17 @@ impl QueueCheck {
                 shown.trim_start_matches('+').trim_end()
             )));
         }
-        if let Some(value) = optional_string(CHECK, produced)?
-            && !super::reply::is_counter(value)
-        {
+        // Every queue's totals hold `produced` from their creation: one
+        // missing means the counts are lost, and counting on from 0 would
+        // hide that.
+        let Some(value) = optional_string(CHECK, produced)? else {
+            return Err(StoreError::Damaged(format!(
+                "counter produced of {} is missing while the queue exists: its counts are \
+                 lost; see `sms-alerts repair`",
+                self.stats
+            )));
+        };
+        if !super::reply::is_counter(value) {
             return Err(StoreError::Damaged(format!(
                 "counter produced of {} is not a number: {:?}",
                 self.stats,

@@ -149,23 +149,26 @@ impl Store {
 
     /// The handle with the partitions and channels `migrate` added since
     /// this one was made, for a process that watches the queue while it
-    /// grows (the monitor, `serve`'s reports): the partitions added are
-    /// checked like those [`Store::open`] found. When the queue's records
-    /// cannot be read as they are, the same handle: a snapshot then says
-    /// what is wrong with them.
+    /// grows (the monitor, `serve`'s reports). Nothing is checked here:
+    /// the snapshot checks every partition's identity, keys and counters
+    /// and says what is wrong. Records that cannot be read leave the handle
+    /// as it was, for the snapshot to report them too.
     pub async fn watched(&self) -> Result<Store, StoreError> {
-        let reopened = async {
-            let grown = self.reopen_grown().await?;
-            match grown.read_channels().await? {
-                Some(channels) if channels.len() != grown.channels.len() => {
-                    grown.on_channel(channels)
-                }
-                _ => Ok(grown),
-            }
+        let count = match self.read_partition_count().await {
+            Ok(count) => count.max(self.partitions),
+            Err(err) if err.is_transient() => return Err(err),
+            Err(_) => self.partitions,
         };
-        match reopened.await {
-            Err(err) if !err.is_transient() => Ok(self.clone()),
-            watched => watched,
+        let grown = Store {
+            partitions: count,
+            ..self.clone()
+        };
+        match grown.read_channels().await {
+            Ok(Some(channels)) if channels.len() != grown.channels.len() => {
+                Ok(grown.on_channel(channels).unwrap_or(grown))
+            }
+            Err(err) if err.is_transient() => Err(err),
+            _ => Ok(grown),
         }
     }
 
@@ -310,10 +313,17 @@ impl Store {
             match home.fcall(NAME, &keys, args).await {
                 Err(StoreError::Redis { source, .. }) if source.code() == Some("SHRINK") => {
                     refusal = source.detail().unwrap_or("").trim().to_owned();
-                    match self.read_channel_list().await? {
-                        (Some(theirs), true) => list = merged(&theirs, true, &list)?,
-                        _ => break,
-                    }
+                    let (Some(theirs), true) = self.read_channel_list().await? else {
+                        break;
+                    };
+                    list = merged(&theirs, true, &list)?;
+                    // Theirs are on the partitions they knew; partitions
+                    // added since (by this process) get them too, from
+                    // their first message.
+                    let count = self.read_partition_count().await?;
+                    let all = (list.len(), (0, count));
+                    self.give_channels(&list, all.0, all.1, ChannelStart::Beginning, true)
+                        .await?;
                 }
                 other => return other.map(|_| list),
             }
