@@ -203,13 +203,16 @@ impl StartedBatch {
         // the batch may not have reached a replica yet; but WAIT counts only
         // this connection's own writes, and a DISCARD writes nothing, so a
         // write that changes nothing (HINCRBY by 0, replicated in order after
-        // that earlier try) goes first for WAIT to count.
+        // that earlier try) goes first for WAIT to count. It goes to the
+        // queue's identity hash: were that hash deleted meanwhile, the one
+        // field it re-creates holds no epoch, so the loss still shows; the
+        // counters would come back looking sound.
         let replicated = (self.replicas > 0).then(|| {
             let mut wait = Vec::new();
             let mut replies = 1;
             if marked {
-                let stats = self.queue.stats.as_bytes();
-                encode(&mut wait, &[b"HINCRBY", stats, b"produced", b"0"]);
+                let queue = self.queue.queue.as_bytes();
+                encode(&mut wait, &[b"HINCRBY", queue, b"created_ms", b"0"]);
                 replies += 1;
             }
             let timeout = REPLICATION_WAIT_MS.to_string();
