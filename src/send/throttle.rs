@@ -3,10 +3,14 @@
 //! that the gateway task spends one per send.
 //!
 //! The bucket in Redis is the one truth every sender of the gateway shares,
-//! so however many senders there are, together they never send more than
-//! the cap (plus one burst). Each keeps at most a tenth of a second's worth
-//! of tokens, so a sender that stops strands few, and asks again as soon as
-//! the bucket will have a token for it.
+//! so however many senders there are, over time they together send no more
+//! than the cap. Each keeps at most a tenth of a second's worth of tokens (a
+//! burst), so a sender that stops strands few, and asks again as soon as the
+//! bucket will have a token for it. The price of that local pool: senders
+//! that held full pools while idle, paused or behind an open breaker can
+//! spend them at once when work resumes, so the first tenth of a second
+//! after may see up to one burst per sender beyond the cap, plus the
+//! bucket's own.
 
 use std::sync::Arc;
 use std::time::Duration;
