@@ -30,7 +30,7 @@ use std::time::Duration;
 use rand::RngExt;
 
 use crate::keys::KeyRole;
-use crate::store::{Retention, Store, StoreError, is_counter};
+use crate::store::{Retention, Store, StoreError, id_order, is_counter};
 
 /// The fields of a sender's hash that hold text, not counts: its report
 /// batches' token, its gateway and its breaker's state.
@@ -244,6 +244,8 @@ struct Found {
     epoch: Option<String>,
     totals: HashMap<String, String>,
     entries_added: u64,
+    /// The newest id the stream ever gave an entry.
+    last_id: String,
     stream_length: u64,
     dead_length: u64,
     group: Option<(u64, Option<u64>)>,
@@ -286,9 +288,11 @@ async fn read(store: &Store) -> Result<Found, StoreError> {
         HashMap::new()
     };
     let (mut entries_added, mut stream_length, mut group, mut passed) = (0, 0, None, None);
+    let mut last_id = "0-0".to_owned();
     if is(&k.messages(), "stream") {
         let info = inspector.stream_info(&k.messages()).await?;
         (entries_added, stream_length) = (info.entries_added, info.length);
+        last_id = info.last_id;
         let g = inspector.group_info().await?;
         group = g.exists.then_some((g.pending, g.lag));
         if g.exists {
@@ -314,6 +318,7 @@ async fn read(store: &Store) -> Result<Found, StoreError> {
         epoch,
         totals,
         entries_added,
+        last_id,
         stream_length,
         dead_length,
         group,
@@ -755,6 +760,7 @@ async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<S
     let (start, after) = if group_start == "end" {
         ("$".to_owned(), 0)
     } else {
+        refuse_past_end(store, group_start, &found.last_id)?;
         let after = store
             .operator()
             .count_after(&store.keys().messages(), group_start)
@@ -767,6 +773,21 @@ async fn group_step(store: &Store, found: &Found, group_start: &str) -> Result<S
         entries_read,
         abandoned: (entries_read as i64 - settled).max(0) as u64,
     })
+}
+
+/// Refuses a group start past the newest id the stream ever gave: the
+/// group would deliver nothing until new ids passed it, possibly for
+/// years, while every message added meanwhile went unsent.
+fn refuse_past_end(store: &Store, group_start: &str, last_id: &str) -> Result<(), StoreError> {
+    if id_order(group_start) > id_order(last_id) {
+        return Err(StoreError::Refused(format!(
+            "--group-start {group_start} is past the end of {}, whose newest entry id is \
+             {last_id}: the group would skip every message added until ids pass it; give an \
+             id at or before {last_id}, or `end`",
+            store.keys().messages()
+        )));
+    }
+    Ok(())
 }
 
 /// Does the repairs of `plan`, in order, each in one transaction.

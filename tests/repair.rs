@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use sms_alerts::repair::{self, Step};
 use sms_alerts::stats::Snapshot;
-use sms_alerts::store::Store;
+use sms_alerts::store::{Store, StoreError};
 
 async fn command(url: &str, args: &[&str]) {
     let cmd = args.iter().fold(redis::Cmd::new(), |mut cmd, arg| {
@@ -216,6 +216,42 @@ async fn a_group_recreated_at_an_entry_delivers_only_what_follows_it() {
     let after = Snapshot::read(&found).await.expect("counters");
     assert_eq!(after.abandoned, 20);
     audit_is_consistent(&found).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_start_past_the_streams_end_is_refused() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("regroup-past");
+    let (store, ids) = delivered_queue(&redis.url, &prefix, 10, 10).await;
+    command(
+        &redis.url,
+        &["XGROUP", "DESTROY", &store.keys().messages(), store.group()],
+    )
+    .await;
+    let found = as_found(&redis.url, &prefix).await;
+    let last = ids.last().expect("ids").clone();
+    let (ms, _) = last.split_once('-').expect("an entry id");
+    let just_after = format!("{}-0", ms.parse::<u64>().expect("ms") + 1);
+    for past in [just_after.as_str(), "99999999999999-0"] {
+        let refused = repair::plan(&found, past).await;
+        match refused {
+            Err(StoreError::Refused(why)) => assert!(
+                why.contains(past) && why.contains(&last),
+                "names the start and the stream's newest id: {why}"
+            ),
+            other => panic!("a start past the end was not refused: {other:?}"),
+        }
+    }
+    // The newest entry itself is a start: nothing after it is delivered again.
+    let plan = repair::plan(&found, &last).await.expect("plans");
+    assert_eq!(
+        plan.steps,
+        [Step::RecreateGroup {
+            start: last.clone(),
+            entries_read: 10,
+            abandoned: 10,
+        }]
+    );
 }
 
 /// The fields and values a `RecreateCounters` step sets, by key.

@@ -50,12 +50,15 @@ pub struct ConsumerInfo {
 }
 
 /// A stream's figures (XINFO STREAM).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StreamInfo {
     /// Entries in the stream now.
     pub length: u64,
     /// Entries ever added.
     pub entries_added: u64,
+    /// The id of the newest entry ever added (`0-0` for none), deleted or
+    /// trimmed since or not.
+    pub last_id: String,
 }
 
 /// `XRANGE key (after + COUNT count`: a page of `key` after the entry
@@ -218,7 +221,10 @@ impl Inspector {
             .await;
         let reply = match reply {
             Err(err) if err.detail().is_some_and(|d| d.contains("no such key")) => {
-                return Ok(StreamInfo::default());
+                return Ok(StreamInfo {
+                    last_id: "0-0".to_owned(),
+                    ..StreamInfo::default()
+                });
             }
             other => other.map_err(StoreError::redis(COMMAND))?,
         };
@@ -226,6 +232,10 @@ impl Inspector {
         Ok(StreamInfo {
             length: count(COMMAND, &mut map, "length")?,
             entries_added: count(COMMAND, &mut map, "entries-added")?,
+            last_id: text(
+                COMMAND,
+                map.remove("last-generated-id").unwrap_or(Value::Nil),
+            )?,
         })
     }
 
