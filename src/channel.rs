@@ -116,12 +116,19 @@ pub fn decode(text: &str) -> Result<Vec<Channel>, String> {
             None => Err(format!("'{spec}' is not name:kind")),
         })
         .collect::<Result<Vec<_>, _>>()?;
+    check_unique(&channels)?;
+    Ok(channels)
+}
+
+/// Refuses a list that names a channel twice: one name is one consumer
+/// group, which cannot be of two kinds, and a repeat is a typo.
+pub fn check_unique(channels: &[Channel]) -> Result<(), String> {
     for (i, channel) in channels.iter().enumerate() {
         if channels[..i].iter().any(|c| c.name == channel.name) {
             return Err(format!("channel '{}' is listed twice", channel.name));
         }
     }
-    Ok(channels)
+    Ok(())
 }
 
 #[cfg(test)]

@@ -30,14 +30,11 @@ use std::time::Duration;
 use rand::RngExt;
 
 use crate::keys::KeyRole;
-use crate::store::{Retention, Store, StoreError, id_order, is_counter};
+use crate::store::{DEAD_REASONS, Retention, Store, StoreError, id_order, is_counter};
 
 /// The fields of a sender's hash that hold text, not counts: its report
 /// batches' token, its gateway and its breaker's state.
 const SENDER_TEXT_FIELDS: &[&str] = &["batch_token", "gateway", "breaker"];
-
-/// Why a message is dead, as dead letters record it (`dead_<reason>`).
-const DEAD_REASONS: [&str; 4] = ["max_attempts", "malformed", "deleted", "expired"];
 
 /// Totals counters and how each is set again when it is not a number.
 const TOTALS: &[&str] = &[

@@ -66,6 +66,27 @@ fn every_bad_flag_exits_2_naming_option_and_value() {
             &["serve", "--idempotency-ttl", "90d"],
             &["--idempotency-ttl", "90d"],
         ),
+        (
+            &["dead", "requeue", "--reason", "nope"],
+            &["--reason", "nope", "expired"],
+        ),
+        (
+            &["dead", "list", "--reason", "max-attempts"],
+            &["--reason", "max-attempts", "max_attempts"],
+        ),
+        (&["produce", "--key", ""], &["--key", "1 to 255 bytes"]),
+        (
+            &["--log-keep", "0", "migrate"],
+            &["--log-keep", "log files to keep"],
+        ),
+        (
+            &["migrate", "--channels", "sms,email,sms"],
+            &["--channels", "'sms' is listed twice"],
+        ),
+        (
+            &["serve", "--channels", "email,email:email"],
+            &["--channels", "'email' is listed twice"],
+        ),
     ];
     for (args, names) in cases {
         assert_usage_error(args, names);

@@ -127,7 +127,7 @@ pub struct GlobalArgs {
     pub log_rotation: LogRotation,
 
     /// How many rotated log files to keep; older ones are deleted.
-    #[arg(long, global = true, env = "SMS_LOG_KEEP", value_parser = check::concurrency,
+    #[arg(long, global = true, env = "SMS_LOG_KEEP", value_parser = check::log_keep,
           allow_hyphen_values = true, default_value_t = DEFAULT_LOG_KEEP)]
     pub log_keep: usize,
 }
@@ -314,8 +314,8 @@ pub struct DeadArgs {
 pub enum DeadAction {
     /// List dead letters, newest first: id, reason, attempts, message id, recipient.
     List {
-        /// Only dead letters with this reason (max_attempts, malformed, deleted).
-        #[arg(long, value_parser = check::key_part)]
+        /// Only dead letters with this reason (max_attempts, malformed, deleted, expired).
+        #[arg(long, value_parser = check::dead_reason)]
         reason: Option<String>,
         /// Most dead letters to list.
         #[arg(long, value_parser = check::count, allow_hyphen_values = true,
@@ -329,8 +329,9 @@ pub enum DeadAction {
     /// (counted as `requeued`). Dead letters that hold no valid message are left.
     #[command(group(clap::ArgGroup::new("which").required(true).args(["reason", "id"])))]
     Requeue {
-        /// Requeue every dead letter with this reason.
-        #[arg(long, value_parser = check::key_part)]
+        /// Requeue every dead letter with this reason (max_attempts, malformed,
+        /// deleted, expired).
+        #[arg(long, value_parser = check::dead_reason)]
         reason: Option<String>,
         /// Requeue these dead letters: ID, as `dead list` shows it, or P/ID for
         /// the dead letter ID of partition P (e.g. 2/1733200000000-0). A plain
@@ -425,7 +426,8 @@ pub struct ProduceArgs {
     /// Route every message of the run by KEY instead of by its recipient: all of
     /// them go to the one partition KEY hashes to, in the order written.
     /// [default: each message's recipient, so one phone's alerts stay in order]
-    #[arg(long, env = "SMS_KEY", value_name = "KEY", conflicts_with_all = ["no_key", "partition"])]
+    #[arg(long, env = "SMS_KEY", value_name = "KEY", value_parser = check::route_key,
+          conflicts_with_all = ["no_key", "partition"])]
     pub key: Option<String>,
     /// Route without a key: round robin over the partitions, evenly, keeping no
     /// order between one recipient's messages.

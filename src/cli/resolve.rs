@@ -96,10 +96,10 @@ fn read_secret(path: &std::path::Path, option: &str) -> Result<String, SettingsE
 fn task(command: Command, redis_url_given: bool, env: &Env) -> Result<Task, SettingsError> {
     Ok(match command {
         Command::Migrate(args) => Task::Migrate(QueueOptions {
+            channels: unique_channels(args.channels)?,
             retention: args.retention,
             dead_retention: args.dead_retention,
             partitions: args.partitions,
-            channels: args.channels,
             channel_start: if args.from_start {
                 ChannelStart::Beginning
             } else {
@@ -166,8 +166,17 @@ fn serve(args: ServeArgs, env: &Env) -> Result<ServeSettings, SettingsError> {
         request_timeout: args.request_timeout.into(),
         client_timeout: args.client_timeout.into(),
         topics: args.topics,
-        channels: args.channels,
+        channels: unique_channels(args.channels)?,
     })
+}
+
+/// `channels`, unless it names a channel twice.
+fn unique_channels(
+    channels: Vec<crate::channel::Channel>,
+) -> Result<Vec<crate::channel::Channel>, SettingsError> {
+    crate::channel::check_unique(&channels)
+        .map_err(|reason| SettingsError::Conflict(format!("--channels: {reason}")))?;
+    Ok(channels)
 }
 
 fn dead(action: DeadAction) -> DeadTask {
@@ -374,6 +383,8 @@ fn demo(args: &DemoArgs) -> Result<DemoSettings, SettingsError> {
                         origin.unusable(format!("channels = {item}: {reason}"))
                     })?);
                 }
+                crate::channel::check_unique(&channels)
+                    .map_err(|reason| origin.unusable(format!("channels: {reason}")))?;
             }
             ("produce", toml::Value::Table(table)) => produce_table = table,
             ("monitor", toml::Value::Table(table)) => monitor_table = table,

@@ -210,6 +210,37 @@ pub fn key_part(value: &str) -> Result<String, String> {
     }
 }
 
+/// A dead letter's reason, one of [`crate::store::DEAD_REASONS`].
+pub fn dead_reason(value: &str) -> Result<String, String> {
+    if crate::store::DEAD_REASONS.contains(&value) {
+        Ok(value.to_owned())
+    } else {
+        Err(format!(
+            "expected one of {}",
+            crate::store::DEAD_REASONS.join(", ")
+        ))
+    }
+}
+
+/// A routing key: 1 to 255 bytes, as the HTTP API takes one. An empty key
+/// would send a whole run to one partition under a name nobody meant.
+pub fn route_key(value: &str) -> Result<String, String> {
+    if (1..=255).contains(&value.len()) {
+        Ok(value.to_owned())
+    } else {
+        Err("expected a key of 1 to 255 bytes".to_owned())
+    }
+}
+
+/// How many rotated log files to keep: 1 to 100,000.
+pub fn log_keep(value: &str) -> Result<usize, String> {
+    let n = positive(value, "the number of log files to keep")?;
+    if n > 100_000 {
+        return Err("the number of log files to keep must be at most 100000".to_owned());
+    }
+    Ok(n as usize)
+}
+
 /// A throughput cap: `N/s` (or a bare `N`), 1 to 10,000,000 per second.
 pub fn rate_per_second(value: &str) -> Result<u32, String> {
     let number = value.trim();

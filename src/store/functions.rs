@@ -14,6 +14,11 @@ use super::reply::{array, bad, bytes, field_pairs, int, text};
 use super::streams::StreamEntry;
 use super::{Inspector, Operator, Sender, Store, StoreError};
 
+/// Why a message is dead, as its dead letter's `reason` says: its attempts
+/// ran out, it held no valid message, its entry was deleted while pending,
+/// or it outlived its age limit.
+pub const DEAD_REASONS: [&str; 4] = ["max_attempts", "malformed", "deleted", "expired"];
+
 /// How one send attempt ended. The order is that of the id groups of
 /// `sms_settle`'s arguments.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -66,8 +66,8 @@ pub use channels::ChannelStart;
 pub use endpoint::{QueueSettings, TlsSettings};
 pub use error::StoreError;
 pub use functions::{
-    ClaimReply, ClaimedEntry, NameHold, Outcome, PreparedReport, PruneOutcome, ReportItem,
-    ReportReply, SnapshotFields, Trimmed,
+    ClaimReply, ClaimedEntry, DEAD_REASONS, NameHold, Outcome, PreparedReport, PruneOutcome,
+    ReportItem, ReportReply, SnapshotFields, Trimmed,
 };
 pub use identity::{QueueIdentity, QueueOptions, QueueStatus, Retention};
 pub use ingest::{IdempotencyRecord, IdempotencyScope, IngestConnection, Ingested};
