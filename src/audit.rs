@@ -307,8 +307,19 @@ const WALKS: usize = 3;
 /// `page` entries per round trip.
 pub async fn run(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     let store = store.found_partitions().await?.found_channels().await?;
+    let foreign = store.foreign_partitions().await?;
+    let mut report = audit_channels(&store, page).await?;
+    // Another queue's partition reconciles on its own, so only its epoch
+    // shows it is not this queue's.
+    let foreign = foreign.iter().map(ToString::to_string);
+    report.problems.splice(0..0, foreign);
+    Ok(report)
+}
+
+/// Audits every channel of the queue.
+async fn audit_channels(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     if store.channels().len() == 1 {
-        return audit_channel(&store, page).await;
+        return audit_channel(store, page).await;
     }
     let mut channels = BTreeMap::new();
     for channel in store.every_channel() {

@@ -1,6 +1,6 @@
 //! The audit against a real Redis where its input is odd: the Functions
-//! library flushed (code, loaded again, not lost state), and a dead letter
-//! that says no reason.
+//! library flushed (code, loaded again, not lost state), a dead letter
+//! that says no reason, and a partition of another queue's epoch.
 
 mod common;
 
@@ -50,4 +50,29 @@ async fn a_dead_letter_without_a_reason_is_counted_as_unknown_and_unbalances_the
           but the dead counter says 0"
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_of_another_epoch_fails_the_audit_naming_both() {
+    let redis = start_redis().await;
+    let store = opened_queue(&redis.url, "foreign", 2).await;
+    produce_n(&store, 32, 40).await;
+    let before = audit::run(&store, 16).await.expect("audits");
+    assert!(before.is_consistent(), "{}", before.to_text());
+    let home_epoch = store.epoch().to_owned();
+    let _: () = redis::cmd("HSET")
+        .arg(store.partition(1).keys().queue())
+        .arg("epoch")
+        .arg("deadbeefdeadbeef")
+        .query_async(&mut raw(&redis.url).await)
+        .await
+        .expect("HSET");
+    let report = audit::run(&store, 16).await.expect("audits");
+    assert!(!report.is_consistent(), "{}", report.to_text());
+    let named = report.problems.iter().any(|p| {
+        p.contains("partition 1 holds epoch deadbeefdeadbeef")
+            && p.contains(&home_epoch)
+            && p.contains("repair")
+    });
+    assert!(named, "{:?}", report.problems);
 }

@@ -100,6 +100,28 @@ pub enum QueueStatus {
     Existing,
 }
 
+/// A partition whose epoch is not partition 0's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForeignPartition {
+    /// The partition.
+    pub partition: u32,
+    /// The epoch it holds.
+    pub epoch: String,
+    /// Partition 0's.
+    pub home_epoch: String,
+}
+
+impl std::fmt::Display for ForeignPartition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "partition {} holds epoch {}, partition 0 holds {}: it was created anew or \
+             belongs to another queue; see `sms-alerts repair`",
+            self.partition, self.epoch, self.home_epoch
+        )
+    }
+}
+
 /// A queue's identity and settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QueueIdentity {
@@ -423,6 +445,32 @@ impl Store {
             self.prefix,
             self.epoch
         )))
+    }
+
+    /// The partitions that hold an epoch other than partition 0's: each
+    /// was created anew, or belongs to another queue. A partition whose
+    /// identity is gone or unreadable is not listed (the calls that meet it
+    /// tell of it), nor is any when partition 0's is.
+    pub async fn foreign_partitions(&self) -> Result<Vec<ForeignPartition>, StoreError> {
+        let home = match self.partition(0).read_identity().await {
+            Ok((epoch, _)) => epoch,
+            Err(err) if err.is_queue_state() => return Ok(Vec::new()),
+            Err(err) => return Err(err),
+        };
+        let mut foreign = Vec::new();
+        for partition in self.partitions().iter().skip(1) {
+            match partition.read_identity().await {
+                Ok((epoch, _)) if epoch != home => foreign.push(ForeignPartition {
+                    partition: partition.keys.partition(),
+                    epoch,
+                    home_epoch: home.clone(),
+                }),
+                Ok(_) => {}
+                Err(err) if err.is_queue_state() => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(foreign)
     }
 
     /// A handle that checks its writes against `epoch`.

@@ -69,7 +69,7 @@ pub use functions::{
     ClaimReply, ClaimedEntry, DEAD_REASONS, NameHold, Outcome, PreparedReport, PruneOutcome,
     ReportItem, ReportReply, SnapshotFields, Trimmed,
 };
-pub use identity::{QueueIdentity, QueueOptions, QueueStatus, Retention};
+pub use identity::{ForeignPartition, QueueIdentity, QueueOptions, QueueStatus, Retention};
 pub use ingest::{IdempotencyRecord, IdempotencyScope, IngestConnection, Ingested};
 pub use ingest_tx::TransactionConnection;
 pub use inspect::{ConsumerInfo, GroupInfo, PendingRow, StreamInfo};
