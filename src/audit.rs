@@ -451,7 +451,18 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
         cursor.advance();
     }
 
-    let (dead_length, dead_by_reason) = inspector.dead_reasons(&ids, page).await?;
+    let dead_key = store.keys().dead();
+    let dead_kind = store.operator().key_type(&dead_key).await?;
+    let dead_damage = (!matches!(dead_kind.as_str(), "stream" | "none")).then(|| {
+        format!(
+            "queue state damaged: {dead_key} is a {dead_kind}, not a stream of dead letters: \
+             see `sms-alerts repair`"
+        )
+    });
+    let (dead_length, dead_by_reason) = match dead_damage {
+        Some(_) => (0, BTreeMap::new()),
+        None => inspector.dead_reasons(&ids, page).await?,
+    };
     let requeued = dead_requeued(store, &counters).await?;
 
     let mut report = AuditReport {
@@ -470,6 +481,7 @@ async fn walk(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
         channels: BTreeMap::new(),
     };
     report.problems = problems(&report, group.pending, requeued);
+    report.problems.extend(dead_damage);
     Ok(report)
 }
 

@@ -584,13 +584,16 @@ fn counter(hash: &HashMap<String, String>, field: &str) -> u64 {
 }
 
 /// The dead letters that the partition's channels other than the first
-/// and the handle's own counted as requeued (`dead_requeued`).
+/// and the handle's own counted as requeued (`dead_requeued`). A channel
+/// whose counters are not a hash counts none: its own plan sets the key
+/// aside and re-creates its counters.
 async fn requeued_by_others(store: &Store) -> Result<u64, StoreError> {
+    let operator = store.operator();
     let mut sum = 0;
     for channel in store.every_channel().iter().skip(1) {
-        if channel.group() != store.group() {
-            let hash = store.operator().hash(&channel.keys().stats()).await?;
-            sum += counter(&hash, "dead_requeued");
+        let key = channel.keys().stats();
+        if channel.group() != store.group() && operator.key_type(&key).await? == "hash" {
+            sum += counter(&operator.hash(&key).await?, "dead_requeued");
         }
     }
     Ok(sum)

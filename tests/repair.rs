@@ -254,6 +254,56 @@ async fn a_group_start_past_the_streams_end_is_refused() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_keys_of_the_wrong_type_are_named_and_set_aside() {
+    let redis = start_redis().await;
+    let prefix = unique_prefix("wrongtype");
+    let store = sms_and_email_queue(&redis.url, &prefix, 1).await;
+    let email = store.for_channel("email").expect("email");
+    produce_n(&store, 26, 30).await;
+    let mailed = send_the_rest(&email, 30).await;
+    assert_eq!(mailed.sent + mailed.skipped, 30);
+    let (stats, dead) = (email.keys().stats(), email.keys().dead());
+    command(&redis.url, &["DEL", &stats]).await;
+    command(&redis.url, &["SET", &stats, "x"]).await;
+    command(&redis.url, &["RPUSH", &dead, "x"]).await;
+
+    let found = as_found(&redis.url, &prefix).await;
+    let report = sms_alerts::audit::run(&found, 16).await.expect("audits");
+    let problems = report.problems.join("\n");
+    assert!(
+        problems.contains(&stats) && problems.contains(&format!("{dead} is a list")),
+        "the audit names both keys: {problems}"
+    );
+    // Planned from the first channel, which reads the e-mail counters too.
+    let plan = repair::plan(&found, "end").await.expect("plans");
+    let text = plan.to_text();
+    assert!(
+        text.contains(&stats) && text.contains(&dead),
+        "both keys are set aside: {text}"
+    );
+    apply_fully(&found, &plan).await;
+    audit_is_consistent(&store).await;
+}
+
+/// A queue of `partitions` with an SMS and an e-mail channel, opened.
+async fn sms_and_email_queue(url: &str, prefix: &str, partitions: u32) -> Store {
+    use sms_alerts::channel::Channel;
+    let options = sms_alerts::store::QueueOptions {
+        channels: vec![
+            Channel::parse("sms").expect("sms"),
+            Channel::parse("email").expect("email"),
+        ],
+        partitions: Some(partitions),
+        ..sms_alerts::store::QueueOptions::default()
+    };
+    store_with(url, prefix, &options)
+        .await
+        .open()
+        .await
+        .expect("opens")
+}
+
 /// The fields and values a `RecreateCounters` step sets, by key.
 fn recreated(plan: &repair::RepairPlan) -> Vec<(String, Vec<(String, i64)>)> {
     plan.steps
@@ -361,24 +411,9 @@ async fn a_lost_totals_hash_is_rebuilt_and_what_it_settled_is_uncounted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_channel_is_repaired_whichever_one_is_asked_for() {
-    use sms_alerts::channel::Channel;
-    use sms_alerts::store::QueueOptions;
-
     let redis = start_redis().await;
     let prefix = unique_prefix("nochannel");
-    let options = QueueOptions {
-        channels: vec![
-            Channel::parse("sms").expect("sms"),
-            Channel::parse("email").expect("email"),
-        ],
-        partitions: Some(2),
-        ..QueueOptions::default()
-    };
-    let store = store_with(&redis.url, &prefix, &options)
-        .await
-        .open()
-        .await
-        .expect("opens");
+    let store = sms_and_email_queue(&redis.url, &prefix, 2).await;
     let email = store.for_channel("email").expect("email");
     produce_n(&store, 24, 100).await;
     let mut failing = send_settings("m", 0, 0.5);

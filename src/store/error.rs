@@ -154,6 +154,20 @@ impl StoreError {
         }
     }
 
+    /// As [`StoreError::redis`], but a key of the wrong type is named:
+    /// for commands on one key, where the operator must know which to mend.
+    pub(crate) fn redis_on(command: &'static str, key: &str) -> impl FnOnce(RedisError) -> Self {
+        let key = key.to_owned();
+        move |source| {
+            if source.code() == Some("WRONGTYPE") {
+                return Self::Damaged(format!(
+                    "{key} is of the wrong type for {command}: see `sms-alerts repair`"
+                ));
+            }
+            Self::redis(command)(source)
+        }
+    }
+
     /// Whether trying again later may succeed: lost or refused connections,
     /// timeouts, a Redis that is loading its data, failing over or out of
     /// memory (memory frees as senders settle and trim).

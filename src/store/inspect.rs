@@ -432,7 +432,7 @@ impl Operator {
             .arg(key)
             .query_async(&mut conn)
             .await
-            .map_err(StoreError::redis("HGETALL"))?;
+            .map_err(StoreError::redis_on("HGETALL", key))?;
         Ok(pairs
             .into_iter()
             .map(|(k, v)| {
