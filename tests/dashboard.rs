@@ -65,7 +65,7 @@ async fn requeue(server: &Server, body: &str, auth: (&str, &str)) -> common::htt
             "POST",
             "/api/v1/dead/requeue",
             Some(body.to_owned()),
-            &[auth],
+            &[("Content-Type", "application/json"), auth],
         )
         .await
 }

@@ -8,10 +8,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::http::{Server, http};
-use common::{TestRedis, opened_queue, raw, start_redis, wait_until};
+use common::{RunningSender, TestRedis, opened_queue, raw, send_settings, start_redis, wait_until};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use sms_alerts::settings::ServeSettings;
+use sms_alerts::settings::{SendSettings, ServeSettings};
+use sms_alerts::stats::Snapshot;
 use sms_alerts::store::{QueueOptions, Store};
 
 const JSON: (&str, &str) = ("Content-Type", "application/json");
@@ -245,6 +246,80 @@ async fn every_refusal_has_its_status_and_names_what_is_wrong() {
     assert_eq!(refused.status, 400, "{refused:?}");
     let landed = server.post(&message(3).to_string(), &[JSON, free]).await;
     assert_eq!(landed.status, 201, "{landed:?}");
+    server.stop().await;
+}
+
+/// Dead-letters everything in `store`'s stream: a sender that fails every
+/// attempt and gives up after one, until `dead` letters exist.
+async fn fail_all(store: &Store, dead: u64) {
+    let settings = SendSettings {
+        max_attempts: 1,
+        ..send_settings("failing", 0, 1.0)
+    };
+    let sender = RunningSender::start(store, settings);
+    wait_until(
+        &format!("{dead} dead letters"),
+        Duration::from_secs(20),
+        || async {
+            Snapshot::read(store)
+                .await
+                .is_ok_and(|s| s.dead == dead && s.pending == 0)
+        },
+    )
+    .await;
+    sender.stop().await;
+}
+
+#[tokio::test]
+async fn a_json_body_without_a_content_type_is_refused_and_writes_nothing() {
+    let redis = start_redis().await;
+    let store = opened_queue(&redis.url, "untyped", 1).await;
+    let server = Server::start(&store, ServeSettings::default()).await;
+    let batch = json!({ "messages": (0..3).map(message).collect::<Vec<_>>() }).to_string();
+    assert_eq!(server.post(&batch, &[JSON]).await.status, 201);
+    fail_all(&store, 3).await;
+
+    // What any web page can make a browser send here with no CORS
+    // preflight: valid JSON, no Content-Type.
+    let requeue = r#"{"reason": "max_attempts"}"#;
+    let produced = server.post(&message(9).to_string(), &[]).await;
+    let requeued = server
+        .request(
+            "POST",
+            "/api/v1/dead/requeue",
+            Some(requeue.to_owned()),
+            &[],
+        )
+        .await;
+    for answer in [&produced, &requeued] {
+        assert_eq!(answer.status, 415, "{answer:?}");
+        assert!(
+            answer.body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("send Content-Type: application/json")),
+            "{answer:?}"
+        );
+    }
+    assert_eq!(entries(&redis, &store).await, 3, "nothing was written");
+    let dead = Snapshot::read(&store).await.expect("reads").dead;
+    assert_eq!(dead, 3, "nothing was requeued");
+
+    // Typed as JSON, the same requests go through.
+    let typed = server
+        .request(
+            "POST",
+            "/api/v1/dead/requeue",
+            Some(requeue.to_owned()),
+            &[JSON],
+        )
+        .await;
+    assert_eq!(
+        (typed.status, typed.body["requeued"].as_u64()),
+        (200, Some(3)),
+        "{typed:?}"
+    );
+    let produced = server.post(&message(9).to_string(), &[JSON]).await;
+    assert_eq!(produced.status, 201, "{produced:?}");
     server.stop().await;
 }
 

@@ -105,8 +105,9 @@ pub(super) async fn requeue(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    // JSON only: a form posted from another site cannot trigger it.
-    if let Err(refusal) = check_json(&headers, &body) {
+    // JSON only, typed as such: neither a form nor an untyped body posted
+    // from another site can trigger it.
+    if let Err(refusal) = check_json(&headers) {
         return refusal.into_response();
     }
     let request = match serde_json::from_slice::<RequeueRequest>(&body) {
