@@ -375,6 +375,50 @@ async fn a_repeated_request_lands_once_and_gets_the_same_ids() {
 }
 
 #[tokio::test]
+async fn a_request_id_repeated_in_a_batch_lands_once() {
+    let redis = start_redis().await;
+    let store = opened_queue(&redis.url, "repeated-id", 2).await;
+    let server = Server::start(&store, ServeSettings::default()).await;
+    let batch = json!({"messages": [
+        {"phone": "+4915112345678", "message_body": "a", "request_id": "r2"},
+        {"phone": "+4915112345678", "message_body": "b", "request_id": "r2"}
+    ]});
+    let answer = server.post(&batch.to_string(), &[JSON]).await;
+    assert_eq!(answer.status, 207, "{answer:?}");
+    let results = answer.body["results"].as_array().expect("results");
+    let id = results[0]["id"].as_str().expect("the first lands");
+    assert_eq!(
+        (
+            &results[1]["status"],
+            results[1]["field"].as_str(),
+            results[1]["value"].as_str()
+        ),
+        (&json!(400), Some("request_id"), Some("r2")),
+        "the repeat is refused: {answer:?}"
+    );
+    assert!(results[1]["id"].is_null(), "{answer:?}");
+    assert_eq!(entries(&redis, &store).await, 1, "one message landed");
+
+    // The id stands for the first message: sent alone, it replays.
+    let alone = json!({"phone": "+4915112345678", "message_body": "a", "request_id": "r2"});
+    let again = server.post(&alone.to_string(), &[JSON]).await;
+    assert_eq!(
+        (again.status, again.body["id"].as_str()),
+        (201, Some(id)),
+        "{again:?}"
+    );
+    assert_eq!(entries(&redis, &store).await, 1, "nothing landed twice");
+
+    // A batch of nothing but repeats of one id still lands its first.
+    let only = json!({"messages": [alone, alone]});
+    let answer = server.post(&only.to_string(), &[JSON]).await;
+    assert_eq!(answer.status, 207, "{answer:?}");
+    assert_eq!(answer.body["results"][0]["id"].as_str(), Some(id));
+    assert_eq!(entries(&redis, &store).await, 1);
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_key_reused_on_another_queue_or_a_grown_one_writes_nothing() {
     let redis = start_redis().await;
     let store = opened_queue(&redis.url, "reuse", 2).await;

@@ -1,8 +1,8 @@
 //! Fingerprints of what a request asks for: a repeat under an idempotency
 //! key must ask for the same, or it is another request reusing the key.
 //!
-//! A header key covers the request's bytes; a `request_id` covers every
-//! message that carries it. Both also cover the partition count of each
+//! A header key covers the request's bytes; a `request_id` covers the
+//! message that carries it (a batch carries each id once). Both also cover the partition count of each
 //! queue written to: routing depends on it, so a repeat after the queue
 //! grew would put its messages where the first request's records are not.
 //! Such a repeat is refused (422) rather than written a second time.

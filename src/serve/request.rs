@@ -4,7 +4,9 @@
 //! send (`phone`, `message_body`, `topic_name`, `email`, `request_id`,
 //! `transaction_id`, `customer_id`, `key`). A message is checked by the
 //! producer's rules ([`crate::message`]); a batch refuses its bad messages
-//! one by one and keeps the good ones.
+//! one by one and keeps the good ones. A `request_id` is a message's
+//! idempotency key, so it names one message: a batch's later messages that
+//! repeat an earlier one's id are refused, and the first is kept.
 
 use std::collections::HashMap;
 
@@ -115,7 +117,40 @@ pub(super) fn parse(body: &[u8], max_batch: usize) -> Result<Parsed, Refusal> {
             messages.len()
         )));
     }
-    Ok(Parsed::Batch(messages.into_iter().map(message).collect()))
+    let mut messages: Vec<_> = messages.into_iter().map(message).collect();
+    refuse_repeated_ids(&mut messages);
+    Ok(Parsed::Batch(messages))
+}
+
+/// Refuses each valid message whose `request_id` an earlier valid message
+/// of the batch carries. Written, both would take the one id's record, and
+/// that id sent again alone would match neither.
+fn refuse_repeated_ids(messages: &mut [Result<Incoming, Refusal>]) {
+    let mut first_at: HashMap<String, usize> = HashMap::new();
+    for (index, message) in messages.iter_mut().enumerate() {
+        let Some(id) = message
+            .as_ref()
+            .ok()
+            .and_then(|incoming| incoming.metadata.request_id.clone())
+        else {
+            continue;
+        };
+        match first_at.get(&id) {
+            Some(first) => {
+                *message = Err(Refusal::bad_request(
+                    "request_id",
+                    &id,
+                    format!(
+                        "request_id '{id}' is the message at index {first} of this batch \
+                         already: a request_id names one message"
+                    ),
+                ));
+            }
+            None => {
+                first_at.insert(id, index);
+            }
+        }
+    }
 }
 
 /// One message, checked.
@@ -491,6 +526,34 @@ mod tests {
         let valid: Vec<bool> = messages.iter().map(Result::is_ok).collect();
         assert_eq!(valid, [true, false, true]);
         assert_eq!(messages[2].as_ref().expect("valid").partition, Some(2));
+    }
+
+    #[test]
+    fn a_request_id_names_one_message_of_a_batch() {
+        let body = r#"{"messages": [
+            {"phone": "+4915112345678", "message_body": "bad", "request_id": "r2", "email": "x"},
+            {"phone": "+4915112345678", "message_body": "a", "request_id": "r2"},
+            {"phone": "+4915112345678", "message_body": "b", "request_id": "r3"},
+            {"phone": "+4915112345678", "message_body": "b", "request_id": "r2"},
+            {"phone": "+4915112345678", "message_body": "c"},
+            {"phone": "+4915112345678", "message_body": "c"}
+        ]}"#;
+        let Parsed::Batch(messages) = parse(body.as_bytes(), 10).expect("parses") else {
+            panic!("expected a batch");
+        };
+        let valid: Vec<bool> = messages.iter().map(Result::is_ok).collect();
+        assert_eq!(valid, [false, true, true, false, true, true]);
+        assert_eq!(messages[1].as_ref().expect("kept").body, "a");
+        let repeat = messages[3].as_ref().expect_err("a repeat");
+        assert_eq!(
+            (repeat.status, repeat.field.as_str(), repeat.value.as_str()),
+            (400, "request_id", "r2")
+        );
+        assert!(
+            repeat.error.contains("'r2'") && repeat.error.contains("index 1"),
+            "{}",
+            repeat.error
+        );
     }
 
     #[test]
