@@ -566,6 +566,16 @@ async fn redis_paused_gets_503_and_a_token_guards_the_api() {
             .status,
         201
     );
+    // The scheme is case-insensitive (RFC 7235).
+    let lower = server
+        .request(
+            "GET",
+            "/api/v1/stats",
+            None,
+            &[("Authorization", "bearer s3cret")],
+        )
+        .await;
+    assert_eq!(lower.status, 200, "{lower:?}");
 
     client_pause(&redis, Some(3000)).await;
     let paused = server

@@ -30,11 +30,9 @@ pub(super) async fn require_token(
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+        .and_then(bearer);
     match sent {
-        Some(sent) if same_token(sent.trim().as_bytes(), token.as_bytes()) => {
-            next.run(request).await
-        }
+        Some(sent) if same_token(sent.as_bytes(), token.as_bytes()) => next.run(request).await,
         _ => {
             let mut response = Refusal::unauthorized().into_response();
             response.headers_mut().insert(
@@ -44,6 +42,16 @@ pub(super) async fn require_token(
             response
         }
     }
+}
+
+/// The token of an `Authorization` value of the Bearer scheme, in any
+/// case: RFC 7235 makes auth schemes case-insensitive, and clients send
+/// `bearer` too.
+fn bearer(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("Bearer")
+        .then_some(token.trim())
 }
 
 /// Whether `sent` is `expected`, in time independent of where they differ.
@@ -65,5 +73,20 @@ mod tests {
         assert!(!same_token(b"s3cre", b"s3cret"));
         assert!(!same_token(b"s3cret!", b"s3cret"));
         assert!(!same_token(b"", b"s3cret"));
+    }
+
+    #[test]
+    fn the_scheme_is_bearer_in_any_case() {
+        for value in [
+            "Bearer s3cret",
+            "bearer s3cret",
+            "BEARER  s3cret ",
+            "bEaReR s3cret",
+        ] {
+            assert_eq!(bearer(value), Some("s3cret"), "{value}");
+        }
+        for value in ["Basic s3cret", "Bearers3cret", "Bearer", "Token s3cret", ""] {
+            assert_eq!(bearer(value), None, "{value}");
+        }
     }
 }
