@@ -364,6 +364,15 @@ async fn the_dashboard_shows_what_the_api_reports() {
         .as_array()
         .and_then(|letters| letters.iter().find(|l| l["channel"] == "email"))
         .expect("an e-mail dead letter");
+    // `?channel=` lists one channel's dead letters alone.
+    let mails = server
+        .request("GET", "/api/v1/dead?channel=email", None, &[auth])
+        .await;
+    let letters = mails.body["dead_letters"].as_array().expect("dead letters");
+    assert!(
+        !letters.is_empty() && letters.iter().all(|l| l["channel"] == "email"),
+        "{mails:?}"
+    );
     let text = mailed["text"].as_str().expect("a text");
     assert!(
         text.starts_with("mail text") && dom.contains(&format!("<td>{text}</td>")),

@@ -324,6 +324,66 @@ async fn a_json_body_without_a_content_type_is_refused_and_writes_nothing() {
 }
 
 #[tokio::test]
+async fn dead_letters_are_listed_for_a_channel_the_queue_has() {
+    let redis = start_redis().await;
+    let store = opened_queue(&redis.url, "dead-channel", 1).await;
+    let server = Server::start(&store, ServeSettings::default()).await;
+    let batch = json!({ "messages": (0..2).map(message).collect::<Vec<_>>() }).to_string();
+    assert_eq!(server.post(&batch, &[JSON]).await.status, 201);
+    fail_all(&store, 2).await;
+
+    let all = server.request("GET", "/api/v1/dead", None, &[]).await;
+    assert_eq!(all.status, 200, "{all:?}");
+    let channel = all.body["dead_letters"][0]["channel"]
+        .as_str()
+        .expect("a dead letter's channel");
+    let own = server
+        .request("GET", &format!("/api/v1/dead?channel={channel}"), None, &[])
+        .await;
+    assert_eq!(own.body, all.body, "the queue's one channel: {own:?}");
+
+    // An unknown channel is refused as requeue refuses it, not listed empty.
+    let listed = server
+        .request("GET", "/api/v1/dead?channel=nope", None, &[])
+        .await;
+    let requeued = server
+        .request(
+            "POST",
+            "/api/v1/dead/requeue",
+            Some(r#"{"reason": "max_attempts", "channel": "nope"}"#.to_owned()),
+            &[JSON],
+        )
+        .await;
+    for answer in [&listed, &requeued] {
+        assert_eq!(
+            (
+                answer.status,
+                answer.body["field"].as_str(),
+                answer.body["value"].as_str()
+            ),
+            (400, Some("channel"), Some("nope")),
+            "{answer:?}"
+        );
+        assert!(
+            answer.body["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("no channel 'nope'")),
+            "{answer:?}"
+        );
+    }
+    // A misspelt parameter is refused, not ignored.
+    let misspelt = server
+        .request("GET", "/api/v1/dead?chanel=nope", None, &[])
+        .await;
+    assert_eq!(
+        (misspelt.status, misspelt.body["field"].as_str()),
+        (400, Some("chanel")),
+        "{misspelt:?}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_repeated_request_lands_once_and_gets_the_same_ids() {
     let redis = start_redis().await;
     let store = opened_queue(&redis.url, "idempotent", 3).await;

@@ -15,7 +15,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::answer::{self, Refusal};
 use super::{App, check_json, within};
 use crate::dead::{self, DeadLetter, Selection};
+use crate::store::{Store, StoreError};
 
 /// The page.
 const PAGE: &str = include_str!("dashboard.html");
@@ -57,34 +58,86 @@ struct ListedLetter {
     text: Option<String>,
 }
 
-/// `GET /api/v1/dead`: the newest dead letters of each channel of the
-/// server's own queue, each with its `channel`, `address` and `text`.
-pub(super) async fn dead_letters(State(app): State<Arc<App>>) -> Response {
-    let store = app.queues.home().store();
-    let every = async {
-        let store = store.watched().await?;
-        let mut shown = Vec::new();
-        for channel in store.every_channel() {
-            let kind = channel.channel().kind;
-            for letter in dead::list(&channel, None, DEAD_SHOWN).await? {
-                shown.push(ListedLetter {
-                    channel: channel.group().to_owned(),
-                    address: letter.address(kind).map(str::to_owned),
-                    text: letter.text(kind).map(str::to_owned),
-                    letter,
-                });
-            }
-        }
-        Ok::<_, crate::store::StoreError>(shown)
+/// `GET /api/v1/dead` `?channel=...`: the newest dead letters of each
+/// channel of the server's own queue (of the one named, if any), each with
+/// its `channel`, `address` and `text`.
+pub(super) async fn dead_letters(
+    State(app): State<Arc<App>>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let asked = match asked_channel(query.as_deref()) {
+        Ok(asked) => asked,
+        Err(refusal) => return refusal.into_response(),
     };
-    match within(&app, every).await {
-        Ok(Ok(letters)) => answer::json(
+    let home = app.queues.home().store();
+    let listed = async {
+        let store = home
+            .watched()
+            .await
+            .map_err(|err| app.refusal(&err, true))?;
+        let channels = match asked.as_deref() {
+            None => store.every_channel(),
+            Some(name) => vec![
+                store
+                    .for_channel(name)
+                    .map_err(|err| Refusal::bad_request("channel", name, err.to_string()))?,
+            ],
+        };
+        newest_dead(&channels)
+            .await
+            .map_err(|err| app.refusal(&err, true))
+    };
+    match within(&app, listed).await.and_then(|listed| listed) {
+        Ok(letters) => answer::json(
             StatusCode::OK,
             &serde_json::json!({ "dead_letters": letters }),
         ),
-        Ok(Err(err)) => app.refusal(&err, true).into_response(),
         Err(refusal) => refusal.into_response(),
     }
+}
+
+/// The channel a query string names, if any. Any other parameter is
+/// refused rather than ignored: a misspelt `channel` would otherwise list
+/// every channel as if it were the one asked for.
+fn asked_channel(query: Option<&str>) -> Result<Option<String>, Refusal> {
+    let mut channel = None;
+    for (name, value) in url::form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+        match name.as_ref() {
+            "channel" if channel.is_none() => channel = Some(value.into_owned()),
+            "channel" => {
+                return Err(Refusal::bad_request(
+                    "channel",
+                    &value,
+                    "give 'channel' once",
+                ));
+            }
+            other => {
+                return Err(Refusal::bad_request(
+                    other,
+                    &value,
+                    format!("unknown parameter '{other}': the one known is 'channel'"),
+                ));
+            }
+        }
+    }
+    Ok(channel)
+}
+
+/// The newest dead letters of each of `channels`, as the page lists them.
+async fn newest_dead(channels: &[Store]) -> Result<Vec<ListedLetter>, StoreError> {
+    let mut shown = Vec::new();
+    for channel in channels {
+        let kind = channel.channel().kind;
+        for letter in dead::list(channel, None, DEAD_SHOWN).await? {
+            shown.push(ListedLetter {
+                channel: channel.group().to_owned(),
+                address: letter.address(kind).map(str::to_owned),
+                text: letter.text(kind).map(str::to_owned),
+                letter,
+            });
+        }
+    }
+    Ok(shown)
 }
 
 /// What `POST /api/v1/dead/requeue` asks for.
