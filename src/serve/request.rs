@@ -278,7 +278,9 @@ fn type_refusal(raw: &RawValue, err: &serde_path_to_error::Error<serde_json::Err
     Refusal::bad_request(&field, &value, why)
 }
 
-/// The one of two synonymous fields the message gives.
+/// The one of two synonymous fields the message gives. Both given is
+/// refused naming the second field with its own value, as every refusal
+/// shows the value of the field it names.
 fn one_of(
     first: Option<String>,
     first_name: &'static str,
@@ -293,7 +295,7 @@ fn one_of(
             "",
             format!("missing field '{first_name}' (or '{second_name}')"),
         )),
-        (Some(value), Some(_)) => Err(Refusal::bad_request(
+        (Some(_), Some(value)) => Err(Refusal::bad_request(
             second_name,
             &value,
             format!("give '{first_name}' or '{second_name}', not both"),
@@ -406,9 +408,14 @@ mod tests {
                 "a b",
             ),
             (
-                r#"{"recipient": "+4915112345678", "phone": "+4915112345678", "body": "x"}"#,
+                r#"{"recipient": "+4915112345678", "phone": "+4915112345679", "body": "x"}"#,
                 "phone",
-                "+4915112345678",
+                "+4915112345679",
+            ),
+            (
+                r#"{"phone": "+4915112345678", "body": "x", "message_body": "y"}"#,
+                "message_body",
+                "y",
             ),
         ] {
             let refusal = single(body).expect_err(body);
