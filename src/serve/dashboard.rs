@@ -23,14 +23,12 @@ use serde::{Deserialize, Serialize};
 use super::answer::{self, Refusal};
 use super::{App, check_json, within};
 use crate::dead::{self, DeadLetter, Selection};
-use crate::store::{Store, StoreError};
+use crate::store::{DEAD_REASONS, Store, StoreError};
 
 /// The page.
 const PAGE: &str = include_str!("dashboard.html");
 /// Dead letters the page lists.
 const DEAD_SHOWN: u64 = 20;
-/// Why a message can be dead, as dead letters record it.
-const REASONS: &[&str] = &["max_attempts", "malformed", "deleted", "expired"];
 
 /// `GET /`: the page.
 pub(super) async fn page() -> Response {
@@ -164,12 +162,12 @@ pub(super) async fn requeue(
         return refusal.into_response();
     }
     let request = match serde_json::from_slice::<RequeueRequest>(&body) {
-        Ok(request) if REASONS.contains(&request.reason.as_str()) => request,
+        Ok(request) if DEAD_REASONS.contains(&request.reason.as_str()) => request,
         Ok(request) => {
             return Refusal::bad_request(
                 "reason",
                 &request.reason,
-                format!("'reason' must be one of {}", REASONS.join(", ")),
+                format!("'reason' must be one of {}", DEAD_REASONS.join(", ")),
             )
             .into_response();
         }

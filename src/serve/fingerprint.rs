@@ -2,10 +2,11 @@
 //! key must ask for the same, or it is another request reusing the key.
 //!
 //! A header key covers the request's bytes; a `request_id` covers the
-//! message that carries it (a batch carries each id once). Both also cover the partition count of each
-//! queue written to: routing depends on it, so a repeat after the queue
-//! grew would put its messages where the first request's records are not.
-//! Such a repeat is refused (422) rather than written a second time.
+//! message that carries it (a batch carries each id once). Both also cover
+//! the partition count of each queue written to: routing depends on it, so
+//! a repeat after the queue grew would put its messages where the first
+//! request's records are not. Such a repeat is refused (422) rather than
+//! written a second time.
 
 use std::collections::HashMap;
 
