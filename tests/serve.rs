@@ -233,6 +233,13 @@ async fn every_refusal_has_its_status_and_names_what_is_wrong() {
         (bad_key.status, bad_key.body["field"].as_str()),
         (400, Some("Idempotency-Key"))
     );
+    let two_keys = [JSON, ("Idempotency-Key", "k-1"), ("Idempotency-Key", "k-2")];
+    let two_keys = server.post(&message(1).to_string(), &two_keys).await;
+    assert_eq!(
+        (two_keys.status, two_keys.body["field"].as_str()),
+        (400, Some("Idempotency-Key")),
+        "{two_keys:?}"
+    );
     assert_eq!(
         entries(&redis, &store).await,
         2,

@@ -314,10 +314,20 @@ fn check_json(headers: &HeaderMap) -> Result<(), Refusal> {
 
 /// The `Idempotency-Key` header, checked, if sent.
 fn idempotency_header(headers: &HeaderMap) -> Result<Option<String>, Refusal> {
-    let Some(value) = headers.get(IDEMPOTENCY_HEADER) else {
+    let mut values = headers.get_all(IDEMPOTENCY_HEADER).iter();
+    let Some(value) = values.next() else {
         return Ok(None);
     };
     let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+    // Two keys for one request: whichever were taken, a retry that sends
+    // them in another order, or only one, would not land once.
+    if values.next().is_some() {
+        return Err(Refusal::bad_request(
+            IDEMPOTENCY_HEADER,
+            &text,
+            format!("give one {IDEMPOTENCY_HEADER} header, not several"),
+        ));
+    }
     request::idempotency_key(text, IDEMPOTENCY_HEADER).map(Some)
 }
 
