@@ -308,11 +308,21 @@ const WALKS: usize = 3;
 pub async fn run(store: &Store, page: usize) -> Result<AuditReport, StoreError> {
     let store = store.found_partitions().await?.found_channels().await?;
     let foreign = store.foreign_partitions().await?;
+    let unlisted = store.unlisted_channels().await?;
     let mut report = audit_channels(&store, page).await?;
     // Another queue's partition reconciles on its own, so only its epoch
-    // shows it is not this queue's.
+    // shows it is not this queue's; a channel the list lost is not audited
+    // at all, so only its leftover keys show it.
     let foreign = foreign.iter().map(ToString::to_string);
-    report.problems.splice(0..0, foreign);
+    let listed = crate::channel::encode(store.channels());
+    let unlisted = unlisted.iter().map(|name| {
+        format!(
+            "channel {name}: partition 0 holds its consumer group and counters, but the \
+             queue's channel list ({listed}) does not name it, so nothing sends or audits it: \
+             `sms-alerts migrate --channels` with it records it again"
+        )
+    });
+    report.problems.splice(0..0, foreign.chain(unlisted));
     Ok(report)
 }
 

@@ -1,6 +1,7 @@
 //! The audit against a real Redis where its input is odd: the Functions
 //! library flushed (code, loaded again, not lost state), a dead letter
-//! that says no reason, and a partition of another queue's epoch.
+//! that says no reason, a partition of another queue's epoch, and a
+//! channel the queue's list no longer names.
 
 mod common;
 
@@ -74,5 +75,36 @@ async fn a_partition_of_another_epoch_fails_the_audit_naming_both() {
             && p.contains(&home_epoch)
             && p.contains("repair")
     });
+    assert!(named, "{:?}", report.problems);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_dropped_from_the_list_fails_the_audit() {
+    use sms_alerts::channel::Channel;
+    let redis = start_redis().await;
+    let options = sms_alerts::store::QueueOptions {
+        channels: vec![
+            Channel::parse("sms").expect("sms"),
+            Channel::parse("email").expect("email"),
+        ],
+        ..sms_alerts::store::QueueOptions::default()
+    };
+    let store = store_with(&redis.url, &unique_prefix("unlisted"), &options).await;
+    produce_n(&store, 33, 20).await;
+    let before = audit::run(&store, 16).await.expect("audits");
+    assert!(before.is_consistent(), "{}", before.to_text());
+    let _: () = redis::cmd("HSET")
+        .arg(store.keys().queue())
+        .arg("channels")
+        .arg("sms:sms")
+        .query_async(&mut raw(&redis.url).await)
+        .await
+        .expect("HSET");
+    let report = audit::run(&store, 16).await.expect("audits");
+    assert!(!report.is_consistent(), "{}", report.to_text());
+    let named = report
+        .problems
+        .iter()
+        .any(|p| p.starts_with("channel email:") && p.contains("(sms:sms)"));
     assert!(named, "{:?}", report.problems);
 }

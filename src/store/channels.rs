@@ -69,6 +69,25 @@ impl Store {
             .collect()
     }
 
+    /// Channels the queue's list does not name whose consumer group and
+    /// counters partition 0 still holds: the list was edited or lost, and
+    /// they would go unsent and unaudited. A group without our counters is
+    /// not listed: it may be someone's own reader of the stream.
+    pub async fn unlisted_channels(&self) -> Result<Vec<String>, StoreError> {
+        let home = self.partition(0);
+        let mut unlisted = Vec::new();
+        for group in home.inspector().group_names().await? {
+            if self.channels.iter().any(|c| c.name == group) {
+                continue;
+            }
+            let stats = home.keys.with_channel(Some(&group)).stats();
+            if home.operator().key_type(&stats).await? != "none" {
+                unlisted.push(group);
+            }
+        }
+        Ok(unlisted)
+    }
+
     fn unknown_channel(&self, name: &str) -> StoreError {
         let names: Vec<&str> = self.channels.iter().map(|c| c.name.as_str()).collect();
         StoreError::Refused(format!(
