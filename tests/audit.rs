@@ -61,13 +61,8 @@ async fn a_partition_of_another_epoch_fails_the_audit_naming_both() {
     let before = audit::run(&store, 16).await.expect("audits");
     assert!(before.is_consistent(), "{}", before.to_text());
     let home_epoch = store.epoch().to_owned();
-    let _: () = redis::cmd("HSET")
-        .arg(store.partition(1).keys().queue())
-        .arg("epoch")
-        .arg("deadbeefdeadbeef")
-        .query_async(&mut raw(&redis.url).await)
-        .await
-        .expect("HSET");
+    let queue = store.partition(1).keys().queue();
+    command(&redis.url, &["HSET", &queue, "epoch", "deadbeefdeadbeef"]).await;
     let report = audit::run(&store, 16).await.expect("audits");
     assert!(!report.is_consistent(), "{}", report.to_text());
     let named = report.problems.iter().any(|p| {
@@ -93,13 +88,8 @@ async fn a_channel_dropped_from_the_list_fails_the_audit() {
     produce_n(&store, 33, 20).await;
     let before = audit::run(&store, 16).await.expect("audits");
     assert!(before.is_consistent(), "{}", before.to_text());
-    let _: () = redis::cmd("HSET")
-        .arg(store.keys().queue())
-        .arg("channels")
-        .arg("sms:sms")
-        .query_async(&mut raw(&redis.url).await)
-        .await
-        .expect("HSET");
+    let queue = store.keys().queue();
+    command(&redis.url, &["HSET", &queue, "channels", "sms:sms"]).await;
     let report = audit::run(&store, 16).await.expect("audits");
     assert!(!report.is_consistent(), "{}", report.to_text());
     let named = report

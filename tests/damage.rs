@@ -55,16 +55,6 @@ async fn busy_queue(url: &str, test: &str) -> (Store, Vec<String>) {
     (store, ids[..9].to_vec())
 }
 
-async fn command(url: &str, args: &[&str]) {
-    let mut cmd = redis::cmd(args[0]);
-    for arg in &args[1..] {
-        cmd.arg(*arg);
-    }
-    cmd.query_async::<redis::Value>(&mut raw(url).await)
-        .await
-        .unwrap_or_else(|err| panic!("{args:?}: {err}"));
-}
-
 /// The calls under test: each Function (and the producer's batch) that writes.
 const CALLS: [&str; 8] = [
     "report",

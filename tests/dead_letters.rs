@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use common::*;
 use sms_alerts::dead::{self, Selection};
-use sms_alerts::settings::SendSettings;
 use sms_alerts::stats::Snapshot;
 use sms_alerts::store::{Store, StoreError};
 
@@ -154,27 +153,6 @@ async fn wait_clock_past(url: &str, at_ms: u64) {
         || async { redis_ms(url).await > at_ms },
     )
     .await;
-}
-
-/// Dead-letters everything in the stream: a sender that fails every attempt
-/// and gives up after one, until `dead` letters exist and nothing is pending.
-async fn fail_all(store: &Store, name: &str, dead: u64) {
-    let settings = SendSettings {
-        max_attempts: 1,
-        ..send_settings(name, 0, 1.0)
-    };
-    let sender = RunningSender::start(store, settings);
-    wait_until(
-        &format!("{dead} dead letters"),
-        Duration::from_secs(20),
-        || async {
-            Snapshot::read(store)
-                .await
-                .is_ok_and(|s| s.dead == dead && s.pending == 0)
-        },
-    )
-    .await;
-    sender.stop().await;
 }
 
 /// A queue with the [`MALFORMED`] entries, then `good` produced messages,

@@ -13,16 +13,6 @@ use sms_alerts::repair::{self, Step};
 use sms_alerts::stats::Snapshot;
 use sms_alerts::store::{Store, StoreError};
 
-async fn command(url: &str, args: &[&str]) {
-    let cmd = args.iter().fold(redis::Cmd::new(), |mut cmd, arg| {
-        cmd.arg(*arg);
-        cmd
-    });
-    if let Err(err) = cmd.query_async::<redis::Value>(&mut raw(url).await).await {
-        panic!("{args:?}: {err}");
-    }
-}
-
 /// A queue of `count` messages, each sent or dead-lettered by a sender that
 /// fails half its attempts and gives up after two.
 async fn settled_queue(url: &str, prefix: &str, count: u64) -> Store {
@@ -45,6 +35,16 @@ async fn delivered_queue(url: &str, prefix: &str, count: u64, read: usize) -> (S
     let ids = read_as(url, &store, "c1", read).await;
     assert_eq!(ids.len(), read, "delivered");
     (store, ids)
+}
+
+/// A queue of `count` messages, all delivered, whose consumer group was then
+/// destroyed: the store, the ids, and a handle as `repair` opens it.
+async fn group_lost_queue(url: &str, test: &str, count: u64) -> (Store, Vec<String>, Store) {
+    let prefix = unique_prefix(test);
+    let (store, ids) = delivered_queue(url, &prefix, count, count as usize).await;
+    let stream = store.keys().messages();
+    command(url, &["XGROUP", "DESTROY", &stream, store.group()]).await;
+    (store, ids, as_found(url, &prefix).await)
 }
 
 /// The queue as `repair` takes it: connected, neither created nor opened.
@@ -184,15 +184,7 @@ async fn a_stream_lost_with_its_messages_counts_them_as_abandoned() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_recreated_at_an_entry_delivers_only_what_follows_it() {
     let redis = start_redis().await;
-    let prefix = unique_prefix("regroup");
-    let (store, ids) = delivered_queue(&redis.url, &prefix, 30, 30).await;
-    command(
-        &redis.url,
-        &["XGROUP", "DESTROY", &store.keys().messages(), store.group()],
-    )
-    .await;
-
-    let found = as_found(&redis.url, &prefix).await;
+    let (store, ids, found) = group_lost_queue(&redis.url, "regroup", 30).await;
     let start = ids[19].clone();
     let plan = repair::plan(&found, &start).await.expect("plans");
     assert_eq!(
@@ -221,14 +213,7 @@ async fn a_group_recreated_at_an_entry_delivers_only_what_follows_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_group_start_past_the_streams_end_is_refused() {
     let redis = start_redis().await;
-    let prefix = unique_prefix("regroup-past");
-    let (store, ids) = delivered_queue(&redis.url, &prefix, 10, 10).await;
-    command(
-        &redis.url,
-        &["XGROUP", "DESTROY", &store.keys().messages(), store.group()],
-    )
-    .await;
-    let found = as_found(&redis.url, &prefix).await;
+    let (_, ids, found) = group_lost_queue(&redis.url, "regroup-past", 10).await;
     let last = ids.last().expect("ids").clone();
     let (ms, _) = last.split_once('-').expect("an entry id");
     let just_after = format!("{}-0", ms.parse::<u64>().expect("ms") + 1);

@@ -8,10 +8,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::http::{Server, http};
-use common::{RunningSender, TestRedis, opened_queue, raw, send_settings, start_redis, wait_until};
+use common::{TestRedis, fail_all, opened_queue, raw, start_redis, wait_until};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
-use sms_alerts::settings::{SendSettings, ServeSettings};
+use sms_alerts::settings::ServeSettings;
 use sms_alerts::stats::Snapshot;
 use sms_alerts::store::{QueueOptions, Store};
 
@@ -256,27 +256,6 @@ async fn every_refusal_has_its_status_and_names_what_is_wrong() {
     server.stop().await;
 }
 
-/// Dead-letters everything in `store`'s stream: a sender that fails every
-/// attempt and gives up after one, until `dead` letters exist.
-async fn fail_all(store: &Store, dead: u64) {
-    let settings = SendSettings {
-        max_attempts: 1,
-        ..send_settings("failing", 0, 1.0)
-    };
-    let sender = RunningSender::start(store, settings);
-    wait_until(
-        &format!("{dead} dead letters"),
-        Duration::from_secs(20),
-        || async {
-            Snapshot::read(store)
-                .await
-                .is_ok_and(|s| s.dead == dead && s.pending == 0)
-        },
-    )
-    .await;
-    sender.stop().await;
-}
-
 #[tokio::test]
 async fn a_json_body_without_a_content_type_is_refused_and_writes_nothing() {
     let redis = start_redis().await;
@@ -284,7 +263,7 @@ async fn a_json_body_without_a_content_type_is_refused_and_writes_nothing() {
     let server = Server::start(&store, ServeSettings::default()).await;
     let batch = json!({ "messages": (0..3).map(message).collect::<Vec<_>>() }).to_string();
     assert_eq!(server.post(&batch, &[JSON]).await.status, 201);
-    fail_all(&store, 3).await;
+    fail_all(&store, "failing", 3).await;
 
     // What any web page can make a browser send here with no CORS
     // preflight: valid JSON, no Content-Type.
@@ -337,7 +316,7 @@ async fn dead_letters_are_listed_for_a_channel_the_queue_has() {
     let server = Server::start(&store, ServeSettings::default()).await;
     let batch = json!({ "messages": (0..2).map(message).collect::<Vec<_>>() }).to_string();
     assert_eq!(server.post(&batch, &[JSON]).await.status, 201);
-    fail_all(&store, 2).await;
+    fail_all(&store, "failing", 2).await;
 
     let all = server.request("GET", "/api/v1/dead", None, &[]).await;
     assert_eq!(all.status, 200, "{all:?}");

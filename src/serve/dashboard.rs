@@ -23,7 +23,8 @@ use serde::{Deserialize, Serialize};
 use super::answer::{self, Refusal};
 use super::{App, check_json, within};
 use crate::dead::{self, DeadLetter, Selection};
-use crate::store::{DEAD_REASONS, Store, StoreError};
+use crate::settings::check;
+use crate::store::{Store, StoreError};
 
 /// The page.
 const PAGE: &str = include_str!("dashboard.html");
@@ -75,11 +76,7 @@ pub(super) async fn dead_letters(
             .map_err(|err| app.refusal(&err, true))?;
         let channels = match asked.as_deref() {
             None => store.every_channel(),
-            Some(name) => vec![
-                store
-                    .for_channel(name)
-                    .map_err(|err| Refusal::bad_request("channel", name, err.to_string()))?,
-            ],
+            Some(name) => vec![channel_named(&store, name)?],
         };
         newest_dead(&channels)
             .await
@@ -138,6 +135,14 @@ async fn newest_dead(channels: &[Store]) -> Result<Vec<ListedLetter>, StoreError
     Ok(shown)
 }
 
+/// The handle of channel `name` of `store`'s queue, or a 400 naming it and
+/// the queue's channels.
+fn channel_named(store: &Store, name: &str) -> Result<Store, Refusal> {
+    store
+        .for_channel(name)
+        .map_err(|err| Refusal::bad_request("channel", name, err.to_string()))
+}
+
 /// What `POST /api/v1/dead/requeue` asks for.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -162,15 +167,13 @@ pub(super) async fn requeue(
         return refusal.into_response();
     }
     let request = match serde_json::from_slice::<RequeueRequest>(&body) {
-        Ok(request) if DEAD_REASONS.contains(&request.reason.as_str()) => request,
-        Ok(request) => {
-            return Refusal::bad_request(
-                "reason",
-                &request.reason,
-                format!("'reason' must be one of {}", DEAD_REASONS.join(", ")),
-            )
-            .into_response();
-        }
+        Ok(request) => match check::dead_reason(&request.reason) {
+            Ok(_) => request,
+            Err(why) => {
+                return Refusal::bad_request("reason", &request.reason, format!("'reason': {why}"))
+                    .into_response();
+            }
+        },
         Err(err) => {
             return Refusal::bad_request(
                 "reason",
@@ -184,14 +187,11 @@ pub(super) async fn requeue(
     let store = match request
         .channel
         .as_deref()
-        .map(|name| home.for_channel(name))
+        .map(|name| channel_named(&home, name))
     {
         None => home,
         Some(Ok(store)) => store,
-        Some(Err(err)) => {
-            let name = request.channel.as_deref().unwrap_or_default();
-            return Refusal::bad_request("channel", name, err.to_string()).into_response();
-        }
+        Some(Err(refusal)) => return refusal.into_response(),
     };
     let selection = Selection::Reason(request.reason);
     match within(&app, dead::requeue(&store, &selection)).await {

@@ -435,16 +435,23 @@ impl Store {
     /// [`StoreError::Lost`] unless this partition holds the handle's epoch.
     async fn check_epoch(&self) -> Result<(), StoreError> {
         let (epoch, _) = self.read_identity().await?;
-        if epoch == *self.epoch {
-            return Ok(());
+        match self.foreign(epoch, &self.epoch) {
+            None => Ok(()),
+            Some(foreign) => Err(StoreError::Lost(format!(
+                "queue '{}': {foreign}",
+                self.prefix
+            ))),
         }
-        Err(StoreError::Lost(format!(
-            "partition {} of queue '{}' holds epoch {epoch}, partition 0 holds {}: it was \
-             created anew or belongs to another queue",
-            self.keys.partition(),
-            self.prefix,
-            self.epoch
-        )))
+    }
+
+    /// This partition, holding `epoch`, as a foreign one unless that is
+    /// `home`, partition 0's.
+    fn foreign(&self, epoch: String, home: &str) -> Option<ForeignPartition> {
+        (epoch != home).then(|| ForeignPartition {
+            partition: self.keys.partition(),
+            epoch,
+            home_epoch: home.to_owned(),
+        })
     }
 
     /// The partitions that hold an epoch other than partition 0's: each
@@ -460,12 +467,7 @@ impl Store {
         let mut foreign = Vec::new();
         for partition in self.partitions().iter().skip(1) {
             match partition.read_identity().await {
-                Ok((epoch, _)) if epoch != home => foreign.push(ForeignPartition {
-                    partition: partition.keys.partition(),
-                    epoch,
-                    home_epoch: home.clone(),
-                }),
-                Ok(_) => {}
+                Ok((epoch, _)) => foreign.extend(partition.foreign(epoch, &home)),
                 Err(err) if err.is_queue_state() => {}
                 Err(err) => return Err(err),
             }

@@ -315,6 +315,40 @@ pub async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
         .expect("connects")
 }
 
+/// Runs the raw command `args` (name first) on a connection of its own;
+/// panics naming it when Redis refuses it.
+pub async fn command(url: &str, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for arg in &args[1..] {
+        cmd.arg(*arg);
+    }
+    cmd.query_async::<redis::Value>(&mut raw(url).await)
+        .await
+        .unwrap_or_else(|err| panic!("{args:?}: {err}"));
+}
+
+/// Dead-letters everything in the stream: a sender named `name` that fails
+/// every attempt and gives up after one, until `dead` letters exist and
+/// nothing is pending.
+pub async fn fail_all(store: &Store, name: &str, dead: u64) {
+    let settings = SendSettings {
+        max_attempts: 1,
+        ..send_settings(name, 0, 1.0)
+    };
+    let sender = RunningSender::start(store, settings);
+    wait_until(
+        &format!("{dead} dead letters"),
+        Duration::from_secs(20),
+        || async {
+            sms_alerts::stats::Snapshot::read(store)
+                .await
+                .is_ok_and(|s| s.dead == dead && s.pending == 0)
+        },
+    )
+    .await;
+    sender.stop().await;
+}
+
 /// Entries in the stream `key`, read on a connection of its own.
 pub async fn stream_length(url: &str, key: &str) -> u64 {
     redis::cmd("XLEN")
