@@ -366,6 +366,32 @@ async fn dead_letters_are_listed_for_a_channel_the_queue_has() {
         (400, Some("chanel")),
         "{misspelt:?}"
     );
+
+    // A channel added while the server runs is one it lists and requeues.
+    let added = QueueOptions {
+        channels: [channel, "backup"]
+            .map(|name| sms_alerts::channel::Channel::parse(name).expect("a channel"))
+            .to_vec(),
+        ..QueueOptions::default()
+    };
+    store.migrate(&added).await.expect("adds a channel");
+    let listed = server
+        .request("GET", "/api/v1/dead?channel=backup", None, &[])
+        .await;
+    let requeued = server
+        .request(
+            "POST",
+            "/api/v1/dead/requeue",
+            Some(r#"{"reason": "max_attempts", "channel": "backup"}"#.to_owned()),
+            &[JSON],
+        )
+        .await;
+    assert_eq!(listed.status, 200, "{listed:?}");
+    assert_eq!(
+        (requeued.status, requeued.body["requeued"].as_u64()),
+        (200, Some(0)),
+        "{requeued:?}"
+    );
     server.stop().await;
 }
 

@@ -184,19 +184,23 @@ pub(super) async fn requeue(
         }
     };
     let home = app.queues.home().store();
-    let store = match request
-        .channel
-        .as_deref()
-        .map(|name| channel_named(&home, name))
-    {
-        None => home,
-        Some(Ok(store)) => store,
-        Some(Err(refusal)) => return refusal.into_response(),
+    let requeued = async {
+        // As the list does: a channel added while serving is one of them.
+        let home = home
+            .watched()
+            .await
+            .map_err(|err| app.refusal(&err, true))?;
+        let store = match request.channel.as_deref() {
+            None => home,
+            Some(name) => channel_named(&home, name)?,
+        };
+        let selection = Selection::Reason(request.reason);
+        dead::requeue(&store, &selection)
+            .await
+            .map_err(|err| app.refusal(&err, true))
     };
-    let selection = Selection::Reason(request.reason);
-    match within(&app, dead::requeue(&store, &selection)).await {
-        Ok(Ok(report)) => answer::json(StatusCode::OK, &report),
-        Ok(Err(err)) => app.refusal(&err, true).into_response(),
+    match within(&app, requeued).await.and_then(|requeued| requeued) {
+        Ok(report) => answer::json(StatusCode::OK, &report),
         Err(refusal) => refusal.into_response(),
     }
 }
